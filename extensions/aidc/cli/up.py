@@ -1,0 +1,33 @@
+"""``aidc up``: run the platform in the foreground."""
+
+from __future__ import annotations
+
+from ..hub.config import PlatformOptions
+from ..paths import DataDir
+
+
+def add_parser(sub, common) -> None:
+    p = sub.add_parser(
+        "up",
+        parents=[common],
+        help="run the platform in the foreground (Ctrl-C stops everything)",
+        description="Run the hub, the proxy and the platform services until Ctrl-C or SIGTERM.",
+    )
+    p.add_argument("--ip", default="127.0.0.1", help="public address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="public port (default 8000)")
+    p.add_argument("--hub-port", type=int, help="internal hub API port (default PORT+81)")
+    p.add_argument("--proxy-api-port", type=int, help="internal proxy API port (default PORT+1)")
+    p.set_defaults(handler=run)
+
+
+def run(args) -> int:
+    from .. import platform
+
+    options = PlatformOptions(
+        data_dir=DataDir.from_arg(args.data_dir),
+        ip=args.ip,
+        port=args.port,
+        hub_port=args.hub_port or args.port + 81,
+        proxy_api_port=args.proxy_api_port or args.port + 1,
+    )
+    return platform.run(options)

@@ -1,0 +1,107 @@
+"""``aidc user add|list|remove|set-role|passwd``: manage the platform's users."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import sys
+
+from ..errors import UsageError
+from ..hub.roles import ROLE_NAMES, describe
+from ..hub.users import PlatformUsers
+from ..paths import DataDir
+
+
+def add_parser(sub, common) -> None:
+    p = sub.add_parser("user", help="add, list and remove users", description="Manage users.")
+    users = p.add_subparsers(dest="user_command", metavar="ACTION", required=True)
+    roles_help = "; ".join(f"{n}: {d}" for n, d in describe())
+
+    a = users.add_parser("add", parents=[common], help="add a user", description=f"Roles: {roles_help}")
+    a.add_argument("name")
+    a.add_argument("--role", required=True, choices=ROLE_NAMES, help="the user's role")
+    a.add_argument(
+        "--password-stdin", action="store_true", help="read the password from standard input"
+    )
+    a.set_defaults(handler=add)
+
+    ls = users.add_parser("list", parents=[common], help="list users and their roles")
+    ls.add_argument("--json", action="store_true", help="machine-readable output")
+    ls.set_defaults(handler=list_users)
+
+    rm = users.add_parser("remove", parents=[common], help="remove a user (stops their server)")
+    rm.add_argument("name")
+    rm.add_argument(
+        "--keep-home",
+        action="store_true",
+        help="keep the home folder (moved aside, owned by root) instead of deleting it",
+    )
+    rm.set_defaults(handler=remove)
+
+    sr = users.add_parser("set-role", parents=[common], help="change a user's role")
+    sr.add_argument("name")
+    sr.add_argument("role", choices=ROLE_NAMES)
+    sr.set_defaults(handler=set_role)
+
+    pw = users.add_parser("passwd", parents=[common], help="set a user's password")
+    pw.add_argument("name")
+    pw.add_argument("--password-stdin", action="store_true")
+    pw.set_defaults(handler=passwd)
+
+
+def read_password(from_stdin: bool) -> str:
+    """One line from stdin, or a confirmed prompt on a terminal."""
+    if from_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    elif sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Repeat password: ") != password:
+            raise UsageError("the two passwords differ")
+    else:
+        raise UsageError("no terminal to ask for a password: pass it with --password-stdin")
+    if len(password) < 8:
+        raise UsageError("the password must have at least 8 characters")
+    return password
+
+
+def _users(args) -> PlatformUsers:
+    return PlatformUsers(DataDir.from_arg(args.data_dir))
+
+
+def add(args) -> int:
+    users = _users(args)
+    password = read_password(args.password_stdin) if users.system_accounts else None
+    record = users.add(args.name, args.role, password)
+    print(f"added {record.name} ({record.role})")
+    return 0
+
+
+def list_users(args) -> int:
+    records = _users(args).list()
+    if args.json:
+        print(json.dumps([r.__dict__ for r in records], indent=2))
+        return 0
+    print(f"{'NAME':<24} {'ROLE':<10} {'SERVER':<8} LAST ACTIVITY")
+    for r in records:
+        running = "running" if r.server_running else "-"
+        print(f"{r.name:<24} {r.role or '-':<10} {running:<8} {r.last_activity or '-'}")
+    return 0
+
+
+def remove(args) -> int:
+    kept = _users(args).remove(args.name, keep_home=args.keep_home)
+    print(f"removed {args.name}" + (f"; home kept in {kept}" if kept else ""))
+    return 0
+
+
+def set_role(args) -> int:
+    record = _users(args).set_role(args.name, args.role)
+    print(f"{record.name} is now {record.role}")
+    return 0
+
+
+def passwd(args) -> int:
+    users = _users(args)
+    users.set_password(args.name, read_password(args.password_stdin))
+    print(f"password of {args.name} changed")
+    return 0

@@ -1,0 +1,96 @@
+"""The one client behind the Python API, the CLI and the widgets.
+
+It finds the platform and the caller's token the way a user expects:
+
+* explicit arguments, else
+* ``AIDC_URL`` and ``AIDC_TOKEN`` (anywhere), else
+* inside a user's JupyterLab server, the environment JupyterHub provides
+  (``JUPYTERHUB_API_TOKEN``, with ``AIDC_URL`` set by the platform's spawner).
+
+Every service API (jobs, models, resources) is reached through :meth:`Client.request`,
+which turns HTTP failures into :mod:`aidc.errors` exceptions with the server's message.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import requests
+
+from .errors import (
+    AidcError,
+    AuthenticationError,
+    ConflictError,
+    NotFoundError,
+    PermissionDeniedError,
+    PlatformError,
+    UsageError,
+)
+from .hub import roles
+
+BAD_TOKEN = (
+    "the hub did not accept your token: it is malformed, expired or revoked. "
+    "Ask for a new one (`aidc token NAME`, or the hub's Token page) and set AIDC_TOKEN."
+)
+
+
+class Client:
+    """An authenticated connection to one aidc platform."""
+
+    def __init__(self, url: str | None = None, token: str | None = None, timeout: float = 60):
+        url = url or os.environ.get("AIDC_URL")
+        token = token or os.environ.get("AIDC_TOKEN") or os.environ.get("JUPYTERHUB_API_TOKEN")
+        if not url:
+            raise UsageError(
+                "no platform address: set AIDC_URL (for example http://127.0.0.1:8000)"
+            )
+        if not token:
+            raise UsageError("no API token: set AIDC_TOKEN (create one with `aidc token NAME`)")
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self.session = requests.Session()
+        self.session.headers["Authorization"] = f"token {token}"
+
+    def request(self, method: str, path: str, **kw) -> requests.Response:
+        """Call ``path`` (relative to the platform URL); raise an AidcError on failure."""
+        kw.setdefault("timeout", self.timeout)
+        try:
+            r = self.session.request(method, f"{self.url}/{path.lstrip('/')}", **kw)
+        except requests.ConnectionError:
+            raise PlatformError(f"cannot reach the platform at {self.url}; is it running?") from None
+        if r.status_code < 400:
+            return r
+        message = _message(r)
+        if r.status_code in (401, 403) and _is_bad_credentials(r, message):
+            raise AuthenticationError(BAD_TOKEN)
+        error: type[AidcError] = {
+            400: UsageError, 403: PermissionDeniedError, 404: NotFoundError, 409: ConflictError,
+        }.get(r.status_code, PlatformError)
+        raise error(message)
+
+    def get_json(self, path: str, **kw) -> Any:
+        return self.request("GET", path, **kw).json()
+
+    def whoami(self) -> dict:
+        """Who the token belongs to: ``name``, ``kind``, ``role``, ``groups``, ``scopes``."""
+        model = self.get_json("hub/api/user")
+        model["role"] = roles.role_of(model.get("groups") or [], model.get("admin", False))
+        return model
+
+
+def _message(r: requests.Response) -> str:
+    try:
+        body = r.json()
+    except ValueError:
+        return r.text.strip()[:500]
+    return str(body.get("message") or "") if isinstance(body, dict) else str(body)
+
+
+def _is_bad_credentials(r: requests.Response, message: str) -> bool:
+    # JupyterHub answers an unknown, expired or revoked token with a bare 403; a token
+    # that is valid but lacks a scope gets a 403 that names the missing scopes
+    if r.status_code == 401:
+        return True
+    text = message.lower()
+    return not text or "credentials" in text or "not authenticated" in text

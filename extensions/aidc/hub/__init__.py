@@ -1,0 +1,1 @@
+"""The JupyterHub side of aidc: roles, authentication, spawners, services, hub config."""

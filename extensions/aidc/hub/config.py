@@ -1,0 +1,153 @@
+"""Turns platform options into JupyterHub configuration (used by hub_config/jupyterhub_config.py).
+
+``aidc up`` passes its options to the hub process through ``AIDC_*`` environment
+variables; :func:`configure` reads them and fills in the JupyterHub config object.
+Everything here is a default: ``hub_config/jupyterhub_config.py`` and drop-in files in
+``<data-dir>/config.d/`` may override any of it afterwards.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..paths import DataDir, find_proxy_command, templates_dir, venv_bin
+from . import roles, services, system_users
+
+#: the service the ``aidc`` command uses to talk to a running hub
+CLI_SERVICE = "aidc-cli"
+CLI_SCOPES = [
+    "admin:users",
+    "admin:groups",
+    "admin:servers",
+    "tokens",
+    "list:users",
+    "read:users",
+    "read:hub",
+]
+
+
+@dataclass
+class PlatformOptions:
+    """What ``aidc up`` was asked for."""
+
+    data_dir: DataDir
+    ip: str = "127.0.0.1"
+    port: int = 8000
+    hub_port: int = 8081
+    proxy_api_port: int = 8001
+
+    @classmethod
+    def from_env(cls) -> "PlatformOptions":
+        port = int(os.environ.get("AIDC_PORT", "8000"))
+        return cls(
+            data_dir=DataDir.from_arg(os.environ.get("AIDC_DATA_DIR")),
+            ip=os.environ.get("AIDC_IP", "127.0.0.1"),
+            port=port,
+            hub_port=int(os.environ.get("AIDC_HUB_PORT", port + 81)),
+            proxy_api_port=int(os.environ.get("AIDC_PROXY_API_PORT", port + 1)),
+        )
+
+    def to_env(self) -> dict[str, str]:
+        return {
+            "AIDC_DATA_DIR": str(self.data_dir.root),
+            "AIDC_IP": self.ip,
+            "AIDC_PORT": str(self.port),
+            "AIDC_HUB_PORT": str(self.hub_port),
+            "AIDC_PROXY_API_PORT": str(self.proxy_api_port),
+        }
+
+    @property
+    def hub_api_url(self) -> str:
+        return f"http://127.0.0.1:{self.hub_port}/hub/api"
+
+    @property
+    def public_url(self) -> str:
+        host = "127.0.0.1" if self.ip in ("", "0.0.0.0") else self.ip
+        return f"http://{host}:{self.port}"
+
+
+def configure(c, options: PlatformOptions | None = None) -> PlatformOptions:
+    """Fill the JupyterHub config object ``c`` for one platform."""
+    o = options or PlatformOptions.from_env()
+    d = o.data_dir.ensure()
+    os.environ["AIDC_DATA_DIR"] = str(d.root)  # audit events from the hub process
+
+    c.JupyterHub.ip = o.ip
+    c.JupyterHub.port = o.port
+    c.JupyterHub.hub_ip = "127.0.0.1"
+    c.JupyterHub.hub_port = o.hub_port
+    c.JupyterHub.db_url = d.hub_db_url
+    c.JupyterHub.cookie_secret_file = str(d.cookie_secret)
+    c.JupyterHub.template_paths = [str(templates_dir())]
+    c.JupyterHub.cleanup_servers = True
+    c.JupyterHub.cleanup_proxy = True
+    c.JupyterHub.authenticate_prometheus = True
+
+    c.ConfigurableHTTPProxy.command = [find_proxy_command()]
+    c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{o.proxy_api_port}"
+    c.ConfigurableHTTPProxy.pid_file = str(d.proxy_pid_file)
+    c.ConfigurableHTTPProxy.auth_token = d.secret(d.secrets_dir / "proxy-token")
+
+    c.JupyterHub.logging_config = {
+        "handlers": {
+            "aidc_file": {
+                "class": "logging.FileHandler",
+                "filename": str(d.hub_log),
+                "formatter": "aidc_plain",
+            }
+        },
+        "formatters": {"aidc_plain": {"format": "[%(levelname)1.1s %(asctime)s %(name)s] %(message)s"}},
+        "loggers": {"JupyterHub": {"handlers": ["console", "aidc_file"]}},
+    }
+
+    # authentication and spawning: real Unix accounts as root, shared account otherwise
+    if system_users.running_as_root():
+        c.JupyterHub.authenticator_class = "aidc.hub.auth.SystemUserPAMAuthenticator"
+        c.JupyterHub.spawner_class = "aidc.hub.spawner.SystemUserSpawner"
+    else:
+        c.JupyterHub.authenticator_class = "aidc.hub.auth.DevSharedPasswordAuthenticator"
+        c.SharedPasswordAuthenticator.user_password = d.secret(d.dev_password_file, 16)
+        c.JupyterHub.spawner_class = "aidc.hub.spawner.SharedAccountSpawner"
+    c.Authenticator.username_pattern = system_users.NAME_PATTERN.pattern
+    c.Authenticator.allow_existing_users = True
+
+    c.Spawner.cmd = [str(venv_bin() / "jupyterhub-singleuser")]
+    c.Spawner.default_url = "/lab"
+    c.Spawner.start_timeout = 120
+    c.Spawner.http_timeout = 60
+    c.Spawner.environment = {
+        # kernels and terminals find the platform's Python first
+        "PATH": f"{venv_bin()}:/usr/local/bin:/usr/bin:/bin",
+    }
+
+    cli_token = d.secret(d.cli_token_file)
+    c.JupyterHub.services = [{"name": CLI_SERVICE, "api_token": cli_token}]
+    c.JupyterHub.load_roles = [
+        {
+            "name": "aidc-cli",
+            "description": "The aidc command on the platform's host.",
+            "scopes": CLI_SCOPES,
+            "services": [CLI_SERVICE],
+        }
+    ]
+    return o
+
+
+def finalize(c, options: PlatformOptions) -> None:
+    """Add services (built-in and drop-in) and roles; call after the drop-ins are loaded."""
+    services.apply(c, str(options.data_dir.root))
+
+
+def load_drop_ins(c, data_dir: DataDir, load_subconfig) -> list[Path]:
+    """Load ``<data-dir>/config.d/*.py`` in name order (after the defaults)."""
+    loaded = []
+    for path in sorted(data_dir.config_d.glob("*.py")):
+        load_subconfig(str(path))
+        loaded.append(path)
+    return loaded
+
+
+logging.getLogger("aidc").setLevel(logging.INFO)

@@ -1,0 +1,115 @@
+"""Spawners: each user's JupyterLab server runs as that user's own Unix account.
+
+:class:`SystemUserSpawner` is JupyterHub's :class:`~jupyterhub.spawner.LocalProcessSpawner`
+with one change: hub user ``alice`` runs as Unix account ``jupyter-alice`` (home 0700),
+not as a Unix account named ``alice``. :class:`SharedAccountSpawner` is the development
+mode used when the platform is not root: every server runs as the account that started
+the platform, each in its own folder, with no isolation between users.
+
+Both record server start and stop in the audit log. GPU allocation hooks into
+:meth:`AuditedSpawnerMixin.start` and ``stop`` in the GPU issue.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+
+from jupyterhub.spawner import LocalProcessSpawner, SimpleLocalProcessSpawner
+from traitlets import Unicode, default
+
+from ..security import audit
+from . import system_users
+
+
+class AuditedSpawnerMixin:
+    """Record start/stop of the server in the audit log, with who asked for it."""
+
+    def _actor(self) -> str:
+        handler = getattr(self, "handler", None)
+        user = getattr(handler, "current_user", None) if handler is not None else None
+        name = getattr(user, "name", None)
+        return name or "hub"
+
+    def _target(self) -> str:
+        return f"{self.user.name}/{self.name}"
+
+    def _system_user(self) -> str | None:
+        return None
+
+    async def start(self):
+        try:
+            result = await super().start()
+        except Exception as e:
+            audit.record(
+                "server", actor=self._actor(), action="start", target=self._target(),
+                result="failure", reason=str(e)[:500], system_user=self._system_user(),
+            )
+            raise
+        audit.record(
+            "server", actor=self._actor(), action="start", target=self._target(),
+            result="success", system_user=self._system_user(),
+        )
+        return result
+
+    async def stop(self, now=False):
+        try:
+            await super().stop(now=now)
+        except Exception as e:
+            audit.record(
+                "server", actor="hub", action="stop", target=self._target(),
+                result="failure", reason=str(e)[:500], system_user=self._system_user(),
+            )
+            raise
+        audit.record(
+            "server", actor="hub", action="stop", target=self._target(),
+            result="success", system_user=self._system_user(),
+        )
+
+
+class SystemUserSpawner(AuditedSpawnerMixin, LocalProcessSpawner):
+    """LocalProcessSpawner running hub user ``alice`` as Unix account ``jupyter-alice``."""
+
+    system_username_prefix = Unicode(
+        system_users.DEFAULT_PREFIX,
+        help="""Prefix of the Unix account that backs each hub user; must match
+        the authenticator's `system_username_prefix`.""",
+    ).tag(config=True)
+
+    @property
+    def system_username(self) -> str:
+        return system_users.system_name(self.user.name, self.system_username_prefix)
+
+    def _system_user(self) -> str | None:
+        return self.system_username
+
+    def make_preexec_fn(self, name):
+        return super().make_preexec_fn(self.system_username)
+
+    def user_env(self, env):
+        pw = pwd.getpwnam(self.system_username)
+        env["USER"] = pw.pw_name
+        env["LOGNAME"] = pw.pw_name
+        env["HOME"] = pw.pw_dir
+        env["SHELL"] = pw.pw_shell or "/bin/bash"
+        return env
+
+    async def start(self):
+        if not system_users.is_managed(self.system_username, os.environ.get("AIDC_DATA_DIR")):
+            raise RuntimeError(
+                f"Unix account {self.system_username} is missing; re-add the user with "
+                "`aidc user add`"
+            )
+        return await super().start()
+
+    async def move_certs(self, paths):  # pragma: no cover - internal SSL is off by default
+        raise NotImplementedError("internal SSL is not supported by SystemUserSpawner yet")
+
+
+class SharedAccountSpawner(AuditedSpawnerMixin, SimpleLocalProcessSpawner):
+    """Development mode: every server runs as the platform's own account, one folder each."""
+
+    @default("home_dir_template")
+    def _default_home_template(self):
+        base = os.path.join(os.environ.get("AIDC_DATA_DIR", "/tmp"), "homes")
+        return os.path.join(base, "{username}")

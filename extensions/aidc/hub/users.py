@@ -1,0 +1,138 @@
+"""Platform users: the hub account, its role, and (as root) its Unix account, kept together.
+
+This is what ``aidc user ...`` and ``aidc token`` call. Each action changes the hub
+(through :mod:`aidc.hub.directory`) and the Unix account (through
+:mod:`aidc.hub.system_users`) so that neither is left without the other, and records
+the change in the audit log.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+
+from ..errors import AidcError, ConflictError, UsageError
+from ..paths import DataDir
+from ..security import audit
+from . import roles, system_users
+from .directory import UserDirectory, UserRecord, open_directory
+
+log = logging.getLogger("aidc.users")
+
+INITIAL_ADMIN = "admin"
+
+
+class PlatformUsers:
+    """Add, remove and change the users of one platform (its data directory)."""
+
+    def __init__(self, data_dir: DataDir, directory: UserDirectory | None = None):
+        self.data_dir = data_dir
+        self.directory = directory or open_directory(data_dir)
+        self.system_accounts = system_users.running_as_root()
+        self.audit_path = data_dir.audit_log
+
+    def _audit(self, action: str, target: str, result: str, **extra) -> None:
+        audit.record(
+            "user", self.audit_path, actor=audit.cli_actor(), action=action,
+            target=target, result=result, **extra,
+        )
+
+    def _unix(self, name: str) -> str:
+        return system_users.system_name(name)
+
+    def add(self, name: str, role: str, password: str | None = None) -> UserRecord:
+        """Create the user with ``role``; as root, its Unix account with ``password``."""
+        try:
+            system_users.validate_name(name)
+            roles.check_role(role)
+            try:
+                self.directory.get(name)
+            except AidcError:
+                pass
+            else:
+                raise ConflictError(f"user {name!r} already exists")
+            created_account = False
+            if self.system_accounts:
+                if password is None:
+                    raise UsageError("a password is needed to create a Unix account")
+                created_account = system_users.account(self._unix(name)) is None
+                system_users.create_account(self._unix(name), self.data_dir.root)
+                system_users.set_password(self._unix(name), password)
+            try:
+                record = self.directory.add(name, role)
+            except Exception:
+                if created_account:
+                    system_users.delete_account(self._unix(name), data_dir=self.data_dir.root)
+                raise
+        except AidcError as e:
+            self._audit("add", name, "failure", role=role, reason=str(e))
+            raise
+        self._audit("add", name, "success", role=role)
+        return record
+
+    def remove(self, name: str, keep_home: bool = False) -> str | None:
+        """Remove the user (stopping their server); returns where a kept home went."""
+        try:
+            self.directory.remove(name)
+            kept = None
+            if self.system_accounts:
+                kept = system_users.delete_account(
+                    self._unix(name), keep_home=keep_home, data_dir=self.data_dir.root
+                )
+        except AidcError as e:
+            self._audit("remove", name, "failure", reason=str(e))
+            raise
+        self._audit("remove", name, "success")
+        return str(kept) if kept else None
+
+    def set_role(self, name: str, role: str) -> UserRecord:
+        try:
+            roles.check_role(role)
+            record = self.directory.set_role(name, role)
+        except AidcError as e:
+            self._audit("set-role", name, "failure", role=role, reason=str(e))
+            raise
+        self._audit("set-role", name, "success", role=role)
+        return record
+
+    def set_password(self, name: str, password: str) -> None:
+        self.directory.get(name)
+        if not self.system_accounts:
+            raise UsageError(
+                "passwords are per user only when the platform runs as root; in development "
+                "mode everyone signs in with the shared password in "
+                f"{self.data_dir.dev_password_file}"
+            )
+        system_users.set_password(self._unix(name), password)
+
+    def list(self) -> list[UserRecord]:
+        return self.directory.list()
+
+    def new_token(self, name: str, note: str = "aidc token", expires_in: int | None = None) -> str:
+        if expires_in is not None and expires_in <= 0:
+            raise UsageError("--expires-in must be a positive number of seconds")
+        try:
+            token = self.directory.new_token(name, note, expires_in)
+        except AidcError as e:
+            self._audit("issue-token", name, "failure", reason=str(e))
+            raise
+        self._audit("issue-token", name, "success")
+        return token
+
+    def ensure_initial_admin(self) -> str | None:
+        """On first start, create the ``admin`` user; return its password (once) or None."""
+        pw_file = self.data_dir.initial_admin_password
+        if pw_file.exists():
+            return None
+        password = secrets.token_urlsafe(18)
+        try:
+            self.directory.get(INITIAL_ADMIN)
+        except AidcError:
+            self.add(INITIAL_ADMIN, roles.ADMIN, password)
+        else:
+            if self.system_accounts:
+                system_users.set_password(self._unix(INITIAL_ADMIN), password)
+        if not self.system_accounts:
+            password = self.data_dir.secret(self.data_dir.dev_password_file, 16)
+        self.data_dir.write_private(pw_file, password + "\n")
+        return password

@@ -1,0 +1,176 @@
+"""Where aidc keeps things: the data directory and the files shipped with the project.
+
+All platform state lives in one data directory (``./.aidc`` by default) so that a
+deployment is backed up, moved or wiped as one folder. Secrets in it are 0600 and the
+directory itself 0700: user accounts never need to read it.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import PlatformError
+
+DEFAULT_DATA_DIR = ".aidc"
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Create ``path`` with mode 0600 from the start (no window where it is readable)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(path, 0o600)
+
+
+@dataclass(frozen=True)
+class DataDir:
+    """The layout of one platform's data directory."""
+
+    root: Path
+
+    @classmethod
+    def from_arg(cls, value: str | os.PathLike | None) -> "DataDir":
+        """Resolve ``--data-dir`` (or ``$AIDC_DATA_DIR``, or ``./.aidc``) to an absolute path."""
+        raw = value or os.environ.get("AIDC_DATA_DIR") or DEFAULT_DATA_DIR
+        return cls(Path(raw).expanduser().resolve())
+
+    # files -------------------------------------------------------------
+    @property
+    def hub_db(self) -> Path:
+        return self.root / "jupyterhub.sqlite"
+
+    @property
+    def hub_db_url(self) -> str:
+        return f"sqlite:///{self.hub_db}"
+
+    @property
+    def cookie_secret(self) -> Path:
+        return self.root / "jupyterhub_cookie_secret"
+
+    @property
+    def secrets_dir(self) -> Path:
+        return self.root / "secrets"
+
+    @property
+    def cli_token_file(self) -> Path:
+        """API token of the ``aidc-cli`` service: how the CLI talks to a running hub."""
+        return self.secrets_dir / "cli-token"
+
+    @property
+    def initial_admin_password(self) -> Path:
+        return self.root / "initial-admin-password"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def audit_log(self) -> Path:
+        return self.logs / "audit.jsonl"
+
+    @property
+    def hub_log(self) -> Path:
+        return self.logs / "hub.log"
+
+    @property
+    def state_file(self) -> Path:
+        """Written by ``aidc up`` while it runs: its PID and the hub's URLs."""
+        return self.root / "platform.json"
+
+    @property
+    def proxy_pid_file(self) -> Path:
+        return self.root / "proxy.pid"
+
+    @property
+    def config_d(self) -> Path:
+        """Drop-in hub configuration (``*.py``, loaded in name order after the defaults)."""
+        return self.root / "config.d"
+
+    @property
+    def dev_homes(self) -> Path:
+        """Per-user home folders in the shared-account development mode (not root)."""
+        return self.root / "homes"
+
+    @property
+    def dev_password_file(self) -> Path:
+        return self.secrets_dir / "dev-shared-password"
+
+    # setup -------------------------------------------------------------
+    def ensure(self) -> "DataDir":
+        """Create the directory tree with private permissions."""
+        for d in (self.root, self.secrets_dir, self.logs, self.config_d):
+            d.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o700)
+        os.chmod(self.secrets_dir, 0o700)
+        return self
+
+    def secret(self, path: Path, nbytes: int = 32) -> str:
+        """Return the secret stored at ``path``, creating it (0600) on first use."""
+        if path.exists():
+            return path.read_text().strip()
+        value = secrets.token_hex(nbytes)
+        self.ensure()
+        _write_private(path, value + "\n")
+        return value
+
+    def write_private(self, path: Path, text: str) -> None:
+        _write_private(path, text)
+
+
+def project_root() -> Path | None:
+    """The source checkout aidc runs from, if it runs from one (editable install)."""
+    candidate = Path(__file__).resolve().parents[2]
+    if (candidate / "hub_config" / "jupyterhub_config.py").exists():
+        return candidate
+    return None
+
+
+def share_dir() -> Path:
+    """Folder holding ``hub_config/`` and ``templates/``: the checkout, or the wheel's data."""
+    root = project_root()
+    if root is not None:
+        return root
+    installed = Path(sys.prefix) / "share" / "aidc"
+    if (installed / "hub_config").exists():
+        return installed
+    raise PlatformError(
+        "aidc cannot find its hub configuration (hub_config/jupyterhub_config.py). "
+        "Reinstall aidc with `make install`."
+    )
+
+
+def hub_config_file() -> Path:
+    return share_dir() / "hub_config" / "jupyterhub_config.py"
+
+
+def templates_dir() -> Path:
+    return share_dir() / "templates"
+
+
+def venv_bin() -> Path:
+    """The ``bin`` folder of the Python environment aidc runs in."""
+    return Path(sys.executable).parent
+
+
+def find_proxy_command() -> str:
+    """Locate configurable-http-proxy: the project's local npm install first, then PATH."""
+    root = project_root()
+    candidates = []
+    if root is not None:
+        candidates.append(root / "node_modules" / ".bin" / "configurable-http-proxy")
+    candidates.append(Path(sys.prefix) / "share" / "aidc" / "node_modules" / ".bin" / "configurable-http-proxy")
+    for c in candidates:
+        if c.exists():
+            return str(c)
+    found = shutil.which("configurable-http-proxy")
+    if found:
+        return found
+    raise PlatformError(
+        "configurable-http-proxy is not installed. Run `make install` (it installs it "
+        "locally with npm), or `npm install configurable-http-proxy` and put it on PATH."
+    )

@@ -1,0 +1,115 @@
+"""``aidc up``: prepare the data directory, then run JupyterHub in the foreground.
+
+The hub process is this process. JupyterHub itself starts configurable-http-proxy and
+the managed services, and on Ctrl-C or SIGTERM stops every user server, every service
+and the proxy (``cleanup_servers`` / ``cleanup_proxy``) before exiting.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+from .errors import PlatformError
+from .hub import system_users
+from .hub.config import PlatformOptions
+from .hub.directory import DatabaseDirectory, running_platform
+from .hub.users import INITIAL_ADMIN, PlatformUsers
+from .paths import hub_config_file, project_root
+
+DEV_MODE_WARNING = """\
+WARNING: aidc is not running as root, so it runs in shared-account development mode:
+every user's server runs as {account}, with no isolation between users, and everyone
+signs in with the shared password in {password_file}. Run `make up` as root for real
+per-user Unix accounts."""
+
+
+def _check_port_free(ip: str, port: int, what: str) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((ip or "0.0.0.0", port))
+        except OSError as e:
+            raise PlatformError(
+                f"cannot start: {what} port {port} on {ip or '0.0.0.0'} is in use ({e.strerror}); "
+                "choose another with --port"
+            ) from None
+
+
+def runtime_paths() -> list[Path]:
+    """What user accounts must reach to run their servers: the Python env and the code."""
+    paths = [Path(sys.prefix), Path(sys.base_prefix), Path(sys.executable).resolve().parent]
+    root = project_root()
+    if root is not None:
+        paths.append(root / "extensions")
+    return paths
+
+
+def prepare(options: PlatformOptions) -> str | None:
+    """Everything before the hub starts; returns the admin password on first run only."""
+    d = options.data_dir.ensure()
+    state = running_platform(d)
+    if state is not None:
+        raise PlatformError(
+            f"the platform in {d.root} is already running (pid {state['pid']}, {state['url']})"
+        )
+    _check_port_free(options.ip, options.port, "the public")
+    _check_port_free("127.0.0.1", options.hub_port, "the hub's")
+    _check_port_free("127.0.0.1", options.proxy_api_port, "the proxy API")
+    if system_users.running_as_root():
+        system_users.ensure_group()
+        system_users.grant_runtime_access(runtime_paths())
+    users = PlatformUsers(d, DatabaseDirectory(d.hub_db_url))
+    return users.ensure_initial_admin()
+
+
+def banner(options: PlatformOptions, password: str | None) -> str:
+    d = options.data_dir
+    lines = [f"aidc is starting on {options.public_url}  (data: {d.root})"]
+    if not system_users.running_as_root():
+        import getpass
+
+        lines.append(DEV_MODE_WARNING.format(account=getpass.getuser(), password_file=d.dev_password_file))
+    if password is not None:
+        lines += [
+            "",
+            "First start: an administrator account was created.",
+            f"  user:     {INITIAL_ADMIN}",
+            f"  password: {password}",
+            f"(also in {d.initial_admin_password}, readable only by this account;"
+            " it is not shown again)",
+        ]
+    return "\n".join(lines)
+
+
+def run(options: PlatformOptions) -> int:
+    """Run the platform in the foreground until Ctrl-C or SIGTERM."""
+    password = prepare(options)
+    print(banner(options, password), flush=True)
+    os.environ.update(options.to_env())
+    d = options.data_dir
+    d.write_private(
+        d.state_file,
+        json.dumps(
+            {
+                "pid": os.getpid(),
+                "url": options.public_url,
+                "hub_api_url": options.hub_api_url,
+                "started": time.time(),
+            }
+        ),
+    )
+    from jupyterhub.app import JupyterHub
+
+    try:
+        JupyterHub.launch_instance(argv=["-f", str(hub_config_file())])
+    finally:
+        try:
+            d.state_file.unlink()
+        except FileNotFoundError:
+            pass
+    return 0

@@ -1,0 +1,90 @@
+"""One event stream for security-relevant actions, built on jupyter-events.
+
+Every process of the platform (the hub, the ``aidc`` CLI, later the services) records
+through :func:`record`, which validates the event against a versioned schema in
+``schemas/`` and appends one JSON line to ``<data-dir>/logs/audit.jsonl``. Each line
+carries ``actor``, ``action``, ``target``, ``result`` and jupyter-events'
+``__timestamp__`` and ``__schema_version__``.
+
+New kinds of event are a new schema file plus a name in :data:`SCHEMAS`; the log file
+and its format stay the same for every producer, so the tamper-evident chain added
+later covers all of them.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from jupyter_events import EventLogger
+
+SCHEMA_DIR = Path(__file__).parent / "schemas"
+BASE_ID = "https://aidc.dev/events/security/"
+
+#: short name -> schema file; ``record("auth", ...)`` etc.
+SCHEMAS = {"auth": "auth.yaml", "user": "user.yaml", "server": "server.yaml"}
+
+log = logging.getLogger("aidc.audit")
+
+_loggers: dict[str, EventLogger] = {}
+
+
+class _PrivateFileHandler(logging.FileHandler):
+    """Append-only JSON lines, the file created 0600 (it names people and addresses)."""
+
+    def _open(self):  # noqa: D401 - logging API
+        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        return os.fdopen(fd, "a", encoding=self.encoding or "utf-8")
+
+
+def _event_logger(path: Path) -> EventLogger:
+    key = str(path)
+    if key not in _loggers:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        logger = EventLogger(handlers=[_PrivateFileHandler(str(path))])
+        for filename in SCHEMAS.values():
+            logger.register_event_schema(SCHEMA_DIR / filename)
+        _loggers[key] = logger
+    return _loggers[key]
+
+
+def audit_log_path() -> Path | None:
+    """The audit log of the platform this process belongs to (``$AIDC_DATA_DIR``)."""
+    data_dir = os.environ.get("AIDC_DATA_DIR")
+    if not data_dir:
+        return None
+    return Path(data_dir) / "logs" / "audit.jsonl"
+
+
+def cli_actor() -> str:
+    """The actor recorded for changes made with the ``aidc`` command."""
+    return f"cli:{getpass.getuser()}"
+
+
+def record(kind: str, path: Path | None = None, **data: Any) -> None:
+    """Record one audit event of ``kind`` (``auth``, ``user``, ``server``).
+
+    ``path`` defaults to the current platform's audit log. Recording never raises into
+    the caller's action: an event that fails validation is a bug, logged loudly.
+    """
+    path = path or audit_log_path()
+    if path is None:
+        log.warning("no AIDC_DATA_DIR: audit event %s %s not recorded", kind, data)
+        return
+    clean = {k: v for k, v in data.items() if v is not None}
+    try:
+        _event_logger(path).emit(schema_id=BASE_ID + kind, data=clean)
+    except Exception:  # pragma: no cover - a schema mismatch is a programming error
+        log.exception("could not record audit event %s %s", kind, clean)
+
+
+def read_events(path: Path) -> list[dict[str, Any]]:
+    """All events of an audit log, oldest first (for the CLI, tests and dashboards)."""
+    if not path.exists():
+        return []
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]

@@ -1,0 +1,1 @@
+"""Hub-managed services of the platform; :mod:`aidc.services.base` is what they build on."""

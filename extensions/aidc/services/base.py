@@ -1,0 +1,150 @@
+"""What every aidc service process is built on: hub auth, JSON errors, one way to run.
+
+A service is a Tornado application behind the hub's proxy at ``/services/<name>/``.
+It authenticates browsers with hub OAuth and API callers with hub tokens (both through
+:class:`jupyterhub.services.auth.HubOAuth`, configured from the environment JupyterHub
+gives a managed service), checks the caller's scopes, and answers errors as JSON
+``{"status": N, "message": "..."}``; only :class:`~aidc.errors.AidcError` messages reach
+the caller, anything else is logged and answered with a generic 500.
+
+Example (see ``tests/services/echo.py``)::
+
+    class Hello(ServiceHandler):
+        @authenticated
+        def get(self):
+            self.write_json({"hello": self.current_user["name"]})
+
+    run_service([(r"/api/hello", Hello)])
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+from typing import Any
+from urllib.parse import urlparse
+
+from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler, HubOAuthenticated
+from jupyterhub.utils import url_path_join
+from tornado import web
+from tornado.log import app_log
+
+from ..errors import (
+    AidcError,
+    AuthenticationError,
+    ConflictError,
+    NotFoundError,
+    PermissionDeniedError,
+    UsageError,
+)
+
+#: HTTP status for each kind of user-facing error
+STATUS_FOR_ERROR = {
+    UsageError: 400,
+    AuthenticationError: 401,
+    PermissionDeniedError: 403,
+    NotFoundError: 404,
+    ConflictError: 409,
+}
+
+authenticated = web.authenticated
+
+
+class ServiceHandler(HubOAuthenticated, web.RequestHandler):
+    """Base handler: hub-authenticated, JSON in and out, user-safe errors."""
+
+    def get_login_url(self):
+        # API calls (token auth, JSON clients) get a 401, only browsers are redirected
+        if "/api/" in self.request.path or "Authorization" in self.request.headers:
+            raise web.HTTPError(401, "Authentication required: send a hub API token")
+        return super().get_login_url()
+
+    def write_json(self, data: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(data, default=str))
+
+    def json_body(self) -> dict:
+        try:
+            body = json.loads(self.request.body or b"{}")
+        except ValueError as e:
+            raise UsageError(f"the request body is not valid JSON: {e}") from None
+        if not isinstance(body, dict):
+            raise UsageError("the request body must be a JSON object")
+        return body
+
+    @property
+    def user_name(self) -> str:
+        return self.current_user["name"]
+
+    def has_scope(self, scope: str) -> bool:
+        """Whether the caller holds ``scope`` (filters such as ``!user=`` honoured)."""
+        return bool(self.hub_auth.check_scopes({scope}, self.current_user))
+
+    def _handle_request_exception(self, e):
+        if isinstance(e, AidcError):
+            status = next((s for cls, s in STATUS_FOR_ERROR.items() if isinstance(e, cls)), 400)
+            self.send_error(status, reason_message=str(e))
+            return
+        super()._handle_request_exception(e)
+
+    def write_error(self, status_code: int, **kwargs) -> None:
+        message = kwargs.get("reason_message")
+        exc_info = kwargs.get("exc_info")
+        if message is None and exc_info:
+            exc = exc_info[1]
+            if isinstance(exc, web.HTTPError) and exc.log_message:
+                message = exc.log_message % exc.args if exc.args else exc.log_message
+        if message is None:
+            message = self._reason if status_code < 500 else "Internal error; see the service log."
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"status": status_code, "message": message}))
+
+
+class HealthHandler(web.RequestHandler):
+    """Unauthenticated liveness probe."""
+
+    def get(self):
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"status": "ok"}))
+
+
+def service_prefix() -> str:
+    return os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/")
+
+
+def make_app(routes: list[tuple], **settings) -> web.Application:
+    """Mount ``routes`` under the service prefix, with OAuth callback and health check."""
+    prefix = service_prefix()
+    hub_auth = HubOAuth(api_token=os.environ["JUPYTERHUB_API_TOKEN"], cache_max_age=60)
+    handlers = [
+        (url_path_join(prefix, "oauth_callback"), HubOAuthCallbackHandler),
+        (url_path_join(prefix, "health"), HealthHandler),
+    ]
+    handlers += [(url_path_join(prefix, pattern), *rest) for pattern, *rest in routes]
+    return web.Application(
+        handlers, hub_auth=hub_auth, cookie_secret=os.urandom(32), **settings
+    )
+
+
+def run_service(routes: list[tuple], **settings) -> None:
+    """Serve ``routes`` on the address JupyterHub assigned; stop cleanly on SIGTERM/SIGINT."""
+    logging.basicConfig(level=logging.INFO, format="[%(levelname)s %(asctime)s %(name)s] %(message)s")
+    url = urlparse(os.environ["JUPYTERHUB_SERVICE_URL"])
+
+    async def main():
+        app = make_app(routes, **settings)
+        server = app.listen(url.port, address=url.hostname or "127.0.0.1", xheaders=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        app_log.info("service %s listening on %s", os.environ.get("JUPYTERHUB_SERVICE_NAME"), url.geturl())
+        await stop.wait()
+        server.stop()
+        await server.close_all_connections()
+
+    asyncio.run(main())
