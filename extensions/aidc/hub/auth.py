@@ -1,15 +1,23 @@
-"""Authenticators: JupyterHub's own, wrapped with aidc's name mapping, throttle and audit.
+"""Authenticators: JupyterHub's own and its well-kept plugins, wrapped for aidc.
 
-No passwords are stored by aidc. When the platform runs as root, sign-in is JupyterHub's
-:class:`~jupyterhub.auth.PAMAuthenticator` against the Unix account ``jupyter-<name>``
-that ``aidc user add`` created. Without root (development), JupyterHub's
-:class:`~jupyterhub.authenticators.shared.SharedPasswordAuthenticator` checks one shared
-password kept 0600 in the data directory. Company sign-in (OIDC, LDAP) is configured in
-``hub_config/`` with OAuthenticator / ldapauthenticator plus :class:`AuditedLoginMixin`.
+No passwords are stored by aidc. The wrappers add three things to whichever
+authenticator checks the credentials:
 
-Every attempt is recorded in the audit log and counted by the
-:class:`~aidc.hub.throttle.LoginThrottle`. The page always says the same thing on
-failure, so it does not reveal whether an account exists.
+* :class:`AuditedLoginMixin`: every attempt is throttled (:mod:`aidc.hub.throttle`) and
+  recorded in the audit log; the page says the same thing on every failure, so it does
+  not reveal whether an account exists;
+* :class:`SystemAccountsMixin`: as root, hub user ``alice`` is backed by the Unix account
+  ``jupyter-alice`` of *this* platform, created when the user is added;
+* the concrete classes, one per way of signing in:
+
+  - :class:`SystemUserPAMAuthenticator` (the default as root): PAM against the Unix
+    account that ``aidc user add`` created;
+  - :class:`DevSharedPasswordAuthenticator` (the default without root): one shared
+    password kept 0600 in the data directory; no isolation, development only;
+  - :class:`CompanyOIDCAuthenticator`: OpenID Connect through OAuthenticator's
+    GenericOAuthenticator (``hub_config/auth_oidc.py``);
+  - :class:`CompanyLDAPAuthenticator`: LDAP through ldapauthenticator
+    (``hub_config/auth_ldap.py``).
 """
 
 from __future__ import annotations
@@ -18,16 +26,20 @@ import os
 
 from jupyterhub.auth import PAMAuthenticator
 from jupyterhub.authenticators.shared import SharedPasswordAuthenticator
+from ldapauthenticator import LDAPAuthenticator
+from oauthenticator.generic import GenericOAuthenticator
 from tornado import web
-from traitlets import Unicode, default
+import requests
+from traitlets import Dict, Unicode, default
+from traitlets.config import LoggingConfigurable
 
 from ..security import audit
-from . import system_users
+from . import roles, system_users
 from .throttle import LoginThrottle
 
 
 class AuditedLoginMixin:
-    """Throttle and audit every sign-in, whatever checks the password."""
+    """Throttle and audit every sign-in, whatever checks the credentials."""
 
     _throttle: LoginThrottle | None = None
 
@@ -40,7 +52,7 @@ class AuditedLoginMixin:
 
     async def get_authenticated_user(self, handler, data):
         raw = (data or {}).get("username", "") or ""
-        username = self.normalize_username(raw) if raw else raw
+        username = self.normalize_username(raw) if raw else ""
         ip = handler.request.remote_ip if handler is not None else None
 
         wait = self.throttle.retry_after(username, ip)
@@ -50,11 +62,19 @@ class AuditedLoginMixin:
                 result="failure", reason="throttled", remote_ip=ip,
             )
             raise web.HTTPError(
-                429,
-                f"Too many failed sign-in attempts. Try again in {wait} seconds.",
+                429, f"Too many failed sign-in attempts. Try again in {wait} seconds."
             )
 
-        user = await super().get_authenticated_user(handler, data)
+        try:
+            user = await super().get_authenticated_user(handler, data)
+        except web.HTTPError as e:
+            # e.g. OAuth: the identity provider refused, or the user is not allowed
+            self.throttle.failure(username, ip)
+            audit.record(
+                "auth", actor=username, action="login", target="hub",
+                result="failure", reason=f"refused ({e.status_code})", remote_ip=ip,
+            )
+            raise
         if user is None:
             self.throttle.failure(username, ip)
             audit.record(
@@ -70,19 +90,47 @@ class AuditedLoginMixin:
         return user
 
 
-class SystemUserPAMAuthenticator(AuditedLoginMixin, PAMAuthenticator):
-    """PAM sign-in where hub user ``alice`` is the Unix account ``<prefix>alice``.
+class SystemAccountsMixin(LoggingConfigurable):
+    """As root, back each hub user with the Unix account ``<prefix><name>`` of this platform.
 
-    Only users that exist in the hub (added with ``aidc user add``) may sign in; the
-    mapping means no hub name can ever authenticate as ``root`` or any account aidc did
-    not create.
+    Accounts are created when a user is added (``aidc user add``, the admin page, or a
+    first company sign-in); an account another platform or the system owns is never used.
     """
 
     system_username_prefix = Unicode(
         system_users.DEFAULT_PREFIX,
         help="""Prefix of the Unix account that backs each hub user
-        (hub user `alice` is Unix account `jupyter-alice`, as in The Littlest JupyterHub).""",
+        (hub user `alice` is Unix account `jupyter-alice`, as in The Littlest JupyterHub).
+        Must match `SystemUserSpawner.system_username_prefix`.""",
     ).tag(config=True)
+
+    @property
+    def _data_dir(self) -> str | None:
+        return os.environ.get("AIDC_DATA_DIR")
+
+    def system_username(self, name: str) -> str:
+        return system_users.system_name(name, self.system_username_prefix)
+
+    def system_user_exists(self, user) -> bool:
+        return system_users.is_managed(self.system_username(user.name), self._data_dir)
+
+    def add_system_user(self, user) -> None:
+        system_users.create_account(self.system_username(user.name), self._data_dir)
+
+    async def add_user(self, user):
+        if system_users.running_as_root() and not self.system_user_exists(user):
+            self.add_system_user(user)
+        result = super().add_user(user)
+        if hasattr(result, "__await__"):
+            await result
+
+
+class SystemUserPAMAuthenticator(AuditedLoginMixin, SystemAccountsMixin, PAMAuthenticator):
+    """PAM sign-in where hub user ``alice`` is the Unix account ``<prefix>alice``.
+
+    Only hub users (added with ``aidc user add``) may sign in, and the mapping means no
+    hub name can authenticate as ``root`` or any account this platform did not create.
+    """
 
     @default("open_sessions")
     def _no_pam_sessions(self):
@@ -94,36 +142,23 @@ class SystemUserPAMAuthenticator(AuditedLoginMixin, PAMAuthenticator):
     def _allow_existing(self):
         return True
 
-    def system_username(self, name: str) -> str:
-        return system_users.system_name(name, self.system_username_prefix)
-
     def normalize_username(self, username):
-        # the PAM round-trip would look up the hub name as a Unix name; names are
-        # mapped instead, so only the generic normalisation applies
+        # PAM's round-trip would look the hub name up as a Unix name; names are mapped
+        # instead, so only the generic normalisation applies
         return super(PAMAuthenticator, self).normalize_username(username)
 
     async def authenticate(self, handler, data):
         name = self.normalize_username(data.get("username", ""))
         if not self.validate_username(name) or not system_users.is_managed(
-            self.system_username(name), os.environ.get("AIDC_DATA_DIR")
+            self.system_username(name), self._data_dir
         ):
             return None
         mapped = dict(data, username=self.system_username(name))
         result = await super().authenticate(handler, mapped)
         return name if result else None
 
-    def system_user_exists(self, user):
-        return system_users.is_managed(
-            self.system_username(user.name), os.environ.get("AIDC_DATA_DIR")
-        )
-
-    def add_system_user(self, user):
-        system_users.create_account(
-            self.system_username(user.name), os.environ.get("AIDC_DATA_DIR")
-        )
-
     def check_allowed_groups(self, username, authentication=None):
-        return False
+        return False  # Unix groups play no part: hub membership decides
 
 
 class DevSharedPasswordAuthenticator(AuditedLoginMixin, SharedPasswordAuthenticator):
@@ -136,3 +171,90 @@ class DevSharedPasswordAuthenticator(AuditedLoginMixin, SharedPasswordAuthentica
     @default("allow_existing_users")
     def _allow_existing(self):
         return True
+
+
+class CompanyOIDCAuthenticator(AuditedLoginMixin, SystemAccountsMixin, GenericOAuthenticator):
+    """Company sign-in with OpenID Connect (Keycloak, Entra ID, Okta, Google, ...).
+
+    GenericOAuthenticator needs each endpoint spelled out; with `oidc_issuer` they are
+    read from the provider's discovery document instead. With `role_groups`, a user's
+    aidc role follows their groups at the provider on every sign-in; without it, roles
+    are set with ``aidc user set-role``.
+    """
+
+    oidc_issuer = Unicode(
+        "",
+        help="""OpenID Connect issuer URL (e.g. https://sso.example.com/realms/ai).
+        The authorize, token and userinfo endpoints are read from
+        `<issuer>/.well-known/openid-configuration` when not set explicitly.""",
+    ).tag(config=True)
+
+    role_groups = Dict(
+        key_trait=Unicode(),
+        value_trait=Unicode(),
+        help="""Map of identity-provider group -> aidc role, e.g.
+        `{"ml-platform-admins": "admin", "data-science": "scientist"}`. When set, the
+        groups claim (`oauth_user.groups`) decides the user's role at every sign-in and
+        users in none of these groups are refused.""",
+    ).tag(config=True)
+
+    _discovered: dict | None = None
+
+    def _discovery(self) -> dict:
+        if self._discovered is None:
+            if not self.oidc_issuer:
+                self._discovered = {}
+            else:
+                url = self.oidc_issuer.rstrip("/") + "/.well-known/openid-configuration"
+                r = requests.get(url, timeout=30)
+                r.raise_for_status()
+                self._discovered = r.json()
+        return self._discovered
+
+    @default("authorize_url")
+    def _authorize_url(self):
+        return self._discovery().get("authorization_endpoint", "")
+
+    @default("token_url")
+    def _token_url(self):
+        return self._discovery().get("token_endpoint", "")
+
+    @default("userdata_url")
+    def _userdata_url(self):
+        return self._discovery().get("userinfo_endpoint", "")
+
+    @default("scope")
+    def _scope(self):
+        return ["openid", "profile", "email"]
+
+    @default("username_claim")
+    def _username_claim(self):
+        return "preferred_username"
+
+    @default("login_service")
+    def _login_service(self):
+        return "company sign-in"
+
+    @default("manage_groups")
+    def _manage_groups(self):
+        return bool(self.role_groups)
+
+    @default("auth_state_groups_key")
+    def _groups_key(self):
+        return self._aidc_role_groups
+
+    def _aidc_role_groups(self, auth_state: dict) -> list[str]:
+        """The one aidc role group (the highest) for the provider groups of a user."""
+        provider_groups = (auth_state.get("oauth_user") or {}).get("groups") or []
+        mapped = {self.role_groups[g] for g in provider_groups if g in self.role_groups}
+        role = roles.role_of(mapped)
+        return [role] if role else []
+
+    async def check_allowed(self, username, auth_model):
+        if self.role_groups and auth_model is not None:
+            return bool(self._aidc_role_groups(auth_model.get("auth_state") or {}))
+        return await super().check_allowed(username, auth_model)
+
+
+class CompanyLDAPAuthenticator(AuditedLoginMixin, SystemAccountsMixin, LDAPAuthenticator):
+    """Company sign-in against an LDAP directory (OpenLDAP, Active Directory)."""

@@ -45,7 +45,8 @@ class LoginThrottle(LoggingConfigurable):
         self._locked_until: dict[str, float] = {}
 
     def _keys(self, username: str, ip: str | None) -> list[tuple[str, int]]:
-        keys = [(f"user:{username}", self.max_failures_per_user)]
+        # OAuth callbacks carry no user name: only the address counts then
+        keys = [(f"user:{username}", self.max_failures_per_user)] if username else []
         if ip:
             keys.append((f"ip:{ip}", self.max_failures_per_ip))
         return keys
