@@ -4,8 +4,9 @@ Use: copy this file to `<data-dir>/config.d/10-auth.py`, set the variables below
 restart `aidc up`.
 
     AIDC_LDAP_SERVER          host name of the directory server
-    AIDC_LDAP_PORT            default 389 (636 with AIDC_LDAP_SSL=1)
-    AIDC_LDAP_SSL             1 for LDAPS
+    AIDC_LDAP_PORT            default 389 (636 with AIDC_LDAP_TLS=on_connect)
+    AIDC_LDAP_TLS             before_bind (default, StartTLS), on_connect (LDAPS) or
+                              insecure (no TLS: only for a directory on this host)
     AIDC_LDAP_BIND_TEMPLATE   DN of a user, e.g. "uid={username},ou=people,dc=example,dc=com"
                               (several templates separated by ";")
     AIDC_LDAP_ALLOWED_GROUPS  optional; DNs of groups whose members may sign in (";"-separated)
@@ -21,10 +22,9 @@ c = get_config()  # noqa: F821
 
 c.JupyterHub.authenticator_class = "aidc.hub.auth.CompanyLDAPAuthenticator"
 c.LDAPAuthenticator.server_address = os.environ["AIDC_LDAP_SERVER"]
-c.LDAPAuthenticator.use_ssl = os.environ.get("AIDC_LDAP_SSL", "") == "1"
-c.LDAPAuthenticator.server_port = int(
-    os.environ.get("AIDC_LDAP_PORT", "636" if c.LDAPAuthenticator.use_ssl else "389")
-)
+c.LDAPAuthenticator.tls_strategy = os.environ.get("AIDC_LDAP_TLS", "before_bind")
+if os.environ.get("AIDC_LDAP_PORT"):
+    c.LDAPAuthenticator.server_port = int(os.environ["AIDC_LDAP_PORT"])
 c.LDAPAuthenticator.bind_dn_template = os.environ["AIDC_LDAP_BIND_TEMPLATE"].split(";")
 groups = os.environ.get("AIDC_LDAP_ALLOWED_GROUPS", "")
 if groups:
