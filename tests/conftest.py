@@ -109,8 +109,10 @@ def viewer(platform) -> User:
 def fresh_platform(tmp_path):
     made: list[Platform] = []
 
-    def make(config: str | None = None, prefix: str | None = None) -> Platform:
-        p = Platform(tmp_path / f"platform{len(made)}", prefix=prefix or new_prefix())
+    def make(config: str | None = None, prefix: str | None = None,
+             env: dict | None = None) -> Platform:
+        p = Platform(tmp_path / f"platform{len(made)}", prefix=prefix or new_prefix(),
+                     env=env or {})
         if config:
             (p.data_dir / "config.d").mkdir(parents=True)
             (p.data_dir / "config.d" / "50-test.py").write_text(config)

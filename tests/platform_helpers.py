@@ -69,6 +69,8 @@ class Platform:
     hub_port: int = field(default_factory=free_port)
     proxy_api_port: int = field(default_factory=free_port)
     prefix: str = UNIX_PREFIX
+    #: extra environment for `aidc up` and the CLI (e.g. AIDC_LDAP_* for a drop-in)
+    env: dict = field(default_factory=dict)
     proc: subprocess.Popen | None = None
     users: list[User] = field(default_factory=list)
 
@@ -88,7 +90,7 @@ class Platform:
             [AIDC, "up", "--data-dir", str(self.data_dir), "--port", str(self.port),
              "--hub-port", str(self.hub_port), "--proxy-api-port", str(self.proxy_api_port)],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, "AIDC_UNIX_USER_PREFIX": self.prefix},
+            env={**os.environ, "AIDC_UNIX_USER_PREFIX": self.prefix, **self.env},
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -125,7 +127,8 @@ class Platform:
 
     # CLI -------------------------------------------------------------------
     def cli(self, *args: str, input: str | None = None, env: dict | None = None):
-        return run_aidc(*args, data_dir=self.data_dir, input=input, env=env, prefix=self.prefix)
+        return run_aidc(*args, data_dir=self.data_dir, input=input,
+                        env={**self.env, **(env or {})}, prefix=self.prefix)
 
     def new_user(self, role: str, with_token: bool = True) -> User:
         name = f"{role[:3]}{secrets.token_hex(3)}"
