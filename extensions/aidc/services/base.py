@@ -56,6 +56,18 @@ authenticated = web.authenticated
 class ServiceHandler(HubOAuthenticated, web.RequestHandler):
     """Base handler: hub-authenticated, JSON in and out, user-safe errors."""
 
+    def get_current_user(self):
+        user = super().get_current_user()
+        if user is None and not getattr(self, "_refusing", False):
+            model = self.hub_auth.get_user(self)  # cached by HubAuth for this request
+            if model:
+                # signed in, but without access to this service: say so, do not ask to log in
+                self._refusing = True
+                raise web.HTTPError(
+                    403, f"{model['kind']} {model['name']} may not use this service"
+                )
+        return user
+
     def get_login_url(self):
         # API calls (token auth, JSON clients) get a 401, only browsers are redirected
         if "/api/" in self.request.path or "Authorization" in self.request.headers:

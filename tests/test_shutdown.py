@@ -1,0 +1,51 @@
+"""Stopping the platform stops everything it started, and leaves no process behind."""
+
+import signal
+import time
+
+import psutil
+import pytest
+
+
+def _tree(pid: int) -> list[psutil.Process]:
+    parent = psutil.Process(pid)
+    return [parent, *parent.children(recursive=True)]
+
+
+def _all_gone(procs: list[psutil.Process], timeout: float = 30) -> list[psutil.Process]:
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    return [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_stop_leaves_no_process_behind(fresh_platform, sig):
+    p = fresh_platform()
+    p.start()
+    user = p.new_user("scientist")
+    p.start_server(user)
+    procs = _tree(p.proc.pid)
+    commands = " ".join(" ".join(proc.cmdline()) for proc in procs)
+    assert "configurable-http-proxy" in commands
+    assert "jupyterhub-singleuser" in commands
+    user_procs = [proc for proc in procs if proc.username() == p.prefix + user.name]
+    assert user_procs, "the user's server runs as the user's Unix account"
+
+    assert p.stop(sig) == 0
+    assert _all_gone(procs) == []
+    assert not (p.data_dir / "platform.json").exists()
+    assert not any(proc.username() == p.prefix + user.name for proc in psutil.process_iter())
+
+
+def test_second_platform_on_the_same_data_dir_is_refused(fresh_platform):
+    p = fresh_platform()
+    p.start()
+    r = p.cli("up", "--port", str(p.port + 1))
+    assert r.returncode == 1
+    assert "already running" in r.stderr
+
+
+def test_port_in_use_is_a_clear_error(fresh_platform, platform):
+    p = fresh_platform()
+    r = p.cli("up", "--port", str(platform.port))
+    assert r.returncode == 1
+    assert f"port {platform.port}" in r.stderr and "in use" in r.stderr
