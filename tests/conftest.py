@@ -68,6 +68,7 @@ def tmp_root():
     _remove_stale_test_accounts()
     # /tmp is world-traversable; the data dir itself is made 0700 by aidc
     root = Path(tempfile.mkdtemp(prefix="aidc-tests-"))
+    root.chmod(0o711)  # the development-mode test runs a platform as another account
     yield root
     shutil.rmtree(root, ignore_errors=True)
 

@@ -92,6 +92,9 @@ class Platform:
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             env={**os.environ, "AIDC_UNIX_USER_PREFIX": self.prefix, **self.env},
         )
+        return self.wait_until_up(timeout)
+
+    def wait_until_up(self, timeout: float = 90) -> "Platform":
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

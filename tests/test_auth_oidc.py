@@ -24,6 +24,7 @@ import selectors
 import subprocess
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import parse_qs, urljoin, urlparse
@@ -111,7 +112,8 @@ def _read_line(proc: subprocess.Popen, timeout: float) -> str:
 def idp(tmp_path_factory):
     install = subprocess.run([str(IDP_DIR / "install.sh")], capture_output=True, text=True,
                              timeout=600)
-    assert install.returncode == 0, f"tests/idp/install.sh failed:\n{install.stdout}{install.stderr}"
+    assert install.returncode == 0, (
+        f"tests/idp/install.sh failed:\n{install.stdout}{install.stderr}")
 
     work = tmp_path_factory.mktemp("idp")
     accounts_file = work / "accounts.json"
@@ -224,7 +226,8 @@ def submit(s: requests.Session, r: requests.Response, form: Form, **values) -> r
     return s.post(urljoin(r.url, form.action), data={**form.fields, **values}, timeout=60)
 
 
-def company_sign_in(p: Platform, idp: IdP, account: Account) -> tuple[requests.Session, requests.Response]:
+def company_sign_in(p: Platform, idp: IdP,
+                    account: Account) -> tuple[requests.Session, requests.Response]:
     """What a person does: open the hub, choose company sign-in, sign in there, allow.
 
     Returns the browser session and the page the hub finally shows.
@@ -370,6 +373,6 @@ def test_role_follows_provider_groups_at_each_sign_in(company_platform, idp):
 
 
 def _epoch(timestamp: str) -> float:
-    from datetime import datetime
-
-    return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
+    """Seconds since the epoch of an event's ``__timestamp__`` (UTC, ISO 8601)."""
+    moment = datetime.fromisoformat(timestamp.removesuffix("Z"))
+    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()

@@ -6,7 +6,7 @@ import os
 import pwd
 import stat
 
-from platform_helpers import User, unix_name
+from platform_helpers import User, run_aidc, unix_name
 
 
 def _names(result) -> dict:
@@ -118,3 +118,11 @@ def test_accounts_of_another_platform_are_left_alone(fresh_platform):
     r = second.cli("user", "list", "--json")
     assert "dave1" not in _names(r)
     assert pwd.getpwnam(unix_name("dave1", first.prefix))  # untouched
+
+
+def test_unusable_data_dir_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    r = run_aidc("user", "list", data_dir=blocker / "data")
+    assert r.returncode == 1
+    assert "cannot use the data directory" in r.stderr and "Traceback" not in r.stderr

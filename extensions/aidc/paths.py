@@ -103,10 +103,16 @@ class DataDir:
     # setup -------------------------------------------------------------
     def ensure(self) -> "DataDir":
         """Create the directory tree with private permissions."""
-        for d in (self.root, self.secrets_dir, self.logs, self.config_d):
-            d.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.root, 0o700)
-        os.chmod(self.secrets_dir, 0o700)
+        try:
+            for d in (self.root, self.secrets_dir, self.logs, self.config_d):
+                d.mkdir(parents=True, exist_ok=True)
+            os.chmod(self.root, 0o700)
+            os.chmod(self.secrets_dir, 0o700)
+        except PermissionError as e:
+            raise PlatformError(
+                f"cannot use the data directory {self.root}: {e.strerror} ({e.filename}); "
+                "choose another with --data-dir"
+            ) from None
         return self
 
     def secret(self, path: Path, nbytes: int = 32) -> str:
