@@ -32,3 +32,17 @@ def test_jupyterlab_is_the_default_page(platform, scientist):
     r = platform.api(scientist.token).get(f"{platform.url}/user/{scientist.name}/lab", timeout=60)
     assert r.status_code == 200
     assert "JupyterLab" in r.text
+
+
+def test_the_aidc_client_works_inside_a_notebook_without_configuration(platform, scientist):
+    platform.start_server(scientist)
+    platform.stop_server(scientist)  # pick up the current server environment
+    platform.start_server(scientist)
+    out = execute(
+        platform, scientist,
+        "from aidc.client import Client\n"
+        "c = Client()\n"
+        "me = c.whoami()\n"
+        "print(me['name'], me['role'], c.get_json('services/echo/api/whoami')['name'])",
+    )
+    assert out.split() == [scientist.name, "scientist", scientist.name]

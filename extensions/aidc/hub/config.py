@@ -121,7 +121,17 @@ def configure(c, options: PlatformOptions | None = None) -> PlatformOptions:
     c.Spawner.environment = {
         # kernels and terminals find the platform's Python first
         "PATH": f"{venv_bin()}:/usr/local/bin:/usr/bin:/bin",
+        # where aidc.client finds the platform from inside a server
+        "AIDC_URL": o.public_url,
     }
+    # $JUPYTERHUB_API_TOKEN in a server acts as its user (within the user's own
+    # permissions), so notebooks use the platform services without pasting a token
+    c.Spawner.server_token_scopes = [
+        "users:activity!user",
+        "access:servers!server",
+        "self",
+        "access:services",
+    ]
 
     cli_token = d.secret(d.cli_token_file)
     c.JupyterHub.services = [{"name": CLI_SERVICE, "api_token": cli_token}]
