@@ -103,6 +103,18 @@ def test_offline_user_management_then_sign_in(fresh_platform):
     r = p.hub(token, "GET", "/user")
     assert r.status_code == 200 and r.json()["groups"] == ["scientist"]
 
+    # and removing her while it is stopped removes her everywhere
+    p.stop()
+    r = p.cli("user", "remove", "carol1")
+    assert r.returncode == 0, r.stderr
+    p.users = [u for u in p.users if u.name != "carol1"]
+    assert "carol1" not in _names(p.cli("user", "list", "--json"))
+    assert not any(pw.pw_name == unix_name("carol1", p.prefix) for pw in pwd.getpwall())
+    p.start()
+    _, page = p.login("carol1", "carols-password")
+    assert page.status_code == 403
+    assert p.hub(token, "GET", "/user").status_code == 403
+
 
 def test_accounts_of_another_platform_are_left_alone(fresh_platform):
     first = fresh_platform()
