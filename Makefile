@@ -57,13 +57,15 @@ system-deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq acl >/dev/null; fi
 
 # chromium: the browser tests drive Debian's Chromium with Playwright.
-# slapd: the LDAP sign-in tests run a real OpenLDAP server.
+# slapd: the LDAP sign-in tests run a real OpenLDAP server; tests/idp: a real OpenID
+# Connect provider (npm oidc-provider) for the OIDC sign-in tests.
 test-system-deps:
 	@if ! command -v chromium >/dev/null; then \
 	  if [ "$(IS_ROOT)" = yes ] && command -v apt-get >/dev/null; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "the browser tests need Chromium: apt-get install chromium (as root)"; exit 1; fi; fi
 	bash tests/ldap/install.sh
+	bash tests/idp/install.sh
 
 clean:
 	rm -rf $(VENV) node_modules

@@ -8,6 +8,8 @@ symlink it), register the hub at your identity provider with the redirect URI
     AIDC_OIDC_CLIENT_ID       client id registered at the provider
     AIDC_OIDC_CLIENT_SECRET   its secret
     AIDC_OIDC_CALLBACK_URL    default http://127.0.0.1:8000/hub/oauth_callback
+    AIDC_OIDC_SCOPES          default "openid profile email"; add "groups" for providers
+                              (Okta, ...) that send the groups claim only for that scope
     AIDC_OIDC_ROLE_GROUPS     provider group -> aidc role, e.g.
                               "ml-admins=admin,data-science=scientist,stakeholders=viewer"
 
@@ -29,6 +31,8 @@ c.CompanyOIDCAuthenticator.client_secret = os.environ["AIDC_OIDC_CLIENT_SECRET"]
 c.CompanyOIDCAuthenticator.oauth_callback_url = os.environ.get(
     "AIDC_OIDC_CALLBACK_URL", "http://127.0.0.1:8000/hub/oauth_callback"
 )
+if os.environ.get("AIDC_OIDC_SCOPES"):
+    c.CompanyOIDCAuthenticator.scope = os.environ["AIDC_OIDC_SCOPES"].split()
 role_groups = os.environ.get("AIDC_OIDC_ROLE_GROUPS", "")
 if role_groups:
     c.CompanyOIDCAuthenticator.role_groups = dict(

@@ -337,6 +337,8 @@ def test_person_in_no_mapped_group_is_refused(company_platform, idp):
     new = auth_events(p)[before:]
     assert [(e["action"], e["target"], e["result"]) for e in new] == [("login", "hub", "failure")]
     assert new[0]["remote_ip"] == "127.0.0.1"
+    # admins see who was refused: the name the provider asserted
+    assert new[0]["actor"] == account.name
 
 
 def test_successful_sign_in_is_in_the_audit_log(company_platform, idp):

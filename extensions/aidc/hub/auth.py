@@ -30,6 +30,7 @@ from ldapauthenticator import LDAPAuthenticator
 from oauthenticator.generic import GenericOAuthenticator
 from tornado import web
 import requests
+from jupyterhub.utils import maybe_future
 from traitlets import Dict, Unicode, default
 from traitlets.config import LoggingConfigurable
 
@@ -49,6 +50,17 @@ class AuditedLoginMixin:
         if self._throttle is None:
             self._throttle = LoginThrottle(parent=self)
         return self._throttle
+
+    async def authenticate(self, handler, data=None):
+        model = await maybe_future(super().authenticate(handler, data))
+        if handler is not None and isinstance(model, dict):
+            # remembered so that a refusal after this point (not allowed, no role)
+            # is recorded under the name the identity provider asserted
+            handler._aidc_attempted_name = model.get("name") or ""
+        return model
+
+    def _attempted(self, handler, username: str) -> str:
+        return username or getattr(handler, "_aidc_attempted_name", "")
 
     async def get_authenticated_user(self, handler, data):
         raw = (data or {}).get("username", "") or ""
@@ -71,15 +83,17 @@ class AuditedLoginMixin:
             # e.g. OAuth: the identity provider refused, or the user is not allowed
             self.throttle.failure(username, ip)
             audit.record(
-                "auth", actor=username, action="login", target="hub",
-                result="failure", reason=f"refused ({e.status_code})", remote_ip=ip,
+                "auth", actor=self._attempted(handler, username), action="login",
+                target="hub", result="failure", reason=f"refused ({e.status_code})",
+                remote_ip=ip,
             )
             raise
         if user is None:
             self.throttle.failure(username, ip)
             audit.record(
-                "auth", actor=username, action="login", target="hub",
-                result="failure", reason="bad-credentials-or-not-allowed", remote_ip=ip,
+                "auth", actor=self._attempted(handler, username), action="login",
+                target="hub", result="failure", reason="bad-credentials-or-not-allowed",
+                remote_ip=ip,
             )
             return None
         self.throttle.success(user["name"], ip)
