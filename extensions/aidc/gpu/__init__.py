@@ -1,0 +1,1 @@
+"""GPUs: what the machine has (:mod:`.inventory`) and who holds what (:mod:`.ledger`)."""
