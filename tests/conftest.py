@@ -2,7 +2,8 @@
 
 - ``platform``: one real platform for the whole session (``aidc up`` with JupyterHub,
   configurable-http-proxy and a test service from ``tests/services/echo.py``, registered
-  through a drop-in config file). Users made with ``platform.new_user(role)`` are real
+  through a drop-in config file). Its GPUs come from the fake NVML in
+  ``tests/fake_nvml`` (``GPU_LAYOUT``: four whole GPUs and one in MIG mode). Users made with ``platform.new_user(role)`` are real
   Unix accounts, removed at the end.
 - ``scientist``, ``other_scientist``, ``viewer``, ``admin``: users of ``platform`` with
   API tokens (``admin`` is the platform's initial administrator).
@@ -16,6 +17,7 @@ in a kernel over its websocket).
 
 from __future__ import annotations
 
+import json
 import pwd
 import shutil
 import subprocess
@@ -50,6 +52,15 @@ register(ManagedService(
 c.LoginThrottle.max_failures_per_user = 3
 c.LoginThrottle.lockout_seconds = 5
 c.LoginThrottle.max_failures_per_ip = 100000
+# GPU tests: a profile larger than the machine, and a quota
+c.GPUAllocationMixin.resource_profiles = [
+    dict(id="cpu", display_name="CPU only", description="no GPU", gpus=0, cpu_cores=1, memory_gb=2, default=True),
+    dict(id="gpu-1", display_name="1 GPU", description="one GPU", gpus=1, cpu_cores=1, memory_gb=4),
+    dict(id="gpu-2", display_name="2 GPUs", description="two GPUs", gpus=2, cpu_cores=2, memory_gb=4),
+    dict(id="gpu-8", display_name="8 GPUs", description="more than exist", gpus=8, cpu_cores=2, memory_gb=4),
+    dict(id="mig-1", display_name="MIG", description="one MIG slice", gpus=1, gpu_kind="mig", cpu_cores=1, memory_gb=2),
+]
+c.GPULedger.user_quotas = {{"quotauser": {{"max_gpus": 1}}}}
 """
 
 
@@ -73,9 +84,23 @@ def tmp_root():
     shutil.rmtree(root, ignore_errors=True)
 
 
+#: what the fake NVML reports to the platforms of the suite
+GPU_LAYOUT = [
+    *({"name": "NVIDIA H100 80GB HBM3", "memory_mb": 81559} for _ in range(4)),
+    {"name": "NVIDIA A100-SXM4-40GB", "memory_mb": 40960, "mig": [
+        {"name": "MIG 3g.20gb", "memory_mb": 19968}, {"name": "MIG 3g.20gb", "memory_mb": 19968}]},
+]
+
+
+def fake_nvml_env(tmp_root: Path, layout=GPU_LAYOUT) -> dict:
+    path = tmp_root / f"gpus-{len(list(tmp_root.glob('gpus-*.json')))}.json"
+    path.write_text(json.dumps(layout))
+    return {"PYTHONPATH": str(TESTS / "fake_nvml"), "AIDC_FAKE_NVML": str(path)}
+
+
 @pytest.fixture(scope="session")
 def platform(tmp_root):
-    p = Platform(tmp_root / "platform")
+    p = Platform(tmp_root / "platform", prefix=new_prefix(), env=fake_nvml_env(tmp_root))
     (p.data_dir / "config.d").mkdir(parents=True)
     (p.data_dir / "config.d" / "50-tests.py").write_text(TEST_CONFIG)
     p.start()

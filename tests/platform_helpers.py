@@ -163,7 +163,8 @@ class Platform:
         return s
 
     def hub(self, token: str, method: str, path: str, **kw) -> requests.Response:
-        return self.api(token).request(method, f"{self.url}/hub/api{path}", timeout=60, **kw)
+        kw.setdefault("timeout", 60)
+        return self.api(token).request(method, f"{self.url}/hub/api{path}", **kw)
 
     def login(self, name: str, password: str) -> tuple[requests.Session, requests.Response]:
         """Sign in through the real login form; returns the session and the final answer."""

@@ -19,7 +19,7 @@ def test_add_list_remove_on_a_running_platform(platform):
                      input="a-good-password\n")
     assert r.returncode == 0, r.stderr
     assert "added alice1 (scientist)" in r.stdout
-    account = pwd.getpwnam(unix_name("alice1"))
+    account = pwd.getpwnam(unix_name("alice1", platform.prefix))
     assert stat.S_IMODE(os.stat(account.pw_dir).st_mode) == 0o700
     assert os.stat(account.pw_dir).st_uid == account.pw_uid
     assert grp.getgrgid(account.pw_gid).gr_name == "aidc-users"
@@ -34,7 +34,7 @@ def test_add_list_remove_on_a_running_platform(platform):
     r = platform.cli("user", "remove", "alice1")
     assert r.returncode == 0, r.stderr
     assert "alice1" not in _names(platform.cli("user", "list", "--json"))
-    assert not any(p.pw_name == unix_name("alice1") for p in pwd.getpwall())
+    assert not any(p.pw_name == unix_name("alice1", platform.prefix) for p in pwd.getpwall())
     _, page = platform.login("alice1", "a-good-password")
     assert page.status_code == 403
 
@@ -66,7 +66,7 @@ def test_invalid_name_and_short_password_are_refused(platform):
     assert r.returncode == 2 and "at least 8 characters" in r.stderr
     names = _names(platform.cli("user", "list", "--json"))
     assert "shortpw" not in names
-    assert not any(p.pw_name == unix_name("shortpw") for p in pwd.getpwall())
+    assert not any(p.pw_name == unix_name("shortpw", platform.prefix) for p in pwd.getpwall())
 
 
 def test_removing_an_unknown_user_fails_clearly(platform):

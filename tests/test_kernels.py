@@ -12,14 +12,14 @@ def test_kernel_runs_as_the_users_own_unix_account(platform, scientist):
         "import os, pwd; print(os.getuid(), pwd.getpwuid(os.getuid()).pw_name, os.getcwd(), os.environ['HOME'])",
     )
     uid, name, cwd, home = out.split()
-    account = pwd.getpwnam(unix_name(scientist.name))
+    account = pwd.getpwnam(unix_name(scientist.name, platform.prefix))
     assert int(uid) == account.pw_uid and name == account.pw_name
     assert cwd == home == account.pw_dir
 
 
 def test_kernel_cannot_read_another_users_home(platform, scientist, other_scientist):
     platform.start_server(scientist)
-    other_home = pwd.getpwnam(unix_name(other_scientist.name)).pw_dir
+    other_home = pwd.getpwnam(unix_name(other_scientist.name, platform.prefix)).pw_dir
     out = execute(
         platform, scientist,
         f"import os\ntry:\n    os.listdir({other_home!r}); print('READ')\nexcept PermissionError: print('DENIED')",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import sys
 import time
@@ -40,6 +41,27 @@ def _check_port_free(ip: str, port: int, what: str) -> None:
             ) from None
 
 
+def stop_orphaned_proxy(d) -> None:
+    """A proxy left running by a hub that was killed (SIGKILL, power loss) is ours to stop.
+
+    Its routes are rebuilt by the new hub; user servers are left running and reattached.
+    """
+    try:
+        pid = int(d.proxy_pid_file.read_text().strip())
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+    except (OSError, ValueError):
+        return
+    if "configurable-http-proxy" not in cmdline:
+        return
+    os.kill(pid, signal.SIGTERM)
+    for _ in range(50):
+        if not os.path.exists(f"/proc/{pid}"):
+            break
+        time.sleep(0.1)
+    print(f"stopped the proxy (pid {pid}) left by the previous run", flush=True)
+
+
 def runtime_paths() -> list[Path]:
     """What user accounts must reach to run their servers: the Python env and the code."""
     paths = [Path(sys.prefix), Path(sys.base_prefix), Path(sys.executable).resolve().parent]
@@ -57,6 +79,7 @@ def prepare(options: PlatformOptions) -> str | None:
         raise PlatformError(
             f"the platform in {d.root} is already running (pid {state['pid']}, {state['url']})"
         )
+    stop_orphaned_proxy(d)
     _check_port_free(options.ip, options.port, "the public")
     _check_port_free("127.0.0.1", options.hub_port, "the hub's")
     _check_port_free("127.0.0.1", options.proxy_api_port, "the proxy API")
@@ -64,7 +87,37 @@ def prepare(options: PlatformOptions) -> str | None:
         system_users.ensure_group()
         system_users.grant_runtime_access(runtime_paths())
     users = PlatformUsers(d, DatabaseDirectory(d.hub_db_url))
-    return users.ensure_initial_admin()
+    password = users.ensure_initial_admin()
+    prepare_gpus(options)
+    return password
+
+
+def prepare_gpus(options: PlatformOptions) -> None:
+    """Sync the ledger with the GPUs now present; free what dead servers held.
+
+    Servers the hub still records as running keep their GPUs (the hub checks them as it
+    starts, and a dead one releases through the spawner's stop); claims of servers the
+    hub does not know as running (e.g. a spawn cut short by a hub crash) are released.
+    """
+    from jupyterhub import orm
+
+    from .gpu.platform import detect_and_sync, open_ledger
+
+    d = options.data_dir
+    ledger = open_ledger(d.root)
+    inventory = detect_and_sync(ledger)
+    db = orm.new_session_factory(d.hub_db_url)()
+    try:
+        running = {
+            f"server:{s.user.name}/{s.name}"
+            for s in db.query(orm.Spawner).filter(orm.Spawner.server_id.isnot(None))
+        }
+    finally:
+        db.close()
+    freed = ledger.reconcile(running, "server")
+    kind = "SIMULATED" if inventory.simulated else "NVML"
+    print(f"GPUs ({kind}): {len(inventory.devices)} devices, {len(inventory.units())} allocatable units"
+          + (f"; released the GPUs of {len(freed)} servers that are gone" if freed else ""), flush=True)
 
 
 def banner(options: PlatformOptions, password: str | None) -> str:

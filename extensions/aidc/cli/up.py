@@ -17,11 +17,22 @@ def add_parser(sub, common) -> None:
     p.add_argument("--port", type=int, default=8000, help="public port (default 8000)")
     p.add_argument("--hub-port", type=int, help="internal hub API port (default PORT+81)")
     p.add_argument("--proxy-api-port", type=int, help="internal proxy API port (default PORT+1)")
+    p.add_argument(
+        "--simulated-gpus",
+        metavar="N",
+        help="GPUs to simulate when the machine has no NVIDIA driver (default 4; always "
+        "labelled simulated). A JSON list declares names, memory and MIG layouts.",
+    )
     p.set_defaults(handler=run)
 
 
 def run(args) -> int:
+    import os
+
     from .. import platform
+
+    if args.simulated_gpus is not None:
+        os.environ["AIDC_SIMULATED_GPUS"] = args.simulated_gpus
 
     options = PlatformOptions(
         data_dir=DataDir.from_arg(args.data_dir),

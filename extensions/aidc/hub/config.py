@@ -116,7 +116,8 @@ def configure(c, options: PlatformOptions | None = None) -> PlatformOptions:
 
     c.Spawner.cmd = [str(venv_bin() / "jupyterhub-singleuser")]
     c.Spawner.default_url = "/lab"
-    c.Spawner.start_timeout = 120
+    # a spawn may wait in the GPU queue (GPUAllocationMixin.gpu_queue_timeout, 600 s)
+    c.Spawner.start_timeout = 720
     c.Spawner.http_timeout = 60
     c.Spawner.environment = {
         # kernels and terminals find the platform's Python first

@@ -6,8 +6,8 @@ not as a Unix account named ``alice``. :class:`SharedAccountSpawner` is the deve
 mode used when the platform is not root: every server runs as the account that started
 the platform, each in its own folder, with no isolation between users.
 
-Both record server start and stop in the audit log. GPU allocation hooks into
-:meth:`AuditedSpawnerMixin.start` and ``stop`` in the GPU issue.
+Both record server start and stop in the audit log, and get their GPUs, CPU cores and
+memory from a resource profile through :class:`~aidc.hub.gpu_spawner.GPUAllocationMixin`.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from traitlets import Unicode, default
 
 from ..security import audit
 from . import system_users
+from .gpu_spawner import GPUAllocationMixin
 
 
 class AuditedSpawnerMixin:
@@ -67,7 +68,7 @@ class AuditedSpawnerMixin:
         )
 
 
-class SystemUserSpawner(AuditedSpawnerMixin, LocalProcessSpawner):
+class SystemUserSpawner(AuditedSpawnerMixin, GPUAllocationMixin, LocalProcessSpawner):
     """LocalProcessSpawner running hub user ``alice`` as Unix account ``jupyter-alice``."""
 
     system_username_prefix = Unicode(
@@ -106,7 +107,7 @@ class SystemUserSpawner(AuditedSpawnerMixin, LocalProcessSpawner):
         raise NotImplementedError("internal SSL is not supported by SystemUserSpawner yet")
 
 
-class SharedAccountSpawner(AuditedSpawnerMixin, SimpleLocalProcessSpawner):
+class SharedAccountSpawner(AuditedSpawnerMixin, GPUAllocationMixin, SimpleLocalProcessSpawner):
     """Development mode: every server runs as the platform's own account, one folder each."""
 
     @default("home_dir_template")

@@ -1,0 +1,47 @@
+"""The platform's one ledger and inventory, as every process opens them.
+
+The hub, the resources service and (later) the jobs and models services all call
+:func:`open_ledger` on the same data directory, so they share one ledger.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from ..errors import UsageError
+from .inventory import Inventory, detect
+from .ledger import GPULedger
+
+DEFAULT_SIMULATED_GPUS = 4
+
+
+def platform_db_url(data_dir: str | os.PathLike) -> str:
+    """The platform database (the hub keeps its own, JupyterHub's, beside it)."""
+    return os.environ.get("AIDC_DB_URL") or f"sqlite:///{Path(data_dir) / 'aidc.sqlite'}"
+
+
+def open_ledger(data_dir: str | os.PathLike, **traits) -> GPULedger:
+    return GPULedger(db_url=platform_db_url(data_dir), **traits)
+
+
+def simulated_spec() -> int | list[dict]:
+    """``AIDC_SIMULATED_GPUS``: a count, or a JSON list of GPUs (see inventory.simulated)."""
+    raw = os.environ.get("AIDC_SIMULATED_GPUS", str(DEFAULT_SIMULATED_GPUS)).strip()
+    try:
+        spec = json.loads(raw) if raw.startswith("[") else int(raw)
+    except ValueError:
+        spec = None
+    if spec is None or (isinstance(spec, int) and spec < 0):
+        raise UsageError(
+            f"--simulated-gpus must be a number of GPUs (0 or more) or a JSON list of GPUs, not {raw!r}"
+        )
+    return spec
+
+
+def detect_and_sync(ledger: GPULedger) -> Inventory:
+    """Read the GPUs (NVML, else the simulation) and make the ledger's units match."""
+    inventory = detect(simulated_spec())
+    ledger.sync_inventory(inventory)
+    return inventory

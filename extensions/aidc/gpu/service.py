@@ -1,0 +1,91 @@
+"""The resources service: who holds which GPU, and who waits, at ``/services/resources/``.
+
+``GET api/gpus``   the inventory's units (each marked ``simulated`` or not), their holders,
+                   and the free count per kind;
+``GET api/queue``  the waiting requests in order.
+An admin sees every holder and every waiting request; anyone else sees free counts, their
+own holdings and their own place in the queue (other people's claims are left out).
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..hub import roles
+from ..hub.services import ManagedService, python_command
+from ..services.base import ServiceHandler, authenticated, run_service
+from .ledger import GRANTED
+from .platform import open_ledger
+
+_ledger = None
+
+
+def ledger():
+    global _ledger
+    if _ledger is None:
+        _ledger = open_ledger(os.environ["AIDC_DATA_DIR"])
+    return _ledger
+
+
+class ResourcesHandler(ServiceHandler):
+    @property
+    def is_admin(self) -> bool:
+        return roles.role_of(self.current_user.get("groups") or [], self.current_user.get("admin", False)) == roles.ADMIN
+
+    def visible(self, owner: str) -> bool:
+        return self.is_admin or owner == self.user_name
+
+
+class GPUsHandler(ResourcesHandler):
+    @authenticated
+    def get(self):
+        claims = {c.holder: c for c in ledger().claims()}
+        units, free = [], {}
+        for u in ledger().units():
+            holder = u["holder"]
+            claim = claims.get(holder) if holder else None
+            if holder is None:
+                free[u["kind"]] = free.get(u["kind"], 0) + 1
+            shown = holder if holder and claim and self.visible(claim.owner) else None
+            units.append({
+                "id": u["id"], "node": u["node"], "kind": u["kind"], "name": u["name"],
+                "memory_mb": u["memory_mb"], "simulated": u["simulated"],
+                "free": holder is None,
+                "holder": shown,
+                "owner": claim.owner if shown else None,
+            })
+        mine = [c for c in claims.values() if c.owner == self.user_name and c.state == GRANTED]
+        self.write_json({
+            "simulated": any(u["simulated"] for u in units),
+            "units": units,
+            "free": free,
+            "mine": [{"holder": c.holder, "units": [u["id"] for u in c.units]} for c in mine],
+        })
+
+
+class QueueHandler(ResourcesHandler):
+    @authenticated
+    def get(self):
+        waiting = [c for c in ledger().queue() if self.visible(c.owner)]
+        self.write_json({
+            "queue": [
+                {"holder": c.holder, "owner": c.owner, "position": c.position,
+                 "gpus": c.count, "kind": c.kind}
+                for c in waiting
+            ]
+        })
+
+
+def managed_service() -> ManagedService:
+    """Entry point (group ``aidc.services``): the resources service declaration."""
+    return ManagedService(
+        name="resources",
+        command=python_command("aidc.gpu.service"),
+        roles=[roles.SCIENTIST, roles.VIEWER],
+        info={"description": "GPU inventory, holders and queue"},
+        display=False,
+    )
+
+
+if __name__ == "__main__":
+    run_service([(r"/api/gpus", GPUsHandler), (r"/api/queue", QueueHandler)])

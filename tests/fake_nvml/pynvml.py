@@ -1,0 +1,127 @@
+"""A fake NVML at the ``pynvml`` boundary: the only fake in the suite, standing in for GPUs.
+
+Put this folder first on ``PYTHONPATH`` and point ``AIDC_FAKE_NVML`` at a JSON file:
+
+    [{"name": "NVIDIA H100 80GB HBM3", "memory_mb": 81559, "utilization": 0,
+      "mig": [{"name": "MIG 1g.10gb", "memory_mb": 9856}, ...]}, ...]
+
+The file is read at every ``nvmlInit`` so a test can change utilisation while the
+platform runs. Without ``AIDC_FAKE_NVML`` it behaves like a machine with no driver.
+Only the calls aidc makes are implemented, with the real module's names and types.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import namedtuple
+
+NVML_DEVICE_MIG_DISABLE = 0
+NVML_DEVICE_MIG_ENABLE = 1
+
+
+class NVMLError(Exception):
+    pass
+
+
+class NVMLError_LibraryNotFound(NVMLError):
+    pass
+
+
+class NVMLError_NotSupported(NVMLError):
+    pass
+
+
+class NVMLError_NotFound(NVMLError):
+    pass
+
+
+class NVMLError_Uninitialized(NVMLError):
+    pass
+
+
+_Memory = namedtuple("c_nvmlMemory_t", "total free used")
+_Utilization = namedtuple("c_nvmlUtilization_t", "gpu memory")
+
+_gpus: list[dict] | None = None
+
+
+class _Handle:
+    def __init__(self, gpu: dict, index: int, mig: dict | None = None, mig_index: int = 0):
+        self.gpu, self.index, self.mig, self.mig_index = gpu, index, mig, mig_index
+
+
+def nvmlInit():
+    global _gpus
+    path = os.environ.get("AIDC_FAKE_NVML")
+    if not path:
+        raise NVMLError_LibraryNotFound("NVML Shared Library Not Found")
+    with open(path) as f:
+        _gpus = json.load(f)
+
+
+def nvmlShutdown():
+    global _gpus
+    _gpus = None
+
+
+def _require():
+    if _gpus is None:
+        raise NVMLError_Uninitialized("Uninitialized")
+    return _gpus
+
+
+def nvmlSystemGetDriverVersion():
+    _require()
+    return "580.00.fake"
+
+
+def nvmlDeviceGetCount():
+    return len(_require())
+
+
+def nvmlDeviceGetHandleByIndex(index):
+    gpus = _require()
+    if not 0 <= index < len(gpus):
+        raise NVMLError_NotFound("Not Found")
+    return _Handle(gpus[index], index)
+
+
+def nvmlDeviceGetName(h):
+    return h.mig["name"] if h.mig else h.gpu.get("name", "NVIDIA Fake GPU")
+
+
+def nvmlDeviceGetUUID(h):
+    if h.mig:
+        return f"MIG-fake-{h.index:02d}-{h.mig_index}"
+    return h.gpu.get("uuid", f"GPU-fake-{h.index:04d}")
+
+
+def nvmlDeviceGetMemoryInfo(h):
+    total = (h.mig or h.gpu).get("memory_mb", 16384) * 2**20
+    used = (h.mig or h.gpu).get("used_mb", 0) * 2**20
+    return _Memory(total=total, free=total - used, used=used)
+
+
+def nvmlDeviceGetUtilizationRates(h):
+    if h.mig:
+        raise NVMLError_NotSupported("Not Supported")
+    return _Utilization(gpu=int(h.gpu.get("utilization", 0)), memory=0)
+
+
+def nvmlDeviceGetMigMode(h):
+    if "mig" not in h.gpu:
+        raise NVMLError_NotSupported("Not Supported")
+    mode = NVML_DEVICE_MIG_ENABLE if h.gpu["mig"] else NVML_DEVICE_MIG_DISABLE
+    return [mode, mode]
+
+
+def nvmlDeviceGetMaxMigDeviceCount(h):
+    return len(h.gpu.get("mig") or [])
+
+
+def nvmlDeviceGetMigDeviceHandleByIndex(h, index):
+    migs = h.gpu.get("mig") or []
+    if not 0 <= index < len(migs):
+        raise NVMLError_NotFound("Not Found")
+    return _Handle(h.gpu, h.index, migs[index], index)
