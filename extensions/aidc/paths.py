@@ -108,7 +108,7 @@ class DataDir:
                 d.mkdir(parents=True, exist_ok=True)
             os.chmod(self.root, 0o700)
             os.chmod(self.secrets_dir, 0o700)
-        except PermissionError as e:
+        except OSError as e:
             raise PlatformError(
                 f"cannot use the data directory {self.root}: {e.strerror} ({e.filename}); "
                 "choose another with --data-dir"
