@@ -202,6 +202,27 @@ class Platform:
             time.sleep(0.5)
         raise AssertionError(f"server of {user.name} did not stop")
 
+    # GPUs -----------------------------------------------------------------
+    def spawn(self, user: User, profile: str) -> requests.Response:
+        """Ask for the user's server with a resource profile (REST API)."""
+        return self.hub(user.token, "POST", f"/users/{user.name}/server", json={"profile": profile})
+
+    def wait_ready(self, user: User, timeout: float = 300) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            model = self.hub(user.token, "GET", f"/users/{user.name}").json()
+            server = (model.get("servers") or {}).get("")
+            if server and server.get("ready"):
+                return
+            time.sleep(0.5)
+        raise AssertionError(f"server of {user.name} not ready in {timeout}s\n{self.log()}")
+
+    def resources(self, token: str, what: str = "gpus") -> dict:
+        """The resources service's answer (``gpus`` or ``queue``)."""
+        r = self.api(token).get(f"{self.url}/services/resources/api/{what}", timeout=30)
+        assert r.status_code == 200, r.text
+        return r.json()
+
     def audit_events(self) -> list[dict]:
         path = self.data_dir / "logs" / "audit.jsonl"
         if not path.exists():
@@ -248,3 +269,9 @@ def execute(platform: Platform, user: User, code: str, token: str | None = None,
         ws.close()
         s.delete(f"{base}/{kernel_id}", timeout=30)
     raise AssertionError(f"no reply from the kernel in {timeout}s; got {out}")
+
+
+def visible_devices(platform: Platform, user: User) -> str:
+    """CUDA_VISIBLE_DEVICES NVIDIA_VISIBLE_DEVICES AIDC_GPUS_SIMULATED, as a kernel sees them."""
+    return execute(platform, user, "import os; print(os.environ['CUDA_VISIBLE_DEVICES'], "
+                   "os.environ['NVIDIA_VISIBLE_DEVICES'], os.environ['AIDC_GPUS_SIMULATED'])").strip()

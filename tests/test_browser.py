@@ -30,6 +30,14 @@ def test_scientist_signs_in_and_lands_in_jupyterlab(platform, browser):
     page.fill("#username_input", user.name)
     page.fill("#password_input", user.password)
     page.click("#login_submit")
+    # the spawn form offers the resource profiles, with the GPUs free for each
+    page.wait_for_selector("#spawn_form")
+    labels = page.inner_text(".aidc-profiles")
+    for name in ("CPU only", "1 GPU", "2 GPUs", "MIG"):
+        assert name in labels
+    assert "free" in labels and "simulated" not in labels  # the session platform's GPUs are "real"
+    assert page.is_checked("#profile-cpu")
+    page.click("#spawn_form button[type=submit]")
     # the hub starts the server, then JupyterLab loads in the user's space
     page.wait_for_url(f"**/user/{user.name}/lab**", timeout=120_000)
     page.wait_for_selector("#jp-main-dock-panel", timeout=120_000)

@@ -9,35 +9,40 @@ import json
 import time
 
 import requests
-from platform_helpers import User, execute
+from platform_helpers import User, execute, visible_devices
 
 WHOLE = {f"GPU-fake-{i:04d}" for i in range(4)}
 
 
-def spawn(platform, user, profile, timeout=60):
-    return platform.hub(user.token, "POST", f"/users/{user.name}/server",
-                        json={"profile": profile}, timeout=timeout)
+def spawn(platform, user, profile):
+    return platform.spawn(user, profile)
 
 
-def wait_ready(platform, user, timeout=300):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        model = platform.hub(user.token, "GET", f"/users/{user.name}").json()
-        server = (model.get("servers") or {}).get("")
-        if server and server.get("ready"):
-            return True
-        time.sleep(0.5)
-    raise AssertionError(f"{user.name} not ready")
-
-
-def visible_devices(platform, user) -> str:
-    return execute(platform, user, "import os; print(os.environ['CUDA_VISIBLE_DEVICES'], os.environ['NVIDIA_VISIBLE_DEVICES'], os.environ['AIDC_GPUS_SIMULATED'])").strip()
+def wait_ready(platform, user):
+    platform.wait_ready(user)
 
 
 def resources(platform, token, what="gpus"):
-    r = platform.api(token).get(f"{platform.url}/services/resources/api/{what}", timeout=30)
-    assert r.status_code == 200, r.text
-    return r.json()
+    return platform.resources(token, what)
+
+
+def progress_message(platform, user, needle: str, timeout: float = 60) -> str:
+    """The first spawn progress message (the spawn page's event stream) containing needle."""
+    r = platform.api(user.token).get(
+        f"{platform.url}/hub/api/users/{user.name}/server/progress",
+        headers={"Accept": "text/event-stream"}, stream=True, timeout=timeout,
+    )
+    deadline = time.monotonic() + timeout
+    for line in r.iter_lines(decode_unicode=True):
+        if line and line.startswith("data:"):
+            event = json.loads(line[5:])
+            if needle in event.get("message", ""):
+                r.close()
+                return event["message"]
+        if time.monotonic() > deadline:
+            break
+    r.close()
+    raise AssertionError(f"no progress message with {needle!r}")
 
 
 def test_kernel_sees_exactly_its_gpu(platform, admin):
@@ -119,7 +124,7 @@ def test_resources_api_hides_other_peoples_claims(platform, admin):
 def test_twenty_concurrent_spawns_share_four_gpus(platform, admin):
     users = [platform.new_user("scientist") for _ in range(20)]
     with concurrent.futures.ThreadPoolExecutor(20) as pool:
-        codes = list(pool.map(lambda u: spawn(platform, u, "gpu-1", timeout=120).status_code, users))
+        codes = list(pool.map(lambda u: spawn(platform, u, "gpu-1").status_code, users))
     assert all(c in (201, 202) for c in codes), codes
 
     served: dict[str, str] = {}
@@ -132,8 +137,12 @@ def test_twenty_concurrent_spawns_share_four_gpus(platform, admin):
         assert len(holders) == len(set(holders))  # the ledger never hands a unit out twice
         queue = resources(platform, admin.token, "queue")["queue"]
         if queue:
-            saw_queue_position = True
             assert [q["position"] for q in queue] == list(range(1, len(queue) + 1))
+            if not saw_queue_position:
+                waiting = next(u for u in users if f"server:{u.name}/" == queue[-1]["holder"])
+                message = progress_message(platform, waiting, "in the queue")
+                assert message.startswith("Waiting for 1 GPU(s): number ")
+                saw_queue_position = True
         ready = []
         for u in users:
             if u.name in served:

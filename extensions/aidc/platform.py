@@ -62,6 +62,25 @@ def stop_orphaned_proxy(d) -> None:
     print(f"stopped the proxy (pid {pid}) left by the previous run", flush=True)
 
 
+def _server_alive(state: dict) -> bool:
+    """Local servers: is their process running? Others (state without a pid): assume so.
+
+    A server with no state at all never finished starting.
+    """
+    if not state:
+        return False
+    pid = state.get("pid")
+    if not pid:
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def runtime_paths() -> list[Path]:
     """What user accounts must reach to run their servers: the Python env and the code."""
     paths = [Path(sys.prefix), Path(sys.base_prefix), Path(sys.executable).resolve().parent]
@@ -95,9 +114,10 @@ def prepare(options: PlatformOptions) -> str | None:
 def prepare_gpus(options: PlatformOptions) -> None:
     """Sync the ledger with the GPUs now present; free what dead servers held.
 
-    Servers the hub still records as running keep their GPUs (the hub checks them as it
-    starts, and a dead one releases through the spawner's stop); claims of servers the
-    hub does not know as running (e.g. a spawn cut short by a hub crash) are released.
+    Servers the hub records as running whose process is alive keep their GPUs; claims
+    of servers that died while the hub was down, and of servers the hub does not know
+    as running (e.g. a spawn cut short by a hub crash), are released. (The hub, as it
+    starts, forgets dead servers without stopping them, so this is the place.)
     """
     from jupyterhub import orm
 
@@ -111,6 +131,7 @@ def prepare_gpus(options: PlatformOptions) -> None:
         running = {
             f"server:{s.user.name}/{s.name}"
             for s in db.query(orm.Spawner).filter(orm.Spawner.server_id.isnot(None))
+            if _server_alive(s.state or {})
         }
     finally:
         db.close()

@@ -1,0 +1,432 @@
+"""GPU ledger benchmark: latency of each allocation decision, aidc vs a naive in-memory allocator.
+
+What it does
+------------
+1. Builds a fresh :class:`aidc.gpu.ledger.GPULedger` in a new SQLite file (WAL, the
+   default) under a temporary folder and registers ``--nodes`` simulated nodes of
+   ``--gpus-per-node`` whole GPUs each (``inventory.simulated``), 8,000 units by default.
+2. Generates one fixed workload (seeded): ``--requests`` requests (70 % 1 GPU, 20 % 2 GPUs,
+   10 % 4 GPUs, from 200 owners, as ``job:N`` holders) interleaved with releases of random
+   outstanding holders (granted or still queued). The outstanding demand follows a slow wave
+   between 70 % and 102 % of the cluster, so the cluster sits around 70-90+ % full and, near
+   the crests, requests queue (the ledger's queue is first come first served and a request
+   that does not fit blocks those behind it).
+3. Replays that workload, one operation at a time, against the ledger *and* against the
+   baseline: a dict of free GPU indexes per node with the same decision rules (best fit: the
+   node with the fewest free units that still fit, ties by node name; lowest GPU indexes
+   first; FIFO queue with head-of-line blocking), no durability, no lock. Both see the same
+   operation back to back, so machine noise hits both equally. Only the ``request`` and
+   ``release`` calls themselves are timed (``time.perf_counter_ns``).
+4. Checks correctness outside the timed calls:
+   - every answer of the ledger (granted / queued, and the node and GPU indexes granted)
+     equals the baseline's: both make the same decisions;
+   - a shadow record of unit -> holder, built only from what the ledger says (units in a
+     granted claim, ids returned by ``release``, and units of claims granted from the queue,
+     read from the tables after each operation), never sees a unit given to a holder while
+     another holder still has it: no unit was ever given to two holders;
+   - at the end, over the ledger's tables: each granted claim holds exactly ``count`` units,
+     all on one node; queued claims hold none; no unit has a holder without a granted claim;
+     the tables equal the shadow record and the baseline's state.
+
+Prints p50/p90/p99/max latency (ms) and operations/s for ``request`` and ``release`` of
+each allocator, the ratio aidc/baseline, and the goal check (p99 allocation decision < 1 ms).
+
+Usage: ``.venv/bin/python benchmarks/ledger.py [--nodes 1000] [--gpus-per-node 8]
+[--requests 10000] [--seed 1]``. Exit status 0 when the run is consistent (even if the
+latency goal is missed), 1 when a consistency check fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import random
+import shutil
+import sqlite3
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "extensions"))
+
+from aidc.gpu.inventory import simulated  # noqa: E402
+from aidc.gpu.ledger import GRANTED, QUEUED, GPULedger  # noqa: E402
+
+GOAL_MS = 1.0
+
+
+# -- workload -----------------------------------------------------------------------------
+@dataclass
+class Op:
+    kind: str  # "request" or "release"
+    holder: str
+    owner: str = ""
+    count: int = 0
+
+
+def make_workload(n_requests: int, capacity: int, seed: int) -> list[Op]:
+    """The operations, fixed in advance so both allocators replay exactly the same ones.
+
+    Demand (GPUs asked for by outstanding holders, granted or queued) chases a target that
+    moves as a slow wave between 70 % and 102 % of ``capacity``: below the target the next
+    operation is a request, above it a release of a random outstanding holder.
+    """
+    rng = random.Random(seed)
+    ops: list[Op] = []
+    outstanding: list[tuple[str, int]] = []  # (holder, count); order kept for O(1) removal
+    demand = 0
+    issued = 0
+    waves = 3
+    while issued < n_requests:
+        phase = issued / max(1, n_requests)
+        # fill to ~84 % first, then oscillate 68 %..100 % of the cluster (near the crests
+        # the biggest requests no longer fit and, first come first served, some queue)
+        level = 0.84 + 0.16 * math.sin(2 * math.pi * waves * phase)
+        target = capacity * level
+        if demand < target or not outstanding:
+            count = rng.choices((1, 2, 4), weights=(70, 20, 10))[0]
+            holder = f"job:{issued}"
+            ops.append(Op("request", holder, f"user{rng.randrange(200):03d}", count))
+            outstanding.append((holder, count))
+            demand += count
+            issued += 1
+        else:
+            i = rng.randrange(len(outstanding))
+            outstanding[i], outstanding[-1] = outstanding[-1], outstanding[i]
+            holder, count = outstanding.pop()
+            ops.append(Op("release", holder))
+            demand -= count
+    return ops
+
+
+# -- baseline -----------------------------------------------------------------------------
+@dataclass
+class Decision:
+    state: str
+    node: str | None = None
+    gpus: tuple[int, ...] = ()
+
+
+class NaiveAllocator:
+    """Free GPU indexes per node in a dict; same rules as the ledger, nothing durable."""
+
+    def __init__(self, nodes: list[str], gpus_per_node: int):
+        self.free: dict[str, list[int]] = {n: list(range(gpus_per_node)) for n in nodes}
+        self.held: dict[str, tuple[str, list[int]]] = {}
+        self.queue: list[tuple[str, int]] = []  # FIFO (one kind, one priority here)
+        self.claims: dict[str, int] = {}
+
+    def _allocate(self, holder: str, count: int) -> bool:
+        best = None
+        best_n = 0
+        for node, gpus in self.free.items():  # best fit: fewest free that fit, then name
+            n = len(gpus)
+            if n >= count and (best is None or n < best_n or (n == best_n and node < best)):
+                best, best_n = node, n
+        if best is None:
+            return False
+        gpus = self.free[best]
+        gpus.sort()
+        taken, self.free[best] = gpus[:count], gpus[count:]
+        self.held[holder] = (best, taken)
+        return True
+
+    def _grant_queued(self) -> None:
+        while self.queue:
+            holder, count = self.queue[0]
+            if not self._allocate(holder, count):
+                return  # head-of-line blocking, as the ledger (one kind)
+            self.queue.pop(0)
+
+    def request(self, holder: str, count: int) -> Decision:
+        if holder not in self.claims:
+            self.claims[holder] = count
+            self.queue.append((holder, count))
+            self._grant_queued()
+        return self.decision(holder)
+
+    def release(self, holder: str) -> list[int]:
+        self.claims.pop(holder, None)
+        freed: list[int] = []
+        if holder in self.held:
+            node, gpus = self.held.pop(holder)
+            self.free[node].extend(gpus)
+            freed = gpus
+        else:
+            self.queue = [q for q in self.queue if q[0] != holder]
+        self._grant_queued()
+        return freed
+
+    def decision(self, holder: str) -> Decision:
+        if holder in self.held:
+            node, gpus = self.held[holder]
+            return Decision(GRANTED, node, tuple(sorted(gpus)))
+        return Decision(QUEUED)
+
+
+# -- statistics ---------------------------------------------------------------------------
+def percentile(sorted_ns: list[int], q: float) -> float:
+    """Nearest-rank percentile of sorted nanoseconds, in milliseconds."""
+    if not sorted_ns:
+        return float("nan")
+    k = max(0, min(len(sorted_ns) - 1, math.ceil(q / 100 * len(sorted_ns)) - 1))
+    return sorted_ns[k] / 1e6
+
+
+@dataclass
+class Series:
+    ns: list[int] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        s = sorted(self.ns)
+        total = sum(s) / 1e9
+        return {
+            "n": len(s),
+            "p50": percentile(s, 50), "p90": percentile(s, 90), "p99": percentile(s, 99),
+            "max": s[-1] / 1e6 if s else float("nan"),
+            "per_s": len(s) / total if total else float("nan"),
+        }
+
+
+# -- consistency ----------------------------------------------------------------------------
+class Violation(Exception):
+    pass
+
+
+def unit_gpu(unit_id: str) -> tuple[str, int]:
+    node, gpu = unit_id.split("/", 1)
+    return node, int(gpu.removeprefix("gpu"))
+
+
+class Shadow:
+    """unit -> holder, built only from the ledger's own answers and tables."""
+
+    def __init__(self, db_path: str):
+        self.owner_of: dict[str, str] = {}
+        self.units_of: dict[str, list[str]] = {}
+        self.queued: set[str] = set()
+        self.grants = 0
+        self.db = sqlite3.connect(db_path)  # a second, read-only reader (WAL)
+
+    def grant(self, holder: str, unit_ids: list[str]) -> None:
+        for uid in unit_ids:
+            other = self.owner_of.get(uid)
+            if other is not None and other != holder:
+                raise Violation(f"unit {uid} given to {holder} while {other} still holds it")
+            self.owner_of[uid] = holder
+        self.units_of[holder] = list(unit_ids)
+        self.queued.discard(holder)
+        self.grants += 1
+
+    def release(self, holder: str, freed: list[str]) -> None:
+        expected = sorted(self.units_of.pop(holder, []))
+        if sorted(freed) != expected:
+            raise Violation(f"release of {holder} freed {sorted(freed)}, it held {expected}")
+        for uid in freed:
+            del self.owner_of[uid]
+        self.queued.discard(holder)
+
+    def catch_up(self) -> list[str]:
+        """Claims the ledger granted from its queue during the last operation."""
+        if not self.queued:
+            return []
+        still = {h for (h,) in self.db.execute("SELECT holder FROM gpu_claims WHERE state = ?", (QUEUED,))}
+        granted = sorted(self.queued - still, key=lambda h: int(h.split(":")[1]))
+        for h in granted:
+            ids = [uid for (uid,) in self.db.execute(
+                "SELECT id FROM gpu_units WHERE holder = ? ORDER BY gpu_index, id", (h,))]
+            self.grant(h, ids)
+        return granted
+
+    def final_check(self, naive: NaiveAllocator) -> list[str]:
+        problems = []
+        units = self.db.execute("SELECT id, node, holder FROM gpu_units WHERE present").fetchall()
+        rows = self.db.execute("SELECT holder, count, state FROM gpu_claims").fetchall()
+        claims = {h: (c, s) for h, c, s in rows}
+        held: dict[str, list[tuple[str, str]]] = {}
+        for uid, node, holder in units:
+            if holder is not None:
+                held.setdefault(holder, []).append((uid, node))
+        for holder, got in held.items():
+            c = claims.get(holder)
+            if c is None or c[1] != GRANTED:
+                problems.append(f"{holder} holds {len(got)} units without a granted claim")
+            elif len(got) != c[0]:
+                problems.append(f"{holder} holds {len(got)} units, its claim is for {c[0]}")
+            if len({n for _, n in got}) != 1:
+                problems.append(f"{holder} holds units on several nodes")
+        for holder, (count, state) in claims.items():
+            if state == QUEUED and holder in held:
+                problems.append(f"queued {holder} holds units")
+            if state == GRANTED and count and holder not in held:
+                problems.append(f"granted {holder} holds no unit")
+        table = {uid: h for uid, _n, h in units if h is not None}
+        if table != self.owner_of:
+            problems.append("the tables differ from what the ledger answered during the run")
+        base = {f"{node}/gpu{g}": h for h, (node, gpus) in naive.held.items() for g in gpus}
+        if table != base:
+            problems.append("the ledger's final state differs from the baseline's")
+        queued = {h for h, (_c, s) in claims.items() if s == QUEUED}
+        if queued != {h for h, _ in naive.queue}:
+            problems.append("the ledger's queue differs from the baseline's")
+        return problems
+
+
+# -- run ----------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--nodes", type=int, default=1000)
+    ap.add_argument("--gpus-per-node", type=int, default=8)
+    ap.add_argument("--requests", type=int, default=10000)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--keep", action="store_true", help="keep the SQLite file (path printed)")
+    args = ap.parse_args(argv)
+
+    started = time.monotonic()
+    capacity = args.nodes * args.gpus_per_node
+    tmp = tempfile.mkdtemp(prefix="aidc-bench-ledger-")
+    db_path = os.path.join(tmp, "aidc.sqlite")
+    try:
+        ledger = GPULedger(db_url=f"sqlite:///{db_path}")
+        nodes = [f"node{i:05d}" for i in range(args.nodes)]
+        inventory = simulated(args.gpus_per_node)
+        t = time.monotonic()
+        for n in nodes:
+            ledger.add_node(n, inventory)
+        setup_s = time.monotonic() - t
+        naive = NaiveAllocator(nodes, args.gpus_per_node)
+        ops = make_workload(args.requests, capacity, args.seed)
+        shadow = Shadow(db_path)
+
+        times = {("aidc", "request"): Series(), ("aidc", "release"): Series(),
+                 ("baseline", "request"): Series(), ("baseline", "release"): Series()}
+        perf = time.perf_counter_ns
+        queued_at_request = 0
+        queued_ever = 0
+        mismatches: list[str] = []
+        occupancy: list[float] = []
+        held_units = 0
+        max_queue = 0
+        violations: list[str] = []
+        progress_every = max(1, len(ops) // 20)
+        for i, op in enumerate(ops):
+            if op.kind == "request":
+                t0 = perf()
+                claim = ledger.request(op.holder, op.owner, op.count)
+                t1 = perf()
+                b = naive.request(op.holder, op.count)
+                t2 = perf()
+                times["aidc", "request"].ns.append(t1 - t0)
+                times["baseline", "request"].ns.append(t2 - t1)
+                mine = Decision(QUEUED)
+                if claim.state == GRANTED:
+                    ids = [u["id"] for u in claim.units]
+                    node = {unit_gpu(u)[0] for u in ids}
+                    mine = Decision(GRANTED, node.pop() if len(node) == 1 else "<several>",
+                                    tuple(sorted(unit_gpu(u)[1] for u in ids)))
+                    try:
+                        shadow.grant(op.holder, ids)
+                    except Violation as e:
+                        violations.append(str(e))
+                    held_units += len(ids)
+                else:
+                    shadow.queued.add(op.holder)
+                    queued_at_request += 1
+                    queued_ever += 1
+                if mine != b and len(mismatches) < 5:
+                    mismatches.append(f"{op.holder}: aidc {mine}, baseline {b}")
+            else:
+                t0 = perf()
+                freed = ledger.release(op.holder)
+                t1 = perf()
+                naive.release(op.holder)
+                t2 = perf()
+                times["aidc", "release"].ns.append(t1 - t0)
+                times["baseline", "release"].ns.append(t2 - t1)
+                try:
+                    shadow.release(op.holder, freed)
+                except Violation as e:
+                    violations.append(str(e))
+                held_units -= len(freed)
+            try:
+                for h in shadow.catch_up():
+                    held_units += len(shadow.units_of[h])
+                    b = naive.decision(h)
+                    ids = shadow.units_of[h]
+                    mine = Decision(GRANTED, unit_gpu(ids[0])[0], tuple(sorted(unit_gpu(u)[1] for u in ids)))
+                    if mine != b and len(mismatches) < 5:
+                        mismatches.append(f"{h} (from the queue): aidc {mine}, baseline {b}")
+            except Violation as e:
+                violations.append(str(e))
+            max_queue = max(max_queue, len(shadow.queued))
+            occupancy.append(held_units / capacity)
+            if (i + 1) % progress_every == 0:
+                print(f"  ... {i + 1}/{len(ops)} operations, {held_units / capacity:.0%} full, "
+                      f"{len(shadow.queued)} queued, {time.monotonic() - started:.0f} s",
+                      file=sys.stderr, flush=True)
+        problems = violations + shadow.final_check(naive)
+        shadow.db.close()
+        elapsed = time.monotonic() - started
+    finally:
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    # -- report ---------------------------------------------------------------------------
+    n_req = sum(1 for o in ops if o.kind == "request")
+    n_rel = len(ops) - n_req
+    warm = occupancy[len(occupancy) // 5:]  # after the first fill
+    print()
+    print("GPU ledger benchmark: aidc GPULedger (SQLite WAL, one process) vs naive in-memory allocator")
+    print(f"machine: {os.cpu_count()} CPUs, {platform.python_implementation()} {platform.python_version()}, "
+          f"SQLite {sqlite3.sqlite_version}, {platform.platform()}")
+    print(f"cluster: {args.nodes} nodes x {args.gpus_per_node} GPUs = {capacity} units (simulated); "
+          f"ledger setup {setup_s:.1f} s")
+    print(f"workload: {n_req} requests (70% 1 GPU, 20% 2, 10% 4), {n_rel} releases, seed {args.seed}")
+    print(f"occupancy after the first fill: min {min(warm):.0%}, mean {sum(warm) / len(warm):.0%}, "
+          f"max {max(warm):.0%}; {queued_at_request} requests queued ({queued_at_request / n_req:.1%}), "
+          f"queue up to {max_queue}")
+    print()
+    print(f"{'allocator':<9} {'op':<8} {'n':>6} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} {'max ms':>9} {'ops/s':>10}")
+    sums = {k: v.summary() for k, v in times.items()}
+    for (who, what), s in sums.items():
+        print(f"{who:<9} {what:<8} {s['n']:>6} {s['p50']:>9.3f} {s['p90']:>9.3f} {s['p99']:>9.3f} "
+              f"{s['max']:>9.3f} {s['per_s']:>10.0f}")
+    print()
+    for what in ("request", "release"):
+        a, b = sums["aidc", what], sums["baseline", what]
+        print(f"ratio aidc/baseline ({what}): p50 {a['p50'] / b['p50']:.0f}x, p99 {a['p99'] / b['p99']:.0f}x, "
+              f"throughput {b['per_s'] / a['per_s']:.0f}x lower")
+    all_ns = sorted(times["aidc", "request"].ns + times["aidc", "release"].ns)
+    p99_all = percentile(all_ns, 99)
+    print()
+    for what in ("request", "release"):
+        p99 = sums["aidc", what]["p99"]
+        verdict = "PASS" if p99 < GOAL_MS else f"FAIL ({p99 / GOAL_MS:.1f}x over)"
+        print(f"goal: p99 allocation decision < {GOAL_MS:g} ms ({what}): {p99:.3f} ms: {verdict}")
+    verdict = "PASS" if p99_all < GOAL_MS else f"FAIL ({p99_all / GOAL_MS:.1f}x over)"
+    print(f"goal: p99 allocation decision < {GOAL_MS:g} ms (all decisions): {p99_all:.3f} ms: {verdict}")
+    print()
+    same = "yes" if not mismatches else "NO"
+    print(f"same decisions as the baseline (state, node, GPUs): {same}")
+    for m in mismatches:
+        print(f"  {m}")
+    if problems:
+        print(f"consistency: FAIL ({len(problems)} problems)")
+        for p in problems[:20]:
+            print(f"  {p}")
+    else:
+        print(f"consistency: OK: no unit was ever given to two holders ({shadow.grants} grants, "
+              f"{n_rel} releases checked; final tables = what the ledger answered = baseline)")
+    print(f"total run time {elapsed:.0f} s")
+    if args.keep:
+        print(f"SQLite file kept: {db_path}")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
