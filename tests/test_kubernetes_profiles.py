@@ -54,11 +54,7 @@ GPU_RESOURCE_NAMES = {name for expected in EXPECTED_GPU_RESOURCES.values() for n
 
 @pytest.fixture
 def offline_kubeconfig(tmp_path, monkeypatch):
-    """Point kubernetes_asyncio at a kubeconfig for a cluster that is never contacted.
-
-    KubeSpawner is not among aidc's own dependencies: without it only these tests skip.
-    """
-    pytest.importorskip("kubespawner")
+    """Point kubernetes_asyncio at a kubeconfig for a cluster that is never contacted."""
     from kubernetes_asyncio.config import kube_config
 
     from kubespawner import clients

@@ -149,7 +149,7 @@ def configure(c, options: PlatformOptions | None = None) -> PlatformOptions:
 
 def finalize(c, options: PlatformOptions) -> None:
     """Add services (built-in and drop-in) and roles; call after the drop-ins are loaded."""
-    services.apply(c, str(options.data_dir.root))
+    services.apply(c, str(options.data_dir.root), extra_env={"AIDC_URL": options.public_url})
 
 
 def load_drop_ins(c, data_dir: DataDir, load_subconfig) -> list[Path]:

@@ -57,7 +57,7 @@ Z2JH_USER_POD_TOLERATIONS = tuple(
     for key in ("hub.jupyter.org/dedicated", "hub.jupyter.org_dedicated")
 )
 
-#: the same idle limit as the one-machine platform: servers idle an hour are stopped
+#: servers idle an hour are stopped; keep in step with the one-machine idle limit
 IDLE_TIMEOUT_S = 3600
 CULL_EVERY_S = 600
 #: as ``Spawner.start_timeout`` on one machine: room for a wait for a free GPU (a pod

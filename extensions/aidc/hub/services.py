@@ -18,6 +18,7 @@ returning a :class:`ManagedService`), and :func:`register` calls in drop-in conf
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -47,15 +48,25 @@ class ManagedService:
     )
     #: local port; ``None`` picks a free one when the hub starts
     port: int | None = None
+    #: False for background services with no web server (cullers): no URL, no OAuth
+    web: bool = True
     environment: dict[str, str] = field(default_factory=dict)
     #: shown on the hub's home page
     display: bool = True
     info: dict = field(default_factory=dict)
 
-    def hub_service(self, data_dir: str) -> dict:
-        """The ``c.JupyterHub.services`` entry."""
+    def hub_service(self, data_dir: str, extra_env: dict[str, str] | None = None) -> dict:
+        """The ``c.JupyterHub.services`` entry.
+
+        The service's environment carries the hub process's ``AIDC_*`` settings (data
+        dir, GPU simulation, database URL, public URL), so it sees the same platform.
+        """
+        env = {k: v for k, v in os.environ.items() if k.startswith("AIDC_")}
+        env.update({"AIDC_DATA_DIR": data_dir, **(extra_env or {}), **self.environment})
+        if not self.web:
+            return {"name": self.name, "command": list(self.command), "environment": env,
+                    "display": False, "info": dict(self.info)}
         port = self.port or random_port()
-        env = {"AIDC_DATA_DIR": data_dir, **self.environment}
         return {
             "name": self.name,
             "url": f"http://127.0.0.1:{port}",
@@ -105,18 +116,19 @@ def discover() -> list[ManagedService]:
     return list(found.values())
 
 
-def apply(c, data_dir: str, services: list[ManagedService] | None = None) -> None:
+def apply(c, data_dir: str, services: list[ManagedService] | None = None,
+          extra_env: dict[str, str] | None = None) -> None:
     """Add the declared services to a JupyterHub config object ``c``."""
     services = discover() if services is None else services
     names = {s.name for s in services}
     hub_services = [s for s in (c.JupyterHub.services or []) if s.get("name") not in names]
     extra_roles = []
     for s in services:
-        hub_services.append(s.hub_service(data_dir))
+        hub_services.append(s.hub_service(data_dir, extra_env))
         role = s.hub_role()
         if role:
             extra_roles.append(role)
-        for r in s.roles:
+        for r in s.roles if s.web else ():
             roles.grant(r, [f"access:services!service={s.name}"])
     c.JupyterHub.services = hub_services
     c.JupyterHub.load_roles = [*roles.hub_roles(), *_non_aidc_roles(c), *extra_roles]

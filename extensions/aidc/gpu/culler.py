@@ -1,0 +1,166 @@
+"""GPU-aware culling: stop a server that holds GPUs it does not use.
+
+jupyterhub-idle-culler looks at activity only. A server holding a GPU is expensive
+while idle, so this service stops one whose kernels have all been idle *and* whose GPUs
+showed no utilisation for ``--idle-timeout`` seconds (default 1800), usually long before
+the general idle timeout. Stopping goes through the hub, so the GPUs are released like
+any other stop, and the cull is recorded in the audit log.
+
+Evidence used, every ``--interval`` seconds:
+* kernels: ``GET /user/<name>/<server>/api/kernels`` through the proxy; idle means every
+  kernel's ``execution_state`` is ``idle`` (the latest ``last_activity`` counts as the
+  start of idleness);
+* GPUs: NVML utilisation of each GPU the server holds (a MIG slice reports through its
+  parent GPU); with a simulated inventory the GPUs count as unused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import threading
+import time
+from datetime import datetime
+
+import requests
+
+from ..hub.services import ManagedService, python_command
+from ..security import audit
+from .ledger import GRANTED
+from .platform import open_ledger
+
+log = logging.getLogger("aidc.gpu.culler")
+
+DEFAULT_IDLE_TIMEOUT = 1800
+
+
+def gpu_utilization() -> dict[int, int]:
+    """GPU index -> utilisation %, or {} without NVML (simulated GPUs count as unused)."""
+    try:
+        from .inventory import read_nvml
+
+        inv = read_nvml()
+    except Exception:  # no driver, or NVML failing: no evidence of use
+        return {}
+    return {d.index: d.utilization_pct for d in inv.devices}
+
+
+def _timestamp(value: str | None) -> float:
+    if not value:
+        return 0.0
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+class GPUCuller:
+    def __init__(self, hub_api: str, public_url: str, token: str, data_dir: str,
+                 idle_timeout: float, interval: float):
+        self.hub_api = hub_api.rstrip("/")
+        self.public_url = public_url.rstrip("/")
+        self.session = requests.Session()
+        self.session.headers["Authorization"] = f"token {token}"
+        self.ledger = open_ledger(data_dir)
+        self.idle_timeout = idle_timeout
+        self.interval = interval
+        self.idle_since: dict[str, float] = {}
+
+    def kernels_idle_since(self, user: str, server: str) -> float | None:
+        """When the server's kernels became idle (None: one is busy or it did not answer)."""
+        path = f"/user/{user}/{server + '/' if server else ''}api/kernels"
+        try:
+            r = self.session.get(self.public_url + path, timeout=30)
+        except requests.RequestException:
+            return None
+        if r.status_code != 200:
+            return None
+        kernels = r.json()
+        if any(k.get("execution_state") != "idle" for k in kernels):
+            return None
+        return max((_timestamp(k.get("last_activity")) for k in kernels), default=0.0)
+
+    def check_once(self, now: float | None = None) -> list[str]:
+        """One pass: returns the holders culled."""
+        now = time.time() if now is None else now
+        util = gpu_utilization()
+        culled = []
+        holders = set()
+        for claim in self.ledger.claims():
+            if not claim.holder.startswith("server:") or claim.state != GRANTED or not claim.units:
+                continue
+            holders.add(claim.holder)
+            user, _, server = claim.holder[len("server:"):].partition("/")
+            busy_gpu = any(util.get(u["gpu_index"], 0) > 0 for u in claim.units)
+            kernels_since = None if busy_gpu else self.kernels_idle_since(user, server)
+            if kernels_since is None:
+                self.idle_since.pop(claim.holder, None)
+                continue
+            since = max(self.idle_since.setdefault(claim.holder, now), kernels_since)
+            if now - since >= self.idle_timeout:
+                if self.cull(user, server, now - since):
+                    culled.append(claim.holder)
+                    self.idle_since.pop(claim.holder, None)
+        for gone in set(self.idle_since) - holders:
+            self.idle_since.pop(gone, None)
+        return culled
+
+    def cull(self, user: str, server: str, idle_for: float) -> bool:
+        path = f"/users/{user}/servers/{server}" if server else f"/users/{user}/server"
+        r = self.session.delete(self.hub_api + path, timeout=60)
+        ok = r.status_code in (202, 204)
+        audit.record(
+            "server", actor="gpu-culler", action="stop", target=f"{user}/{server}",
+            result="success" if ok else "failure",
+            reason=f"GPUs unused and kernels idle for {int(idle_for)} s"
+            + ("" if ok else f"; hub answered {r.status_code}"),
+        )
+        log.info("culled %s/%s (GPUs unused for %d s): %s", user, server, idle_for, r.status_code)
+        return ok
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                self.check_once()
+            except Exception:
+                log.exception("GPU culling pass failed")
+            stop.wait(self.interval)
+
+
+def managed_service() -> ManagedService:
+    """Entry point (group ``aidc.services``): the GPU-aware culler.
+
+    ``AIDC_GPU_IDLE_TIMEOUT`` and ``AIDC_GPU_CULL_EVERY`` change the defaults.
+    """
+    timeout = int(os.environ.get("AIDC_GPU_IDLE_TIMEOUT", DEFAULT_IDLE_TIMEOUT))
+    every = int(os.environ.get("AIDC_GPU_CULL_EVERY", max(5, min(60, timeout // 10))))
+    return ManagedService(
+        name="gpu-culler",
+        command=python_command("aidc.gpu.culler", f"--idle-timeout={timeout}", f"--interval={every}"),
+        hub_scopes=["list:users", "read:servers", "delete:servers", "access:servers"],
+        web=False,
+        info={"description": f"stops servers whose GPUs are unused for {timeout} s"},
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--idle-timeout", type=float, default=DEFAULT_IDLE_TIMEOUT)
+    parser.add_argument("--interval", type=float, default=60)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="[%(levelname)s %(asctime)s %(name)s] %(message)s")
+    culler = GPUCuller(
+        hub_api=os.environ["JUPYTERHUB_API_URL"],
+        public_url=os.environ["AIDC_URL"],
+        token=os.environ["JUPYTERHUB_API_TOKEN"],
+        data_dir=os.environ["AIDC_DATA_DIR"],
+        idle_timeout=args.idle_timeout,
+        interval=args.interval,
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    culler.run(stop)
+
+
+if __name__ == "__main__":
+    main()

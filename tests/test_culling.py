@@ -1,0 +1,57 @@
+"""Culling: idle servers are stopped by the hub's culler services, and their GPUs freed."""
+
+import time
+
+from conftest import fake_nvml_env
+
+
+def _wait(predicate, timeout=120, every=1.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(every)
+    return False
+
+
+def _running(p, token, user) -> bool:
+    model = p.hub(token, "GET", f"/users/{user.name}").json()
+    return bool((model.get("servers") or {}).get(""))
+
+
+def test_gpu_culler_stops_servers_whose_gpus_sit_unused(fresh_platform, tmp_path):
+    layout = [{"name": "NVIDIA H100 80GB HBM3", "memory_mb": 81559, "utilization": 0},
+              {"name": "NVIDIA H100 80GB HBM3", "memory_mb": 81559, "utilization": 80}]
+    p = fresh_platform(env={**fake_nvml_env(tmp_path, layout),
+                            "AIDC_GPU_IDLE_TIMEOUT": "8", "AIDC_GPU_CULL_EVERY": "1"})
+    p.start()
+    admin = p.token("admin")
+    idle, busy = p.new_user("scientist"), p.new_user("scientist")
+    for u in (idle, busy):  # idle gets GPU 0 (unused), busy gets GPU 1 (80 % utilised)
+        assert p.spawn(u, "gpu-1").status_code in (201, 202)
+        p.wait_ready(u)
+    held = {u["holder"]: u["id"] for u in p.resources(admin)["units"] if u["holder"]}
+    assert held[f"server:{idle.name}/"].endswith("gpu0")
+
+    assert _wait(lambda: not _running(p, admin, idle)), "the idle GPU server was not culled"
+    assert all(u["holder"] != f"server:{idle.name}/" for u in p.resources(admin)["units"])
+    time.sleep(10)  # longer than the timeout: the server using its GPU stays
+    assert _running(p, admin, busy)
+    culls = [e for e in p.audit_events() if e.get("actor") == "gpu-culler"]
+    assert [(e["action"], e["target"], e["result"]) for e in culls] == [("stop", f"{idle.name}/", "success")]
+    assert "GPUs unused" in culls[0]["reason"]
+
+
+def test_idle_culler_runs_as_a_hub_service_and_frees_gpus(fresh_platform, tmp_path):
+    p = fresh_platform(env={**fake_nvml_env(tmp_path), "AIDC_IDLE_TIMEOUT": "10",
+                            "AIDC_IDLE_CULL_EVERY": "3"})
+    p.start()
+    admin = p.token("admin")
+    services = p.hub(admin, "GET", "/services").json()
+    assert {"idle-culler", "gpu-culler", "resources"} <= set(services)
+    user = p.new_user("scientist")
+    assert p.spawn(user, "gpu-1").status_code in (201, 202)
+    p.wait_ready(user)
+    assert any(u["holder"] == f"server:{user.name}/" for u in p.resources(admin)["units"])
+    assert _wait(lambda: not _running(p, admin, user), timeout=90), "idle server not culled"
+    assert all(u["holder"] is None for u in p.resources(admin)["units"])
