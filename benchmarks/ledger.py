@@ -39,6 +39,8 @@ latency goal is missed), 1 when a consistency check fails.
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import math
 import os
 import platform
@@ -78,7 +80,7 @@ def make_workload(n_requests: int, capacity: int, seed: int) -> list[Op]:
     """
     rng = random.Random(seed)
     ops: list[Op] = []
-    outstanding: list[tuple[str, int]] = []  # (holder, count); order kept for O(1) removal
+    outstanding: list[tuple[str, int]] = []  # (holder, count), removed by swap-and-pop
     demand = 0
     issued = 0
     waves = 3
@@ -278,6 +280,20 @@ class Shadow:
 
 
 # -- run ----------------------------------------------------------------------------------
+def load_class(spec: str) -> type:
+    module, _, name = spec.partition(":")
+    if module.endswith(".py"):
+        loader = importlib.util.spec_from_file_location(Path(module).stem, module)
+        mod = importlib.util.module_from_spec(loader)
+        loader.loader.exec_module(mod)
+    else:
+        mod = importlib.import_module(module)
+    cls = getattr(mod, name or "GPULedger")
+    if not issubclass(cls, GPULedger):
+        raise SystemExit(f"{spec} is not a GPULedger")
+    return cls
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--nodes", type=int, default=1000)
@@ -285,6 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--requests", type=int, default=10000)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--keep", action="store_true", help="keep the SQLite file (path printed)")
+    ap.add_argument("--ledger", default="aidc.gpu.ledger:GPULedger", metavar="MODULE:CLASS",
+                    help="the ledger class to measure (a module or a path/to/file.py), to try a "
+                         "change before it lands; default: %(default)s")
     args = ap.parse_args(argv)
 
     started = time.monotonic()
@@ -292,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp = tempfile.mkdtemp(prefix="aidc-bench-ledger-")
     db_path = os.path.join(tmp, "aidc.sqlite")
     try:
-        ledger = GPULedger(db_url=f"sqlite:///{db_path}")
+        ledger = load_class(args.ledger)(db_url=f"sqlite:///{db_path}")
         nodes = [f"node{i:05d}" for i in range(args.nodes)]
         inventory = simulated(args.gpus_per_node)
         t = time.monotonic()
@@ -379,9 +398,10 @@ def main(argv: list[str] | None = None) -> int:
     # -- report ---------------------------------------------------------------------------
     n_req = sum(1 for o in ops if o.kind == "request")
     n_rel = len(ops) - n_req
-    warm = occupancy[len(occupancy) // 5:]  # after the first fill
+    first_release = next((i for i, o in enumerate(ops) if o.kind == "release"), 0)
+    warm = occupancy[first_release:] or occupancy  # after the first fill
     print()
-    print("GPU ledger benchmark: aidc GPULedger (SQLite WAL, one process) vs naive in-memory allocator")
+    print(f"GPU ledger benchmark: aidc {args.ledger} (SQLite WAL, one process) vs naive in-memory allocator")
     print(f"machine: {os.cpu_count()} CPUs, {platform.python_implementation()} {platform.python_version()}, "
           f"SQLite {sqlite3.sqlite_version}, {platform.platform()}")
     print(f"cluster: {args.nodes} nodes x {args.gpus_per_node} GPUs = {capacity} units (simulated); "

@@ -71,6 +71,8 @@ class Platform:
     prefix: str = UNIX_PREFIX
     #: extra environment for `aidc up` and the CLI (e.g. AIDC_LDAP_* for a drop-in)
     env: dict = field(default_factory=dict)
+    #: extra arguments for `aidc up` (e.g. --simulated-gpus)
+    up_args: list = field(default_factory=list)
     proc: subprocess.Popen | None = None
     users: list[User] = field(default_factory=list)
 
@@ -88,7 +90,8 @@ class Platform:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [AIDC, "up", "--data-dir", str(self.data_dir), "--port", str(self.port),
-             "--hub-port", str(self.hub_port), "--proxy-api-port", str(self.proxy_api_port)],
+             "--hub-port", str(self.hub_port), "--proxy-api-port", str(self.proxy_api_port),
+             *self.up_args],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             env={**os.environ, "AIDC_UNIX_USER_PREFIX": self.prefix, **self.env},
         )

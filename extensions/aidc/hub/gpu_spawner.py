@@ -18,6 +18,7 @@ units; ``aidc up`` reconciles the ledger with the hub's servers before the hub s
 from __future__ import annotations
 
 import asyncio
+import inspect
 import math
 import os
 import resource
@@ -186,9 +187,19 @@ class GPUAllocationMixin(LoggingConfigurable):
         try:
             await super().stop(now=now)
         finally:
-            _CPU_USE.pop(self.holder, None)
-            await asyncio.to_thread(self._ledger().release, self.holder)
-            self.claim = None
+            await self._release()
+
+    async def run_post_stop_hook(self):
+        # also runs for a server that died on its own, when JupyterHub skips stop()
+        await self._release()
+        result = super().run_post_stop_hook()
+        if inspect.isawaitable(result):
+            await result
+
+    async def _release(self) -> None:
+        _CPU_USE.pop(self.holder, None)
+        await asyncio.to_thread(self._ledger().release, self.holder)
+        self.claim = None
 
     async def progress(self):
         """Queue position while waiting for GPUs, then what was granted."""

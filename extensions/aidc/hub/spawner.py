@@ -12,6 +12,7 @@ memory from a resource profile through :class:`~aidc.hub.gpu_spawner.GPUAllocati
 
 from __future__ import annotations
 
+import inspect
 import os
 import pwd
 
@@ -53,19 +54,16 @@ class AuditedSpawnerMixin:
         )
         return result
 
-    async def stop(self, now=False):
-        try:
-            await super().stop(now=now)
-        except Exception as e:
-            audit.record(
-                "server", actor="hub", action="stop", target=self._target(),
-                result="failure", reason=str(e)[:500], system_user=self._system_user(),
-            )
-            raise
+    async def run_post_stop_hook(self):
+        # JupyterHub runs this after every stop, including of a server that died on its
+        # own (when it does not call stop() at all), so every end is recorded once
         audit.record(
             "server", actor="hub", action="stop", target=self._target(),
             result="success", system_user=self._system_user(),
         )
+        result = super().run_post_stop_hook()
+        if inspect.isawaitable(result):
+            await result
 
 
 class SystemUserSpawner(AuditedSpawnerMixin, GPUAllocationMixin, LocalProcessSpawner):
