@@ -86,9 +86,9 @@ def make_workload(n_requests: int, capacity: int, seed: int) -> list[Op]:
     waves = 3
     while issued < n_requests:
         phase = issued / max(1, n_requests)
-        # fill to ~84 % first, then oscillate 68 %..100 % of the cluster (near the crests
+        # fill to ~85 % first, then oscillate 68 %..102 % of the cluster (near the crests
         # the biggest requests no longer fit and, first come first served, some queue)
-        level = 0.84 + 0.16 * math.sin(2 * math.pi * waves * phase)
+        level = 0.85 + 0.17 * math.sin(2 * math.pi * waves * phase)
         target = capacity * level
         if demand < target or not outstanding:
             count = rng.choices((1, 2, 4), weights=(70, 20, 10))[0]

@@ -79,3 +79,22 @@ def test_failed_spawn_releases_its_gpu(fresh_platform):
     events = [e["action"] for e in p.audit_events()
               if e["__schema__"].endswith("/server") and e["target"] == f"{user.name}/"]
     assert events == ["start", "stop"]  # the end of a server that died is recorded too
+
+
+def test_time_sliced_shares_of_one_gpu(fresh_platform):
+    p = fresh_platform(env={"AIDC_SIMULATED_GPUS": '[{"name": "Simulated L4", "memory_mb": 24000}]',
+                            "AIDC_GPU_SHARES": "0=2"})
+    p.start()
+    a, b, c = (p.new_user("scientist") for _ in range(3))
+    for u in (a, b):
+        assert p.spawn(u, "share-1").status_code in (201, 202)
+    for u in (a, b):
+        p.wait_ready(u)
+    seen = [visible_devices(p, u).split()[0] for u in (a, b)]
+    assert seen == ["GPU-simulated-0000", "GPU-simulated-0000"]  # the same GPU, time-sliced
+    from platform_helpers import execute
+    assert execute(p, a, "import os; print(os.environ['AIDC_GPU_MEMORY_LIMIT_MB'])").strip() == "12000"
+    units = p.resources(p.token("admin"))["units"]
+    assert sorted(u["holder"] for u in units) == sorted([f"server:{a.name}/", f"server:{b.name}/"])
+    r = p.spawn(c, "gpu-1")  # the only GPU is offered as shares: no whole GPU exists
+    assert r.status_code == 400 and "has 0" in r.json()["message"]

@@ -51,6 +51,12 @@ def test_kernel_sees_exactly_its_gpu(platform, admin):
     wait_ready(platform, user)
     cuda, nvidia, simulated = visible_devices(platform, user).split()
     assert cuda == nvidia and cuda in WHOLE and simulated == "0"
+    # the gpu-1 profile of the test platform: 1 CPU core, 4 GB
+    cores, data_limit = execute(
+        platform, user,
+        "import os, resource; print(len(os.sched_getaffinity(0)), resource.getrlimit(resource.RLIMIT_DATA)[0])",
+    ).split()
+    assert int(cores) == 1 and int(data_limit) == 4 * 2**30
     held = [u for u in resources(platform, admin.token)["units"] if u["holder"] == f"server:{user.name}/"]
     assert len(held) == 1 and held[0]["name"] == "NVIDIA H100 80GB HBM3"
     platform.stop_server(user)

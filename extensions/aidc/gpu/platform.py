@@ -40,8 +40,23 @@ def simulated_spec() -> int | list[dict]:
     return spec
 
 
+def shares_spec() -> dict[int, int]:
+    """``AIDC_GPU_SHARES``: GPUs offered as time-sliced shares, ``"INDEX=N,..."`` (e.g. ``"3=4"``)."""
+    raw = os.environ.get("AIDC_GPU_SHARES", "").strip()
+    if not raw:
+        return {}
+    try:
+        pairs = [item.split("=", 1) for item in raw.split(",") if item.strip()]
+        shares = {int(i): int(n) for i, n in pairs}
+    except ValueError:
+        shares = None
+    if shares is None or any(n < 1 for n in shares.values()):
+        raise UsageError(f"AIDC_GPU_SHARES must look like '3=4,5=2' (GPU index=shares), not {raw!r}")
+    return shares
+
+
 def detect_and_sync(ledger: GPULedger) -> Inventory:
     """Read the GPUs (NVML, else the simulation) and make the ledger's units match."""
-    inventory = detect(simulated_spec())
+    inventory = detect(simulated_spec(), shares_spec())
     ledger.sync_inventory(inventory)
     return inventory

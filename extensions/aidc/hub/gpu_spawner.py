@@ -148,6 +148,12 @@ class GPUAllocationMixin(LoggingConfigurable):
             "AIDC_GPUS_SIMULATED": "1" if any(u["simulated"] for u in claim.units) else "0",
             "OMP_NUM_THREADS": str(max(1, math.floor(profile.cpu_cores))),
         }
+        shares = [u for u in claim.units if u["kind"] == "share"]
+        if shares:
+            # the memory cap of a time-sliced share, for the framework in the kernel to apply
+            # (e.g. torch.cuda.set_per_process_memory_fraction); TF grows instead of grabbing all
+            self.environment["AIDC_GPU_MEMORY_LIMIT_MB"] = str(min(u["memory_mb"] for u in shares))
+            self.environment["TF_FORCE_GPU_ALLOW_GROWTH"] = "true"
 
     def _cpu_set(self) -> set[int]:
         """The profile's cores, least shared with other servers of this hub first."""
