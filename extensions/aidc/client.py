@@ -14,6 +14,7 @@ which turns HTTP failures into :mod:`aidc.errors` exceptions with the server's m
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import requests
@@ -71,6 +72,37 @@ class Client:
 
     def get_json(self, path: str, **kw) -> Any:
         return self.request("GET", path, **kw).json()
+
+    # -- resources -------------------------------------------------------------------
+    def profiles(self) -> list[dict]:
+        """The resource profiles this platform offers."""
+        return self.get_json("services/resources/api/profiles")["profiles"]
+
+    def gpus(self) -> dict:
+        """GPU units, their holders (as far as you may see them) and free counts."""
+        return self.get_json("services/resources/api/gpus")
+
+    def start_server(self, profile: str | None = None, wait: bool = True,
+                     timeout: float = 900) -> dict:
+        """Start your server with a profile; with ``wait``, return once it is ready."""
+        name = self.whoami()["name"]
+        body = {"profile": profile} if profile else {}
+        self.request("POST", f"hub/api/users/{name}/server", json=body, timeout=timeout)
+        deadline = time.monotonic() + timeout
+        while True:
+            model = self.get_json(f"hub/api/users/{name}")
+            server = (model.get("servers") or {}).get("")
+            if server is None:
+                raise PlatformError("the server stopped while starting; see the hub's spawn page")
+            if server.get("ready") or not wait:
+                return server
+            if time.monotonic() > deadline:
+                raise PlatformError(f"the server was not ready within {timeout:.0f} s")
+            time.sleep(1)
+
+    def stop_server(self) -> None:
+        name = self.whoami()["name"]
+        self.request("DELETE", f"hub/api/users/{name}/server")
 
     def whoami(self) -> dict:
         """Who the token belongs to: ``name``, ``kind``, ``role``, ``groups``, ``scopes``."""

@@ -12,9 +12,9 @@ import argparse
 import sys
 
 from ..errors import AidcError
-from . import token, up, user, whoami
+from . import server, token, up, user, whoami
 
-COMMANDS = (up, user, token, whoami)
+COMMANDS = (up, user, token, whoami, server)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,13 +2,15 @@
 
 ``GET api/gpus``   the inventory's units (each marked ``simulated`` or not), their holders,
                    and the free count per kind;
-``GET api/queue``  the waiting requests in order.
+``GET api/queue``  the waiting requests in order;
+``GET api/profiles`` the resource profiles offered (the hub's, from the same declaration).
 An admin sees every holder and every waiting request; anyone else sees free counts, their
 own holdings and their own place in the queue (other people's claims are left out).
 """
 
 from __future__ import annotations
 
+import json
 import os
 
 from ..hub import roles
@@ -16,6 +18,7 @@ from ..hub.services import ManagedService, python_command
 from ..services.base import ServiceHandler, authenticated, run_service
 from .ledger import GRANTED
 from .platform import open_ledger
+from .profiles import profiles_from_config
 
 _ledger = None
 
@@ -76,6 +79,14 @@ class QueueHandler(ResourcesHandler):
         })
 
 
+class ProfilesHandler(ResourcesHandler):
+    @authenticated
+    def get(self):
+        raw = os.environ.get("AIDC_RESOURCE_PROFILES")
+        declared = profiles_from_config(json.loads(raw) if raw else None)
+        self.write_json({"profiles": [p.to_dict() for p in declared]})
+
+
 def managed_service() -> ManagedService:
     """Entry point (group ``aidc.services``): the resources service declaration."""
     return ManagedService(
@@ -88,4 +99,8 @@ def managed_service() -> ManagedService:
 
 
 if __name__ == "__main__":
-    run_service([(r"/api/gpus", GPUsHandler), (r"/api/queue", QueueHandler)])
+    run_service([
+        (r"/api/gpus", GPUsHandler),
+        (r"/api/queue", QueueHandler),
+        (r"/api/profiles", ProfilesHandler),
+    ])

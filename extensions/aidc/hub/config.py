@@ -8,6 +8,7 @@ Everything here is a default: ``hub_config/jupyterhub_config.py`` and drop-in fi
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -149,7 +150,12 @@ def configure(c, options: PlatformOptions | None = None) -> PlatformOptions:
 
 def finalize(c, options: PlatformOptions) -> None:
     """Add services (built-in and drop-in) and roles; call after the drop-ins are loaded."""
-    services.apply(c, str(options.data_dir.root), extra_env={"AIDC_URL": options.public_url})
+    extra_env = {"AIDC_URL": options.public_url}
+    profiles = c.GPUAllocationMixin.get("resource_profiles")
+    if profiles:
+        # services (and through them the CLI) see the same profiles as the spawn form
+        extra_env["AIDC_RESOURCE_PROFILES"] = json.dumps(list(profiles))
+    services.apply(c, str(options.data_dir.root), extra_env=extra_env)
 
 
 def load_drop_ins(c, data_dir: DataDir, load_subconfig) -> list[Path]:
