@@ -1,8 +1,9 @@
 """A hub crash loses no allocation and leaks none: the ledger is reconciled on restart."""
 
-import os
 import signal
 import subprocess
+
+import psutil
 
 from conftest import fake_nvml_env
 from platform_helpers import visible_devices
@@ -21,8 +22,16 @@ def test_hub_sigkill_keeps_live_servers_gpus_and_frees_dead_ones(fresh_platform,
     assert set(before) == {f"server:{alive.name}/", f"server:{dead.name}/"}
     devices = visible_devices(p, alive)
 
+    services = [proc for proc in psutil.Process(p.proc.pid).children()
+                if any(m in " ".join(proc.cmdline())
+                       for m in ("aidc.gpu.service", "aidc.gpu.culler", "jupyterhub_idle_culler"))]
+    assert len(services) >= 3  # resources, idle-culler, gpu-culler
+
     p.proc.send_signal(signal.SIGKILL)  # the hub dies; servers and proxy are orphaned
     p.proc.wait()
+    # its services do not run on as orphans next to the ones the new hub starts
+    _, alive_services = psutil.wait_procs(services, timeout=15)
+    assert alive_services == []
     subprocess.run(["pkill", "-KILL", "-u", p.prefix + dead.name])  # one server dies too
 
     p.start()

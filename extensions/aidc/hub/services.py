@@ -25,6 +25,7 @@ from importlib.metadata import entry_points
 
 from jupyterhub.utils import random_port
 
+from ..services import launch
 from . import roles
 
 ENTRY_POINT_GROUP = "aidc.services"
@@ -63,14 +64,15 @@ class ManagedService:
         """
         env = {k: v for k, v in os.environ.items() if k.startswith("AIDC_")}
         env.update({"AIDC_DATA_DIR": data_dir, **(extra_env or {}), **self.environment})
+        command = launch.wrap(list(self.command))  # dies with the hub (see launch)
         if not self.web:
-            return {"name": self.name, "command": list(self.command), "environment": env,
+            return {"name": self.name, "command": command, "environment": env,
                     "display": False, "info": dict(self.info)}
         port = self.port or random_port()
         return {
             "name": self.name,
             "url": f"http://127.0.0.1:{port}",
-            "command": list(self.command),
+            "command": command,
             "environment": env,
             "oauth_no_confirm": True,
             "oauth_client_allowed_scopes": [

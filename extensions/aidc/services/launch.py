@@ -1,0 +1,51 @@
+"""Run a hub-managed service so that it dies with the hub.
+
+JupyterHub stops its managed services when it shuts down, but a hub that is killed
+outright (SIGKILL, out-of-memory) cannot: its services would run on as orphans next to
+the ones the restarted hub starts, and a second culler would act on the platform.
+Every managed service is therefore started through this launcher, which asks Linux to
+send it SIGTERM when its parent (the hub) dies (``PR_SET_PDEATHSIG``), then replaces
+itself with the service's own command. User servers are *not* started this way: they
+outlive a hub crash on purpose and are reattached on restart.
+
+    python -m aidc.services.launch -- COMMAND [ARGS...]
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """Ask for SIGTERM when the parent dies (Linux; elsewhere a no-op)."""
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+
+
+def wrap(command: list[str]) -> list[str]:
+    """The command line that runs ``command`` under this launcher."""
+    return [sys.executable, "-m", "aidc.services.launch", "--", *command]
+
+
+def main(argv: list[str]) -> None:
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        sys.exit("usage: python -m aidc.services.launch -- COMMAND [ARGS...]")
+    parent = os.getppid()
+    die_with_parent()
+    if os.getppid() != parent:  # the hub died before the request took effect
+        sys.exit(0)
+    os.execvp(argv[0], argv)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
