@@ -76,8 +76,12 @@ class GPUAllocationMixin(LoggingConfigurable):
         return f"server:{self.user.name}/{self.name}"
 
     def _ledger(self) -> GPULedger:
+        """The hub's one ledger (one engine for all spawners), configured by ``c.GPULedger``."""
         if self.ledger is None:
-            self.ledger = open_ledger(os.environ["AIDC_DATA_DIR"], parent=self)
+            data_dir = os.environ["AIDC_DATA_DIR"]
+            if data_dir not in _LEDGERS:
+                _LEDGERS[data_dir] = open_ledger(data_dir, config=self.config)
+            self.ledger = _LEDGERS[data_dir]
         return self.ledger
 
     def _profiles(self) -> list[gpu_profiles.ResourceProfile]:
@@ -223,6 +227,9 @@ class GPUAllocationMixin(LoggingConfigurable):
                 return
             await asyncio.sleep(0.5)
 
+
+#: the ledger of each data directory, shared by the spawners of this hub process
+_LEDGERS: dict[str, GPULedger] = {}
 
 #: cores handed out by this hub process, per holder (for spreading servers)
 _CPU_USE: dict[str, set[int]] = {}
