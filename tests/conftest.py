@@ -21,7 +21,6 @@ import json
 import pwd
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 

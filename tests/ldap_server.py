@@ -22,7 +22,6 @@ import atexit
 import base64
 import ctypes
 import hashlib
-import os
 import re
 import secrets
 import shutil

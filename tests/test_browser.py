@@ -1,6 +1,5 @@
 """A person in headless Chromium signs in through the real login page and lands in JupyterLab."""
 
-import os
 import shutil
 from pathlib import Path
 

@@ -1,7 +1,6 @@
 """Stopping the platform stops everything it started, and leaves no process behind."""
 
 import signal
-import time
 
 import psutil
 import pytest

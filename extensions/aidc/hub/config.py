@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..paths import DataDir, find_proxy_command, templates_dir, venv_bin
-from . import roles, services, system_users
+from . import services, system_users
 
 #: the service the ``aidc`` command uses to talk to a running hub
 CLI_SERVICE = "aidc-cli"
