@@ -156,7 +156,7 @@ class Platform:
         for u in self.users:
             self.cli("user", "remove", u.name)
         self.users.clear()
-        if self.proc is not None:
+        if (self.data_dir / "initial-admin-password").exists():
             self.cli("user", "remove", "admin")
 
     # HTTP ------------------------------------------------------------------

@@ -59,6 +59,7 @@ def test_bad_simulated_gpus_flag_is_a_clear_error(fresh_platform):
     r = p.cli("up", "--port", str(p.port), "--simulated-gpus", "lots")
     assert r.returncode == 2
     assert "--simulated-gpus must be a number of GPUs" in r.stderr
+    assert not (p.data_dir / "initial-admin-password").exists()  # refused before anything was made
 
 
 def test_failed_spawn_releases_its_gpu(fresh_platform):

@@ -92,6 +92,9 @@ def runtime_paths() -> list[Path]:
 
 def prepare(options: PlatformOptions) -> str | None:
     """Everything before the hub starts; returns the admin password on first run only."""
+    from .gpu.platform import shares_spec, simulated_spec
+
+    simulated_spec(), shares_spec()  # bad GPU settings are refused before anything is made
     d = options.data_dir.ensure()
     state = running_platform(d)
     if state is not None:

@@ -10,6 +10,7 @@ the same errors; :func:`open_directory` picks the right one.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 from datetime import datetime
@@ -136,7 +137,13 @@ class DatabaseDirectory(UserDirectory):
         from jupyterhub import orm
 
         self.orm = orm
-        self.db = orm.new_session_factory(db_url)()
+        # JupyterHub's migration check logs each step at INFO (and reconfigures logging
+        # from its alembic.ini); a CLI user needs none of it
+        logging.disable(logging.INFO)
+        try:
+            self.db = orm.new_session_factory(db_url)()
+        finally:
+            logging.disable(logging.NOTSET)
 
     def _user(self, name: str):
         user = self.orm.User.find(self.db, name)
