@@ -340,15 +340,6 @@ class GPULedger(LoggingConfigurable):
     def queue(self) -> list[Claim]:
         return [cl for cl in self.claims() if cl.state == QUEUED]
 
-    def holdings(self, owner: str) -> dict:
-        """What ``owner`` holds and waits for (for the quota message and the API)."""
-        mine = [cl for cl in self.claims() if cl.owner == owner]
-        return {
-            "gpus": sum(cl.count for cl in mine if cl.state == GRANTED),
-            "servers": sum(1 for cl in mine if holder_kind(cl.holder) == "server"),
-            "jobs": sum(1 for cl in mine if holder_kind(cl.holder) == "job"),
-        }
-
     # -- internals ------------------------------------------------------------------
     def _claim(self, c, row) -> Claim:
         units = []

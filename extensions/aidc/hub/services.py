@@ -133,9 +133,7 @@ def apply(c, data_dir: str, services: list[ManagedService] | None = None,
         for r in s.roles if s.web else ():
             roles.grant(r, [f"access:services!service={s.name}"])
     c.JupyterHub.services = hub_services
-    c.JupyterHub.load_roles = [*roles.hub_roles(), *_non_aidc_roles(c), *extra_roles]
-
-
-def _non_aidc_roles(c) -> list[dict]:
-    aidc_names = {"user", *roles.ROLE_NAMES, *(f"service-{s.name}" for s in discover())}
-    return [r for r in (c.JupyterHub.load_roles or []) if r.get("name") not in aidc_names]
+    # roles written here by an earlier apply() are replaced, others (the CLI's) kept
+    ours = {"user", *roles.ROLE_NAMES, *(f"service-{n}" for n in names)}
+    kept = [r for r in (c.JupyterHub.load_roles or []) if r.get("name") not in ours]
+    c.JupyterHub.load_roles = [*roles.hub_roles(), *kept, *extra_roles]
