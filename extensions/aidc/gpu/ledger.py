@@ -22,9 +22,10 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import sqlalchemy as sa
-from traitlets import Dict, Integer, Unicode
+from traitlets import Bool, Dict, Integer, Unicode
 from traitlets.config import LoggingConfigurable
 
 from ..errors import AidcError, ConflictError, UsageError
@@ -100,7 +101,10 @@ lock = sa.Table("gpu_ledger_lock", metadata, sa.Column("id", sa.Integer, primary
 _B = sa.bindparam
 _BUMP = lock.update().where(lock.c.id == 1).values(version=lock.c.version + 1)
 _WAITING_FOR = sa.select(claims.c.id).where(claims.c.state == QUEUED, claims.c.kind == _B("kind")).limit(1)
-_CLAIM = sa.select(claims).where(claims.c.holder == _B("holder"))
+# the columns of a claim that decisions read, in this order (see _ClaimRow)
+_CLAIM_COLS = (claims.c.id, claims.c.holder, claims.c.owner, claims.c.count, claims.c.kind,
+               claims.c.priority, claims.c.state)
+_CLAIM = sa.select(*_CLAIM_COLS).where(claims.c.holder == _B("holder"))
 _UNITS_OF = (sa.select(gpu_units).where(gpu_units.c.holder == _B("holder"))
              .order_by(gpu_units.c.gpu_index, gpu_units.c.id))
 _POSITION = sa.select(sa.func.count()).select_from(claims).where(
@@ -188,6 +192,12 @@ class GPULedger(LoggingConfigurable):
 
     busy_timeout_ms = Integer(30000, help="How long to wait for the database lock.").tag(config=True)
 
+    driver_fast_path = Bool(
+        True,
+        help="""On SQLite, run decisions as plain SQL on the sqlite3 connection (same
+        transactions and locking; off: through SQLAlchemy Core, as on other databases).""",
+    ).tag(config=True)
+
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         if not self.db_url:
@@ -199,12 +209,24 @@ class GPULedger(LoggingConfigurable):
         with self.engine.begin() as c:
             if c.execute(sa.select(lock.c.id)).first() is None:
                 c.execute(lock.insert().values(id=1, version=0))
-        with self._tx() as c:
+        with self._sa_tx() as c:
             if c.execute(sa.select(node_free.c.node).limit(1)).first() is None:
                 self._count_free(c)  # first start after the upgrade (or an empty ledger)
+        if self.engine.dialect.name == "sqlite" and self.driver_fast_path:
+            self._fast = _SqliteTransaction(self.engine)
+        else:
+            self._fast = None
 
     # -- transactions ---------------------------------------------------------------
     def _tx(self):
+        """One decision's transaction, holding the ledger's lock; ``as`` gives its store
+        (:class:`_SqliteStore` on SQLite, :class:`_SAStore` elsewhere)."""
+        if self._fast is not None:
+            return self._fast
+        return _LockedTransaction(self.engine, _SAStore)
+
+    def _sa_tx(self):
+        """A transaction holding the ledger's lock; ``as`` gives the SQLAlchemy connection."""
         return _LockedTransaction(self.engine)
 
     # -- inventory ------------------------------------------------------------------
@@ -212,7 +234,7 @@ class GPULedger(LoggingConfigurable):
         """Make the ledger's units those of ``inventory`` (held units keep their holder)."""
         node = node or self.node
         units = inventory.units()
-        with self._tx() as c:
+        with self._sa_tx() as c:
             existing = {r.id: r for r in c.execute(sa.select(gpu_units).where(gpu_units.c.node == node))}
             seen = set()
             for u in units:
@@ -258,67 +280,57 @@ class GPULedger(LoggingConfigurable):
             raise UsageError("the number of GPUs cannot be negative")
         if kind not in KIND_LABEL:
             raise UsageError(f"unknown GPU kind {kind!r}")
-        groups = sorted(set(groups or []))
+        groups = sorted(set(groups)) if groups else []
         if priority is None:
             priority = max((int(self.group_priority.get(g, 0)) for g in groups), default=0)
-        with self._tx() as c:
-            row = c.execute(_CLAIM, {"holder": holder}).first()
+        with self._tx() as s:
+            row = s.claim(holder)
             if row is not None:
-                return self._claim(c, row)
+                return self._claim(s, row)
             quotas = self._has_quota(owner, groups)
             if count and quotas:
-                self._check_possible(c, count, kind)  # "impossible" is said before "over quota"
+                self._check_possible(s, count, kind)  # "impossible" is said before "over quota"
             if quotas:
-                self._check_quotas(c, holder, owner, groups, count)
-            values = dict(holder=holder, holder_kind=holder_kind(holder), owner=owner,
-                          groups=json.dumps(groups), count=count, kind=kind, priority=priority,
-                          created=time.time())
-            if c.execute(_WAITING_FOR, {"kind": kind}).first() is None:
+                self._check_quotas(s, holder, owner, groups, count)
+            values = (holder, holder_kind(holder), owner, json.dumps(groups), count, kind, priority,
+                      time.time())
+            if not s.waiting_for(kind):
                 # nobody waits for this kind: grant now if it fits, without queueing first
-                units = [] if count == 0 else self._allocate(c, holder, count, kind)
+                units = [] if count == 0 else self._allocate(s, holder, count, kind)
                 if units is not None:
-                    c.execute(claims.insert(), dict(values, state=GRANTED, granted=values["created"]))
+                    s.insert_claim(values, GRANTED)
                     return Claim(holder=holder, state=GRANTED, units=units, owner=owner,
                                  count=count, kind=kind)
-            claim_id = c.execute(claims.insert(), dict(values, state=QUEUED)).inserted_primary_key[0]
-            granted = self._grant_queued(c)
+            claim_id = s.insert_claim(values, QUEUED)
+            granted = self._grant_queued(s)
             if holder in granted:
                 return Claim(holder=holder, state=GRANTED, units=granted[holder], owner=owner,
                              count=count, kind=kind)
             if count and not quotas:
-                self._check_possible(c, count, kind)  # raises: the transaction is rolled back
-            position = c.execute(_POSITION, {"kind": kind, "priority": priority, "id": claim_id}).scalar_one()
+                self._check_possible(s, count, kind)  # raises: the transaction is rolled back
+            position = s.position(kind, priority, claim_id)
             return Claim(holder=holder, state=QUEUED, position=position, owner=owner, count=count, kind=kind)
 
     def poll(self, holder: str) -> Claim | None:
         """The current claim of ``holder`` (granting queued requests that now fit)."""
-        with self._tx() as c:
-            self._grant_queued(c)
-            row = c.execute(_CLAIM, {"holder": holder}).first()
-            return self._claim(c, row) if row is not None else None
+        with self._tx() as s:
+            self._grant_queued(s)
+            row = s.claim(holder)
+            return self._claim(s, row) if row is not None else None
 
     def release(self, holder: str) -> list[str]:
         """Free everything ``holder`` holds or waits for; returns the freed unit ids."""
-        with self._tx() as c:
-            held = c.execute(_HELD, {"holder": holder}).fetchall()
-            freed = [r.id for r in held]
-            if held:
-                c.execute(_UNHOLD, {"b_holder": holder})
-                per_node: dict[tuple[str, str], int] = {}
-                for r in held:
-                    if r.present:
-                        per_node[r.node, r.kind] = per_node.get((r.node, r.kind), 0) + 1
-                for (node, kind), n in per_node.items():
-                    c.execute(_FREE_ADD, {"b_node": node, "b_kind": kind, "b_n": n})
-            c.execute(_DROP, {"holder": holder})
-            self._grant_queued(c)
+        with self._tx() as s:
+            freed = s.unhold(holder)
+            s.drop(holder)
+            self._grant_queued(s)
         if freed:
             self.log.info("aidc: %s released %s", holder, ", ".join(freed))
         return freed
 
     def reconcile(self, alive: set[str], holder_kind_: str) -> list[str]:
         """Release every claim of ``holder_kind_`` whose holder is not in ``alive``."""
-        with self._tx() as c:
+        with self._sa_tx() as c:
             holders = [r.holder for r in c.execute(
                 sa.select(claims.c.holder).where(claims.c.holder_kind == holder_kind_))]
         dead = [h for h in holders if h not in alive]
@@ -334,33 +346,31 @@ class GPULedger(LoggingConfigurable):
 
     def claims(self) -> list[Claim]:
         with self.engine.connect() as c:
-            rows = c.execute(sa.select(claims).order_by(claims.c.id)).fetchall()
-            return [self._claim(c, r) for r in rows]
+            rows = c.execute(sa.select(*_CLAIM_COLS).order_by(claims.c.id)).fetchall()
+            s = _SAStore(c)
+            return [self._claim(s, _ClaimRow._make(r)) for r in rows]
 
     def queue(self) -> list[Claim]:
         return [cl for cl in self.claims() if cl.state == QUEUED]
 
     # -- internals ------------------------------------------------------------------
-    def _claim(self, c, row) -> Claim:
+    def _claim(self, s, row: _ClaimRow) -> Claim:
         units = []
         position = 0
         if row.state == GRANTED:
-            units = [dict(r._mapping) for r in c.execute(_UNITS_OF, {"holder": row.holder})]
+            units = s.units_of(row.holder)
         else:
-            position = c.execute(_POSITION, {"kind": row.kind, "priority": row.priority, "id": row.id}).scalar_one()
+            position = s.position(row.kind, row.priority, row.id)
         return Claim(holder=row.holder, state=row.state, units=units, position=position,
                      owner=row.owner, count=row.count, kind=row.kind)
 
-    def _check_possible(self, c, count: int, kind: str) -> None:
-        if count <= (c.execute(_MOST, {"kind": kind}).scalar() or 0):
+    def _check_possible(self, s, count: int, kind: str) -> None:
+        if count <= s.most(kind):
             return
-        per_node = c.execute(
-            sa.select(gpu_units.c.node, sa.func.count()).where(gpu_units.c.kind == kind, gpu_units.c.present)
-            .group_by(gpu_units.c.node)
-        ).fetchall()
+        per_node = s.present_per_node(kind)
         most = max((n for _, n in per_node), default=0)
         if count > most:
-            simulated = c.execute(sa.select(gpu_units.c.simulated).where(gpu_units.c.present).limit(1)).scalar()
+            simulated = s.any_simulated()
             where = "any node of this platform" if len(per_node) > 1 else "this platform"
             raise ImpossibleRequestError(
                 f"asked for {count} {KIND_LABEL[kind]}, but {where} has {most}"
@@ -371,14 +381,18 @@ class GPULedger(LoggingConfigurable):
         return {**self.default_quota, **self.user_quotas.get(owner, {})}
 
     def _has_quota(self, owner: str, groups: list[str]) -> bool:
-        return bool(self._quota_for(owner)) or any(g in self.group_quotas for g in groups)
+        """Whether any quota applies (same as ``bool(self._quota_for(owner))`` or a group
+        quota, without building the dict on every decision)."""
+        if self.default_quota or self.user_quotas.get(owner):
+            return True
+        return bool(groups) and any(g in self.group_quotas for g in groups)
 
-    def _check_quotas(self, c, holder: str, owner: str, groups: list[str], count: int) -> None:
+    def _check_quotas(self, s, holder: str, owner: str, groups: list[str], count: int) -> None:
         hk = holder_kind(holder)
         if any(g in self.group_quotas for g in groups):
-            rows = c.execute(_ALL_USE).fetchall()
+            rows = s.all_use()
         else:  # only the owner's own claims count (index on owner)
-            rows = [_Use(owner, r.count, r.holder_kind) for r in c.execute(_OWNER_USE, {"owner": owner})]
+            rows = s.owner_use(owner)
 
         def usage(match) -> dict:
             mine = [r for r in rows if match(r)]
@@ -405,29 +419,101 @@ class GPULedger(LoggingConfigurable):
             if g in self.group_quotas:
                 check(f"group {g}", self.group_quotas[g], usage(lambda r, g=g: g in json.loads(r.groups)))
 
-    def _grant_queued(self, c) -> dict[str, list[dict]]:
+    def _grant_queued(self, s) -> dict[str, list[dict]]:
         """Grant waiting requests in order; a request that does not fit blocks its kind.
 
         Returns the units granted now, per holder.
         """
         blocked: set[str] = set()
         granted: dict[str, list[dict]] = {}
-        for row in c.execute(_QUEUE).fetchall():
-            if row.kind in blocked:
+        for claim_id, holder, count, kind in s.queue():
+            if kind in blocked:
                 continue
-            units = [] if row.count == 0 else self._allocate(c, row.holder, row.count, row.kind)
+            units = [] if count == 0 else self._allocate(s, holder, count, kind)
             if units is None:
-                blocked.add(row.kind)
+                blocked.add(kind)
                 continue
-            c.execute(_GRANT, {"b_id": row.id, "b_now": time.time()})
-            granted[row.holder] = units
+            s.grant(claim_id, time.time())
+            granted[holder] = units
         return granted
 
-    def _allocate(self, c, holder: str, count: int, kind: str) -> list[dict] | None:
-        """Give ``count`` free units of ``kind`` on one node to ``holder`` (best fit).
+    def _allocate(self, s, holder: str, count: int, kind: str) -> list[dict] | None:
+        """Give ``count`` free units of ``kind`` on one node to ``holder`` (best fit: the
+        node with the fewest free units that still fit, ties by name; lowest GPU indexes).
 
         Returns the units, or None when no node has that many free.
         """
+        return s.take(holder, count, kind)
+
+
+class _ClaimRow(NamedTuple):
+    id: int
+    holder: str
+    owner: str
+    count: int
+    kind: str
+    priority: int
+    state: str
+
+
+_UNIT_COLS = tuple(c.name for c in gpu_units.columns)
+_UNIT_BOOLS = ("simulated", "present")
+
+
+class _SAStore:
+    """The ledger's reads and writes inside one decision, as SQLAlchemy Core statements on
+    ``c`` (any dialect: PostgreSQL, and SQLite when the driver path is off)."""
+
+    __slots__ = ("c",)
+
+    def __init__(self, c):
+        self.c = c
+
+    def claim(self, holder: str) -> _ClaimRow | None:
+        row = self.c.execute(_CLAIM, {"holder": holder}).first()
+        return None if row is None else _ClaimRow._make(row)
+
+    def units_of(self, holder: str) -> list[dict]:
+        return [dict(r._mapping) for r in self.c.execute(_UNITS_OF, {"holder": holder})]
+
+    def position(self, kind: str, priority: int, claim_id: int) -> int:
+        return self.c.execute(_POSITION, {"kind": kind, "priority": priority, "id": claim_id}).scalar_one()
+
+    def waiting_for(self, kind: str) -> bool:
+        return self.c.execute(_WAITING_FOR, {"kind": kind}).first() is not None
+
+    def most(self, kind: str) -> int:
+        return self.c.execute(_MOST, {"kind": kind}).scalar() or 0
+
+    def present_per_node(self, kind: str) -> list[tuple[str, int]]:
+        return [tuple(r) for r in self.c.execute(
+            sa.select(gpu_units.c.node, sa.func.count()).where(gpu_units.c.kind == kind, gpu_units.c.present)
+            .group_by(gpu_units.c.node))]
+
+    def any_simulated(self) -> bool:
+        return bool(self.c.execute(sa.select(gpu_units.c.simulated).where(gpu_units.c.present).limit(1)).scalar())
+
+    def owner_use(self, owner: str) -> list[_Use]:
+        return [_Use(owner, r.count, r.holder_kind) for r in self.c.execute(_OWNER_USE, {"owner": owner})]
+
+    def all_use(self) -> list[_Use]:
+        return [_Use(r.owner, r.count, r.holder_kind, r.groups) for r in self.c.execute(_ALL_USE)]
+
+    def insert_claim(self, values: tuple, state: str) -> int:
+        holder, hk, owner, groups, count, kind, priority, created = values
+        return self.c.execute(claims.insert(), dict(
+            holder=holder, holder_kind=hk, owner=owner, groups=groups, count=count, kind=kind,
+            priority=priority, created=created, state=state,
+            granted=created if state == GRANTED else None)).inserted_primary_key[0]
+
+    def queue(self) -> list[tuple[int, str, int, str]]:
+        return [tuple(r) for r in self.c.execute(_QUEUE)]
+
+    def grant(self, claim_id: int, now: float) -> None:
+        self.c.execute(_GRANT, {"b_id": claim_id, "b_now": now})
+
+    def take(self, holder: str, count: int, kind: str) -> list[dict] | None:
+        c = self.c
         node = c.execute(_BEST_FIT, {"kind": kind, "count": count}).scalar()
         if node is None:
             return None
@@ -439,6 +525,143 @@ class GPULedger(LoggingConfigurable):
         for u in units:
             u["holder"] = holder
         return units
+
+    def unhold(self, holder: str) -> list[str]:
+        c = self.c
+        held = c.execute(_HELD, {"holder": holder}).fetchall()
+        if held:
+            c.execute(_UNHOLD, {"b_holder": holder})
+            _free_add_per_node(self._free_add, [(r.node, r.kind, r.present) for r in held])
+        return [r.id for r in held]
+
+    def _free_add(self, node: str, kind: str, n: int) -> None:
+        self.c.execute(_FREE_ADD, {"b_node": node, "b_kind": kind, "b_n": n})
+
+    def drop(self, holder: str) -> None:
+        self.c.execute(_DROP, {"holder": holder})
+
+
+def _free_add_per_node(free_add, held: list[tuple[str, str, bool]]) -> None:
+    """Add the released present units back to their node's free count."""
+    per_node: dict[tuple[str, str], int] = {}
+    for node, kind, present in held:
+        if present:
+            per_node[node, kind] = per_node.get((node, kind), 0) + 1
+    for (node, kind), n in per_node.items():
+        free_add(node, kind, n)
+
+
+# The same reads and writes as plain SQL on the sqlite3 connection: SQLAlchemy's Python work
+# per statement (~60 us) was 4x SQLite's own, and a decision runs 5-7 of them.
+_U = ", ".join(_UNIT_COLS)
+_SQL_CLAIM = "SELECT id, holder, owner, count, kind, priority, state FROM gpu_claims WHERE holder = ?"
+_SQL_UNITS_OF = f"SELECT {_U} FROM gpu_units WHERE holder = ? ORDER BY gpu_index, id"
+_SQL_POSITION = ("SELECT count(*) FROM gpu_claims WHERE state = 'queued' AND kind = ? "
+                 "AND (priority > ? OR (priority = ? AND id <= ?))")
+_SQL_WAITING_FOR = "SELECT 1 FROM gpu_claims WHERE state = 'queued' AND kind = ? LIMIT 1"
+_SQL_MOST = "SELECT max(total) FROM gpu_node_free WHERE kind = ?"
+_SQL_PRESENT_PER_NODE = "SELECT node, count(*) FROM gpu_units WHERE kind = ? AND present GROUP BY node"
+_SQL_ANY_SIMULATED = "SELECT simulated FROM gpu_units WHERE present LIMIT 1"
+_SQL_OWNER_USE = "SELECT count, holder_kind FROM gpu_claims WHERE owner = ?"
+_SQL_ALL_USE = "SELECT owner, count, holder_kind, groups FROM gpu_claims"
+_SQL_INSERT_CLAIM = ("INSERT INTO gpu_claims (holder, holder_kind, owner, groups, count, kind, priority, "
+                     "created, state, granted) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+_SQL_QUEUE = "SELECT id, holder, count, kind FROM gpu_claims WHERE state = 'queued' ORDER BY priority DESC, id"
+_SQL_GRANT = "UPDATE gpu_claims SET state = 'granted', granted = ? WHERE id = ?"
+# best fit and its free count in one statement: the node with the fewest free units that
+# still fit (ties by name), already counted down
+_SQL_TAKE_NODE = ("UPDATE gpu_node_free SET free = free - ?1 WHERE kind = ?2 AND node = "
+                  "(SELECT node FROM gpu_node_free WHERE kind = ?2 AND free >= ?1 ORDER BY free, node LIMIT 1) "
+                  "RETURNING node")
+_SQL_TAKE_UNITS = ("UPDATE gpu_units SET holder = ?1 WHERE id IN "
+                   "(SELECT id FROM gpu_units WHERE node = ?2 AND kind = ?3 AND holder IS NULL AND present "
+                   f"ORDER BY gpu_index, id LIMIT ?4) RETURNING {_U}")
+_SQL_UNHOLD = "UPDATE gpu_units SET holder = NULL WHERE holder = ? RETURNING id, node, kind, present"
+_SQL_FREE_ADD = "UPDATE gpu_node_free SET free = free + ? WHERE node = ? AND kind = ?"
+_SQL_DROP = "DELETE FROM gpu_claims WHERE holder = ?"
+
+
+def _unit(row: tuple) -> dict:
+    u = dict(zip(_UNIT_COLS, row))
+    for key in _UNIT_BOOLS:  # stored as 0/1; SQLAlchemy's Boolean reads them as bool
+        u[key] = bool(u[key])
+    return u
+
+
+class _SqliteStore:
+    """:class:`_SAStore` on the sqlite3 driver connection itself (statements prepared once by
+    the driver's statement cache)."""
+
+    __slots__ = ("db",)
+
+    def __init__(self, db: sqlite3.Connection):
+        self.db = db
+
+    def claim(self, holder: str) -> _ClaimRow | None:
+        row = self.db.execute(_SQL_CLAIM, (holder,)).fetchone()
+        return None if row is None else _ClaimRow._make(row)
+
+    def units_of(self, holder: str) -> list[dict]:
+        return [_unit(r) for r in self.db.execute(_SQL_UNITS_OF, (holder,))]
+
+    def position(self, kind: str, priority: int, claim_id: int) -> int:
+        return self.db.execute(_SQL_POSITION, (kind, priority, priority, claim_id)).fetchone()[0]
+
+    def waiting_for(self, kind: str) -> bool:
+        return self.db.execute(_SQL_WAITING_FOR, (kind,)).fetchone() is not None
+
+    def most(self, kind: str) -> int:
+        return self.db.execute(_SQL_MOST, (kind,)).fetchone()[0] or 0
+
+    def present_per_node(self, kind: str) -> list[tuple[str, int]]:
+        return self.db.execute(_SQL_PRESENT_PER_NODE, (kind,)).fetchall()
+
+    def any_simulated(self) -> bool:
+        row = self.db.execute(_SQL_ANY_SIMULATED).fetchone()
+        return bool(row and row[0])
+
+    def owner_use(self, owner: str) -> list[_Use]:
+        return [_Use(owner, n, hk) for n, hk in self.db.execute(_SQL_OWNER_USE, (owner,))]
+
+    def all_use(self) -> list[_Use]:
+        return [_Use(o, n, hk, g) for o, n, hk, g in self.db.execute(_SQL_ALL_USE)]
+
+    def insert_claim(self, values: tuple, state: str) -> int:
+        granted = values[7] if state == GRANTED else None
+        return self.db.execute(_SQL_INSERT_CLAIM, (*values, state, granted)).lastrowid
+
+    def queue(self) -> list[tuple[int, str, int, str]]:
+        return self.db.execute(_SQL_QUEUE).fetchall()
+
+    def grant(self, claim_id: int, now: float) -> None:
+        self.db.execute(_SQL_GRANT, (now, claim_id))
+
+    def take(self, holder: str, count: int, kind: str) -> list[dict] | None:
+        rows = self.db.execute(_SQL_TAKE_NODE, (count, kind)).fetchall()
+        if not rows:
+            return None
+        units = [_unit(r) for r in self.db.execute(_SQL_TAKE_UNITS, (holder, rows[0][0], kind, count)).fetchall()]
+        if len(units) != count:  # cannot happen under the lock; refuse rather than half-allocate
+            raise ConflictError("GPU ledger conflict; please retry")
+        if count > 1:  # RETURNING gives no order
+            units.sort(key=_unit_order)
+        return units
+
+    def unhold(self, holder: str) -> list[str]:
+        held = self.db.execute(_SQL_UNHOLD, (holder,)).fetchall()
+        if held:
+            _free_add_per_node(self._free_add, [(node, kind, present) for _id, node, kind, present in held])
+        return [r[0] for r in held]
+
+    def _free_add(self, node: str, kind: str, n: int) -> None:
+        self.db.execute(_SQL_FREE_ADD, (n, node, kind))
+
+    def drop(self, holder: str) -> None:
+        self.db.execute(_SQL_DROP, (holder,))
+
+
+def _unit_order(u: dict) -> tuple:
+    return u["gpu_index"], u["id"]
 
 
 @dataclass
@@ -452,17 +675,22 @@ class _Use:
 class _LockedTransaction:
     """``with`` block: one transaction that first takes the ledger's lock row."""
 
-    def __init__(self, engine):
+    def __init__(self, engine, store=None):
         self.engine = engine
+        self.store = store
         # SQLite's BEGIN IMMEDIATE (make_engine) already takes the one write lock
         self.bump = engine.dialect.name != "sqlite"
 
     def __enter__(self):
         self.conn = self.engine.connect()
-        self.tx = self.conn.begin()
-        if self.bump:
-            self.conn.execute(_BUMP)
-        return self.conn
+        try:
+            self.tx = self.conn.begin()
+            if self.bump:
+                self.conn.execute(_BUMP)
+        except BaseException:
+            self.conn.close()
+            raise
+        return self.conn if self.store is None else self.store(self.conn)
 
     def __exit__(self, exc_type, exc, tb):
         try:
@@ -472,6 +700,43 @@ class _LockedTransaction:
                 self.tx.rollback()
         finally:
             self.conn.close()
+
+
+class _SqliteTransaction:
+    """``with`` block: one ``BEGIN IMMEDIATE`` transaction (SQLite's one write lock, shared
+    with every other process on the file) on a driver connection this ledger keeps; a
+    thread lock lets one thread of the process use it at a time. Reusable, not reentrant."""
+
+    def __init__(self, engine):
+        # a connection of the engine's pool (so made by make_engine's connect hook: WAL,
+        # synchronous=NORMAL, busy timeout, autocommit mode), kept for the ledger's life
+        self.pooled = engine.raw_connection()
+        self.db: sqlite3.Connection = self.pooled.driver_connection
+        self.store = _SqliteStore(self.db)
+        self.lock = threading.Lock()
+
+    def __enter__(self) -> _SqliteStore:
+        self.lock.acquire()
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self.lock.release()
+            raise
+        return self.store
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            if exc_type is None:
+                try:
+                    self.db.execute("COMMIT")
+                except BaseException:
+                    if self.db.in_transaction:
+                        self.db.execute("ROLLBACK")
+                    raise
+            elif self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+        finally:
+            self.lock.release()
 
 
 def make_engine(url: str, busy_timeout_ms: int = 30000) -> sa.Engine:
