@@ -1,0 +1,646 @@
+"""The Dask cluster the jobs service runs notebooks on.
+
+One :class:`JobCluster` per jobs service, configured with traitlets like JupyterHub
+(``c.JobCluster.scheduler_address = "tcp://10.0.0.5:8786"`` in a drop-in file of
+``<data-dir>/config.d/``). It picks one of five kinds of cluster, in this order:
+
+``external``
+    ``scheduler_address`` (default: the ``AIDC_DASK_SCHEDULER`` environment variable)
+    or ``scheduler_file``: a scheduler someone else runs (``dask scheduler`` plus
+    ``dask worker --nthreads 1`` / ``dask cuda worker`` on GPU hosts, a dask-jobqueue
+    or Kubernetes deployment). :meth:`JobCluster.close` only disconnects from it.
+``gateway``
+    ``gateway_address``: a cluster asked of a dask-gateway server
+    (:class:`dask_gateway.Gateway`); a new one (shut down by :meth:`close`), or the
+    existing ``gateway_cluster_name`` (only disconnected from).
+``managed``
+    ``cluster_class``: any Dask cluster manager (``dask_jobqueue.SLURMCluster``,
+    ``dask_kubernetes.operator.KubeCluster``) created with ``cluster_kwargs``, owned by
+    the service and closed by :meth:`close`.
+``local-cuda`` / ``local`` (the default: nothing above configured)
+    An embedded cluster of worker processes on this host, scheduler on 127.0.0.1 at a
+    random port, no dashboard unless ``dashboard_address`` asks for one.
+    :class:`dask_cuda.LocalCUDACluster` (one worker per GPU) when ``use_cuda`` says so
+    ("auto": the GPU inventory is real NVML), else :class:`distributed.LocalCluster`
+    with ``n_workers`` single-threaded worker processes.
+
+Each worker thread runs one notebook: papermill changes the process's working
+directory, which is not thread-safe, so embedded workers have one thread each and a
+warning is logged for external workers with more.
+
+Embedded workers die with the service, even when it is killed outright: distributed's
+worker processes already exit when a pipe held by their parent closes, and every
+embedded worker also loads :data:`GUARD_PRELOAD`, a Dask preload that asks Linux for
+SIGKILL when the service dies (``prctl(PR_SET_PDEATHSIG)``) and removes the service's
+hub credentials (``scrub_env``) from the worker's environment, so that notebook kernels
+started by the worker never see them.
+
+Example::
+
+    cluster = JobCluster(config=config, log=log)
+    client = await cluster.start()           # distributed.Client(asynchronous=True)
+    future = client.submit(run_notebook, job, pure=False)
+    ...
+    cluster.describe()   # {"kind": "local", "address": "tcp://127.0.0.1:40123", ...}
+    await cluster.close()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import logging
+import os
+from typing import Any
+
+from traitlets import (
+    Any as AnyTrait,
+    Bool,
+    Dict,
+    Enum,
+    Float,
+    Integer,
+    List,
+    Unicode,
+    Union,
+    default,
+)
+from traitlets.config import LoggingConfigurable
+
+from ..errors import PlatformError
+
+#: the kinds :meth:`JobCluster.describe` reports
+LOCAL, LOCAL_CUDA = "local", "local-cuda"
+EXTERNAL, GATEWAY, MANAGED = "external", "gateway", "managed"
+
+#: loggers quieted to ``JobCluster.log_level`` in the service process (and workers)
+DASK_LOGGERS = ("distributed", "dask", "dask_cuda", "dask_jobqueue", "dask_gateway", "bokeh")
+
+PR_SET_PDEATHSIG = 1
+PR_GET_PDEATHSIG = 2
+
+#: Source of the Dask preload every embedded worker process loads (``{parent}`` and
+#: ``{scrub}`` are filled in). It runs when the worker is created, before it connects.
+GUARD_PRELOAD = """\
+# aidc jobs: this embedded worker dies with the jobs service and drops its credentials
+import ctypes, logging, os, signal, sys
+if sys.platform.startswith("linux"):
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl({pr_set_pdeathsig}, signal.SIGKILL, 0, 0, 0) != 0:  # PR_SET_PDEATHSIG
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+if os.getppid() != {parent}:  # the service died before that took effect
+    os._exit(1)
+for name in {scrub!r}:
+    os.environ.pop(name, None)
+for name in {loggers!r}:
+    logging.getLogger(name).setLevel({level!r})
+"""
+
+
+def guard_preload(parent_pid: int, scrub: list[str], log_level: str = "WARNING") -> str:
+    """The preload (module source) for workers whose parent process is ``parent_pid``."""
+    return GUARD_PRELOAD.format(
+        parent=int(parent_pid), scrub=list(scrub), pr_set_pdeathsig=PR_SET_PDEATHSIG,
+        loggers=list(DASK_LOGGERS), level=log_level,
+    )
+
+
+def pdeathsig() -> int:
+    """The calling process's parent-death signal (0: none); for checks and tests."""
+    import ctypes
+
+    value = ctypes.c_int(0)
+    ctypes.CDLL(None, use_errno=True).prctl(PR_GET_PDEATHSIG, ctypes.byref(value), 0, 0, 0)
+    return value.value
+
+
+def real_gpu_count(inventory=None) -> int:
+    """How many GPUs real NVML reports (0 for a simulated inventory or no driver).
+
+    ``inventory``: an :class:`aidc.gpu.inventory.Inventory` the caller already has;
+    otherwise NVML is asked directly (``aidc.gpu.inventory.read_nvml``). Nothing from
+    CUDA is imported here.
+    """
+    if inventory is None:
+        try:
+            from ..gpu.inventory import read_nvml
+
+            inventory = read_nvml()
+        except Exception:  # no pynvml, no driver (NVMLError_LibraryNotFound), NVML failure
+            return 0
+    return 0 if inventory.simulated else len(inventory.devices)
+
+
+async def _maybe_await(value):
+    return await value if inspect.isawaitable(value) else value
+
+
+def import_object(path: str) -> Any:
+    """``"package.module.Name"`` or ``"package.module:Name"`` → the object."""
+    module, sep, name = path.partition(":")
+    if not sep:
+        module, _, name = path.rpartition(".")
+    if not module or not name:
+        raise PlatformError(f"{path!r} is not an import path like 'package.module.Name'")
+    try:
+        obj = importlib.import_module(module)
+        for part in name.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as e:
+        raise PlatformError(f"cannot import {path!r}: {e}") from None
+    return obj
+
+
+class JobCluster(LoggingConfigurable):
+    """Which Dask cluster the jobs service runs notebooks on, and the client to it."""
+
+    # --- external scheduler -------------------------------------------------------------
+    scheduler_address = Unicode(
+        config=True,
+        help="""Address of an external Dask scheduler to run jobs on, e.g.
+        "tcp://10.0.0.5:8786" (or "tls://..." with distributed's TLS settings in the Dask
+        config). Empty: no external scheduler (gateway, managed or embedded cluster).
+        Default: the AIDC_DASK_SCHEDULER environment variable.""",
+    )
+
+    @default("scheduler_address")
+    def _default_scheduler_address(self):
+        return os.environ.get("AIDC_DASK_SCHEDULER", "").strip()
+
+    scheduler_file = Unicode(
+        "",
+        config=True,
+        help="""A scheduler file written by `dask scheduler --scheduler-file PATH` (the
+        address is read from it at start), instead of scheduler_address.""",
+    )
+
+    connect_timeout = Float(
+        30.0,
+        config=True,
+        help="Seconds to wait for an external scheduler or gateway cluster to answer at start.",
+    )
+
+    # --- dask-gateway -------------------------------------------------------------------
+    gateway_address = Unicode(
+        "",
+        config=True,
+        help="""Address of a dask-gateway server, e.g. "https://gateway.example.org"
+        (used when no scheduler_address is set). Empty: no gateway.""",
+    )
+    gateway_proxy_address = Unicode(
+        "",
+        config=True,
+        help="""The gateway's scheduler proxy ("gateway://host:port" or "host:port");
+        empty: the gateway's own default (derived from gateway_address).""",
+    )
+    gateway_auth = Unicode(
+        "jupyterhub",
+        config=True,
+        help="""How to authenticate to the gateway: "jupyterhub" (the service's own hub
+        token, JUPYTERHUB_API_TOKEN), "kerberos", "basic", or an import path of a
+        dask_gateway.auth.GatewayAuth class. Keyword arguments come from the Dask config
+        (gateway.auth.kwargs).""",
+    )
+    gateway_cluster_name = Unicode(
+        "",
+        config=True,
+        help="""Connect to this existing gateway cluster instead of asking for a new one;
+        close() then only disconnects from it.""",
+    )
+    gateway_cluster_options = Dict(
+        config=True,
+        help="""Options for a new gateway cluster (gateway.new_cluster(**options)); which
+        exist is up to the gateway server, e.g. {"worker_cores": 2, "worker_memory": 16}.
+        Default options of the Dask config (gateway.cluster.options) apply when empty.""",
+    )
+    gateway_workers = Integer(
+        1,
+        min=0,
+        config=True,
+        help="""Workers to scale a new gateway cluster to (with gateway_adaptive: the
+        maximum of adaptive scaling).""",
+    )
+    gateway_adaptive = Bool(
+        False,
+        config=True,
+        help="Scale a new gateway cluster adaptively between 0 and gateway_workers workers.",
+    )
+
+    # --- managed cluster (dask-jobqueue, dask-kubernetes, ...) -----------------------------
+    cluster_class = Unicode(
+        "",
+        config=True,
+        help="""Import path of a Dask cluster manager the service creates and owns, e.g.
+        "dask_jobqueue.SLURMCluster" (used when neither scheduler_address nor
+        gateway_address is set). It is created as cluster_class(asynchronous=True,
+        **cluster_kwargs), scaled by n_workers or cluster_adapt, and closed by close().""",
+    )
+    cluster_kwargs = Dict(
+        config=True,
+        help="""Keyword arguments for cluster_class, e.g. {"scheduler_options": {"host":
+        "0.0.0.0"}} so that batch nodes can reach the scheduler in the service process.
+        Options not given here come from the Dask config (e.g. jobqueue.slurm.*).""",
+    )
+    cluster_adapt = Dict(
+        config=True,
+        help="""Adaptive scaling for cluster_class: cluster.adapt(**cluster_adapt), e.g.
+        {"minimum": 0, "maximum": 8}. Empty: cluster.scale(n_workers) when n_workers > 0.""",
+    )
+
+    # --- embedded cluster ---------------------------------------------------------------
+    n_workers = Integer(
+        0,
+        min=0,
+        config=True,
+        help="""Embedded cluster: number of worker processes, each running one notebook at a
+        time (one thread each: papermill's working-directory handling is not
+        thread-safe). 0 (default): one per CPU core available to the service (at least
+        1); for LocalCUDACluster one per GPU (never more than the GPUs). With
+        cluster_class: the workers to scale to (0: leave scaling to cluster_adapt).""",
+    )
+    worker_memory_limit = Union(
+        [Integer(min=0), Unicode()],
+        default_value="auto",
+        config=True,
+        help="""Embedded cluster: memory limit of each worker process, "auto" (the
+        machine's memory divided among the workers), bytes, or a string like "8GiB"; 0:
+        no limit. The worker's nanny restarts a worker above it (notebook kernels are
+        separate processes and not counted).""",
+    )
+    use_cuda = Enum(
+        ["auto", True, False],
+        default_value="auto",
+        config=True,
+        help="""Embedded cluster: use dask_cuda.LocalCUDACluster (one worker per GPU,
+        CUDA_VISIBLE_DEVICES set per worker). "auto": when the GPU inventory is real NVML
+        and LocalCUDACluster can start (else LocalCluster, with a warning); True: always
+        (an error without real GPUs); False: never.""",
+    )
+    dashboard_address = Unicode(
+        "",
+        config=True,
+        help="""Embedded cluster: where the scheduler serves its dashboard; empty (default):
+        no dashboard. "127.0.0.1:0" gives a random free port (see describe()).""",
+    )
+    local_directory = Unicode(
+        "",
+        config=True,
+        help="""Embedded cluster: scratch directory of the workers; empty: Dask's default
+        (the temporary-directory setting, else the system temporary directory).""",
+    )
+    scrub_env = List(
+        Unicode(),
+        default_value=["JUPYTERHUB_API_TOKEN", "JPY_API_TOKEN", "AIDC_DB_URL"],
+        config=True,
+        help="""Embedded cluster: environment variables removed from every worker process
+        (and so from the notebook kernels it starts): the service's hub token must not
+        reach users' notebooks.""",
+    )
+
+    # --- common -------------------------------------------------------------------------
+    worker_plugins = List(
+        config=True,
+        help="""Worker plugins registered on every worker, present and future
+        (client.register_plugin): distributed.WorkerPlugin / NannyPlugin instances,
+        classes or factories called without arguments, or import paths of those.""",
+    )
+    log_level = Enum(
+        ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
+        default_value="WARNING",
+        config=True,
+        help="""Level of Dask's own loggers (distributed, dask_cuda, ...) in the service and
+        its embedded workers.""",
+    )
+    inventory = AnyTrait(
+        None,
+        allow_none=True,
+        help="""The service's GPU inventory (aidc.gpu.inventory.Inventory), to decide
+        use_cuda="auto" without asking NVML again; None: NVML is asked.""",
+    )
+
+    # ------------------------------------------------------------------------------------
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.client = None  # distributed.Client once started
+        self.cluster = None  # the cluster object we created (local, gateway or managed)
+        self._gateway = None
+        self._kind: str | None = None
+        self._owned = False  # whether close() shuts the cluster down
+
+    # --- which cluster --------------------------------------------------------------------
+
+    @property
+    def kind(self) -> str:
+        """The kind in use once started; before that, the kind the config asks for
+        ("local" stands for either embedded kind until start decides)."""
+        if self._kind:
+            return self._kind
+        if self.scheduler_address and self.gateway_address:
+            raise PlatformError(
+                "JobCluster: set either scheduler_address (or AIDC_DASK_SCHEDULER) or "
+                "gateway_address, not both"
+            )
+        if self.scheduler_address or self.scheduler_file:
+            return EXTERNAL
+        if self.gateway_address:
+            return GATEWAY
+        if self.cluster_class:
+            return MANAGED
+        return LOCAL
+
+    def embedded_workers(self) -> int:
+        """The number of worker processes of an embedded LocalCluster."""
+        if self.n_workers:
+            return self.n_workers
+        from dask.system import CPU_COUNT  # honours affinity and cgroup limits
+
+        return max(1, CPU_COUNT or 1)
+
+    # --- start and stop -------------------------------------------------------------------
+
+    async def start(self):
+        """Start (or connect to) the cluster; returns an asynchronous distributed.Client."""
+        if self.client is not None:
+            return self.client
+        self.quiet_dask_logs()
+        kind = self.kind
+        starter = {
+            EXTERNAL: self._start_external,
+            GATEWAY: self._start_gateway,
+            MANAGED: self._start_managed,
+        }.get(kind, self._start_local)
+        try:
+            client = self.client = await starter()
+            await self._register_plugins()
+            if kind == EXTERNAL:
+                await self._warn_threads()
+        except BaseException:
+            await self.close()  # whatever was started (e.g. a cluster whose client failed)
+            raise
+        self.log.info("Jobs run on Dask cluster %s", self.describe())
+        return client
+
+    async def close(self) -> None:
+        """Close the client; shut down the cluster only if this object created it."""
+        client, cluster, gateway = self.client, self.cluster, self._gateway
+        self.client = self.cluster = self._gateway = None
+        if client is not None:
+            try:
+                await client.close()
+            except Exception:  # a scheduler that is already gone
+                self.log.debug("closing the Dask client failed", exc_info=True)
+        if cluster is not None:
+            if self._kind == GATEWAY:
+                await _maybe_await(cluster.close(shutdown=self._owned))
+            elif self._owned:
+                await _maybe_await(cluster.close())
+        if gateway is not None:
+            await _maybe_await(gateway.close())
+        self._kind = None
+        self._owned = False
+
+    async def __aenter__(self):
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.close()
+
+    def quiet_dask_logs(self) -> None:
+        import distributed  # noqa: F401  (its import sets its loggers' levels from its config)
+
+        level = getattr(logging, self.log_level)
+        for name in DASK_LOGGERS:
+            logging.getLogger(name).setLevel(level)
+
+    async def _client(self, address_or_cluster, **kwargs):
+        from distributed import Client
+
+        return await Client(
+            address_or_cluster,
+            asynchronous=True,
+            set_as_default=False,
+            timeout=self.connect_timeout,
+            **kwargs,
+        )
+
+    async def _start_external(self):
+        self._kind, self._owned = EXTERNAL, False
+        try:
+            if self.scheduler_address:
+                return await self._client(self.scheduler_address)
+            from distributed import Client
+
+            return await Client(
+                scheduler_file=self.scheduler_file,
+                asynchronous=True,
+                set_as_default=False,
+                timeout=self.connect_timeout,
+            )
+        except (OSError, TimeoutError, ValueError) as e:
+            where = self.scheduler_address or f"scheduler file {self.scheduler_file}"
+            self._kind = None
+            raise PlatformError(f"cannot reach the Dask scheduler at {where}: {e}") from e
+
+    def make_gateway(self):
+        """The dask_gateway.Gateway client for the configured server (no network yet)."""
+        from dask_gateway import Gateway
+
+        return Gateway(
+            address=self.gateway_address,
+            proxy_address=self.gateway_proxy_address or None,
+            auth=self.gateway_auth or None,
+            asynchronous=True,
+        )
+
+    async def _start_gateway(self):
+        self._kind = GATEWAY
+        gateway = self._gateway = self.make_gateway()
+        try:
+            if self.gateway_cluster_name:
+                self._owned = False
+                cluster = await asyncio.wait_for(
+                    gateway.connect(self.gateway_cluster_name, shutdown_on_close=False),
+                    self.connect_timeout,
+                )
+            else:
+                self._owned = True
+                cluster = await gateway.new_cluster(
+                    shutdown_on_close=True, **self.gateway_cluster_options
+                )
+            self.cluster = cluster
+            if self._owned:
+                if self.gateway_adaptive:
+                    await _maybe_await(cluster.adapt(minimum=0, maximum=self.gateway_workers))
+                else:
+                    await _maybe_await(cluster.scale(self.gateway_workers))
+            return await cluster.get_client(set_as_default=False)
+        except (OSError, TimeoutError) as e:  # aiohttp's connection errors are OSErrors
+            await self.close()
+            raise PlatformError(
+                f"cannot reach the dask-gateway at {self.gateway_address}: {e}"
+            ) from e
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _start_managed(self):
+        cls = import_object(self.cluster_class)
+        self._kind, self._owned = MANAGED, True
+        try:
+            cluster = self.cluster = await cls(asynchronous=True, **self.cluster_kwargs)
+            if self.cluster_adapt:
+                await _maybe_await(cluster.adapt(**self.cluster_adapt))
+            elif self.n_workers:
+                await _maybe_await(cluster.scale(self.n_workers))
+            return await self._client(cluster)
+        except BaseException:
+            await self.close()
+            raise
+
+    def _local_kwargs(self) -> dict:
+        kwargs = dict(
+            host="127.0.0.1",
+            scheduler_port=0,
+            dashboard_address=self.dashboard_address or None,
+            # the scheduler serves HTTP (health, metrics) even without a dashboard: on
+            # 127.0.0.1 at a random port, not the usual 8787 that a second service would want
+            scheduler_kwargs=dict(
+                dashboard=bool(self.dashboard_address),
+                dashboard_address=self.dashboard_address or "127.0.0.1:0",
+            ),
+            worker_dashboard_address=None,
+            threads_per_worker=1,
+            processes=True,
+            silence_logs=getattr(logging, self.log_level),
+            memory_limit=self.worker_memory_limit,
+            preload=[guard_preload(os.getpid(), self.scrub_env, self.log_level)],
+            asynchronous=True,
+        )
+        if self.local_directory:
+            kwargs["local_directory"] = self.local_directory
+        return kwargs
+
+    async def _start_local(self):
+        self._owned = True
+        gpus = 0 if self.use_cuda is False else real_gpu_count(self.inventory)
+        if self.use_cuda is True and not gpus:
+            raise PlatformError(
+                "JobCluster.use_cuda is True but NVML reports no real GPUs "
+                "(set it to 'auto' or False on machines without NVIDIA GPUs)"
+            )
+        if gpus:
+            try:
+                cluster = await self._start_local_cuda(gpus)
+            except Exception as e:
+                if self.use_cuda is True:
+                    raise PlatformError(f"LocalCUDACluster failed to start: {e}") from e
+                self.log.warning(
+                    "NVML reports %d GPUs but LocalCUDACluster failed to start (%s); "
+                    "jobs run on a LocalCluster", gpus, e,
+                )
+            else:
+                self._kind, self.cluster = LOCAL_CUDA, cluster
+                return await self._client(cluster)
+        from distributed import LocalCluster
+
+        cluster = LocalCluster(n_workers=self.embedded_workers(), **self._local_kwargs())
+        try:
+            await cluster
+        except BaseException:
+            await cluster.close()
+            raise
+        self._kind, self.cluster = LOCAL, cluster
+        return await self._client(cluster)
+
+    async def _start_local_cuda(self, gpus: int):
+        from dask_cuda import LocalCUDACluster  # only here: it imports CUDA libraries
+
+        n = min(self.n_workers or gpus, gpus)
+        if self.n_workers > gpus:
+            self.log.warning(
+                "JobCluster.n_workers=%d but LocalCUDACluster has one worker per GPU: %d workers",
+                self.n_workers, gpus,
+            )
+        cluster = None
+        try:
+            cluster = LocalCUDACluster(n_workers=n, **self._local_kwargs())
+            await cluster
+        except BaseException:
+            if cluster is not None:
+                await cluster.close()
+            raise
+        return cluster
+
+    # --- workers ---------------------------------------------------------------------------
+
+    def _plugin_instances(self) -> list:
+        plugins = []
+        for spec in self.worker_plugins:
+            obj = import_object(spec) if isinstance(spec, str) else spec
+            if isinstance(obj, type) or (callable(obj) and not hasattr(obj, "setup")):
+                obj = obj()
+            plugins.append(obj)
+        return plugins
+
+    async def _register_plugins(self) -> None:
+        for plugin in self._plugin_instances():
+            await self.client.register_plugin(plugin)
+
+    async def register_plugin(self, plugin, name: str | None = None):
+        """Register one more plugin on all workers, present and future (after start)."""
+        if self.client is None:
+            raise PlatformError("JobCluster is not started")
+        return await self.client.register_plugin(plugin, name=name)
+
+    async def workers(self) -> dict[str, dict]:
+        """Fresh information on every worker: {address: {"nthreads", "name", ...}}."""
+        if self.client is None:
+            return {}
+        info = await self.client.scheduler.identity(n_workers=-1)
+        return dict(info.get("workers", {}))
+
+    async def _warn_threads(self) -> None:
+        for address, w in (await self.workers()).items():
+            if w.get("nthreads", 1) > 1:
+                self.log.warning(
+                    "Dask worker %s has %d threads: it may run %d notebooks at once in one "
+                    "process, and papermill is not thread-safe; start workers with --nthreads 1",
+                    address, w["nthreads"], w["nthreads"],
+                )
+
+    def describe(self) -> dict:
+        """For the status API: {"kind", "address", "workers", "threads", "dashboard", "running"}.
+
+        ``workers``/``threads`` come from the client's copy of the scheduler's state,
+        refreshed every 2 seconds (``await workers()`` asks the scheduler now).
+        """
+        client = self.client
+        running = client is not None and client.status == "running"
+        info = client.scheduler_info() if running else {}
+        try:
+            kind = self.kind
+        except PlatformError:
+            kind = None
+        return {
+            "kind": kind,
+            "address": client.scheduler.address if running else None,
+            "workers": int(info.get("n_workers", len(info.get("workers", {})))) if running else 0,
+            "threads": int(info.get("total_threads", 0)) if running else 0,
+            "dashboard": self._dashboard_link() if running else None,
+            "running": running,
+        }
+
+    def _dashboard_link(self) -> str | None:
+        # the scheduler's HTTP server counts as its "dashboard" service even with the
+        # dashboard off, so only a dashboard asked for (embedded) or a gateway's is shown
+        if self.cluster is None or self._kind in (EXTERNAL, MANAGED):
+            return None
+        if self._kind in (LOCAL, LOCAL_CUDA) and not self.dashboard_address:
+            return None
+        try:
+            return self.cluster.dashboard_link or None
+        except Exception:
+            return None
