@@ -96,9 +96,10 @@ def launcher():
 # -- environment, directory, freshness ----------------------------------------------------
 
 ENV_PROBE = """
-import os, subprocess
+import os, subprocess, time
 result = {
     "environ": dict(os.environ),
+    "tzname": time.tzname,
     "child": subprocess.run(["env", "-0"], capture_output=True, text=True).stdout,
     "proc": open("/proc/self/environ").read(),
 }
@@ -107,15 +108,17 @@ result = {
 
 def test_environment_is_exactly_the_jobs(launcher, tmp_path):
     """Exactly ``env``, plus what ipykernel itself sets (TERM, PAGER, MPLBACKEND...)."""
-    env = {**BASE_ENV, "CUDA_VISIBLE_DEVICES": "1,3", "AIDC_JOB_ID": "j-1",
+    env = {**BASE_ENV, "CUDA_VISIBLE_DEVICES": "1,3", "AIDC_JOB_ID": "j-1", "TZ": "Asia/Tokyo",
            "ODD": "spaces and = signs\nand a newline"}
     stock = AsyncKernelManager(kernel_name="python3")
     run_sync(stock.start_kernel)(env=env)
-    expected = probe(stock, ENV_PROBE)["environ"]
+    stock_result = probe(stock, ENV_PROBE)
+    expected = stock_result["environ"]
     expected.pop("JPY_PARENT_PID")  # jupyter_client's launcher adds it; ipykernel needs not
     km = launcher.kernel_manager(env=env, cwd=str(tmp_path))
     result = probe(km, ENV_PROBE)
     assert result["environ"] == expected
+    assert result["tzname"] == stock_result["tzname"] == ["JST", "JST"]
     assert result["environ"]["CUDA_VISIBLE_DEVICES"] == "1,3"
     assert "AIDC_KT_WORKER_SECRET" in os.environ
     assert "AIDC_KT_WORKER_SECRET" not in result["environ"]

@@ -1,10 +1,11 @@
 """Fresh ipykernels for jobs, fast, as the job's owner: the worker side of the kernel fork server.
 
 A stock kernel start costs a new interpreter plus its imports (ipykernel, IPython, zmq,
-tornado, jedi, debugpy): most of papermill's start-up. Each Dask worker process instead
-keeps one fork server (:mod:`aidc.jobs.zygote`) that has imported all of it once and
-forks a new kernel per job: a new process every time, never reused, its environment
-exactly the job's, its identity the job owner's.
+tornado, debugpy): most of papermill's start-up. Each Dask worker process instead keeps
+one fork server (:mod:`aidc.jobs.zygote`) that has imported all of it once and forks a
+new kernel per job: a new process every time, never reused, its environment exactly the
+job's, its identity the job owner's. ``python -m aidc.jobs.kernels [RUNS]`` prints start
+times next to a stock kernel's.
 
 Use::
 
@@ -15,18 +16,23 @@ Use::
 
 What the kernel gets:
 
-- environment: exactly ``env`` (nothing of the worker's; it holds service secrets).
-  The interpreter is already running, so nothing in ``env`` is required; pass what user
-  code expects (``PATH`` for subprocesses and ``!pip``, ``HOME``, ``USER``, ``LANG``).
-  Settings a Python interpreter reads only when it starts are not re-read, except
-  ``PYTHONPATH`` (prepended to ``sys.path``): ``PYTHONHASHSEED`` and other ``PYTHON*``
-  variables have no effect. ``/proc/<pid>/environ`` shows the fork server's start-up
-  environment (no secrets either), ``os.environ`` in the kernel is ``env``.
+- environment: exactly ``env`` (nothing of the worker's; it holds service secrets), plus
+  what ipykernel and its imports set in any kernel unless ``env`` has them (``TERM``,
+  ``PAGER``, ``MPLBACKEND``, ``PYDEVD_USE_FRAME_EVAL``...). The interpreter is already
+  running, so nothing in ``env`` is required; pass what user code expects (``PATH`` for
+  subprocesses and ``!pip``, ``HOME``, ``USER``, ``LANG``). ``TZ``, the locale and
+  ``PYTHONPATH`` (prepended to ``sys.path``) take effect; other settings an interpreter
+  reads only when it starts do not (``PYTHONHASHSEED``, ``PYTHONIOENCODING``...: all
+  kernels of a worker share one string-hash seed). ``/proc/<pid>/environ`` shows the fork
+  server's start-up environment (``PATH``, ``LANG``: no secrets either).
 - working directory ``cwd``, entered as the owner.
-- identity ``run_as`` (needs a worker running as root): its uid, gid and groups.
-- its own session and process group; when it exits, whatever is left of the group and
-  every process it started that outlived its parent is killed.
-"""
+- identity ``run_as`` (needs a worker running as root): its uid, gid and groups. The
+  connection file is written to a new 0700 directory in the worker's temporary directory
+  (which the owner must be able to traverse, as ``/tmp``) and handed to the owner.
+- its own session and process group; it is a child subreaper, and when it exits,
+  whatever is left of its group and every process it started that outlived its parent
+  are killed (such orphans stay zombies of the kernel until it exits).
+""""""
 
 from __future__ import annotations
 
@@ -511,11 +517,12 @@ class KernelLauncherPlugin(WorkerPlugin):
 
     name = "aidc-kernel-launcher"
 
-    def setup(self, worker: Any) -> None:
-        get_launcher().start()
+    async def setup(self, worker: Any) -> None:
+        # the imports take a while: not on the worker's event loop
+        await asyncio.get_running_loop().run_in_executor(None, get_launcher().start)
 
-    def teardown(self, worker: Any) -> None:
-        get_launcher().close()
+    async def teardown(self, worker: Any) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, get_launcher().close)
 
 
 def kill_kernel(km: KernelManager) -> None:

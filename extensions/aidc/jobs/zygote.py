@@ -474,6 +474,7 @@ def _become(job: dict, zygote: int) -> None:
     import tempfile
 
     tempfile.tempdir = None
+    time.tzset()  # TZ
     try:
         locale.setlocale(locale.LC_CTYPE, "")
     except locale.Error:
