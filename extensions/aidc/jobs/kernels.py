@@ -32,7 +32,7 @@ What the kernel gets:
 - its own session and process group; it is a child subreaper, and when it exits,
   whatever is left of its group and every process it started that outlived its parent
   are killed (such orphans stay zombies of the kernel until it exits).
-""""""
+"""
 
 from __future__ import annotations
 
