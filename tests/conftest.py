@@ -60,6 +60,9 @@ c.GPUAllocationMixin.resource_profiles = [
     dict(id="mig-1", display_name="MIG", description="one MIG slice", gpus=1, gpu_kind="mig", cpu_cores=1, memory_gb=2),
 ]
 c.GPULedger.user_quotas = {{"quotauser": {{"max_gpus": 1}}}}
+# jobs: the fake NVML is not CUDA, so no dask-cuda; quick retries
+c.JobCluster.use_cuda = False
+c.JobManager.retry_backoff = 0.5
 """
 
 

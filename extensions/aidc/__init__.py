@@ -3,7 +3,13 @@
 The package is organised one module per concept (see ``docs/architecture.md``):
 ``aidc.hub`` (JupyterHub side), ``aidc.security`` (audit events), ``aidc.services``
 (base for hub-managed services), ``aidc.client`` (the one client behind the Python
-API and the CLI) and ``aidc.cli`` (the ``aidc`` command).
+API and the CLI) and ``aidc.cli`` (the ``aidc`` command), ``aidc.jobs`` (notebook jobs) and
+``aidc.record`` (metrics of the running job).
 """
 
 __version__ = "0.1.0"
+
+from . import jobs  # noqa: E402  (aidc.jobs.submit(...))
+from .jobs.metrics import record  # noqa: E402  (aidc.record("accuracy", 0.97))
+
+__all__ = ["jobs", "record"]

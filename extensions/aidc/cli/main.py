@@ -12,9 +12,9 @@ import argparse
 import sys
 
 from ..errors import AidcError
-from . import server, token, up, user, whoami
+from . import jobs, server, token, up, user, whoami
 
-COMMANDS = (up, user, token, whoami, server)
+COMMANDS = (up, user, token, whoami, server, jobs)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -142,12 +142,18 @@ def make_app(routes: list[tuple], **settings) -> web.Application:
     )
 
 
-def run_service(routes: list[tuple], **settings) -> None:
-    """Serve ``routes`` on the address JupyterHub assigned; stop cleanly on SIGTERM/SIGINT."""
+def run_service(routes: list[tuple], on_start=None, on_stop=None, **settings) -> None:
+    """Serve ``routes`` on the address JupyterHub assigned; stop cleanly on SIGTERM/SIGINT.
+
+    ``on_start`` and ``on_stop`` are coroutine functions run in the service's event loop
+    before it listens and after it stops (a service's own engines: a Dask client, a queue).
+    """
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s %(asctime)s %(name)s] %(message)s")
     url = urlparse(os.environ["JUPYTERHUB_SERVICE_URL"])
 
     async def main():
+        if on_start is not None:
+            await on_start()
         app = make_app(routes, **settings)
         server = app.listen(url.port, address=url.hostname or "127.0.0.1", xheaders=True)
         stop = asyncio.Event()
@@ -158,5 +164,7 @@ def run_service(routes: list[tuple], **settings) -> None:
         await stop.wait()
         server.stop()
         await server.close_all_connections()
+        if on_stop is not None:
+            await on_stop()
 
     asyncio.run(main())

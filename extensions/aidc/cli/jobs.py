@@ -1,0 +1,282 @@
+"""``aidc jobs ...``: notebook jobs from the terminal, through the same client as ``aidc.jobs``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import nbformat
+
+from .. import jobs as api
+from ..client import Client
+from ..errors import UsageError
+
+
+def add_parser(sub, common) -> None:
+    j = sub.add_parser("jobs", help="run notebooks as batch jobs and follow them")
+    actions = j.add_subparsers(dest="jobs_command", metavar="ACTION", required=True)
+
+    s = actions.add_parser("submit", parents=[common], help="submit a notebook (path relative to your home)")
+    s.add_argument("path")
+    _job_options(s)
+    s.add_argument("-f", "--follow", action="store_true",
+                   help="follow the job's output with a progress bar until it ends")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(handler=submit)
+
+    ls = actions.add_parser("list", parents=[common], help="list your jobs (admins: everyone's)")
+    ls.add_argument("--status", choices=["queued", "running", "completed", "failed", "cancelled"])
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(handler=list_)
+
+    sh = actions.add_parser("show", parents=[common], help="a job's status, parameters, progress and metrics")
+    sh.add_argument("id")
+    sh.add_argument("--json", action="store_true")
+    sh.set_defaults(handler=show)
+
+    lg = actions.add_parser("logs", parents=[common], help="what a job printed; -f follows it live")
+    lg.add_argument("id")
+    lg.add_argument("-f", "--follow", action="store_true")
+    lg.set_defaults(handler=logs)
+
+    c = actions.add_parser("cancel", parents=[common], help="stop a job (GPUs released, partial output kept)")
+    c.add_argument("id")
+    c.set_defaults(handler=cancel)
+
+    o = actions.add_parser("output", parents=[common], help="download a job's output notebook")
+    o.add_argument("id")
+    o.add_argument("-o", "--output", metavar="FILE", help="file to write (default: stdout)")
+    o.set_defaults(handler=output)
+
+    sw = actions.add_parser("sweep", parents=[common], help="one job per combination of a parameter grid")
+    sw.add_argument("path")
+    sw.add_argument("-g", "--grid", nargs=2, action="append", metavar=("NAME", "VALUES"), default=[],
+                    help="a grid axis: NAME and comma-separated VALUES (e.g. -g lr 0.01,0.001)")
+    sw.add_argument("--metric", help="recorded metric that picks the best run")
+    sw.add_argument("--mode", choices=["max", "min"], default="max")
+    _job_options(sw)
+    sw.add_argument("--wait", action="store_true", help="wait for every run, then print the table")
+    sw.set_defaults(handler=sweep)
+
+    ss = actions.add_parser("sweep-show", parents=[common], help="a sweep's runs side by side and the best one")
+    ss.add_argument("id")
+    ss.add_argument("--json", action="store_true")
+    ss.set_defaults(handler=sweep_show)
+
+    sc = actions.add_parser("schedule", parents=[common], help="run a notebook on a cron schedule")
+    sc_actions = sc.add_subparsers(dest="schedule_command", metavar="ACTION", required=True)
+    cr = sc_actions.add_parser("create", parents=[common], help="create a schedule")
+    cr.add_argument("path")
+    cr.add_argument("--cron", required=True, help='cron expression, e.g. "0 3 * * *"')
+    cr.add_argument("--timezone", default="UTC", help="IANA time zone (default UTC)")
+    _job_options(cr)
+    cr.set_defaults(handler=schedule_create)
+    sl = sc_actions.add_parser("list", parents=[common], help="your schedules")
+    sl.add_argument("--json", action="store_true")
+    sl.set_defaults(handler=schedule_list)
+    for name, helptext in (("pause", "stop creating jobs"), ("resume", "create jobs again"),
+                           ("delete", "remove the schedule (its jobs stay)")):
+        p = sc_actions.add_parser(name, parents=[common], help=helptext)
+        p.add_argument("id")
+        p.set_defaults(handler=schedule_action, action=name)
+
+
+def _job_options(p) -> None:
+    p.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"), default=[],
+                   help="a parameter (papermill style; VALUE is read as JSON when it can be: 3, 0.1, true)")
+    p.add_argument("--gpus", type=int, default=0, help="GPUs for the job (default 0)")
+    p.add_argument("--timeout", type=float, help="seconds the whole job may run")
+    p.add_argument("--cell-timeout", type=float, help="seconds any one cell may run")
+    p.add_argument("--priority", type=int, help="higher runs first (default 0)")
+    p.add_argument("--retries", type=int, help="re-run a failed attempt this many times")
+
+
+def _value(text: str):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _parameters(args) -> dict:
+    return {name: _value(value) for name, value in args.parameter}
+
+
+def _options(args) -> dict:
+    return {"gpus": args.gpus, "timeout": args.timeout, "priority": args.priority,
+            "cell_timeout": args.cell_timeout, "retries": args.retries}
+
+
+def submit(args) -> int:
+    job = api.submit(args.path, parameters=_parameters(args), **_options(args))
+    if args.json and not args.follow:
+        print(json.dumps(job.data, indent=2))
+        return 0
+    print(f"job {job.id} {job.status}: {job.path}", file=sys.stderr if args.follow else sys.stdout)
+    if args.follow:
+        return _follow(job)
+    return 0
+
+
+def list_(args) -> int:
+    found = api.list_jobs(status=args.status)
+    if args.json:
+        print(json.dumps([j.data for j in found], indent=2))
+        return 0
+    if not found:
+        print("no jobs")
+        return 0
+    print(f"{'ID':<15} {'STATUS':<10} {'OWNER':<12} {'GPUS':>4} {'CREATED':<21} PATH")
+    for j in found:
+        d = j.data
+        print(f"{d['id']:<15} {d['status']:<10} {d['owner']:<12} {d['gpus']:>4} {d['created'][:19]:<21} {d['path']}")
+    return 0
+
+
+def show(args) -> int:
+    d = api.get(args.id).data
+    if args.json:
+        print(json.dumps(d, indent=2))
+        return 0
+    print(f"job {d['id']}: {d['status']}" + (f" ({d['error']})" if d.get("error") else ""))
+    print(f"  notebook   {d['path']}  parameters {json.dumps(d['parameters'])}")
+    progress = d["progress"]
+    if progress.get("cells"):
+        cell = "-" if progress.get("cell") is None else progress["cell"] + 1
+        print(f"  progress   cell {cell} of {progress['cells']}  attempt {d['attempt']} of {d['retries'] + 1}")
+    if d.get("waiting"):
+        print(f"  waiting    {d['waiting']}")
+    print(f"  gpus       {d['gpus']}" + (f" ({d['visible_devices']})" if d.get("visible_devices") else ""))
+    for key in ("created", "started", "finished"):
+        if d.get(key):
+            print(f"  {key:<10} {d[key]}")
+    for name, value in sorted(d["metrics"].items()):
+        print(f"  metric     {name} = {value}")
+    return 0
+
+
+def logs(args) -> int:
+    job = api.get(args.id)
+    if args.follow:
+        return _follow(job)
+    sys.stdout.write(job.logs())
+    return 0
+
+
+def _follow(job: api.Job) -> int:
+    """Stream a job's output, with a cell progress bar on stderr; exit 1 unless it completed."""
+    from tqdm import tqdm
+
+    bar = None
+    status = job.status
+    try:
+        for e in job.events(follow=True):
+            kind = e["type"]
+            if kind == "cell_start":
+                cells = (e.get("value") or {}).get("cells") or 0
+                if bar is None and cells:
+                    bar = tqdm(total=cells, unit="cell", file=sys.stderr, dynamic_ncols=True)
+                if bar is not None:
+                    bar.set_description(f"cell {e['cell'] + 1}")
+            elif kind == "cell_end" and bar is not None:
+                bar.update(1)
+            elif kind in ("stream", "error"):
+                text = e.get("text") or ""
+                if bar is not None:
+                    bar.clear()
+                (sys.stderr if e.get("name") == "stderr" or kind == "error" else sys.stdout).write(text)
+                if bar is not None:
+                    bar.refresh()
+            elif kind == "metric":
+                value = e.get("value") or {}
+                (tqdm.write if bar else print)(f"[metric] {e['name']} = {value.get('value')}")
+            elif kind == "status":
+                status = e.get("status") or status
+    finally:
+        if bar is not None:
+            bar.close()
+    job.refresh()
+    print(f"job {job.id} {job.status}" + (f": {job.error}" if job.error else ""), file=sys.stderr)
+    return 0 if job.status == "completed" else 1
+
+
+def cancel(args) -> int:
+    job = api.get(args.id).cancel()
+    print(f"job {job.id}: {'cancelling' if job.status == 'running' else job.status}")
+    return 0
+
+
+def output(args) -> int:
+    nb = api.get(args.id).output()
+    text = nbformat.writes(nb)
+    if args.output:
+        Path(args.output).write_text(text)
+        print(f"wrote {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def sweep(args) -> int:
+    if not args.grid:
+        raise UsageError("give at least one grid axis: -g NAME VALUES (e.g. -g lr 0.01,0.001)")
+    grid = {name: [_value(v) for v in values.split(",")] for name, values in args.grid}
+    s = api.sweep(args.path, grid=grid, metric=args.metric, mode=args.mode,
+                  parameters=_parameters(args), **_options(args))
+    print(f"sweep {s.id}: {len(s.runs)} jobs")
+    if args.wait:
+        s.wait()
+        _print_sweep(s)
+    return 0
+
+
+def sweep_show(args) -> int:
+    s = api.Sweep(Client().get_json(f"{api.client.API}/sweeps/{args.id}"), Client())
+    if args.json:
+        print(json.dumps(s._data, indent=2))
+        return 0
+    _print_sweep(s)
+    return 0
+
+
+def _print_sweep(s: api.Sweep) -> None:
+    rows = s.table()
+    keys = sorted({k for r in rows for k in r} - {"job", "status"})
+    print("  ".join(["JOB".ljust(15), "STATUS".ljust(10), *(k.upper() for k in keys)]))
+    best = (s.best or {}).get("job")
+    for r in rows:
+        mark = "  <- best" if r["job"] == best else ""
+        print("  ".join([r["job"].ljust(15), r["status"].ljust(10), *(str(r.get(k, "")) for k in keys)]) + mark)
+
+
+def schedule_create(args) -> int:
+    opts = _options(args)
+    opts.pop("cell_timeout")
+    opts.pop("retries")
+    s = api.schedule(args.path, args.cron, timezone=args.timezone, parameters=_parameters(args), **opts)
+    print(f"schedule {s.id}: {args.cron} ({args.timezone}), next run {s.data['next_run']}")
+    return 0
+
+
+def schedule_list(args) -> int:
+    items = Client().get_json(f"{api.client.API}/schedules")["schedules"]
+    if args.json:
+        print(json.dumps(items, indent=2))
+        return 0
+    for s in items:
+        state = "paused" if s["paused"] else f"next {s['next_run']}"
+        print(f"{s['id']:<15} {s['cron']:<15} {s['timezone']:<16} {state:<28} {s['path']}")
+    return 0
+
+
+def schedule_action(args) -> int:
+    c = Client()
+    s = api.Schedule(c.get_json(f"{api.client.API}/schedules/{args.id}"), c)
+    if args.action == "delete":
+        s.delete()
+        print(f"schedule {args.id} deleted")
+    else:
+        getattr(s, args.action)()
+        print(f"schedule {args.id} {'paused' if s.paused else 'resumed'}")
+    return 0

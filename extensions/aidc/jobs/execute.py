@@ -1,0 +1,333 @@
+"""Running one job attempt on a Dask worker: papermill with a fresh kernel, reporting live.
+
+:func:`run_job` is the task the jobs service submits. It executes the snapshotted
+notebook with papermill, in a fresh kernel from the worker's :mod:`~aidc.jobs.kernels`
+launcher (its environment is exactly what the job is given: its GPUs, its owner's
+home and Unix identity), and streams what happens (cell started and finished, stdout
+and stderr, metrics) to the service as Dask events on :data:`TOPIC`. The service is
+the only writer of the job record; this module never touches the database, so it
+runs the same on the embedded cluster and on any external one.
+
+Stopping is explicit: :func:`stop_job` (called through ``Client.run`` on the worker)
+kills the kernel's whole process group, so a cancel or a job time-out really ends the
+user's code; papermill has then already saved the partial output notebook.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import threading
+import time
+from typing import Any
+
+import nbformat
+from nbclient.exceptions import CellTimeoutError, DeadKernelError
+from papermill.clientwrap import PapermillNotebookClient
+from papermill.engines import NBClientEngine, NotebookExecutionManager, papermill_engines
+from papermill.exceptions import PapermillExecutionError
+
+from . import artifacts
+from .metrics import MIME
+
+#: Dask event topic of job progress
+TOPIC = "aidc-jobs"
+
+ENGINE = "aidc"
+
+#: stream output kept in the output notebook per job; the rest is replaced by a note
+MAX_NOTEBOOK_OUTPUT = 16 * 1024 * 1024
+
+_running: dict[str, "_Attempt"] = {}
+_running_lock = threading.Lock()
+
+
+class _Attempt:
+    """One running attempt on this worker: its kernel, why it was stopped, what it reported."""
+
+    def __init__(self, spec: dict, emit):
+        self.spec = spec
+        self.emit = emit
+        self.km = None
+        self.stop_reason: str | None = None
+        self.cell: int | None = None
+        self.cells = 0
+        self.metrics: dict[str, Any] = {}
+        self.series: dict[str, list] = {}
+        self.output_bytes = 0
+        self._buffer: list[str] = []
+        self._buffer_name = "stdout"
+        self._buffer_size = 0
+        self._flushed = time.monotonic()
+
+    def stop(self, reason: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        if self.km is not None:
+            from .kernels import kill_kernel
+            try:
+                kill_kernel(self.km)
+            except Exception:  # already gone
+                pass
+
+    # -- streaming -------------------------------------------------------------------
+    def stream(self, name: str, text: str) -> None:
+        if name != self._buffer_name:
+            self.flush()
+            self._buffer_name = name
+        self._buffer.append(text)
+        self._buffer_size += len(text)
+        if self._buffer_size > 64 * 1024 or time.monotonic() - self._flushed > 0.2:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._buffer:
+            self.emit({"type": "stream", "cell": self.cell, "name": self._buffer_name,
+                       "text": "".join(self._buffer)})
+        self._buffer, self._buffer_size = [], 0
+        self._flushed = time.monotonic()
+
+    def metric(self, payload: dict) -> None:
+        name, value, step = payload.get("name"), payload.get("value"), payload.get("step")
+        if not isinstance(name, str):
+            return
+        self.metrics[name] = value
+        if step is not None:
+            self.series.setdefault(name, []).append([step, value])
+        self.flush()
+        self.emit({"type": "metric", "cell": self.cell, "name": name,
+                   "value": {"value": value, "step": step}})
+
+
+class _ReportingManager(NotebookExecutionManager):
+    """papermill's execution manager, also telling the service about each cell."""
+
+    attempt: _Attempt
+
+    def cell_start(self, cell, cell_index=None, **kwargs):
+        super().cell_start(cell, cell_index, **kwargs)
+        self.attempt.cell = cell_index
+        self.attempt.emit({"type": "cell_start", "cell": cell_index, "value": {"cells": len(self.nb.cells)}})
+
+    def cell_complete(self, cell, cell_index=None, **kwargs):
+        super().cell_complete(cell, cell_index, **kwargs)
+        self.attempt.flush()
+        status = cell.metadata.get("papermill", {}).get("status")
+        self.attempt.emit({"type": "cell_end", "cell": cell_index, "status": status})
+
+    def cell_exception(self, cell, cell_index=None, **kwargs):
+        super().cell_exception(cell, cell_index, **kwargs)
+        self.attempt.flush()
+        for out in cell.outputs:
+            if out.get("output_type") == "error":
+                self.attempt.emit({"type": "error", "cell": cell_index, "name": out.get("ename"),
+                                   "text": f"{out.get('ename')}: {out.get('evalue')}\n"})
+
+
+class _JobNotebookClient(PapermillNotebookClient):
+    """Streams output and metrics as they arrive; caps what the output notebook keeps."""
+
+    def process_message(self, msg, cell, cell_index):
+        attempt: _Attempt = self.nb_man.attempt
+        kind = msg.get("msg_type")
+        content = msg.get("content", {})
+        if kind == "stream":
+            text = content.get("text", "")
+            attempt.stream(content.get("name", "stdout"), text)
+            attempt.output_bytes += len(text)
+            if attempt.output_bytes > MAX_NOTEBOOK_OUTPUT:
+                over_before = attempt.output_bytes - len(text) > MAX_NOTEBOOK_OUTPUT
+                content["text"] = "" if over_before else (
+                    "\n[aidc: output truncated: more than "
+                    f"{MAX_NOTEBOOK_OUTPUT // 2**20} MiB printed; see the job's logs]\n")
+        elif kind in ("display_data", "execute_result"):
+            payload = (content.get("data") or {}).get(MIME)
+            if isinstance(payload, dict):
+                attempt.metric(payload)
+        return super().process_message(msg, cell, cell_index)
+
+
+class AidcEngine(NBClientEngine):
+    """papermill engine ``aidc``: NBClientEngine with reporting and a given kernel manager."""
+
+    @classmethod
+    def execute_notebook(cls, nb, kernel_name, output_path=None, progress_bar=False,
+                         log_output=False, autosave_cell_every=30, **kwargs):
+        attempt: _Attempt = kwargs.pop("attempt")
+        nb_man = _ReportingManager(nb, output_path=output_path, progress_bar=False,
+                                   log_output=False, autosave_cell_every=autosave_cell_every)
+        nb_man.attempt = attempt
+        nb_man.notebook_start()
+        try:
+            cls.execute_managed_notebook(nb_man, kernel_name, **kwargs)
+        finally:
+            nb_man.cleanup_pbar()
+            nb_man.notebook_complete()
+        return nb_man.nb
+
+    @classmethod
+    def execute_managed_notebook(cls, nb_man, kernel_name, start_timeout=60,
+                                 execution_timeout=None, km=None, **kwargs):
+        return _JobNotebookClient(
+            nb_man, km=km, kernel_name=kernel_name, timeout=execution_timeout,
+            startup_timeout=start_timeout, log_output=False,
+        ).execute(cleanup_kc=True)  # a graceful shutdown: the notebook's atexit handlers run
+
+
+papermill_engines.register(ENGINE, AidcEngine)
+
+
+def kernel_env(spec: dict, home: str, user: str) -> dict[str, str]:
+    """Everything the job's kernel gets in its environment (nothing else leaks in)."""
+    bindir = os.path.dirname(sys.executable)
+    env = {
+        "PATH": f"{bindir}:/usr/local/bin:/usr/bin:/bin",
+        "HOME": home,
+        "USER": user,
+        "LOGNAME": user,
+        "LANG": os.environ.get("LANG", "C.UTF-8"),
+        "SHELL": "/bin/bash",
+        "PYTHONUNBUFFERED": "1",
+        "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+        "AIDC_JOB_ID": spec["job_id"],
+        "AIDC_JOB_ATTEMPT": str(spec["attempt"]),
+        "CUDA_VISIBLE_DEVICES": spec.get("visible_devices") or "",
+        "NVIDIA_VISIBLE_DEVICES": spec.get("visible_devices") or "void",
+    }
+    if spec.get("url"):
+        env["AIDC_URL"] = spec["url"]
+    return env
+
+
+def run_job(spec: dict) -> dict:
+    """Execute one attempt of a job (the Dask task); returns its outcome, never raises for user errors.
+
+    ``spec``: ``job_id``, ``attempt``, ``input_url``, ``output_url``, ``parameters``,
+    ``cwd``, ``home``, ``run_as`` (Unix name or None), ``visible_devices``,
+    ``timeout``, ``cell_timeout``, ``kernel_name``.
+    """
+    from distributed import get_worker
+
+    from .kernels import RunAs, get_launcher
+
+    worker = get_worker()
+    job_id = spec["job_id"]
+
+    def emit(event: dict) -> None:
+        worker.log_event(TOPIC, {"job": job_id, "attempt": spec["attempt"], **event})
+
+    attempt = _Attempt(spec, emit)
+    with _running_lock:
+        _running[job_id] = attempt
+    timer = None
+    output_url = spec["output_url"]
+    local_output = artifacts.local_path(output_url)
+    tmpdir = None
+    try:
+        raw = artifacts.read_bytes(spec["input_url"])
+        if raw is None:
+            return {"status": "failed", "error": "the job's input snapshot is missing from the artifact store"}
+        nb = nbformat.reads(raw.decode("utf-8"), as_version=4)
+        for cell in nb.cells:
+            cell.metadata.setdefault("tags", [])
+        attempt.cells = len(nb.cells)
+        run_as = RunAs.of(spec["run_as"]) if spec.get("run_as") else None
+        home = run_as.home if run_as else spec["home"]
+        user = run_as.name if run_as else os.environ.get("USER", "aidc")
+        os.makedirs(spec["cwd"], exist_ok=True) if not run_as else None
+        km = get_launcher().kernel_manager(
+            env=kernel_env(spec, home, user), cwd=spec["cwd"], run_as=run_as)
+        attempt.km = km
+        if spec.get("timeout"):
+            timer = threading.Timer(float(spec["timeout"]), attempt.stop, args=("timeout",))
+            timer.daemon = True
+            timer.start()
+        if local_output is None:
+            tmpdir = tempfile.mkdtemp(prefix="aidc-job-")
+            local_output = os.path.join(tmpdir, "output.ipynb")
+        else:
+            os.makedirs(os.path.dirname(local_output), exist_ok=True)
+        import papermill
+
+        outcome: dict[str, Any] = {"status": "completed", "error": None}
+        try:
+            papermill.execute_notebook(
+                nb, local_output, parameters=spec.get("parameters") or {}, engine_name=ENGINE,
+                kernel_name=spec.get("kernel_name") or "python3", progress_bar=False,
+                execution_timeout=spec.get("cell_timeout"), km=km, attempt=attempt,
+            )
+        except PapermillExecutionError as e:
+            outcome = {"status": "failed",
+                       "error": f"cell {e.cell_index + 1} raised {e.ename}: {e.evalue}".strip()}
+        except CellTimeoutError:
+            outcome = {"status": "failed", "error": (
+                f"cell {_cell(attempt)} ran longer than the cell time limit of "
+                f"{_secs(spec.get('cell_timeout'))}; the kernel was stopped")}
+        except (DeadKernelError, RuntimeError, OSError) as e:
+            outcome = _stopped(attempt, spec) or {"status": "failed", "error": (
+                f"the kernel died while running cell {_cell(attempt)} (the notebook exited its "
+                f"kernel, was killed, or ran out of memory): {e}")}
+        except Exception as e:  # anything else that papermill or nbclient raised
+            outcome = _stopped(attempt, spec) or {
+                "status": "failed", "error": f"cell {_cell(attempt)}: {type(e).__name__}: {e}"}
+        else:
+            outcome = _stopped(attempt, spec) or outcome
+        attempt.flush()
+        _finish_output(local_output, output_url, run_as)
+        outcome.update(metrics=attempt.metrics, series=attempt.series,
+                       output=os.path.exists(local_output))
+        return outcome
+    finally:
+        if timer:
+            timer.cancel()
+        with _running_lock:
+            _running.pop(job_id, None)
+        if attempt.km is not None:
+            attempt.stop(attempt.stop_reason or "finished")
+        if tmpdir:
+            import shutil
+            shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def _stopped(attempt: _Attempt, spec: dict) -> dict | None:
+    if attempt.stop_reason == "cancel":
+        return {"status": "cancelled", "error": None}
+    if attempt.stop_reason == "timeout":
+        return {"status": "failed", "error": (
+            f"the job ran longer than its time limit of {_secs(spec.get('timeout'))}; "
+            f"stopped in cell {_cell(attempt)}")}
+    return None
+
+
+def _cell(attempt: _Attempt) -> str:
+    return str(attempt.cell + 1) if attempt.cell is not None else "1"
+
+
+def _secs(value) -> str:
+    return f"{float(value):g} s" if value else "(none)"
+
+
+def _finish_output(local_output: str, output_url: str, run_as) -> None:
+    """Give the output notebook to its owner; upload it when the store is remote."""
+    if not os.path.exists(local_output):
+        return
+    if run_as is not None:
+        try:
+            os.chown(local_output, run_as.uid, run_as.gid)
+            os.chown(os.path.dirname(local_output), run_as.uid, run_as.gid)
+        except OSError:
+            pass
+    if artifacts.local_path(output_url) is None:
+        with open(local_output, "rb") as f:
+            artifacts.write_bytes(output_url, f.read())
+
+
+def stop_job(job_id: str, reason: str = "cancel") -> bool:
+    """Stop ``job_id`` if it runs on this worker (run on workers with ``Client.run``)."""
+    with _running_lock:
+        attempt = _running.get(job_id)
+    if attempt is None:
+        return False
+    attempt.stop(reason)
+    return True

@@ -1,0 +1,511 @@
+"""The jobs service's engine: the queue, GPUs from the ledger, Dask, retries, schedules.
+
+One :class:`JobManager` per service process owns every state change of a job:
+
+``queued``  waits for its turn (priority, then submit time), its owner's concurrency
+            cap, its back-off after a failed attempt, and its GPUs (a ledger claim for
+            holder ``job:<id>``, queued in the ledger like a spawn);
+``running`` runs on a Dask worker (:func:`aidc.jobs.execute.run_job`), reporting
+            progress as Dask events that are recorded as they arrive;
+``completed`` / ``failed`` / ``cancelled`` are final; a failed attempt with retries
+            left goes back to ``queued`` with an exponential back-off.
+
+Every transition is written to the store before anything else happens, and the
+ledger claim is released on every way out, so a restart of the service (or the hub,
+or a worker) loses no job and leaks no GPU: at start, jobs recorded as running are
+treated as attempts whose worker died.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import itertools
+import json
+import os
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import nbformat
+from traitlets import Float, Integer, Unicode
+from traitlets.config import LoggingConfigurable
+
+from ..errors import ConflictError, UsageError
+from ..gpu.inventory import WHOLE
+from ..gpu.ledger import GRANTED, GPULedger, QuotaExceededError
+from . import notebooks, parameters
+from .artifacts import ArtifactStore
+from .execute import TOPIC, run_job, stop_job
+from .store import CANCELLED, COMPLETED, FAILED, FINAL, QUEUED, RUNNING, JobStore, iso, utcnow
+
+MAX_SWEEP_RUNS = 256
+
+
+class JobManager(LoggingConfigurable):
+    """Queue, dispatch and follow jobs; the only writer of the jobs store."""
+
+    max_running_per_user = Integer(
+        4, help="How many of one user's jobs may run at the same time; the rest wait in the queue."
+    ).tag(config=True)
+
+    default_retries = Integer(
+        0, help="Retries of a job that does not say (a failed attempt is re-run this many times)."
+    ).tag(config=True)
+
+    max_retries = Integer(5, help="The most retries a job may ask for.").tag(config=True)
+
+    retry_backoff = Float(
+        2.0, help="Seconds before the first retry of a failed attempt; doubles with each retry."
+    ).tag(config=True)
+
+    cancel_grace = Float(
+        20.0, help="Seconds a cancelled job's worker gets to stop its kernel before the job is "
+        "marked cancelled and its GPUs released regardless.",
+    ).tag(config=True)
+
+    kernel_name = Unicode("python3", help="Kernel that runs job notebooks.").tag(config=True)
+
+    tick = Float(0.5, help="Seconds between passes over the queue and the schedules.").tag(config=True)
+
+    def __init__(self, store: JobStore, artifacts: ArtifactStore, ledger: GPULedger,
+                 data_dir: str, url: str | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.store = store
+        self.artifacts = artifacts
+        self.ledger = ledger
+        self.data_dir = data_dir
+        self.url = url
+        self.client = None
+        self.waiting: dict[str, str] = {}  # job id -> why it still waits (shown in the API)
+        self._futures: dict[str, Any] = {}
+        self._changed: dict[str, asyncio.Event] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    # -- lifecycle ------------------------------------------------------------------
+    async def start(self, client) -> None:
+        self.client = client
+        client.subscribe_topic(TOPIC, self._on_event)
+        await self._recover()
+        self._task = asyncio.create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+
+    async def _recover(self) -> None:
+        """Jobs a previous service process left running: their worker is gone (or orphaned)."""
+        leftovers = self.store.find_jobs(status=RUNNING)
+        for job in leftovers:
+            try:  # an external cluster may still run it: stop it, it will be re-run
+                await self.client.run(stop_job, job["id"], "restart")
+            except Exception:
+                pass
+            self._attempt_failed(job, "the jobs service restarted while the job was running", lost=True)
+        keep = {f"job:{j['id']}" for j in self.store.find_jobs(status=[QUEUED, RUNNING])}
+        for holder in self.ledger.reconcile(keep, "job"):
+            self.log.info("aidc jobs: released leftover GPU claim %s", holder)
+        if leftovers:
+            self.log.warning("aidc jobs: %d job(s) were running when the service stopped; "
+                             "re-queued or failed by their retry policy", len(leftovers))
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                self._dispatch()
+                self._run_schedules()
+            except Exception:
+                self.log.exception("aidc jobs: dispatch pass failed; retrying")
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.tick)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # -- submit ---------------------------------------------------------------------
+    def prepare(self, owner: str, body: dict) -> tuple[dict, nbformat.NotebookNode, notebooks.Owner]:
+        """Validate a submission; every mistake is a UsageError naming what to fix."""
+        allowed = {"path", "parameters", "gpus", "timeout", "cell_timeout", "priority", "retries"}
+        unknown = set(body) - allowed
+        if unknown:
+            raise UsageError(f"unknown field(s) {', '.join(sorted(unknown))}; a job takes {', '.join(sorted(allowed))}")
+        who = notebooks.Owner.of(owner, self.data_dir)
+        path = body.get("path")
+        _, nb = notebooks.read(who, path)
+        params = parameters.validate(nb, body.get("parameters") or {}, path)
+        gpus = _int(body.get("gpus", 0), "gpus", minimum=0)
+        self._check_gpus_possible(owner, gpus)
+        spec = {
+            "path": path,
+            "parameters": params,
+            "gpus": gpus,
+            "timeout": _seconds(body.get("timeout"), "timeout"),
+            "cell_timeout": _seconds(body.get("cell_timeout"), "cell_timeout"),
+            "priority": _int(body.get("priority", 0), "priority", minimum=-1000, maximum=1000),
+            "retries": _int(body.get("retries", self.default_retries), "retries", minimum=0,
+                            maximum=self.max_retries),
+        }
+        return spec, nb, who
+
+    def submit(self, owner: str, groups: list[str], body: dict, group_id: str | None = None,
+               schedule_id: str | None = None) -> dict:
+        spec, nb, _ = self.prepare(owner, body)
+        return self._insert(owner, groups, spec, nb, group_id, schedule_id)
+
+    def _insert(self, owner, groups, spec, nb, group_id=None, schedule_id=None) -> dict:
+        from .store import new_id
+        job_id = new_id("j-")
+        input_url = self.artifacts.job_url(job_id, "input.ipynb")
+        self.artifacts.write_bytes(input_url, nbformat.writes(nb).encode())
+        job = self.store.insert_job(
+            id=job_id, owner=owner, groups=sorted(groups or []), input_url=input_url,
+            output_url=self.artifacts.job_url(job_id, "output.ipynb"),
+            group_id=group_id, schedule_id=schedule_id, cells=len(nb.cells), **spec)
+        self.log.info("aidc jobs: %s submitted %s (%s)", owner, job_id, spec["path"])
+        self.wake()
+        return job
+
+    def _check_gpus_possible(self, owner: str, gpus: int) -> None:
+        if not gpus:
+            return
+        per_node: dict[str, int] = {}
+        simulated = False
+        for unit in self.ledger.units():
+            if unit["kind"] == WHOLE:
+                per_node[unit["node"]] = per_node.get(unit["node"], 0) + 1
+                simulated = simulated or unit["simulated"]
+        most = max(per_node.values(), default=0)
+        if gpus > most:
+            raise UsageError(
+                f"asked for {gpus} GPUs, but this platform has {most}"
+                f"{' (simulated)' if simulated else ''}; ask for fewer")
+        quota = self.ledger._quota_for(owner).get("max_gpus")
+        if quota is not None and gpus > int(quota):
+            raise QuotaExceededError(f"asked for {gpus} GPUs, but your quota is {quota} GPUs")
+
+    # -- sweeps ---------------------------------------------------------------------
+    def sweep(self, owner: str, groups: list[str], body: dict) -> dict:
+        grid = body.get("grid")
+        if not isinstance(grid, dict) or not grid:
+            raise UsageError('grid is required: an object of parameter name to a list of values, '
+                             'e.g. {"lr": [0.01, 0.001]}')
+        for name, values in grid.items():
+            if not isinstance(values, list) or not values:
+                raise UsageError(f"grid[{name!r}] must be a non-empty list of values")
+        combos = list(itertools.product(*grid.values()))
+        if len(combos) > MAX_SWEEP_RUNS:
+            raise UsageError(f"the grid makes {len(combos)} runs; a sweep may have at most {MAX_SWEEP_RUNS}")
+        mode = body.get("mode", "max")
+        if mode not in ("max", "min"):
+            raise UsageError("mode must be 'max' or 'min' (how the best run is chosen by metric)")
+        metric = body.get("metric")
+        if metric is not None and not isinstance(metric, str):
+            raise UsageError("metric must be the name of a recorded metric")
+        fixed = body.get("parameters") or {}
+        job_body = {k: v for k, v in body.items() if k not in ("grid", "metric", "mode", "parameters")}
+        prepared = []
+        for combo in combos:  # validate every run before submitting any
+            params = {**fixed, **dict(zip(grid.keys(), combo))}
+            prepared.append(self.prepare(owner, {**job_body, "parameters": params}))
+        sweep = self.store.insert_sweep(owner=owner, path=body.get("path"), metric=metric,
+                                        mode=mode, grid=grid)
+        for spec, nb, _ in prepared:
+            self._insert(owner, groups, spec, nb, group_id=sweep["id"])
+        return self.sweep_view(sweep["id"])
+
+    def sweep_view(self, sweep_id: str) -> dict:
+        sweep = self.store.sweep(sweep_id)
+        runs = []
+        for job in sorted(self.store.find_jobs(group_id=sweep_id), key=lambda j: (j["created"], j["id"])):
+            runs.append({"job": job["id"], "status": job["status"], "parameters": job["parameters"],
+                         "metrics": job["metrics"], "error": job["error"]})
+        best = None
+        metric = sweep["metric"]
+        if metric:
+            scored = [r for r in runs if r["status"] == COMPLETED
+                      and isinstance(r["metrics"].get(metric), (int, float))]
+            if scored:
+                pick = max if sweep["mode"] == "max" else min
+                best = pick(scored, key=lambda r: r["metrics"][metric])
+        counts: dict[str, int] = {}
+        for r in runs:
+            counts[r["status"]] = counts.get(r["status"], 0) + 1
+        return {"id": sweep["id"], "owner": sweep["owner"], "path": sweep["path"], "metric": metric,
+                "mode": sweep["mode"], "grid": sweep["grid"], "created": iso(sweep["created"]),
+                "counts": counts, "done": all(r["status"] in FINAL for r in runs),
+                "runs": runs, "best": best}
+
+    # -- schedules ------------------------------------------------------------------
+    def create_schedule(self, owner: str, groups: list[str], body: dict) -> dict:
+        cron = body.get("cron")
+        tz = body.get("timezone") or "UTC"
+        job_body = {k: v for k, v in body.items() if k not in ("cron", "timezone")}
+        self.prepare(owner, job_body)  # the notebook and parameters are valid now
+        next_run = next_cron(cron, tz, dt.datetime.now(dt.UTC))
+        return self.store.insert_schedule(owner=owner, groups=sorted(groups or []), spec=job_body,
+                                          cron=cron, timezone=tz, paused=False, next_run=next_run)
+
+    def set_paused(self, schedule_id: str, paused: bool) -> dict:
+        sched = self.store.schedule(schedule_id)
+        values: dict[str, Any] = {"paused": paused}
+        if not paused:  # resuming never replays the runs missed while paused
+            values["next_run"] = next_cron(sched["cron"], sched["timezone"], dt.datetime.now(dt.UTC))
+        self.store.update_schedule(schedule_id, **values)
+        return self.store.schedule(schedule_id)
+
+    def _run_schedules(self) -> None:
+        now = utcnow()
+        for sched in self.store.find_schedules():
+            if sched["paused"] or sched["next_run"] is None or sched["next_run"] > now:
+                continue
+            values: dict[str, Any] = {"next_run": next_cron(sched["cron"], sched["timezone"],
+                                                            now.replace(tzinfo=dt.UTC))}
+            try:
+                job = self.submit(sched["owner"], sched["groups"], dict(sched["spec"]),
+                                  schedule_id=sched["id"])
+                values.update(last_job=job["id"], last_error=None)
+            except Exception as e:  # the notebook was moved or broken since: say so, keep the schedule
+                values["last_error"] = str(e)
+                self.log.warning("aidc jobs: schedule %s could not submit: %s", sched["id"], e)
+            self.store.update_schedule(sched["id"], **values)
+
+    # -- dispatch -------------------------------------------------------------------
+    def _dispatch(self) -> None:
+        if self.client is None:
+            return
+        now = utcnow()
+        running: dict[str, int] = {}
+        for job in self.store.find_jobs(status=RUNNING):
+            running[job["owner"]] = running.get(job["owner"], 0) + 1
+        waiting = {}
+        for job in self.store.queued_in_order():
+            if job["cancel_requested"]:
+                continue
+            if job["not_before"] and job["not_before"] > now:
+                waiting[job["id"]] = f"retrying after {iso(job['not_before'])}"
+                continue
+            if running.get(job["owner"], 0) >= self.max_running_per_user:
+                waiting[job["id"]] = (f"{job['owner']} already runs {self.max_running_per_user} "
+                                      "jobs (the per-user limit)")
+                continue
+            try:
+                claim = self.ledger.request(f"job:{job['id']}", job["owner"], job["gpus"],
+                                            groups=job["groups"], priority=job["priority"])
+            except QuotaExceededError as e:
+                waiting[job["id"]] = f"over quota: {e}"
+                continue
+            except UsageError as e:  # impossible now (GPUs removed since submit)
+                self._finish(job, FAILED, str(e))
+                continue
+            if claim.state != GRANTED:
+                waiting[job["id"]] = f"waiting for {job['gpus']} GPU(s): position {claim.position} in the GPU queue"
+                continue
+            self._launch(job, claim)
+            running[job["owner"]] = running.get(job["owner"], 0) + 1
+        self.waiting = waiting
+
+    def _launch(self, job: dict, claim) -> None:
+        attempt = job["attempt"] + 1
+        visible = claim.visible_devices
+        if not self.store.update_job(
+                job["id"], only_if={"status": QUEUED}, status=RUNNING, attempt=attempt,
+                started=utcnow(), units=[u["id"] for u in claim.units], visible_devices=visible,
+                cell=None, error=None, not_before=None):
+            self.ledger.release(f"job:{job['id']}")
+            return
+        who = notebooks.Owner.of(job["owner"], self.data_dir)
+        cwd = os.path.dirname(str((who.home / job["path"]).resolve()))
+        spec = {
+            "job_id": job["id"], "attempt": attempt, "input_url": job["input_url"],
+            "output_url": job["output_url"], "parameters": job["parameters"], "cwd": cwd,
+            "home": str(who.home), "run_as": who.unix_name, "visible_devices": visible,
+            "timeout": job["timeout"], "cell_timeout": job["cell_timeout"],
+            "kernel_name": self.kernel_name, "url": self.url,
+        }
+        future = self.client.submit(run_job, spec, key=f"aidc-job-{job['id']}-{attempt}", pure=False)
+        self._futures[job["id"]] = future
+        asyncio.ensure_future(self._follow(job["id"], attempt, future))
+        self.log.info("aidc jobs: %s attempt %d started (GPUs: %s)", job["id"], attempt, visible or "none")
+
+    async def _follow(self, job_id: str, attempt: int, future) -> None:
+        try:
+            outcome = await future
+            lost = None
+        except asyncio.CancelledError:
+            outcome, lost = None, "the job's task was cancelled on the cluster"
+        except Exception as e:  # KilledWorker, lost connection: the worker died under it
+            outcome, lost = None, f"the worker running the job died ({type(e).__name__})"
+        finally:
+            self._futures.pop(job_id, None)
+        job = self.store.job(job_id)
+        if job["status"] != RUNNING or job["attempt"] != attempt:
+            return  # already decided (cancel after grace, restart)
+        if outcome is None:
+            if job["cancel_requested"]:
+                self._finish(job, CANCELLED, None)
+            else:
+                self._attempt_failed(job, lost, lost=True)
+            return
+        values = {"metrics": outcome.get("metrics") or job["metrics"],
+                  "series": outcome.get("series") or job["series"]}
+        status = outcome["status"]
+        if job["cancel_requested"]:
+            status = CANCELLED
+        if status == FAILED and job["attempt"] <= job["retries"]:
+            self._attempt_failed(job, outcome.get("error") or "failed", **values)
+        else:
+            self._finish(job, status, outcome.get("error") if status == FAILED else None, **values)
+
+    def _attempt_failed(self, job: dict, reason: str, lost: bool = False, **values) -> None:
+        """Requeue with back-off while retries are left; otherwise the job fails with ``reason``."""
+        self.ledger.release(f"job:{job['id']}")
+        attempt = job["attempt"]
+        if attempt <= job["retries"] and not job["cancel_requested"]:
+            delay = self.retry_backoff * (2 ** max(attempt - 1, 0))
+            self.store.update_job(
+                job["id"], status=QUEUED, not_before=utcnow() + dt.timedelta(seconds=delay),
+                error=f"attempt {attempt} of {job['retries'] + 1}: {reason}; retrying in {delay:g} s",
+                **values)
+            self.log.warning("aidc jobs: %s attempt %d failed (%s); retry in %g s", job["id"], attempt, reason, delay)
+        else:
+            tries = f" (after {attempt} attempts)" if attempt > 1 else ""
+            self._finish(job, CANCELLED if job["cancel_requested"] else FAILED, reason + tries, **values)
+        self._notify(job["id"])
+        self.wake()
+
+    def _finish(self, job: dict, status: str, error: str | None, **values) -> None:
+        self.ledger.release(f"job:{job['id']}")
+        self.store.update_job(job["id"], status=status, error=error, finished=utcnow(), **values)
+        self.log.info("aidc jobs: %s %s%s", job["id"], status, f": {error}" if error else "")
+        self._notify(job["id"])
+        self.wake()
+
+    # -- cancel ---------------------------------------------------------------------
+    async def cancel(self, job_id: str) -> dict:
+        job = self.store.job(job_id)
+        if job["status"] in FINAL:
+            raise ConflictError(f"job {job_id} is already {job['status']}")
+        self.store.update_job(job_id, cancel_requested=True)
+        if job["status"] == QUEUED:
+            if self.store.update_job(job_id, only_if={"status": QUEUED}, status=CANCELLED,
+                                     finished=utcnow()):
+                self.ledger.release(f"job:{job_id}")
+                self._notify(job_id)
+                return self.store.job(job_id)
+            job = self.store.job(job_id)
+        if self.client is not None:
+            try:
+                await self.client.run(stop_job, job_id, "cancel")
+            except Exception as e:
+                self.log.warning("aidc jobs: could not reach the workers to stop %s: %s", job_id, e)
+        asyncio.ensure_future(self._cancel_deadline(job_id, job["attempt"]))
+        return self.store.job(job_id)
+
+    async def _cancel_deadline(self, job_id: str, attempt: int) -> None:
+        await asyncio.sleep(self.cancel_grace)
+        job = self.store.job(job_id)
+        if job["status"] == RUNNING and job["attempt"] == attempt:
+            future = self._futures.pop(job_id, None)
+            if future is not None:
+                future.cancel()
+            self._finish(job, CANCELLED, None)
+
+    # -- events ---------------------------------------------------------------------
+    def _on_event(self, event) -> None:
+        _, msg = event
+        try:
+            job = self.store.job(msg["job"])
+        except Exception:
+            return
+        if job["attempt"] != msg.get("attempt") or job["status"] != RUNNING:
+            return
+        item = {k: msg.get(k) for k in ("type", "cell", "name", "text", "value", "status")}
+        self.store.add_events(job["id"], [item])
+        if item["type"] == "cell_start":
+            cells = (item.get("value") or {}).get("cells") or job["cells"]
+            self.store.update_job(job["id"], cell=item["cell"], cells=cells)
+        elif item["type"] == "metric":
+            value = item["value"] or {}
+            metrics = dict(job["metrics"])
+            metrics[item["name"]] = value.get("value")
+            values: dict[str, Any] = {"metrics": metrics}
+            if value.get("step") is not None:
+                series = {k: list(v) for k, v in job["series"].items()}
+                series.setdefault(item["name"], []).append([value["step"], value.get("value")])
+                values["series"] = series
+            self.store.update_job(job["id"], **values)
+        self._notify(job["id"])
+
+    def _notify(self, job_id: str) -> None:
+        ev = self._changed.pop(job_id, None)
+        if ev is not None:
+            ev.set()
+
+    async def changed(self, job_id: str, timeout: float) -> None:
+        """Wait until ``job_id`` has news (or ``timeout``), for streaming followers."""
+        ev = self._changed.setdefault(job_id, asyncio.Event())
+        try:
+            await asyncio.wait_for(ev.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+
+    # -- views ----------------------------------------------------------------------
+    def view(self, job: dict) -> dict:
+        position = None
+        if job["status"] == QUEUED:
+            queued = [j["id"] for j in self.store.queued_in_order()]
+            position = queued.index(job["id"]) + 1 if job["id"] in queued else None
+        return {
+            "id": job["id"], "owner": job["owner"], "path": job["path"],
+            "parameters": job["parameters"], "gpus": job["gpus"], "priority": job["priority"],
+            "timeout": job["timeout"], "cell_timeout": job["cell_timeout"],
+            "retries": job["retries"], "attempt": job["attempt"], "status": job["status"],
+            "error": job["error"], "created": iso(job["created"]), "started": iso(job["started"]),
+            "finished": iso(job["finished"]), "units": job["units"],
+            "visible_devices": job["visible_devices"], "group": job["group_id"],
+            "schedule": job["schedule_id"],
+            "progress": {"cell": job["cell"], "cells": job["cells"]},
+            "metrics": job["metrics"], "series": job["series"], "queue_position": position,
+            "waiting": self.waiting.get(job["id"]) if job["status"] == QUEUED else None,
+            "cancel_requested": bool(job["cancel_requested"]),
+        }
+
+
+def next_cron(cron: Any, timezone: str, after: dt.datetime) -> dt.datetime:
+    """The next run time (naive UTC) of ``cron`` in ``timezone`` after ``after``."""
+    from croniter import CroniterBadCronError, croniter
+
+    if not isinstance(cron, str) or not cron.strip():
+        raise UsageError('cron is required, e.g. "0 3 * * *" (every day at 03:00)')
+    try:
+        tz = ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise UsageError(f"unknown time zone {timezone!r}; use an IANA name such as 'Europe/Berlin' or 'UTC'") from None
+    try:
+        it = croniter(cron, after.astimezone(tz))
+    except (CroniterBadCronError, ValueError, KeyError) as e:
+        raise UsageError(f"invalid cron expression {cron!r}: {e}") from None
+    return it.get_next(dt.datetime).astimezone(dt.UTC).replace(tzinfo=None)
+
+
+def _int(value: Any, name: str, minimum: int | None = None, maximum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UsageError(f"{name} must be an integer, not {json.dumps(value)}")
+    if minimum is not None and value < minimum:
+        raise UsageError(f"{name} must be at least {minimum}, not {value}")
+    if maximum is not None and value > maximum:
+        raise UsageError(f"{name} must be at most {maximum}, not {value}")
+    return value
+
+
+def _seconds(value: Any, name: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UsageError(f"{name} must be a number of seconds, not {json.dumps(value)}")
+    if value <= 0:
+        raise UsageError(f"{name} must be a positive number of seconds, not {value}")
+    return float(value)

@@ -1,0 +1,102 @@
+"""Checking a job's parameters against the notebook's ``parameters`` cell, at submit.
+
+papermill injects parameters after the cell tagged ``parameters`` and never checks
+them: a typo (``epoch=3`` for ``epochs``) silently runs with the default, and a string
+where a number was meant fails an hour into training. aidc refuses both up front,
+using papermill's own inspection of that cell (name, inferred type, default, help).
+"""
+
+from __future__ import annotations
+
+import ast
+from typing import Any
+
+import nbformat
+from papermill.inspection import _infer_parameters
+from papermill.utils import find_first_tagged_cell_index
+
+from ..errors import UsageError
+
+#: JSON types accepted for each type papermill infers from a default value
+ACCEPTS: dict[str, tuple[type, ...]] = {
+    "int": (int,),
+    "float": (int, float),
+    "str": (str,),
+    "bool": (bool,),
+    "list": (list,),
+    "tuple": (list,),
+    "dict": (dict,),
+}
+
+JSON_NAMES = {int: "integer", float: "number", str: "string", bool: "boolean", list: "list",
+              dict: "object", type(None): "null"}
+
+
+class ParameterError(UsageError):
+    """A parameter the notebook does not declare, or of the wrong type."""
+
+
+def has_parameters_cell(nb: nbformat.NotebookNode) -> bool:
+    return find_first_tagged_cell_index(nb, "parameters") >= 0
+
+
+def inspect(nb: nbformat.NotebookNode) -> list[dict]:
+    """The notebook's parameters: ``name``, ``type``, ``default`` (source text), ``help``."""
+    try:
+        found = _infer_parameters(nb)
+    except Exception as e:  # papermill cannot read the cell (syntax it does not know)
+        raise ParameterError(f"the notebook's parameters cell cannot be read: {e}") from None
+    return [{"name": p.name, "type": _type_of(p.inferred_type_name, p.default), "default": p.default,
+             "help": p.help} for p in found]
+
+
+def _type_of(annotated: str, default: str) -> str:
+    """The declared type: the annotation if any (``epochs: int = 3``), else the default's."""
+    if annotated and annotated != "None":
+        return annotated.split("[", 1)[0].lower()
+    try:
+        value = ast.literal_eval(default)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return "any"  # an expression (``np.arange(3)``): papermill passes values through
+    if value is None:
+        return "any"
+    return type(value).__name__
+
+
+def validate(nb: nbformat.NotebookNode, parameters: dict[str, Any], path: str) -> dict[str, Any]:
+    """Return ``parameters`` if the notebook declares each with a compatible type."""
+    if not isinstance(parameters, dict):
+        raise ParameterError("parameters must be a JSON object of name: value")
+    if not parameters:
+        return {}
+    if not has_parameters_cell(nb):
+        raise ParameterError(
+            f"{path} has no cell tagged 'parameters', so it takes no parameters; tag the cell "
+            "that sets the defaults with 'parameters' (papermill), or submit without parameters"
+        )
+    declared = {p["name"]: p for p in inspect(nb)}
+    for name, value in parameters.items():
+        if name not in declared:
+            known = ", ".join(sorted(declared)) or "none"
+            raise ParameterError(
+                f"unknown parameter {name!r} for {path}; its parameters cell declares: {known}"
+            )
+        expected = declared[name]["type"]
+        accepted = ACCEPTS.get(expected)
+        if accepted is None or value is None:
+            continue  # no default type to compare with ("None"), or an explicit null
+        if isinstance(value, bool) and bool not in accepted:
+            ok = False
+        else:
+            ok = isinstance(value, accepted)
+        if not ok:
+            raise ParameterError(
+                f"parameter {name!r} of {path} expects {_noun(expected)} (its default is "
+                f"{declared[name]['default']}), got {JSON_NAMES.get(type(value), type(value).__name__)} {value!r}"
+            )
+    return dict(parameters)
+
+
+def _noun(type_name: str) -> str:
+    return {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false",
+            "list": "a list", "tuple": "a list", "dict": "an object"}.get(type_name, type_name)

@@ -1,0 +1,383 @@
+"""The jobs service at ``/services/jobs/``: a REST API over the :class:`JobManager`.
+
+Who may do what (the caller's aidc role, from their hub groups):
+
+* a scientist submits jobs and sees and acts on their own; anyone else's job is a 404;
+* an admin sees and cancels everyone's jobs and sees the cluster;
+* a viewer reads ``/api/summary`` (counts) and nothing else.
+
+The API is described by ``openapi.yaml`` beside this module, served at
+``/api/openapi.json`` and ``/api/openapi.yaml``. Live progress is
+``/api/jobs/{id}/events`` with ``Accept: text/event-stream`` (server-sent events).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+
+import nbformat
+from tornado import web
+from tornado.iostream import StreamClosedError
+from traitlets.config import Application, PyFileConfigLoader
+
+from ..errors import NotFoundError, PermissionDeniedError, UsageError
+from ..gpu.ledger import GPULedger
+from ..gpu.platform import open_ledger
+from ..hub import roles
+from ..hub.services import ManagedService, python_command
+from ..services.base import ServiceHandler, authenticated, run_service
+from . import notebooks, parameters
+from .artifacts import ArtifactStore
+from .manager import JobManager
+from .store import FINAL, JobStore, iso
+
+OPENAPI = Path(__file__).with_name("openapi.yaml")
+MAX_BODY = 1024 * 1024
+
+
+class JobsHandler(ServiceHandler):
+    @property
+    def manager(self) -> JobManager:
+        return self.settings["manager"]
+
+    @property
+    def store(self) -> JobStore:
+        return self.manager.store
+
+    def prepare(self):
+        length = int(self.request.headers.get("Content-Length") or 0)
+        if length > MAX_BODY or len(self.request.body or b"") > MAX_BODY:
+            raise web.HTTPError(413, f"request body too large: at most {MAX_BODY // 1024} KiB")
+
+    @property
+    def role(self) -> str | None:
+        user = self.current_user
+        return roles.role_of(user.get("groups") or [], user.get("admin", False))
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == roles.ADMIN
+
+    @property
+    def groups(self) -> list[str]:
+        return list(self.current_user.get("groups") or [])
+
+    def require_scientist(self) -> None:
+        if self.role not in (roles.ADMIN, roles.SCIENTIST):
+            raise PermissionDeniedError(
+                "viewers see the jobs summary only (/services/jobs/api/summary); "
+                "running and reading jobs needs the scientist role")
+
+    def visible_job(self, job_id: str) -> dict:
+        self.require_scientist()
+        job = self.store.job(job_id)
+        if not self.is_admin and job["owner"] != self.user_name:
+            raise NotFoundError(f"no job {job_id!r}")
+        return job
+
+    def owner_filter(self) -> str | None:
+        owner = self.get_argument("owner", None)
+        if self.is_admin:
+            return owner
+        if owner not in (None, self.user_name):
+            raise NotFoundError(f"no jobs of {owner!r} visible to you")
+        return self.user_name
+
+
+class JobsCollection(JobsHandler):
+    @authenticated
+    def get(self):
+        self.require_scientist()
+        status = self.get_argument("status", None)
+        limit = self.get_argument("limit", None)
+        try:
+            limit_n = int(limit) if limit else None
+        except ValueError:
+            raise UsageError("limit must be a number") from None
+        found = self.store.find_jobs(owner=self.owner_filter(), status=status,
+                                     group_id=self.get_argument("group", None), limit=limit_n)
+        self.write_json({"jobs": [self.manager.view(j) for j in found]})
+
+    @authenticated
+    def post(self):
+        self.require_scientist()
+        job = self.manager.submit(self.user_name, self.groups, self.json_body())
+        self.write_json(self.manager.view(job), status=201)
+
+
+class JobResource(JobsHandler):
+    @authenticated
+    def get(self, job_id):
+        self.write_json(self.manager.view(self.visible_job(job_id)))
+
+
+class CancelHandler(JobsHandler):
+    @authenticated
+    async def post(self, job_id):
+        self.visible_job(job_id)
+        job = await self.manager.cancel(job_id)
+        self.write_json(self.manager.view(job), status=202)
+
+
+class EventsHandler(JobsHandler):
+    """Events after ``?after=SEQ``; as server-sent events with ``Accept: text/event-stream``."""
+
+    @authenticated
+    async def get(self, job_id):
+        job = self.visible_job(job_id)
+        try:
+            after = int(self.get_argument("after", "0"))
+        except ValueError:
+            raise UsageError("after must be an event sequence number") from None
+        if "text/event-stream" not in self.request.headers.get("Accept", ""):
+            self.write_json({"events": [_event(e) for e in self.store.events(job_id, after)],
+                             "status": job["status"]})
+            return
+        self.set_header("Content-Type", "text/event-stream")
+        self.set_header("Cache-Control", "no-cache")
+        self.set_header("X-Accel-Buffering", "no")
+        last = int(self.request.headers.get("Last-Event-ID") or after)
+        idle = 0.0
+        try:
+            while True:
+                batch = self.store.events(job_id, last)
+                for e in batch:
+                    last = e["seq"]
+                    self.write(f"id: {e['seq']}\nevent: {e['type']}\ndata: {json.dumps(_event(e))}\n\n")
+                if batch:
+                    await self.flush()
+                    idle = 0.0
+                status = self.store.job(job_id)["status"]
+                if status in FINAL and not self.store.events(job_id, last, limit=1):
+                    break
+                await self.manager.changed(job_id, timeout=1.0)
+                idle += 1.0
+                if idle >= 15:  # keep proxies from closing a quiet stream
+                    self.write(": keep-alive\n\n")
+                    await self.flush()
+                    idle = 0.0
+        except StreamClosedError:
+            return
+        self.finish()
+
+
+class LogsHandler(JobsHandler):
+    @authenticated
+    def get(self, job_id):
+        self.visible_job(job_id)
+        self.set_header("Content-Type", "text/plain; charset=utf-8")
+        self.finish(self.store.logs(job_id))
+
+
+class NotebookHandler(JobsHandler):
+    """The output notebook (``/output``) or the input snapshot (``/input``)."""
+
+    @authenticated
+    def get(self, job_id, which):
+        job = self.visible_job(job_id)
+        url = job["output_url"] if which == "output" else job["input_url"]
+        data = self.manager.artifacts.read_bytes(url) if url else None
+        if data is None:
+            raise NotFoundError(f"job {job_id} has no {which} notebook yet" if which == "output"
+                                else f"job {job_id} has no input snapshot")
+        self.set_header("Content-Type", "application/x-ipynb+json")
+        self.finish(data)
+
+
+class ParametersHandler(JobsHandler):
+    @authenticated
+    def get(self):
+        self.require_scientist()
+        path = self.get_argument("path", None)
+        owner = notebooks.Owner.of(self.user_name, self.manager.data_dir)
+        _, nb = notebooks.read(owner, path)
+        self.write_json({"path": path, "has_parameters_cell": parameters.has_parameters_cell(nb),
+                         "parameters": parameters.inspect(nb)})
+
+
+class SummaryHandler(JobsHandler):
+    @authenticated
+    def get(self):
+        self.write_json(self.store.summary())
+
+
+class SweepsCollection(JobsHandler):
+    @authenticated
+    def get(self):
+        self.require_scientist()
+        found = self.store.find_sweeps(owner=self.owner_filter())
+        self.write_json({"sweeps": [self.manager.sweep_view(s["id"]) for s in found]})
+
+    @authenticated
+    def post(self):
+        self.require_scientist()
+        self.write_json(self.manager.sweep(self.user_name, self.groups, self.json_body()), status=201)
+
+
+class SweepResource(JobsHandler):
+    @authenticated
+    def get(self, sweep_id):
+        self.require_scientist()
+        sweep = self.store.sweep(sweep_id)
+        if not self.is_admin and sweep["owner"] != self.user_name:
+            raise NotFoundError(f"no sweep {sweep_id!r}")
+        self.write_json(self.manager.sweep_view(sweep_id))
+
+
+def _schedule(s: dict) -> dict:
+    return {"id": s["id"], "owner": s["owner"], "cron": s["cron"], "timezone": s["timezone"],
+            "paused": bool(s["paused"]), "next_run": iso(s["next_run"]) if not s["paused"] else None,
+            "last_job": s["last_job"], "last_error": s["last_error"], "created": iso(s["created"]),
+            **{k: s["spec"].get(k) for k in ("path", "parameters", "gpus")}}
+
+
+class SchedulesCollection(JobsHandler):
+    @authenticated
+    def get(self):
+        self.require_scientist()
+        self.write_json({"schedules": [_schedule(s) for s in self.store.find_schedules(owner=self.owner_filter())]})
+
+    @authenticated
+    def post(self):
+        self.require_scientist()
+        self.write_json(_schedule(self.manager.create_schedule(self.user_name, self.groups, self.json_body())),
+                        status=201)
+
+
+class ScheduleResource(JobsHandler):
+    def visible_schedule(self, schedule_id: str) -> dict:
+        self.require_scientist()
+        sched = self.store.schedule(schedule_id)
+        if not self.is_admin and sched["owner"] != self.user_name:
+            raise NotFoundError(f"no schedule {schedule_id!r}")
+        return sched
+
+    @authenticated
+    def get(self, schedule_id):
+        self.write_json(_schedule(self.visible_schedule(schedule_id)))
+
+    @authenticated
+    def delete(self, schedule_id):
+        self.visible_schedule(schedule_id)
+        self.store.delete_schedule(schedule_id)
+        self.set_status(204)
+        self.finish()
+
+    @authenticated
+    def post(self, schedule_id, action):
+        self.visible_schedule(schedule_id)
+        self.write_json(_schedule(self.manager.set_paused(schedule_id, action == "pause")))
+
+
+class ClusterHandler(JobsHandler):
+    @authenticated
+    def get(self):
+        if not self.is_admin:
+            raise PermissionDeniedError("only admins see the jobs cluster")
+        info = self.settings["cluster"].describe()
+        info["queued"] = self.store.summary()["queued"]
+        self.write_json(info)
+
+
+class OpenAPIHandler(JobsHandler):
+    def get(self, ext):
+        import yaml
+
+        text = OPENAPI.read_text()
+        if ext == "yaml":
+            self.set_header("Content-Type", "application/yaml")
+            self.finish(text)
+        else:
+            self.write_json(yaml.safe_load(text))
+
+
+def _event(e: dict) -> dict:
+    return {"seq": e["seq"], "time": iso(e["time"]), "type": e["type"], "cell": e["cell"],
+            "name": e["name"], "text": e["text"], "value": e["value"], "status": e["status"]}
+
+
+ROUTES = [
+    (r"/api/jobs", JobsCollection),
+    (r"/api/jobs/([^/]+)", JobResource),
+    (r"/api/jobs/([^/]+)/cancel", CancelHandler),
+    (r"/api/jobs/([^/]+)/events", EventsHandler),
+    (r"/api/jobs/([^/]+)/logs", LogsHandler),
+    (r"/api/jobs/([^/]+)/(output|input)", NotebookHandler),
+    (r"/api/parameters", ParametersHandler),
+    (r"/api/summary", SummaryHandler),
+    (r"/api/sweeps", SweepsCollection),
+    (r"/api/sweeps/([^/]+)", SweepResource),
+    (r"/api/schedules", SchedulesCollection),
+    (r"/api/schedules/([^/]+)", ScheduleResource),
+    (r"/api/schedules/([^/]+)/(pause|resume)", ScheduleResource),
+    (r"/api/cluster", ClusterHandler),
+    (r"/api/openapi\.(json|yaml)", OpenAPIHandler),
+]
+
+
+class JobsApp(Application):
+    """Loads the platform's drop-in config (``<data-dir>/config.d/*.py``) for the jobs classes."""
+
+    name = "aidc-jobs"
+
+    @property
+    def classes(self):
+        from .cluster import JobCluster
+        return [JobManager, JobStore, ArtifactStore, JobCluster, GPULedger]
+
+    def load_drop_ins(self, data_dir: str) -> None:
+        for path in sorted(Path(data_dir, "config.d").glob("*.py")):
+            try:
+                loader = PyFileConfigLoader(path.name, path=str(path.parent), log=self.log)
+                self.update_config(loader.load_config())
+            except Exception as e:  # a hub-only drop-in must not stop the jobs service
+                self.log.warning("aidc jobs: skipped config %s: %s", path, e)
+
+
+def main() -> None:
+    import dask
+
+    from .cluster import JobCluster
+    from .kernels import KernelLauncherPlugin
+
+    data_dir = os.environ.get("AIDC_DATA_DIR", ".aidc")
+    app = JobsApp()
+    app.load_drop_ins(data_dir)
+    store = JobStore(config=app.config, data_dir=data_dir)
+    artifact_store = ArtifactStore(config=app.config)
+    ledger = open_ledger(data_dir, config=app.config)
+    manager = JobManager(store, artifact_store, ledger, data_dir, url=os.environ.get("AIDC_URL"),
+                         config=app.config)
+    # aidc decides about retries itself (attempts, back-off, reasons): an embedded
+    # scheduler must not silently re-run a task whose worker died
+    dask.config.set({"distributed.scheduler.allowed-failures": 0})
+    cluster = JobCluster(config=app.config)
+    cluster.worker_plugins = [*cluster.worker_plugins, KernelLauncherPlugin()]
+
+    async def on_start():
+        client = await cluster.start()
+        await manager.start(client)
+
+    async def on_stop():
+        await manager.stop()
+        await cluster.close()
+
+    run_service(ROUTES, on_start=on_start, on_stop=on_stop, manager=manager, cluster=cluster)
+
+
+def managed_service() -> ManagedService:
+    """Entry point (group ``aidc.services``): the jobs service declaration."""
+    return ManagedService(
+        name="jobs",
+        command=python_command("aidc.jobs.service"),
+        roles=[roles.SCIENTIST, roles.VIEWER],
+        info={"description": "Run parameterized notebooks as batch jobs"},
+        display=False,
+    )
+
+
+if __name__ == "__main__":
+    main()
