@@ -67,12 +67,18 @@ class Job:
         return self
 
     def wait(self, timeout: float | None = None, poll: float = 0.5) -> str:
-        """Block until the job is completed, failed or cancelled; return that status."""
+        """Block until the job is completed, failed or cancelled; return that status.
+
+        Polls quickly at first (a short job is done in well under a second) and then
+        every ``poll`` seconds.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.02
         while self.refresh().status not in FINAL:
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"job {self.id} is still {self.status} after {timeout:g} s")
-            time.sleep(poll)
+            time.sleep(delay)
+            delay = min(delay * 1.5, poll)
         return self.status
 
     def cancel(self) -> Job:

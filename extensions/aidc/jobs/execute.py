@@ -225,6 +225,13 @@ def run_job(spec: dict) -> dict:
     local_output = artifacts.local_path(output_url)
     tmpdir = None
     try:
+        # Dask re-runs a task whose worker died (``allowed-failures`` of an external
+        # scheduler): aidc decides about retries itself, so a second start of the same
+        # attempt only reports the loss and the service retries or fails the job.
+        marker = spec["output_url"].rsplit("/", 1)[0] + f"/attempt-{spec['attempt']}.started"
+        if artifacts.read_bytes(marker) is not None:
+            return {"status": "lost", "error": "the worker running the job died"}
+        artifacts.write_bytes(marker, worker.address.encode())
         raw = artifacts.read_bytes(spec["input_url"])
         if raw is None:
             return {"status": "failed", "error": "the job's input snapshot is missing from the artifact store"}

@@ -27,7 +27,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import nbformat
-from traitlets import Float, Integer, Unicode
+from traitlets import Bool, Float, Integer, Unicode
 from traitlets.config import LoggingConfigurable
 
 from ..errors import ConflictError, UsageError
@@ -63,13 +63,22 @@ class JobManager(LoggingConfigurable):
         "marked cancelled and its GPUs released regardless.",
     ).tag(config=True)
 
+    wait_for_free_worker = Bool(
+        True,
+        help="""Start a job only when the cluster has a free worker thread, so a job shown as
+        running really runs (and holds its GPUs only then). Turn off for adaptive clusters
+        (dask-gateway, dask-jobqueue with adapt) that add workers when tasks wait.""",
+    ).tag(config=True)
+
     kernel_name = Unicode("python3", help="Kernel that runs job notebooks.").tag(config=True)
 
     tick = Float(0.5, help="Seconds between passes over the queue and the schedules.").tag(config=True)
 
     def __init__(self, store: JobStore, artifacts: ArtifactStore, ledger: GPULedger,
-                 data_dir: str, url: str | None = None, **kwargs):
+                 data_dir: str, url: str | None = None, capacity=None, **kwargs):
         super().__init__(**kwargs)
+        #: callable: how many jobs the cluster can run at once now (its worker threads)
+        self.capacity = capacity
         self.store = store
         self.artifacts = artifacts
         self.ledger = ledger
@@ -281,8 +290,14 @@ class JobManager(LoggingConfigurable):
         for job in self.store.find_jobs(status=RUNNING):
             running[job["owner"]] = running.get(job["owner"], 0) + 1
         waiting = {}
+        slots = None
+        if self.wait_for_free_worker and self.capacity is not None:
+            slots = self.capacity() - sum(running.values())
         for job in self.store.queued_in_order():
             if job["cancel_requested"]:
+                continue
+            if slots is not None and slots <= 0:
+                waiting[job["id"]] = "waiting for a free worker (every worker of the cluster is busy)"
                 continue
             if job["not_before"] and job["not_before"] > now:
                 waiting[job["id"]] = f"retrying after {iso(job['not_before'])}"
@@ -305,6 +320,8 @@ class JobManager(LoggingConfigurable):
                 continue
             self._launch(job, claim)
             running[job["owner"]] = running.get(job["owner"], 0) + 1
+            if slots is not None:
+                slots -= 1
         self.waiting = waiting
 
     def _launch(self, job: dict, claim) -> None:
@@ -348,6 +365,12 @@ class JobManager(LoggingConfigurable):
                 self._finish(job, CANCELLED, None)
             else:
                 self._attempt_failed(job, lost, lost=True)
+            return
+        if outcome.get("status") == "lost":  # Dask re-ran the attempt after its worker died
+            if job["cancel_requested"]:
+                self._finish(job, CANCELLED, None)
+            else:
+                self._attempt_failed(job, outcome["error"], lost=True)
             return
         values = {"metrics": outcome.get("metrics") or job["metrics"],
                   "series": outcome.get("series") or job["series"]}

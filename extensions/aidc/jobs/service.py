@@ -349,19 +349,35 @@ def main() -> None:
     store = JobStore(config=app.config, data_dir=data_dir)
     artifact_store = ArtifactStore(config=app.config)
     ledger = open_ledger(data_dir, config=app.config)
+    cluster = JobCluster(config=app.config)
     manager = JobManager(store, artifact_store, ledger, data_dir, url=os.environ.get("AIDC_URL"),
-                         config=app.config)
+                         capacity=lambda: cluster.describe().get("threads") or 0, config=app.config)
     # aidc decides about retries itself (attempts, back-off, reasons): an embedded
     # scheduler must not silently re-run a task whose worker died
     dask.config.set({"distributed.scheduler.allowed-failures": 0})
-    cluster = JobCluster(config=app.config)
     cluster.worker_plugins = [*cluster.worker_plugins, KernelLauncherPlugin()]
 
-    async def on_start():
-        client = await cluster.start()
+    connecting: list[asyncio.Task] = []
+
+    async def connect() -> None:
+        # the hub gives a service a few seconds to answer: listen first, reach Dask after
+        delay = 1.0
+        while True:
+            try:
+                client = await cluster.start()
+                break
+            except Exception as e:  # keep the API up (jobs queue) and keep trying
+                app.log.error("aidc jobs: cannot start or reach the Dask cluster (%s); retrying in %g s", e, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30)
         await manager.start(client)
 
+    async def on_start():
+        connecting.append(asyncio.ensure_future(connect()))
+
     async def on_stop():
+        for task in connecting:
+            task.cancel()
         await manager.stop()
         await cluster.close()
 
