@@ -86,7 +86,6 @@ def about_this_process() -> dict:
     import os
     import threading
 
-    from aidc.jobs.cluster import pdeathsig
 
     return {
         "pid": os.getpid(),

@@ -491,7 +491,7 @@ def test_start_latency(launcher, tmp_path, capsys):
         time.sleep(0.2)  # pool refill
     z = launcher.timings
     with capsys.disabled():
-        print(f"\nkernel_info reply after start_kernel(): "
+        print("\nkernel_info reply after start_kernel(): "
               + ", ".join(f"{k} {' '.join(f'{t * 1000:.0f}' for t in v)} ms"
                           for k, v in times.items())
               + f"; zygote start: python {z['python_start'] * 1000:.0f} ms, "

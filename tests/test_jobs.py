@@ -11,7 +11,6 @@ import psutil
 import pytest
 
 from jobs_helpers import home, jobs_api, notebook, put, submit, wait, wait_service
-from platform_helpers import unix_name
 
 TRAIN = notebook(
     "import os, aidc\n"

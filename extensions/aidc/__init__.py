@@ -9,7 +9,7 @@ API and the CLI) and ``aidc.cli`` (the ``aidc`` command), ``aidc.jobs`` (noteboo
 
 __version__ = "0.1.0"
 
-from . import jobs  # noqa: E402  (aidc.jobs.submit(...))
+from . import jobs, models  # noqa: E402  (aidc.jobs.submit(...), aidc.models.deploy(...))
 from .jobs.metrics import record  # noqa: E402  (aidc.record("accuracy", 0.97))
 
-__all__ = ["jobs", "record"]
+__all__ = ["jobs", "models", "record"]

@@ -12,9 +12,9 @@ import argparse
 import sys
 
 from ..errors import AidcError
-from . import jobs, server, token, up, user, whoami
+from . import jobs, models, server, token, up, user, whoami
 
-COMMANDS = (up, user, token, whoami, server, jobs)
+COMMANDS = (up, user, token, whoami, server, jobs, models)
 
 
 def build_parser() -> argparse.ArgumentParser:

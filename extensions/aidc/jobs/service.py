@@ -18,7 +18,6 @@ import json
 import os
 from pathlib import Path
 
-import nbformat
 from tornado import web
 from tornado.iostream import StreamClosedError
 from traitlets.config import Application, PyFileConfigLoader

@@ -1,0 +1,160 @@
+"""``aidc models ...``: the model registry and deployments from the terminal (same client as ``aidc.models``)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from .. import models as api
+from ..client import Client
+from ..errors import UsageError
+
+
+def add_parser(sub, common) -> None:
+    m = sub.add_parser("models", help="register, deploy and roll back models")
+    actions = m.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+
+    def action(name: str, helptext: str, handler):
+        p = actions.add_parser(name, parents=[common], help=helptext)
+        p.set_defaults(handler=handler)
+        return p
+
+    r = action("register", "register a model file (.onnx, TorchScript .pt, .keras) as a new version", register)
+    r.add_argument("name")
+    r.add_argument("file")
+    r.add_argument("--signature", help="signature JSON (or @file); inferred for ONNX and Keras files")
+    r.add_argument("--metric", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
+    r.add_argument("--visibility", choices=["private", "group", "public"])
+
+    ls = action("list", "models you can see", list_)
+    ls.add_argument("--json", action="store_true")
+    sh = action("show", "a model's versions, aliases and deployment", show)
+    sh.add_argument("name")
+    sh.add_argument("--json", action="store_true")
+
+    al = action("alias", "point an alias (e.g. production) at a version", alias)
+    al.add_argument("name")
+    al.add_argument("alias")
+    al.add_argument("version")
+
+    d = action("deploy", "serve a version (waits until ready)", deploy)
+    d.add_argument("name")
+    d.add_argument("--version", default="latest", help="number, alias or 'latest'")
+    d.add_argument("--replicas", type=int, default=1)
+    d.add_argument("--gpus", type=int, default=0)
+    d.add_argument("--canary", metavar="VERSION", help="also serve this version to a share of requests")
+    d.add_argument("--canary-weight", type=float, default=0.1)
+
+    u = action("undeploy", "stop serving a model", undeploy)
+    u.add_argument("name")
+    rb = action("rollback", "drop the canary, or return to the version served before", rollback)
+    rb.add_argument("name")
+    pr = action("promote", "make the canary the primary version", promote)
+    pr.add_argument("name")
+
+    ex = action("export", "write a Triton/KServe model repository for a version", export)
+    ex.add_argument("name")
+    ex.add_argument("--version", default="latest")
+    ex.add_argument("--format", choices=["triton"], default="triton")
+    ex.add_argument("directory")
+
+
+def register(args) -> int:
+    path = Path(args.file)
+    if not path.exists():
+        raise UsageError(f"{args.file} does not exist")
+    signature = None
+    if args.signature:
+        text = Path(args.signature[1:]).read_text() if args.signature.startswith("@") else args.signature
+        try:
+            signature = json.loads(text)
+        except ValueError as e:
+            raise UsageError(f"--signature is not JSON: {e}") from None
+    metrics = {k: json.loads(v) if v.replace(".", "", 1).lstrip("-").isdigit() else v for k, v in args.metric}
+    model = path
+    if path.suffix in (".pt", ".pth", ".torchscript"):
+        import torch
+        model = torch.jit.load(str(path))
+    v = api.register(model, name=args.name, signature=signature, metrics=metrics, visibility=args.visibility)
+    print(f"registered {v.name} version {v.version} ({v.format})")
+    return 0
+
+
+def list_(args) -> int:
+    found = api.list_models()
+    if args.json:
+        print(json.dumps(found, indent=2))
+        return 0
+    for m in found:
+        latest = m["versions"][-1]["version"] if m["versions"] else "-"
+        dep = m["deployment"]
+        served = f"serving v{dep['version']}" if dep else "not deployed"
+        aliases = ", ".join(f"{a}=v{v}" for a, v in sorted(m["aliases"].items()))
+        print(f"{m['name']:<24} latest v{latest:<4} {served:<16} {aliases}")
+    return 0
+
+
+def show(args) -> int:
+    m = api.get(args.name)
+    if args.json:
+        print(json.dumps(m, indent=2))
+        return 0
+    print(f"{m['name']} (owner {m['owner']}, {m['visibility']})")
+    for v in m["versions"]:
+        tags = [a for a, n in m["aliases"].items() if n == v["version"]]
+        metrics = " ".join(f"{k}={val}" for k, val in v["metrics"].items())
+        lineage = f" from job {v['lineage']['job']}" if v["lineage"].get("job") else ""
+        print(f"  v{v['version']:<4} {v['format']:<12} {', '.join(tags):<20} {metrics}{lineage}")
+    dep = m["deployment"]
+    if dep:
+        canary = f", canary v{dep['canary_version']} at {dep['canary_weight']:.0%}" if dep["canary_version"] else ""
+        print(f"  deployed: v{dep['version']} x{dep['replicas']}{canary}, ready: {dep['ready']}")
+    return 0
+
+
+def alias(args) -> int:
+    result = api.set_alias(args.name, args.alias, args.version)
+    print(f"{args.name}: {args.alias} -> v{result['version']}")
+    return 0
+
+
+def deploy(args) -> int:
+    canary = {"version": args.canary, "weight": args.canary_weight} if args.canary else None
+    dep = api.deploy(args.name, version=args.version, replicas=args.replicas, gpus=args.gpus, canary=canary)
+    print(f"{args.name}: serving v{dep['version']} ({'ready' if dep['ready'] else 'starting'})")
+    return 0
+
+
+def undeploy(args) -> int:
+    api.undeploy(args.name)
+    print(f"{args.name}: not deployed")
+    return 0
+
+
+def rollback(args) -> int:
+    dep = api.rollback(args.name)
+    print(f"{args.name}: serving v{dep['version']}")
+    return 0
+
+
+def promote(args) -> int:
+    dep = api.promote(args.name)
+    print(f"{args.name}: serving v{dep['version']}")
+    return 0
+
+
+def export(args) -> int:
+    import tempfile
+
+    from ..models.export import export_triton
+    from ..models.signature import Signature
+
+    c = Client()
+    version = c.get_json(f"{api.client.API}/models/{args.name}/versions/{args.version}")
+    with tempfile.TemporaryDirectory() as tmp:
+        artifact = api.client.download(args.name, version["version"], Path(tmp), client=c)
+        out = export_triton(version["format"], artifact, Signature.from_dict(version["signature"]),
+                            args.name, version["version"], Path(args.directory))
+    print(f"wrote {out}", file=sys.stderr)
+    return 0

@@ -1,0 +1,174 @@
+"""``aidc.models.register`` / ``deploy`` / ``predict`` ...: the registry and endpoints through the one client.
+
+Credentials as everywhere in aidc (:class:`aidc.client.Client`): inside a user's
+server nothing needs configuring; elsewhere ``AIDC_URL`` and ``AIDC_TOKEN``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from ..client import Client
+from ..errors import UsageError
+
+API = "services/models/api"
+V2 = "services/models/v2"
+
+
+def _client(client: Client | None) -> Client:
+    return client or Client()
+
+
+class ModelVersion:
+    """One registered, immutable version of a model."""
+
+    def __init__(self, data: dict):
+        self._data = data
+
+    def __repr__(self) -> str:
+        return f"<ModelVersion {self.name} v{self.version} {self.format}>"
+
+    name = property(lambda self: self._data["name"])
+    version = property(lambda self: self._data["version"])
+    format = property(lambda self: self._data["format"])
+    signature = property(lambda self: self._data["signature"])
+    metrics = property(lambda self: dict(self._data.get("metrics") or {}))
+    lineage = property(lambda self: dict(self._data.get("lineage") or {}))
+    data = property(lambda self: dict(self._data))
+
+
+def register(model: Any, name: str, signature: dict | None = None, metrics: dict | None = None, *,
+             example: Any = None, tags: dict | None = None, visibility: str | None = None,
+             description: str | None = None, client: Client | None = None) -> ModelVersion:
+    """Store ``model`` (a torch.nn.Module, a keras.Model, or an ONNX file) as the next version of ``name``.
+
+    The signature is inferred from ``example`` (an input batch) when not given. Inside a
+    job, the version records the job as its lineage.
+    """
+    from .formats import save
+    from .signature import Signature
+
+    c = _client(client)
+    sig = Signature.from_dict(signature) if isinstance(signature, dict) else signature
+    with tempfile.TemporaryDirectory(prefix="aidc-register-") as tmp:
+        fmt, filename, inferred = save(model, Path(tmp), example=example, signature=sig)
+        artifact = Path(tmp) / filename
+        archive = None
+        if artifact.is_dir():
+            buf = io.BytesIO()
+            with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+                for f in sorted(artifact.rglob("*")):
+                    if f.is_file():
+                        z.write(f, f.relative_to(artifact))
+            payload, archive = buf.getvalue(), "zip"
+        else:
+            payload = artifact.read_bytes()
+    lineage = {}
+    if os.environ.get("AIDC_JOB_ID"):
+        lineage = {"job": os.environ["AIDC_JOB_ID"], "attempt": os.environ.get("AIDC_JOB_ATTEMPT")}
+    meta = {"format": fmt, "filename": filename, "signature": inferred.to_dict(),
+            "metrics": metrics or {}, "tags": tags or {}, "lineage": lineage}
+    if archive:
+        meta["archive"] = archive
+    if visibility:
+        meta["visibility"] = visibility
+    if description:
+        meta["description"] = description
+    r = c.request("POST", f"{API}/models/{name}/versions", data={"metadata": json.dumps(meta)},
+                  files={"artifact": (filename, payload)}, timeout=600)
+    return ModelVersion(r.json())
+
+
+def download(name: str, version: int | str, directory: Path, client: Client | None = None) -> Path:
+    """Fetch a version's artifact into ``directory``; returns the file (or SavedModel folder)."""
+    c = _client(client)
+    info = c.get_json(f"{API}/models/{name}/versions/{version}")
+    r = c.request("GET", f"{API}/models/{name}/versions/{info['version']}/artifact", timeout=600)
+    target = Path(directory) / info["filename"]
+    if r.headers.get("Content-Type", "").startswith("application/zip"):
+        with zipfile.ZipFile(io.BytesIO(r.content)) as z:
+            z.extractall(target)
+    else:
+        target.write_bytes(r.content)
+    return target
+
+
+def get(name: str, client: Client | None = None) -> dict:
+    """A model: its versions, aliases and deployment."""
+    return _client(client).get_json(f"{API}/models/{name}")
+
+
+def list_models(client: Client | None = None) -> list[dict]:
+    return _client(client).get_json(f"{API}/models")["models"]
+
+
+def set_alias(name: str, alias: str, version: int | str, client: Client | None = None) -> dict:
+    """Point ``alias`` (e.g. ``production``) at ``version``; moving it is promotion or rollback."""
+    return _client(client).request("PUT", f"{API}/models/{name}/aliases/{alias}", json={"version": version}).json()
+
+
+def deploy(name: str, version: int | str = "latest", replicas: int = 1, gpus: int = 0, *,
+           canary: dict | None = None, max_batch_size: int | None = None,
+           max_queue_delay_ms: float | None = None, client: Client | None = None) -> dict:
+    """Serve ``version`` of ``name``; returns once the endpoint is ready.
+
+    ``canary={"version": 3, "weight": 0.1}`` sends that share of requests to another version.
+    """
+    body: dict[str, Any] = {"version": version, "replicas": replicas, "gpus": gpus}
+    if canary is not None:
+        body["canary"] = canary
+    if max_batch_size is not None:
+        body["max_batch_size"] = max_batch_size
+    if max_queue_delay_ms is not None:
+        body["max_queue_delay_ms"] = max_queue_delay_ms
+    return _client(client).request("PUT", f"{API}/models/{name}/deployment", json=body, timeout=900).json()
+
+
+def undeploy(name: str, client: Client | None = None) -> None:
+    _client(client).request("DELETE", f"{API}/models/{name}/deployment")
+
+
+def rollback(name: str, client: Client | None = None) -> dict:
+    """Drop the canary, or go back to the version served before the last deploy."""
+    return _client(client).request("POST", f"{API}/models/{name}/deployment/rollback", timeout=900).json()
+
+
+def promote(name: str, client: Client | None = None) -> dict:
+    """Make the canary version the primary one."""
+    return _client(client).request("POST", f"{API}/models/{name}/deployment/promote", timeout=900).json()
+
+
+def predict(name: str, inputs: Any, version: int | str | None = None, client: Client | None = None):
+    """Call the deployed model with ``inputs`` (an array, or a dict of input name to array).
+
+    Returns an array when the model has one output, else a dict of output name to array.
+    """
+    import numpy as np
+
+    from .signature import DATATYPES, datatype_of
+
+    c = _client(client)
+    base = f"{V2}/models/{name}" + (f"/versions/{version}" if version is not None else "")
+    meta = c.get_json(base)
+    specs = meta["inputs"]
+    if not isinstance(inputs, dict):
+        if len(specs) != 1:
+            raise UsageError(f"model {name!r} takes {len(specs)} inputs; pass a dict of name to array")
+        inputs = {specs[0]["name"]: inputs}
+    tensors = []
+    for key, value in inputs.items():
+        arr = np.asarray(value)
+        tensors.append({"name": key, "shape": list(arr.shape), "datatype": datatype_of(arr.dtype),
+                        "data": arr.ravel().tolist()})
+    r = c.request("POST", f"{base}/infer", json={"inputs": tensors})
+    outputs = {}
+    for out in r.json()["outputs"]:
+        dtype = DATATYPES.get(out["datatype"], np.float32)
+        outputs[out["name"]] = np.asarray(out["data"], dtype=dtype).reshape(out["shape"])
+    return next(iter(outputs.values())) if len(outputs) == 1 else outputs

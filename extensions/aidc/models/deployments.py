@@ -1,0 +1,317 @@
+"""Running deployments: model-server replica processes, their health, and traffic between versions.
+
+A deployment of model ``name`` serves one primary version and, optionally, a canary
+version that gets a weighted share of the requests. Each served version runs
+``replicas`` processes of :mod:`aidc.models.server` on local ports. The
+:class:`DeploymentRunner` keeps them alive (a replica that dies is started again; a
+version is ready when at least one replica answers ``/v2/health/ready``), and switches
+traffic only to versions that are ready, so promotion and rollback never drop a
+request: the old version's replicas are stopped once the requests they are serving
+have finished (SIGTERM lets a server finish in-flight requests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import itertools
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+import aiohttp
+from traitlets import Float, Integer
+from traitlets.config import LoggingConfigurable
+
+from ..errors import PlatformError
+from . import artifacts_local
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+@dataclass
+class Replica:
+    port: int
+    process: subprocess.Popen | None = None
+    ready: bool = False
+    restarts: int = 0
+    inflight: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@dataclass
+class ServedVersion:
+    """All replicas of one model version."""
+
+    name: str
+    version: int
+    command: list[str]
+    replicas: list[Replica] = field(default_factory=list)
+    _next: itertools.count = field(default_factory=itertools.count)
+
+    @property
+    def ready(self) -> list[Replica]:
+        return [r for r in self.replicas if r.ready]
+
+    def pick(self) -> Replica | None:
+        ready = self.ready
+        if not ready:
+            return None
+        return ready[next(self._next) % len(ready)]
+
+    @property
+    def inflight(self) -> int:
+        return sum(r.inflight for r in self.replicas)
+
+
+@dataclass
+class Route:
+    primary: ServedVersion
+    canary: ServedVersion | None = None
+    canary_weight: float = 0.0
+
+    def choose(self) -> ServedVersion:
+        if self.canary is not None and self.canary.ready and random.random() < self.canary_weight:
+            return self.canary
+        return self.primary
+
+
+class DeploymentRunner(LoggingConfigurable):
+    """Starts, watches and stops replica processes; routes requests to them."""
+
+    ready_timeout = Float(300.0, help="Seconds a new version may take to load and warm up.").tag(config=True)
+    health_interval = Float(1.0, help="Seconds between checks of every replica.").tag(config=True)
+    drain_timeout = Float(30.0, help="Seconds a replaced version gets to finish its requests.").tag(config=True)
+    threads_per_replica = Integer(0, help="Compute threads per replica (0: the machine's cores / replicas).").tag(config=True)
+
+    def __init__(self, registry, **kwargs):
+        super().__init__(**kwargs)
+        self.registry = registry
+        self.routes: dict[str, Route] = {}
+        self.session: aiohttp.ClientSession | None = None
+        self._watch: asyncio.Task | None = None
+        self.stats: dict[str, dict] = {}
+
+    async def start(self) -> None:
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=5))
+        self._watch = asyncio.create_task(self._watch_loop())
+        for dep in self.registry.find_deployments():  # the service restarted: bring them back
+            try:
+                await self.apply(dep, wait=False)
+            except Exception as e:
+                self.log.error("aidc models: could not restore deployment %s: %s", dep["name"], e)
+
+    async def close(self) -> None:
+        if self._watch:
+            self._watch.cancel()
+        for route in list(self.routes.values()):
+            for served in (route.primary, route.canary):
+                if served:
+                    self._stop(served)
+        if self.session:
+            await self.session.close()
+
+    # -- versions -------------------------------------------------------------------
+    def _command(self, name: str, version: dict, dep: dict, replicas: int) -> list[str]:
+        artifact = artifacts_local.local_copy(version["artifact_url"], version["filename"])
+        threads = self.threads_per_replica or max(1, (os.cpu_count() or 1) // max(replicas, 1))
+        return [sys.executable, "-m", "aidc.models.server", "--format", version["format"],
+                "--artifact", str(artifact), "--signature-json", json.dumps(version["signature"]),
+                "--name", name, "--version", str(version["version"]),
+                "--max-batch-size", str(dep["max_batch_size"]),
+                "--max-queue-delay-ms", str(dep["max_queue_delay_ms"]), "--threads", str(threads)]
+
+    def _spawn(self, served: ServedVersion, replica: Replica) -> None:
+        replica.port = _free_port()
+        replica.ready = False
+        env = {k: v for k, v in os.environ.items() if not k.startswith("JUPYTERHUB_")}
+        replica.process = subprocess.Popen(
+            [*served.command, "--port", str(replica.port)], env=env,
+            stdout=subprocess.DEVNULL, stderr=None, preexec_fn=_die_with_parent)
+
+    async def _serve(self, name: str, number: int, dep: dict, wait: bool) -> ServedVersion:
+        version = self.registry.version(name, number)
+        served = ServedVersion(name, number, self._command(name, version, dep, dep["replicas"]))
+        for _ in range(dep["replicas"]):
+            replica = Replica(port=0)
+            self._spawn(served, replica)
+            served.replicas.append(replica)
+        if wait:
+            await self._wait_ready(served)
+        return served
+
+    async def _wait_ready(self, served: ServedVersion) -> None:
+        deadline = time.monotonic() + self.ready_timeout
+        while time.monotonic() < deadline:
+            await self._check(served)
+            if served.ready:
+                return
+            if all(r.process and r.process.poll() is not None and r.restarts >= 3 for r in served.replicas):
+                break
+            await asyncio.sleep(0.2)
+        self._stop(served)
+        raise PlatformError(f"model {served.name} version {served.version} did not become ready "
+                            f"(it could not be loaded, or took longer than {self.ready_timeout:g} s); "
+                            "see the models service log")
+
+    async def _check(self, served: ServedVersion) -> None:
+        for replica in served.replicas:
+            proc = replica.process
+            if proc is not None and proc.poll() is not None:
+                replica.ready = False
+                if replica.restarts < 1000:
+                    replica.restarts += 1
+                    self.log.warning("aidc models: replica of %s v%d exited (%s); restarting",
+                                     served.name, served.version, proc.returncode)
+                    self._spawn(served, replica)
+                continue
+            try:
+                async with self.session.get(f"{replica.url}/v2/health/ready",
+                                            timeout=aiohttp.ClientTimeout(total=2)) as r:
+                    replica.ready = r.status == 200
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                replica.ready = False
+
+    def _stop(self, served: ServedVersion) -> None:
+        for replica in served.replicas:
+            replica.ready = False
+            if replica.process and replica.process.poll() is None:
+                replica.process.send_signal(signal.SIGTERM)
+
+    async def _drain_and_stop(self, served: ServedVersion) -> None:
+        deadline = time.monotonic() + self.drain_timeout
+        while served.inflight and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        self._stop(served)
+
+    async def _watch_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.health_interval)
+            for route in list(self.routes.values()):
+                for served in (route.primary, route.canary):
+                    if served is not None:
+                        try:
+                            await self._check(served)
+                        except Exception:
+                            self.log.exception("aidc models: health check failed")
+
+    # -- what the API calls ------------------------------------------------------------
+    async def apply(self, dep: dict, wait: bool = True) -> None:
+        """Make the running replicas match deployment record ``dep``; switch traffic when ready."""
+        name = dep["name"]
+        current = self.routes.get(name)
+        reuse = {}
+        if current is not None:
+            for served in (current.primary, current.canary):
+                if served is not None:
+                    reuse[served.version] = served
+        started: list[ServedVersion] = []
+
+        async def get(number: int) -> ServedVersion:
+            served = reuse.get(number)
+            if served is not None and len(served.replicas) == dep["replicas"]:
+                return served
+            served = await self._serve(name, number, dep, wait)
+            started.append(served)
+            return served
+
+        try:
+            primary = await get(dep["version"])
+            canary = await get(dep["canary_version"]) if dep.get("canary_version") else None
+        except Exception:
+            for served in started:
+                self._stop(served)
+            raise
+        self.routes[name] = Route(primary, canary, dep.get("canary_weight") or 0.0)
+        keep = {id(primary), id(canary)}
+        for old in reuse.values():
+            if id(old) not in keep:
+                asyncio.ensure_future(self._drain_and_stop(old))
+
+    async def remove(self, name: str) -> None:
+        route = self.routes.pop(name, None)
+        if route:
+            for served in (route.primary, route.canary):
+                if served:
+                    await self._drain_and_stop(served)
+
+    def status(self, name: str) -> dict:
+        route = self.routes.get(name)
+        if route is None:
+            return {"ready": False, "versions": []}
+
+        def one(served: ServedVersion | None, weight: float) -> dict | None:
+            if served is None:
+                return None
+            return {"version": served.version, "weight": weight,
+                    "replicas": [{"port": r.port, "ready": r.ready, "restarts": r.restarts,
+                                  "pid": r.process.pid if r.process else None} for r in served.replicas]}
+
+        weight = route.canary_weight if route.canary else 0.0
+        versions = [v for v in (one(route.primary, 1 - weight), one(route.canary, weight)) if v]
+        return {"ready": bool(route.primary.ready), "versions": versions,
+                "stats": self.stats.get(name, {})}
+
+    # -- requests ---------------------------------------------------------------------
+    async def forward(self, name: str, version: int | None, body: bytes,
+                      headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+        """Send one v2 infer request to a ready replica (of ``version``, else by the traffic split)."""
+        route = self.routes.get(name)
+        if route is None:
+            raise LookupError(f"model {name!r} is not deployed")
+        if version is None:
+            served = route.choose()
+        else:
+            served = next((s for s in (route.primary, route.canary) if s and s.version == version), None)
+            if served is None:
+                raise LookupError(f"version {version} of model {name!r} is not deployed")
+        path = f"/v2/models/{name}/versions/{served.version}/infer"
+        stats = self.stats.setdefault(name, {"requests": 0, "errors": 0, "by_version": {}})
+        for attempt in range(3):
+            replica = served.pick()
+            if replica is None:
+                raise RuntimeError(f"model {name!r} version {served.version} has no ready replica yet")
+            replica.inflight += 1
+            t0 = time.perf_counter()
+            try:
+                async with self.session.post(f"{replica.url}{path}", data=body,
+                                                headers=headers) as r:
+                    data = await r.read()
+                    out_headers = {k: v for k, v in r.headers.items()
+                                   if k.lower() in ("content-type", "inference-header-content-length")}
+                    status = r.status
+            except (aiohttp.ClientConnectionError, asyncio.TimeoutError):
+                replica.ready = False  # dead or restarting: try another replica
+                continue
+            finally:
+                replica.inflight -= 1
+            stats["requests"] += 1
+            per = stats["by_version"].setdefault(str(served.version), {"requests": 0, "errors": 0, "latency_ms_sum": 0.0})
+            per["requests"] += 1
+            per["latency_ms_sum"] += (time.perf_counter() - t0) * 1000
+            if status >= 400:
+                stats["errors"] += 1
+                per["errors"] += 1
+            out_headers["X-Aidc-Model-Version"] = str(served.version)
+            return status, out_headers, data
+        stats["errors"] = stats.get("errors", 0) + 1
+        raise RuntimeError(f"no replica of model {name!r} version {served.version} answered")

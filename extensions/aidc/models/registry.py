@@ -1,0 +1,252 @@
+"""The model registry: named models, immutable versions, aliases, deployments.
+
+Metadata lives in the platform database (``<data-dir>/aidc.sqlite`` or ``AIDC_DB_URL``),
+in tables of its own with their own alembic version table; artifacts live under an
+fsspec URL (``<data-dir>/models/artifacts`` by default), one folder per version that is
+never written again once registered. A version records where it came from (lineage:
+the job, its output notebook and parameters) when it was registered from a job.
+
+Visibility: a model belongs to its owner; ``visibility`` ``"group"`` opens it to the
+owner's groups, ``"public"`` to every signed-in user (and, for inference, to callers
+without a model token if the platform allows public read). Only the owner and admins
+register new versions, move aliases and deploy.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from traitlets import Unicode, default
+from traitlets.config import LoggingConfigurable
+
+from ..errors import ConflictError, NotFoundError, UsageError
+
+metadata = sa.MetaData()
+
+models = sa.Table(
+    "aidc_models", metadata,
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("owner", sa.String(255), nullable=False, index=True),
+    sa.Column("groups", sa.JSON, nullable=False, default=list),
+    sa.Column("visibility", sa.String(16), nullable=False, default="private"),
+    sa.Column("description", sa.Text),
+    sa.Column("created", sa.DateTime, nullable=False),
+)
+
+versions = sa.Table(
+    "aidc_model_versions", metadata,
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("format", sa.String(32), nullable=False),
+    sa.Column("filename", sa.String(255), nullable=False),
+    sa.Column("artifact_url", sa.Text, nullable=False),
+    sa.Column("signature", sa.JSON, nullable=False),
+    sa.Column("metrics", sa.JSON, nullable=False, default=dict),
+    sa.Column("tags", sa.JSON, nullable=False, default=dict),
+    sa.Column("lineage", sa.JSON, nullable=False, default=dict),
+    sa.Column("size", sa.Integer, nullable=False, default=0),
+    sa.Column("created_by", sa.String(255), nullable=False),
+    sa.Column("created", sa.DateTime, nullable=False),
+)
+
+aliases = sa.Table(
+    "aidc_model_aliases", metadata,
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("alias", sa.String(64), primary_key=True),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("previous", sa.Integer),  # where the alias pointed before its last move
+    sa.Column("updated", sa.DateTime, nullable=False),
+)
+
+deployments = sa.Table(
+    "aidc_deployments", metadata,
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("previous_version", sa.Integer),  # what rollback returns to
+    sa.Column("canary_version", sa.Integer),
+    sa.Column("canary_weight", sa.Float, nullable=False, default=0.0),
+    sa.Column("replicas", sa.Integer, nullable=False, default=1),
+    sa.Column("gpus", sa.Integer, nullable=False, default=0),
+    sa.Column("max_batch_size", sa.Integer, nullable=False, default=32),
+    sa.Column("max_queue_delay_ms", sa.Float, nullable=False, default=2.0),
+    sa.Column("deployed_by", sa.String(255), nullable=False),
+    sa.Column("updated", sa.DateTime, nullable=False),
+)
+
+NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,127}$")
+ALIAS = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+VISIBILITIES = ("private", "group", "public")
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+def iso(value: dt.datetime | None) -> str | None:
+    return value.replace(tzinfo=dt.UTC).isoformat().replace("+00:00", "Z") if value else None
+
+
+def check_name(name: Any) -> str:
+    if not isinstance(name, str) or not NAME.match(name):
+        raise UsageError(f"invalid model name {name!r}: use 1-128 lowercase letters, digits, '-', '_' "
+                         "or '.', starting with a letter or digit")
+    return name
+
+
+def check_alias(alias: Any) -> str:
+    if not isinstance(alias, str) or not ALIAS.match(alias) or alias == "latest":
+        raise UsageError(f"invalid alias {alias!r}: use a lowercase word such as 'production' "
+                         "('latest' is reserved: it always means the newest version)")
+    return alias
+
+
+class ModelRegistry(LoggingConfigurable):
+    """Reads and writes the registry tables (the models service is their only writer)."""
+
+    db_url = Unicode(help="SQLAlchemy URL of the platform database (default: the ledger's).").tag(config=True)
+
+    artifacts_url = Unicode(
+        help="fsspec URL of the folder holding model artifacts (default `<data-dir>/models/artifacts`).",
+    ).tag(config=True)
+
+    data_dir = Unicode(help="The platform data directory.").tag(config=True)
+
+    @default("db_url")
+    def _default_db_url(self) -> str:
+        from ..gpu.platform import platform_db_url
+        return platform_db_url(self.data_dir)
+
+    @default("artifacts_url")
+    def _default_artifacts(self) -> str:
+        return str(Path(self.data_dir).resolve() / "models" / "artifacts")
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        from ..jobs.store import _make_engine
+        self.engine = _make_engine(self.db_url)
+        upgrade(self.engine)
+
+    # -- models and versions ----------------------------------------------------------
+    def model(self, name: str) -> dict:
+        with self.engine.connect() as c:
+            row = c.execute(sa.select(models).where(models.c.name == name)).first()
+        if row is None:
+            raise NotFoundError(f"no model {name!r}")
+        return dict(row._mapping)
+
+    def find_models(self) -> list[dict]:
+        with self.engine.connect() as c:
+            return [dict(r._mapping) for r in c.execute(sa.select(models).order_by(models.c.name))]
+
+    def versions(self, name: str) -> list[dict]:
+        with self.engine.connect() as c:
+            return [dict(r._mapping) for r in c.execute(
+                sa.select(versions).where(versions.c.name == name).order_by(versions.c.version))]
+
+    def aliases(self, name: str) -> dict[str, int]:
+        with self.engine.connect() as c:
+            return {r.alias: r.version for r in c.execute(sa.select(aliases).where(aliases.c.name == name))}
+
+    def add_version(self, name: str, owner: str, groups: list[str], **values: Any) -> dict:
+        """Create the model on its first version; the next version number, atomically."""
+        check_name(name)
+        with self.engine.begin() as c:
+            row = c.execute(sa.select(models).where(models.c.name == name)).first()
+            if row is None:
+                c.execute(models.insert().values(name=name, owner=owner, groups=sorted(groups),
+                                                 visibility=values.pop("visibility", None) or "private",
+                                                 description=values.pop("description", None),
+                                                 created=utcnow()))
+            else:
+                values.pop("visibility", None)
+                values.pop("description", None)
+            last = c.execute(sa.select(sa.func.max(versions.c.version)).where(versions.c.name == name)).scalar()
+            number = (last or 0) + 1
+            c.execute(versions.insert().values(name=name, version=number, created_by=owner,
+                                               created=utcnow(), **values))
+        return self.version(name, number)
+
+    def version(self, name: str, ref: int | str = "latest") -> dict:
+        """``ref``: a version number, ``latest``, or an alias."""
+        number = self.resolve(name, ref)
+        with self.engine.connect() as c:
+            row = c.execute(sa.select(versions).where(versions.c.name == name,
+                                                      versions.c.version == number)).first()
+        if row is None:
+            raise NotFoundError(f"model {name!r} has no version {ref}")
+        return dict(row._mapping)
+
+    def resolve(self, name: str, ref: int | str | None = "latest") -> int:
+        self.model(name)
+        if ref is None or ref == "latest":
+            with self.engine.connect() as c:
+                last = c.execute(sa.select(sa.func.max(versions.c.version)).where(versions.c.name == name)).scalar()
+            if last is None:
+                raise NotFoundError(f"model {name!r} has no versions")
+            return int(last)
+        if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
+            return int(ref)
+        found = self.aliases(name).get(str(ref))
+        if found is None:
+            raise NotFoundError(f"model {name!r} has no version or alias {ref!r}")
+        return found
+
+    def set_alias(self, name: str, alias: str, version: int) -> dict:
+        check_alias(alias)
+        self.version(name, version)
+        with self.engine.begin() as c:
+            old = c.execute(sa.select(aliases.c.version).where(aliases.c.name == name, aliases.c.alias == alias)).scalar()
+            c.execute(aliases.delete().where(aliases.c.name == name, aliases.c.alias == alias))
+            c.execute(aliases.insert().values(name=name, alias=alias, version=version, previous=old,
+                                              updated=utcnow()))
+        return {"name": name, "alias": alias, "version": version, "previous": old}
+
+    def delete_alias(self, name: str, alias: str) -> None:
+        with self.engine.begin() as c:
+            if not c.execute(aliases.delete().where(aliases.c.name == name, aliases.c.alias == alias)).rowcount:
+                raise NotFoundError(f"model {name!r} has no alias {alias!r}")
+
+    def set_visibility(self, name: str, visibility: str) -> None:
+        if visibility not in VISIBILITIES:
+            raise UsageError(f"visibility must be one of {', '.join(VISIBILITIES)}")
+        with self.engine.begin() as c:
+            c.execute(models.update().where(models.c.name == name).values(visibility=visibility))
+
+    # -- deployments --------------------------------------------------------------------
+    def deployment(self, name: str) -> dict | None:
+        with self.engine.connect() as c:
+            row = c.execute(sa.select(deployments).where(deployments.c.name == name)).first()
+        return dict(row._mapping) if row else None
+
+    def find_deployments(self) -> list[dict]:
+        with self.engine.connect() as c:
+            return [dict(r._mapping) for r in c.execute(sa.select(deployments).order_by(deployments.c.name))]
+
+    def put_deployment(self, name: str, **values: Any) -> dict:
+        values["updated"] = utcnow()
+        with self.engine.begin() as c:
+            if c.execute(sa.select(deployments.c.name).where(deployments.c.name == name)).first():
+                c.execute(deployments.update().where(deployments.c.name == name).values(**values))
+            else:
+                c.execute(deployments.insert().values(name=name, **values))
+        return self.deployment(name)
+
+    def delete_deployment(self, name: str) -> None:
+        with self.engine.begin() as c:
+            if not c.execute(deployments.delete().where(deployments.c.name == name)).rowcount:
+                raise ConflictError(f"model {name!r} is not deployed")
+
+
+def upgrade(engine: sa.Engine) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    with engine.begin() as connection:
+        cfg.attributes["connection"] = connection
+        command.upgrade(cfg, "head")

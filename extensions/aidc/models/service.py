@@ -1,0 +1,482 @@
+"""The models service at ``/services/models/``: the registry API and v2 inference endpoints.
+
+``/api/...``   the registry: models, versions (multipart upload), aliases, deployments
+               (deploy, canary, promote, rollback, undeploy);
+``/v2/...``    the Open Inference Protocol (KServe v2), forwarded to the deployment's
+               model-server replicas (see :mod:`aidc.models.deployments`), so any v2
+               client (``tritonclient.http``) works with the prefix
+               ``<hub>/services/models``.
+
+Every route needs a hub token (or the hub's OAuth cookie). A model is seen and called by
+its owner, admins, and, by its ``visibility``, the owner's groups or everyone signed in;
+only its owner and admins add versions, move aliases and deploy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import shutil
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+from tornado import web
+
+from ..errors import ConflictError, NotFoundError, PermissionDeniedError, UsageError
+from ..gpu.ledger import GRANTED, GPULedger
+from ..gpu.platform import open_ledger
+from ..hub import roles
+from ..hub.services import ManagedService, python_command
+from ..jobs.service import JobsApp
+from ..services.base import ServiceHandler, authenticated, run_service
+from . import registry as reg
+from .deployments import DeploymentRunner
+from .registry import ModelRegistry, iso
+
+MAX_INFER_BODY = 16 * 1024 * 1024
+FORMATS = ("torchscript", "keras", "onnx")
+
+
+class ModelsHandler(ServiceHandler):
+    @property
+    def registry(self) -> ModelRegistry:
+        return self.settings["registry"]
+
+    @property
+    def runner(self) -> DeploymentRunner:
+        return self.settings["runner"]
+
+    @property
+    def is_admin(self) -> bool:
+        u = self.current_user
+        return roles.role_of(u.get("groups") or [], u.get("admin", False)) == roles.ADMIN
+
+    def can_see(self, model: dict) -> bool:
+        if self.is_admin or model["owner"] == self.user_name:
+            return True
+        if model["visibility"] == "public":
+            return True
+        return model["visibility"] == "group" and bool(
+            set(model["groups"]) - set(roles.ROLE_NAMES) & set(self.current_user.get("groups") or []))
+
+    def visible_model(self, name: str) -> dict:
+        model = self.registry.model(name)
+        if not self.can_see(model):
+            raise NotFoundError(f"no model {name!r}")
+        return model
+
+    def owned_model(self, name: str) -> dict:
+        model = self.visible_model(name)
+        if not (self.is_admin or model["owner"] == self.user_name):
+            raise PermissionDeniedError(f"only the owner of {name!r} ({model['owner']}) and admins may change it")
+        return model
+
+    def require_scientist(self) -> None:
+        u = self.current_user
+        if roles.role_of(u.get("groups") or [], u.get("admin", False)) not in (roles.ADMIN, roles.SCIENTIST):
+            raise PermissionDeniedError("registering and deploying models needs the scientist role")
+
+    def model_view(self, model: dict) -> dict:
+        name = model["name"]
+        dep = self.registry.deployment(name)
+        return {
+            "name": name, "owner": model["owner"], "visibility": model["visibility"],
+            "description": model["description"], "created": iso(model["created"]),
+            "versions": [version_view(v) for v in self.registry.versions(name)],
+            "aliases": self.registry.aliases(name),
+            "deployment": deployment_view(dep, self.runner.status(name)) if dep else None,
+        }
+
+
+def version_view(v: dict) -> dict:
+    return {"name": v["name"], "version": v["version"], "format": v["format"], "signature": v["signature"],
+            "metrics": v["metrics"], "tags": v["tags"], "lineage": v["lineage"], "size": v["size"],
+            "created_by": v["created_by"], "created": iso(v["created"])}
+
+
+def deployment_view(dep: dict, status: dict) -> dict:
+    return {"version": dep["version"], "previous_version": dep["previous_version"],
+            "canary_version": dep["canary_version"], "canary_weight": dep["canary_weight"],
+            "replicas": dep["replicas"], "gpus": dep["gpus"], "max_batch_size": dep["max_batch_size"],
+            "max_queue_delay_ms": dep["max_queue_delay_ms"], "updated": iso(dep["updated"]), **status}
+
+
+class ModelsCollection(ModelsHandler):
+    @authenticated
+    def get(self):
+        found = [m for m in self.registry.find_models() if self.can_see(m)]
+        self.write_json({"models": [self.model_view(m) for m in found]})
+
+
+class ModelResource(ModelsHandler):
+    @authenticated
+    def get(self, name):
+        self.write_json(self.model_view(self.visible_model(name)))
+
+    @authenticated
+    def patch(self, name):
+        self.owned_model(name)
+        body = self.json_body()
+        if "visibility" in body:
+            self.registry.set_visibility(name, body["visibility"])
+        self.write_json(self.model_view(self.registry.model(name)))
+
+
+class VersionsHandler(ModelsHandler):
+    """``POST``: multipart upload with parts ``metadata`` (JSON) and ``artifact`` (the file)."""
+
+    @authenticated
+    async def post(self, name):
+        self.require_scientist()
+        reg.check_name(name)
+        try:
+            existing = self.registry.model(name)
+        except NotFoundError:
+            existing = None
+        if existing is not None and not (self.is_admin or existing["owner"] == self.user_name):
+            raise PermissionDeniedError(f"model {name!r} belongs to {existing['owner']}; choose another name")
+        meta_raw = self.get_body_argument("metadata", None)
+        files = self.request.files.get("artifact") or []
+        if meta_raw is None or not files:
+            raise UsageError("send multipart/form-data with a 'metadata' JSON part and an 'artifact' file part")
+        try:
+            meta = json.loads(meta_raw)
+        except ValueError as e:
+            raise UsageError(f"the metadata part is not JSON: {e}") from None
+        fmt = meta.get("format")
+        if fmt not in FORMATS:
+            raise UsageError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+        from .signature import Signature
+        try:
+            signature = Signature.from_dict(meta.get("signature"))
+        except Exception as e:
+            raise UsageError(f"invalid signature: {e}") from None
+        upload = files[0]
+        filename = os.path.basename(meta.get("filename") or upload["filename"] or "model")
+        for key in ("metrics", "tags", "lineage"):
+            if not isinstance(meta.get(key, {}), dict):
+                raise UsageError(f"{key} must be a JSON object")
+        version_dir = Path(tempfile.mkdtemp(prefix="aidc-model-", dir=self.settings["staging"]))
+        try:
+            target = version_dir / filename
+            if meta.get("archive") == "zip":  # a SavedModel folder travels as a zip
+                try:
+                    with zipfile.ZipFile(io.BytesIO(upload["body"])) as z:
+                        for member in z.namelist():
+                            if member.startswith("/") or ".." in Path(member).parts:
+                                raise UsageError("the zip holds a path outside its folder")
+                        z.extractall(target)
+                except zipfile.BadZipFile:
+                    raise UsageError("the artifact is not a valid zip archive") from None
+            else:
+                target.write_bytes(upload["body"])
+            await self.check_loads(fmt, target, filename)
+            record = self.registry.add_version(
+                name, self.user_name, self.current_user.get("groups") or [],
+                format=fmt, filename=filename, artifact_url="pending", signature=signature.to_dict(),
+                metrics=meta.get("metrics") or {}, tags=meta.get("tags") or {},
+                lineage=meta.get("lineage") or {}, size=len(upload["body"]),
+                visibility=meta.get("visibility"), description=meta.get("description"))
+            final = Path(self.settings["artifacts"]) / name / str(record["version"])
+            final.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(version_dir), final)
+            with self.registry.engine.begin() as c:
+                c.execute(reg.versions.update().where(reg.versions.c.name == name,
+                                                      reg.versions.c.version == record["version"])
+                          .values(artifact_url=str(final)))
+        finally:
+            shutil.rmtree(version_dir, ignore_errors=True)
+        self.write_json(version_view(self.registry.version(name, record["version"])), status=201)
+
+    async def check_loads(self, fmt: str, path: Path, filename: str) -> None:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "aidc.models.validate", fmt, str(path),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        try:
+            _, err = await asyncio.wait_for(proc.communicate(), 300)
+        except asyncio.TimeoutError:
+            proc.kill()
+            raise UsageError(f"{filename} could not be loaded within 300 s") from None
+        if proc.returncode != 0:
+            lines = [line for line in err.decode(errors="replace").strip().splitlines() if line.strip()]
+            raise UsageError(lines[-1] if lines else f"{filename} is not a loadable {fmt} model")
+
+
+class VersionResource(ModelsHandler):
+    @authenticated
+    def get(self, name, ref):
+        self.visible_model(name)
+        self.write_json(version_view(self.registry.version(name, ref)))
+
+
+class ArtifactHandler(ModelsHandler):
+    """The stored artifact of a version (a zip for a SavedModel folder), for export."""
+
+    @authenticated
+    def get(self, name, ref):
+        self.visible_model(name)
+        v = self.registry.version(name, ref)
+        from .artifacts_local import local_copy
+        path = local_copy(v["artifact_url"], v["filename"])
+        if path.is_dir():
+            buf = io.BytesIO()
+            with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+                for f in sorted(path.rglob("*")):
+                    if f.is_file():
+                        z.write(f, f.relative_to(path))
+            self.set_header("Content-Type", "application/zip")
+            self.finish(buf.getvalue())
+            return
+        self.set_header("Content-Type", "application/octet-stream")
+        self.set_header("Content-Disposition", f'attachment; filename="{v["filename"]}"')
+        self.finish(path.read_bytes())
+
+
+class AliasResource(ModelsHandler):
+    @authenticated
+    def put(self, name, alias):
+        self.owned_model(name)
+        body = self.json_body()
+        number = self.registry.resolve(name, body.get("version"))
+        self.write_json(self.registry.set_alias(name, alias, number))
+
+    @authenticated
+    def delete(self, name, alias):
+        self.owned_model(name)
+        self.registry.delete_alias(name, alias)
+        self.set_status(204)
+        self.finish()
+
+
+class DeploymentResource(ModelsHandler):
+    @authenticated
+    def get(self, name):
+        self.visible_model(name)
+        dep = self.registry.deployment(name)
+        if dep is None:
+            raise NotFoundError(f"model {name!r} is not deployed")
+        self.write_json(deployment_view(dep, self.runner.status(name)))
+
+    @authenticated
+    async def put(self, name):
+        model = self.owned_model(name)
+        body = self.json_body()
+        old = self.registry.deployment(name)
+        number = self.registry.resolve(name, body.get("version", "latest"))
+        canary = body.get("canary")
+        canary_version, canary_weight = None, 0.0
+        if canary:
+            canary_version = self.registry.resolve(name, canary.get("version"))
+            canary_weight = canary.get("weight", 0.1)
+            if not isinstance(canary_weight, (int, float)) or not 0 <= canary_weight <= 1:
+                raise UsageError("canary weight must be a number from 0 to 1")
+        dep = {
+            "name": name, "version": number, "canary_version": canary_version,
+            "canary_weight": float(canary_weight),
+            "replicas": _int(body.get("replicas", old["replicas"] if old else 1), "replicas", 1, 16),
+            "gpus": _int(body.get("gpus", old["gpus"] if old else 0), "gpus", 0, 8),
+            "max_batch_size": _int(body.get("max_batch_size", old["max_batch_size"] if old else 32),
+                                   "max_batch_size", 0, 1024),
+            "max_queue_delay_ms": float(body.get("max_queue_delay_ms", old["max_queue_delay_ms"] if old else 2.0)),
+        }
+        self.hold_gpus(name, model["owner"], dep["gpus"])
+        await self.runner.apply(dep)
+        previous = old["version"] if old and old["version"] != number else (old or {}).get("previous_version")
+        saved = self.registry.put_deployment(name, previous_version=previous, deployed_by=self.user_name,
+                                             **{k: v for k, v in dep.items() if k != "name"})
+        self.write_json(deployment_view(saved, self.runner.status(name)))
+
+    def hold_gpus(self, name: str, owner: str, gpus: int) -> None:
+        ledger: GPULedger = self.settings["ledger"]
+        holder = f"deployment:{name}"
+        current = next((c for c in ledger.claims() if c.holder == holder), None)
+        if current is not None and current.count == gpus:
+            return
+        ledger.release(holder)
+        if not gpus:
+            return
+        claim = ledger.request(holder, owner, gpus, groups=self.current_user.get("groups") or [])
+        if claim.state != GRANTED:
+            ledger.release(holder)
+            raise ConflictError(f"no {gpus} GPU(s) free for this deployment now; try again later "
+                                "or deploy with fewer GPUs")
+
+    @authenticated
+    async def delete(self, name):
+        self.owned_model(name)
+        self.registry.delete_deployment(name)
+        await self.runner.remove(name)
+        self.settings["ledger"].release(f"deployment:{name}")
+        self.set_status(204)
+        self.finish()
+
+
+class DeploymentAction(ModelsHandler):
+    """``rollback``: back to the version served before (or drop the canary); ``promote``: canary becomes primary."""
+
+    @authenticated
+    async def post(self, name, action):
+        self.owned_model(name)
+        dep = self.registry.deployment(name)
+        if dep is None:
+            raise ConflictError(f"model {name!r} is not deployed")
+        dep = {k: dep[k] for k in ("name", "version", "previous_version", "canary_version", "canary_weight",
+                                   "replicas", "gpus", "max_batch_size", "max_queue_delay_ms")}
+        if action == "promote":
+            if not dep["canary_version"]:
+                raise ConflictError(f"model {name!r} has no canary to promote")
+            dep.update(previous_version=dep["version"], version=dep["canary_version"],
+                       canary_version=None, canary_weight=0.0)
+        elif dep["canary_version"]:
+            dep.update(canary_version=None, canary_weight=0.0)
+        else:
+            if not dep["previous_version"]:
+                raise ConflictError(f"model {name!r} has no earlier deployed version to roll back to")
+            dep.update(version=dep["previous_version"], previous_version=dep["version"])
+        await self.runner.apply(dep)
+        saved = self.registry.put_deployment(name, deployed_by=self.user_name,
+                                             **{k: v for k, v in dep.items() if k != "name"})
+        self.write_json(deployment_view(saved, self.runner.status(name)))
+
+
+# -- v2 -----------------------------------------------------------------------------
+class V2Handler(ModelsHandler):
+    def write_error(self, status_code: int, **kwargs) -> None:  # v2 error shape
+        message = kwargs.get("reason_message")
+        exc = kwargs.get("exc_info", (None, None))[1]
+        if message is None and isinstance(exc, web.HTTPError) and exc.log_message:
+            message = exc.log_message % exc.args if exc.args else exc.log_message
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"error": message or self._reason}))
+
+
+class V2Health(V2Handler):
+    @authenticated
+    def get(self, which):
+        self.write_json({"live": True} if which == "live" else {"ready": True})
+
+
+class V2Server(V2Handler):
+    @authenticated
+    def get(self):
+        self.write_json({"name": "aidc", "version": "2", "extensions": ["binary_tensor_data"]})
+
+
+class V2Model(V2Handler):
+    """Model metadata, readiness and inference for ``/v2/models/{name}[/versions/{v}][/ready|/infer]``."""
+
+    def prepare(self):
+        length = int(self.request.headers.get("Content-Length") or 0)
+        if length > MAX_INFER_BODY:
+            raise web.HTTPError(413, f"request body too large ({length} bytes); at most "
+                                     f"{MAX_INFER_BODY // 2**20} MiB per request")
+
+    @authenticated
+    async def get(self, name, version, what):
+        self.visible_model(name)
+        if what == "/ready":
+            status = self.runner.status(name)
+            ready = status["ready"] and (version is None or any(
+                v["version"] == int(version) and any(r["ready"] for r in v["replicas"]) for v in status["versions"]))
+            self.set_status(200 if ready else 400)
+            self.write_json({"name": name, "ready": bool(ready)}, status=200 if ready else 400)
+            return
+        v = self.registry.version(name, version or "latest")
+        sig = v["signature"]
+        self.write_json({"name": name, "versions": [str(x["version"]) for x in self.registry.versions(name)],
+                         "platform": {"torchscript": "pytorch_torchscript", "keras": "tensorflow_keras",
+                                      "onnx": "onnxruntime_onnx"}[v["format"]],
+                         "inputs": sig.get("inputs", []), "outputs": sig.get("outputs", [])})
+
+    @authenticated
+    async def post(self, name, version, what):
+        if what != "/infer":
+            raise web.HTTPError(404, f"no such endpoint {self.request.path}")
+        self.visible_model(name)
+        number = self.registry.resolve(name, version) if version else None
+        headers = {k: v for k, v in self.request.headers.items()
+                   if k.lower() in ("content-type", "inference-header-content-length", "content-encoding")}
+        try:
+            status, out_headers, data = await self.runner.forward(name, number, self.request.body, headers)
+        except LookupError as e:
+            raise web.HTTPError(404, str(e)) from None
+        except RuntimeError as e:
+            raise web.HTTPError(503, str(e)) from None
+        self.set_status(status)
+        for k, v in out_headers.items():
+            self.set_header(k, v)
+        self.finish(data)
+
+
+def _int(value, name: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise UsageError(f"{name} must be an integer from {low} to {high}, not {json.dumps(value)}")
+    return value
+
+
+ROUTES = [
+    (r"/api/models", ModelsCollection),
+    (r"/api/models/([^/]+)", ModelResource),
+    (r"/api/models/([^/]+)/versions", VersionsHandler),
+    (r"/api/models/([^/]+)/versions/([^/]+)", VersionResource),
+    (r"/api/models/([^/]+)/versions/([^/]+)/artifact", ArtifactHandler),
+    (r"/api/models/([^/]+)/aliases/([^/]+)", AliasResource),
+    (r"/api/models/([^/]+)/deployment", DeploymentResource),
+    (r"/api/models/([^/]+)/deployment/(rollback|promote)", DeploymentAction),
+    (r"/v2/health/(live|ready)", V2Health),
+    (r"/v2", V2Server),
+    (r"/v2/models/([^/]+)(?:/versions/([^/]+))?(/ready|/infer)?", V2Model),
+]
+
+
+class ModelsApp(JobsApp):
+    name = "aidc-models"
+
+    @property
+    def classes(self):
+        return [ModelRegistry, DeploymentRunner, GPULedger]
+
+
+def main() -> None:
+    data_dir = os.environ.get("AIDC_DATA_DIR", ".aidc")
+    app = ModelsApp()
+    app.load_drop_ins(data_dir)
+    registry = ModelRegistry(config=app.config, data_dir=data_dir)
+    runner = DeploymentRunner(registry, config=app.config)
+    ledger = open_ledger(data_dir, config=app.config)
+    artifacts = Path(registry.artifacts_url)
+    staging = Path(data_dir) / "models" / "staging"
+    for d in (artifacts, staging):
+        d.mkdir(parents=True, exist_ok=True)
+    keep = {d["name"] for d in registry.find_deployments()}
+    for claim in ledger.claims():  # GPUs of deployments that no longer exist
+        if claim.holder.startswith("deployment:") and claim.holder.split(":", 1)[1] not in keep:
+            ledger.release(claim.holder)
+
+    async def on_start():
+        await runner.start()
+
+    async def on_stop():
+        await runner.close()
+
+    run_service(ROUTES, on_start=on_start, on_stop=on_stop, registry=registry, runner=runner,
+                ledger=ledger, artifacts=str(artifacts), staging=str(staging))
+
+
+def managed_service() -> ManagedService:
+    """Entry point (group ``aidc.services``): the models service declaration."""
+    return ManagedService(
+        name="models",
+        command=python_command("aidc.models.service"),
+        roles=[roles.SCIENTIST, roles.VIEWER],
+        info={"description": "Model registry and v2 inference endpoints"},
+        display=False,
+    )
+
+
+if __name__ == "__main__":
+    main()
