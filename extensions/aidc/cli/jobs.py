@@ -6,8 +6,6 @@ import json
 import sys
 from pathlib import Path
 
-import nbformat
-
 from .. import jobs as api
 from ..client import Client
 from ..errors import UsageError
@@ -208,6 +206,8 @@ def cancel(args) -> int:
 
 
 def output(args) -> int:
+    import nbformat
+
     nb = api.get(args.id).output()
     text = nbformat.writes(nb)
     if args.output:

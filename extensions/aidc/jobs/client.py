@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from typing import Any
-
-import nbformat
+from typing import TYPE_CHECKING, Any
 
 from ..client import Client
+
+if TYPE_CHECKING:
+    import nbformat
 
 API = "services/jobs/api"
 FINAL = ("completed", "failed", "cancelled")
@@ -92,6 +93,8 @@ class Job:
 
     def output(self) -> nbformat.NotebookNode:
         """The executed notebook (partial while running or after a cancel)."""
+        import nbformat  # not at import time: `import aidc` in every job kernel stays fast
+
         raw = self._client.request("GET", f"{API}/jobs/{self.id}/output").text
         return nbformat.reads(raw, as_version=4)
 
