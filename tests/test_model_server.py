@@ -1,0 +1,737 @@
+"""The model-server process (``python -m aidc.models.server``) over real HTTP.
+
+Each server is a real subprocess on a free port serving an artifact written by
+``aidc.models.formats.save``; requests go through tritonclient.http (binary tensors, its
+default, and JSON) and plain HTTP. Results are compared with the same model run in this
+process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+import torch
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from aidc.models import formats
+
+EXPECTED = "expected inputs: input FP32 [-1,1,28,28]"
+
+
+# -- models -------------------------------------------------------------------------------
+class MnistCNN(torch.nn.Module):
+    """A small MNIST CNN (random weights: the numbers only have to match)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = torch.nn.Conv2d(1, 16, 5)
+        self.c2 = torch.nn.Conv2d(16, 32, 5)
+        self.fc = torch.nn.Linear(32 * 4 * 4, 10)
+
+    def forward(self, x):
+        x = torch.max_pool2d(torch.relu(self.c1(x)), 2)
+        x = torch.max_pool2d(torch.relu(self.c2(x)), 2)
+        return self.fc(torch.flatten(x, 1))
+
+
+class Slow(torch.nn.Module):
+    """Takes a while per call (for draining on SIGTERM)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.randn(256, 256) / 16)
+
+    def forward(self, x):
+        y = x
+        for _ in range(300):
+            y = torch.tanh(y @ self.w)
+        return y
+
+
+def _save(model, directory: Path, example) -> tuple[str, Path, dict]:
+    fmt, filename, signature = formats.save(model, directory, example=example)
+    return fmt, directory / filename, signature.to_dict()
+
+
+@pytest.fixture(scope="module")
+def mnist(tmp_path_factory):
+    torch.manual_seed(0)
+    model = MnistCNN().eval()
+    directory = tmp_path_factory.mktemp("mnist")
+    fmt, path, signature = _save(model, directory, np.zeros((2, 1, 28, 28), np.float32))
+    assert fmt == "torchscript"
+    assert signature == {
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 1, 28, 28]}],
+        "outputs": [{"name": "output", "datatype": "FP32", "shape": [-1, 10]}]}
+    reference = torch.jit.load(str(path)).eval()
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return reference(torch.from_numpy(np.ascontiguousarray(x))).numpy()
+
+    return {"format": fmt, "path": path, "signature": signature, "predict": predict}
+
+
+def images(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random((n, 1, 28, 28), dtype=np.float32)
+
+
+# -- processes --------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, fmt: str, artifact: Path, signature: dict, log: Path, *, name="mnist",
+                 version="1", extra=(), signature_arg: str | None = None):
+        self.name = name
+        self.version = version
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        cmd = [sys.executable, "-m", "aidc.models.server", "--format", fmt,
+               "--artifact", str(artifact),
+               "--signature-json", signature_arg or json.dumps(signature),
+               "--name", name, "--version", version, "--port", str(self.port),
+               "--threads", "1", *extra]
+        self.log_file = open(log, "wb")
+        self.proc = subprocess.Popen(cmd, stdout=self.log_file, stderr=subprocess.STDOUT)
+
+    def get(self, path: str, **kw) -> requests.Response:
+        return requests.get(self.url + path, timeout=10, **kw)
+
+    def post(self, path: str, **kw) -> requests.Response:
+        return requests.post(self.url + path, timeout=10, **kw)
+
+    def status(self, path: str) -> int | None:
+        try:
+            return self.get(path).status_code
+        except requests.ConnectionError:
+            return None
+
+    def wait_listening(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.output()
+            if self.status("/v2/health/live") == 200:
+                return
+            time.sleep(0.01)
+        raise AssertionError(f"server did not listen:\n{self.output()}")
+
+    def wait_ready(self, timeout: float = 120) -> "Server":
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.output()
+            if self.status("/v2/health/ready") == 200:
+                return self
+            time.sleep(0.05)
+        raise AssertionError(f"server not ready:\n{self.output()}")
+
+    def client(self, **kw) -> httpclient.InferenceServerClient:
+        return httpclient.InferenceServerClient(f"127.0.0.1:{self.port}", **kw)
+
+    def metrics(self) -> str:
+        return self.get("/metrics").text
+
+    def output(self) -> str:
+        if not self.log_file.closed:
+            self.log_file.flush()
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log_file.close()
+
+
+@pytest.fixture
+def start(tmp_path):
+    servers = []
+
+    def start_(*args, **kw) -> Server:
+        s = Server(*args, log=tmp_path / f"server-{len(servers)}.log", **kw)
+        servers.append(s)
+        return s
+
+    yield start_
+    for s in servers:
+        s.stop()
+
+
+@pytest.fixture(scope="module")
+def server(mnist, tmp_path_factory):
+    s = Server(mnist["format"], mnist["path"], mnist["signature"],
+               log=tmp_path_factory.mktemp("logs") / "server.log")
+    try:
+        yield s.wait_ready()
+    finally:
+        s.stop()
+        # the process is never left with a traceback in its log
+        assert "Traceback" not in s.output(), s.output()
+
+
+def infer(client, x: np.ndarray, binary: bool = True, name: str = "mnist", **kw) -> np.ndarray:
+    inp = httpclient.InferInput("input", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x, binary_data=binary)
+    out = httpclient.InferRequestedOutput("output", binary_data=binary)
+    return client.infer(name, [inp], outputs=[out], **kw).as_numpy("output")
+
+
+def histogram_counts(metrics: str, name: str) -> dict[str, float]:
+    return {le: float(v) for le, v in
+            re.findall(rf'^{name}_bucket{{[^}}]*le="([^"]+)"}} (\S+)$', metrics, re.M)}
+
+
+# -- lifecycle ----------------------------------------------------------------------------
+def test_ready_only_after_load_and_warmup(start, mnist):
+    s = start(mnist["format"], mnist["path"], mnist["signature"])
+    s.wait_listening()
+    # listening (live) while the model loads, not ready: both server and model say 503
+    seen = set()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        ready, model_ready = s.status("/v2/health/ready"), s.status("/v2/models/mnist/ready")
+        seen.add(ready)
+        if ready == 200:
+            break
+        assert ready == 503 and model_ready in (503, 200)
+        r = s.get("/v2/health/ready")
+        assert r.status_code in (503, 200)
+        if r.status_code == 503:
+            assert "loading" in r.json()["error"]
+        assert s.status("/v2/health/live") == 200
+        time.sleep(0.01)
+    assert seen == {503, 200}, seen
+    assert s.status("/v2/models/mnist/ready") == 200
+    assert s.status("/v2/models/mnist/versions/1/ready") == 200
+    c = s.client()
+    assert c.is_server_live() and c.is_server_ready() and c.is_model_ready("mnist", "1")
+    assert "ready: model mnist version 1" in s.output()
+
+
+def test_sigterm_while_loading_exits_cleanly(start, mnist):
+    s = start(mnist["format"], mnist["path"], mnist["signature"])
+    s.wait_listening()
+    assert s.status("/v2/health/ready") == 503
+    t0 = time.monotonic()
+    s.proc.send_signal(signal.SIGTERM)
+    assert s.proc.wait(20) == 0
+    assert time.monotonic() - t0 < 10
+    out = s.output()
+    assert "stopped while loading" in out and "Traceback" not in out
+
+
+def test_bad_signature_or_artifact_exits_with_a_message(start, mnist, tmp_path):
+    s = start(mnist["format"], mnist["path"], {}, signature_arg="{not json")
+    assert s.proc.wait(60) == 2
+    assert "--signature-json is not valid JSON" in s.output()
+    (tmp_path / "sig.json").write_text(json.dumps(mnist["signature"]))
+    broken = tmp_path / "model.pt"
+    broken.write_bytes(b"not a model")
+    s = start("torchscript", broken, {}, signature_arg=f"@{tmp_path / 'sig.json'}")
+    assert s.proc.wait(60) == 1
+    assert "cannot load the model" in s.output() and "not a valid TorchScript model" in s.output()
+
+
+# -- metadata -----------------------------------------------------------------------------
+def test_metadata(server, mnist):
+    meta = server.get("/v2").json()
+    assert meta["name"] == "aidc" and "binary_tensor_data" in meta["extensions"] and meta["version"]
+    c = server.client()
+    assert c.get_server_metadata()["extensions"] == meta["extensions"]
+    expected = {"name": "mnist", "versions": ["1"], "platform": "pytorch_torchscript",
+                **mnist["signature"]}
+    assert c.get_model_metadata("mnist") == expected
+    assert c.get_model_metadata("mnist", "1") == expected
+    assert server.get("/v2/models/mnist/versions/1").json() == expected
+
+
+def test_unknown_model_or_version_is_404(server):
+    c = server.client()
+    for call in (lambda: c.get_model_metadata("other"),
+                 lambda: c.get_model_metadata("mnist", "2"),
+                 lambda: infer(c, images(1), name="other"),
+                 lambda: infer(c, images(1), model_version="7")):
+        with pytest.raises(InferenceServerException) as e:
+            call()
+        assert e.value.status() == "404"
+    r = server.post("/v2/models/other/infer", data=b"{}")
+    assert r.status_code == 404 and "unknown model 'other'" in r.json()["error"]
+    r = server.get("/v2/models/mnist/versions/2/ready")
+    assert r.status_code == 404 and "unknown version '2'" in r.json()["error"]
+    assert not c.is_model_ready("other")
+    assert server.get("/v3/nothing").status_code == 404
+    r = server.get("/v2/models/mnist/infer")
+    assert r.status_code == 405 and "use POST" in r.json()["error"]
+
+
+# -- inference ----------------------------------------------------------------------------
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_infer_matches_the_model(server, mnist, binary):
+    c = server.client()
+    for n in (1, 5):  # one image, and a batch of five rows in one request
+        x = images(n, seed=n)
+        y = infer(c, x, binary=binary)
+        assert y.shape == (n, 10) and y.dtype == np.float32
+        np.testing.assert_allclose(y, mnist["predict"](x), rtol=1e-5, atol=1e-5)
+
+
+def test_infer_default_outputs_and_request_id(server, mnist):
+    c = server.client()
+    x = images(3, seed=7)
+    inp = httpclient.InferInput("input", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    result = c.infer("mnist", [inp], request_id="req-42", model_version="1")  # all outputs, binary
+    response = result.get_response()
+    assert response["id"] == "req-42" and response["model_name"] == "mnist"
+    assert response["model_version"] == "1"
+    assert response["outputs"][0]["parameters"]["binary_data_size"] == 3 * 10 * 4
+    np.testing.assert_allclose(result.as_numpy("output"), mnist["predict"](x), rtol=1e-5, atol=1e-5)
+
+
+def test_plain_json_nested_data(server, mnist):
+    x = images(2, seed=3)
+    body = {"id": "n1", "inputs": [{"name": "input", "datatype": "FP32", "shape": [2, 1, 28, 28],
+                                    "data": x.tolist()}],  # nested lists
+            "outputs": [{"name": "output"}]}
+    r = server.post("/v2/models/mnist/versions/1/infer", json=body)
+    assert r.status_code == 200, r.text
+    assert r.headers["Content-Type"] == "application/json"
+    out = r.json()
+    assert out["id"] == "n1" and out["model_name"] == "mnist"
+    [o] = out["outputs"]
+    assert o["name"] == "output" and o["datatype"] == "FP32" and o["shape"] == [2, 10]
+    assert len(o["data"]) == 20  # flattened
+    np.testing.assert_allclose(np.array(o["data"], np.float32).reshape(2, 10),
+                               mnist["predict"](x), rtol=1e-5, atol=1e-5)
+    # flat data, binary output asked for by the request's parameter
+    body["inputs"][0]["data"] = x.ravel().tolist()
+    body.pop("outputs")
+    body["parameters"] = {"binary_data_output": True}
+    r = server.post("/v2/models/mnist/infer", json=body)
+    assert r.status_code == 200
+    n = int(r.headers["Inference-Header-Content-Length"])
+    header = json.loads(r.content[:n])
+    assert header["outputs"][0]["parameters"]["binary_data_size"] == 80
+    y = np.frombuffer(r.content[n:], np.float32).reshape(2, 10)
+    np.testing.assert_allclose(y, mnist["predict"](x), rtol=1e-5, atol=1e-5)
+
+
+def test_concurrent_requests_get_their_own_results_in_batches(server, mnist):
+    """32 clients at once (tritonclient's async_infer paces itself 10 ms apart, so threads
+    released together): each gets the answer to its own input, and the model ran batches."""
+    n = 32
+    clients = [server.client() for _ in range(n)]
+    before = histogram_counts(server.metrics(), "aidc_model_batch_requests")
+    for round_ in range(6):
+        xs = [images(1 + i % 3, seed=1000 * round_ + i) for i in range(n)]  # sizes 1-3 rows
+        barrier = threading.Barrier(n)
+        results: dict[int, object] = {}
+
+        def call(i: int) -> None:
+            inp = httpclient.InferInput("input", list(xs[i].shape), "FP32")
+            inp.set_data_from_numpy(xs[i])
+            out = [httpclient.InferRequestedOutput("output", binary_data=bool(i % 2))]
+            barrier.wait()
+            try:
+                results[i] = clients[i].infer("mnist", [inp], outputs=out).as_numpy("output")
+            except Exception as e:  # noqa: BLE001
+                results[i] = e
+
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        for i, x in enumerate(xs):
+            assert isinstance(results[i], np.ndarray), results[i]
+            assert results[i].shape == (x.shape[0], 10)
+            np.testing.assert_allclose(results[i], mnist["predict"](x), rtol=1e-4, atol=1e-5)
+        after = histogram_counts(server.metrics(), "aidc_model_batch_requests")
+        runs = after["+Inf"] - before.get("+Inf", 0)
+        if runs - (after["1.0"] - before.get("1.0", 0)) > 0:
+            break
+    assert runs - (after["1.0"] - before.get("1.0", 0)) > 0, "no model run had several requests"
+    rows = histogram_counts(server.metrics(), "aidc_model_batch_size")
+    assert rows["+Inf"] - rows["1.0"] > 0
+    stats = server.client().get_inference_statistics("mnist")["model_stats"][0]
+    assert any(b["batch_size"] > 1 for b in stats["batch_stats"])
+
+
+def test_threaded_clients_with_different_inputs(server, mnist):
+    """Many plain clients at once, JSON and binary mixed: nobody gets another's answer."""
+    errors = []
+
+    def worker(i: int) -> None:
+        try:
+            c = server.client()
+            for j in range(5):
+                x = images(1, seed=1000 * i + j)
+                y = infer(c, x, binary=bool((i + j) % 2))
+                np.testing.assert_allclose(y, mnist["predict"](x), rtol=1e-4, atol=1e-5)
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+
+
+# -- errors -------------------------------------------------------------------------------
+def _tc_error(server, inputs, outputs=None) -> InferenceServerException:
+    with pytest.raises(InferenceServerException) as e:
+        server.client().infer("mnist", inputs, outputs=outputs)
+    return e.value
+
+
+def test_wrong_tensors_are_400_with_the_signature(server, mnist):
+    x = images(1)
+    cases = []
+    wrong_shape = httpclient.InferInput("input", [1, 28, 28], "FP32")
+    wrong_shape.set_data_from_numpy(x.reshape(1, 28, 28))
+    cases.append(([wrong_shape], "has shape [1, 28, 28] but the model expects [-1, 1, 28, 28]"))
+    wrong_dtype = httpclient.InferInput("input", [1, 1, 28, 28], "FP64")
+    wrong_dtype.set_data_from_numpy(x.astype(np.float64))
+    cases.append(([wrong_dtype], "has datatype FP64 but the model expects FP32"))
+    wrong_name = httpclient.InferInput("image", [1, 1, 28, 28], "FP32")
+    wrong_name.set_data_from_numpy(x)
+    cases.append(([wrong_name], "unknown input 'image'; missing input 'input'"))
+    json_shape = httpclient.InferInput("input", [1, 784], "FP32")
+    json_shape.set_data_from_numpy(x.reshape(1, 784), binary_data=False)
+    cases.append(([json_shape], "has shape [1, 784]"))
+    for inputs, message in cases:
+        e = _tc_error(server, inputs)
+        assert e.status() == "400", e
+        assert message in e.message() and e.message().endswith(EXPECTED), e.message()
+    # missing input (none given), and a shape the data does not fill
+    r = server.post("/v2/models/mnist/infer", json={"inputs": []})
+    assert r.status_code == 400 and r.json()["error"] == f"missing input 'input'; {EXPECTED}"
+    r = server.post("/v2/models/mnist/infer", json={"inputs": [
+        {"name": "input", "datatype": "FP32", "shape": [1, 1, 28, 28], "data": [1.0, 2.0]}]})
+    assert r.status_code == 400 and "needs 784 values" in r.json()["error"]
+    assert r.json()["error"].endswith(EXPECTED)
+    r = server.post("/v2/models/mnist/infer", json={"inputs": [
+        {"name": "input", "datatype": "FP17", "shape": [1], "data": [1]}]})
+    assert r.status_code == 400 and "unknown datatype 'FP17'" in r.json()["error"]
+    out = httpclient.InferRequestedOutput("probabilities")
+    inp = httpclient.InferInput("input", [1, 1, 28, 28], "FP32")
+    inp.set_data_from_numpy(x)
+    e = _tc_error(server, [inp], [out])
+    assert e.status() == "400" and "unknown output 'probabilities'" in e.message()
+    # still serving, correctly
+    np.testing.assert_allclose(infer(server.client(), x), mnist["predict"](x), rtol=1e-5, atol=1e-5)
+
+
+def test_malformed_bodies_are_400(server, mnist):
+    r = server.post("/v2/models/mnist/infer", data=b"this is not json")
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]
+    r = server.post("/v2/models/mnist/infer", data=b"[1, 2]")
+    assert r.status_code == 400 and "JSON object" in r.json()["error"]
+    x = images(1)
+    raw = x.tobytes()
+
+    def binary(header: dict, payload: bytes, length: int | None = None) -> requests.Response:
+        h = json.dumps(header).encode()
+        return server.post("/v2/models/mnist/infer", data=h + payload, headers={
+            "Inference-Header-Content-Length": str(len(h) if length is None else length)})
+
+    tensor = {"name": "input", "datatype": "FP32", "shape": [1, 1, 28, 28],
+              "parameters": {"binary_data_size": len(raw)}}
+    assert binary({"inputs": [tensor]}, raw).status_code == 200
+    r = binary({"inputs": [tensor]}, raw[:-4])  # less data than binary_data_size
+    assert r.status_code == 400 and "binary_data_size 3136 is more than" in r.json()["error"]
+    r = binary({"inputs": [tensor]}, raw + b"1234")  # bytes nobody claims
+    assert r.status_code == 400 and "4 bytes of binary data" in r.json()["error"]
+    r = binary({"inputs": [dict(tensor, parameters={"binary_data_size": 8})]}, raw[:8])
+    assert r.status_code == 400 and "3136 bytes, but binary_data_size is 8" in r.json()["error"]
+    r = binary({"inputs": [tensor]}, raw, length=10 ** 9)
+    assert r.status_code == 400 and "Inference-Header-Content-Length" in r.json()["error"]
+    r = binary({"inputs": [tensor]}, raw, length=5)
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]
+    np.testing.assert_allclose(infer(server.client(), x), mnist["predict"](x), rtol=1e-5, atol=1e-5)
+
+
+def _peak_rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_large_body_is_413_without_reading_it(server, mnist):
+    peak = _peak_rss(server.proc.pid)
+    body = b"\0" * (50 * 1024 * 1024)
+    t0 = time.monotonic()
+    r = server.post("/v2/models/mnist/infer", data=body,
+                    headers={"Inference-Header-Content-Length": "100"})
+    assert r.status_code == 413
+    assert time.monotonic() - t0 < 5
+    assert "larger than the limit of 16777216 bytes" in r.json()["error"]
+    assert _peak_rss(server.proc.pid) - peak < 20 * 1024 * 1024  # never held in memory
+
+    def chunks():  # no Content-Length: refused as it passes the limit
+        for _ in range(30):
+            yield b"\0" * (1024 * 1024)
+
+    r = server.post("/v2/models/mnist/infer", data=chunks())
+    assert r.status_code == 413
+    x = images(2)
+    np.testing.assert_allclose(infer(server.client(), x), mnist["predict"](x), rtol=1e-5, atol=1e-5)
+    assert 'endpoint="infer",code="413"' in server.metrics()
+
+
+def test_gzip_request_body(server, mnist):
+    x = images(2, seed=5)
+    inp = httpclient.InferInput("input", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    for algorithm in ("gzip", "deflate"):
+        y = server.client().infer("mnist", [inp], request_compression_algorithm=algorithm)
+        np.testing.assert_allclose(y.as_numpy("output"), mnist["predict"](x), rtol=1e-5, atol=1e-5)
+
+
+# -- metrics ------------------------------------------------------------------------------
+def test_metrics_and_stats(server):
+    c = server.client()
+    infer(c, images(1))
+    with pytest.raises(InferenceServerException):
+        c.get_model_metadata("nope")
+    text = server.metrics()
+    labels = 'model="mnist",version="1"'
+    assert re.search(rf'^aidc_model_requests_total{{{labels},endpoint="infer",code="200"}} [1-9]',
+                     text, re.M)
+    assert re.search(rf'^aidc_model_requests_total{{{labels},endpoint="unknown",code="404"}} [1-9]',
+                     text, re.M)
+    assert re.search(rf'^aidc_model_request_errors_total{{{labels},endpoint="unknown"}} [1-9]',
+                     text, re.M)
+    for metric in ("aidc_model_request_duration_seconds", "aidc_model_batch_size",
+                   "aidc_model_queue_delay_seconds", "aidc_model_compute_seconds"):
+        assert f"# TYPE {metric} histogram" in text
+        assert re.search(rf'^{metric}_bucket{{{labels}.*le="\+Inf"}} [1-9]', text, re.M), metric
+        assert re.search(rf"^{metric}_count{{{labels}.*}} [1-9]", text, re.M), metric
+    assert f"aidc_model_ready{{{labels}}} 1" in text
+    stats = c.get_inference_statistics("mnist")
+    assert [m["name"] for m in server.get("/v2/models/stats").json()["model_stats"]] == ["mnist"]
+    [m] = stats["model_stats"]
+    assert m["name"] == "mnist" and m["version"] == "1"
+    assert m["inference_count"] >= 1 and m["execution_count"] >= 1 and m["last_inference"] > 0
+    inf = m["inference_stats"]
+    assert inf["success"]["count"] >= 1 and inf["success"]["ns"] > 0
+    assert inf["compute_infer"]["count"] >= 1 and inf["queue"]["count"] >= 1
+    assert m["batch_stats"] and m["batch_stats"][0]["batch_size"] >= 1
+    aidc = m["aidc"]
+    assert aidc["ready"] is True and aidc["batching"] is True
+    assert {"endpoint": "infer", "code": 200} in [
+        {k: r[k] for k in ("endpoint", "code")} for r in aidc["requests"]]
+    assert aidc["request_duration_seconds"]["infer"]["count"] >= 1
+    assert aidc["batch_size"]["count"] >= 1
+
+
+# -- shutdown -------------------------------------------------------------------------------
+def test_sigterm_finishes_requests_in_flight(start, tmp_path):
+    torch.manual_seed(0)
+    model = Slow().eval()
+    fmt, path, signature = _save(model, tmp_path / "slow", np.zeros((2, 256), np.float32))
+    s = start(fmt, path, signature, name="slow", extra=["--max-batch-size", "0"]).wait_ready()
+    xs = [np.random.default_rng(i).random((32, 256), dtype=np.float32) for i in range(4)]
+    with torch.inference_mode():
+        want = [model(torch.from_numpy(x)).numpy() for x in xs]
+    results: dict[int, object] = {}
+
+    def call(i: int) -> None:
+        try:
+            inp = httpclient.InferInput("input", [32, 256], "FP32")
+            inp.set_data_from_numpy(xs[i])
+            results[i] = s.client(network_timeout=60).infer("slow", [inp]).as_numpy("output")
+        except Exception as e:  # noqa: BLE001
+            results[i] = e
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # all four arrived (one runs, three wait)
+        m = re.search(r"^aidc_model_inflight_requests{[^}]*} (\d+)", s.metrics(), re.M)
+        if m and int(m.group(1)) >= 5:  # the four and this metrics request
+            break
+        time.sleep(0.01)
+    s.proc.send_signal(signal.SIGTERM)
+    for t in threads:
+        t.join(60)
+    assert s.proc.wait(60) == 0
+    for i in range(4):
+        assert isinstance(results[i], np.ndarray), results[i]
+        np.testing.assert_allclose(results[i], want[i], rtol=1e-4, atol=1e-5)
+    assert s.status("/v2/health/live") is None  # gone
+    out = s.output()
+    assert "finishing" in out and "stopped" in out and "Traceback" not in out
+
+
+def test_url_prefix(start, mnist):
+    s = start(mnist["format"], mnist["path"], mnist["signature"],
+              extra=["--prefix", "/services/models/mnist/"])
+    deadline = time.monotonic() + 120
+    while s.status("/services/models/mnist/v2/health/ready") != 200:
+        assert time.monotonic() < deadline and s.proc.poll() is None, s.output()
+        time.sleep(0.05)
+    assert s.status("/v2/health/ready") == 404
+    c = httpclient.InferenceServerClient(f"127.0.0.1:{s.port}/services/models/mnist")
+    assert c.is_model_ready("mnist")
+    x = images(2, seed=9)
+    np.testing.assert_allclose(infer(c, x), mnist["predict"](x), rtol=1e-5, atol=1e-5)
+
+
+# -- the batcher on its own -------------------------------------------------------------------
+async def test_batcher_groups_by_shape_and_isolates_failures():
+    from aidc.models.batching import Batcher
+
+    calls = []
+
+    def predict(inputs):
+        x = inputs["x"]
+        calls.append(x.shape)
+        if (x < 0).any():
+            raise ValueError("negative")
+        return {"y": x * 2}
+
+    b = Batcher(predict, max_batch_size=32)
+    small = [np.full((1, 3), i, np.float32) for i in range(5)]
+    other = [np.full((2, 4), i, np.float32) for i in range(2)]
+    big = np.ones((40, 3), np.float32)  # more than max_batch_size: alone
+    futures = [b.submit({"x": x}) for x in [*small, *other, big]]
+    results = [await f for f in futures]
+    assert calls == [(5, 3), (4, 4), (40, 3)]
+    for x, r in zip([*small, *other, big], results):
+        np.testing.assert_array_equal(r["y"], x * 2)
+    assert b.stats.execution_count == 3 and b.stats.inference_count == 5 + 4 + 40
+    assert b.stats.by_batch_size[5][0] == 1
+
+    calls.clear()  # one bad request in a batch: only it fails
+    futures = [b.submit({"x": np.full((1, 3), v, np.float32)}) for v in (1, -1, 2)]
+    outcomes = []
+    for f in futures:
+        try:
+            outcomes.append((await f)["y"][0, 0])
+        except ValueError:
+            outcomes.append("error")
+    assert outcomes == [2, "error", 4]
+    assert calls == [(3, 3), (1, 3), (1, 3), (1, 3)]
+    await b.drain()
+    b.close()
+
+
+async def test_batcher_without_batching_and_with_unbatchable_outputs():
+    from aidc.models.batching import Batcher
+
+    calls = []
+
+    def predict(inputs):
+        calls.append(inputs["x"].shape)
+        return {"y": inputs["x"].sum(keepdims=True).reshape(1)}  # no batch dimension
+
+    off = Batcher(predict, max_batch_size=1)
+    assert not off.enabled
+    await asyncio.gather(*[off.submit({"x": np.ones((1, 2))}) for _ in range(3)])
+    assert calls == [(1, 2)] * 3
+    calls.clear()
+    b = Batcher(predict, max_batch_size=8)
+    results = await asyncio.gather(*[b.submit({"x": np.full((1, 2), i)}) for i in range(3)])
+    assert [r["y"][0] for r in results] == [0, 2, 4]  # right answers, run one by one
+    assert calls == [(3, 2), (1, 2), (1, 2), (1, 2)] and not b.enabled
+    off.close()
+    b.close()
+
+
+# -- other formats ----------------------------------------------------------------------------
+def _onnx_model():
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((784, 10)).astype(np.float32) / 28
+    b = rng.standard_normal(10).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["pixels", "w"], ["h"]),
+         helper.make_node("Add", ["h", "b"], ["logits"])],
+        "mlp",
+        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["batch", 784])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model, lambda x: x @ w + b
+
+
+KERAS_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    import keras
+    from aidc.models import formats
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((28, 28, 1)),
+                              keras.layers.Conv2D(4, 3, activation="relu"),
+                              keras.layers.Flatten(), keras.layers.Dense(10)])
+    fmt, filename, signature = formats.save(model, sys.argv[1])
+    x = np.random.default_rng(2).random((3, 28, 28, 1), dtype=np.float32)
+    np.savez(sys.argv[1] + "/check.npz", x=x, y=model(x).numpy())
+    print(json.dumps({"format": fmt, "filename": filename, "signature": signature.to_dict()}))
+""")
+
+
+@pytest.mark.parametrize("kind", ["onnx", "keras"])
+def test_other_formats(start, tmp_path, kind):
+    if kind == "onnx":
+        model, reference = _onnx_model()
+        fmt, path, signature = _save(model, tmp_path / "onnx", None)
+        x = np.random.default_rng(3).random((3, 784), dtype=np.float32)
+        y = reference(x)
+    else:
+        out = subprocess.run([sys.executable, "-c", KERAS_SCRIPT, str(tmp_path / "keras")],
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+        info = json.loads(out.stdout.strip().splitlines()[-1])
+        fmt, signature = info["format"], info["signature"]
+        path = tmp_path / "keras" / info["filename"]
+        check = np.load(tmp_path / "keras" / "check.npz")
+        x, y = check["x"], check["y"]
+    assert fmt == kind
+    [in_spec], [out_spec] = signature["inputs"], signature["outputs"]
+    s = start(fmt, path, signature, name=kind).wait_ready(timeout=240)
+    c = s.client()
+    meta = c.get_model_metadata(kind)
+    assert meta["inputs"] == signature["inputs"] and meta["outputs"] == signature["outputs"]
+    for binary in (True, False):
+        inp = httpclient.InferInput(in_spec["name"], list(x.shape), "FP32")
+        inp.set_data_from_numpy(x, binary_data=binary)
+        result = c.infer(kind, [inp], outputs=[
+            httpclient.InferRequestedOutput(out_spec["name"], binary_data=binary)])
+        np.testing.assert_allclose(result.as_numpy(out_spec["name"]), y, rtol=1e-4, atol=1e-4)
+    inp = httpclient.InferInput(in_spec["name"], [1, 5], "FP32")
+    inp.set_data_from_numpy(np.zeros((1, 5), np.float32))
+    with pytest.raises(InferenceServerException) as e:
+        c.infer(kind, [inp])
+    assert e.value.status() == "400" and "expected inputs:" in e.value.message()
