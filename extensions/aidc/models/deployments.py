@@ -50,6 +50,7 @@ class Replica:
     ready: bool = False
     restarts: int = 0
     inflight: int = 0
+    failed_checks: int = 0
 
     @property
     def url(self) -> str:
@@ -99,6 +100,9 @@ class DeploymentRunner(LoggingConfigurable):
     ready_timeout = Float(300.0, help="Seconds a new version may take to load and warm up.").tag(config=True)
     health_interval = Float(1.0, help="Seconds between checks of every replica.").tag(config=True)
     drain_timeout = Float(30.0, help="Seconds a replaced version gets to finish its requests.").tag(config=True)
+    unavailable_wait = Float(
+        15.0, help="Seconds a request waits for a ready replica (while one restarts) before a 503.",
+    ).tag(config=True)
     threads_per_replica = Integer(0, help="Compute threads per replica (0: the machine's cores / replicas).").tag(config=True)
 
     def __init__(self, registry, **kwargs):
@@ -186,10 +190,16 @@ class DeploymentRunner(LoggingConfigurable):
                 continue
             try:
                 async with self.session.get(f"{replica.url}/v2/health/ready",
-                                            timeout=aiohttp.ClientTimeout(total=2)) as r:
+                                            timeout=aiohttp.ClientTimeout(total=5)) as r:
                     replica.ready = r.status == 200
-            except (aiohttp.ClientError, asyncio.TimeoutError):
-                replica.ready = False
+                    replica.failed_checks = 0
+            except aiohttp.ClientConnectionError:
+                replica.ready = False  # nothing listens: starting, or gone
+            except asyncio.TimeoutError:
+                # busy with requests: only three slow answers in a row take it out
+                replica.failed_checks += 1
+                if replica.failed_checks >= 3:
+                    replica.ready = False
 
     def _stop(self, served: ServedVersion) -> None:
         for replica in served.replicas:
@@ -286,10 +296,16 @@ class DeploymentRunner(LoggingConfigurable):
                 raise LookupError(f"version {version} of model {name!r} is not deployed")
         path = f"/v2/models/{name}/versions/{served.version}/infer"
         stats = self.stats.setdefault(name, {"requests": 0, "errors": 0, "by_version": {}})
-        for attempt in range(3):
+        deadline = time.monotonic() + self.unavailable_wait
+        attempt = 0
+        while attempt < 3:
             replica = served.pick()
-            if replica is None:
-                raise RuntimeError(f"model {name!r} version {served.version} has no ready replica yet")
+            if replica is None:  # every replica is restarting: hold the request a little
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"model {name!r} version {served.version} has no ready replica")
+                await asyncio.sleep(0.05)
+                continue
+            attempt += 1
             replica.inflight += 1
             t0 = time.perf_counter()
             try:

@@ -1,0 +1,230 @@
+"""Model registry and v2 serving end to end: real hub, models service, replica processes, tritonclient."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections import Counter
+
+import numpy as np
+import psutil
+import pytest
+import requests
+
+from aidc.client import Client
+
+torch = pytest.importorskip("torch")  # installed by `make test`; the import is only slow
+import tritonclient.http as httpclient  # noqa: E402
+
+from jobs_helpers import wait_service  # noqa: E402
+
+
+class CNN(torch.nn.Module):
+    def __init__(self, scale: float = 1.0):
+        super().__init__()
+        torch.manual_seed(0)
+        self.c1 = torch.nn.Conv2d(1, 32, 3)
+        self.c2 = torch.nn.Conv2d(32, 64, 3)
+        self.fc = torch.nn.Linear(64 * 5 * 5, 10)
+        self.scale = scale
+
+    def forward(self, x):
+        x = torch.max_pool2d(torch.relu(self.c1(x)), 2)
+        x = torch.max_pool2d(torch.relu(self.c2(x)), 2)
+        return self.fc(x.flatten(1)) * self.scale
+
+
+def models_api(platform, token, method, path, **kw):
+    kw.setdefault("timeout", 600)
+    return platform.api(token).request(method, f"{platform.url}/services/models/api{path}", **kw)
+
+
+@pytest.fixture(scope="module")
+def served(platform, scientist):
+    """mnist v1 (scale 1) and v2 (scale 2), v1 deployed."""
+    wait_service(platform, scientist.token)
+    client = Client(platform.url, scientist.token)
+    import aidc
+    x = np.random.default_rng(0).standard_normal((1, 1, 28, 28)).astype(np.float32)
+    v1 = aidc.models.register(CNN(1.0).eval(), name="mnist", example=x, metrics={"accuracy": 0.98},
+                              client=client)
+    v2 = aidc.models.register(CNN(2.0).eval(), name="mnist", example=x, client=client)
+    dep = aidc.models.deploy("mnist", version=v1.version, replicas=2, client=client)
+    assert dep["ready"], dep
+    return {"client": client, "v1": v1, "v2": v2}
+
+
+def triton(platform):
+    return httpclient.InferenceServerClient(url=f"127.0.0.1:{platform.port}/services/models")
+
+
+def auth(user):
+    return {"Authorization": f"token {user.token}"}
+
+
+def reference(scale: float, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return CNN(scale).eval()(torch.from_numpy(x)).numpy()
+
+
+def test_register_deploy_infer_torchscript_with_tritonclient(platform, scientist, served):
+    v1 = served["v1"]
+    assert v1.format == "torchscript" and v1.version == 1
+    assert v1.signature["inputs"][0]["shape"] == [-1, 1, 28, 28]
+    tc = triton(platform)
+    assert tc.is_server_live(headers=auth(scientist))
+    assert tc.is_model_ready("mnist", headers=auth(scientist))
+    meta = tc.get_model_metadata("mnist", headers=auth(scientist))
+    assert meta["inputs"][0]["datatype"] == "FP32"
+    x = np.random.default_rng(1).standard_normal((5, 1, 28, 28)).astype(np.float32)
+    for binary in (True, False):
+        inp = httpclient.InferInput(meta["inputs"][0]["name"], list(x.shape), "FP32")
+        inp.set_data_from_numpy(x, binary_data=binary)
+        out = httpclient.InferRequestedOutput(meta["outputs"][0]["name"], binary_data=binary)
+        result = tc.infer("mnist", [inp], outputs=[out], headers=auth(scientist))
+        got = result.as_numpy(meta["outputs"][0]["name"])
+        assert np.allclose(got, reference(1.0, x), atol=1e-4)
+    # the same through the Python client
+    import aidc
+    pred = aidc.models.predict("mnist", x[:2], client=served["client"])
+    assert np.allclose(pred, reference(1.0, x[:2]), atol=1e-4)
+
+
+def test_bad_requests_get_clear_4xx_and_serving_continues(platform, scientist, served):
+    base = f"{platform.url}/services/models/v2/models/mnist"
+    s = platform.api(scientist.token)
+    wrong = {"inputs": [{"name": served["v1"].signature["inputs"][0]["name"], "shape": [1, 3, 28, 28],
+                         "datatype": "FP32", "data": [0.0] * (3 * 28 * 28)}]}
+    r = s.post(f"{base}/infer", json=wrong, timeout=60)
+    assert r.status_code == 400 and "[-1,1,28,28]" in r.json()["error"].replace(" ", ""), r.text
+    r = s.post(f"{base}/infer", data=b"not json", timeout=60)
+    assert r.status_code == 400 and "error" in r.json()
+    r = s.post(f"{base}/infer", data=b"x" * (50 * 1024 * 1024), timeout=120)
+    assert r.status_code == 413
+    assert s.post(f"{platform.url}/services/models/v2/models/nope/infer", json=wrong, timeout=60).status_code == 404
+    assert s.get(f"{base}/versions/99", timeout=60).status_code == 404
+    x = np.zeros((1, 1, 28, 28), np.float32)
+    import aidc
+    assert aidc.models.predict("mnist", x, client=served["client"]).shape == (1, 10)
+
+
+def test_registry_isolation_and_owner_only_changes(platform, scientist, other_scientist, viewer, served):
+    r = models_api(platform, other_scientist.token, "GET", "/models/mnist")
+    assert r.status_code == 404
+    r = platform.api(other_scientist.token).post(
+        f"{platform.url}/services/models/v2/models/mnist/infer", json={"inputs": []}, timeout=60)
+    assert r.status_code == 404
+    r = requests.post(f"{platform.url}/services/models/v2/models/mnist/infer", json={"inputs": []}, timeout=60)
+    assert r.status_code in (401, 403)
+    r = models_api(platform, viewer.token, "GET", "/models")
+    assert r.status_code == 200 and r.json()["models"] == []
+    # a corrupt "ONNX" file is refused at register time, with a clear message
+    r = models_api(platform, scientist.token, "POST", "/models/broken/versions",
+                   data={"metadata": '{"format": "onnx", "filename": "model.onnx", "signature": '
+                                     '{"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}], '
+                                     '"outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 2]}]}}'},
+                   files={"artifact": ("model.onnx", b"this is not an onnx model")})
+    assert r.status_code == 400 and "onnx" in r.json()["message"].lower(), r.text
+    assert models_api(platform, scientist.token, "GET", "/models/broken").status_code == 404
+
+
+def _load(platform, user, stop: threading.Event, results: list, versions: Counter):
+    s = platform.api(user.token)
+    x = np.zeros((1, 1, 28, 28), np.float32)
+    body = {"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": x.ravel().tolist()}]}
+    while not stop.is_set():
+        try:
+            r = s.post(f"{platform.url}/services/models/v2/models/mnist/infer", json=body, timeout=60)
+            results.append(r.status_code)
+            versions[r.headers.get("X-Aidc-Model-Version")] += 1
+        except requests.RequestException as e:
+            results.append(str(e))
+
+
+def test_canary_split_and_rollback_under_load(platform, scientist, served):
+    import aidc
+    c = served["client"]
+    dep = aidc.models.deploy("mnist", version=1, replicas=1, canary={"version": 2, "weight": 0.3}, client=c)
+    assert dep["canary_version"] == 2
+    s = platform.api(scientist.token)
+    x = np.zeros((1, 1, 28, 28), np.float32)
+    body = {"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": x.ravel().tolist()}]}
+    seen = Counter()
+    for _ in range(1000):
+        r = s.post(f"{platform.url}/services/models/v2/models/mnist/infer", json=body, timeout=60)
+        assert r.status_code == 200
+        seen[r.headers["X-Aidc-Model-Version"]] += 1
+    assert abs(seen["2"] / 1000 - 0.3) <= 0.05, seen
+    # rollback (drops the canary) and a deploy of v2 and a rollback to v1, all under load
+    stop, results, versions = threading.Event(), [], Counter()
+    threads = [threading.Thread(target=_load, args=(platform, scientist, stop, results, versions)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        assert aidc.models.rollback("mnist", client=c)["canary_version"] is None
+        assert aidc.models.deploy("mnist", version=2, replicas=1, client=c)["version"] == 2
+        assert aidc.models.rollback("mnist", client=c)["version"] == 1
+        time.sleep(1)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    failed = [r for r in results if r != 200]
+    assert results and not failed, (len(results), failed[:5])
+    assert versions["2"] > 0 and versions["1"] > 0
+
+
+def test_replica_killed_under_load_is_restarted(platform, scientist, served):
+    import aidc
+    c = served["client"]
+    aidc.models.deploy("mnist", version=1, replicas=2, client=c)
+    stop, results, versions = threading.Event(), [], Counter()
+    threads = [threading.Thread(target=_load, args=(platform, scientist, stop, results, versions)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1)
+        status = models_api(platform, scientist.token, "GET", "/models/mnist/deployment").json()
+        pid = status["versions"][0]["replicas"][0]["pid"]
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            status = models_api(platform, scientist.token, "GET", "/models/mnist/deployment").json()
+            reps = status["versions"][0]["replicas"]
+            if reps[0]["restarts"] >= 1 and all(r["ready"] for r in reps):
+                break
+            time.sleep(0.5)
+        time.sleep(1)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert reps[0]["restarts"] >= 1 and reps[0]["pid"] != pid and all(r["ready"] for r in reps)
+    failed = [r for r in results if r != 200]
+    assert len(failed) <= 0.01 * len(results), (len(results), failed[:5])
+
+
+def test_models_service_restart_brings_deployments_back(platform, scientist, served):
+    for proc in psutil.process_iter(["cmdline", "environ"]):
+        cmd = proc.info["cmdline"] or []
+        if cmd[-2:] == ["-m", "aidc.models.service"] and "aidc.services.launch" not in cmd \
+                and (proc.info["environ"] or {}).get("AIDC_DATA_DIR") == str(platform.data_dir):
+            proc.kill()
+            break
+    else:
+        raise AssertionError("models service not found")
+    time.sleep(1)
+    tc = triton(platform)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            if tc.is_model_ready("mnist", headers=auth(scientist)):
+                break
+        except Exception:
+            pass
+        time.sleep(1)
+    import aidc
+    x = np.ones((1, 1, 28, 28), np.float32)
+    assert np.allclose(aidc.models.predict("mnist", x, client=served["client"]), reference(1.0, x), atol=1e-4)
