@@ -228,3 +228,53 @@ def test_models_service_restart_brings_deployments_back(platform, scientist, ser
     import aidc
     x = np.ones((1, 1, 28, 28), np.float32)
     assert np.allclose(aidc.models.predict("mnist", x, client=served["client"]), reference(1.0, x), atol=1e-4)
+
+
+def test_onnx_and_keras_register_deploy_infer_and_export(platform, scientist, served, tmp_path):
+    import aidc
+    c = served["client"]
+    x = np.random.default_rng(2).standard_normal((3, 1, 28, 28)).astype(np.float32)
+    onnx_path = tmp_path / "cnn.onnx"
+    torch.onnx.export(CNN(1.0).eval(), torch.from_numpy(x[:1]), str(onnx_path), input_names=["pixels"],
+                      output_names=["logits"], dynamic_axes={"pixels": {0: "batch"}, "logits": {0: "batch"}},
+                      dynamo=False)
+    v = aidc.models.register(onnx_path, name="cnn-onnx", client=c)
+    assert v.format == "onnx" and v.signature["inputs"][0]["name"] == "pixels"
+    aidc.models.deploy("cnn-onnx", client=c)
+    assert np.allclose(aidc.models.predict("cnn-onnx", x, client=c), reference(1.0, x), atol=1e-4)
+
+    import keras
+    inputs = keras.Input((4,), name="features")
+    model = keras.Model(inputs, keras.layers.Dense(2, name="scores")(inputs))
+    feats = np.random.default_rng(3).standard_normal((6, 4)).astype(np.float32)
+    v = aidc.models.register(model, name="tiny-keras", client=c)
+    assert v.format == "keras"
+    aidc.models.deploy("tiny-keras", client=c)
+    assert np.allclose(aidc.models.predict("tiny-keras", feats, client=c), model.predict(feats, verbose=0), atol=1e-5)
+
+    # a Triton/KServe model repository from the registry
+    env = {"AIDC_URL": platform.url, "AIDC_TOKEN": scientist.token}
+    r = platform.cli("models", "export", "cnn-onnx", "--version", "1", "--format", "triton",
+                     str(tmp_path / "repo"), env=env)
+    assert r.returncode == 0, r.stderr
+    config = (tmp_path / "repo" / "cnn-onnx" / "config.pbtxt").read_text()
+    assert 'platform: "onnxruntime_onnx"' in config and "pixels" in config
+    assert (tmp_path / "repo" / "cnn-onnx" / "1" / "model.onnx").exists()
+    shown = platform.cli("models", "show", "cnn-onnx", env=env)
+    assert "v1" in shown.stdout and "deployed: v1" in shown.stdout
+    for name in ("cnn-onnx", "tiny-keras"):
+        aidc.models.undeploy(name, client=c)
+
+
+def test_deployment_with_a_gpu_holds_it_in_the_ledger(platform, scientist, admin, served):
+    import aidc
+    c = served["client"]
+    aidc.models.deploy("mnist", version=1, replicas=1, gpus=1, client=c)
+    holders = {u["holder"] for u in platform.resources(admin.token)["units"] if u["holder"]}
+    assert "deployment:mnist" in holders
+    aidc.models.deploy("mnist", version=1, replicas=1, gpus=0, client=c)
+    holders = {u["holder"] for u in platform.resources(admin.token)["units"] if u["holder"]}
+    assert "deployment:mnist" not in holders
+    aidc.models.undeploy("mnist", client=c)
+    r = models_api(platform, scientist.token, "GET", "/models/mnist/deployment")
+    assert r.status_code == 404

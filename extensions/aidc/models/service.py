@@ -93,7 +93,8 @@ class ModelsHandler(ServiceHandler):
 
 
 def version_view(v: dict) -> dict:
-    return {"name": v["name"], "version": v["version"], "format": v["format"], "signature": v["signature"],
+    return {"name": v["name"], "version": v["version"], "format": v["format"], "filename": v["filename"],
+            "signature": v["signature"],
             "metrics": v["metrics"], "tags": v["tags"], "lineage": v["lineage"], "size": v["size"],
             "created_by": v["created_by"], "created": iso(v["created"])}
 
