@@ -90,6 +90,8 @@ class JobManager(LoggingConfigurable):
         self._changed: dict[str, asyncio.Event] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
+        #: called once when a job or schedule arrives before the cluster was started
+        self.on_first_job = None
 
     # -- lifecycle ------------------------------------------------------------------
     async def start(self, client) -> None:
@@ -174,8 +176,14 @@ class JobManager(LoggingConfigurable):
             output_url=self.artifacts.job_url(job_id, "output.ipynb"),
             group_id=group_id, schedule_id=schedule_id, cells=len(nb.cells), **spec)
         self.log.info("aidc jobs: %s submitted %s (%s)", owner, job_id, spec["path"])
+        self._first_job()
         self.wake()
         return job
+
+    def _first_job(self) -> None:
+        if self.on_first_job is not None:
+            start, self.on_first_job = self.on_first_job, None
+            start()
 
     def _check_gpus_possible(self, owner: str, gpus: int) -> None:
         if not gpus:
@@ -254,6 +262,7 @@ class JobManager(LoggingConfigurable):
         job_body = {k: v for k, v in body.items() if k not in ("cron", "timezone")}
         self.prepare(owner, job_body)  # the notebook and parameters are valid now
         next_run = next_cron(cron, tz, dt.datetime.now(dt.UTC))
+        self._first_job()
         return self.store.insert_schedule(owner=owner, groups=sorted(groups or []), spec=job_body,
                                           cron=cron, timezone=tz, paused=False, next_run=next_run)
 

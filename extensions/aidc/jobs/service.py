@@ -31,7 +31,7 @@ from ..services.base import ServiceHandler, authenticated, run_service
 from . import notebooks, parameters
 from .artifacts import ArtifactStore
 from .manager import JobManager
-from .store import FINAL, JobStore, iso
+from .store import FINAL, QUEUED, RUNNING, JobStore, iso
 
 OPENAPI = Path(__file__).with_name("openapi.yaml")
 MAX_BODY = 1024 * 1024
@@ -371,8 +371,22 @@ def main() -> None:
                 delay = min(delay * 2, 30)
         await manager.start(client)
 
+    def start_cluster() -> None:
+        if not connecting:
+            connecting.append(asyncio.ensure_future(connect()))
+
     async def on_start():
-        connecting.append(asyncio.ensure_future(connect()))
+        # an idle platform runs no Dask: the cluster starts with the first job (or at
+        # once when jobs or schedules are waiting from before)
+        waiting = store.find_jobs(status=[QUEUED, RUNNING], limit=1) or store.find_schedules()
+        try:
+            embedded = cluster.kind == "local"
+        except Exception:  # a config error: connect() reports it (and keeps retrying)
+            embedded = False
+        if waiting or not embedded:
+            start_cluster()
+        else:
+            manager.on_first_job = start_cluster
 
     async def on_stop():
         for task in connecting:
