@@ -200,10 +200,17 @@ def test_a_missing_working_directory_is_a_usage_error(launcher, tmp_path):
 @pytest.fixture(scope="module")
 def accounts():
     """Two Unix accounts: the job's owner and another user (with a private home)."""
+    from aidc.hub import system_users
+    from aidc.platform import runtime_paths
+
     names = [f"aidc-kt-{secrets.token_hex(3)}" for _ in range(2)]
+    # like the platform's own accounts: in aidc-users, which may traverse to the
+    # environment even when the checkout sits in a closed folder (as in CI's clone)
+    system_users.ensure_group()
+    system_users.grant_runtime_access(runtime_paths())
     for name in names:
-        subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", "--groups", "users",
-                        name], check=True)
+        subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", "--groups",
+                        f"users,{system_users.USERS_GROUP}", name], check=True)
     try:
         for name in names:
             os.chmod(pwd.getpwnam(name).pw_dir, 0o700)
@@ -232,7 +239,7 @@ def test_runs_as_the_owner(launcher, accounts):
                    "home": os.environ["HOME"],
                    "expanded": os.path.expanduser("~"), "other": other}}
     """))
-    assert len(owner.groups) == 2  # its own group and "users"
+    assert len(owner.groups) == 3  # its own group, "users" and "aidc-users"
     assert result == {"uid": owner.uid, "euid": owner.uid, "gid": owner.gid, "egid": owner.gid,
                       "groups": sorted(owner.groups), "home": owner.home, "expanded": owner.home,
                       "other": "PermissionError"}
