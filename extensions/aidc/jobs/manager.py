@@ -30,13 +30,14 @@ import nbformat
 from traitlets import Bool, Float, Integer, Unicode
 from traitlets.config import LoggingConfigurable
 
+from ..db import iso, utcnow
 from ..errors import ConflictError, UsageError
 from ..gpu.inventory import WHOLE
 from ..gpu.ledger import GRANTED, GPULedger, QuotaExceededError
 from . import notebooks, parameters
 from .artifacts import ArtifactStore
 from .execute import TOPIC, run_job, stop_job
-from .store import CANCELLED, COMPLETED, FAILED, FINAL, QUEUED, RUNNING, JobStore, iso, utcnow
+from .store import CANCELLED, COMPLETED, FAILED, FINAL, QUEUED, RUNNING, JobStore
 
 MAX_SWEEP_RUNS = 256
 

@@ -22,6 +22,7 @@ from tornado import web
 from tornado.iostream import StreamClosedError
 from traitlets.config import Application, PyFileConfigLoader
 
+from ..db import iso
 from ..errors import NotFoundError, PermissionDeniedError, UsageError
 from ..gpu.ledger import GPULedger
 from ..gpu.platform import open_ledger
@@ -31,7 +32,7 @@ from ..services.base import ServiceHandler, authenticated, run_service
 from . import notebooks, parameters
 from .artifacts import ArtifactStore
 from .manager import JobManager
-from .store import FINAL, QUEUED, RUNNING, JobStore, iso
+from .store import FINAL, QUEUED, RUNNING, JobStore
 
 OPENAPI = Path(__file__).with_name("openapi.yaml")
 MAX_BODY = 1024 * 1024

@@ -9,8 +9,6 @@ report through Dask and the service records, so one process owns every state cha
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 import os
 import uuid
 from collections.abc import Iterable
@@ -21,6 +19,7 @@ import sqlalchemy as sa
 from traitlets import Integer, Unicode, default
 from traitlets.config import LoggingConfigurable
 
+from ..db import make_engine, upgrade, utcnow
 from ..errors import NotFoundError
 
 QUEUED, RUNNING, COMPLETED, FAILED, CANCELLED = "queued", "running", "completed", "failed", "cancelled"
@@ -103,14 +102,6 @@ schedules = sa.Table(
 )
 
 
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
-
-
-def iso(value: dt.datetime | None) -> str | None:
-    return value.replace(tzinfo=dt.UTC).isoformat().replace("+00:00", "Z") if value else None
-
-
 def new_id(prefix: str) -> str:
     return f"{prefix}{uuid.uuid4().hex[:12]}"
 
@@ -143,8 +134,8 @@ class JobStore(LoggingConfigurable):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.engine = _make_engine(self.db_url)
-        upgrade(self.engine)
+        self.engine = make_engine(self.db_url)
+        upgrade(self.engine, Path(__file__).with_name("migrations"))
         self._log_bytes: dict[str, int] = {}
 
     # -- jobs -----------------------------------------------------------------------
@@ -317,37 +308,3 @@ class JobStore(LoggingConfigurable):
     def delete_schedule(self, schedule_id: str) -> None:
         with self.engine.begin() as c:
             c.execute(schedules.delete().where(schedules.c.id == schedule_id))
-
-
-def _make_engine(url: str) -> sa.Engine:
-    if url.startswith("sqlite"):
-        engine = sa.create_engine(url, connect_args={"timeout": 30}, json_serializer=_dumps)
-
-        @sa.event.listens_for(engine, "connect")
-        def _pragmas(dbapi_conn, _record):
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")
-            cur.close()
-
-        path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        return engine
-    return sa.create_engine(url, json_serializer=_dumps, pool_pre_ping=True)
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, default=str)
-
-
-def upgrade(engine: sa.Engine) -> None:
-    """Bring the schema to the newest migration (alembic, version table of its own)."""
-    from alembic import command
-    from alembic.config import Config
-
-    cfg = Config()
-    cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
-    with engine.begin() as connection:
-        cfg.attributes["connection"] = connection
-        command.upgrade(cfg, "head")

@@ -14,7 +14,6 @@ register new versions, move aliases and deploy.
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ import sqlalchemy as sa
 from traitlets import Unicode, default
 from traitlets.config import LoggingConfigurable
 
+from ..db import make_engine, upgrade, utcnow
 from ..errors import ConflictError, NotFoundError, UsageError
 
 metadata = sa.MetaData()
@@ -82,14 +82,6 @@ ALIAS = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 VISIBILITIES = ("private", "group", "public")
 
 
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
-
-
-def iso(value: dt.datetime | None) -> str | None:
-    return value.replace(tzinfo=dt.UTC).isoformat().replace("+00:00", "Z") if value else None
-
-
 def check_name(name: Any) -> str:
     if not isinstance(name, str) or not NAME.match(name):
         raise UsageError(f"invalid model name {name!r}: use 1-128 lowercase letters, digits, '-', '_' "
@@ -126,9 +118,8 @@ class ModelRegistry(LoggingConfigurable):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        from ..jobs.store import _make_engine
-        self.engine = _make_engine(self.db_url)
-        upgrade(self.engine)
+        self.engine = make_engine(self.db_url)
+        upgrade(self.engine, Path(__file__).with_name("migrations"))
 
     # -- models and versions ----------------------------------------------------------
     def model(self, name: str) -> dict:
@@ -239,14 +230,3 @@ class ModelRegistry(LoggingConfigurable):
         with self.engine.begin() as c:
             if not c.execute(deployments.delete().where(deployments.c.name == name)).rowcount:
                 raise ConflictError(f"model {name!r} is not deployed")
-
-
-def upgrade(engine: sa.Engine) -> None:
-    from alembic import command
-    from alembic.config import Config
-
-    cfg = Config()
-    cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
-    with engine.begin() as connection:
-        cfg.attributes["connection"] = connection
-        command.upgrade(cfg, "head")

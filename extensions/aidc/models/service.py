@@ -26,6 +26,7 @@ from pathlib import Path
 
 from tornado import web
 
+from ..db import iso
 from ..errors import ConflictError, NotFoundError, PermissionDeniedError, UsageError
 from ..gpu.ledger import GRANTED, GPULedger
 from ..gpu.platform import open_ledger
@@ -35,7 +36,7 @@ from ..jobs.service import JobsApp
 from ..services.base import ServiceHandler, authenticated, run_service
 from . import registry as reg
 from .deployments import DeploymentRunner
-from .registry import ModelRegistry, iso
+from .registry import ModelRegistry
 
 MAX_INFER_BODY = 16 * 1024 * 1024
 FORMATS = ("torchscript", "keras", "onnx")

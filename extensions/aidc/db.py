@@ -1,0 +1,76 @@
+"""Databases of the platform services: one engine recipe, one migration runner, one time format.
+
+The jobs store and the model registry keep their tables in SQLAlchemy Core, SQLite by
+default (WAL, so readers never wait for a writer) and any SQLAlchemy URL otherwise, each
+with its alembic migrations and a version table of its own, so several of them can share
+one database. The GPU ledger has its own engine (see :func:`aidc.gpu.ledger.make_engine`:
+it also moves WAL checkpoints out of its decisions).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+
+def make_engine(url: str) -> sa.Engine:
+    """An engine for ``url``; on SQLite: WAL, a 30 s busy wait, the folder created."""
+    if not url.startswith("sqlite"):
+        return sa.create_engine(url, json_serializer=_dumps, pool_pre_ping=True)
+    engine = sa.create_engine(url, connect_args={"timeout": 30}, json_serializer=_dumps)
+
+    @sa.event.listens_for(engine, "connect")
+    def _pragmas(dbapi_conn, _record):
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
+
+    path = url.split("///", 1)[-1]
+    if path and path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return engine
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, default=str)
+
+
+def upgrade(engine: sa.Engine, migrations: Path) -> None:
+    """Bring the tables of the alembic folder ``migrations`` to its newest revision."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrations))
+    with engine.begin() as connection:
+        cfg.attributes["connection"] = connection
+        command.upgrade(cfg, "head")
+
+
+def run_migrations(metadata: sa.MetaData, version_table: str) -> None:
+    """The body of a migrations folder's ``env.py`` (called by alembic inside :func:`upgrade`)."""
+    from alembic import context
+
+    context.configure(
+        connection=context.config.attributes["connection"],
+        target_metadata=metadata,
+        version_table=version_table,
+        render_as_batch=True,  # SQLite alters tables by copying them
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def utcnow() -> dt.datetime:
+    """Now, as the naive UTC time the tables store."""
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+def iso(value: dt.datetime | None) -> str | None:
+    """A stored time as ISO 8601 UTC (``...Z``) for the APIs."""
+    return value.replace(tzinfo=dt.UTC).isoformat().replace("+00:00", "Z") if value else None
