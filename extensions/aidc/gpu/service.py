@@ -31,10 +31,6 @@ def ledger():
 
 
 class ResourcesHandler(ServiceHandler):
-    @property
-    def is_admin(self) -> bool:
-        return roles.role_of(self.current_user.get("groups") or [], self.current_user.get("admin", False)) == roles.ADMIN
-
     def visible(self, owner: str) -> bool:
         return self.is_admin or owner == self.user_name
 

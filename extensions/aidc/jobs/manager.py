@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import itertools
-import json
 import os
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -34,6 +33,7 @@ from ..db import iso, utcnow
 from ..errors import ConflictError, UsageError
 from ..gpu.inventory import WHOLE
 from ..gpu.ledger import GRANTED, GPULedger, QuotaExceededError
+from ..services.fields import integer, seconds
 from . import notebooks, parameters
 from .artifacts import ArtifactStore
 from .execute import TOPIC, run_job, stop_job
@@ -148,16 +148,16 @@ class JobManager(LoggingConfigurable):
         path = body.get("path")
         _, nb = notebooks.read(who, path)
         params = parameters.validate(nb, body.get("parameters") or {}, path)
-        gpus = _int(body.get("gpus", 0), "gpus", minimum=0)
+        gpus = integer(body.get("gpus", 0), "gpus", minimum=0)
         self._check_gpus_possible(owner, gpus)
         spec = {
             "path": path,
             "parameters": params,
             "gpus": gpus,
-            "timeout": _seconds(body.get("timeout"), "timeout"),
-            "cell_timeout": _seconds(body.get("cell_timeout"), "cell_timeout"),
-            "priority": _int(body.get("priority", 0), "priority", minimum=-1000, maximum=1000),
-            "retries": _int(body.get("retries", self.default_retries), "retries", minimum=0,
+            "timeout": seconds(body.get("timeout"), "timeout"),
+            "cell_timeout": seconds(body.get("cell_timeout"), "cell_timeout"),
+            "priority": integer(body.get("priority", 0), "priority", minimum=-1000, maximum=1000),
+            "retries": integer(body.get("retries", self.default_retries), "retries", minimum=0,
                             maximum=self.max_retries),
         }
         return spec, nb, who
@@ -522,23 +522,3 @@ def next_cron(cron: Any, timezone: str, after: dt.datetime) -> dt.datetime:
     except (CroniterBadCronError, ValueError, KeyError) as e:
         raise UsageError(f"invalid cron expression {cron!r}: {e}") from None
     return it.get_next(dt.datetime).astimezone(dt.UTC).replace(tzinfo=None)
-
-
-def _int(value: Any, name: str, minimum: int | None = None, maximum: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise UsageError(f"{name} must be an integer, not {json.dumps(value)}")
-    if minimum is not None and value < minimum:
-        raise UsageError(f"{name} must be at least {minimum}, not {value}")
-    if maximum is not None and value > maximum:
-        raise UsageError(f"{name} must be at most {maximum}, not {value}")
-    return value
-
-
-def _seconds(value: Any, name: str) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise UsageError(f"{name} must be a number of seconds, not {json.dumps(value)}")
-    if value <= 0:
-        raise UsageError(f"{name} must be a positive number of seconds, not {value}")
-    return float(value)

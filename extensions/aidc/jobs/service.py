@@ -18,9 +18,7 @@ import json
 import os
 from pathlib import Path
 
-from tornado import web
 from tornado.iostream import StreamClosedError
-from traitlets.config import Application, PyFileConfigLoader
 
 from ..db import iso
 from ..errors import NotFoundError, PermissionDeniedError, UsageError
@@ -28,7 +26,7 @@ from ..gpu.ledger import GPULedger
 from ..gpu.platform import open_ledger
 from ..hub import roles
 from ..hub.services import ManagedService, python_command
-from ..services.base import ServiceHandler, authenticated, run_service
+from ..services.base import ServiceApp, ServiceHandler, authenticated, run_service
 from . import notebooks, parameters
 from .artifacts import ArtifactStore
 from .manager import JobManager
@@ -47,23 +45,7 @@ class JobsHandler(ServiceHandler):
     def store(self) -> JobStore:
         return self.manager.store
 
-    def prepare(self):
-        length = int(self.request.headers.get("Content-Length") or 0)
-        if length > MAX_BODY or len(self.request.body or b"") > MAX_BODY:
-            raise web.HTTPError(413, f"request body too large: at most {MAX_BODY // 1024} KiB")
-
-    @property
-    def role(self) -> str | None:
-        user = self.current_user
-        return roles.role_of(user.get("groups") or [], user.get("admin", False))
-
-    @property
-    def is_admin(self) -> bool:
-        return self.role == roles.ADMIN
-
-    @property
-    def groups(self) -> list[str]:
-        return list(self.current_user.get("groups") or [])
+    max_body_bytes = MAX_BODY
 
     def require_scientist(self) -> None:
         if self.role not in (roles.ADMIN, roles.SCIENTIST):
@@ -318,8 +300,8 @@ ROUTES = [
 ]
 
 
-class JobsApp(Application):
-    """Loads the platform's drop-in config (``<data-dir>/config.d/*.py``) for the jobs classes."""
+class JobsApp(ServiceApp):
+    """The jobs service's configuration (its classes' settings from the drop-ins)."""
 
     name = "aidc-jobs"
 
@@ -327,14 +309,6 @@ class JobsApp(Application):
     def classes(self):
         from .cluster import JobCluster
         return [JobManager, JobStore, ArtifactStore, JobCluster, GPULedger]
-
-    def load_drop_ins(self, data_dir: str) -> None:
-        for path in sorted(Path(data_dir, "config.d").glob("*.py")):
-            try:
-                loader = PyFileConfigLoader(path.name, path=str(path.parent), log=self.log)
-                self.update_config(loader.load_config())
-            except Exception as e:  # a hub-only drop-in must not stop the jobs service
-                self.log.warning("aidc jobs: skipped config %s: %s", path, e)
 
 
 def main() -> None:

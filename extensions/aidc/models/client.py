@@ -6,16 +6,15 @@ server nothing needs configuring; elsewhere ``AIDC_URL`` and ``AIDC_TOKEN``.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any
 
 from ..client import Client
 from ..errors import UsageError
+from .archive import unzip_to, zip_folder
 
 API = "services/models/api"
 V2 = "services/models/v2"
@@ -61,12 +60,7 @@ def register(model: Any, name: str, signature: dict | None = None, metrics: dict
         artifact = Path(tmp) / filename
         archive = None
         if artifact.is_dir():
-            buf = io.BytesIO()
-            with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-                for f in sorted(artifact.rglob("*")):
-                    if f.is_file():
-                        z.write(f, f.relative_to(artifact))
-            payload, archive = buf.getvalue(), "zip"
+            payload, archive = zip_folder(artifact), "zip"
         else:
             payload = artifact.read_bytes()
     lineage = {}
@@ -92,8 +86,7 @@ def download(name: str, version: int | str, directory: Path, client: Client | No
     r = c.request("GET", f"{API}/models/{name}/versions/{info['version']}/artifact", timeout=600)
     target = Path(directory) / info["filename"]
     if r.headers.get("Content-Type", "").startswith("application/zip"):
-        with zipfile.ZipFile(io.BytesIO(r.content)) as z:
-            z.extractall(target)
+        unzip_to(r.content, target)
     else:
         target.write_bytes(r.content)
     return target

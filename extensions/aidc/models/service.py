@@ -15,13 +15,11 @@ only its owner and admins add versions, move aliases and deploy.
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import os
 import shutil
 import sys
 import tempfile
-import zipfile
 from pathlib import Path
 
 from tornado import web
@@ -32,14 +30,15 @@ from ..gpu.ledger import GRANTED, GPULedger
 from ..gpu.platform import open_ledger
 from ..hub import roles
 from ..hub.services import ManagedService, python_command
-from ..jobs.service import JobsApp
-from ..services.base import ServiceHandler, authenticated, run_service
+from ..services.fields import integer
+from ..services.base import ServiceApp, ServiceHandler, authenticated, run_service
 from . import registry as reg
+from .archive import unzip_to, zip_folder
 from .deployments import DeploymentRunner
+from .formats import FORMATS
 from .registry import ModelRegistry
 
 MAX_INFER_BODY = 16 * 1024 * 1024
-FORMATS = ("torchscript", "keras", "onnx")
 
 
 class ModelsHandler(ServiceHandler):
@@ -51,18 +50,13 @@ class ModelsHandler(ServiceHandler):
     def runner(self) -> DeploymentRunner:
         return self.settings["runner"]
 
-    @property
-    def is_admin(self) -> bool:
-        u = self.current_user
-        return roles.role_of(u.get("groups") or [], u.get("admin", False)) == roles.ADMIN
-
     def can_see(self, model: dict) -> bool:
         if self.is_admin or model["owner"] == self.user_name:
             return True
         if model["visibility"] == "public":
             return True
         return model["visibility"] == "group" and bool(
-            set(model["groups"]) - set(roles.ROLE_NAMES) & set(self.current_user.get("groups") or []))
+            set(model["groups"]) - set(roles.ROLE_NAMES) & set(self.groups))
 
     def visible_model(self, name: str) -> dict:
         model = self.registry.model(name)
@@ -77,8 +71,7 @@ class ModelsHandler(ServiceHandler):
         return model
 
     def require_scientist(self) -> None:
-        u = self.current_user
-        if roles.role_of(u.get("groups") or [], u.get("admin", False)) not in (roles.ADMIN, roles.SCIENTIST):
+        if self.role not in (roles.ADMIN, roles.SCIENTIST):
             raise PermissionDeniedError("registering and deploying models needs the scientist role")
 
     def model_view(self, model: dict) -> dict:
@@ -166,19 +159,12 @@ class VersionsHandler(ModelsHandler):
         try:
             target = version_dir / filename
             if meta.get("archive") == "zip":  # a SavedModel folder travels as a zip
-                try:
-                    with zipfile.ZipFile(io.BytesIO(upload["body"])) as z:
-                        for member in z.namelist():
-                            if member.startswith("/") or ".." in Path(member).parts:
-                                raise UsageError("the zip holds a path outside its folder")
-                        z.extractall(target)
-                except zipfile.BadZipFile:
-                    raise UsageError("the artifact is not a valid zip archive") from None
+                unzip_to(upload["body"], target)
             else:
                 target.write_bytes(upload["body"])
             await self.check_loads(fmt, target, filename)
             record = self.registry.add_version(
-                name, self.user_name, self.current_user.get("groups") or [],
+                name, self.user_name, self.groups,
                 format=fmt, filename=filename, artifact_url="pending", signature=signature.to_dict(),
                 metrics=meta.get("metrics") or {}, tags=meta.get("tags") or {},
                 lineage=meta.get("lineage") or {}, size=len(upload["body"]),
@@ -225,13 +211,8 @@ class ArtifactHandler(ModelsHandler):
         from .artifacts_local import local_copy
         path = local_copy(v["artifact_url"], v["filename"])
         if path.is_dir():
-            buf = io.BytesIO()
-            with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-                for f in sorted(path.rglob("*")):
-                    if f.is_file():
-                        z.write(f, f.relative_to(path))
             self.set_header("Content-Type", "application/zip")
-            self.finish(buf.getvalue())
+            self.finish(zip_folder(path))
             return
         self.set_header("Content-Type", "application/octet-stream")
         self.set_header("Content-Disposition", f'attachment; filename="{v["filename"]}"')
@@ -279,10 +260,10 @@ class DeploymentResource(ModelsHandler):
         dep = {
             "name": name, "version": number, "canary_version": canary_version,
             "canary_weight": float(canary_weight),
-            "replicas": _int(body.get("replicas", old["replicas"] if old else 1), "replicas", 1, 16),
-            "gpus": _int(body.get("gpus", old["gpus"] if old else 0), "gpus", 0, 8),
-            "max_batch_size": _int(body.get("max_batch_size", old["max_batch_size"] if old else 32),
-                                   "max_batch_size", 0, 1024),
+            "replicas": integer(body.get("replicas", old["replicas"] if old else 1), "replicas", 1, 16),
+            "gpus": integer(body.get("gpus", old["gpus"] if old else 0), "gpus", 0, 8),
+            "max_batch_size": integer(body.get("max_batch_size", old["max_batch_size"] if old else 32),
+                                      "max_batch_size", 0, 1024),
             "max_queue_delay_ms": float(body.get("max_queue_delay_ms", old["max_queue_delay_ms"] if old else 2.0)),
         }
         self.hold_gpus(name, model["owner"], dep["gpus"])
@@ -301,7 +282,7 @@ class DeploymentResource(ModelsHandler):
         ledger.release(holder)
         if not gpus:
             return
-        claim = ledger.request(holder, owner, gpus, groups=self.current_user.get("groups") or [])
+        claim = ledger.request(holder, owner, gpus, groups=self.groups)
         if claim.state != GRANTED:
             ledger.release(holder)
             raise ConflictError(f"no {gpus} GPU(s) free for this deployment now; try again later "
@@ -371,11 +352,7 @@ class V2Server(V2Handler):
 class V2Model(V2Handler):
     """Model metadata, readiness and inference for ``/v2/models/{name}[/versions/{v}][/ready|/infer]``."""
 
-    def prepare(self):
-        length = int(self.request.headers.get("Content-Length") or 0)
-        if length > MAX_INFER_BODY:
-            raise web.HTTPError(413, f"request body too large ({length} bytes); at most "
-                                     f"{MAX_INFER_BODY // 2**20} MiB per request")
+    max_body_bytes = MAX_INFER_BODY
 
     @authenticated
     async def get(self, name, version, what):
@@ -414,12 +391,6 @@ class V2Model(V2Handler):
         self.finish(data)
 
 
-def _int(value, name: str, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise UsageError(f"{name} must be an integer from {low} to {high}, not {json.dumps(value)}")
-    return value
-
-
 ROUTES = [
     (r"/api/models", ModelsCollection),
     (r"/api/models/([^/]+)", ModelResource),
@@ -435,7 +406,9 @@ ROUTES = [
 ]
 
 
-class ModelsApp(JobsApp):
+class ModelsApp(ServiceApp):
+    """The models service's configuration (its classes' settings from the drop-ins)."""
+
     name = "aidc-models"
 
     @property

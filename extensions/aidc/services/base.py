@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import signal
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -31,7 +32,9 @@ from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler, HubOAuth
 from jupyterhub.utils import url_path_join
 from tornado import web
 from tornado.log import app_log
+from traitlets.config import Application, PyFileConfigLoader
 
+from ..hub import roles
 from ..errors import (
     AidcError,
     AuthenticationError,
@@ -55,6 +58,32 @@ authenticated = web.authenticated
 
 class ServiceHandler(HubOAuthenticated, web.RequestHandler):
     """Base handler: hub-authenticated, JSON in and out, user-safe errors."""
+
+    #: a request body larger than this is refused with 413 before any handler runs
+    max_body_bytes: int | None = None
+
+    def prepare(self):
+        limit = self.max_body_bytes
+        if limit is not None:
+            length = int(self.request.headers.get("Content-Length") or 0)
+            if length > limit or len(self.request.body or b"") > limit:
+                size = f"{limit // 2**20} MiB" if limit >= 2**20 else f"{limit // 1024} KiB"
+                raise web.HTTPError(413, f"request body too large: at most {size}")
+        return super().prepare()
+
+    @property
+    def role(self) -> str | None:
+        """The caller's aidc role (admin, scientist, viewer), from their hub groups."""
+        user = self.current_user
+        return roles.role_of(user.get("groups") or [], user.get("admin", False))
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == roles.ADMIN
+
+    @property
+    def groups(self) -> list[str]:
+        return list(self.current_user.get("groups") or [])
 
     def get_current_user(self):
         user = super().get_current_user()
@@ -140,6 +169,23 @@ def make_app(routes: list[tuple], **settings) -> web.Application:
     return web.Application(
         handlers, hub_auth=hub_auth, cookie_secret=os.urandom(32), **settings
     )
+
+
+class ServiceApp(Application):
+    """A service's traitlets configuration: the platform's drop-ins, ``<data-dir>/config.d/*.py``.
+
+    The same files configure the hub, so a service reads the settings of its own classes
+    (``c.JobManager...``, ``c.GPULedger...``) from where an admin already writes them;
+    subclasses list those classes in ``classes``.
+    """
+
+    def load_drop_ins(self, data_dir: str) -> None:
+        for path in sorted(Path(data_dir, "config.d").glob("*.py")):
+            try:
+                loader = PyFileConfigLoader(path.name, path=str(path.parent), log=self.log)
+                self.update_config(loader.load_config())
+            except Exception as e:  # a hub-only drop-in must not stop the service
+                self.log.warning("aidc %s: skipped config %s: %s", self.name, path, e)
 
 
 def run_service(routes: list[tuple], on_start=None, on_stop=None, **settings) -> None:
