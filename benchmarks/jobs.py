@@ -117,6 +117,7 @@ from nbformat.v4 import new_code_cell, new_notebook  # noqa: E402
 import aidc.jobs  # noqa: E402
 from aidc.client import Client  # noqa: E402
 from platform_helpers import Platform, new_prefix, unix_name  # noqa: E402
+from bench_platforms import clean_up, process_tree, remove_stale_accounts  # noqa: E402
 
 PAPERMILL = str(Path(sys.executable).with_name("papermill"))
 TMP_PREFIX = "aidc-bench-jobs-"
@@ -205,16 +206,6 @@ def median(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
 
 
-def remove_stale_accounts() -> list[str]:
-    """Accounts of an interrupted earlier run of this benchmark (their data dir is gone)."""
-    removed = []
-    tag = f"aidc {tempfile.gettempdir()}/{TMP_PREFIX}"
-    for pw in pwd.getpwall():
-        if pw.pw_gecos.startswith(tag) and not Path(pw.pw_gecos.split(" ", 1)[1]).exists():
-            subprocess.run(["pkill", "-KILL", "-u", pw.pw_name], capture_output=True)
-            subprocess.run(["userdel", "--remove", pw.pw_name], capture_output=True)
-            removed.append(pw.pw_name)
-    return removed
 
 
 class CheckFailed(Exception):
@@ -352,7 +343,7 @@ class Bench:
         total = sum(t)
         busy = total - t.idle - getattr(t, "iowait", 0.0)
         own = {}
-        for proc in self.tree():
+        for proc in process_tree(self.platform):
             try:
                 if proc.uids().real == self.pw.pw_uid:
                     continue
@@ -370,43 +361,8 @@ class Bench:
         return {"busy_cores": busy, "platform_cpu_s": platform}
 
     # -- clean-up ---------------------------------------------------------------------
-    def tree(self) -> list[psutil.Process]:
-        proc = self.platform.proc
-        if proc is None or proc.poll() is not None:
-            return []
-        try:
-            parent = psutil.Process(proc.pid)
-            return [parent, *parent.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return []
-
     def cleanup(self) -> list[str]:
-        problems = []
-        p = self.platform
-        procs = self.tree()
-        if p.proc is not None:
-            try:
-                p.stop()
-            except Exception as e:  # noqa: BLE001 - report and keep cleaning
-                problems.append(f"stopping the platform: {e}")
-        try:
-            p.remove_users()
-        except Exception as e:  # noqa: BLE001
-            problems.append(f"removing users: {e}")
-        _, alive = psutil.wait_procs(procs, timeout=30)
-        for proc in alive:
-            try:
-                if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
-                    problems.append(f"process {proc.pid} ({' '.join(proc.cmdline())[:80]}) left")
-                    os.kill(proc.pid, signal.SIGKILL)  # one the platform started, by its id
-            except psutil.NoSuchProcess:
-                pass
-        for pw in pwd.getpwall():
-            if pw.pw_name.startswith(p.prefix):
-                problems.append(f"Unix account {pw.pw_name} left; removing it")
-                subprocess.run(["pkill", "-KILL", "-u", pw.pw_name], capture_output=True)
-                subprocess.run(["userdel", "--remove", pw.pw_name], capture_output=True)
-        return problems
+        return clean_up(self.platform)
 
 
 def log(msg: str) -> None:
@@ -658,7 +614,7 @@ def main(argv: list[str] | None = None) -> int:
         print("run as root: the platform runs jobs as per-user Unix accounts", file=sys.stderr)
         return 2
 
-    stale = remove_stale_accounts()
+    stale = remove_stale_accounts(TMP_PREFIX)
     if stale:
         log(f"removed {len(stale)} accounts left by an interrupted run: {', '.join(stale)}")
     started = time.monotonic()

@@ -67,12 +67,10 @@ from __future__ import annotations
 import argparse
 import os
 import platform as py_platform
-import pwd
 import re
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -85,6 +83,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 import psutil  # noqa: E402
 import requests  # noqa: E402
 from platform_helpers import Platform, User, new_prefix  # noqa: E402
+from bench_platforms import clean_up, remove_stale_accounts  # noqa: E402
 
 GOAL_RATIO = 1.10
 TMP_PREFIX = "aidc-bench-spawn-"
@@ -137,16 +136,6 @@ def stamp(text: str) -> float:
     return datetime.strptime(text, "%Y-%m-%d %H:%M:%S.%f").timestamp()
 
 
-def remove_stale_accounts() -> list[str]:
-    """Accounts of an interrupted earlier run of this benchmark (their data dir is gone)."""
-    removed = []
-    for pw in pwd.getpwall():
-        tag = f"aidc {tempfile.gettempdir()}/{TMP_PREFIX}"
-        if pw.pw_gecos.startswith(tag) and not Path(pw.pw_gecos.split(" ", 1)[1]).exists():
-            subprocess.run(["pkill", "-KILL", "-u", pw.pw_name], capture_output=True)
-            subprocess.run(["userdel", "--remove", pw.pw_name], capture_output=True)
-            removed.append(pw.pw_name)
-    return removed
 
 
 class Side:
@@ -249,44 +238,9 @@ class Side:
         if record:
             self.stop_s.append(time.perf_counter() - t0)
 
-    def tree(self) -> list[psutil.Process]:
-        proc = self.platform.proc
-        if proc is None or proc.poll() is not None:
-            return []
-        try:
-            parent = psutil.Process(proc.pid)
-            return [parent, *parent.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return []
-
     def cleanup(self) -> list[str]:
         """Stop the platform and remove its accounts; returns what could not be cleaned."""
-        problems = []
-        p = self.platform
-        procs = self.tree() + self.procs
-        if p.proc is not None:
-            try:
-                p.stop()
-            except Exception as e:  # noqa: BLE001 - report and keep cleaning
-                problems.append(f"{self.which}: stopping the platform: {e}")
-        try:
-            p.remove_users()  # the benchmark user and the initial admin, with their processes
-        except Exception as e:  # noqa: BLE001
-            problems.append(f"{self.which}: removing users: {e}")
-        _, alive = psutil.wait_procs(procs, timeout=30)
-        for proc in alive:
-            try:
-                if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
-                    problems.append(f"{self.which}: process {proc.pid} ({' '.join(proc.cmdline())[:80]}) left")
-                    os.kill(proc.pid, signal.SIGKILL)  # one we started, by its id
-            except psutil.NoSuchProcess:
-                pass
-        left = [pw.pw_name for pw in pwd.getpwall() if pw.pw_name.startswith(p.prefix)]
-        for name in left:
-            problems.append(f"{self.which}: Unix account {name} left; removing it")
-            subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)
-            subprocess.run(["userdel", "--remove", name], capture_output=True)
-        return problems
+        return clean_up(self.platform, self.procs, label=self.which)
 
 
 def stats(xs: list[float]) -> tuple[float, float]:
@@ -306,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         print("run as root: both spawners run servers as per-user Unix accounts", file=sys.stderr)
         return 2
 
-    stale = remove_stale_accounts()
+    stale = remove_stale_accounts(TMP_PREFIX)
     if stale:
         print(f"removed {len(stale)} accounts left by an interrupted run: {', '.join(stale)}", file=sys.stderr)
     started = time.monotonic()

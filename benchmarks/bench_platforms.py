@@ -1,0 +1,70 @@
+"""Clean-up shared by the benchmarks that run real platforms as root (spawn.py, jobs.py).
+
+A benchmark platform makes Unix accounts (its users and its initial ``admin``, with a
+private prefix) and processes; whatever happens, the run must leave none behind.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import signal
+import subprocess
+import tempfile
+from pathlib import Path
+
+import psutil
+
+
+def remove_stale_accounts(tmp_prefix: str) -> list[str]:
+    """Accounts of an interrupted earlier run (their data dir under /tmp/<tmp_prefix>* is gone)."""
+    removed = []
+    tag = f"aidc {tempfile.gettempdir()}/{tmp_prefix}"
+    for pw in pwd.getpwall():
+        if pw.pw_gecos.startswith(tag) and not Path(pw.pw_gecos.split(" ", 1)[1]).exists():
+            subprocess.run(["pkill", "-KILL", "-u", pw.pw_name], capture_output=True)
+            subprocess.run(["userdel", "--remove", pw.pw_name], capture_output=True)
+            removed.append(pw.pw_name)
+    return removed
+
+
+def process_tree(platform) -> list[psutil.Process]:
+    """The platform's ``aidc up`` process and everything below it (while it runs)."""
+    proc = platform.proc
+    if proc is None or proc.poll() is not None:
+        return []
+    try:
+        parent = psutil.Process(proc.pid)
+        return [parent, *parent.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def clean_up(platform, extra: list[psutil.Process] = (), label: str = "") -> list[str]:
+    """Stop ``platform`` and remove its accounts; returns what could not be cleaned (and was forced)."""
+    said = f"{label}: " if label else ""
+    problems = []
+    procs = process_tree(platform) + list(extra)
+    if platform.proc is not None:
+        try:
+            platform.stop()
+        except Exception as e:  # noqa: BLE001 - report and keep cleaning
+            problems.append(f"{said}stopping the platform: {e}")
+    try:
+        platform.remove_users()  # its users and the initial admin, with their processes
+    except Exception as e:  # noqa: BLE001
+        problems.append(f"{said}removing users: {e}")
+    _, alive = psutil.wait_procs(procs, timeout=30)
+    for proc in alive:
+        try:
+            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                problems.append(f"{said}process {proc.pid} ({' '.join(proc.cmdline())[:80]}) left")
+                os.kill(proc.pid, signal.SIGKILL)  # one the platform started, by its id
+        except psutil.NoSuchProcess:
+            pass
+    for pw in pwd.getpwall():
+        if pw.pw_name.startswith(platform.prefix):
+            problems.append(f"{said}Unix account {pw.pw_name} left; removing it")
+            subprocess.run(["pkill", "-KILL", "-u", pw.pw_name], capture_output=True)
+            subprocess.run(["userdel", "--remove", pw.pw_name], capture_output=True)
+    return problems
