@@ -242,7 +242,8 @@ def run_job(spec: dict) -> dict:
         run_as = RunAs.of(spec["run_as"]) if spec.get("run_as") else None
         home = run_as.home if run_as else spec["home"]
         user = run_as.name if run_as else os.environ.get("USER", "aidc")
-        os.makedirs(spec["cwd"], exist_ok=True) if not run_as else None
+        if run_as is None:  # development mode: the home may not exist yet (as the owner, the launcher checks it)
+            os.makedirs(spec["cwd"], exist_ok=True)
         km = get_launcher().kernel_manager(
             env=kernel_env(spec, home, user), cwd=spec["cwd"], run_as=run_as)
         attempt.km = km
