@@ -36,6 +36,7 @@ from . import registry as reg
 from .archive import unzip_to, zip_folder
 from .deployments import DeploymentRunner
 from .formats import FORMATS
+from .server import PLATFORMS
 from .registry import ModelRegistry
 
 MAX_INFER_BODY = 16 * 1024 * 1024
@@ -359,16 +360,15 @@ class V2Model(V2Handler):
         self.visible_model(name)
         if what == "/ready":
             status = self.runner.status(name)
-            ready = status["ready"] and (version is None or any(
-                v["version"] == int(version) and any(r["ready"] for r in v["replicas"]) for v in status["versions"]))
-            self.set_status(200 if ready else 400)
+            number = self.registry.resolve(name, version) if version else None
+            ready = status["ready"] and (number is None or any(
+                v["version"] == number and any(r["ready"] for r in v["replicas"]) for v in status["versions"]))
             self.write_json({"name": name, "ready": bool(ready)}, status=200 if ready else 400)
             return
         v = self.registry.version(name, version or "latest")
         sig = v["signature"]
         self.write_json({"name": name, "versions": [str(x["version"]) for x in self.registry.versions(name)],
-                         "platform": {"torchscript": "pytorch_torchscript", "keras": "tensorflow_keras",
-                                      "onnx": "onnxruntime_onnx"}[v["format"]],
+                         "platform": PLATFORMS.get(v["format"], v["format"]),
                          "inputs": sig.get("inputs", []), "outputs": sig.get("outputs", [])})
 
     @authenticated
