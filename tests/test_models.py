@@ -266,6 +266,154 @@ def test_onnx_and_keras_register_deploy_infer_and_export(platform, scientist, se
         aidc.models.undeploy(name, client=c)
 
 
+def scale_onnx(path, factor: float = 3.0):
+    """A tiny ONNX model (y = x * factor) written with onnx's own helpers: no torch in a kernel."""
+    import onnx
+    from onnx import TensorProto, helper
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "k"], ["y"])], "scale",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])],
+        initializer=[helper.make_tensor("k", TensorProto.FLOAT, [1], [factor])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+REGISTER_FROM_JOB = """
+import os, requests, aidc
+from pathlib import Path
+{scale_onnx}
+path = scale_onnx(Path("scaled.onnx"), factor)
+v = aidc.models.register(path, name="from-job", metrics={{"loss": 0.5}})
+aidc.record("registered_version", v.version)
+# the job's token is its owner's, narrowed: it cannot start a server
+hub = os.environ["AIDC_URL"] + "/hub/api"
+auth = {{"Authorization": "token " + os.environ["AIDC_TOKEN"]}}
+me = requests.get(hub + "/user", headers=auth, timeout=30).json()["name"]
+r = requests.post(hub + "/users/" + me + "/server", headers=auth, timeout=30)
+aidc.record("server_start_status", r.status_code)
+"""
+
+
+def test_model_registered_from_a_job_records_its_lineage(platform, scientist, other_scientist, admin, served):
+    import inspect
+    from jobs_helpers import jobs_api, notebook, put, submit, wait
+    source = REGISTER_FROM_JOB.format(scale_onnx=inspect.getsource(scale_onnx))
+    put(platform, scientist, "train/register.ipynb", notebook(source, parameters="factor = 1.0"))
+    job = submit(platform, scientist, "train/register.ipynb", parameters={"factor": 3.0})
+    done = wait(platform, scientist, job["id"], timeout=240)
+    assert done["status"] == "completed", (done, platform.log()[-4000:])
+    assert done["metrics"]["server_start_status"] == 403
+    version = done["metrics"]["registered_version"]
+    r = models_api(platform, scientist.token, "GET", f"/models/from-job/versions/{version}")
+    lineage = r.json()["lineage"]
+    assert lineage["job"] == job["id"] and lineage["attempt"] == 1
+    assert lineage["notebook"] == "train/register.ipynb" and lineage["parameters"] == {"factor": 3.0}
+    assert lineage["owner"] == scientist.name
+    # the lineage leads to the executed notebook, which shows the registration ran
+    out = platform.api(scientist.token).get(f"{platform.url}/{lineage['output_notebook']}", timeout=60)
+    assert out.status_code == 200 and "from-job" in out.text
+    # the job's token was revoked when it ended
+    tokens = platform.api(admin.token).get(
+        f"{platform.url}/hub/api/users/{scientist.name}/tokens", timeout=60).json()["api_tokens"]
+    assert not [t for t in tokens if (t.get("note") or "").startswith(f"aidc job {job['id']}")]
+    # nobody can claim someone else's job as the lineage of their model
+    meta = {"format": "onnx", "filename": "m.onnx", "lineage": {"job": job["id"]},
+            "signature": {"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 2]}],
+                          "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 2]}]}}
+    import json
+    import tempfile
+    from pathlib import Path
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = scale_onnx(Path(tmp) / "m.onnx").read_bytes()
+    r = models_api(platform, other_scientist.token, "POST", "/models/stolen/versions",
+                   data={"metadata": json.dumps(meta)}, files={"artifact": ("m.onnx", raw)})
+    assert r.status_code == 400 and "not one of your jobs" in r.json()["message"], r.text
+
+
+def test_public_model_is_readable_without_a_token(platform, scientist, served, tmp_path):
+    import aidc
+    c = served["client"]
+    aidc.models.register(scale_onnx(tmp_path / "demo.onnx", 2.0), name="demo-double", client=c)
+    aidc.models.deploy("demo-double", client=c)
+    base = f"{platform.url}/services/models/v2"
+    body = {"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1.5, -2.0]}]}
+    r = requests.post(f"{base}/models/demo-double/infer", json=body, timeout=60)  # no token at all
+    assert r.status_code == 200, r.text
+    assert r.json()["outputs"][0]["data"] == [3.0, -4.0]
+    assert requests.get(f"{base}/models/demo-double", timeout=60).json()["inputs"][0]["name"] == "x"
+    tc = triton(platform)  # tritonclient without credentials
+    assert tc.is_server_ready() and tc.is_model_ready("demo-double")
+    # only what was opened: other models, and the registry API, still need a token
+    r = requests.post(f"{base}/models/mnist/infer", json=body, timeout=60)
+    assert r.status_code in (401, 403)
+    r = requests.get(f"{platform.url}/services/models/api/models/demo-double", timeout=60)
+    assert r.status_code in (401, 403)
+    aidc.models.undeploy("demo-double", client=c)
+
+
+def test_replicas_run_as_the_models_owner(platform, scientist, served):
+    """A model's code (its graph, its layers) never runs as the service: its replicas are the owner's."""
+    import pwd
+    from platform_helpers import unix_name
+    account = pwd.getpwnam(unix_name(scientist.name, platform.prefix))
+    dep = models_api(platform, scientist.token, "GET", "/models/mnist/deployment").json()
+    pids = [r["pid"] for v in dep["versions"] for r in v["replicas"]]
+    assert pids
+    for pid in pids:
+        proc = psutil.Process(pid)
+        assert proc.uids().real == account.pw_uid and proc.gids().real == account.pw_gid
+        assert proc.environ()["HOME"] == account.pw_dir
+        artifact = proc.cmdline()[proc.cmdline().index("--artifact") + 1]
+        staged = os.stat(os.path.dirname(artifact))  # the owner's own copy, closed to others
+        assert staged.st_uid == account.pw_uid and staged.st_mode & 0o777 == 0o700
+        assert not artifact.startswith(str(platform.data_dir))
+
+
+def test_endpoint_metrics_count_every_request_and_federate_replicas(platform, scientist, viewer, admin, served):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def scrape(token):
+        r = requests.get(f"{platform.url}/services/models/metrics", headers={"Authorization": f"token {token}"},
+                         timeout=60)
+        assert r.status_code == 200, r.text
+        return {f.name: f for f in text_string_to_metric_families(r.text)}  # valid Prometheus text
+
+    def count(families, name, **labels):
+        return sum(s.value for s in families[name].samples
+                   if s.name == f"{name}_total" and all(s.labels.get(k) == v for k, v in labels.items()))
+
+    import aidc
+    deployed = aidc.models.get("mnist", client=served["client"])["deployment"]["version"]
+    before = scrape(admin.token)
+    s = platform.api(scientist.token)
+    base = f"{platform.url}/services/models/v2/models/mnist"
+    name = served["v1"].signature["inputs"][0]["name"]
+    good = {"inputs": [{"name": name, "shape": [1, 1, 28, 28], "datatype": "FP32", "data": [0.0] * 784}]}
+    bad = {"inputs": [{"name": name, "shape": [1, 2], "datatype": "FP32", "data": [0.0, 0.0]}]}
+    for _ in range(7):
+        assert s.post(f"{base}/infer", json=good, timeout=60).status_code == 200
+    for _ in range(3):
+        assert s.post(f"{base}/infer", json=bad, timeout=60).status_code == 400
+    after = scrape(viewer.token)  # viewers read metrics too (dashboards)
+    labels = {"model": "mnist", "version": str(deployed)}
+    assert count(after, "aidc_endpoint_requests", code="200", **labels) - \
+        count(before, "aidc_endpoint_requests", code="200", **labels) == 7
+    assert count(after, "aidc_endpoint_request_errors", **labels) - \
+        count(before, "aidc_endpoint_request_errors", **labels) == 3
+    latency = [x for x in after["aidc_endpoint_request_duration_seconds"].samples
+               if x.name.endswith("_count") and x.labels.get("model") == "mnist"]
+    assert sum(x.value for x in latency) >= 10
+    # each replica's batching figures, told apart by a replica label
+    batches = [x for x in after["aidc_model_batch_size"].samples
+               if x.name.endswith("_count") and x.labels.get("model") == "mnist"]
+    assert {x.labels["replica"] for x in batches} == {"0", "1"} and sum(x.value for x in batches) >= 7
+    r = requests.get(f"{platform.url}/services/models/metrics", headers=auth(scientist), timeout=60)
+    assert r.status_code == 403 and "admins and viewers" in r.json()["message"]
+
+
 def test_deployment_with_a_gpu_holds_it_in_the_ledger(platform, scientist, admin, served):
     import aidc
     c = served["client"]

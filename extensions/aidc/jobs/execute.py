@@ -197,6 +197,8 @@ def kernel_env(spec: dict, home: str, user: str) -> dict[str, str]:
     }
     if spec.get("url"):
         env["AIDC_URL"] = spec["url"]
+    if spec.get("token"):  # the owner's own token for this attempt (aidc.jobs.tokens)
+        env["AIDC_TOKEN"] = spec["token"]
     return env
 
 

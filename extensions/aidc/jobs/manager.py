@@ -76,8 +76,10 @@ class JobManager(LoggingConfigurable):
     tick = Float(0.5, help="Seconds between passes over the queue and the schedules.").tag(config=True)
 
     def __init__(self, store: JobStore, artifacts: ArtifactStore, ledger: GPULedger,
-                 data_dir: str, url: str | None = None, capacity=None, **kwargs):
+                 data_dir: str, url: str | None = None, capacity=None, tokens=None, **kwargs):
         super().__init__(**kwargs)
+        #: JobTokens: each attempt's own hub token of the job's owner (None: jobs get no token)
+        self.tokens = tokens
         #: callable: how many jobs the cluster can run at once now (its worker threads)
         self.capacity = capacity
         self.store = store
@@ -114,6 +116,8 @@ class JobManager(LoggingConfigurable):
             except Exception:
                 pass
             self._attempt_failed(job, "the jobs service restarted while the job was running", lost=True)
+            if self.tokens is not None:  # the token its kernel had
+                await self.tokens.revoke(job["owner"], job["id"])
         keep = {f"job:{j['id']}" for j in self.store.find_jobs(status=[QUEUED, RUNNING])}
         for holder in self.ledger.reconcile(keep, "job"):
             self.log.info("aidc jobs: released leftover GPU claim %s", holder)
@@ -352,10 +356,29 @@ class JobManager(LoggingConfigurable):
             "timeout": job["timeout"], "cell_timeout": job["cell_timeout"],
             "kernel_name": self.kernel_name, "url": self.url,
         }
-        future = self.client.submit(run_job, spec, key=f"aidc-job-{job['id']}-{attempt}", pure=False)
-        self._futures[job["id"]] = future
-        asyncio.ensure_future(self._follow(job["id"], attempt, future))
+        asyncio.ensure_future(self._run_attempt(job, attempt, spec))
         self.log.info("aidc jobs: %s attempt %d started (GPUs: %s)", job["id"], attempt, visible or "none")
+
+    async def _run_attempt(self, job: dict, attempt: int, spec: dict) -> None:
+        """Give the attempt its owner's token, run it on the cluster, record the outcome."""
+        job_id = job["id"]
+        token = None
+        if self.tokens is not None:
+            token = await self.tokens.mint(job["owner"], job_id, attempt, job["timeout"])
+        try:
+            current = self.store.job(job_id)
+            if current["status"] != RUNNING or current["attempt"] != attempt:
+                return  # decided while the token was made (cancel after grace, restart)
+            if current["cancel_requested"]:
+                self._finish(current, CANCELLED, None)
+                return
+            future = self.client.submit(run_job, {**spec, "token": token},
+                                        key=f"aidc-job-{job_id}-{attempt}", pure=False)
+            self._futures[job_id] = future
+            await self._follow(job_id, attempt, future)
+        finally:
+            if token is not None:
+                await self.tokens.revoke(job["owner"], job_id)
 
     async def _follow(self, job_id: str, attempt: int, future) -> None:
         try:

@@ -31,6 +31,7 @@ from . import notebooks, parameters
 from .artifacts import ArtifactStore
 from .manager import JobManager
 from .store import FINAL, QUEUED, RUNNING, JobStore
+from .tokens import JobTokens
 
 OPENAPI = Path(__file__).with_name("openapi.yaml")
 MAX_BODY = 1024 * 1024
@@ -308,7 +309,7 @@ class JobsApp(ServiceApp):
     @property
     def classes(self):
         from .cluster import JobCluster
-        return [JobManager, JobStore, ArtifactStore, JobCluster, GPULedger]
+        return [JobManager, JobStore, ArtifactStore, JobCluster, GPULedger, JobTokens]
 
 
 def main() -> None:
@@ -325,7 +326,8 @@ def main() -> None:
     ledger = open_ledger(data_dir, config=app.config)
     cluster = JobCluster(config=app.config)
     manager = JobManager(store, artifact_store, ledger, data_dir, url=os.environ.get("AIDC_URL"),
-                         capacity=lambda: cluster.describe().get("threads") or 0, config=app.config)
+                         capacity=lambda: cluster.describe().get("threads") or 0,
+                         tokens=JobTokens(config=app.config), config=app.config)
     # aidc decides about retries itself (attempts, back-off, reasons): an embedded
     # scheduler must not silently re-run a task whose worker died
     dask.config.set({"distributed.scheduler.allowed-failures": 0})
@@ -377,6 +379,8 @@ def managed_service() -> ManagedService:
     return ManagedService(
         name="jobs",
         command=python_command("aidc.jobs.service"),
+        # a job's kernel gets its owner's own narrow token (aidc.jobs.tokens)
+        hub_scopes=["tokens"],
         roles=[roles.SCIENTIST, roles.VIEWER],
         info={"description": "Run parameterized notebooks as batch jobs"},
         display=False,

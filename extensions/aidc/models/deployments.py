@@ -22,8 +22,10 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiohttp
 from traitlets import Float, Integer
@@ -31,6 +33,8 @@ from traitlets.config import LoggingConfigurable
 
 from ..errors import PlatformError
 from . import artifacts_local
+from .endpoint_metrics import EndpointMetrics
+from .sandbox import Identity, Staged, stage
 
 
 def _free_port() -> int:
@@ -64,6 +68,10 @@ class ServedVersion:
     name: str
     version: int
     command: list[str]
+    #: the Unix account its replicas run as (the model's owner), None: the service's own
+    identity: Identity | None = None
+    #: the artifact copy that account reads
+    staged: Staged | None = None
     replicas: list[Replica] = field(default_factory=list)
     _next: itertools.count = field(default_factory=itertools.count)
 
@@ -105,13 +113,15 @@ class DeploymentRunner(LoggingConfigurable):
     ).tag(config=True)
     threads_per_replica = Integer(0, help="Compute threads per replica (0: the machine's cores / replicas).").tag(config=True)
 
-    def __init__(self, registry, **kwargs):
+    def __init__(self, registry, run_root: Path | None = None, **kwargs):
         super().__init__(**kwargs)
         self.registry = registry
+        #: where artifacts are staged for their owners' replicas (aidc.models.sandbox)
+        self.run_root = run_root or Path(tempfile.gettempdir()) / "aidc-models"
         self.routes: dict[str, Route] = {}
         self.session: aiohttp.ClientSession | None = None
         self._watch: asyncio.Task | None = None
-        self.stats: dict[str, dict] = {}
+        self.metrics = EndpointMetrics()
 
     async def start(self) -> None:
         self.session = aiohttp.ClientSession(
@@ -135,8 +145,7 @@ class DeploymentRunner(LoggingConfigurable):
             await self.session.close()
 
     # -- versions -------------------------------------------------------------------
-    def _command(self, name: str, version: dict, dep: dict, replicas: int) -> list[str]:
-        artifact = artifacts_local.local_copy(version["artifact_url"], version["filename"])
+    def _command(self, name: str, version: dict, dep: dict, replicas: int, artifact: Path) -> list[str]:
         threads = self.threads_per_replica or max(1, (os.cpu_count() or 1) // max(replicas, 1))
         return [sys.executable, "-m", "aidc.models.server", "--format", version["format"],
                 "--artifact", str(artifact), "--signature-json", json.dumps(version["signature"]),
@@ -148,13 +157,22 @@ class DeploymentRunner(LoggingConfigurable):
         replica.port = _free_port()
         replica.ready = False
         env = {k: v for k, v in os.environ.items() if not k.startswith("JUPYTERHUB_")}
+        identity = {}
+        if served.identity is not None:  # the model's code runs as its owner (aidc.models.sandbox)
+            env = served.identity.environment(env)
+            identity = served.identity.popen_kwargs()
         replica.process = subprocess.Popen(
             [*served.command, "--port", str(replica.port)], env=env,
-            stdout=subprocess.DEVNULL, stderr=None, preexec_fn=_die_with_parent)
+            cwd=str(served.staged.directory) if served.staged and served.staged.directory else None,
+            stdout=subprocess.DEVNULL, stderr=None, preexec_fn=_die_with_parent, **identity)
 
     async def _serve(self, name: str, number: int, dep: dict, wait: bool) -> ServedVersion:
         version = self.registry.version(name, number)
-        served = ServedVersion(name, number, self._command(name, version, dep, dep["replicas"]))
+        identity = Identity.of_owner(self.registry.model(name)["owner"])
+        artifact = artifacts_local.local_copy(version["artifact_url"], version["filename"])
+        staged = stage(artifact, identity, self.run_root, prefix=f"{name}-v{number}-")
+        served = ServedVersion(name, number, self._command(name, version, dep, dep["replicas"], staged.path),
+                               identity=identity, staged=staged)
         for _ in range(dep["replicas"]):
             replica = Replica(port=0)
             self._spawn(served, replica)
@@ -206,6 +224,8 @@ class DeploymentRunner(LoggingConfigurable):
             replica.ready = False
             if replica.process and replica.process.poll() is None:
                 replica.process.send_signal(signal.SIGTERM)
+        if served.staged is not None:  # loaded already; a stopped version is never restarted
+            served.staged.remove()
 
     async def _drain_and_stop(self, served: ServedVersion) -> None:
         deadline = time.monotonic() + self.drain_timeout
@@ -279,7 +299,27 @@ class DeploymentRunner(LoggingConfigurable):
         weight = route.canary_weight if route.canary else 0.0
         versions = [v for v in (one(route.primary, 1 - weight), one(route.canary, weight)) if v]
         return {"ready": bool(route.primary.ready), "versions": versions,
-                "stats": self.stats.get(name, {})}
+                "stats": self.metrics.summary(name)}
+
+    async def replica_metrics(self) -> list[tuple[dict[str, str], str]]:
+        """Every running replica's ``/metrics`` text, with the labels that tell replicas apart."""
+        targets = []
+        for route in list(self.routes.values()):
+            for served in (route.primary, route.canary):
+                for i, replica in enumerate(served.replicas if served else []):
+                    if replica.process is not None and replica.process.poll() is None:
+                        targets.append(({"replica": str(i)}, replica))
+
+        async def fetch(replica: Replica) -> str:
+            try:
+                async with self.session.get(f"{replica.url}/metrics",
+                                            timeout=aiohttp.ClientTimeout(total=5)) as r:
+                    return await r.text() if r.status == 200 else ""
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                return ""  # restarting: it is missing from this scrape only
+
+        texts = await asyncio.gather(*(fetch(replica) for _, replica in targets))
+        return [(labels, text) for (labels, _), text in zip(targets, texts) if text]
 
     # -- requests ---------------------------------------------------------------------
     async def forward(self, name: str, version: int | None, body: bytes,
@@ -295,22 +335,23 @@ class DeploymentRunner(LoggingConfigurable):
             if served is None:
                 raise LookupError(f"version {version} of model {name!r} is not deployed")
         path = f"/v2/models/{name}/versions/{served.version}/infer"
-        stats = self.stats.setdefault(name, {"requests": 0, "errors": 0, "by_version": {}})
+        label = str(served.version)
+        t0 = time.perf_counter()
         deadline = time.monotonic() + self.unavailable_wait
         attempt = 0
         while attempt < 3:
             replica = served.pick()
             if replica is None:  # every replica is restarting: hold the request a little
                 if time.monotonic() > deadline:
+                    self.metrics.record(name, label, 503, time.perf_counter() - t0)
                     raise RuntimeError(f"model {name!r} version {served.version} has no ready replica")
                 await asyncio.sleep(0.05)
                 continue
             attempt += 1
             replica.inflight += 1
-            t0 = time.perf_counter()
             try:
                 async with self.session.post(f"{replica.url}{path}", data=body,
-                                                headers=headers) as r:
+                                             headers=headers) as r:
                     data = await r.read()
                     out_headers = {k: v for k, v in r.headers.items()
                                    if k.lower() in ("content-type", "inference-header-content-length")}
@@ -320,14 +361,8 @@ class DeploymentRunner(LoggingConfigurable):
                 continue
             finally:
                 replica.inflight -= 1
-            stats["requests"] += 1
-            per = stats["by_version"].setdefault(str(served.version), {"requests": 0, "errors": 0, "latency_ms_sum": 0.0})
-            per["requests"] += 1
-            per["latency_ms_sum"] += (time.perf_counter() - t0) * 1000
-            if status >= 400:
-                stats["errors"] += 1
-                per["errors"] += 1
-            out_headers["X-Aidc-Model-Version"] = str(served.version)
+            self.metrics.record(name, label, status, time.perf_counter() - t0)
+            out_headers["X-Aidc-Model-Version"] = label
             return status, out_headers, data
-        stats["errors"] = stats.get("errors", 0) + 1
+        self.metrics.record(name, label, 503, time.perf_counter() - t0)
         raise RuntimeError(f"no replica of model {name!r} version {served.version} answered")

@@ -14,12 +14,14 @@ register new versions, move aliases and deploy.
 
 from __future__ import annotations
 
+import contextlib
+import fnmatch
 import re
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from traitlets import Unicode, default
+from traitlets import List, Unicode, default
 from traitlets.config import LoggingConfigurable
 
 from ..db import make_engine, upgrade, utcnow
@@ -107,6 +109,20 @@ class ModelRegistry(LoggingConfigurable):
 
     data_dir = Unicode(help="The platform data directory.").tag(config=True)
 
+    public_models = List(
+        Unicode(),
+        help="""Models open to public read: names or glob patterns (``["demo-*"]``).
+
+        Anyone, without a token, may read these models' v2 metadata and readiness and
+        call their inference endpoint (``/services/models/v2/models/NAME/...``); the
+        registry API, deploying and every other model still need a hub token. The
+        server's own ``/v2`` and ``/v2/health`` routes open too, as v2 clients probe
+        them. Empty (the default): every route needs a token.""",
+    ).tag(config=True)
+
+    def is_public(self, name: str) -> bool:
+        return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.public_models)
+
     @default("db_url")
     def _default_db_url(self) -> str:
         from ..gpu.platform import platform_db_url
@@ -120,14 +136,28 @@ class ModelRegistry(LoggingConfigurable):
         super().__init__(**kwargs)
         self.engine = make_engine(self.db_url)
         upgrade(self.engine, Path(__file__).with_name("migrations"))
+        # model rows and resolved references, read on every inference request; the
+        # service is the registry's only writer, so its writes are what invalidate them
+        self._cache: dict[tuple, Any] = {}
+
+    @contextlib.contextmanager
+    def _write(self):
+        try:
+            with self.engine.begin() as c:
+                yield c
+        finally:
+            self._cache.clear()
 
     # -- models and versions ----------------------------------------------------------
     def model(self, name: str) -> dict:
-        with self.engine.connect() as c:
-            row = c.execute(sa.select(models).where(models.c.name == name)).first()
-        if row is None:
-            raise NotFoundError(f"no model {name!r}")
-        return dict(row._mapping)
+        cached = self._cache.get(("model", name))
+        if cached is None:
+            with self.engine.connect() as c:
+                row = c.execute(sa.select(models).where(models.c.name == name)).first()
+            if row is None:
+                raise NotFoundError(f"no model {name!r}")
+            cached = self._cache[("model", name)] = dict(row._mapping)
+        return dict(cached)
 
     def find_models(self) -> list[dict]:
         with self.engine.connect() as c:
@@ -145,7 +175,7 @@ class ModelRegistry(LoggingConfigurable):
     def add_version(self, name: str, owner: str, groups: list[str], **values: Any) -> dict:
         """Create the model on its first version; the next version number, atomically."""
         check_name(name)
-        with self.engine.begin() as c:
+        with self._write() as c:
             row = c.execute(sa.select(models).where(models.c.name == name)).first()
             if row is None:
                 c.execute(models.insert().values(name=name, owner=owner, groups=sorted(groups),
@@ -172,6 +202,14 @@ class ModelRegistry(LoggingConfigurable):
         return dict(row._mapping)
 
     def resolve(self, name: str, ref: int | str | None = "latest") -> int:
+        """The version number ``ref`` (a number, ``latest``/None, or an alias) means now."""
+        key = ("resolve", name, ref)
+        number = self._cache.get(key)
+        if number is None:
+            number = self._cache[key] = self._resolve(name, ref)
+        return number
+
+    def _resolve(self, name: str, ref: int | str | None) -> int:
         self.model(name)
         if ref is None or ref == "latest":
             with self.engine.connect() as c:
@@ -189,7 +227,7 @@ class ModelRegistry(LoggingConfigurable):
     def set_alias(self, name: str, alias: str, version: int) -> dict:
         check_alias(alias)
         self.version(name, version)
-        with self.engine.begin() as c:
+        with self._write() as c:
             old = c.execute(sa.select(aliases.c.version).where(aliases.c.name == name, aliases.c.alias == alias)).scalar()
             c.execute(aliases.delete().where(aliases.c.name == name, aliases.c.alias == alias))
             c.execute(aliases.insert().values(name=name, alias=alias, version=version, previous=old,
@@ -197,15 +235,20 @@ class ModelRegistry(LoggingConfigurable):
         return {"name": name, "alias": alias, "version": version, "previous": old}
 
     def delete_alias(self, name: str, alias: str) -> None:
-        with self.engine.begin() as c:
+        with self._write() as c:
             if not c.execute(aliases.delete().where(aliases.c.name == name, aliases.c.alias == alias)).rowcount:
                 raise NotFoundError(f"model {name!r} has no alias {alias!r}")
 
     def set_visibility(self, name: str, visibility: str) -> None:
         if visibility not in VISIBILITIES:
             raise UsageError(f"visibility must be one of {', '.join(VISIBILITIES)}")
-        with self.engine.begin() as c:
+        with self._write() as c:
             c.execute(models.update().where(models.c.name == name).values(visibility=visibility))
+
+    def set_artifact_url(self, name: str, version: int, url: str) -> None:
+        with self._write() as c:
+            c.execute(versions.update().where(versions.c.name == name, versions.c.version == version)
+                      .values(artifact_url=url))
 
     # -- deployments --------------------------------------------------------------------
     def deployment(self, name: str) -> dict | None:
@@ -219,7 +262,7 @@ class ModelRegistry(LoggingConfigurable):
 
     def put_deployment(self, name: str, **values: Any) -> dict:
         values["updated"] = utcnow()
-        with self.engine.begin() as c:
+        with self._write() as c:
             if c.execute(sa.select(deployments.c.name).where(deployments.c.name == name)).first():
                 c.execute(deployments.update().where(deployments.c.name == name).values(**values))
             else:
@@ -227,6 +270,6 @@ class ModelRegistry(LoggingConfigurable):
         return self.deployment(name)
 
     def delete_deployment(self, name: str) -> None:
-        with self.engine.begin() as c:
+        with self._write() as c:
             if not c.execute(deployments.delete().where(deployments.c.name == name)).rowcount:
                 raise ConflictError(f"model {name!r} is not deployed")

@@ -15,6 +15,7 @@ only its owner and admins add versions, move aliases and deploy.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import shutil
@@ -30,11 +31,15 @@ from ..gpu.ledger import GRANTED, GPULedger
 from ..gpu.platform import open_ledger
 from ..hub import roles
 from ..hub.services import ManagedService, python_command
+from ..jobs.store import JobStore
 from ..services.fields import integer
 from ..services.base import ServiceApp, ServiceHandler, authenticated, run_service
 from . import registry as reg
 from .archive import unzip_to, zip_folder
 from .deployments import DeploymentRunner
+from . import sandbox
+from .endpoint_metrics import CONTENT_TYPE
+from .sandbox import Identity, stage
 from .formats import FORMATS
 from .server import PLATFORMS
 from .registry import ModelRegistry
@@ -42,7 +47,28 @@ from .registry import ModelRegistry
 MAX_INFER_BODY = 16 * 1024 * 1024
 
 
+def public_or_authenticated(method):
+    """``authenticated``, except for models an admin opened to public read.
+
+    ``c.ModelRegistry.public_models`` lists (glob) names whose v2 metadata, readiness
+    and inference anyone may use without a token; the registry API stays private.
+    """
+    guarded = authenticated(method)
+
+    @functools.wraps(method)
+    def wrapper(self, name, *args):
+        if self.registry.is_public(name):
+            self.public = True
+            return method(self, name, *args)
+        return guarded(self, name, *args)
+
+    return wrapper
+
+
 class ModelsHandler(ServiceHandler):
+    #: this request is for a model open to public read (no caller is checked)
+    public = False
+
     @property
     def registry(self) -> ModelRegistry:
         return self.settings["registry"]
@@ -61,6 +87,8 @@ class ModelsHandler(ServiceHandler):
 
     def visible_model(self, name: str) -> dict:
         model = self.registry.model(name)
+        if self.public:  # opened to public read (ModelRegistry.public_models): no caller needed
+            return model
         if not self.can_see(model):
             raise NotFoundError(f"no model {name!r}")
         return model
@@ -156,6 +184,7 @@ class VersionsHandler(ModelsHandler):
         for key in ("metrics", "tags", "lineage"):
             if not isinstance(meta.get(key, {}), dict):
                 raise UsageError(f"{key} must be a JSON object")
+        lineage = self.lineage(meta.get("lineage") or {})
         version_dir = Path(tempfile.mkdtemp(prefix="aidc-model-", dir=self.settings["staging"]))
         try:
             target = version_dir / filename
@@ -168,28 +197,63 @@ class VersionsHandler(ModelsHandler):
                 name, self.user_name, self.groups,
                 format=fmt, filename=filename, artifact_url="pending", signature=signature.to_dict(),
                 metrics=meta.get("metrics") or {}, tags=meta.get("tags") or {},
-                lineage=meta.get("lineage") or {}, size=len(upload["body"]),
+                lineage=lineage, size=len(upload["body"]),
                 visibility=meta.get("visibility"), description=meta.get("description"))
             final = Path(self.settings["artifacts"]) / name / str(record["version"])
             final.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(str(version_dir), final)
-            with self.registry.engine.begin() as c:
-                c.execute(reg.versions.update().where(reg.versions.c.name == name,
-                                                      reg.versions.c.version == record["version"])
-                          .values(artifact_url=str(final)))
+            self.registry.set_artifact_url(name, record["version"], str(final))
         finally:
             shutil.rmtree(version_dir, ignore_errors=True)
         self.write_json(version_view(self.registry.version(name, record["version"])), status=201)
 
-    async def check_loads(self, fmt: str, path: Path, filename: str) -> None:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "aidc.models.validate", fmt, str(path),
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    def lineage(self, claimed: dict) -> dict:
+        """The version's lineage; a job named in it is checked and described from the jobs record.
+
+        Inside a job, the client sends ``{"job": id, "attempt": n}``; the version then
+        records the job's notebook, parameters and where its input and executed output
+        notebooks are served, and only a job of the caller's (any job, for an admin) is
+        accepted, so lineage cannot be claimed for someone else's work. Lineage without a
+        job (e.g. a notebook path given by hand) is kept as given.
+        """
+        job_id = claimed.get("job")
+        if not job_id:
+            return claimed
+        job = None
         try:
-            _, err = await asyncio.wait_for(proc.communicate(), 300)
-        except asyncio.TimeoutError:
-            proc.kill()
-            raise UsageError(f"{filename} could not be loaded within 300 s") from None
+            job = self.settings["jobs"].job(str(job_id))
+        except NotFoundError:
+            pass
+        if job is None or not (self.is_admin or job["owner"] == self.user_name):
+            raise UsageError(f"the lineage names job {job_id}, which is not one of your jobs")
+        jobs_api = f"services/jobs/api/jobs/{job['id']}"
+        return {
+            "job": job["id"], "attempt": int(claimed.get("attempt") or job["attempt"]),
+            "owner": job["owner"], "notebook": job["path"], "parameters": job["parameters"],
+            "input_notebook": f"{jobs_api}/input", "output_notebook": f"{jobs_api}/output",
+            "sweep": job["group_id"], "schedule": job["schedule_id"],
+        }
+
+    async def check_loads(self, fmt: str, path: Path, filename: str) -> None:
+        """Load the upload in a short-lived process, as the uploader's Unix account (sandbox)."""
+        identity = Identity.of_owner(self.user_name)
+        staged = stage(path, identity, self.settings["run_root"], prefix="upload-")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("JUPYTERHUB_")}
+        kwargs = {}
+        if identity is not None:
+            env, kwargs = identity.environment(env), identity.popen_kwargs()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "aidc.models.validate", fmt, str(staged.path), env=env,
+                cwd=str(staged.directory) if staged.directory else None,
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, **kwargs)
+            try:
+                _, err = await asyncio.wait_for(proc.communicate(), 300)
+            except asyncio.TimeoutError:
+                proc.kill()
+                raise UsageError(f"{filename} could not be loaded within 300 s") from None
+        finally:
+            staged.remove()
         if proc.returncode != 0:
             lines = [line for line in err.decode(errors="replace").strip().splitlines() if line.strip()]
             raise UsageError(lines[-1] if lines else f"{filename} is not a loadable {fmt} model")
@@ -338,16 +402,36 @@ class V2Handler(ModelsHandler):
         self.finish(json.dumps({"error": message or self._reason}))
 
 
-class V2Health(V2Handler):
-    @authenticated
+class V2ServerHandler(V2Handler):
+    """Server health and metadata: open without a token once any model is public."""
+
+    def prepare(self):
+        super().prepare()
+        if not self.registry.public_models and not self.current_user:
+            raise web.HTTPError(401, "Authentication required: send a hub API token")
+
+
+class V2Health(V2ServerHandler):
     def get(self, which):
         self.write_json({"live": True} if which == "live" else {"ready": True})
 
 
-class V2Server(V2Handler):
-    @authenticated
+class V2Server(V2ServerHandler):
     def get(self):
         self.write_json({"name": "aidc", "version": "2", "extensions": ["binary_tensor_data"]})
+
+
+class MetricsHandler(ModelsHandler):
+    """Prometheus metrics of every endpoint and replica (:mod:`aidc.models.endpoint_metrics`)."""
+
+    @authenticated
+    async def get(self):
+        if self.role not in (roles.ADMIN, roles.VIEWER):
+            raise PermissionDeniedError("the models service's metrics are for admins and viewers "
+                                        "(a deployment's own figures are in its deployment API)")
+        replicas = await self.runner.replica_metrics()
+        self.set_header("Content-Type", CONTENT_TYPE)
+        self.finish(self.runner.metrics.render(replicas))
 
 
 class V2Model(V2Handler):
@@ -355,7 +439,7 @@ class V2Model(V2Handler):
 
     max_body_bytes = MAX_INFER_BODY
 
-    @authenticated
+    @public_or_authenticated
     async def get(self, name, version, what):
         self.visible_model(name)
         if what == "/ready":
@@ -371,7 +455,7 @@ class V2Model(V2Handler):
                          "platform": PLATFORMS.get(v["format"], v["format"]),
                          "inputs": sig.get("inputs", []), "outputs": sig.get("outputs", [])})
 
-    @authenticated
+    @public_or_authenticated
     async def post(self, name, version, what):
         if what != "/infer":
             raise web.HTTPError(404, f"no such endpoint {self.request.path}")
@@ -402,6 +486,7 @@ ROUTES = [
     (r"/api/models/([^/]+)/deployment/(rollback|promote)", DeploymentAction),
     (r"/v2/health/(live|ready)", V2Health),
     (r"/v2", V2Server),
+    (r"/metrics", MetricsHandler),
     (r"/v2/models/([^/]+)(?:/versions/([^/]+))?(/ready|/infer)?", V2Model),
 ]
 
@@ -413,7 +498,7 @@ class ModelsApp(ServiceApp):
 
     @property
     def classes(self):
-        return [ModelRegistry, DeploymentRunner, GPULedger]
+        return [ModelRegistry, DeploymentRunner, GPULedger, JobStore]
 
 
 def main() -> None:
@@ -421,8 +506,11 @@ def main() -> None:
     app = ModelsApp()
     app.load_drop_ins(data_dir)
     registry = ModelRegistry(config=app.config, data_dir=data_dir)
-    runner = DeploymentRunner(registry, config=app.config)
+    run_root = sandbox.run_root(data_dir)
+    sandbox.reset(run_root)  # copies a killed predecessor left
+    runner = DeploymentRunner(registry, run_root=run_root, config=app.config)
     ledger = open_ledger(data_dir, config=app.config)
+    jobs = JobStore(config=app.config, data_dir=data_dir)  # to check and describe lineage
     artifacts = Path(registry.artifacts_url)
     staging = Path(data_dir) / "models" / "staging"
     for d in (artifacts, staging):
@@ -439,7 +527,7 @@ def main() -> None:
         await runner.close()
 
     run_service(ROUTES, on_start=on_start, on_stop=on_stop, registry=registry, runner=runner,
-                ledger=ledger, artifacts=str(artifacts), staging=str(staging))
+                ledger=ledger, jobs=jobs, run_root=run_root, artifacts=str(artifacts), staging=str(staging))
 
 
 def managed_service() -> ManagedService:
