@@ -405,8 +405,8 @@ class V2Handler(ModelsHandler):
 class V2ServerHandler(V2Handler):
     """Server health and metadata: open without a token once any model is public."""
 
-    def prepare(self):
-        super().prepare()
+    async def prepare(self):
+        await super().prepare()
         if not self.registry.public_models and not self.current_user:
             raise web.HTTPError(401, "Authentication required: send a hub API token")
 
@@ -438,6 +438,7 @@ class V2Model(V2Handler):
     """Model metadata, readiness and inference for ``/v2/models/{name}[/versions/{v}][/ready|/infer]``."""
 
     max_body_bytes = MAX_INFER_BODY
+    quiet_log = True  # one access-log line per inference is too many (see the metrics)
 
     @public_or_authenticated
     async def get(self, name, version, what):

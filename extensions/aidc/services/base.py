@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler, HubOAuthenticated
+from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler, HubOAuthenticated, UserNotAllowed
 from jupyterhub.utils import url_path_join
 from tornado import web
 from tornado.log import app_log
@@ -62,14 +62,38 @@ class ServiceHandler(HubOAuthenticated, web.RequestHandler):
     #: a request body larger than this is refused with 413 before any handler runs
     max_body_bytes: int | None = None
 
-    def prepare(self):
+    async def prepare(self):
         limit = self.max_body_bytes
         if limit is not None:
             length = int(self.request.headers.get("Content-Length") or 0)
             if length > limit or len(self.request.body or b"") > limit:
                 size = f"{limit // 2**20} MiB" if limit >= 2**20 else f"{limit // 1024} KiB"
                 raise web.HTTPError(413, f"request body too large: at most {size}")
-        return super().prepare()
+        await self._identify_caller()
+
+    async def _identify_caller(self) -> None:
+        """Look the caller up on the event loop, once per request.
+
+        ``HubAuthenticated.get_current_user`` is synchronous: JupyterHub runs the lookup
+        on a second event loop in a thread and blocks this one until it answers, even
+        for a cached token. Under load (model inference) that serialised every request
+        behind a thread hand-off; awaiting the same lookup here and filling the
+        handler's cache keeps the loop free. The checks are JupyterHub's own.
+        """
+        if hasattr(self, "_hub_auth_user_cache"):
+            return
+        try:
+            model = await self.hub_auth.get_user(self, sync=False)
+        except web.HTTPError:
+            return  # the hub did not answer: the synchronous path reports it as before
+        if not model:
+            self._hub_auth_user_cache = None
+            return
+        try:
+            self._hub_auth_user_cache = self.check_hub_user(model)
+        except UserNotAllowed:
+            return  # get_current_user's refusal path tells them why (403)
+        self.hub_auth._persist_url_token_if_set(self)  # ?token= in a browser URL, as JupyterHub does
 
     @property
     def role(self) -> str | None:
@@ -166,9 +190,32 @@ def make_app(routes: list[tuple], **settings) -> web.Application:
         (url_path_join(prefix, "health"), HealthHandler),
     ]
     handlers += [(url_path_join(prefix, pattern), *rest) for pattern, *rest in routes]
+    settings.setdefault("log_function", log_request)
     return web.Application(
         handlers, hub_auth=hub_auth, cookie_secret=os.urandom(32), **settings
     )
+
+
+def log_request(handler: web.RequestHandler) -> None:
+    """Tornado's access log, with answered high-rate calls (a handler's ``quiet_log``) at debug.
+
+    A model endpoint answers thousands of inference requests a second; one INFO line
+    each cost more than the routing and filled the log. Their counts and latencies are
+    in the service's metrics; errors are still logged.
+    """
+    status = handler.get_status()
+    if status < 400:
+        level = logging.DEBUG if getattr(handler, "quiet_log", False) else logging.INFO
+    elif status < 500:
+        level = logging.WARNING
+    else:
+        level = logging.ERROR
+    access = logging.getLogger("tornado.access")
+    if not access.isEnabledFor(level):
+        return
+    request = handler.request
+    access.log(
+        level, "%d %s %.2fms", status, handler._request_summary(), 1000.0 * request.request_time())
 
 
 class ServiceApp(Application):
