@@ -10,8 +10,10 @@ import os
 import pwd
 import signal
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import psutil
 
@@ -68,3 +70,26 @@ def clean_up(platform, extra: list[psutil.Process] = (), label: str = "") -> lis
             subprocess.run(["pkill", "-KILL", "-u", pw.pw_name], capture_output=True)
             subprocess.run(["userdel", "--remove", pw.pw_name], capture_output=True)
     return problems
+
+
+def begin(tmp_prefix: str, why_root: str, say: Callable[[str], None]) -> Path | None:
+    """What every root benchmark does first: check root, remove stale accounts, make its folder.
+
+    Returns the run's private temporary folder (0711, so the platform's accounts can reach
+    their homes below it), or None (after saying why) when not run as root. SIGTERM is
+    turned into KeyboardInterrupt from here on, so ``kill`` cleans up like Ctrl-C.
+    """
+    if os.geteuid() != 0:
+        print(f"run as root: {why_root}", file=sys.stderr)
+        return None
+    stale = remove_stale_accounts(tmp_prefix)
+    if stale:
+        say(f"removed {len(stale)} accounts left by an interrupted run: {', '.join(stale)}")
+    root = Path(tempfile.mkdtemp(prefix=tmp_prefix))
+    root.chmod(0o711)
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    return root

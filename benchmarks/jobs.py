@@ -98,11 +98,9 @@ import os
 import platform as py_platform
 import pwd
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -117,7 +115,7 @@ from nbformat.v4 import new_code_cell, new_notebook  # noqa: E402
 import aidc.jobs  # noqa: E402
 from aidc.client import Client  # noqa: E402
 from platform_helpers import Platform, new_prefix, unix_name  # noqa: E402
-from bench_platforms import clean_up, process_tree, remove_stale_accounts  # noqa: E402
+from bench_platforms import begin, clean_up, process_tree  # noqa: E402
 
 PAPERMILL = str(Path(sys.executable).with_name("papermill"))
 TMP_PREFIX = "aidc-bench-jobs-"
@@ -610,17 +608,11 @@ def main(argv: list[str] | None = None) -> int:
     only = {x.strip() for x in args.only.split(",") if x.strip()}
     if not only or only - {"a", "b", "c"}:
         ap.error("--only takes a, b, c or a comma-separated list of them")
-    if os.geteuid() != 0:
-        print("run as root: the platform runs jobs as per-user Unix accounts", file=sys.stderr)
+    root = begin(TMP_PREFIX, "the platform runs jobs as per-user Unix accounts", log)
+    if root is None:
         return 2
-
-    stale = remove_stale_accounts(TMP_PREFIX)
-    if stale:
-        log(f"removed {len(stale)} accounts left by an interrupted run: {', '.join(stale)}")
     started = time.monotonic()
     load0 = os.getloadavg()
-    root = Path(tempfile.mkdtemp(prefix=TMP_PREFIX))
-    root.chmod(0o711)
     bench = Bench(root)
     out: list[str] = []
     verdicts: dict[str, bool] = {}
@@ -629,10 +621,6 @@ def main(argv: list[str] | None = None) -> int:
     interrupted = False
     cluster = {}
 
-    def on_term(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
     try:
         bench.start()
         trivial = bench.put("trivial.ipynb", make_notebook("x = 1", TRIVIAL_CODE))

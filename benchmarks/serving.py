@@ -92,7 +92,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -110,7 +109,7 @@ import torch  # noqa: E402
 
 import aidc.models  # noqa: E402
 from aidc.client import Client  # noqa: E402
-from bench_platforms import clean_up, process_tree, remove_stale_accounts  # noqa: E402
+from bench_platforms import begin, clean_up, process_tree  # noqa: E402
 from platform_helpers import Platform, free_port, new_prefix  # noqa: E402
 
 MLFLOW_VERSION = "3.17.2"
@@ -1078,26 +1077,16 @@ def main(argv: list[str] | None = None) -> int:
                     help="py-spy the models service and replica during one extra hub c=32 run")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder (logs)")
     args = ap.parse_args(argv)
-    if os.geteuid() != 0:
-        print("run as root: the platform makes Unix accounts for its users", file=sys.stderr)
+    root = begin(TMP_PREFIX, "the platform makes Unix accounts for its users", log)
+    if root is None:
         return 2
-
-    stale = remove_stale_accounts(TMP_PREFIX)
-    if stale:
-        log(f"removed {len(stale)} accounts left by an interrupted run: {', '.join(stale)}")
     started = time.monotonic()
     load0 = os.getloadavg()
     code = code_state()
-    root = Path(tempfile.mkdtemp(prefix=TMP_PREFIX))
-    root.chmod(0o711)
     bench = Bench(args, root, AidcSide(root))
     failed = None
     interrupted = False
 
-    def on_term(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
     try:
         run_all(bench)
     except CheckFailed as e:

@@ -69,10 +69,8 @@ import os
 import platform as py_platform
 import re
 import shutil
-import signal
 import statistics
 import sys
-import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
@@ -83,7 +81,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 import psutil  # noqa: E402
 import requests  # noqa: E402
 from platform_helpers import Platform, User, new_prefix  # noqa: E402
-from bench_platforms import clean_up, remove_stale_accounts  # noqa: E402
+from bench_platforms import begin, clean_up  # noqa: E402
 
 GOAL_RATIO = 1.10
 TMP_PREFIX = "aidc-bench-spawn-"
@@ -256,25 +254,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=5, help="measured rounds (each: one aidc and one stock spawn)")
     ap.add_argument("--keep", action="store_true", help="keep the data dirs (logs) after the run")
     args = ap.parse_args(argv)
-    if os.geteuid() != 0:
-        print("run as root: both spawners run servers as per-user Unix accounts", file=sys.stderr)
+    root = begin(TMP_PREFIX, "both spawners run servers as per-user Unix accounts",
+                 lambda m: print(m, file=sys.stderr))
+    if root is None:
         return 2
-
-    stale = remove_stale_accounts(TMP_PREFIX)
-    if stale:
-        print(f"removed {len(stale)} accounts left by an interrupted run: {', '.join(stale)}", file=sys.stderr)
     started = time.monotonic()
     load0 = os.getloadavg()[0]
-    root = Path(tempfile.mkdtemp(prefix=TMP_PREFIX))
-    root.chmod(0o711)
     sides = {"aidc": Side("aidc", root), "stock": Side("stock", root)}
     problems: list[str] = []
     interrupted = False
 
-    def on_term(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
     try:
         for side in sides.values():
             t = time.monotonic()
