@@ -417,12 +417,23 @@ def test_endpoint_metrics_count_every_request_and_federate_replicas(platform, sc
 def test_deployment_with_a_gpu_holds_it_in_the_ledger(platform, scientist, admin, served):
     import aidc
     c = served["client"]
-    aidc.models.deploy("mnist", version=1, replicas=1, gpus=1, client=c)
-    holders = {u["holder"] for u in platform.resources(admin.token)["units"] if u["holder"]}
-    assert "deployment:mnist" in holders
+    def replica_gpus() -> set[str]:
+        dep = models_api(platform, scientist.token, "GET", "/models/mnist/deployment").json()
+        seen = {psutil.Process(r["pid"]).environ().get("CUDA_VISIBLE_DEVICES")
+                for v in dep["versions"] for r in v["replicas"]}
+        assert len(seen) == 1, seen
+        return set(filter(None, seen.pop().split(",")))
+
+    dep = aidc.models.deploy("mnist", version=1, replicas=1, gpus=1, client=c)
+    held = [u for u in platform.resources(admin.token)["units"] if u["holder"] == "deployment:mnist"]
+    assert len(held) == 1
+    # its replicas see exactly that GPU (on the simulated inventory the model still runs on the CPU)
+    assert replica_gpus() == {held[0]["visible_id"]}
+    assert aidc.models.predict("mnist", np.zeros((1, 1, 28, 28), np.float32), client=c).shape == (1, 10)
     aidc.models.deploy("mnist", version=1, replicas=1, gpus=0, client=c)
     holders = {u["holder"] for u in platform.resources(admin.token)["units"] if u["holder"]}
     assert "deployment:mnist" not in holders
+    assert replica_gpus() == set()  # and a deployment without GPUs sees none
     aidc.models.undeploy("mnist", client=c)
     r = models_api(platform, scientist.token, "GET", "/models/mnist/deployment")
     assert r.status_code == 404

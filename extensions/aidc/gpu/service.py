@@ -48,6 +48,7 @@ class GPUsHandler(ResourcesHandler):
             shown = holder if holder and claim and self.visible(claim.owner) else None
             units.append({
                 "id": u["id"], "node": u["node"], "kind": u["kind"], "name": u["name"],
+                "visible_id": u["visible_id"],  # the UUID nvidia-smi and CUDA_VISIBLE_DEVICES show
                 "memory_mb": u["memory_mb"], "simulated": u["simulated"],
                 "free": holder is None,
                 "holder": shown,

@@ -72,6 +72,8 @@ class ServedVersion:
     identity: Identity | None = None
     #: the artifact copy that account reads
     staged: Staged | None = None
+    #: the GPUs its replicas see (CUDA_VISIBLE_DEVICES): the deployment's ledger claim
+    visible_devices: str = ""
     replicas: list[Replica] = field(default_factory=list)
     _next: itertools.count = field(default_factory=itertools.count)
 
@@ -113,9 +115,11 @@ class DeploymentRunner(LoggingConfigurable):
     ).tag(config=True)
     threads_per_replica = Integer(0, help="Compute threads per replica (0: the machine's cores / replicas).").tag(config=True)
 
-    def __init__(self, registry, run_root: Path | None = None, **kwargs):
+    def __init__(self, registry, run_root: Path | None = None, ledger=None, **kwargs):
         super().__init__(**kwargs)
         self.registry = registry
+        #: GPULedger: a deployment's replicas see the GPUs of its claim ``deployment:<name>``
+        self.ledger = ledger
         #: where artifacts are staged for their owners' replicas (aidc.models.sandbox)
         self.run_root = run_root or Path(tempfile.gettempdir()) / "aidc-models"
         self.routes: dict[str, Route] = {}
@@ -157,6 +161,9 @@ class DeploymentRunner(LoggingConfigurable):
         replica.port = _free_port()
         replica.ready = False
         env = {k: v for k, v in os.environ.items() if not k.startswith("JUPYTERHUB_")}
+        # exactly the deployment's GPUs; none at all without a claim
+        env["CUDA_VISIBLE_DEVICES"] = served.visible_devices
+        env["NVIDIA_VISIBLE_DEVICES"] = served.visible_devices or "void"
         identity = {}
         if served.identity is not None:  # the model's code runs as its owner (aidc.models.sandbox)
             env = served.identity.environment(env)
@@ -172,7 +179,7 @@ class DeploymentRunner(LoggingConfigurable):
         artifact = artifacts_local.local_copy(version["artifact_url"], version["filename"])
         staged = stage(artifact, identity, self.run_root, prefix=f"{name}-v{number}-")
         served = ServedVersion(name, number, self._command(name, version, dep, dep["replicas"], staged.path),
-                               identity=identity, staged=staged)
+                               identity=identity, staged=staged, visible_devices=self._visible_devices(name))
         for _ in range(dep["replicas"]):
             replica = Replica(port=0)
             self._spawn(served, replica)
@@ -180,6 +187,12 @@ class DeploymentRunner(LoggingConfigurable):
         if wait:
             await self._wait_ready(served)
         return served
+
+    def _visible_devices(self, name: str) -> str:
+        if self.ledger is None:
+            return ""
+        claim = next((c for c in self.ledger.claims() if c.holder == f"deployment:{name}"), None)
+        return claim.visible_devices if claim is not None else ""
 
     async def _wait_ready(self, served: ServedVersion) -> None:
         deadline = time.monotonic() + self.ready_timeout
@@ -258,7 +271,8 @@ class DeploymentRunner(LoggingConfigurable):
 
         async def get(number: int) -> ServedVersion:
             served = reuse.get(number)
-            if served is not None and len(served.replicas) == dep["replicas"]:
+            if (served is not None and len(served.replicas) == dep["replicas"]
+                    and served.visible_devices == self._visible_devices(name)):
                 return served
             served = await self._serve(name, number, dep, wait)
             started.append(served)

@@ -691,6 +691,30 @@ def load(format: str, path: Path, signature: Signature, device: str = "cpu", *,
     return OnnxRunner(path, signature, kind, index, threads)
 
 
+def auto_device(format: str) -> str:
+    """``"cuda"`` when this process was given GPUs and the format's runtime can use them, else ``"cpu"``.
+
+    A deployment's replicas see exactly the GPUs its ledger claim holds
+    (``CUDA_VISIBLE_DEVICES``, empty without GPUs); on a simulated inventory they are
+    not real CUDA devices, and the model runs on the CPU.
+    """
+    if not os.environ.get("CUDA_VISIBLE_DEVICES"):
+        return "cpu"
+    try:
+        if format == "torchscript":
+            import torch
+            usable = torch.cuda.is_available()
+        elif format == "onnx":
+            import onnxruntime
+            usable = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+        else:
+            import tensorflow as tf
+            usable = bool(tf.config.list_physical_devices("GPU"))
+    except Exception:  # noqa: BLE001 - a broken CUDA install runs on the CPU
+        usable = False
+    return "cuda" if usable else "cpu"
+
+
 def _parse_device(device: str) -> tuple[str, int | None]:
     m = re.fullmatch(r"(cpu|cuda|gpu)(?::(\d+))?", str(device).strip().lower())
     if not m:

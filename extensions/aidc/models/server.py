@@ -58,10 +58,10 @@ from urllib.parse import quote, unquote
 
 import numpy as np
 from tornado import httputil, iostream
-from tornado.httpserver import HTTPServer
 
 from aidc.errors import AidcError, UsageError
 from aidc.models.batching import LATENCY_BUCKETS, Batcher, Histogram
+from aidc.services.http import NoDelayHTTPServer
 
 try:  # the fastest JSON at hand
     import orjson
@@ -854,19 +854,6 @@ class _Router(httputil.HTTPServerConnectionDelegate):
         return _Request(self.server, request_conn)
 
 
-class _NoDelayHTTPServer(HTTPServer):
-    """TCP_NODELAY on every connection, for good (tornado turns it off between requests)."""
-
-    def handle_stream(self, stream, address):
-        stream.set_nodelay(True)
-        stream.set_nodelay = _keep_nodelay  # type: ignore[method-assign]
-        super().handle_stream(stream, address)
-
-
-def _keep_nodelay(value: bool) -> None:
-    pass
-
-
 # -- process --------------------------------------------------------------------------------
 def _cpu_count() -> int:
     try:
@@ -960,7 +947,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "worker thread, when the model takes less than this for one row "
                         "(0: always use the worker threads)")
     p.add_argument("--prefix", default="", help="URL prefix in front of all paths")
-    p.add_argument("--device", default="cpu", help="device to load the model on")
+    p.add_argument("--device", default="auto",
+                   help="device to load the model on: cpu, cuda, cuda:N, or auto (cuda when this "
+                        "process was given GPUs its runtime can use)")
     p.add_argument("--max-body-size", type=_parse_size, default=DEFAULT_MAX_BODY,
                    help="largest request body in bytes (K/M/G suffixes allowed); larger gets 413")
     p.add_argument("--shutdown-timeout", type=float, default=30.0,
@@ -1010,7 +999,7 @@ async def serve(args: argparse.Namespace, signature) -> int:
     # bodies with a Content-Length over the limit are refused from their headers, chunked
     # ones as they pass the limit; tornado's own limit (a bare 400) is only a backstop
     backstop = max(args.max_body_size, 1) * 4 + (1 << 20)
-    http = _NoDelayHTTPServer(_Router(model), max_body_size=backstop, idle_connection_timeout=3600)
+    http = NoDelayHTTPServer(_Router(model), max_body_size=backstop, idle_connection_timeout=3600)
     try:
         http.listen(args.port, args.host, backlog=1024)
     except OSError as e:
@@ -1029,7 +1018,10 @@ async def serve(args: argparse.Namespace, signature) -> int:
 
             if args.format == "keras":
                 _size_tensorflow_threads()
-            runner = formats.load(args.format, args.artifact, signature, device=args.device,
+            device = formats.auto_device(args.format) if args.device == "auto" else args.device
+            log.info("model %s version %s runs on %s (CUDA_VISIBLE_DEVICES=%r)", args.name, args.version,
+                     device, os.environ.get("CUDA_VISIBLE_DEVICES", ""))
+            runner = formats.load(args.format, args.artifact, signature, device=device,
                                   threads=_THREADS)
             _size_framework_threads()
             runner.warmup()

@@ -509,8 +509,8 @@ def main() -> None:
     registry = ModelRegistry(config=app.config, data_dir=data_dir)
     run_root = sandbox.run_root(data_dir)
     sandbox.reset(run_root)  # copies a killed predecessor left
-    runner = DeploymentRunner(registry, run_root=run_root, config=app.config)
     ledger = open_ledger(data_dir, config=app.config)
+    runner = DeploymentRunner(registry, run_root=run_root, ledger=ledger, config=app.config)
     jobs = JobStore(config=app.config, data_dir=data_dir)  # to check and describe lineage
     artifacts = Path(registry.artifacts_url)
     staging = Path(data_dir) / "models" / "staging"

@@ -35,6 +35,7 @@ from tornado.log import app_log
 from traitlets.config import Application, PyFileConfigLoader
 
 from ..hub import roles
+from .http import NoDelayHTTPServer
 from ..errors import (
     AidcError,
     AuthenticationError,
@@ -248,7 +249,8 @@ def run_service(routes: list[tuple], on_start=None, on_stop=None, **settings) ->
         if on_start is not None:
             await on_start()
         app = make_app(routes, **settings)
-        server = app.listen(url.port, address=url.hostname or "127.0.0.1", xheaders=True)
+        server = NoDelayHTTPServer(app, xheaders=True)
+        server.listen(url.port, address=url.hostname or "127.0.0.1")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
