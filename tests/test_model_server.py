@@ -13,6 +13,7 @@ import json
 import re
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import textwrap
@@ -255,6 +256,27 @@ def test_bad_signature_or_artifact_exits_with_a_message(start, mnist, tmp_path):
 
 
 # -- metadata -----------------------------------------------------------------------------
+def test_also_serves_on_a_private_unix_socket(start, mnist, tmp_path):
+    """The models service reaches its replicas over a Unix socket (no TCP stack per request)."""
+    import aiohttp
+    path = tmp_path / "r.sock"
+    s = start(mnist["format"], mnist["path"], mnist["signature"], extra=["--unix-socket", str(path)]).wait_ready()
+    assert stat.S_ISSOCK(path.stat().st_mode) and path.stat().st_mode & 0o777 == 0o600
+    x = images(3)
+    body = {"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}
+
+    async def call():
+        async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(path))) as session:
+            async with session.post("http://replica/v2/models/mnist/infer", json=body) as r:
+                return r.status, await r.json()
+
+    status, answer = asyncio.run(call())
+    assert status == 200, answer
+    got = np.asarray(answer["outputs"][0]["data"], np.float32).reshape(answer["outputs"][0]["shape"])
+    assert np.allclose(got, mnist["predict"](x), atol=1e-4)
+    assert s.status("/v2/health/ready") == 200  # and TCP still answers
+
+
 def test_metadata(server, mnist):
     meta = server.get("/v2").json()
     assert meta["name"] == "aidc" and "binary_tensor_data" in meta["extensions"] and meta["version"]

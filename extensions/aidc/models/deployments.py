@@ -55,10 +55,26 @@ class Replica:
     restarts: int = 0
     inflight: int = 0
     failed_checks: int = 0
+    #: the replica's Unix socket, and the connections to it (the service's path to it;
+    #: the TCP port stays for people and tools)
+    socket: Path | None = None
+    session: aiohttp.ClientSession | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return "http://replica" if self.session is not None else f"http://127.0.0.1:{self.port}"
+
+    def open_session(self, socket: Path) -> None:
+        """Pooled keep-alive connections over ``socket`` (no TCP stack: cheaper per request)."""
+        self.socket = socket
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.UnixConnector(path=str(socket), limit=0, keepalive_timeout=60),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=5))
+
+    def close_session(self) -> None:
+        if self.session is not None:
+            asyncio.ensure_future(self.session.close())
+            self.session = None
 
 
 @dataclass
@@ -123,14 +139,10 @@ class DeploymentRunner(LoggingConfigurable):
         #: where artifacts are staged for their owners' replicas (aidc.models.sandbox)
         self.run_root = run_root or Path(tempfile.gettempdir()) / "aidc-models"
         self.routes: dict[str, Route] = {}
-        self.session: aiohttp.ClientSession | None = None
         self._watch: asyncio.Task | None = None
         self.metrics = EndpointMetrics()
 
     async def start(self) -> None:
-        self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=5))
         self._watch = asyncio.create_task(self._watch_loop())
         for dep in self.registry.find_deployments():  # the service restarted: bring them back
             try:
@@ -141,12 +153,13 @@ class DeploymentRunner(LoggingConfigurable):
     async def close(self) -> None:
         if self._watch:
             self._watch.cancel()
+        sessions = []
         for route in list(self.routes.values()):
             for served in (route.primary, route.canary):
                 if served:
+                    sessions += [r.session for r in served.replicas if r.session is not None]
                     self._stop(served)
-        if self.session:
-            await self.session.close()
+        await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
 
     # -- versions -------------------------------------------------------------------
     def _command(self, name: str, version: dict, dep: dict, replicas: int, artifact: Path) -> list[str]:
@@ -160,6 +173,11 @@ class DeploymentRunner(LoggingConfigurable):
     def _spawn(self, served: ServedVersion, replica: Replica) -> None:
         replica.port = _free_port()
         replica.ready = False
+        replica.close_session()
+        # the socket goes where the replica's account may create it: its artifact copy's folder
+        folder = served.staged.directory if served.staged and served.staged.directory else self.run_root
+        folder.mkdir(parents=True, exist_ok=True)
+        socket_path = folder / f"r{replica.port}.sock"
         env = {k: v for k, v in os.environ.items() if not k.startswith("JUPYTERHUB_")}
         # exactly the deployment's GPUs; none at all without a claim
         env["CUDA_VISIBLE_DEVICES"] = served.visible_devices
@@ -169,15 +187,16 @@ class DeploymentRunner(LoggingConfigurable):
             env = served.identity.environment(env)
             identity = served.identity.popen_kwargs()
         replica.process = subprocess.Popen(
-            [*served.command, "--port", str(replica.port)], env=env,
+            [*served.command, "--port", str(replica.port), "--unix-socket", str(socket_path)], env=env,
             cwd=str(served.staged.directory) if served.staged and served.staged.directory else None,
             stdout=subprocess.DEVNULL, stderr=None, preexec_fn=_die_with_parent, **identity)
+        replica.open_session(socket_path)
 
     async def _serve(self, name: str, number: int, dep: dict, wait: bool) -> ServedVersion:
         version = self.registry.version(name, number)
         identity = Identity.of_owner(self.registry.model(name)["owner"])
         artifact = artifacts_local.local_copy(version["artifact_url"], version["filename"])
-        staged = stage(artifact, identity, self.run_root, prefix=f"{name}-v{number}-")
+        staged = stage(artifact, identity, self.run_root, prefix=f"v{number}-")  # short: socket paths
         served = ServedVersion(name, number, self._command(name, version, dep, dep["replicas"], staged.path),
                                identity=identity, staged=staged, visible_devices=self._visible_devices(name))
         for _ in range(dep["replicas"]):
@@ -220,7 +239,7 @@ class DeploymentRunner(LoggingConfigurable):
                     self._spawn(served, replica)
                 continue
             try:
-                async with self.session.get(f"{replica.url}/v2/health/ready",
+                async with replica.session.get(f"{replica.url}/v2/health/ready",
                                             timeout=aiohttp.ClientTimeout(total=5)) as r:
                     replica.ready = r.status == 200
                     replica.failed_checks = 0
@@ -237,6 +256,9 @@ class DeploymentRunner(LoggingConfigurable):
             replica.ready = False
             if replica.process and replica.process.poll() is None:
                 replica.process.send_signal(signal.SIGTERM)
+            replica.close_session()
+            if replica.socket is not None and not (served.staged and served.staged.directory):
+                replica.socket.unlink(missing_ok=True)  # in the shared folder (no account change)
         if served.staged is not None:  # loaded already; a stopped version is never restarted
             served.staged.remove()
 
@@ -326,7 +348,7 @@ class DeploymentRunner(LoggingConfigurable):
 
         async def fetch(replica: Replica) -> str:
             try:
-                async with self.session.get(f"{replica.url}/metrics",
+                async with replica.session.get(f"{replica.url}/metrics",
                                             timeout=aiohttp.ClientTimeout(total=5)) as r:
                     return await r.text() if r.status == 200 else ""
             except (aiohttp.ClientError, asyncio.TimeoutError):
@@ -364,7 +386,7 @@ class DeploymentRunner(LoggingConfigurable):
             attempt += 1
             replica.inflight += 1
             try:
-                async with self.session.post(f"{replica.url}{path}", data=body,
+                async with replica.session.post(f"{replica.url}{path}", data=body,
                                              headers=headers) as r:
                     data = await r.read()
                     out_headers = {k: v for k, v in r.headers.items()
