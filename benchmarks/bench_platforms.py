@@ -1,4 +1,4 @@
-"""Clean-up shared by the benchmarks that run real platforms as root (spawn.py, jobs.py).
+"""What the benchmarks that run real platforms as root share: their start, clean-up and last lines.
 
 A benchmark platform makes Unix accounts (its users and its initial ``admin``, with a
 private prefix) and processes; whatever happens, the run must leave none behind.
@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -93,3 +94,28 @@ def begin(tmp_prefix: str, why_root: str, say: Callable[[str], None]) -> Path | 
 
     signal.signal(signal.SIGTERM, on_term)
     return root
+
+
+def report_end(problems: list[str], clean: str, elapsed: float) -> None:
+    """The last lines of every root benchmark: what the clean-up left (``clean`` if nothing), and the time."""
+    if problems:
+        print("clean-up: PROBLEMS")
+        for p in problems:
+            print(f"  {p}")
+    else:
+        print(f"clean-up: OK: {clean}")
+    print(f"total run time {elapsed:.0f} s")
+
+
+def wait_for_service(client, path: str, name: str, platform, timeout: float = 120) -> None:
+    """Poll ``path`` until the service answers (it starts with the hub, a little after it)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            client.get_json(path, timeout=5)
+            return
+        except Exception:  # noqa: BLE001 - not up yet: any failure means "try again"
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the {name} service did not answer in {timeout:g} s\n"
+                                   f"{platform.log()[-4000:]}") from None
+            time.sleep(0.3)

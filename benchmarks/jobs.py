@@ -115,7 +115,7 @@ from nbformat.v4 import new_code_cell, new_notebook  # noqa: E402
 import aidc.jobs  # noqa: E402
 from aidc.client import Client  # noqa: E402
 from platform_helpers import Platform, new_prefix, unix_name  # noqa: E402
-from bench_platforms import begin, clean_up, process_tree  # noqa: E402
+from bench_platforms import begin, clean_up, process_tree, report_end, wait_for_service  # noqa: E402
 
 PAPERMILL = str(Path(sys.executable).with_name("papermill"))
 TMP_PREFIX = "aidc-bench-jobs-"
@@ -229,15 +229,7 @@ class Bench:
         p.start(timeout=240)
         self.user = p.new_user("scientist")
         self.client = Client(p.url, self.user.token, timeout=120)
-        deadline = time.monotonic() + 120
-        while True:  # the jobs service starts with the hub, its Dask cluster after it
-            try:
-                self.client.get_json("services/jobs/api/summary", timeout=5)
-                break
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"the jobs service did not answer in 120 s\n{p.log()[-4000:]}")
-                time.sleep(0.3)
+        wait_for_service(self.client, "services/jobs/api/summary", "jobs", p)  # its Dask cluster comes later
         self.pw = pwd.getpwnam(unix_name(self.user.name, p.prefix))
         self.home = Path(self.pw.pw_dir)
         self.out_dir = self.home / "bench-out"
@@ -679,15 +671,9 @@ def main(argv: list[str] | None = None) -> int:
     elif not interrupted:
         print("checks: OK: every service job completed with the expected output; every papermill "
               "run exited 0 with the expected output and injected parameters")
-    if problems:
-        print("clean-up: PROBLEMS")
-        for p in problems:
-            print(f"  {p}")
-    else:
-        print("clean-up: OK: platform stopped, its Unix accounts (user, admin) and processes are "
-              "gone, temporary folders removed" if not args.keep else
-              "clean-up: OK: platform stopped, its Unix accounts and processes are gone (folder kept)")
-    print(f"total run time {elapsed:.0f} s")
+    report_end(problems, "platform stopped, its Unix accounts (user, admin) and processes are gone, "
+               "temporary folders removed" if not args.keep else
+               "platform stopped, its Unix accounts and processes are gone (folder kept)", elapsed)
     if interrupted:
         return 130
     return 1 if (failed_check or problems) else 0

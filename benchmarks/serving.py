@@ -109,7 +109,7 @@ import torch  # noqa: E402
 
 import aidc.models  # noqa: E402
 from aidc.client import Client  # noqa: E402
-from bench_platforms import begin, clean_up, process_tree  # noqa: E402
+from bench_platforms import begin, clean_up, process_tree, report_end, wait_for_service  # noqa: E402
 from platform_helpers import Platform, free_port, new_prefix  # noqa: E402
 
 MLFLOW_VERSION = "3.17.2"
@@ -714,15 +714,7 @@ class AidcSide:
         user = p.new_user("scientist")
         self.token = user.token
         self.client = Client(p.url, user.token, timeout=600)
-        deadline = time.monotonic() + 120
-        while True:  # the models service starts with the hub
-            try:
-                self.client.get_json("services/models/api/models", timeout=5)
-                break
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"the models service did not answer in 120 s\n{p.log()[-4000:]}")
-                time.sleep(0.3)
+        wait_for_service(self.client, "services/models/api/models", "models", p)
         v = aidc.models.register(model, name=MODEL, example=example, client=self.client)
         self.signature = v.signature
         log(f"platform up in {time.monotonic() - t:.1f} s ({p.url}); registered {MODEL} "
@@ -1128,14 +1120,9 @@ def main(argv: list[str] | None = None) -> int:
         print("checks: OK: every counted answer was HTTP 200 with the raw model's output")
     for line in bench.profile:
         print(line)
-    if problems:
-        print("clean-up: PROBLEMS")
-        for p in problems:
-            print(f"  {p}")
-    else:
-        print("clean-up: OK: MLflow server and platform stopped, Unix accounts and processes gone"
-              + (", temporary folder removed" if not args.keep else " (folder kept)"))
-    print(f"total run time {time.monotonic() - started:.0f} s")
+    report_end(problems, "MLflow server and platform stopped, Unix accounts and processes gone"
+               + (", temporary folder removed" if not args.keep else " (folder kept)"),
+               time.monotonic() - started)
     if interrupted:
         return 130
     return 1 if (failed or problems) else 0

@@ -81,7 +81,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 import psutil  # noqa: E402
 import requests  # noqa: E402
 from platform_helpers import Platform, User, new_prefix  # noqa: E402
-from bench_platforms import begin, clean_up  # noqa: E402
+from bench_platforms import begin, clean_up, report_end  # noqa: E402
 
 GOAL_RATIO = 1.10
 TMP_PREFIX = "aidc-bench-spawn-"
@@ -336,14 +336,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"goal: aidc spawn-to-ready <= {GOAL_RATIO:.2f}x stock (median): {ratio:.3f}x: "
               f"{verdict}")
     print()
-    if problems:
-        print("clean-up: PROBLEMS")
-        for p in problems:
-            print(f"  {p}")
-    else:
-        print("clean-up: OK: both platforms stopped, every Unix account and process they made "
-              "is gone")
-    print(f"total run time {elapsed:.0f} s")
+    report_end(problems, "both platforms stopped, every Unix account and process they made is gone",
+               elapsed)
     if interrupted:
         return 130
     return 1 if problems or len(a.ready_s) < args.rounds else 0
