@@ -11,6 +11,10 @@ never do more than its owner could.
 The token's note names the job (``aidc job <id>``), so tokens a crashed service could
 not revoke are found and revoked when the job is recovered, and an admin sees in the
 hub's token page which job a token belongs to.
+
+The token travels to the worker in the Dask task's arguments. With the embedded cluster
+that never leaves the machine; with an external scheduler, protect the cluster's network
+with Dask's TLS settings (``distributed.comm.tls``) as for any data the jobs read.
 """
 
 from __future__ import annotations
