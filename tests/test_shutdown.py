@@ -1,6 +1,7 @@
 """Stopping the platform stops everything it started, and leaves no process behind."""
 
 import signal
+import time
 
 import psutil
 import pytest
@@ -28,10 +29,17 @@ def test_stop_leaves_no_process_behind(fresh_platform, sig):
     assert "jupyterhub-singleuser" in commands
     user_procs = [proc for proc in procs if proc.username() == p.prefix + user.name]
     assert user_procs, "the user's server runs as the user's Unix account"
+    from aidc.models.sandbox import run_root
+    staging = run_root(str(p.data_dir))  # where model replicas get their artifact copies
+    deadline = time.monotonic() + 60
+    while not staging.is_dir():  # made by the models service as it starts
+        assert time.monotonic() < deadline, "the models service did not start"
+        time.sleep(0.2)
 
     assert p.stop(sig) == 0
     assert _all_gone(procs) == []
     assert not (p.data_dir / "platform.json").exists()
+    assert not staging.exists()  # nothing of the platform is left in /tmp
     assert not any(proc.username() == p.prefix + user.name for proc in psutil.process_iter())
 
 

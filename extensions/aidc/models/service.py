@@ -526,6 +526,7 @@ def main() -> None:
 
     async def on_stop():
         await runner.close()
+        shutil.rmtree(run_root, ignore_errors=True)  # the owners' artifact copies and sockets
 
     run_service(ROUTES, on_start=on_start, on_stop=on_stop, registry=registry, runner=runner,
                 ledger=ledger, jobs=jobs, run_root=run_root, artifacts=str(artifacts), staging=str(staging))
