@@ -25,6 +25,7 @@ import re
 import shutil
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
@@ -38,6 +39,38 @@ DEFAULT_PREFIX = os.environ.get("AIDC_UNIX_USER_PREFIX", "jupyter-")
 #: hub user names that become Unix names: lowercase, start with a letter, at most 32
 #: characters once prefixed (useradd's limit).
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,22}$")
+
+
+@dataclass(frozen=True)
+class RunAs:
+    """A Unix account a process of the platform runs as: a job's kernel, a model replica.
+
+    (``None`` instead of one: the platform's own account, in development mode.)
+    """
+
+    name: str
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+    home: str
+
+    @classmethod
+    def of(cls, unix_name: str) -> RunAs:
+        """The account ``unix_name`` from the system's user and group databases."""
+        try:
+            pw = pwd.getpwnam(unix_name)
+        except (KeyError, TypeError, ValueError):
+            raise UsageError(f"there is no Unix account {unix_name!r} on this machine") from None
+        groups = tuple(sorted(set(os.getgrouplist(pw.pw_name, pw.pw_gid))))
+        return cls(pw.pw_name, pw.pw_uid, pw.pw_gid, groups, pw.pw_dir)
+
+    def popen_kwargs(self) -> dict:
+        """``subprocess.Popen`` arguments that make the child this account."""
+        return {"user": self.uid, "group": self.gid, "extra_groups": list(self.groups)}
+
+    def environment(self, env: dict[str, str]) -> dict[str, str]:
+        """``env`` with this account's ``HOME``, ``USER`` and ``LOGNAME``."""
+        return {**env, "HOME": self.home, "USER": self.name, "LOGNAME": self.name}
 
 
 def running_as_root() -> bool:

@@ -39,7 +39,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import pwd
 import queue
 import select
 import shutil
@@ -53,7 +52,6 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
 from typing import Any
 
 import zmq
@@ -63,6 +61,7 @@ from jupyter_client.manager import AsyncKernelManager, KernelManager
 from jupyter_client.provisioning.local_provisioner import LocalProvisioner
 
 from aidc.errors import PlatformError, UsageError
+from aidc.hub.system_users import RunAs  # noqa: F401 - the identity kernels run as
 
 ZYGOTE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "zygote.py")
 
@@ -70,27 +69,6 @@ ZYGOTE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "zygote.py")
 KERNEL_START_TIMEOUT = 60.0
 #: how long the fork server may take to import everything
 ZYGOTE_START_TIMEOUT = 120.0
-
-
-@dataclass(frozen=True)
-class RunAs:
-    """The Unix identity a kernel runs as (``None`` instead of one: the worker's own)."""
-
-    name: str
-    uid: int
-    gid: int
-    groups: tuple[int, ...]
-    home: str
-
-    @classmethod
-    def of(cls, unix_name: str) -> RunAs:
-        """The account ``unix_name`` from the system's user and group databases."""
-        try:
-            pw = pwd.getpwnam(unix_name)
-        except (KeyError, TypeError, ValueError):
-            raise UsageError(f"there is no Unix account {unix_name!r} on this machine") from None
-        groups = tuple(sorted(set(os.getgrouplist(pw.pw_name, pw.pw_gid))))
-        return cls(pw.pw_name, pw.pw_uid, pw.pw_gid, groups, pw.pw_dir)
 
 
 #: the kernel the fork server runs: ipykernel of this interpreter

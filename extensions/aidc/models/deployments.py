@@ -34,7 +34,8 @@ from traitlets.config import LoggingConfigurable
 from ..errors import PlatformError
 from . import artifacts_local
 from .endpoint_metrics import EndpointMetrics
-from .sandbox import Identity, Staged, stage
+from ..hub.system_users import RunAs
+from .sandbox import Staged, owner_account, process_options, stage
 
 
 def _free_port() -> int:
@@ -85,7 +86,7 @@ class ServedVersion:
     version: int
     command: list[str]
     #: the Unix account its replicas run as (the model's owner), None: the service's own
-    identity: Identity | None = None
+    identity: RunAs | None = None
     #: the artifact copy that account reads
     staged: Staged | None = None
     #: the GPUs its replicas see (CUDA_VISIBLE_DEVICES): the deployment's ledger claim
@@ -178,23 +179,19 @@ class DeploymentRunner(LoggingConfigurable):
         folder = served.staged.directory if served.staged and served.staged.directory else self.run_root
         folder.mkdir(parents=True, exist_ok=True)
         socket_path = folder / f"r{replica.port}.sock"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("JUPYTERHUB_")}
-        # exactly the deployment's GPUs; none at all without a claim
-        env["CUDA_VISIBLE_DEVICES"] = served.visible_devices
-        env["NVIDIA_VISIBLE_DEVICES"] = served.visible_devices or "void"
-        identity = {}
-        if served.identity is not None:  # the model's code runs as its owner (aidc.models.sandbox)
-            env = served.identity.environment(env)
-            identity = served.identity.popen_kwargs()
+        # the model's code runs as its owner (aidc.models.sandbox) and sees exactly the
+        # deployment's GPUs, none at all without a claim
+        gpus = {"CUDA_VISIBLE_DEVICES": served.visible_devices,
+                "NVIDIA_VISIBLE_DEVICES": served.visible_devices or "void"}
         replica.process = subprocess.Popen(
-            [*served.command, "--port", str(replica.port), "--unix-socket", str(socket_path)], env=env,
-            cwd=str(served.staged.directory) if served.staged and served.staged.directory else None,
-            stdout=subprocess.DEVNULL, stderr=None, preexec_fn=_die_with_parent, **identity)
+            [*served.command, "--port", str(replica.port), "--unix-socket", str(socket_path)],
+            stdout=subprocess.DEVNULL, stderr=None, preexec_fn=_die_with_parent,
+            **process_options(served.identity, served.staged, gpus))
         replica.open_session(socket_path)
 
     async def _serve(self, name: str, number: int, dep: dict, wait: bool) -> ServedVersion:
         version = self.registry.version(name, number)
-        identity = Identity.of_owner(self.registry.model(name)["owner"])
+        identity = owner_account(self.registry.model(name)["owner"])
         artifact = artifacts_local.local_copy(version["artifact_url"], version["filename"])
         staged = stage(artifact, identity, self.run_root, prefix=f"v{number}-")  # short: socket paths
         served = ServedVersion(name, number, self._command(name, version, dep, dep["replicas"], staged.path),

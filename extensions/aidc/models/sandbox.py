@@ -17,43 +17,24 @@ from __future__ import annotations
 
 import hashlib
 import os
-import pwd
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import UsageError
 from ..hub import system_users
+from ..hub.system_users import RunAs
 
 
-@dataclass
-class Identity:
-    """The Unix account a model process runs as."""
-
-    name: str
-    uid: int
-    gid: int
-    groups: list[int]
-    home: str
-
-    @classmethod
-    def of_owner(cls, owner: str) -> Identity | None:
-        """The owner's account when the service is root and the account exists; else None."""
-        if not system_users.running_as_root():
-            return None
-        try:
-            pw = pwd.getpwnam(system_users.system_name(owner))
-        except KeyError:
-            return None  # e.g. a user of company sign-in without a local account
-        groups = sorted(set(os.getgrouplist(pw.pw_name, pw.pw_gid)))
-        return cls(pw.pw_name, pw.pw_uid, pw.pw_gid, groups, pw.pw_dir)
-
-    def popen_kwargs(self) -> dict:
-        """``subprocess.Popen`` arguments that make the child this account."""
-        return {"user": self.uid, "group": self.gid, "extra_groups": self.groups}
-
-    def environment(self, env: dict[str, str]) -> dict[str, str]:
-        return {**env, "HOME": self.home, "USER": self.name, "LOGNAME": self.name}
+def owner_account(owner: str) -> RunAs | None:
+    """The Unix account of hub user ``owner`` when the service is root and it exists; else None."""
+    if not system_users.running_as_root():
+        return None
+    try:
+        return RunAs.of(system_users.system_name(owner))
+    except UsageError:
+        return None  # e.g. a user of company sign-in without a local account
 
 
 @dataclass
@@ -84,7 +65,7 @@ def reset(root: Path) -> None:
     os.chmod(root, 0o711)
 
 
-def stage(artifact: Path, identity: Identity | None, root: Path, prefix: str = "model-") -> Staged:
+def stage(artifact: Path, identity: RunAs | None, root: Path, prefix: str = "model-") -> Staged:
     """Give ``identity`` its own copy of ``artifact`` (a file or a SavedModel folder)."""
     if identity is None:
         return Staged(artifact, None)
@@ -99,3 +80,17 @@ def stage(artifact: Path, identity: Identity | None, root: Path, prefix: str = "
         for entry in [root, *(os.path.join(root, n) for n in dirs + files)]:
             os.chown(entry, identity.uid, identity.gid)
     return Staged(target, directory)
+
+
+def process_options(identity: RunAs | None, staged: Staged, extra_env: dict[str, str] | None = None) -> dict:
+    """``Popen`` keyword arguments for a model process: as ``identity``, in its copy's folder.
+
+    Its environment is the service's without the service's hub credentials, plus ``extra_env``.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JUPYTERHUB_")}
+    env.update(extra_env or {})
+    options: dict = {"env": env, "cwd": str(staged.directory) if staged.directory else None}
+    if identity is not None:
+        options["env"] = identity.environment(env)
+        options.update(identity.popen_kwargs())
+    return options

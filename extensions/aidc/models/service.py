@@ -32,17 +32,17 @@ from ..gpu.platform import open_ledger
 from ..hub import roles
 from ..hub.services import ManagedService, python_command
 from ..jobs.store import JobStore
-from ..services.fields import integer
 from ..services.base import ServiceApp, ServiceHandler, authenticated, run_service
+from ..services.fields import integer
 from . import registry as reg
+from . import sandbox
 from .archive import unzip_to, zip_folder
 from .deployments import DeploymentRunner
-from . import sandbox
 from .endpoint_metrics import CONTENT_TYPE
-from .sandbox import Identity, stage
 from .formats import FORMATS
-from .server import PLATFORMS
 from .registry import ModelRegistry
+from .sandbox import owner_account, process_options, stage
+from .server import PLATFORMS
 
 MAX_INFER_BODY = 16 * 1024 * 1024
 
@@ -236,17 +236,13 @@ class VersionsHandler(ModelsHandler):
 
     async def check_loads(self, fmt: str, path: Path, filename: str) -> None:
         """Load the upload in a short-lived process, as the uploader's Unix account (sandbox)."""
-        identity = Identity.of_owner(self.user_name)
+        identity = owner_account(self.user_name)
         staged = stage(path, identity, self.settings["run_root"], prefix="upload-")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("JUPYTERHUB_")}
-        kwargs = {}
-        if identity is not None:
-            env, kwargs = identity.environment(env), identity.popen_kwargs()
         try:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "aidc.models.validate", fmt, str(staged.path), env=env,
-                cwd=str(staged.directory) if staged.directory else None,
-                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, **kwargs)
+                sys.executable, "-m", "aidc.models.validate", fmt, str(staged.path),
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+                **process_options(identity, staged))
             try:
                 _, err = await asyncio.wait_for(proc.communicate(), 300)
             except asyncio.TimeoutError:

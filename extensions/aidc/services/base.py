@@ -34,8 +34,6 @@ from tornado import web
 from tornado.log import app_log
 from traitlets.config import Application, PyFileConfigLoader
 
-from ..hub import roles
-from .http import NoDelayHTTPServer
 from ..errors import (
     AidcError,
     AuthenticationError,
@@ -44,6 +42,8 @@ from ..errors import (
     PermissionDeniedError,
     UsageError,
 )
+from ..hub import roles
+from .http import NoDelayHTTPServer
 
 #: HTTP status for each kind of user-facing error
 STATUS_FOR_ERROR = {
