@@ -63,6 +63,8 @@ c.GPULedger.user_quotas = {{"quotauser": {{"max_gpus": 1}}}}
 # jobs: the fake NVML is not CUDA, so no dask-cuda; quick retries
 c.JobCluster.use_cuda = False
 c.JobManager.retry_backoff = 0.5
+# the schedules test fires every 2 s (the default minimum between runs is 60 s)
+c.JobManager.min_schedule_interval = 2
 # models: names open to public read (v2 metadata and inference without a token)
 c.ModelRegistry.public_models = ["demo-*"]
 """

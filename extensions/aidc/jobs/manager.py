@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import itertools
-import os
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -30,7 +29,7 @@ from traitlets import Bool, Float, Integer, Unicode
 from traitlets.config import LoggingConfigurable
 
 from ..db import iso, utcnow
-from ..errors import ConflictError, UsageError
+from ..errors import AidcError, ConflictError, UsageError
 from ..gpu.inventory import WHOLE
 from ..gpu.ledger import GRANTED, GPULedger, QuotaExceededError
 from ..services.fields import integer, seconds
@@ -72,6 +71,29 @@ class JobManager(LoggingConfigurable):
     ).tag(config=True)
 
     kernel_name = Unicode("python3", help="Kernel that runs job notebooks.").tag(config=True)
+
+    max_parameter_depth = Integer(
+        parameters.MAX_DEPTH,
+        help="""How deeply a job's parameter values may nest (lists and objects inside each
+        other). Deeper parameters are refused at submit with 400: nesting thousands deep
+        breaks JSON encoding and papermill's injection, and a job with such parameters
+        could never start.""",
+    ).tag(config=True)
+
+    max_parameter_bytes = Integer(
+        parameters.MAX_BYTES,
+        help="""The largest a job's parameters may be, in bytes of compact JSON. Larger ones
+        are refused at submit with 400 (parameters are stored with every job and injected
+        into its notebook; pass data through files, not parameters).""",
+    ).tag(config=True)
+
+    min_schedule_interval = Float(
+        60.0,
+        help="""Seconds that must pass at least between two runs of one schedule. A cron
+        expression that would run more often (``* * * * * *``, croniter's seconds field) is
+        refused with 400 naming this minimum; schedules stored before it was raised are
+        run no more often than this either.""",
+    ).tag(config=True)
 
     tick = Float(0.5, help="Seconds between passes over the queue and the schedules.").tag(config=True)
 
@@ -148,10 +170,14 @@ class JobManager(LoggingConfigurable):
         unknown = set(body) - allowed
         if unknown:
             raise UsageError(f"unknown field(s) {', '.join(sorted(unknown))}; a job takes {', '.join(sorted(allowed))}")
+        parameters.check_size(body.get("parameters") or {}, max_depth=self.max_parameter_depth,
+                              max_bytes=self.max_parameter_bytes)
         who = notebooks.Owner.of(owner, self.data_dir)
         path = body.get("path")
         _, nb = notebooks.read(who, path)
-        params = parameters.validate(nb, body.get("parameters") or {}, path)
+        params = parameters.validate(nb, body.get("parameters") or {}, path,
+                                     max_depth=self.max_parameter_depth,
+                                     max_bytes=self.max_parameter_bytes)
         gpus = integer(body.get("gpus", 0), "gpus", minimum=0)
         self._check_gpus_possible(owner, gpus)
         spec = {
@@ -265,8 +291,9 @@ class JobManager(LoggingConfigurable):
         cron = body.get("cron")
         tz = body.get("timezone") or "UTC"
         job_body = {k: v for k, v in body.items() if k not in ("cron", "timezone")}
-        self.prepare(owner, job_body)  # the notebook and parameters are valid now
         next_run = next_cron(cron, tz, dt.datetime.now(dt.UTC))
+        check_interval(cron, tz, self.min_schedule_interval)
+        self.prepare(owner, job_body)  # the notebook and parameters are valid now
         self._first_job()
         return self.store.insert_schedule(owner=owner, groups=sorted(groups or []), spec=job_body,
                                           cron=cron, timezone=tz, paused=False, next_run=next_run)
@@ -284,8 +311,11 @@ class JobManager(LoggingConfigurable):
         for sched in self.store.find_schedules():
             if sched["paused"] or sched["next_run"] is None or sched["next_run"] > now:
                 continue
+            # never more often than the minimum, even for a schedule stored before it was raised
+            gap = dt.timedelta(seconds=max(self.min_schedule_interval, 0.0)) - dt.timedelta(milliseconds=1)
+            after = max(now, sched["next_run"] + gap)
             values: dict[str, Any] = {"next_run": next_cron(sched["cron"], sched["timezone"],
-                                                            now.replace(tzinfo=dt.UTC))}
+                                                            after.replace(tzinfo=dt.UTC))}
             try:
                 job = self.submit(sched["owner"], sched["groups"], dict(sched["spec"]),
                                   schedule_id=sched["id"])
@@ -347,38 +377,83 @@ class JobManager(LoggingConfigurable):
                 cell=None, error=None, not_before=None):
             self.ledger.release(f"job:{job['id']}")
             return
-        who = notebooks.Owner.of(job["owner"], self.data_dir)
-        cwd = os.path.dirname(str((who.home / job["path"]).resolve()))
-        spec = {
-            "job_id": job["id"], "attempt": attempt, "input_url": job["input_url"],
-            "output_url": job["output_url"], "parameters": job["parameters"], "cwd": cwd,
-            "home": str(who.home), "run_as": who.unix_name, "visible_devices": visible,
-            "timeout": job["timeout"], "cell_timeout": job["cell_timeout"],
-            "kernel_name": self.kernel_name, "url": self.url,
-        }
+        job = {**job, "status": RUNNING, "attempt": attempt}
+        try:
+            who = notebooks.Owner.of(job["owner"], self.data_dir)
+            # the notebook's folder, lexically: the kernel enters it as the owner, so the
+            # owner's own permissions apply; root never resolves a user's path (links the
+            # user controls could be swapped while it does, see aidc.security.userfiles)
+            cwd = str(notebooks.resolve(who, job["path"]).parent)
+            spec = {
+                "job_id": job["id"], "attempt": attempt, "input_url": job["input_url"],
+                "output_url": job["output_url"], "parameters": job["parameters"], "cwd": cwd,
+                "home": str(who.home), "run_as": who.unix_name, "visible_devices": visible,
+                "timeout": job["timeout"], "cell_timeout": job["cell_timeout"],
+                "kernel_name": self.kernel_name, "url": self.url,
+            }
+        except Exception as e:
+            self._launch_failed(job, attempt, e)
+            return
         asyncio.ensure_future(self._run_attempt(job, attempt, spec))
         self.log.info("aidc jobs: %s attempt %d started (GPUs: %s)", job["id"], attempt, visible or "none")
+
+    def _launch_failed(self, job: dict, attempt: int, error: BaseException,
+                       doing: str = "could not be started") -> None:
+        """An attempt that broke outside the notebook ends with the reason (never stays running).
+
+        The job's retry policy applies as for any failed attempt (a hub or scheduler that
+        was briefly unreachable); with no retries left it ends ``failed``.
+        """
+        if isinstance(error, AidcError):
+            reason = f"the job {doing}: {error}"
+        else:
+            self.log.error("aidc jobs: %s attempt %d %s", job["id"], attempt, doing, exc_info=error)
+            reason = f"the job {doing} ({type(error).__name__}: {_first_line(error)})"
+        try:
+            current = self.store.job(job["id"])
+            if current["status"] != RUNNING or current["attempt"] != attempt:
+                return  # already decided (cancel after grace, restart)
+            self._attempt_failed(current, reason)
+        except Exception:
+            self.log.exception("aidc jobs: %s: could not record that the attempt failed", job["id"])
 
     async def _run_attempt(self, job: dict, attempt: int, spec: dict) -> None:
         """Give the attempt its owner's token, run it on the cluster, record the outcome."""
         job_id = job["id"]
         token = None
-        if self.tokens is not None:
-            token = await self.tokens.mint(job["owner"], job_id, attempt, job["timeout"])
         try:
-            current = self.store.job(job_id)
-            if current["status"] != RUNNING or current["attempt"] != attempt:
-                return  # decided while the token was made (cancel after grace, restart)
-            if current["cancel_requested"]:
-                self._finish(current, CANCELLED, None)
+            try:
+                if self.tokens is not None:
+                    token = await self.tokens.mint(job["owner"], job_id, attempt, job["timeout"])
+                current = self.store.job(job_id)
+                if current["status"] != RUNNING or current["attempt"] != attempt:
+                    return  # decided while the token was made (cancel after grace, restart)
+                if current["cancel_requested"]:
+                    self._finish(current, CANCELLED, None)
+                    return
+                future = self.client.submit(run_job, {**spec, "token": token},
+                                            key=f"aidc-job-{job_id}-{attempt}", pure=False)
+                self._futures[job_id] = future
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # no token, the scheduler unreachable, arguments it cannot send
+                self._launch_failed(job, attempt, e)
                 return
-            future = self.client.submit(run_job, {**spec, "token": token},
-                                        key=f"aidc-job-{job_id}-{attempt}", pure=False)
-            self._futures[job_id] = future
-            await self._follow(job_id, attempt, future)
+            try:
+                await self._follow(job_id, attempt, future)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # a bug while following: still end the job, with the reason
+                self._launch_failed(job, attempt, e, doing="could not be followed on the cluster")
         finally:
             if token is not None:
-                await self.tokens.revoke(job["owner"], job_id)
+                await self._revoke(job["owner"], job_id)
+
+    async def _revoke(self, owner: str, job_id: str) -> None:
+        try:
+            await self.tokens.revoke(owner, job_id)
+        except Exception as e:  # found and revoked again when the job is recovered
+            self.log.warning("aidc jobs: could not revoke the token of %s: %s", job_id, e)
 
     async def _follow(self, job_id: str, attempt: int, future) -> None:
         try:
@@ -528,6 +603,47 @@ class JobManager(LoggingConfigurable):
             "waiting": self.waiting.get(job["id"]) if job["status"] == QUEUED else None,
             "cancel_requested": bool(job["cancel_requested"]),
         }
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:300] if text else "no details"
+
+
+def check_interval(cron: str, timezone: str, minimum: float, runs: int = 100) -> None:
+    """Refuse ``cron`` if two of its next ``runs`` runs are closer than ``minimum`` seconds.
+
+    A seconds field with more than one value fires more than once a minute, however its
+    values are spread over a day, so it is checked over one whole minute as well.
+    """
+    from croniter import croniter
+
+    if minimum <= 0:
+        return
+    start = dt.datetime.now(dt.UTC).astimezone(ZoneInfo(timezone))
+    it = croniter(cron, start)
+    prev = it.get_next(dt.datetime)
+    closest = None
+    for _ in range(runs):
+        nxt = it.get_next(dt.datetime)
+        gap = (nxt - prev).total_seconds()
+        closest = gap if closest is None else min(closest, gap)
+        prev = nxt
+        if closest < minimum:
+            break
+    fields = croniter(cron).expanded
+    seconds = fields[5] if len(fields) > 5 else [0]
+    try:
+        values = list(range(60)) if "*" in seconds else sorted(int(v) for v in seconds)
+    except (TypeError, ValueError):
+        values = []
+    if len(values) > 1:  # several runs within one minute, on whichever day they fall
+        spread = min(b - a for a, b in zip(values, values[1:]))
+        closest = spread if closest is None else min(closest, spread)
+    if closest is not None and closest < minimum:
+        raise UsageError(
+            f"the schedule {cron!r} would run {closest:g} s after a previous run; a schedule may run at most "
+            f"once every {minimum:g} s")
 
 
 def next_cron(cron: Any, timezone: str, after: dt.datetime) -> dt.datetime:

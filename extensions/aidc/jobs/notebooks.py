@@ -2,8 +2,12 @@
 
 ``path`` is relative to the owner's home: on a root platform the home of the Unix
 account ``jupyter-<name>``, in development mode ``<data-dir>/homes/<name>`` (what
-the spawner gives each user). The resolved file must stay inside that home even
-through symlinks, so ``../../etc/shadow`` or a link to another user's home is refused.
+the spawner gives each user). The jobs service runs as root, so it never opens that
+path by name: :mod:`aidc.security.userfiles` opens it component by component from a
+descriptor of the home, refusing ``..`` out of the home and any symbolic link on the
+way (so ``../../etc/shadow``, a link to another user's home, or a folder swapped for
+such a link while the service reads, all fail), then checks the *opened* file is a
+regular file of the owner and reads from that descriptor.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import nbformat
 
 from ..errors import NotFoundError, UsageError
 from ..hub import system_users
+from ..security import userfiles
 
 #: a notebook larger than this is refused at submit (it is copied per job)
 MAX_NOTEBOOK_BYTES = 64 * 1024 * 1024
@@ -32,6 +37,7 @@ class Owner:
     name: str
     home: Path
     unix_name: str | None  # None: jobs run as the service's own account (development mode)
+    uid: int | None = None  # the uid the owner's files must belong to (None: development mode)
 
     @classmethod
     def of(cls, name: str, data_dir: str | os.PathLike) -> Owner:
@@ -40,45 +46,35 @@ class Owner:
             pw = system_users.account(unix)
             if pw is None:
                 raise NotFoundError(f"user {name!r} has no Unix account ({unix}) on this platform")
-            return cls(name=name, home=Path(pw.pw_dir), unix_name=unix)
+            return cls(name=name, home=Path(pw.pw_dir), unix_name=unix, uid=pw.pw_uid)
         return cls(name=name, home=Path(data_dir) / "homes" / name, unix_name=None)
 
 
 def resolve(owner: Owner, path: str) -> Path:
-    """The absolute file for ``path``; refuses anything outside the owner's home."""
+    """The file's path inside the owner's home, checked lexically (nothing is opened or followed).
+
+    For showing and for processes that run *as the owner* (a job's kernel); the
+    service itself reads only through :func:`read`.
+    """
     if not isinstance(path, str) or not path.strip():
         raise NotebookError("path is required: the notebook's path relative to your home")
-    if "\0" in path:
-        raise NotebookError("path contains a NUL byte")
-    home = owner.home.resolve()
-    candidate = Path(path)
-    full = (candidate if candidate.is_absolute() else home / candidate)
-    resolved = full.resolve()
-    if resolved != home and home not in resolved.parents:
-        raise NotebookError(f"{path} is outside your home directory; give a path inside it")
-    if not resolved.exists():
-        raise NotFoundError(f"{path} does not exist in your home directory")
-    if not resolved.is_file():
-        raise NotebookError(f"{path} is not a file")
-    if owner.unix_name and resolved.stat().st_uid != _uid(owner.unix_name):
-        # the service reads as root: only files the owner owns, never one planted for them
-        raise NotebookError(f"{path} does not belong to you")
-    return resolved
-
-
-def _uid(unix_name: str) -> int:
-    pw = system_users.account(unix_name)
-    return pw.pw_uid if pw else -1
+    try:
+        return userfiles.home_path(owner.home, path)
+    except userfiles.UserPathError as e:
+        raise NotebookError(str(e)) from None
 
 
 def read(owner: Owner, path: str) -> tuple[Path, nbformat.NotebookNode]:
-    """Resolve and parse ``path``; a precise 4xx-style error for anything that is not a notebook."""
+    """Open and parse ``path`` without following links; a precise 4xx-style error for anything else."""
     full = resolve(owner, path)
-    size = full.stat().st_size
-    if size > MAX_NOTEBOOK_BYTES:
-        raise NotebookError(f"{path} is {size / 2**20:.0f} MiB; notebooks up to "
-                            f"{MAX_NOTEBOOK_BYTES // 2**20} MiB can be submitted")
-    return full, parse(full.read_bytes(), path)
+    try:
+        raw = userfiles.read_file(owner.home, path, uid=owner.uid, max_bytes=MAX_NOTEBOOK_BYTES)
+    except userfiles.FileTooLargeError as e:
+        raise NotebookError(f"{path} is {e.size / 2**20:.0f} MiB; notebooks up to "
+                            f"{MAX_NOTEBOOK_BYTES // 2**20} MiB can be submitted") from None
+    except userfiles.UserPathError as e:
+        raise NotebookError(str(e)) from None
+    return full, parse(raw, path)
 
 
 def parse(raw: bytes, path: str = "the notebook") -> nbformat.NotebookNode:

@@ -9,6 +9,7 @@ using papermill's own inspection of that cell (name, inferred type, default, hel
 from __future__ import annotations
 
 import ast
+import json
 from typing import Any
 
 import nbformat
@@ -32,8 +33,63 @@ JSON_NAMES = {int: "integer", float: "number", str: "string", bool: "boolean", l
               dict: "object", type(None): "null"}
 
 
+#: how deeply parameter values may nest by default (``JobManager.max_parameter_depth``)
+MAX_DEPTH = 32
+#: the most bytes of compact JSON a job's parameters may take by default
+#: (``JobManager.max_parameter_bytes``; below the service's 1 MiB request limit, so the
+#: refusal names parameters rather than the request)
+MAX_BYTES = 512 * 1024
+
+
 class ParameterError(UsageError):
     """A parameter the notebook does not declare, or of the wrong type."""
+
+
+def depth(value: Any) -> int:
+    """How deeply ``value`` nests lists and objects (a scalar is 0); no recursion, so any depth is safe."""
+    deepest = 0
+    stack = [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, (list, tuple)):
+            children = item
+        else:
+            continue
+        level += 1
+        deepest = max(deepest, level)
+        stack.extend((child, level) for child in children)
+    return deepest
+
+
+def check_size(parameters: Any, max_depth: int = MAX_DEPTH, max_bytes: int = MAX_BYTES) -> None:
+    """Refuse parameters nested deeper than ``max_depth`` or larger than ``max_bytes`` of JSON.
+
+    Checked before anything else looks at the values: parameters nested thousands deep
+    break JSON encoding, pickling and papermill's injection further down (a job that
+    could never start), and big ones are stored with every job.
+    """
+    if not isinstance(parameters, dict):
+        return  # validate() says what parameters must be
+    for name, value in parameters.items():
+        levels = depth(value)
+        if levels > max_depth:
+            raise ParameterError(
+                f"parameter {name!r} nests lists or objects {levels} levels deep; "
+                f"parameters may nest at most {max_depth} levels")
+    try:
+        size = len(json.dumps(parameters, separators=(",", ":"), allow_nan=True).encode())
+    except (TypeError, ValueError, RecursionError) as e:
+        raise ParameterError(f"parameters must be plain JSON values: {e}") from None
+    if size > max_bytes:
+        raise ParameterError(
+            f"the parameters take {_kib(size)} as JSON; at most {_kib(max_bytes)} is accepted "
+            "(pass large data in a file and its path as the parameter)")
+
+
+def _kib(n: int) -> str:
+    return f"{n / 1024:.0f} KiB" if n >= 1024 else f"{n} bytes"
 
 
 def has_parameters_cell(nb: nbformat.NotebookNode) -> bool:
@@ -63,12 +119,15 @@ def _type_of(annotated: str, default: str) -> str:
     return type(value).__name__
 
 
-def validate(nb: nbformat.NotebookNode, parameters: dict[str, Any], path: str) -> dict[str, Any]:
-    """Return ``parameters`` if the notebook declares each with a compatible type."""
+def validate(nb: nbformat.NotebookNode, parameters: dict[str, Any], path: str,
+             max_depth: int = MAX_DEPTH, max_bytes: int = MAX_BYTES) -> dict[str, Any]:
+    """Return ``parameters`` if the notebook declares each with a compatible type (and they
+    are no deeper than ``max_depth`` nor larger than ``max_bytes``, see :func:`check_size`)."""
     if not isinstance(parameters, dict):
         raise ParameterError("parameters must be a JSON object of name: value")
     if not parameters:
         return {}
+    check_size(parameters, max_depth=max_depth, max_bytes=max_bytes)
     if not has_parameters_cell(nb):
         raise ParameterError(
             f"{path} has no cell tagged 'parameters', so it takes no parameters; tag the cell "

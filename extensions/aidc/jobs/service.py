@@ -48,6 +48,16 @@ class JobsHandler(ServiceHandler):
 
     max_body_bytes = MAX_BODY
 
+    def json_body(self) -> dict:
+        # the JSON parser recurses per nesting level: a body nested thousands deep raises
+        # RecursionError (not ValueError) and would answer 500
+        try:
+            return super().json_body()
+        except RecursionError:
+            raise UsageError(
+                "the request body nests lists or objects too deeply to be read; job parameters "
+                f"may nest at most {self.manager.max_parameter_depth} levels") from None
+
     def require_scientist(self) -> None:
         if self.role not in (roles.ADMIN, roles.SCIENTIST):
             raise PermissionDeniedError(
