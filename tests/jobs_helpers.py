@@ -83,3 +83,19 @@ def wait_service(platform: Platform, token: str, timeout: float = 120) -> None:
             pass
         time.sleep(0.5)
     raise AssertionError(f"jobs service not up in {timeout}s\n{platform.log()[-4000:]}")
+
+
+def write_tls_files(folder: Path) -> dict:
+    """A CA-signed key pair for a TLS Dask cluster, as an admin would put in files (0600)."""
+    from distributed.security import Security
+
+    temporary = Security.temporary()
+    files = {"ca": temporary.tls_ca_file, "cert": temporary.tls_client_cert,
+             "key": temporary.tls_client_key}
+    paths = {}
+    for name, pem in files.items():
+        path = folder / f"dask-{name}.pem"
+        path.write_text(pem)
+        path.chmod(0o600)
+        paths[name] = str(path)
+    return paths

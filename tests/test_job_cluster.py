@@ -29,6 +29,7 @@ from traitlets.config.loader import PyFileConfigLoader
 
 from aidc.errors import PlatformError
 from aidc.jobs.cluster import JobCluster, pdeathsig
+from jobs_helpers import write_tls_files
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "hub_config" / "dask"
@@ -96,6 +97,38 @@ def about_this_process() -> dict:
     }
 
 
+async def assert_nobody_else_gets_in(cluster: JobCluster) -> None:
+    """What another account on the host finds: TLS ports that refuse it, HTTP servers serving nothing."""
+    import urllib.error
+    import urllib.request
+
+    from distributed import Client
+    from distributed.security import Security
+
+    address = cluster.client.scheduler.address
+    host_port = address.split("://", 1)[1]
+    workers = (await cluster.client.scheduler.identity(n_workers=-1))["workers"]
+    for target in [host_port, *(w.split("://", 1)[1] for w in workers)]:
+        for attempt in (f"tcp://{target}", f"tls://{target}"):
+            # over tcp:// the handshake never happens; over tls:// with a certificate of one's
+            # own (not signed by the cluster's) the server refuses it
+            security = Security.temporary() if attempt.startswith("tls") else None
+            with pytest.raises((OSError, TimeoutError)):
+                async with Client(attempt, asynchronous=True, set_as_default=False, timeout=3,
+                                  security=security):
+                    pass
+    http_ports = [cluster.cluster.scheduler.http_server.port]
+    http_ports += [w["services"]["dashboard"] for w in workers.values()]
+    assert len(http_ports) == 1 + len(workers)
+    for port in http_ports:
+        for path in ("/info/main/workers.html", "/metrics", "/health", "/json/identity.json",
+                     f"/proxy/{port}/127.0.0.1/health"):
+            with pytest.raises(urllib.error.HTTPError) as answer:
+                await asyncio.to_thread(urllib.request.urlopen, f"http://127.0.0.1:{port}{path}",
+                                        timeout=5)
+            assert answer.value.code == 404, (port, path)
+
+
 # workers outside this test run (`dask worker`) cannot import this module
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -134,7 +167,8 @@ async def test_embedded_cluster_runs_tasks_in_single_threaded_worker_processes(m
 
         described = cluster.describe()
         assert described["kind"] == "local"
-        assert described["address"].startswith("tcp://127.0.0.1:")
+        assert described["address"].startswith("tls://127.0.0.1:")
+        await assert_nobody_else_gets_in(cluster)
         assert described["workers"] == 2 and described["threads"] == 2
         assert described["dashboard"] is None and described["running"] is True
         # no dashboard, and the scheduler's HTTP server is on a random port, not 8787
@@ -308,9 +342,11 @@ def test_sigkill_of_the_service_leaves_no_worker_behind(tmp_path, monkeypatch):
 
 @pytest.fixture
 def external_cluster(tmp_path):
-    """`dask scheduler` and two `dask worker` processes (one with 2 threads), real ones."""
+    """`dask scheduler` and two `dask worker` processes (one with 2 threads), real ones, on TLS."""
     scheduler_file = tmp_path / "scheduler.json"
     procs = []
+    tls = write_tls_files(tmp_path)
+    tls_args = ["--tls-ca-file", tls["ca"], "--tls-cert", tls["cert"], "--tls-key", tls["key"]]
 
     def spawn(*args):
         p = subprocess.Popen([DASK, *args], stdout=subprocess.DEVNULL,
@@ -319,8 +355,8 @@ def external_cluster(tmp_path):
         procs.append(p)
         return p
 
-    spawn("scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-          "--scheduler-file", str(scheduler_file))
+    spawn("scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard", "--protocol", "tls",
+          "--scheduler-file", str(scheduler_file), *tls_args)
     deadline = time.monotonic() + 30
     while not scheduler_file.exists() or not scheduler_file.read_text().strip():
         assert time.monotonic() < deadline, (tmp_path / "log0").read_text()
@@ -329,8 +365,8 @@ def external_cluster(tmp_path):
     address = json.loads(scheduler_file.read_text())["address"]
     for name, threads in (("one", "1"), ("two", "2")):
         spawn("worker", address, "--nthreads", threads, "--no-dashboard", "--host", "127.0.0.1",
-              "--name", name)
-    yield {"address": address, "scheduler_file": str(scheduler_file), "procs": procs}
+              "--name", name, *tls_args)
+    yield {"address": address, "scheduler_file": str(scheduler_file), "procs": procs, "tls": tls}
     for p in procs:
         try:
             os.killpg(p.pid, signal.SIGTERM)
@@ -349,7 +385,10 @@ async def test_external_scheduler_is_used_and_left_running(external_cluster, cap
     from distributed import Client
 
     address = external_cluster["address"]
-    cluster = JobCluster(scheduler_address=address)
+    assert address.startswith("tls://")
+    tls = external_cluster["tls"]
+    settings = dict(tls_ca_file=tls["ca"], tls_client_cert=tls["cert"], tls_client_key=tls["key"])
+    cluster = JobCluster(scheduler_address=address, **settings)
     with caplog.at_level(logging.WARNING):
         client = await cluster.start()
         await client.wait_for_workers(2, timeout=60)
@@ -368,12 +407,13 @@ async def test_external_scheduler_is_used_and_left_running(external_cluster, cap
         await cluster.close()
     assert all(p.poll() is None for p in external_cluster["procs"])
     # the scheduler and its workers still answer
-    async with Client(address, asynchronous=True, set_as_default=False) as other:
+    async with Client(address, asynchronous=True, set_as_default=False,
+                      security=cluster.security()) as other:
         assert (await other.submit(lambda: "still here", pure=False)) == "still here"
         assert len((await other.scheduler.identity())["workers"]) == 2
 
     # the same scheduler through its scheduler file
-    cluster = JobCluster(scheduler_file=external_cluster["scheduler_file"])
+    cluster = JobCluster(scheduler_file=external_cluster["scheduler_file"], **settings)
     client = await cluster.start()
     try:
         assert cluster.describe()["address"] == address
@@ -382,9 +422,25 @@ async def test_external_scheduler_is_used_and_left_running(external_cluster, cap
     assert all(p.poll() is None for p in external_cluster["procs"])
 
 
+async def test_plain_tcp_scheduler_is_refused_unless_an_admin_allows_it(monkeypatch, tmp_path):
+    monkeypatch.delenv("AIDC_DASK_SCHEDULER", raising=False)
+    for settings in ({"scheduler_address": "tcp://127.0.0.1:1"},
+                     {"scheduler_address": "127.0.0.1:1"}):  # no scheme: distributed's tcp
+        cluster = JobCluster(**settings)
+        with pytest.raises(PlatformError, match="without TLS.*allow_insecure_tcp"):
+            await cluster.start()
+        assert cluster.client is None
+    # a scheduler file naming a tcp:// scheduler: refused before anything connects
+    scheduler_file = tmp_path / "scheduler.json"
+    scheduler_file.write_text(json.dumps({"address": "tcp://127.0.0.1:1"}))
+    with pytest.raises(PlatformError, match="without TLS"):
+        await JobCluster(scheduler_file=str(scheduler_file)).start()
+
+
 async def test_unreachable_scheduler_is_a_clear_error(monkeypatch):
     monkeypatch.delenv("AIDC_DASK_SCHEDULER", raising=False)
-    cluster = JobCluster(scheduler_address="tcp://127.0.0.1:1", connect_timeout=3)
+    cluster = JobCluster(scheduler_address="tcp://127.0.0.1:1", connect_timeout=3,
+                         allow_insecure_tcp=True)
     with pytest.raises(PlatformError, match="cannot reach the Dask scheduler at tcp://127.0.0.1:1"):
         await cluster.start()
     assert cluster.client is None
@@ -396,7 +452,9 @@ async def test_unreachable_scheduler_is_a_clear_error(monkeypatch):
 def test_external_example_config():
     cluster = JobCluster(config=load_example("external.py"))
     assert cluster.kind == "external"
-    assert cluster.scheduler_address.startswith("tcp://")
+    assert cluster.scheduler_address.startswith("tls://")
+    assert cluster.tls_ca_file and cluster.tls_client_cert and cluster.tls_client_key
+    assert not cluster.allow_insecure_tcp
 
 
 def jobqueue_config() -> dict:
@@ -404,13 +462,16 @@ def jobqueue_config() -> dict:
     return dask.config.merge(dask.config.config, loaded)
 
 
-async def test_slurm_example_renders_a_batch_script_without_slurm(monkeypatch):
+async def test_slurm_example_renders_a_batch_script_without_slurm(monkeypatch, tmp_path):
     monkeypatch.delenv("AIDC_DASK_SCHEDULER", raising=False)
     from dask_jobqueue import SLURMCluster
 
     config = load_example("slurm.py")
     jc = JobCluster(config=config)
     assert jc.kind == "managed" and jc.cluster_class == "dask_jobqueue.SLURMCluster"
+    assert jc.cluster_kwargs["security"] is True  # the example is TLS
+    # the certificate's copy for the workers goes to the shared folder (here: a local one)
+    jc.cluster_kwargs = {**jc.cluster_kwargs, "shared_temp_directory": str(tmp_path)}
     with dask.config.set(jobqueue_config()):
         # rendering needs neither sbatch nor a running scheduler
         script = SLURMCluster(asynchronous=True, **jc.cluster_kwargs).job_script()
@@ -433,6 +494,9 @@ async def test_slurm_example_renders_a_batch_script_without_slurm(monkeypatch):
         try:
             described = jc.describe()
             assert described["kind"] == "managed" and described["workers"] == 0
+            assert described["address"].startswith("tls://127.0.0.1:")
+            script = jc.cluster.job_script()
+            assert "--tls-ca-file" in script and str(tmp_path) in script
             assert f"distributed.cli.dask_worker {described['address']}" in jc.cluster.job_script()
             assert client.status == "running"
         finally:
@@ -492,8 +556,18 @@ def test_kubernetes_example_parses_and_points_workers_at_the_scheduler():
         assert d["spec"]["selector"]["matchLabels"] == d["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"] == scheduler["spec"]["template"]["metadata"]["labels"]
     command = worker["spec"]["template"]["spec"]["containers"][0]["command"]
-    assert command[:3] == ["dask", "worker", f"tcp://{service['metadata']['name']}:{port}"]
+    assert command[:3] == ["dask", "worker", f"tls://{service['metadata']['name']}:{port}"]
     assert command[command.index("--nthreads") + 1] == "1"
+    # both sides speak mutual TLS with the certificates of one Secret
+    scheduler_command = scheduler["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert scheduler_command[scheduler_command.index("--protocol") + 1] == "tls"
+    for d, cmd in ((scheduler, scheduler_command), (worker, command)):
+        pod = d["spec"]["template"]["spec"]
+        mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+        secrets = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"]}
+        assert secrets["dask-tls"] == "aidc-dask-tls"
+        for flag in ("--tls-ca-file", "--tls-cert", "--tls-key"):
+            assert cmd[cmd.index(flag) + 1].startswith(mounts["dask-tls"] + "/")
     limits = worker["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert limits["nvidia.com/gpu"] == "1"
 

@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from conftest import fake_nvml_env
-from jobs_helpers import jobs_api, notebook, put, submit, wait, wait_service
+from jobs_helpers import jobs_api, notebook, put, submit, wait, wait_service, write_tls_files
 from platform_helpers import Platform, new_prefix
 
 DASK = str(Path(sys.executable).with_name("dask"))
@@ -40,18 +40,20 @@ def cluster(tmp_root):
     workdir.mkdir()
     sched_file = workdir / "scheduler.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("JUPYTERHUB")}
+    tls = write_tls_files(workdir)  # mutual TLS, as an external cluster must have
+    tls_args = ["--tls-ca-file", tls["ca"], "--tls-cert", tls["cert"], "--tls-key", tls["key"]]
     scheduler = subprocess.Popen(
         [DASK, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-         "--scheduler-file", str(sched_file)],
+         "--protocol", "tls", "--scheduler-file", str(sched_file), *tls_args],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=workdir)
     deadline = time.monotonic() + 60
     while not sched_file.exists() and time.monotonic() < deadline:
         time.sleep(0.2)
     worker = subprocess.Popen(
         [DASK, "worker", "--scheduler-file", str(sched_file), "--nthreads", "1", "--nworkers", "3",
-         "--no-dashboard", "--local-directory", str(workdir)],
+         "--no-dashboard", "--local-directory", str(workdir), *tls_args],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=workdir)
-    yield {"file": sched_file, "worker": worker, "scheduler": scheduler}
+    yield {"file": sched_file, "worker": worker, "scheduler": scheduler, "tls": tls}
     for proc in (worker, scheduler):
         proc.send_signal(signal.SIGTERM)
     for proc in (worker, scheduler):
@@ -67,6 +69,9 @@ def ext_platform(tmp_root, cluster):
     (p.data_dir / "config.d").mkdir(parents=True)
     (p.data_dir / "config.d" / "50-jobs.py").write_text(
         f"c.JobCluster.scheduler_file = {str(cluster['file'])!r}\n"
+        f"c.JobCluster.tls_ca_file = {cluster['tls']['ca']!r}\n"
+        f"c.JobCluster.tls_client_cert = {cluster['tls']['cert']!r}\n"
+        f"c.JobCluster.tls_client_key = {cluster['tls']['key']!r}\n"
         "c.JobManager.max_running_per_user = 2\n"
         "c.JobManager.retry_backoff = 0.5\n")
     p.start()

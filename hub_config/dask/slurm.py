@@ -12,6 +12,13 @@ c = get_config()  # noqa: F821 (defined when traitlets loads this file)
 
 c.JobCluster.cluster_class = "dask_jobqueue.SLURMCluster"
 c.JobCluster.cluster_kwargs = {
+    # mutual TLS with a certificate made at each start: dask-jobqueue writes the workers'
+    # copy into shared_temp_directory (a folder on the shared file system that only the
+    # platform's account and the batch jobs' account can read) and names it in the batch
+    # script. Without TLS anyone who reaches the scheduler runs code on it (the service
+    # refuses a plain tcp:// scheduler unless c.JobCluster.allow_insecure_tcp is set).
+    "security": True,
+    "shared_temp_directory": "/shared/aidc/dask-tls",
     # batch nodes must reach the scheduler: listen on the hub host's cluster network
     "scheduler_options": {
         "interface": "ib0",

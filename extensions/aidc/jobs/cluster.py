@@ -20,6 +20,18 @@ One :class:`JobCluster` per jobs service, configured with traitlets like Jupyter
 ``local-cuda`` / ``local`` (the default: nothing above configured)
     An embedded cluster of worker processes on this host, scheduler on 127.0.0.1 at a
     random port, no dashboard unless ``dashboard_address`` asks for one.
+
+Who may talk to the cluster. Its scheduler and workers run as root (a worker switches
+to a job's owner only for the job's kernel), and any local account can list the ports
+they listen on. Whoever connects to a Dask scheduler may run code in it and on every
+worker (``Client.run``), so the embedded cluster speaks only mutual TLS with a
+certificate made for it at start and kept in the service's memory
+(:meth:`distributed.security.Security.temporary`): a connection without that
+certificate fails its handshake. The scheduler's and workers' HTTP servers (which
+distributed always starts) serve no routes at all unless a dashboard is asked for:
+``/info``, ``/metrics`` and the ``/proxy`` route are gone. An external or managed
+scheduler must be reached over TLS too (``tls_*`` settings or the Dask config);
+a plain ``tcp://`` one is refused unless ``allow_insecure_tcp`` says otherwise.
     :class:`dask_cuda.LocalCUDACluster` (one worker per GPU) when ``use_cuda`` says so
     ("auto": the GPU inventory is real NVML), else :class:`distributed.LocalCluster`
     with ``n_workers`` single-threaded worker processes.
@@ -73,6 +85,10 @@ from ..errors import PlatformError
 #: the kinds :meth:`JobCluster.describe` reports
 LOCAL, LOCAL_CUDA = "local", "local-cuda"
 EXTERNAL, GATEWAY, MANAGED = "external", "gateway", "managed"
+
+#: address schemes whose connections are encrypted and authenticated (dask-gateway's
+#: ``gateway://`` is TLS to the gateway's proxy with a per-cluster certificate)
+SECURE_SCHEMES = ("tls", "wss", "gateway", "ucx+tls")
 
 #: loggers quieted to ``JobCluster.log_level`` in the service process (and workers)
 DASK_LOGGERS = ("distributed", "dask", "dask_cuda", "dask_jobqueue", "dask_gateway", "bokeh")
@@ -181,6 +197,37 @@ class JobCluster(LoggingConfigurable):
         help="Seconds to wait for an external scheduler or gateway cluster to answer at start.",
     )
 
+    tls_ca_file = Unicode(
+        "",
+        config=True,
+        help="""External or managed scheduler over TLS: the CA certificate (PEM file) that
+        signed the scheduler's and workers' certificates. Empty: distributed's own TLS
+        settings of the Dask config (distributed.comm.tls.ca-file).""",
+    )
+    tls_client_cert = Unicode(
+        "",
+        config=True,
+        help="""External or managed scheduler over TLS: the certificate (PEM file) the
+        jobs service presents to the scheduler. Empty: the Dask config's
+        distributed.comm.tls.client.cert.""",
+    )
+    tls_client_key = Unicode(
+        "",
+        config=True,
+        help="""External or managed scheduler over TLS: the private key (PEM file) of
+        tls_client_cert, if it is not in the same file. Keep it readable by the
+        platform's account only.""",
+    )
+    allow_insecure_tcp = Bool(
+        False,
+        config=True,
+        help="""Allow an external or managed scheduler reached over plain tcp://. Anyone
+        who can reach a Dask scheduler can run any code on it and on its workers, which
+        run jobs as root: only for a scheduler on a network no user can reach (e.g. a
+        Kubernetes namespace closed by a NetworkPolicy). Default False: such a
+        scheduler is refused at start, with the reason.""",
+    )
+
     # --- dask-gateway -------------------------------------------------------------------
     gateway_address = Unicode(
         "",
@@ -281,7 +328,10 @@ class JobCluster(LoggingConfigurable):
         "",
         config=True,
         help="""Embedded cluster: where the scheduler serves its dashboard; empty (default):
-        no dashboard. "127.0.0.1:0" gives a random free port (see describe()).""",
+        no dashboard, and the scheduler's and workers' HTTP servers serve nothing.
+        "127.0.0.1:0" gives a random free port (see describe()). The dashboard has no
+        authentication: every account on this host can read it (task names, workers,
+        memory), though not run anything through it.""",
     )
     local_directory = Unicode(
         "",
@@ -373,6 +423,7 @@ class JobCluster(LoggingConfigurable):
         }.get(kind, self._start_local)
         try:
             client = self.client = await starter()
+            self._refuse_insecure(client.scheduler.address)
             await self._register_plugins()
             if kind == EXTERNAL:
                 await self._warn_threads()
@@ -415,19 +466,67 @@ class JobCluster(LoggingConfigurable):
         for name in DASK_LOGGERS:
             logging.getLogger(name).setLevel(level)
 
-    async def _client(self, address_or_cluster, **kwargs):
+    async def _client(self, address_or_cluster, security=None, **kwargs):
         from distributed import Client
 
+        if security is None:
+            security = getattr(address_or_cluster, "security", None) or self.security()
         return await Client(
             address_or_cluster,
             asynchronous=True,
             set_as_default=False,
             timeout=self.connect_timeout,
+            security=security,
             **kwargs,
         )
 
+    def security(self):
+        """The TLS settings for an external or managed scheduler (a distributed Security).
+
+        The ``tls_*`` settings where given, else distributed's own (the Dask config).
+        """
+        from distributed.security import Security
+
+        given = {key: value for key, value in (
+            ("tls_ca_file", self.tls_ca_file),
+            ("tls_client_cert", self.tls_client_cert),
+            ("tls_client_key", self.tls_client_key),
+        ) if value}
+        if given:
+            given["require_encryption"] = True
+        return Security(**given)
+
+    def _refuse_insecure(self, address: str) -> None:
+        """Refuse a scheduler that anyone on its network could connect to and run code on."""
+        scheme = address.split("://", 1)[0] if "://" in address else "tcp"
+        if scheme in SECURE_SCHEMES or scheme == "inproc" or self.allow_insecure_tcp:
+            return
+        raise PlatformError(
+            f"the Dask scheduler at {address} is reached without TLS: anyone who can "
+            "reach it could run code on it and on its workers, which run jobs as root. "
+            "Use a tls:// scheduler (c.JobCluster.tls_ca_file, tls_client_cert, "
+            "tls_client_key; see hub_config/dask/README.md), or, for a network no user "
+            "can reach, set c.JobCluster.allow_insecure_tcp = True"
+        )
+
+    def _scheduler_file_address(self) -> str:
+        import json
+
+        try:
+            with open(self.scheduler_file) as f:
+                return str(json.load(f).get("address") or "")
+        except (OSError, ValueError):
+            return ""  # not there yet: distributed waits for it and reports the failure
+
     async def _start_external(self):
         self._kind, self._owned = EXTERNAL, False
+        address = self.scheduler_address or self._scheduler_file_address()
+        if address:  # before connecting: a plain tcp:// scheduler gets nothing, not even a hello
+            try:
+                self._refuse_insecure(address)
+            except PlatformError:
+                self._kind = None
+                raise
         try:
             if self.scheduler_address:
                 return await self._client(self.scheduler_address)
@@ -438,6 +537,7 @@ class JobCluster(LoggingConfigurable):
                 asynchronous=True,
                 set_as_default=False,
                 timeout=self.connect_timeout,
+                security=self.security(),
             )
         except (OSError, TimeoutError, ValueError) as e:
             where = self.scheduler_address or f"scheduler file {self.scheduler_file}"
@@ -501,9 +601,15 @@ class JobCluster(LoggingConfigurable):
             raise
 
     def _local_kwargs(self) -> dict:
+        from distributed.security import Security
+
         kwargs = dict(
             host="127.0.0.1",
             scheduler_port=0,
+            # mutual TLS with a certificate made now and held only in this process (and
+            # handed to the workers through their nanny's pipe, never a file or argv)
+            protocol="tls://",
+            security=Security.temporary(),
             dashboard_address=self.dashboard_address or None,
             # the scheduler serves HTTP (health, metrics) even without a dashboard: on
             # 127.0.0.1 at a random port, not the usual 8787 that a second service would want
@@ -546,14 +652,32 @@ class JobCluster(LoggingConfigurable):
                 return await self._client(cluster)
         from distributed import LocalCluster
 
-        cluster = LocalCluster(n_workers=self.embedded_workers(), **self._local_kwargs())
-        try:
-            await cluster
-        except BaseException:
-            await cluster.close()
-            raise
+        with self._http_routes():
+            cluster = LocalCluster(n_workers=self.embedded_workers(), **self._local_kwargs())
+            try:
+                await cluster
+            except BaseException:
+                await cluster.close()
+                raise
         self._kind, self.cluster = LOCAL, cluster
         return await self._client(cluster)
+
+    def _http_routes(self):
+        """Dask config for the embedded cluster's HTTP servers while it is created.
+
+        distributed starts an HTTP server in the scheduler and in every worker even
+        without a dashboard, serving ``/info``, ``/metrics``, ``/json`` and a ``/proxy``
+        to the workers to anyone who connects. The embedded cluster's serve nothing
+        unless a dashboard is configured (then the scheduler's dashboard routes only).
+        Nannies copy the config when they are created, so restarted workers keep it.
+        """
+        import dask
+
+        routes = ["distributed.http.statics"] if self.dashboard_address else []
+        return dask.config.set({
+            "distributed.scheduler.http.routes": routes,
+            "distributed.worker.http.routes": [],
+        })
 
     async def _start_local_cuda(self, gpus: int):
         from dask_cuda import LocalCUDACluster  # only here: it imports CUDA libraries
@@ -566,8 +690,9 @@ class JobCluster(LoggingConfigurable):
             )
         cluster = None
         try:
-            cluster = LocalCUDACluster(n_workers=n, **self._local_kwargs())
-            await cluster
+            with self._http_routes():
+                cluster = LocalCUDACluster(n_workers=n, **self._local_kwargs())
+                await cluster
         except BaseException:
             if cluster is not None:
                 await cluster.close()
