@@ -17,6 +17,12 @@ from pathlib import Path
 from ..paths import DataDir, find_proxy_command, templates_dir, venv_bin
 from . import services, system_users
 
+#: How long (seconds) user servers and platform services may trust what the hub said
+#: about a token or a browser session before asking again. A revoked token, a removed
+#: user or a changed role takes effect within this time everywhere. JupyterHub's own
+#: default is 300 s; change it with ``c.HubAuth.cache_max_age`` in a drop-in.
+DEFAULT_AUTH_CACHE_SECONDS = 5
+
 #: the service the ``aidc`` command uses to talk to a running hub
 CLI_SERVICE = "aidc-cli"
 CLI_SCOPES = [
@@ -148,9 +154,24 @@ def configure(c, options: PlatformOptions | None = None) -> PlatformOptions:
     return o
 
 
+def auth_cache_seconds(c) -> int:
+    """The hub-answer cache time of servers and services (``c.HubAuth.cache_max_age``)."""
+    for section in ("HubOAuth", "HubAuth"):
+        value = c[section].get("cache_max_age") if section in c else None
+        if value is not None:
+            return int(value)
+    return DEFAULT_AUTH_CACHE_SECONDS
+
+
 def finalize(c, options: PlatformOptions) -> None:
     """Add services (built-in and drop-in) and roles; call after the drop-ins are loaded."""
-    extra_env = {"AIDC_URL": options.public_url}
+    cache = auth_cache_seconds(c)
+    # user servers: JupyterHub's HubOAuth in the server reads its config from the
+    # command line (the single-user server loads no platform drop-ins)
+    args = [a for a in (c.Spawner.get("args") or []) if "cache_max_age" not in a]
+    c.Spawner.args = [*args, f"--HubOAuth.cache_max_age={cache}"]
+    # services: aidc.services.base builds their HubOAuth from this
+    extra_env = {"AIDC_URL": options.public_url, "AIDC_AUTH_CACHE_SECONDS": str(cache)}
     profiles = c.GPUAllocationMixin.get("resource_profiles")
     if profiles:
         # services (and through them the CLI) see the same profiles as the spawn form

@@ -48,15 +48,8 @@ class JobsHandler(ServiceHandler):
 
     max_body_bytes = MAX_BODY
 
-    def json_body(self) -> dict:
-        # the JSON parser recurses per nesting level: a body nested thousands deep raises
-        # RecursionError (not ValueError) and would answer 500
-        try:
-            return super().json_body()
-        except RecursionError:
-            raise UsageError(
-                "the request body nests lists or objects too deeply to be read; job parameters "
-                f"may nest at most {self.manager.max_parameter_depth} levels") from None
+    def nesting_hint(self) -> str:
+        return f"; job parameters may nest at most {self.manager.max_parameter_depth} levels"
 
     def require_scientist(self) -> None:
         if self.role not in (roles.ADMIN, roles.SCIENTIST):

@@ -63,6 +63,20 @@ class ServiceHandler(HubOAuthenticated, web.RequestHandler):
     #: a request body larger than this is refused with 413 before any handler runs
     max_body_bytes: int | None = None
 
+    @property
+    def hub_auth(self) -> HubOAuth:
+        """The application's HubOAuth (``make_app``), with the platform's cache time.
+
+        JupyterHub's mixin would otherwise take ``HubOAuth.instance()``, a second object
+        with the default five-minute cache, and ignore the application's: revoked tokens
+        then kept working for minutes.
+        """
+        return self.settings["hub_auth"]
+
+    @hub_auth.setter
+    def hub_auth(self, auth) -> None:  # JupyterHub's mixin assigns it in tests
+        self.settings["hub_auth"] = auth
+
     async def prepare(self):
         limit = self.max_body_bytes
         if limit is not None:
@@ -133,11 +147,18 @@ class ServiceHandler(HubOAuthenticated, web.RequestHandler):
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(data, default=str))
 
+    def nesting_hint(self) -> str:
+        """What a service adds to the "nested too deeply" message (its own limit, say)."""
+        return ""
+
     def json_body(self) -> dict:
         try:
             body = json.loads(self.request.body or b"{}")
         except ValueError as e:
             raise UsageError(f"the request body is not valid JSON: {e}") from None
+        except RecursionError:  # json.loads of lists nested thousands deep
+            raise UsageError("the request body nests lists or objects too deeply to be read"
+                             + self.nesting_hint()) from None
         if not isinstance(body, dict):
             raise UsageError("the request body must be a JSON object")
         return body
@@ -178,6 +199,15 @@ class HealthHandler(web.RequestHandler):
         self.finish(json.dumps({"status": "ok"}))
 
 
+def auth_cache_seconds() -> int:
+    """How long a hub answer about a token or session is trusted (``AIDC_AUTH_CACHE_SECONDS``,
+    set by the hub from ``c.HubAuth.cache_max_age``; see ``aidc.hub.config``)."""
+    try:
+        return max(0, int(os.environ.get("AIDC_AUTH_CACHE_SECONDS", "5")))
+    except ValueError:
+        return 5
+
+
 def service_prefix() -> str:
     return os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/")
 
@@ -185,7 +215,8 @@ def service_prefix() -> str:
 def make_app(routes: list[tuple], **settings) -> web.Application:
     """Mount ``routes`` under the service prefix, with OAuth callback and health check."""
     prefix = service_prefix()
-    hub_auth = HubOAuth(api_token=os.environ["JUPYTERHUB_API_TOKEN"], cache_max_age=60)
+    hub_auth = HubOAuth(api_token=os.environ["JUPYTERHUB_API_TOKEN"],
+                        cache_max_age=auth_cache_seconds())
     handlers = [
         (url_path_join(prefix, "oauth_callback"), HubOAuthCallbackHandler),
         (url_path_join(prefix, "health"), HealthHandler),
