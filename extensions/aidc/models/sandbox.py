@@ -18,11 +18,12 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UsageError
+from ..errors import PlatformError, UsageError
 from ..hub import system_users
 from ..hub.system_users import RunAs
 
@@ -61,24 +62,56 @@ def run_root(data_dir: str) -> Path:
 def reset(root: Path) -> None:
     """Remove copies a previous service process left behind (killed before it could)."""
     shutil.rmtree(root, ignore_errors=True)
-    root.mkdir(mode=0o711, parents=True, exist_ok=True)
-    os.chmod(root, 0o711)
+    ensure_root(root)
+
+
+def ensure_root(root: Path) -> None:
+    """Make ``root`` (mode 0711), or accept it only if this process made it.
+
+    It sits in the shared temporary folder under a predictable name, so another account
+    could make it first, or put a link there, and then see or swap the copies: anything
+    at that name that is not a plain folder of this process's user is removed first.
+    """
+    for _ in range(3):
+        try:
+            os.mkdir(root, 0o700)
+        except FileExistsError:
+            st = os.lstat(root)
+            if stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid():
+                break
+            # planted by someone else (or a link): root may remove it from sticky /tmp
+            if stat.S_ISDIR(st.st_mode):
+                shutil.rmtree(root, ignore_errors=True)
+            else:
+                os.unlink(root)
+            continue
+        break
+    st = os.lstat(root)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+        raise PlatformError(f"{root} is not a folder of the models service's own; remove it")
+    os.chmod(root, 0o711, follow_symlinks=False)
 
 
 def stage(artifact: Path, identity: RunAs | None, root: Path, prefix: str = "model-") -> Staged:
-    """Give ``identity`` its own copy of ``artifact`` (a file or a SavedModel folder)."""
+    """Give ``identity`` its own copy of ``artifact`` (a file or a SavedModel folder).
+
+    The copy is handed over bottom-up and without following links: while any part of it
+    still belongs to the service, its folder (0700, the service's) keeps the owner out,
+    so the owner can never swap an entry for a link that a later ``chown`` would follow.
+    """
     if identity is None:
         return Staged(artifact, None)
-    root.mkdir(mode=0o711, parents=True, exist_ok=True)
+    ensure_root(root)
     directory = Path(tempfile.mkdtemp(prefix=prefix, dir=root))  # 0700
     target = directory / artifact.name
     if artifact.is_dir():
         shutil.copytree(artifact, target)
     else:
         shutil.copy2(artifact, target)
-    for root, dirs, files in os.walk(directory):
-        for entry in [root, *(os.path.join(root, n) for n in dirs + files)]:
-            os.chown(entry, identity.uid, identity.gid)
+    for folder, dirs, files in os.walk(directory, topdown=False):
+        for name in dirs + files:
+            os.chown(os.path.join(folder, name), identity.uid, identity.gid, follow_symlinks=False)
+    os.chown(directory, identity.uid, identity.gid, follow_symlinks=False)
     return Staged(target, directory)
 
 
