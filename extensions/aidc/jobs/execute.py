@@ -324,8 +324,10 @@ def _finish_output(local_output: str, output_url: str, run_as) -> None:
         return
     if run_as is not None:
         try:
-            os.chown(local_output, run_as.uid, run_as.gid)
-            os.chown(os.path.dirname(local_output), run_as.uid, run_as.gid)
+            # never through a link: the file first, its folder (which keeps others out
+            # until then) last
+            os.chown(local_output, run_as.uid, run_as.gid, follow_symlinks=False)
+            os.chown(os.path.dirname(local_output), run_as.uid, run_as.gid, follow_symlinks=False)
         except OSError:
             pass
     if artifacts.local_path(output_url) is None:
