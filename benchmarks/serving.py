@@ -26,10 +26,14 @@ URL ``/services/models/v2/models/cnn/infer`` with ``Authorization: token ...``, 
 configurable-http-proxy -> models service (auth, registry lookup, forward) -> replica.
 Two encodings: v2 JSON tensors (what ``aidc.models.predict`` sends; the goals use this
 one, as MLflow gets JSON too) and the binary tensor extension as ``tritonclient.http``
-sends it. The replica's own port (from the deployment's status) is measured too, to
-show what the hub proxy and the models service add, and a configurable-http-proxy of its
-own (the hub's binary and flags) in front of the replica splits that between the proxy
-and the service. Then the deployment is switched to 2 replicas (one compute thread each)
+sends it. The replica itself is measured too, on its Unix socket (its only address: the
+deployment's status names it; this script runs as root, so it may connect), to show what
+the hub proxy and the models service add, and a configurable-http-proxy of its own (the
+hub's binary and flags, ``--default-target http+unix://...``) in front of the replica
+splits that between the proxy and the service. (configurable-http-proxy keeps no
+connections open to a Unix-socket target: there, each request opens one and the answer
+says ``Connection: close``, so this line costs more per request than it did while the
+replicas also listened on TCP; the hub path, through the models service, is unaffected.) Then the deployment is switched to 2 replicas (one compute thread each)
 and measured again.
 
 **MLflow.** A separate venv (``benchmarks/.mlflow-venv``, made on first use with
@@ -83,12 +87,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import http.client
 import inspect
 import json
 import os
 import platform as py_platform
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -96,7 +102,8 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Union
+from urllib.parse import quote
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -186,9 +193,17 @@ def raw_forward(model: torch.nn.Module, x: np.ndarray, seconds: float = 2.0) -> 
 
 
 # -- requests and answers of each kind ------------------------------------------------------
-def http_request(host: str, port: int, path: str, body: bytes, headers: dict[str, str]) -> bytes:
+#: where a target listens: a TCP port on 127.0.0.1, or a Unix socket's path (a replica)
+Address = Union[int, str]
+
+
+def host_header(address: Address) -> str:
+    return f"127.0.0.1:{address}" if isinstance(address, int) else "localhost"
+
+
+def http_request(address: Address, path: str, body: bytes, headers: dict[str, str]) -> bytes:
     """One POST as bytes, built once: the load generator only writes it."""
-    lines = [f"POST {path} HTTP/1.1", f"Host: {host}:{port}", f"Content-Length: {len(body)}",
+    lines = [f"POST {path} HTTP/1.1", f"Host: {host_header(address)}", f"Content-Length: {len(body)}",
              *(f"{k}: {v}" for k, v in headers.items())]
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
@@ -246,14 +261,14 @@ class Target:
     """One endpoint: where it listens, its pre-built requests (one per sample), its answers."""
 
     label: str
-    ports: list[int]
-    requests: dict[int, list[bytes]]  # port -> one request per sample
+    ports: list[Address]
+    requests: dict[Address, list[bytes]]  # address -> one request per sample
     parse: Callable[[bytes, bytes], np.ndarray]
     procs: Callable[[], dict[str, list[psutil.Process]]]  # its server processes, by role
     stats: Callable[[], dict[str, float]] | None = None  # the replicas' batching counters
 
 
-def make_target(label: str, ports: list[int], path: str,
+def make_target(label: str, ports: list[Address], path: str,
                 build: Callable[[np.ndarray], tuple[bytes, dict[str, str]]],
                 parse: Callable[[bytes, bytes], np.ndarray], samples: np.ndarray,
                 procs: Callable[[], dict[str, list[psutil.Process]]],
@@ -266,7 +281,7 @@ def make_target(label: str, ports: list[int], path: str,
             body, headers = build(x[None])
             if auth:
                 headers = {**headers, "Authorization": f"token {auth}"}
-            built.append(http_request("127.0.0.1", port, path, body, headers))
+            built.append(http_request(port, path, body, headers))
         reqs[port] = built
     return Target(label, ports, reqs, parse, procs, stats)
 
@@ -293,7 +308,7 @@ class LoadRun:
 class Connection(asyncio.Protocol):
     """One keep-alive connection: send, read the whole answer, send the next, until stop."""
 
-    def __init__(self, run: LoadRun, port: int):
+    def __init__(self, run: LoadRun, port: Address):
         self.run = run
         self.port = port
         self.requests = run.target.requests[port]
@@ -385,17 +400,20 @@ def dechunk(data: bytes) -> bytes:
         pos = eol + 2 + size + 2
 
 
-def open_connection(run: LoadRun, port: int) -> asyncio.Task:
-    """A new connection to ``port``; counted as open at once, so a run never ends between
+def open_connection(run: LoadRun, port: Address) -> asyncio.Task:
+    """A new connection to ``port`` (a TCP port or a Unix socket); counted as open at once, so a run never ends between
     one connection closing and its replacement opening."""
     run.open_conns += 1
     return asyncio.get_running_loop().create_task(_open(run, port))
 
 
-async def _open(run: LoadRun, port: int) -> None:
+async def _open(run: LoadRun, port: Address) -> None:
     loop = asyncio.get_running_loop()
     try:
-        await loop.create_connection(lambda: Connection(run, port), "127.0.0.1", port)
+        if isinstance(port, str):
+            await loop.create_unix_connection(lambda: Connection(run, port), port)
+        else:
+            await loop.create_connection(lambda: Connection(run, port), "127.0.0.1", port)
     except OSError:
         run.open_conns -= 1
         run.dropped += 1
@@ -461,11 +479,34 @@ def platform_roles(platform: Platform) -> dict[str, list[psutil.Process]]:
     return dict(roles)
 
 
-def replica_counters(ports: list[int]) -> dict[str, float]:
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """``http.client`` over a Unix socket (a replica's only address)."""
+
+    def __init__(self, path: str, timeout: float = 5):
+        super().__init__("localhost", timeout=timeout)
+        self.socket_path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.socket_path)
+
+
+def replica_get(socket_path: str, path: str) -> tuple[int, bytes]:
+    conn = UnixHTTPConnection(socket_path)
+    try:
+        conn.request("GET", path)
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()
+
+
+def replica_counters(sockets: list[str]) -> dict[str, float]:
     """The replicas' own batching counters (``GET /v2/models/NAME/stats``), summed."""
     total: Counter = Counter()
-    for port in ports:
-        m = requests.get(f"http://127.0.0.1:{port}/v2/models/{MODEL}/stats", timeout=5).json()
+    for path in sockets:
+        m = json.loads(replica_get(path, f"/v2/models/{MODEL}/stats")[1])
         m = m["model_stats"][0]
         total["rows"] += m["inference_count"]
         total["batches"] += m["execution_count"]
@@ -686,14 +727,14 @@ class LoneProxy(ServerGroup):
 
     role = "proxy (CHP, node)"
 
-    def __init__(self, replica_port: int, log_path: Path):
+    def __init__(self, replica_socket: str, log_path: Path):
         from aidc.paths import find_proxy_command
 
         self.port = free_port()
         super().__init__(
             [find_proxy_command(), "--ip", "127.0.0.1", "--port", str(self.port), "--api-ip",
              "127.0.0.1", "--api-port", str(free_port()), "--default-target",
-             f"http://127.0.0.1:{replica_port}", "--log-level", "info"],
+             f"http+unix://{quote(replica_socket, safe='')}", "--log-level", "info"],
             log_path, env={"CONFIGPROXY_AUTH_TOKEN": os.urandom(16).hex()})
 
 
@@ -747,15 +788,15 @@ class AidcSide:
         return platform_roles(self.platform)
 
     def targets(self, status: dict, samples: np.ndarray, suffix: str = "") -> dict[str, Target]:
-        ports = [r["port"] for r in status["versions"][0]["replicas"]]
+        sockets = [r["socket"] for r in status["versions"][0]["replicas"]]
         hub, inp, outp = [self.platform.port], self.input_name, self.output_name
         pub = f"/services/models/v2/models/{MODEL}/infer"
         own = f"/v2/models/{MODEL}/infer"
 
-        def make(label: str, target_ports: list[int], path: str, build, parse,
+        def make(label: str, target_ports: list[Address], path: str, build, parse,
                  auth: str | None = None) -> Target:
             return make_target(label, target_ports, path, build, parse, samples, self.processes,
-                               auth=auth, stats=lambda: replica_counters(ports))
+                               auth=auth, stats=lambda: replica_counters(sockets))
 
         json_in = lambda x: v2_json_body(x, inp)  # noqa: E731
         binary_in = lambda x: v2_binary_body(x, inp, outp)  # noqa: E731
@@ -764,8 +805,8 @@ class AidcSide:
                              auth=self.token),
             "hub binary": make(f"aidc hub, v2 binary{suffix}", hub, pub, binary_in, parse_v2_binary,
                                auth=self.token),
-            "direct json": make(f"replica direct, v2 JSON{suffix}", ports, own, json_in, parse_v2_json),
-            "direct binary": make(f"replica direct, v2 binary{suffix}", ports, own, binary_in,
+            "direct json": make(f"replica direct, v2 JSON{suffix}", sockets, own, json_in, parse_v2_json),
+            "direct binary": make(f"replica direct, v2 binary{suffix}", sockets, own, binary_in,
                                   parse_v2_binary),
         }
 
@@ -976,13 +1017,13 @@ def start_sides(b: Bench, model: CNN) -> tuple[Path, dict]:
     mlflow.wait_ready(f"http://127.0.0.1:{mlflow.port}/ping")
     status = b.side.deploy(1)
     log(f"MLflow {b.mlflow_version} serving on port {mlflow.port}; aidc deployment ready, replica "
-        f"port(s) {[r['port'] for r in status['versions'][0]['replicas']]}")
+        f"socket(s) {[r['socket'] for r in status['versions'][0]['replicas']]}")
     return python, status
 
 
 def measure_lone_proxy(b: Bench, status: dict) -> None:
     """CHP alone in front of the replica: splits the hub path's cost into proxy and service."""
-    proxy = b.servers["proxy"] = LoneProxy(status["versions"][0]["replicas"][0]["port"],
+    proxy = b.servers["proxy"] = LoneProxy(status["versions"][0]["replicas"][0]["socket"],
                                            b.root / "lone-proxy.log")
     proxy.wait_ready(f"http://127.0.0.1:{proxy.port}/v2/health/ready")
     direct = b.side.targets(status, b.samples)["direct json"]

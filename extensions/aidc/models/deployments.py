@@ -2,7 +2,10 @@
 
 A deployment of model ``name`` serves one primary version and, optionally, a canary
 version that gets a weighted share of the requests. Each served version runs
-``replicas`` processes of :mod:`aidc.models.server` on local ports. The
+``replicas`` processes of :mod:`aidc.models.server`, each listening on a Unix socket
+only (mode 0600, in the 0700 folder of its owner's artifact copy): a replica checks no
+token, so its one door is the one the service opens after authenticating the caller;
+there is no TCP port that another local account could find in ``/proc`` and call. The
 :class:`DeploymentRunner` keeps them alive (a replica that dies is started again; a
 version is ready when at least one replica answers ``/v2/health/ready``), and switches
 traffic only to versions that are ready, so promotion and rollback never drop a
@@ -19,7 +22,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,10 +40,8 @@ from ..hub.system_users import RunAs
 from .sandbox import Staged, owner_account, process_options, stage
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+#: numbers replicas' socket files apart (one folder may hold several versions' sockets)
+_SOCKETS = itertools.count()
 
 
 def _die_with_parent() -> None:
@@ -50,26 +50,29 @@ def _die_with_parent() -> None:
 
 @dataclass
 class Replica:
-    port: int
+    #: the replica's Unix socket: its only listening address (the same across restarts)
+    socket: Path | None = None
     process: subprocess.Popen | None = None
     ready: bool = False
     restarts: int = 0
     inflight: int = 0
     failed_checks: int = 0
-    #: the replica's Unix socket, and the connections to it (the service's path to it;
-    #: the TCP port stays for people and tools)
-    socket: Path | None = None
+    #: pooled connections to the socket: the service's path to the replica
     session: aiohttp.ClientSession | None = None
 
-    @property
-    def url(self) -> str:
-        return "http://replica" if self.session is not None else f"http://127.0.0.1:{self.port}"
+    #: the host part of the URLs sent over the socket (only their paths matter)
+    url = "http://replica"
 
-    def open_session(self, socket: Path) -> None:
-        """Pooled keep-alive connections over ``socket`` (no TCP stack: cheaper per request)."""
-        self.socket = socket
+    @property
+    def label(self) -> str:
+        """How logs name this replica: its socket file and process."""
+        pid = self.process.pid if self.process is not None else None
+        return f"{self.socket.name if self.socket else '?'} (pid {pid})"
+
+    def open_session(self) -> None:
+        """Pooled keep-alive connections over the socket (no TCP stack: cheaper per request)."""
         self.session = aiohttp.ClientSession(
-            connector=aiohttp.UnixConnector(path=str(socket), limit=0, keepalive_timeout=60),
+            connector=aiohttp.UnixConnector(path=str(self.socket), limit=0, keepalive_timeout=60),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=5))
 
     def close_session(self) -> None:
@@ -172,22 +175,25 @@ class DeploymentRunner(LoggingConfigurable):
                 "--max-queue-delay-ms", str(dep["max_queue_delay_ms"]), "--threads", str(threads)]
 
     def _spawn(self, served: ServedVersion, replica: Replica) -> None:
-        replica.port = _free_port()
         replica.ready = False
         replica.close_session()
-        # the socket goes where the replica's account may create it: its artifact copy's folder
-        folder = served.staged.directory if served.staged and served.staged.directory else self.run_root
-        folder.mkdir(parents=True, exist_ok=True)
-        socket_path = folder / f"r{replica.port}.sock"
+        if replica.socket is None:
+            # where the replica's account may create it and nobody else may enter: its
+            # artifact copy's 0700 folder (the service's folder without an account change);
+            # a restarted replica binds the same path again
+            folder = served.staged.directory if served.staged and served.staged.directory else self.run_root
+            folder.mkdir(parents=True, exist_ok=True)
+            replica.socket = folder / f"r{next(_SOCKETS)}.sock"
         # the model's code runs as its owner (aidc.models.sandbox) and sees exactly the
         # deployment's GPUs, none at all without a claim
         gpus = {"CUDA_VISIBLE_DEVICES": served.visible_devices,
                 "NVIDIA_VISIBLE_DEVICES": served.visible_devices or "void"}
+        # the Unix socket only: no TCP port that any local account could call without a token
         replica.process = subprocess.Popen(
-            [*served.command, "--port", str(replica.port), "--unix-socket", str(socket_path)],
+            [*served.command, "--unix-socket", str(replica.socket)],
             stdout=subprocess.DEVNULL, stderr=None, preexec_fn=_die_with_parent,
             **process_options(served.identity, served.staged, gpus))
-        replica.open_session(socket_path)
+        replica.open_session()
 
     async def _serve(self, name: str, number: int, dep: dict, wait: bool) -> ServedVersion:
         version = self.registry.version(name, number)
@@ -197,7 +203,7 @@ class DeploymentRunner(LoggingConfigurable):
         served = ServedVersion(name, number, self._command(name, version, dep, dep["replicas"], staged.path),
                                identity=identity, staged=staged, visible_devices=self._visible_devices(name))
         for _ in range(dep["replicas"]):
-            replica = Replica(port=0)
+            replica = Replica()
             self._spawn(served, replica)
             served.replicas.append(replica)
         if wait:
@@ -231,8 +237,8 @@ class DeploymentRunner(LoggingConfigurable):
                 replica.ready = False
                 if replica.restarts < 1000:
                     replica.restarts += 1
-                    self.log.warning("aidc models: replica of %s v%d exited (%s); restarting",
-                                     served.name, served.version, proc.returncode)
+                    self.log.warning("aidc models: replica %s of %s v%d exited (%s); restarting",
+                                     replica.label, served.name, served.version, proc.returncode)
                     self._spawn(served, replica)
                 continue
             try:
@@ -326,8 +332,10 @@ class DeploymentRunner(LoggingConfigurable):
             if served is None:
                 return None
             return {"version": served.version, "weight": weight,
-                    "replicas": [{"port": r.port, "ready": r.ready, "restarts": r.restarts,
-                                  "pid": r.process.pid if r.process else None} for r in served.replicas]}
+                    "replicas": [{"replica": i, "socket": str(r.socket) if r.socket else None,
+                                  "ready": r.ready, "restarts": r.restarts,
+                                  "pid": r.process.pid if r.process else None}
+                                 for i, r in enumerate(served.replicas)]}
 
         weight = route.canary_weight if route.canary else 0.0
         versions = [v for v in (one(route.primary, 1 - weight), one(route.canary, weight)) if v]

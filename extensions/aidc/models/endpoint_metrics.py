@@ -11,7 +11,8 @@ Two views, one scrape (``GET /services/models/metrics``):
   ``replica`` label added: batch sizes, queue delay, compute time, readiness, in-flight
   requests (see :mod:`aidc.models.server`).
 
-The monitoring dashboards read this one endpoint instead of finding replica ports.
+The monitoring dashboards read this one endpoint: the replicas themselves listen only on
+private Unix sockets, which only the service may open.
 """
 
 from __future__ import annotations

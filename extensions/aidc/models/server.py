@@ -4,8 +4,14 @@ Run as a process per replica::
 
     python -m aidc.models.server --format torchscript --artifact /path/model.pt \\
         --signature-json '{"inputs": [...], "outputs": [...]}' --name mnist --version 3 \\
-        --port 8101 [--host 127.0.0.1] [--max-batch-size 32] [--max-queue-delay-ms 2.0] \\
-        [--threads N] [--prefix /url/prefix]
+        (--unix-socket /path/r0.sock | --port 8101 [--host 127.0.0.1]) \\
+        [--max-batch-size 32] [--max-queue-delay-ms 2.0] [--threads N] [--prefix /url/prefix]
+
+The server has no authentication of its own: whoever can connect may call it. The
+models service therefore starts its replicas with ``--unix-socket`` only (mode 0600, in a
+0700 folder of the model's owner), so that the only way in is the service's
+authenticated ``/services/models/v2/...``; a TCP ``--port`` is for running the server by
+hand (tests, ``bench``), where anyone on the host can reach it.
 
 ``--signature-json`` is the signature's JSON (:meth:`Signature.to_dict`), or ``@FILE``.
 The process listens at once, loads the artifact with :func:`aidc.models.formats.load` in a
@@ -933,11 +939,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="the model's signature as JSON, or @FILE to read it from a file")
     p.add_argument("--name", required=True, help="model name in the URLs")
     p.add_argument("--version", required=True, help="model version in the URLs")
-    p.add_argument("--port", type=int, required=True)
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=None,
+                   help="listen on this TCP port (unauthenticated: anyone on the host may "
+                        "call it; for running the server by hand)")
+    p.add_argument("--host", default="127.0.0.1", help="the address of --port")
     p.add_argument("--unix-socket", default=None,
-                   help="also listen on this Unix socket (mode 0600): the models service's path "
-                        "to its replicas, cheaper than loopback TCP")
+                   help="listen on this Unix socket (mode 0600: only this account and root "
+                        "may connect); the models service starts its replicas with this alone")
     p.add_argument("--max-batch-size", type=int, default=32,
                    help="most rows per model run; 0 or 1 turns dynamic batching off")
     p.add_argument("--max-queue-delay-ms", type=float, default=2.0,
@@ -959,7 +967,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--shutdown-timeout", type=float, default=30.0,
                    help="seconds requests in progress get to finish after SIGTERM")
     p.add_argument("--log-level", default="INFO")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.port is None and not args.unix_socket:
+        p.error("give --unix-socket PATH, --port PORT, or both")
+    return args
+
+
+def _where(args: argparse.Namespace) -> str:
+    """Where the server listens, for its log lines."""
+    places = [f"unix:{args.unix_socket}"] if args.unix_socket else []
+    if args.port is not None:
+        places.append(f"http://{args.host}:{args.port}")
+    return " and ".join(places)
 
 
 def _read_signature(text: str):
@@ -1001,15 +1020,18 @@ async def serve(args: argparse.Namespace, signature) -> int:
                         max_queue_delay=args.max_queue_delay_ms / 1000.0,
                         instances=args.instances, inline_max=args.inline_max_ms / 1000.0)
     # bodies with a Content-Length over the limit are refused from their headers, chunked
-    # ones as they pass the limit; tornado's own limit (a bare 400) is only a backstop
+    # ones as they pass the limit (_Request); tornado's own limit (a bare 400) is only a
+    # backstop
     backstop = max(args.max_body_size, 1) * 4 + (1 << 20)
-    http = NoDelayHTTPServer(_Router(model), max_body_size=backstop, idle_connection_timeout=3600)
+    http = NoDelayHTTPServer(_Router(model), max_body_size=backstop, answer_large_bodies=False,
+                             idle_connection_timeout=3600)
     try:
-        http.listen(args.port, args.host, backlog=1024)
         if args.unix_socket:
-            http.add_socket(bind_unix_socket(args.unix_socket, mode=0o600))
+            http.add_socket(bind_unix_socket(args.unix_socket, mode=0o600, backlog=1024))
+        if args.port is not None:
+            http.listen(args.port, args.host, backlog=1024)
     except OSError as e:
-        log.error("cannot listen on %s:%d: %s", args.host, args.port, e.strerror or e)
+        log.error("cannot listen on %s: %s", _where(args), e.strerror or e)
         return 1
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -1037,8 +1059,8 @@ async def serve(args: argparse.Namespace, signature) -> int:
             result = (None, 0.0, None, e)
         loop.call_soon_threadsafe(lambda: loaded.done() or loaded.set_result(result))
 
-    log.info("loading %s model %s version %s from %s (listening on %s:%d)", args.format,
-             args.name, args.version, args.artifact, args.host, args.port)
+    log.info("loading %s model %s version %s from %s (listening on %s)", args.format,
+             args.name, args.version, args.artifact, _where(args))
     threading.Thread(target=load, name="aidc-load", daemon=True).start()
     stopping = asyncio.ensure_future(stop.wait())
     await asyncio.wait([loaded, stopping], return_when=asyncio.FIRST_COMPLETED)
@@ -1056,9 +1078,9 @@ async def serve(args: argparse.Namespace, signature) -> int:
         http.stop()
         return 1
     model.loaded(runner, single_row)
-    log.info("ready: model %s version %s (%s) on http://%s:%d%s/v2 (loaded and warm in %.2f s, "
+    log.info("ready: model %s version %s (%s) on %s, at %s/v2 (loaded and warm in %.2f s, "
              "%s per row; batching %s, max batch %d, %d threads)", args.name, args.version,
-             args.format, args.host, args.port, model.prefix, seconds,
+             args.format, _where(args), model.prefix, seconds,
              f"{single_row * 1000:.2f} ms" if single_row is not None else "? ms",
              "on" if model.batcher.enabled else "off", args.max_batch_size, _THREADS)
     await stopping
