@@ -645,6 +645,100 @@ def validate(format: str, path: Path) -> None:
         _validate_onnx(path)
 
 
+#: onnxruntime's input types -> v2 datatypes
+_ONNX_TYPES = {"tensor(float)": "FP32", "tensor(double)": "FP64", "tensor(float16)": "FP16",
+               "tensor(int8)": "INT8", "tensor(int16)": "INT16", "tensor(int32)": "INT32",
+               "tensor(int64)": "INT64", "tensor(uint8)": "UINT8", "tensor(uint16)": "UINT16",
+               "tensor(uint32)": "UINT32", "tensor(uint64)": "UINT64", "tensor(bool)": "BOOL",
+               "tensor(string)": "BYTES"}
+
+
+def check_signature(format: str, path: Path, signature: Signature) -> None:
+    """Raise :class:`SignatureError` unless the model at ``path`` takes and returns what
+    ``signature`` declares.
+
+    A signature is declared by the uploader and served as the model's v2 metadata; the
+    replica checks every request against it and, before it answers ready, runs the model
+    once on zeros of the declared inputs. So this does the same at register time: load it
+    with the signature (the names must be the model's), compare the declared inputs with
+    what the model records (ONNX: datatypes and fixed dimensions), run it once on zeros of
+    the declared inputs (batch 1, other dynamic dimensions 1), and compare the outputs it
+    returns with the declared ones (rank, fixed dimensions, strings or numbers). The
+    message names the tensor, what was declared and what the model has.
+    """
+    if not isinstance(signature, Signature):
+        signature = Signature.from_dict(signature)
+    path = Path(path)
+    runner = load(format, path, signature, "cpu", threads=1)
+    if isinstance(runner, OnnxRunner):
+        _check_onnx_inputs(signature, runner.session.get_inputs())
+    zeros = signature.zeros(1)
+    try:
+        outputs = runner.predict(zeros)
+    except PredictionError as e:
+        if _needs_a_gpu(str(e)):
+            return  # built for a GPU (a trace on CUDA): only its deployment can run it
+        fed = ", ".join(f"{s.compact()} as {list(zeros[s.name].shape)}" for s in signature.inputs)
+        raise SignatureError(
+            f"the declared signature does not fit the model: it fails on zeros of the declared "
+            f"inputs ({fed}): {str(e).removeprefix('the model failed on these inputs: ')}"
+        ) from None
+    problems = []
+    for spec in signature.outputs:
+        got = np.asarray(outputs[spec.name])
+        if len(got.shape) != len(spec.shape) or not all(
+                want == -1 or want == have for want, have in zip(spec.shape, got.shape)):
+            problems.append(f"output '{spec.name}' is declared {list(spec.shape)} but the model "
+                            f"returned shape {list(got.shape)}")
+        elif (spec.datatype == "BYTES") != (got.dtype.kind in "OUS"):
+            kind = "strings (BYTES)" if got.dtype.kind in "OUS" else f"numbers ({got.dtype})"
+            problems.append(f"output '{spec.name}' is declared {spec.datatype} but the model "
+                            f"returns {kind}")
+    if problems:
+        raise SignatureError("the declared signature does not fit the model: "
+                             f"{'; '.join(problems)} (on zeros of the declared inputs)")
+
+
+def _check_onnx_inputs(signature: Signature, model_inputs: Sequence[Any]) -> None:
+    """The declared inputs against the ONNX graph's: datatypes, ranks and fixed dimensions."""
+    actual = {i.name: i for i in model_inputs}
+    problems = []
+    for spec in signature.inputs:
+        node = actual.get(spec.name)
+        if node is None:
+            continue  # load() has named what is missing
+        datatype = _ONNX_TYPES.get(node.type)
+        dims = list(node.shape) if node.shape is not None else None
+        shown = "?" if dims is None else "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
+        model = f"{datatype or node.type} {shown}"
+        if datatype is not None and datatype != spec.datatype:
+            problems.append(f"input '{spec.name}' is declared {spec.datatype}, the model takes "
+                            f"{model}")
+            continue
+        if dims is None:
+            continue
+        if len(dims) != len(spec.shape):
+            problems.append(f"input '{spec.name}' is declared {list(spec.shape)} "
+                            f"({len(spec.shape)} dimensions), the model takes {model} "
+                            f"({len(dims)} dimensions)")
+            continue
+        for i, (want, have) in enumerate(zip(spec.shape, dims)):
+            if isinstance(have, int) and have >= 0 and want != have:
+                declared = "-1 (any size)" if want == -1 else str(want)
+                problems.append(f"input '{spec.name}' is declared {list(spec.shape)}, the model "
+                                f"takes {model}: dimension {i} is declared {declared}, the "
+                                f"model's is {have}")
+                break
+    if problems:
+        raise SignatureError("the declared signature does not fit the model: "
+                             + "; ".join(problems))
+
+
+def _needs_a_gpu(reason: str) -> bool:
+    """A failure because the model wants a CUDA device (the check runs on the CPU)."""
+    return bool(re.search(r"\b(cuda|CUDA)\b|same device", reason))
+
+
 def _validate_onnx(path: Path) -> None:
     import onnx
 
@@ -916,8 +1010,12 @@ class OnnxRunner(Runner):
 def _reason(e: BaseException, last: bool = False, limit: int = 300) -> str:
     """One line of a framework's error for a user's message. Framework messages run
     over many lines (TorchScript adds its own traceback): the first line says what
-    failed to load, the last what failed at run time."""
+    failed to load, the last what failed at run time (TensorFlow follows it with the
+    node's name and the op's, ``[[{{node ...}}]] [Op:...]``, which are skipped)."""
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    if last:
+        lines = [line for line in lines
+                 if not line.startswith(("[[", "<stack traces"))] or lines
     if not lines:
         return type(e).__name__
     text = lines[-1] if last else lines[0]
@@ -928,4 +1026,5 @@ def _reason(e: BaseException, last: bool = False, limit: int = 300) -> str:
 
 
 __all__ = ["FORMATS", "CorruptArtifactError", "PredictionError", "Runner", "load", "save",
-           "validate", "TORCHSCRIPT_FILE", "KERAS_FILE", "SAVEDMODEL_DIR", "ONNX_FILE"]
+           "validate", "check_signature", "TORCHSCRIPT_FILE", "KERAS_FILE", "SAVEDMODEL_DIR",
+           "ONNX_FILE"]

@@ -91,6 +91,14 @@ def check_name(name: Any) -> str:
     return name
 
 
+def check_visibility(visibility: Any) -> str:
+    if not isinstance(visibility, str) or visibility not in VISIBILITIES:
+        raise UsageError(f"invalid visibility {visibility!r}: use one of {', '.join(VISIBILITIES)} "
+                         "(private: you and admins; group: also your groups; public: everyone "
+                         "signed in)")
+    return visibility
+
+
 def check_alias(alias: Any) -> str:
     if not isinstance(alias, str) or not ALIAS.match(alias) or alias == "latest":
         raise UsageError(f"invalid alias {alias!r}: use a lowercase word such as 'production' "
@@ -175,6 +183,8 @@ class ModelRegistry(LoggingConfigurable):
     def add_version(self, name: str, owner: str, groups: list[str], **values: Any) -> dict:
         """Create the model on its first version; the next version number, atomically."""
         check_name(name)
+        if values.get("visibility") is not None:
+            check_visibility(values["visibility"])
         with self._write() as c:
             row = c.execute(sa.select(models).where(models.c.name == name)).first()
             if row is None:
@@ -240,8 +250,7 @@ class ModelRegistry(LoggingConfigurable):
                 raise NotFoundError(f"model {name!r} has no alias {alias!r}")
 
     def set_visibility(self, name: str, visibility: str) -> None:
-        if visibility not in VISIBILITIES:
-            raise UsageError(f"visibility must be one of {', '.join(VISIBILITIES)}")
+        check_visibility(visibility)
         with self._write() as c:
             c.execute(models.update().where(models.c.name == name).values(visibility=visibility))
 

@@ -146,7 +146,7 @@ class ModelResource(ModelsHandler):
         self.owned_model(name)
         body = self.json_body()
         if "visibility" in body:
-            self.registry.set_visibility(name, body["visibility"])
+            self.registry.set_visibility(name, body["visibility"])  # checked: 400 with the choices
         self.write_json(self.model_view(self.registry.model(name)))
 
 
@@ -162,7 +162,12 @@ class VersionsHandler(ModelsHandler):
         except NotFoundError:
             existing = None
         if existing is not None and not (self.is_admin or existing["owner"] == self.user_name):
-            raise PermissionDeniedError(f"model {name!r} belongs to {existing['owner']}; choose another name")
+            if not self.can_see(existing):
+                # as GET answers: a model out of the caller's sight does not exist for them
+                # (neither that the name is someone's nor whose)
+                raise NotFoundError(f"no model {name!r} you may add versions to; "
+                                    "choose another name")
+            self.owned_model(name)  # visible to them, someone else's: 403, as every change
         meta_raw = self.get_body_argument("metadata", None)
         files = self.request.files.get("artifact") or []
         if meta_raw is None or not files:
@@ -184,6 +189,8 @@ class VersionsHandler(ModelsHandler):
         for key in ("metrics", "tags", "lineage"):
             if not isinstance(meta.get(key, {}), dict):
                 raise UsageError(f"{key} must be a JSON object")
+        if meta.get("visibility") is not None:
+            reg.check_visibility(meta["visibility"])
         lineage = self.lineage(meta.get("lineage") or {})
         version_dir = Path(tempfile.mkdtemp(prefix="aidc-model-", dir=self.settings["staging"]))
         try:
@@ -192,7 +199,7 @@ class VersionsHandler(ModelsHandler):
                 unzip_to(upload["body"], target)
             else:
                 target.write_bytes(upload["body"])
-            await self.check_loads(fmt, target, filename)
+            await self.check_loads(fmt, target, filename, signature)
             record = self.registry.add_version(
                 name, self.user_name, self.groups,
                 format=fmt, filename=filename, artifact_url="pending", signature=signature.to_dict(),
@@ -234,17 +241,21 @@ class VersionsHandler(ModelsHandler):
             "sweep": job["group_id"], "schedule": job["schedule_id"],
         }
 
-    async def check_loads(self, fmt: str, path: Path, filename: str) -> None:
-        """Load the upload in a short-lived process, as the uploader's Unix account (sandbox)."""
+    async def check_loads(self, fmt: str, path: Path, filename: str, signature) -> None:
+        """Load the upload in a short-lived process, as the uploader's Unix account (sandbox),
+        and run it once on zeros of the declared signature (what a replica does before it
+        answers ready), so that a signature the model cannot take is refused now, not at
+        deploy time (:func:`aidc.models.formats.check_signature`)."""
         identity = owner_account(self.user_name)
         staged = stage(path, identity, self.settings["run_root"], prefix="upload-")
         try:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "aidc.models.validate", fmt, str(staged.path),
-                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-                **process_options(identity, staged))
+                sys.executable, "-m", "aidc.models.validate", fmt, str(staged.path), "-",
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE, **process_options(identity, staged))
             try:
-                _, err = await asyncio.wait_for(proc.communicate(), 300)
+                _, err = await asyncio.wait_for(
+                    proc.communicate(json.dumps(signature.to_dict()).encode()), 300)
             except asyncio.TimeoutError:
                 proc.kill()
                 raise UsageError(f"{filename} could not be loaded within 300 s") from None
@@ -430,11 +441,32 @@ class MetricsHandler(ModelsHandler):
         self.finish(self.runner.metrics.render(replicas))
 
 
+@web.stream_request_body
 class V2Model(V2Handler):
-    """Model metadata, readiness and inference for ``/v2/models/{name}[/versions/{v}][/ready|/infer]``."""
+    """Model metadata, readiness and inference for ``/v2/models/{name}[/versions/{v}][/ready|/infer]``.
 
-    max_body_bytes = MAX_INFER_BODY
+    The body streams in so that its limit, :data:`MAX_INFER_BODY`, holds before any of it
+    is kept: the service's HTTP server (:class:`aidc.services.http.NoDelayHTTPServer`)
+    reads a larger one, declared or chunked, to the end without keeping it and answers
+    413, so that the client, through the hub's proxy, gets that answer rather than a
+    dropped connection.
+    """
+
+    max_body_bytes = None  # set on the connection in prepare(), before the body is read
     quiet_log = True  # one access-log line per inference is too many (see the metrics)
+
+    async def prepare(self):
+        self.request.connection.set_max_body_size(MAX_INFER_BODY)
+        self._chunks: list[bytes] = []
+        await super().prepare()
+
+    def data_received(self, chunk: bytes) -> None:
+        self._chunks.append(chunk)
+
+    def body(self) -> bytes:
+        chunks, self._chunks = self._chunks, []
+        self.request.body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        return self.request.body
 
     @public_or_authenticated
     async def get(self, name, version, what):
@@ -454,6 +486,7 @@ class V2Model(V2Handler):
 
     @public_or_authenticated
     async def post(self, name, version, what):
+        body = self.body()
         if what != "/infer":
             raise web.HTTPError(404, f"no such endpoint {self.request.path}")
         self.visible_model(name)
@@ -461,7 +494,7 @@ class V2Model(V2Handler):
         headers = {k: v for k, v in self.request.headers.items()
                    if k.lower() in ("content-type", "inference-header-content-length", "content-encoding")}
         try:
-            status, out_headers, data = await self.runner.forward(name, number, self.request.body, headers)
+            status, out_headers, data = await self.runner.forward(name, number, body, headers)
         except LookupError as e:
             raise web.HTTPError(404, str(e)) from None
         except RuntimeError as e:
