@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from ..hub.users import PlatformUsers
-from ..paths import DataDir
 
 
 def add_parser(sub, common) -> None:
@@ -20,6 +18,9 @@ def add_parser(sub, common) -> None:
 
 
 def run(args) -> int:
+    from ..hub.users import PlatformUsers  # here: the hub machinery is slow to import
+    from ..paths import DataDir
+
     users = PlatformUsers(DataDir.from_arg(args.data_dir))
     print(users.new_token(args.name, note=args.note, expires_in=args.expires_in))
     return 0

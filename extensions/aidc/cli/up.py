@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from ..hub.config import PlatformOptions
-from ..paths import DataDir
 
 
 def add_parser(sub, common) -> None:
@@ -33,6 +31,9 @@ def run(args) -> int:
 
     if args.simulated_gpus is not None:
         os.environ["AIDC_SIMULATED_GPUS"] = args.simulated_gpus
+
+    from ..hub.config import PlatformOptions  # here: imports JupyterHub
+    from ..paths import DataDir
 
     options = PlatformOptions(
         data_dir=DataDir.from_arg(args.data_dir),

@@ -8,8 +8,6 @@ import sys
 
 from ..errors import UsageError
 from ..hub.roles import ROLE_NAMES, describe
-from ..hub.users import PlatformUsers
-from ..paths import DataDir
 
 
 def add_parser(sub, common) -> None:
@@ -64,7 +62,11 @@ def read_password(from_stdin: bool) -> str:
     return password
 
 
-def _users(args) -> PlatformUsers:
+def _users(args):
+    """The platform's users (imported here: the hub machinery is slow to import)."""
+    from ..hub.users import PlatformUsers
+    from ..paths import DataDir
+
     return PlatformUsers(DataDir.from_arg(args.data_dir))
 
 

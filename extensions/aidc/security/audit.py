@@ -17,10 +17,12 @@ import getpass
 import json
 import logging
 import os
+import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from jupyter_events import EventLogger
+if TYPE_CHECKING:
+    from jupyter_events import EventLogger
 
 SCHEMA_DIR = Path(__file__).parent / "schemas"
 BASE_ID = "https://aidc.dev/events/security/"
@@ -44,6 +46,13 @@ class _PrivateFileHandler(logging.FileHandler):
 def _event_logger(path: Path) -> EventLogger:
     key = str(path)
     if key not in _loggers:
+        # imported on first use: jupyter-events brings jsonschema's format checkers.
+        # One of them, rfc3987-syntax, compiles a grammar at import (about 0.75 s of
+        # every `aidc user ...` call and every platform start) to check the "iri"
+        # format, which no audit schema uses: jsonschema skips that check without it.
+        sys.modules.setdefault("rfc3987_syntax", None)  # None: "import" fails at once
+        from jupyter_events import EventLogger
+
         path.parent.mkdir(parents=True, exist_ok=True)
         logger = EventLogger(handlers=[_PrivateFileHandler(str(path))])
         for filename in SCHEMAS.values():
