@@ -75,6 +75,19 @@ def test_removing_an_unknown_user_fails_clearly(platform):
     assert "no user named 'ghost'" in r.stderr
 
 
+def test_removing_several_users_goes_on_past_an_unknown_one(platform):
+    a, b = platform.new_user("viewer", with_token=False), platform.new_user("viewer", with_token=False)
+    r = platform.cli("user", "remove", a.name, "ghost", b.name)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "no user named 'ghost'" in r.stderr and "Traceback" not in r.stderr
+    assert f"removed {a.name}" in r.stdout and f"removed {b.name}" in r.stdout
+    names = _names(platform.cli("user", "list", "--json"))
+    assert a.name not in names and b.name not in names
+    for u in (a, b):
+        assert not any(p.pw_name == unix_name(u.name, platform.prefix) for p in pwd.getpwall())
+        platform.users.remove(u)
+
+
 def test_no_password_without_a_terminal_is_a_clear_error(platform):
     r = platform.cli("user", "add", "noprompt", "--role", "viewer", input="")
     assert r.returncode == 2

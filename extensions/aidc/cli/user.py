@@ -6,7 +6,7 @@ import getpass
 import json
 import sys
 
-from ..errors import UsageError
+from ..errors import AidcError, UsageError
 from ..hub.roles import ROLE_NAMES, describe
 
 
@@ -27,8 +27,8 @@ def add_parser(sub, common) -> None:
     ls.add_argument("--json", action="store_true", help="machine-readable output")
     ls.set_defaults(handler=list_users)
 
-    rm = users.add_parser("remove", parents=[common], help="remove a user (stops their server)")
-    rm.add_argument("name")
+    rm = users.add_parser("remove", parents=[common], help="remove users (stops their servers)")
+    rm.add_argument("names", nargs="+", metavar="NAME")
     rm.add_argument(
         "--keep-home",
         action="store_true",
@@ -91,9 +91,20 @@ def list_users(args) -> int:
 
 
 def remove(args) -> int:
-    kept = _users(args).remove(args.name, keep_home=args.keep_home)
-    print(f"removed {args.name}" + (f"; home kept in {kept}" if kept else ""))
-    return 0
+    """Remove each named user; one that cannot be removed does not stop the others."""
+    users = _users(args)
+    failed: list[AidcError] = []
+    for name in args.names:
+        try:
+            kept = users.remove(name, keep_home=args.keep_home)
+        except AidcError as e:
+            if len(args.names) == 1:
+                raise
+            print(f"aidc: error: {e}", file=sys.stderr)
+            failed.append(e)
+            continue
+        print(f"removed {name}" + (f"; home kept in {kept}" if kept else ""))
+    return max((e.exit_code for e in failed), default=0)
 
 
 def set_role(args) -> int:
