@@ -11,6 +11,12 @@
   (CLI offline mode, shutdown tests, other authenticators), with Unix accounts under a
   prefix of its own; stopped and cleaned up afterwards.
 
+Tests that use one of these (directly or through another fixture) are marked
+``platform`` (see ``PLATFORM_FIXTURES``), as is any module that starts one itself, so
+``make test PYTEST_ARGS="-m 'not platform'"`` runs the fast tests alone: in-process
+state machines (with the fakes of ``tests/mocking.py``), single kernels, model servers
+and Dask clusters, without a hub.
+
 Helpers live in ``tests/platform_helpers.py`` (the ``Platform`` class, ``execute`` to run code
 in a kernel over its websocket).
 """
@@ -29,6 +35,15 @@ import pytest
 from platform_helpers import Platform, User, new_prefix
 
 TESTS = Path(__file__).parent
+
+#: fixtures that start a whole platform (hub, proxy, services, Unix accounts)
+PLATFORM_FIXTURES = {"platform", "fresh_platform", "ext_platform"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if PLATFORM_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.platform)
 
 #: drop-in hub config used by the session platform
 TEST_CONFIG = f"""
