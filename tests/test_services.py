@@ -59,6 +59,6 @@ def test_browser_users_sign_in_to_a_service_with_hub_oauth(platform):
     user = platform.new_user("scientist", with_token=False)
     session, _ = platform.login(user.name, user.password)
     r = session.get(f"{platform.url}/services/echo/", timeout=60)
-    assert r.status_code == 200
+    assert r.status_code == 200, (r.text[:2000], platform.log()[-5000:])
     assert f"Hello {user.name}" in r.text
     assert any("/hub/api/oauth2/authorize" in h.url for h in r.history)

@@ -57,25 +57,34 @@ STATUS_FOR_ERROR = {
 authenticated = web.authenticated
 
 
-class ServiceHandler(HubOAuthenticated, web.RequestHandler):
+class AppHubAuth:
+    """Handlers take the application's HubOAuth (``make_app``), with the platform's cache time.
+
+    JupyterHub's mixin would otherwise take ``HubOAuth.instance()``, a second object
+    with the default five-minute cache, and ignore the application's: revoked tokens
+    then kept working for minutes. Every handler of a service (the OAuth callback
+    included, which must read the state cookie the login redirect set) uses this one.
+    """
+
+    @property
+    def hub_auth(self) -> HubOAuth:
+        return self.settings["hub_auth"]
+
+    @hub_auth.setter
+    def hub_auth(self, auth) -> None:  # JupyterHub's mixin may assign it
+        self.settings["hub_auth"] = auth
+
+
+class OAuthCallbackHandler(AppHubAuth, HubOAuthCallbackHandler):
+    """JupyterHub's OAuth callback, on the application's HubOAuth."""
+
+
+class ServiceHandler(AppHubAuth, HubOAuthenticated, web.RequestHandler):
     """Base handler: hub-authenticated, JSON in and out, user-safe errors."""
 
     #: a request body larger than this is refused with 413 before any handler runs
     max_body_bytes: int | None = None
 
-    @property
-    def hub_auth(self) -> HubOAuth:
-        """The application's HubOAuth (``make_app``), with the platform's cache time.
-
-        JupyterHub's mixin would otherwise take ``HubOAuth.instance()``, a second object
-        with the default five-minute cache, and ignore the application's: revoked tokens
-        then kept working for minutes.
-        """
-        return self.settings["hub_auth"]
-
-    @hub_auth.setter
-    def hub_auth(self, auth) -> None:  # JupyterHub's mixin assigns it in tests
-        self.settings["hub_auth"] = auth
 
     async def prepare(self):
         limit = self.max_body_bytes
@@ -218,7 +227,7 @@ def make_app(routes: list[tuple], **settings) -> web.Application:
     hub_auth = HubOAuth(api_token=os.environ["JUPYTERHUB_API_TOKEN"],
                         cache_max_age=auth_cache_seconds())
     handlers = [
-        (url_path_join(prefix, "oauth_callback"), HubOAuthCallbackHandler),
+        (url_path_join(prefix, "oauth_callback"), OAuthCallbackHandler),
         (url_path_join(prefix, "health"), HealthHandler),
     ]
     handlers += [(url_path_join(prefix, pattern), *rest) for pattern, *rest in routes]
