@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -26,6 +27,10 @@ AIDC = str(Path(sys.executable).with_name("aidc"))
 #: the session platform's Unix accounts are ``aidct-<name>``, apart from a developer's
 #: ``jupyter-*``; every other test platform gets a prefix of its own
 UNIX_PREFIX = "aidct-"
+
+
+#: what `aidc up` prints when the last of its services answers (aidc.hub.app)
+SERVICES_UP = re.compile(r"^aidc: all \d+ services are up", re.M)
 
 
 def unix_name(name: str, prefix: str = UNIX_PREFIX) -> str:
@@ -87,6 +92,7 @@ class Platform:
     # lifecycle -------------------------------------------------------------
     def start(self, timeout: float = 90) -> "Platform":
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [AIDC, "up", "--data-dir", str(self.data_dir), "--port", str(self.port),
@@ -98,16 +104,19 @@ class Platform:
         return self.wait_until_up(timeout)
 
     def wait_until_up(self, timeout: float = 90) -> "Platform":
+        """Until the hub answers and `aidc up` says that all its services are up."""
         deadline = time.monotonic() + timeout
+        hub_up = False
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"aidc up exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                if requests.get(self.url + "/hub/health", timeout=2).status_code == 200:
-                    return self
+                hub_up = hub_up or requests.get(self.url + "/hub/health", timeout=2).status_code == 200
             except requests.RequestException:
                 pass
-            time.sleep(0.3)
+            if hub_up and SERVICES_UP.search(self.log_since(getattr(self, "_log_offset", 0))):
+                return self
+            time.sleep(0.2)
         raise RuntimeError(f"aidc up did not answer in {timeout}s:\n{self.log()}")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 90) -> int:
@@ -125,6 +134,15 @@ class Platform:
         """Everything the platform printed (start-up lines included: tests look for them)."""
         try:
             return self.log_path.read_text()
+        except FileNotFoundError:
+            return ""
+
+    def log_since(self, offset: int) -> str:
+        """What the platform printed after ``offset`` bytes of its log (e.g. since a restart)."""
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(offset)
+                return f.read().decode(errors="replace")
         except FileNotFoundError:
             return ""
 

@@ -17,10 +17,15 @@ def _all_gone(procs: list[psutil.Process], timeout: float = 30) -> list[psutil.P
     return [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
-def test_stop_leaves_no_process_behind(fresh_platform, sig):
+@pytest.mark.parametrize("sig,twice", [(signal.SIGTERM, False), (signal.SIGINT, True)],
+                         ids=["SIGTERM", "Ctrl-C twice"])
+def test_stop_leaves_no_process_behind(fresh_platform, sig, twice):
     p = fresh_platform()
     p.start()
+    # the login page answered before the services, and each line says so
+    out = p.log()
+    assert f"aidc is ready: {p.url}/" in out
+    assert out.index("aidc is ready") < out.index("services are up")
     user = p.new_user("scientist")
     p.start_server(user)
     procs = _tree(p.proc.pid)
@@ -36,7 +41,18 @@ def test_stop_leaves_no_process_behind(fresh_platform, sig):
         assert time.monotonic() < deadline, "the models service did not start"
         time.sleep(0.2)
 
+    if twice:  # an impatient Ctrl-C during the shutdown does not start a second one
+        p.proc.send_signal(sig)
+        deadline = time.monotonic() + 30
+        while "initiating shutdown" not in p.log():
+            assert time.monotonic() < deadline, p.log()[-3000:]
+            time.sleep(0.05)
     assert p.stop(sig) == 0
+    out = p.log()
+    if twice:
+        assert "Shutdown is in progress" in out, out[-3000:]
+    for trouble in ("AttributeError", "Failed to stop user", "Traceback"):
+        assert trouble not in out, out[-3000:]
     assert _all_gone(procs) == []
     assert not (p.data_dir / "platform.json").exists()
     assert not staging.exists()  # nothing of the platform is left in /tmp

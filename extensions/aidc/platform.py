@@ -1,6 +1,7 @@
 """``aidc up``: prepare the data directory, then run JupyterHub in the foreground.
 
-The hub process is this process. JupyterHub itself starts configurable-http-proxy and
+The hub process is this process (:class:`aidc.hub.app.PlatformHub`, JupyterHub with
+services started side by side). JupyterHub itself starts configurable-http-proxy and
 the managed services, and on Ctrl-C or SIGTERM stops every user server, every service
 and the proxy (``cleanup_servers`` / ``cleanup_proxy``) before exiting.
 """
@@ -180,13 +181,13 @@ def run(options: PlatformOptions) -> int:
             }
         ),
     )
-    from jupyterhub.app import JupyterHub
+    from .hub.app import PlatformHub
 
     try:
-        JupyterHub.launch_instance(argv=["-f", str(hub_config_file())])
+        PlatformHub.launch_instance(argv=["-f", str(hub_config_file())])
     finally:
         try:
             d.state_file.unlink()
         except FileNotFoundError:
             pass
-    return 0
+    return 1 if PlatformHub.initialized() and PlatformHub.instance().failed else 0

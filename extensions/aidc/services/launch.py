@@ -44,6 +44,12 @@ def main(argv: list[str]) -> None:
     die_with_parent()
     if os.getppid() != parent:  # the hub died before the request took effect
         sys.exit(0)
+    # a hub started in the background of a non-interactive shell ignores SIGINT, and an
+    # ignored signal stays ignored across exec: Python then never installs its
+    # KeyboardInterrupt handler, and a service that stops on Ctrl-C (the idle culler)
+    # would sit out JupyterHub's 30 s interrupt time-out at every shutdown
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
     os.execvp(argv[0], argv)
 
 
