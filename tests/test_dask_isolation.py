@@ -36,19 +36,25 @@ async def try_dask(address, security):
     except Exception as e:
         return "refused: " + type(e).__name__
 
-async def main():
-    for port in PORTS:
-        for scheme in ("tcp", "tls"):
-            security = Security.temporary() if scheme == "tls" else None
-            found["dask"][f"{{scheme}}:{{port}}"] = await try_dask(f"{{scheme}}://127.0.0.1:{{port}}", security)
-        for path in ("/info/main/workers.html", "/metrics", "/json/identity.json", "/health"):
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{{port}}{{path}}", timeout=3) as r:
-                    found["http"][f"{{port}}{{path}}"] = r.status
-            except urllib.error.HTTPError as e:
-                found["http"][f"{{port}}{{path}}"] = e.code
-            except Exception as e:
-                found["http"][f"{{port}}{{path}}"] = type(e).__name__
+def http_get(url):
+    try:
+        with urllib.request.urlopen(url, timeout=3) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except Exception as e:
+        return type(e).__name__
+
+async def main():  # every attempt at once: each may take its full time-out
+    attempts = {{f"{{scheme}}:{{port}}": try_dask(f"{{scheme}}://127.0.0.1:{{port}}",
+                                                  Security.temporary() if scheme == "tls" else None)
+                for port in PORTS for scheme in ("tcp", "tls")}}
+    results = await asyncio.gather(*attempts.values())
+    found["dask"] = dict(zip(attempts, results))
+    urls = {{f"{{port}}{{path}}": f"http://127.0.0.1:{{port}}{{path}}" for port in PORTS
+            for path in ("/info/main/workers.html", "/metrics", "/json/identity.json", "/health")}}
+    codes = await asyncio.gather(*(asyncio.to_thread(http_get, u) for u in urls.values()))
+    found["http"] = dict(zip(urls, codes))
 
 await main()  # the kernel runs an event loop already (top-level await)
 print("RESULT" + json.dumps(found))
