@@ -48,6 +48,10 @@ def _die_with_parent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
+#: how often a replica that exits while its version loads is started before the version fails
+START_ATTEMPTS = 4
+
+
 @dataclass
 class Replica:
     #: the replica's Unix socket: its only listening address (the same across restarts)
@@ -219,11 +223,20 @@ class DeploymentRunner(LoggingConfigurable):
     async def _wait_ready(self, served: ServedVersion) -> None:
         deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:
+            # before _check starts them again: a version whose every replica keeps exiting
+            # while it loads will not load, and waiting out the time-out would not help
+            exited = [r.process.returncode for r in served.replicas
+                      if r.process is not None and r.process.poll() is not None]
+            if (served.replicas and len(exited) == len(served.replicas)
+                    and all(r.restarts >= START_ATTEMPTS - 1 for r in served.replicas)):
+                self._stop(served)
+                raise PlatformError(
+                    f"model {served.name} version {served.version} did not become ready: its "
+                    f"replicas exited while loading, {START_ATTEMPTS} times each (exit code "
+                    f"{exited[0]}); see the models service log")
             await self._check(served)
             if served.ready:
                 return
-            if all(r.process and r.process.poll() is not None and r.restarts >= 3 for r in served.replicas):
-                break
             await asyncio.sleep(0.2)
         self._stop(served)
         raise PlatformError(f"model {served.name} version {served.version} did not become ready "
