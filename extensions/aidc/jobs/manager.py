@@ -115,19 +115,29 @@ class JobManager(LoggingConfigurable):
         self._changed: dict[str, asyncio.Event] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._stopping = False
         #: called once when a job or schedule arrives before the cluster was started
         self.on_first_job = None
 
     # -- lifecycle ------------------------------------------------------------------
     async def start(self, client) -> None:
+        self._stopping = False
         self.client = client
         client.subscribe_topic(TOPIC, self._on_event)
         await self._recover()
         self._task = asyncio.create_task(self._loop())
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
+        """Stop the dispatch loop and return once it has ended."""
+        self._stopping = True
+        task, self._task = self._task, None
+        if task is None:
+            return
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
 
     async def _recover(self) -> None:
         """Jobs a previous service process left running: their worker is gone (or orphaned)."""
@@ -148,16 +158,19 @@ class JobManager(LoggingConfigurable):
                              "re-queued or failed by their retry policy", len(leftovers))
 
     async def _loop(self) -> None:
-        while True:
+        # asyncio.wait (not wait_for): on Python 3.11 wait_for can swallow a cancel that
+        # arrives as the event fires, and stop() would leave the loop running
+        while not self._stopping:
             try:
                 self._dispatch()
                 self._run_schedules()
             except Exception:
                 self.log.exception("aidc jobs: dispatch pass failed; retrying")
+            waiter = asyncio.ensure_future(self._wake.wait())
             try:
-                await asyncio.wait_for(self._wake.wait(), self.tick)
-            except asyncio.TimeoutError:
-                pass
+                await asyncio.wait([waiter], timeout=self.tick)
+            finally:
+                waiter.cancel()
             self._wake.clear()
 
     def wake(self) -> None:
