@@ -578,14 +578,16 @@ def test_sigterm_finishes_requests_in_flight(start, tmp_path):
     model = Slow().eval()
     fmt, path, signature = _save(model, tmp_path / "slow", np.zeros((2, 256), np.float32))
     s = start(fmt, path, signature, name="slow", extra=["--max-batch-size", "0"]).wait_ready()
-    xs = [np.random.default_rng(i).random((32, 256), dtype=np.float32) for i in range(4)]
+    # 512 rows: each call computes long enough (about a second here) that all four are
+    # still in the server when SIGTERM arrives
+    xs = [np.random.default_rng(i).random((512, 256), dtype=np.float32) for i in range(4)]
     with torch.inference_mode():
         want = [model(torch.from_numpy(x)).numpy() for x in xs]
     results: dict[int, object] = {}
 
     def call(i: int) -> None:
         try:
-            inp = httpclient.InferInput("input", [32, 256], "FP32")
+            inp = httpclient.InferInput("input", [512, 256], "FP32")
             inp.set_data_from_numpy(xs[i])
             results[i] = s.client(network_timeout=60).infer("slow", [inp]).as_numpy("output")
         except Exception as e:  # noqa: BLE001
@@ -595,10 +597,11 @@ def test_sigterm_finishes_requests_in_flight(start, tmp_path):
     for t in threads:
         t.start()
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:  # all four arrived (one runs, three wait)
+    while True:  # all four arrived (one runs, three wait)
         m = re.search(r"^aidc_model_inflight_requests{[^}]*} (\d+)", s.metrics(), re.M)
         if m and int(m.group(1)) >= 5:  # the four and this metrics request
             break
+        assert time.monotonic() < deadline, "the four requests were never in the server at once"
         time.sleep(0.01)
     s.proc.send_signal(signal.SIGTERM)
     for t in threads:
