@@ -48,7 +48,7 @@ class Client:
             )
         if not token:
             raise UsageError("no API token: set AIDC_TOKEN (create one with `aidc token NAME`)")
-        self.url = url.rstrip("/")
+        self.url = platform_url(url)
         self.timeout = timeout
         self.session = requests.Session()
         self.session.headers["Authorization"] = f"token {token}"
@@ -62,16 +62,27 @@ class Client:
             raise PlatformError(f"cannot reach the platform at {self.url}; is it running?") from None
         if r.status_code < 400:
             return r
-        message = _message(r)
-        if r.status_code in (401, 403) and _is_bad_credentials(r, message):
+        if r.status_code != 401 and not _is_json(r):
+            raise PlatformError(_not_the_api(r))
+        if r.status_code in (401, 403) and _is_bad_credentials(r, _body_message(r)):
             raise AuthenticationError(BAD_TOKEN)
+        message = _message(r)
         error: type[AidcError] = {
             400: UsageError, 403: PermissionDeniedError, 404: NotFoundError, 409: ConflictError,
         }.get(r.status_code, PlatformError)
         raise error(message)
 
     def get_json(self, path: str, **kw) -> Any:
-        return self.request("GET", path, **kw).json()
+        return self.json(self.request("GET", path, **kw))
+
+    @staticmethod
+    def json(r: requests.Response) -> Any:
+        """The body of an API response; a page that is not the API's JSON is a PlatformError
+        that says what was reached instead (a wrong AIDC_URL, a proxy's page)."""
+        try:
+            return r.json()
+        except ValueError:
+            raise PlatformError(_not_the_api(r)) from None
 
     # -- resources -------------------------------------------------------------------
     def profiles(self) -> list[dict]:
@@ -85,9 +96,22 @@ class Client:
     def start_server(self, profile: str | None = None, wait: bool = True,
                      timeout: float = 900) -> dict:
         """Start your server with a profile; with ``wait``, return once it is ready."""
+        if profile:
+            offered = [p["id"] for p in self.profiles()]
+            if profile not in offered:
+                raise UsageError(f"no profile {profile!r}: this platform offers "
+                                 f"{', '.join(offered) or 'none'} (see `aidc profiles`)")
         name = self.whoami()["name"]
         body = {"profile": profile} if profile else {}
-        self.request("POST", f"hub/api/users/{name}/server", json=body, timeout=timeout)
+        try:
+            self.request("POST", f"hub/api/users/{name}/server", json=body, timeout=timeout)
+        except UsageError as e:
+            # JupyterHub answers 400 "NAME is already running" (or "... pending spawn"): a
+            # refusal of the action, not bad input
+            if str(e).endswith(" is already running") or " is pending " in str(e):
+                raise ConflictError(f"{e}; stop it first (`aidc server stop`) to start it "
+                                    "with another profile") from None
+            raise
         deadline = time.monotonic() + timeout
         while True:
             model = self.get_json(f"hub/api/users/{name}")
@@ -111,12 +135,59 @@ class Client:
         return model
 
 
-def _message(r: requests.Response) -> str:
+def platform_url(url: str) -> str:
+    """The platform's address from what a user may set as AIDC_URL: the hub's own URL
+    (``http://host:8000/hub``, ``.../hub/``) is accepted for the platform's
+    (``http://host:8000``), and trailing slashes are dropped."""
+    url = url.strip().rstrip("/")
+    if url.endswith("/hub"):
+        url = url[: -len("/hub")]
+    return url.rstrip("/")
+
+
+def _is_json(r: requests.Response) -> bool:
+    try:
+        r.json()
+    except ValueError:
+        return False
+    return True
+
+
+def _not_the_api(r: requests.Response) -> str:
+    kind = r.headers.get("Content-Type", "").split(";")[0].strip()
+    text = r.text.lstrip()[:200].lower()
+    if "html" in kind or text.startswith(("<!doctype html", "<html")):
+        what = "an HTML page"
+    elif not r.content:
+        what = "an empty body"
+    else:
+        what = f"{kind or 'a body'} that is not JSON"
+    hint = ("is the service behind it running? (`aidc up` logs why not)" if r.status_code >= 500
+            else "is AIDC_URL the platform's address (http://host:8000)?")
+    return f"{r.url} answered {r.status_code} with {what}, not the aidc API: {hint}"
+
+
+def _body_message(r: requests.Response) -> str:
+    """The error's text, whichever of the platform's shapes the body has: the services'
+    and JupyterHub's ``{"status": N, "message": "..."}`` or KServe v2's ``{"error": "..."}``
+    (the models service's v2 routes); empty when the body has none."""
     try:
         body = r.json()
     except ValueError:
         return r.text.strip()[:500]
-    return str(body.get("message") or "") if isinstance(body, dict) else str(body)
+    if isinstance(body, dict):
+        for key in ("message", "error", "detail"):
+            value = body.get(key)
+            if value:
+                return value if isinstance(value, str) else str(value)
+        extra = {k: v for k, v in body.items() if k != "status"}
+        return str(extra) if extra else ""
+    return str(body) if body else ""
+
+
+def _message(r: requests.Response) -> str:
+    """:func:`_body_message`, or what answered with which status when the body says nothing."""
+    return _body_message(r) or f"{r.url} answered {r.status_code} {r.reason or ''}".strip()
 
 
 def _is_bad_credentials(r: requests.Response, message: str) -> bool:

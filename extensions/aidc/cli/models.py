@@ -24,6 +24,9 @@ def add_parser(sub, common) -> None:
     r.add_argument("name")
     r.add_argument("file")
     r.add_argument("--signature", help="signature JSON (or @file); inferred for ONNX and Keras files")
+    r.add_argument("--example", metavar="FILE.npy",
+                   help="a batch of inputs saved with numpy.save (.npy, or .npz for several "
+                        "named inputs): the signature is inferred from it (needed for TorchScript)")
     r.add_argument("--metric", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
     r.add_argument("--visibility", choices=["private", "group", "public"])
 
@@ -71,14 +74,47 @@ def register(args) -> int:
             signature = json.loads(text)
         except ValueError as e:
             raise UsageError(f"--signature is not JSON: {e}") from None
+    example = _load_example(args.example) if args.example else None
+    torchscript = path.suffix in (".pt", ".pth", ".torchscript")
+    if torchscript and signature is None and example is None:
+        raise UsageError(
+            f"{path.name} is TorchScript, which does not record its inputs: add --example "
+            "FILE.npy (a batch of inputs saved with numpy.save, e.g. x[:2]) or --signature "
+            "JSON (e.g. '{\"inputs\": [{\"name\": \"input\", \"datatype\": \"FP32\", "
+            "\"shape\": [-1, 4]}], \"outputs\": [...]}')"
+        )
     metrics = {k: json.loads(v) if v.replace(".", "", 1).lstrip("-").isdigit() else v for k, v in args.metric}
     model = path
-    if path.suffix in (".pt", ".pth", ".torchscript"):
+    if torchscript:
         import torch
         model = torch.jit.load(str(path))
-    v = api.register(model, name=args.name, signature=signature, metrics=metrics, visibility=args.visibility)
+    try:
+        v = api.register(model, name=args.name, signature=signature, metrics=metrics,
+                         visibility=args.visibility, example=example)
+    except UsageError as e:
+        # the Python API's messages name its arguments; name the CLI's flags instead
+        text = str(e).replace("example=", "--example FILE.npy").replace("signature=", "--signature")
+        if text == str(e):
+            raise
+        raise type(e)(text) from None
     print(f"registered {v.name} version {v.version} ({v.format})")
     return 0
+
+
+def _load_example(filename: str):
+    import numpy as np
+
+    path = Path(filename)
+    if not path.exists():
+        raise UsageError(f"--example: {filename} does not exist")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise UsageError(f"--example: {filename} is not a numpy .npy or .npz file ({e})") from None
+    if isinstance(loaded, np.lib.npyio.NpzFile):
+        with loaded:
+            return {name: loaded[name] for name in loaded.files}
+    return loaded
 
 
 def list_(args) -> int:

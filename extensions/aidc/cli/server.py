@@ -56,8 +56,12 @@ def gpus(args) -> int:
 
 
 def start(args) -> int:
-    server = Client().start_server(args.profile, wait=not args.no_wait)
-    print(f"server {'ready' if server.get('ready') else 'starting'}: {server.get('url')}")
+    client = Client()
+    server = client.start_server(args.profile, wait=not args.no_wait)
+    url = server.get("url") or ""
+    if url.startswith("/"):  # the hub gives a path; print where to open it
+        url = client.url + url
+    print(f"server {'ready' if server.get('ready') else 'starting'}: {url}")
     return 0
 
 

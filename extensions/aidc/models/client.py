@@ -155,13 +155,87 @@ def predict(name: str, inputs: Any, version: int | str | None = None, client: Cl
             raise UsageError(f"model {name!r} takes {len(specs)} inputs; pass a dict of name to array")
         inputs = {specs[0]["name"]: inputs}
     tensors = []
-    for key, value in inputs.items():
-        arr = np.asarray(value)
+    for key, arr in cast_inputs(inputs, specs).items():
         tensors.append({"name": key, "shape": list(arr.shape), "datatype": datatype_of(arr.dtype),
                         "data": arr.ravel().tolist()})
     r = c.request("POST", f"{base}/infer", json={"inputs": tensors})
     outputs = {}
-    for out in r.json()["outputs"]:
+    for out in c.json(r)["outputs"]:
         dtype = DATATYPES.get(out["datatype"], np.float32)
         outputs[out["name"]] = np.asarray(out["data"], dtype=dtype).reshape(out["shape"])
     return next(iter(outputs.values())) if len(outputs) == 1 else outputs
+
+
+def cast_inputs(inputs: dict, specs: list[dict]) -> dict:
+    """``inputs`` as arrays of the datatypes the model declares (``specs``: v2 metadata's
+    ``inputs``), cast where no information is lost; a :class:`UsageError` that says why
+    where a cast would lose some.
+
+    float64 (numpy's default, and what ``[[1.0, 2, 3]]`` becomes) goes to FP32 or FP16 when
+    its values fit; integers and booleans go to a float type, or to another integer type
+    when every value is in its range. Floats are never rounded to integers, and nothing
+    numeric becomes a string or the reverse. Inputs the model does not declare are sent as
+    they are (the service names what it expects).
+    """
+    import numpy as np
+
+    from .signature import DATATYPES
+
+    declared = {s["name"]: s.get("datatype") for s in specs}
+    out = {}
+    for key, value in inputs.items():
+        arr = np.asarray(value)
+        datatype = declared.get(key)
+        target = DATATYPES.get(datatype) if datatype else None
+        if target is None or arr.dtype == target:
+            out[key] = arr
+            continue
+        out[key] = _cast(key, arr, datatype, target)
+    return out
+
+
+def _cast(key: str, arr, datatype: str, target):
+    import numpy as np
+
+    have, want = arr.dtype.kind, target.kind
+    refuse = f"input '{key}' is {arr.dtype} but the model takes {datatype}"
+    if want == "O":  # BYTES
+        if have in "OUS":
+            return arr
+        raise UsageError(f"{refuse} (strings or bytes); pass strings, not numbers")
+    if have in "OUS":
+        raise UsageError(f"{refuse}; pass numbers, not strings")
+    if have == "c":
+        raise UsageError(f"{refuse}: casting would drop the imaginary part; pass real numbers")
+    if want == "b":
+        if have == "b":
+            return arr
+        raise UsageError(f"{refuse}; pass booleans (e.g. x != 0), not {arr.dtype} values")
+    if want == "f":
+        with np.errstate(over="ignore"):
+            cast = arr.astype(target)
+        if have == "f" and (np.isinf(cast) & np.isfinite(arr)).any():
+            big = float(np.abs(arr[np.isfinite(arr)]).max())
+            raise UsageError(f"{refuse}: {big:g} is beyond {datatype}'s range "
+                             f"(±{float(np.finfo(target).max):g}), and would become infinity")
+        if have in "iu" and arr.size:
+            exact = 2 ** (np.finfo(target).nmant + 1)  # every integer up to this is exact
+            big = max(abs(int(arr.min())), abs(int(arr.max())))
+            if big > exact:
+                raise UsageError(f"{refuse}: {big} cannot be represented exactly in {datatype} "
+                                 f"(integers up to {exact} can); scale the values, or cast "
+                                 f"them yourself if the rounding is acceptable")
+        return cast
+    # an integer type
+    if have == "f":
+        raise UsageError(f"{refuse}: casting floats to integers would drop their fractions; "
+                         f"if that is what you mean, convert first "
+                         f"(e.g. np.round(x).astype('{target.name}'))")
+    if arr.size:
+        info = np.iinfo(target)
+        low, high = int(arr.min()), int(arr.max())
+        if low < info.min or high > info.max:
+            bad = low if low < info.min else high
+            raise UsageError(f"{refuse}: {bad} is outside {datatype}'s range "
+                             f"[{info.min}, {info.max}]")
+    return arr.astype(target)
