@@ -4,7 +4,8 @@ Every process of the platform (the hub, the ``aidc`` CLI, later the services) re
 through :func:`record`, which validates the event against a versioned schema in
 ``schemas/`` and appends one JSON line to ``<data-dir>/logs/audit.jsonl``. Each line
 carries ``actor``, ``action``, ``target``, ``result`` and jupyter-events'
-``__timestamp__`` and ``__schema_version__``.
+``__timestamp__`` (RFC 3339, UTC: ``2026-12-02T04:52:30.615874Z``) and
+``__schema_version__``.
 
 New kinds of event are a new schema file plus a name in :data:`SCHEMAS`; the log file
 and its format stay the same for every producer, so the tamper-evident chain added
@@ -18,6 +19,7 @@ import json
 import logging
 import os
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -85,8 +87,12 @@ def record(kind: str, path: Path | None = None, **data: Any) -> None:
         log.warning("no AIDC_DATA_DIR: audit event %s %s not recorded", kind, data)
         return
     clean = {k: v for k, v in data.items() if v is not None}
+    # jupyter-events writes ``timestamp.isoformat() + "Z"``: an aware time would give
+    # "...+00:00Z", which is not RFC 3339 (datetime.fromisoformat and log tools refuse
+    # it). A naive UTC time gives "2026-12-02T04:52:30.615874Z".
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
     try:
-        _event_logger(path).emit(schema_id=BASE_ID + kind, data=clean)
+        _event_logger(path).emit(schema_id=BASE_ID + kind, data=clean, timestamp_override=now)
     except Exception:  # pragma: no cover - a schema mismatch is a programming error
         log.exception("could not record audit event %s %s", kind, clean)
 
