@@ -145,6 +145,8 @@ def show(args) -> int:
         print(f"  progress   cell {cell} of {progress['cells']}  attempt {d['attempt']} of {d['retries'] + 1}")
     if d.get("waiting"):
         print(f"  waiting    {d['waiting']}")
+    for note in d.get("notices") or []:
+        print(f"  note       {note}")
     print(f"  gpus       {d['gpus']}" + (f" ({d['visible_devices']})" if d.get("visible_devices") else ""))
     for key in ("created", "started", "finished"):
         if d.get(key):
@@ -168,6 +170,8 @@ def _follow(job: api.Job) -> int:
 
     bar = None
     status = job.status
+    if status == "queued" and job.data.get("waiting"):
+        print(f"[aidc] queued: {job.data['waiting']}", file=sys.stderr)
     try:
         for e in job.events(follow=True):
             kind = e["type"]
@@ -191,6 +195,8 @@ def _follow(job: api.Job) -> int:
                 (tqdm.write if bar else print)(f"[metric] {e['name']} = {value.get('value')}")
             elif kind == "status":
                 status = e.get("status") or status
+            elif kind == "notice":  # e.g. which kernel runs a notebook that names none
+                (tqdm.write if bar else print)(f"[aidc] {e.get('text')}", file=sys.stderr)
     finally:
         if bar is not None:
             bar.close()

@@ -7,6 +7,7 @@ server nothing needs configuring; elsewhere ``AIDC_URL`` and ``AIDC_TOKEN``.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -67,15 +68,21 @@ class Job:
         self._data = self._client.get_json(f"{API}/jobs/{self.id}")
         return self
 
-    def wait(self, timeout: float | None = None, poll: float = 0.5) -> str:
+    def wait(self, timeout: float | None = None, poll: float = 0.5, progress: bool = True) -> str:
         """Block until the job is completed, failed or cancelled; return that status.
 
         Polls quickly at first (a short job is done in well under a second) and then
-        every ``poll`` seconds.
+        every ``poll`` seconds. With ``progress``, says on stderr what a queued job waits
+        for (``starting the cluster``, a free worker, GPUs, ...) each time that changes.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = 0.02
+        said = None
         while self.refresh().status not in FINAL:
+            waiting = self._data.get("waiting") if self.status == "queued" else None
+            if progress and waiting and waiting != said:
+                print(f"job {self.id}: {waiting}", file=sys.stderr, flush=True)
+            said = waiting
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"job {self.id} is still {self.status} after {timeout:g} s")
             time.sleep(delay)

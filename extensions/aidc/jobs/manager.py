@@ -40,6 +40,14 @@ from .store import CANCELLED, COMPLETED, FAILED, FINAL, QUEUED, RUNNING, JobStor
 
 MAX_SWEEP_RUNS = 256
 
+#: event type of what the service decided for a job at submit (e.g. which kernel runs a
+#: notebook that names none); shown in the job's ``notices``
+NOTICE = "notice"
+MAX_NOTICES = 4
+
+#: what the first job waits for on a platform that starts Dask only when work arrives
+STARTING_CLUSTER = "starting the cluster"
+
 
 class JobManager(LoggingConfigurable):
     """Queue, dispatch and follow jobs; the only writer of the jobs store."""
@@ -187,7 +195,8 @@ class JobManager(LoggingConfigurable):
                               max_bytes=self.max_parameter_bytes)
         who = notebooks.Owner.of(owner, self.data_dir)
         path = body.get("path")
-        _, nb = notebooks.read(who, path)
+        notes: list[str] = []  # e.g. the notebook names no kernel: which one runs it
+        _, nb = notebooks.read(who, path, kernel_name=self.kernel_name, notes=notes)
         params = parameters.validate(nb, body.get("parameters") or {}, path,
                                      max_depth=self.max_parameter_depth,
                                      max_bytes=self.max_parameter_bytes)
@@ -203,6 +212,8 @@ class JobManager(LoggingConfigurable):
             "retries": integer(body.get("retries", self.default_retries), "retries", minimum=0,
                             maximum=self.max_retries),
         }
+        if notes:
+            spec["notes"] = notes  # recorded as the job's "notice" events, not a column
         return spec, nb, who
 
     def submit(self, owner: str, groups: list[str], body: dict, group_id: str | None = None,
@@ -212,6 +223,8 @@ class JobManager(LoggingConfigurable):
 
     def _insert(self, owner, groups, spec, nb, group_id=None, schedule_id=None) -> dict:
         from .store import new_id
+        spec = dict(spec)
+        notes = spec.pop("notes", None) or []
         job_id = new_id("j-")
         input_url = self.artifacts.job_url(job_id, "input.ipynb")
         self.artifacts.write_bytes(input_url, nbformat.writes(nb).encode())
@@ -219,6 +232,8 @@ class JobManager(LoggingConfigurable):
             id=job_id, owner=owner, groups=sorted(groups or []), input_url=input_url,
             output_url=self.artifacts.job_url(job_id, "output.ipynb"),
             group_id=group_id, schedule_id=schedule_id, cells=len(nb.cells), **spec)
+        if notes:
+            self.store.add_events(job_id, [{"type": NOTICE, "text": note} for note in notes])
         self.log.info("aidc jobs: %s submitted %s (%s)", owner, job_id, spec["path"])
         self._first_job()
         self.wake()
@@ -613,9 +628,23 @@ class JobManager(LoggingConfigurable):
             "schedule": job["schedule_id"],
             "progress": {"cell": job["cell"], "cells": job["cells"]},
             "metrics": job["metrics"], "series": job["series"], "queue_position": position,
-            "waiting": self.waiting.get(job["id"]) if job["status"] == QUEUED else None,
+            "waiting": self._waiting_for(job),
+            "notices": self._notices(job["id"]),
             "cancel_requested": bool(job["cancel_requested"]),
         }
+
+    def _waiting_for(self, job: dict) -> str | None:
+        """What a queued job waits for (None once it runs or has ended)."""
+        if job["status"] != QUEUED:
+            return None
+        if self.client is None:  # the first job starts the cluster: no dispatch pass has run
+            return STARTING_CLUSTER
+        return self.waiting.get(job["id"])
+
+    def _notices(self, job_id: str) -> list[str]:
+        """What the service decided for the job at submit (recorded first, right after it was queued)."""
+        return [e["text"] for e in self.store.events(job_id, limit=1 + MAX_NOTICES)
+                if e["type"] == NOTICE and e.get("text")]
 
 
 def _first_line(e: BaseException) -> str:

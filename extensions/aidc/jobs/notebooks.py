@@ -25,6 +25,9 @@ from ..security import userfiles
 #: a notebook larger than this is refused at submit (it is copied per job)
 MAX_NOTEBOOK_BYTES = 64 * 1024 * 1024
 
+#: the kernel of a notebook that names none (the jobs service passes its ``JobManager.kernel_name``)
+DEFAULT_KERNEL = "python3"
+
 
 class NotebookError(UsageError):
     """The submitted file is not a notebook aidc can run."""
@@ -64,8 +67,12 @@ def resolve(owner: Owner, path: str) -> Path:
         raise NotebookError(str(e)) from None
 
 
-def read(owner: Owner, path: str) -> tuple[Path, nbformat.NotebookNode]:
-    """Open and parse ``path`` without following links; a precise 4xx-style error for anything else."""
+def read(owner: Owner, path: str, kernel_name: str = DEFAULT_KERNEL,
+         notes: list[str] | None = None) -> tuple[Path, nbformat.NotebookNode]:
+    """Open and parse ``path`` without following links; a precise 4xx-style error for anything else.
+
+    ``kernel_name`` and ``notes``: see :func:`parse`.
+    """
     full = resolve(owner, path)
     try:
         raw = userfiles.read_file(owner.home, path, uid=owner.uid, max_bytes=MAX_NOTEBOOK_BYTES)
@@ -74,10 +81,17 @@ def read(owner: Owner, path: str) -> tuple[Path, nbformat.NotebookNode]:
                             f"{MAX_NOTEBOOK_BYTES // 2**20} MiB can be submitted") from None
     except userfiles.UserPathError as e:
         raise NotebookError(str(e)) from None
-    return full, parse(raw, path)
+    return full, parse(raw, path, kernel_name=kernel_name, notes=notes)
 
 
-def parse(raw: bytes, path: str = "the notebook") -> nbformat.NotebookNode:
+def parse(raw: bytes, path: str = "the notebook", kernel_name: str = DEFAULT_KERNEL,
+          notes: list[str] | None = None) -> nbformat.NotebookNode:
+    """The notebook in ``raw``, validated, ready for papermill.
+
+    A notebook that names no kernel (what ``nbformat.v4.new_notebook()`` makes) gets
+    ``kernel_name``, the platform's Python kernel: what it runs with is appended to
+    ``notes`` (for the job's record).
+    """
     try:
         nb = nbformat.reads(raw.decode("utf-8"), as_version=4)
     except UnicodeDecodeError:
@@ -92,7 +106,27 @@ def parse(raw: bytes, path: str = "the notebook") -> nbformat.NotebookNode:
         raise NotebookError(f"{path} has no code cells to run")
     for cell in nb.cells:  # papermill reads every cell's tags (its own loader does this too)
         cell.metadata.setdefault("tags", [])
+    note = default_kernel(nb, kernel_name)
+    if note and notes is not None:
+        notes.append(note)
     return nb
+
+
+def default_kernel(nb: nbformat.NotebookNode, kernel_name: str = DEFAULT_KERNEL) -> str | None:
+    """Give a notebook that names no kernel ``kernel_name``; return what to tell its owner.
+
+    papermill needs the kernel's name (and language) to read the parameters cell and to
+    run the notebook, and refuses a notebook without one ("No kernel name found in
+    notebook and no override provided").
+    """
+    spec = nb.metadata.get("kernelspec")
+    if isinstance(spec, dict) and spec.get("name"):
+        return None
+    language = (nb.metadata.get("language_info") or {}).get("name") or "python"
+    nb.metadata["kernelspec"] = nbformat.NotebookNode(
+        {**(spec or {}), "name": kernel_name, "display_name": (spec or {}).get("display_name") or kernel_name,
+         "language": (spec or {}).get("language") or language})
+    return f"the notebook names no kernel; ran it with {kernel_name}"
 
 
 def _first_line(e: Exception) -> str:
