@@ -667,7 +667,7 @@ def test_openapi_document_is_valid():
         assert field in job["properties"], field
     event = doc["components"]["schemas"]["Event"]
     assert set(event["properties"]["type"]["enum"]) == {
-        "status", "cell_start", "cell_end", "stream", "metric", "error"}
+        "status", "notice", "cell_start", "cell_end", "stream", "metric", "error"}
     error = doc["components"]["schemas"]["Error"]
     assert set(error["required"]) == {"status", "message"}
     # examples in the document are valid instances of their schemas

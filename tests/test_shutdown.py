@@ -28,6 +28,15 @@ def test_stop_leaves_no_process_behind(fresh_platform, sig, twice):
     assert out.index("aidc is ready") < out.index("services are up")
     user = p.new_user("scientist")
     p.start_server(user)
+    # the jobs service starts its Dask cluster with itself, not with the first job (none
+    # here): its workers are running, and must be gone after the stop like the rest
+    service = next(proc for proc in _tree(p.proc.pid)
+                   if "aidc.jobs.service" in " ".join(proc.cmdline()))
+    deadline = time.monotonic() + 60
+    while not [c for c in service.children(recursive=True)
+               if "multiprocessing" in " ".join(c.cmdline())]:
+        assert time.monotonic() < deadline, "no Dask worker started with the jobs service"
+        time.sleep(0.2)
     procs = _tree(p.proc.pid)
     commands = " ".join(" ".join(proc.cmdline()) for proc in procs)
     assert "configurable-http-proxy" in commands

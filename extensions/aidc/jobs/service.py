@@ -356,14 +356,15 @@ def main() -> None:
             connecting.append(asyncio.ensure_future(connect()))
 
     async def on_start():
-        # an idle platform runs no Dask: the cluster starts with the first job (or at
-        # once when jobs or schedules are waiting from before)
+        # the cluster starts in the background (the API answers meanwhile); an embedded
+        # one may wait for the first job instead (JobCluster.start_with), unless jobs or
+        # schedules are waiting from before
         waiting = store.find_jobs(status=[QUEUED, RUNNING], limit=1) or store.find_schedules()
         try:
-            embedded = cluster.kind == "local"
+            lazy = cluster.kind == "local" and cluster.start_with == "first-job"
         except Exception:  # a config error: connect() reports it (and keeps retrying)
-            embedded = False
-        if waiting or not embedded:
+            lazy = False
+        if waiting or not lazy:
             start_cluster()
         else:
             manager.on_first_job = start_cluster
