@@ -19,7 +19,7 @@ def test_start_with_a_gpu_profile_then_stop(platform):
     user = platform.new_user("scientist")
     r = aidc(platform, user, "server", "start", "--profile", "gpu-1")
     assert r.returncode == 0, r.stderr
-    assert r.stdout.startswith(f"server ready: /user/{user.name}/")
+    assert r.stdout.startswith(f"server ready: {platform.url}/user/{user.name}/")
     r = aidc(platform, user, "gpus")
     assert r.returncode == 0
     assert f"server:{user.name}/" in r.stdout and "SIMULATED" not in r.stdout
