@@ -4,11 +4,16 @@ A profile says what a server (or job) gets: GPU units of one kind, CPU cores and
 :func:`validate_options` turns a user's request (``{"profile": "gpu-1"}`` from the form or
 the REST API) into a :class:`ResourceProfile`, refusing unknown profiles and profiles
 the ledger refuses at once those that this platform can never satisfy.
+
+:func:`unsatisfiable_reason` says (for the spawn form) why a profile can never start
+here, and :func:`clamp_to_machine` cuts the CPU cores and memory a profile promises to
+what the machine has (the spawner logs a warning when it does).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import os
+from dataclasses import asdict, dataclass, replace
 
 from ..errors import UsageError
 from .inventory import MIG, SHARE, WHOLE
@@ -69,3 +74,72 @@ def validate_options(profiles: list[ResourceProfile], options: dict | None) -> R
     if unknown:
         raise UsageError(f"unknown server option(s) {', '.join(unknown)}; only 'profile' is accepted")
     return find(profiles, profile_id)
+
+
+#: how each kind of GPU unit is counted in messages (as the ledger says it)
+_KIND_LABEL = {WHOLE: "whole GPUs", MIG: "MIG instances", SHARE: "GPU shares"}
+
+
+def unsatisfiable_reason(profile: ResourceProfile, units: list[dict]) -> str | None:
+    """Why ``profile`` can never start on a platform with these GPU ``units``, or None.
+
+    ``units`` are the ledger's rows (:meth:`GPULedger.units`); like the ledger, a request
+    must fit on one node.
+    """
+    if not profile.gpus:
+        return None
+    per_node: dict[str, int] = {}
+    for u in units:
+        if u["kind"] == profile.gpu_kind:
+            per_node[u.get("node") or ""] = per_node.get(u.get("node") or "", 0) + 1
+    most = max(per_node.values(), default=0)
+    if profile.gpus <= most:
+        return None
+    label = _KIND_LABEL.get(profile.gpu_kind, profile.gpu_kind)
+    if most == 0:
+        return f"this platform has no {label}"
+    where = "any node of this platform" if len(per_node) > 1 else "this platform"
+    return f"needs {profile.gpus} {label}, but {where} has {most}"
+
+
+def machine_resources() -> tuple[int, float]:
+    """(CPU cores this process may use, total memory in GB) of this machine."""
+    cores = len(os.sched_getaffinity(0))
+    try:
+        import psutil
+
+        memory = psutil.virtual_memory().total
+    except ImportError:  # pragma: no cover - psutil is a dependency of the hub
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return cores, memory / 2**30
+
+
+def _fmt(x: float) -> str:
+    return f"{x:g}" if float(x).is_integer() else f"{x:.1f}"
+
+
+def clamp_to_machine(
+    profile: ResourceProfile, cores: int | None = None, memory_gb: float | None = None
+) -> tuple[ResourceProfile, str | None]:
+    """``profile`` with its CPU cores and memory cut to the machine's, and what was cut.
+
+    Returns the (possibly unchanged) profile and None, or the clamped profile and a
+    sentence naming the profile, what it promised and what it gets, for the hub log.
+    """
+    if cores is None or memory_gb is None:
+        have_cores, have_mem = machine_resources()
+        cores = have_cores if cores is None else cores
+        memory_gb = have_mem if memory_gb is None else memory_gb
+    memory_gb = int(memory_gb * 10) / 10  # rounded down, as shown
+    new_cores = min(profile.cpu_cores, cores)
+    new_mem = min(profile.memory_gb, memory_gb)
+    if (new_cores, new_mem) == (profile.cpu_cores, profile.memory_gb):
+        return profile, None
+    clamped = replace(profile, cpu_cores=new_cores, memory_gb=new_mem)
+    message = (
+        f"profile {profile.id!r} promises {_fmt(profile.cpu_cores)} CPU cores and "
+        f"{_fmt(profile.memory_gb)} GB memory, but this machine has {cores} cores and "
+        f"{_fmt(memory_gb)} GB: the server gets {_fmt(new_cores)} CPU cores and "
+        f"{_fmt(new_mem)} GB"
+    )
+    return clamped, message

@@ -94,12 +94,37 @@ class GPUAllocationMixin(LoggingConfigurable):
         for u in units:
             if u["holder"] is None:
                 free[u["kind"]] = free.get(u["kind"], 0) + 1
+        cores, memory_gb = gpu_profiles.machine_resources()
+        entries = []
+        for p in self._profiles():
+            reason = gpu_profiles.unsatisfiable_reason(p, units)
+            real, clamped = gpu_profiles.clamp_to_machine(p, cores, memory_gb)
+            entries.append({
+                "profile": p,
+                "disabled_reason": reason,
+                "machine_note": (
+                    f"on this machine: {gpu_profiles._fmt(real.cpu_cores)} CPU cores, "
+                    f"{gpu_profiles._fmt(real.memory_gb)} GB memory"
+                ) if clamped else None,
+            })
+        # the default is checked unless it can never start; then the first that can
+        startable = [e for e in entries if not e["disabled_reason"]]
+        checked = next((e for e in startable if e["profile"].default), startable[0] if startable else None)
         env = Environment(loader=FileSystemLoader(str(templates_dir())), autoescape=select_autoescape())
         return env.get_template("aidc_profiles_form.html").render(
-            profiles=self._profiles(),
+            entries=entries,
+            checked=checked["profile"].id if checked else None,
             free=free,
             simulated=any(u["simulated"] for u in units),
         )
+
+    def _clamp_profile(self, profile: gpu_profiles.ResourceProfile) -> gpu_profiles.ResourceProfile:
+        """The profile cut to this machine's cores and memory, with a warning when cut."""
+        clamped, message = gpu_profiles.clamp_to_machine(profile)
+        if message:
+            owner = getattr(getattr(self, "user", None), "name", "?")
+            self.log.warning("Server of %s: %s", owner, message)
+        return clamped
 
     # -- start / stop ---------------------------------------------------------------
     async def _allocate(self) -> Claim:
@@ -107,6 +132,7 @@ class GPUAllocationMixin(LoggingConfigurable):
             self.profile = gpu_profiles.validate_options(self._profiles(), self.user_options)
         except UsageError as e:
             raise _http_error(e) from None
+        self.profile = self._clamp_profile(self.profile)
         ledger = self._ledger()
         groups = [g.name for g in self.user.groups]
         try:
