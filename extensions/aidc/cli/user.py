@@ -72,6 +72,11 @@ def _users(args):
 
 def add(args) -> int:
     users = _users(args)
+    try:
+        users.check_new(args.name)  # a taken name is said before a password is read
+    except AidcError as e:
+        users._audit("add", args.name, "failure", role=args.role, reason=str(e))
+        raise
     password = read_password(args.password_stdin) if users.system_accounts else None
     record = users.add(args.name, args.role, password)
     print(f"added {record.name} ({record.role})")

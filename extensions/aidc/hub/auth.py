@@ -22,6 +22,7 @@ authenticator checks the credentials:
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 from jupyterhub.auth import PAMAuthenticator
@@ -97,11 +98,80 @@ class AuditedLoginMixin:
             )
             return None
         self.throttle.success(user["name"], ip)
+        # a user the hub creates now is created by this sign-in (a company directory's
+        # first sign-in), not by an administrator: DefaultRoleMixin leaves it without a role
+        signing_in = self.__dict__.setdefault("_aidc_signing_in", set())
+        signing_in.add(user["name"])
+        asyncio.get_running_loop().call_later(60, signing_in.discard, user["name"])
         audit.record(
             "auth", actor=user["name"], action="login", target="hub",
             result="success", remote_ip=ip,
         )
         return user
+
+
+class DefaultRoleMixin(LoggingConfigurable):
+    """Give a user an administrator adds outside ``aidc user`` the default aidc role.
+
+    JupyterHub calls :meth:`Authenticator.add_user` for a user created through the REST
+    API (``POST /hub/api/users``, which the admin page's *Add Users* uses), at a first
+    sign-in, and for every user in its database when it starts; a user that reaches it
+    with no aidc role group joins the group of :attr:`default_role`, recorded in the
+    audit log like ``aidc user add``; ``aidc user add`` then sets the role it was given.
+    Not given: to the users the hub already has when it starts, and to a user created by
+    a first sign-in (company directory), who waits for ``aidc user set-role``.
+    """
+
+    default_role = Unicode(
+        roles.SCIENTIST,
+        help="""aidc role (admin, scientist or viewer) given to a user created by an
+        administrator outside `aidc user`: on the admin page (Add Users) or through
+        `POST /hub/api/users`. Empty: such users get no role (and can do nothing until
+        `aidc user set-role`). Users created by a first company sign-in get no role either
+        way; with `role_groups` (OIDC) the provider's groups decide.""",
+    ).tag(config=True)
+
+    async def add_user(self, user):
+        result = super().add_user(user)
+        if hasattr(result, "__await__"):
+            await result
+        self._give_default_role(user)
+
+    def _give_default_role(self, user) -> None:
+        role = self.default_role
+        if not role or getattr(self, "role_groups", None):
+            return
+        if getattr(self.parent, "http_server", None) is None:
+            return  # the hub starting: it calls add_user for every user it already has
+        if user.name in self.__dict__.get("_aidc_signing_in", ()):
+            return  # created by a first sign-in: roles then come from `aidc user set-role`
+        if roles.role_of((g.name for g in user.groups), bool(user.admin)):
+            return
+        roles.check_role(role)
+        from jupyterhub import orm
+        from sqlalchemy.orm import object_session
+
+        orm_user = getattr(user, "orm_user", user)
+        db = object_session(orm_user)
+        if db is None:
+            self.log.warning("User %s has no aidc role and could not be given one", user.name)
+            return
+        group = orm.Group.find(db, role)
+        if group is None:
+            group = orm.Group(name=role)
+            db.add(group)
+        if orm_user not in group.users:
+            group.users.append(orm_user)
+        db.commit()
+        self.log.info(
+            "User %s was created without an aidc role: given the default role %s "
+            "(change it with `aidc user set-role`; set a password with `aidc user passwd %s`)",
+            user.name, role, user.name,
+        )
+        audit.record(
+            "user", actor="hub", action="add", target=user.name, result="success",
+            role=role, reason=f"created without an aidc role: default role {role}",
+        )
 
 
 class SystemAccountsMixin(LoggingConfigurable):
@@ -139,7 +209,7 @@ class SystemAccountsMixin(LoggingConfigurable):
             await result
 
 
-class SystemUserPAMAuthenticator(AuditedLoginMixin, SystemAccountsMixin, PAMAuthenticator):
+class SystemUserPAMAuthenticator(AuditedLoginMixin, DefaultRoleMixin, SystemAccountsMixin, PAMAuthenticator):
     """PAM sign-in where hub user ``alice`` is the Unix account ``<prefix>alice``.
 
     Only hub users (added with ``aidc user add``) may sign in, and the mapping means no
@@ -175,7 +245,7 @@ class SystemUserPAMAuthenticator(AuditedLoginMixin, SystemAccountsMixin, PAMAuth
         return False  # Unix groups play no part: hub membership decides
 
 
-class DevSharedPasswordAuthenticator(AuditedLoginMixin, SharedPasswordAuthenticator):
+class DevSharedPasswordAuthenticator(AuditedLoginMixin, DefaultRoleMixin, SharedPasswordAuthenticator):
     """Development mode (not root): the platform's users sign in with one shared password.
 
     Everything runs under the account that started the platform, so this mode offers no
@@ -187,7 +257,7 @@ class DevSharedPasswordAuthenticator(AuditedLoginMixin, SharedPasswordAuthentica
         return True
 
 
-class CompanyOIDCAuthenticator(AuditedLoginMixin, SystemAccountsMixin, GenericOAuthenticator):
+class CompanyOIDCAuthenticator(AuditedLoginMixin, DefaultRoleMixin, SystemAccountsMixin, GenericOAuthenticator):
     """Company sign-in with OpenID Connect (Keycloak, Entra ID, Okta, Google, ...).
 
     GenericOAuthenticator needs each endpoint spelled out; with `oidc_issuer` they are
@@ -270,5 +340,5 @@ class CompanyOIDCAuthenticator(AuditedLoginMixin, SystemAccountsMixin, GenericOA
         return await super().check_allowed(username, auth_model)
 
 
-class CompanyLDAPAuthenticator(AuditedLoginMixin, SystemAccountsMixin, LDAPAuthenticator):
+class CompanyLDAPAuthenticator(AuditedLoginMixin, DefaultRoleMixin, SystemAccountsMixin, LDAPAuthenticator):
     """Company sign-in against an LDAP directory (OpenLDAP, Active Directory)."""

@@ -106,8 +106,9 @@ class HubAPIDirectory(UserDirectory):
             self._call("POST", f"/users/{name}", ok=(201,))
         except ConflictError:
             raise ConflictError(f"user {name!r} already exists") from None
-        self._call("POST", f"/groups/{role}/users", json={"users": [name]})
-        return self.get(name)
+        # the hub has given the user its default role (aidc.hub.auth.DefaultRoleMixin):
+        # set_role replaces it with the one asked for
+        return self.set_role(name, role)
 
     def remove(self, name: str) -> None:
         self.get(name)

@@ -43,14 +43,8 @@ class PlatformUsers:
     def add(self, name: str, role: str, password: str | None = None) -> UserRecord:
         """Create the user with ``role``; as root, its Unix account with ``password``."""
         try:
-            system_users.validate_name(name)
             roles.check_role(role)
-            try:
-                self.directory.get(name)
-            except AidcError:
-                pass
-            else:
-                raise ConflictError(f"user {name!r} already exists")
+            self.check_new(name)
             created_account = False
             if self.system_accounts:
                 if password is None:
@@ -70,9 +64,30 @@ class PlatformUsers:
         self._audit("add", name, "success", role=role)
         return record
 
+    def _keep_an_admin(self, name: str, action: str) -> None:
+        """Refuse (ConflictError, exit 1) to leave the platform without an administrator."""
+        if self.directory.get(name).role != roles.ADMIN:
+            return
+        admins = [r.name for r in self.directory.list() if r.role == roles.ADMIN]
+        if admins == [name]:
+            raise ConflictError(
+                f"{name} is the last administrator: cannot {action} them. Make another "
+                f"user an administrator first (aidc user set-role NAME {roles.ADMIN})"
+            )
+
+    def check_new(self, name: str) -> None:
+        """Refuse a bad or taken name before anything else is asked (e.g. a password)."""
+        system_users.validate_name(name)
+        try:
+            self.directory.get(name)
+        except AidcError:
+            return
+        raise ConflictError(f"user {name!r} already exists")
+
     def remove(self, name: str, keep_home: bool = False) -> str | None:
         """Remove the user (stopping their server); returns where a kept home went."""
         try:
+            self._keep_an_admin(name, "remove")
             self.directory.remove(name)
             kept = None
             if self.system_accounts:
@@ -88,6 +103,8 @@ class PlatformUsers:
     def set_role(self, name: str, role: str) -> UserRecord:
         try:
             roles.check_role(role)
+            if role != roles.ADMIN:
+                self._keep_an_admin(name, f"make a {role} of")
             record = self.directory.set_role(name, role)
         except AidcError as e:
             self._audit("set-role", name, "failure", role=role, reason=str(e))
