@@ -7,6 +7,7 @@ directory itself 0700: user accounts never need to read it.
 
 from __future__ import annotations
 
+import logging.handlers
 import os
 import secrets
 import shutil
@@ -25,6 +26,40 @@ def _write_private(path: Path, text: str) -> None:
     with os.fdopen(fd, "w") as f:
         f.write(text)
     os.chmod(path, 0o600)
+
+
+#: a platform log file rotates at this size (``AIDC_LOG_MAX_BYTES``), keeping
+#: ``AIDC_LOG_BACKUPS`` older files (``hub.log.1`` ...)
+DEFAULT_LOG_MAX_BYTES = 10 * 2**20
+DEFAULT_LOG_BACKUPS = 5
+
+
+def _env_int(name: str, default: int) -> int:
+    try:
+        return max(0, int(os.environ.get(name, default)))
+    except ValueError:
+        return default
+
+
+def log_rotation() -> dict:
+    """``maxBytes`` and ``backupCount`` of the platform's log files (from the environment)."""
+    return {"maxBytes": _env_int("AIDC_LOG_MAX_BYTES", DEFAULT_LOG_MAX_BYTES),
+            "backupCount": _env_int("AIDC_LOG_BACKUPS", DEFAULT_LOG_BACKUPS)}
+
+
+class PrivateFileHandler(logging.handlers.RotatingFileHandler):
+    """A log file only the platform's account can read: created 0600, kept 0600.
+
+    Platform logs name people and addresses. The file is opened with mode 0600 from
+    the start (no readable window), a file left readable by an older version is made
+    0600 when opened, and each file that rotation starts is 0600 too. ``maxBytes=0``
+    (the default) never rotates, as :class:`logging.FileHandler`.
+    """
+
+    def _open(self):  # noqa: D401 - logging API
+        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        os.fchmod(fd, 0o600)
+        return os.fdopen(fd, "a", encoding=self.encoding or "utf-8", errors=self.errors)
 
 
 @dataclass(frozen=True)
@@ -76,6 +111,10 @@ class DataDir:
     @property
     def hub_log(self) -> Path:
         return self.logs / "hub.log"
+
+    def service_log(self, name: str) -> Path:
+        """The log file of the platform service ``name`` (``logs/jobs.log``)."""
+        return self.logs / f"{name}.log"
 
     @property
     def state_file(self) -> Path:

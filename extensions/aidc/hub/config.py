@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..paths import DataDir, find_proxy_command, templates_dir, venv_bin
+from ..paths import DataDir, find_proxy_command, log_rotation, templates_dir, venv_bin
 from . import services, system_users
 
 #: How long (seconds) user servers and platform services may trust what the hub said
@@ -34,6 +34,23 @@ CLI_SCOPES = [
     "read:users",
     "read:hub",
 ]
+
+
+class KnownWarningsFilter(logging.Filter):
+    """Drops JupyterHub warnings about what aidc does on purpose, at every start.
+
+    aidc narrows JupyterHub's default ``user`` role to reading one's own identity
+    (:func:`aidc.hub.roles.hub_roles`): ``self`` comes with the ``scientist`` role, so
+    a viewer cannot start a server. JupyterHub warns that the narrowed role "does not
+    include 'self'"; that one line is turned into a debug line, nothing else is touched.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.WARNING and "user role overridden" in str(record.msg) \
+                and "does not include 'self'" in str(record.msg):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
 
 
 @dataclass
@@ -98,16 +115,22 @@ def configure(c, options: PlatformOptions | None = None) -> PlatformOptions:
     c.ConfigurableHTTPProxy.pid_file = str(d.proxy_pid_file)
     c.ConfigurableHTTPProxy.auth_token = d.secret(d.secrets_dir / "proxy-token")
 
+    # hub.log: 0600 (it names users and their addresses), rotated (see aidc.paths)
     c.JupyterHub.logging_config = {
         "handlers": {
             "aidc_file": {
-                "class": "logging.FileHandler",
+                "class": "aidc.paths.PrivateFileHandler",
                 "filename": str(d.hub_log),
                 "formatter": "aidc_plain",
+                **log_rotation(),
             }
         },
+        "filters": {"aidc_known_warnings": {"()": "aidc.hub.config.KnownWarningsFilter"}},
         "formatters": {"aidc_plain": {"format": "[%(levelname)1.1s %(asctime)s %(name)s] %(message)s"}},
-        "loggers": {"JupyterHub": {"handlers": ["console", "aidc_file"]}},
+        # the application's logger is named after its class: PlatformHub under `aidc up`
+        # (aidc.hub.app), JupyterHub when the hub is started with `jupyterhub -f`
+        "loggers": {name: {"handlers": ["console", "aidc_file"], "filters": ["aidc_known_warnings"]}
+                    for name in ("PlatformHub", "JupyterHub")},
     }
 
     # authentication and spawning: real Unix accounts as root, shared account otherwise

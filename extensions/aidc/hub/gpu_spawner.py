@@ -42,6 +42,14 @@ def _http_error(e: AidcError) -> web.HTTPError:
     return err
 
 
+def _note_user_options(spawner, user_options: dict) -> None:
+    """JupyterHub's ``apply_user_options`` hook: ``profile`` is applied at start, others ignored."""
+    others = sorted(k for k in user_options or {} if k != "profile")
+    if others:
+        spawner.log.debug("user_options for %s not used by aidc: %s",
+                          getattr(spawner, "_log_name", "?"), ", ".join(others))
+
+
 class GPUAllocationMixin(LoggingConfigurable):
     """Resource profiles and GPU allocation for a JupyterHub spawner (see module doc)."""
 
@@ -66,6 +74,13 @@ class GPUAllocationMixin(LoggingConfigurable):
     @default("options_form")
     def _default_options_form(self):
         return self._options_form_html
+
+    @default("apply_user_options")
+    def _default_apply_user_options(self):
+        # tells JupyterHub (5.3+) that user_options are handled: "profile" is read and
+        # checked at start (_allocate); without a hook it warns "Received unhandled
+        # user_options ... profile" at every spawn
+        return _note_user_options
 
     ledger: GPULedger | None = None
     claim: Claim | None = None

@@ -7,6 +7,14 @@ gives a managed service), checks the caller's scopes, and answers errors as JSON
 ``{"status": N, "message": "..."}``; only :class:`~aidc.errors.AidcError` messages reach
 the caller, anything else is logged and answered with a generic 500.
 
+A browser (no ``Authorization`` header) is sent to the hub's OAuth sign-in, on an
+``/api/`` URL too when it accepts HTML; API clients get a JSON 401. Cookie-authenticated
+writes need the XSRF token (JupyterHub's HubOAuth check). A service without a route for
+its root gets :class:`RootHandler`'s page (its module docstring's first paragraph, and a
+link to ``api/openapi.json`` where it serves one); JupyterHub's minutely health check of
+that URL is answered 200 and logged at debug. :func:`run_service` logs to standard
+output and to ``<data-dir>/logs/<service>.log`` (0600, rotated).
+
 Example (see ``tests/services/echo.py``)::
 
     class Hello(ServiceHandler):
@@ -24,6 +32,7 @@ import json
 import logging
 import os
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -31,6 +40,7 @@ from urllib.parse import urlparse
 from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler, HubOAuthenticated, UserNotAllowed
 from jupyterhub.utils import url_path_join
 from tornado import web
+from tornado.escape import xhtml_escape
 from tornado.log import app_log
 from traitlets.config import Application, PyFileConfigLoader
 
@@ -43,6 +53,7 @@ from ..errors import (
     UsageError,
 )
 from ..hub import roles
+from ..paths import DataDir, PrivateFileHandler, log_rotation
 from .http import NoDelayHTTPServer
 
 #: HTTP status for each kind of user-facing error
@@ -145,9 +156,20 @@ class ServiceHandler(AppHubAuth, HubOAuthenticated, web.RequestHandler):
                 )
         return user
 
+    def accepts_html(self) -> bool:
+        return "text/html" in self.request.headers.get("Accept", "")
+
+    def is_browser(self) -> bool:
+        """Who is sent to sign in: no Authorization header, and a page (not ``/api/``)
+        or an ``/api/`` URL opened in a browser (which accepts HTML)."""
+        if "Authorization" in self.request.headers:
+            return False
+        return "/api/" not in self.request.path or self.accepts_html()
+
     def get_login_url(self):
-        # API calls (token auth, JSON clients) get a 401, only browsers are redirected
-        if "/api/" in self.request.path or "Authorization" in self.request.headers:
+        # API clients (a token, or JSON accepted) get a 401; a browser, whatever the path,
+        # is sent to the hub's OAuth sign-in and comes back with the service's cookie
+        if not self.is_browser():
             raise web.HTTPError(401, "Authentication required: send a hub API token")
         return super().get_login_url()
 
@@ -201,11 +223,64 @@ class ServiceHandler(AppHubAuth, HubOAuthenticated, web.RequestHandler):
 
 
 class HealthHandler(web.RequestHandler):
-    """Unauthenticated liveness probe."""
+    """Unauthenticated liveness probe (answered at debug level in the log)."""
+
+    quiet_log = True
 
     def get(self):
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps({"status": "ok"}))
+
+
+ROOT_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>{title}</title></head>
+<body style="font-family: sans-serif; max-width: 40em; margin: 2em auto">
+<h1>{title}</h1>
+<p>{about}</p>
+{api}
+<p>Signed in as {user}. <a href="{hub}">Back to the hub</a></p>
+</body></html>
+"""
+
+
+class RootHandler(ServiceHandler):
+    """``/services/<name>/``: what the service is, and where its API is described.
+
+    A browser signs in through the hub's OAuth and gets a small HTML page. A caller
+    without credentials that does not ask for HTML (JupyterHub's service health check
+    polls this URL every minute) gets a one-line JSON answer, logged at debug.
+    """
+
+    def get(self):
+        if self.current_user is None and not self.accepts_html() \
+                and "Authorization" not in self.request.headers:
+            self.quiet_log = True
+            self.write_json({"service": service_name(), "status": "ok"})
+            return
+        self._page()
+
+    @authenticated
+    def _page(self):
+        about = self.settings.get("service_about") or f"The aidc {service_name()} service."
+        doc = self.settings.get("service_api_doc")
+        api = (f'<p>API: <a href="{xhtml_escape(doc)}">{xhtml_escape(doc)}</a> '
+               "(send a hub API token as <code>Authorization: token ...</code>).</p>"
+               if doc else "")
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.finish(ROOT_PAGE.format(
+            title=xhtml_escape(f"aidc {service_name()}"), about=xhtml_escape(about), api=api,
+            user=xhtml_escape(self.user_name), hub=xhtml_escape(self.hub_auth.hub_prefix)))
+
+
+def service_name() -> str:
+    return os.environ.get("JUPYTERHUB_SERVICE_NAME", "service")
+
+
+def _about_from_main() -> str:
+    """The first paragraph of the service module's docstring, on one line."""
+    main = sys.modules.get("__main__")
+    doc = (getattr(main, "__doc__", None) or "").strip()
+    return " ".join(doc.split("\n\n", 1)[0].replace("``", "").split())
 
 
 def auth_cache_seconds() -> int:
@@ -231,6 +306,14 @@ def make_app(routes: list[tuple], **settings) -> web.Application:
         (url_path_join(prefix, "health"), HealthHandler),
     ]
     handlers += [(url_path_join(prefix, pattern), *rest) for pattern, *rest in routes]
+    if not any(pattern in ("/", r"/?", "") for pattern, *_ in routes):
+        handlers.append((prefix, RootHandler))  # a service's own root page wins
+        for pattern, *_ in routes:
+            if "openapi" in pattern:  # the API document, relative to the root page
+                settings.setdefault("service_api_doc",
+                                    pattern.lstrip("/").replace(r"\.", ".").replace("(json|yaml)", "json"))
+                break
+        settings.setdefault("service_about", _about_from_main())
     settings.setdefault("log_function", log_request)
     return web.Application(
         handlers, hub_auth=hub_auth, cookie_secret=os.urandom(32), **settings
@@ -259,6 +342,33 @@ def log_request(handler: web.RequestHandler) -> None:
         level, "%d %s %.2fms", status, handler._request_summary(), 1000.0 * request.request_time())
 
 
+LOG_FORMAT = "[%(levelname)s %(asctime)s %(name)s] %(message)s"
+
+
+def configure_logging() -> Path | None:
+    """Standard output, and ``<data-dir>/logs/<service>.log`` (0600, rotated; see aidc.paths).
+
+    Returns the log file's path (None when the service runs without a data directory).
+    """
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    data_dir = os.environ.get("AIDC_DATA_DIR")
+    if not data_dir:
+        return None
+    path = DataDir.from_arg(data_dir).service_log(service_name())
+    root = logging.getLogger()
+    if any(getattr(h, "baseFilename", None) == str(path) for h in root.handlers):
+        return path
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler = PrivateFileHandler(str(path), **log_rotation())
+    except OSError as e:
+        app_log.warning("cannot write the service log %s: %s", path, e)
+        return None
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root.addHandler(handler)
+    return path
+
+
 class ServiceApp(Application):
     """A service's traitlets configuration: the platform's drop-ins, ``<data-dir>/config.d/*.py``.
 
@@ -282,7 +392,7 @@ def run_service(routes: list[tuple], on_start=None, on_stop=None, **settings) ->
     ``on_start`` and ``on_stop`` are coroutine functions run in the service's event loop
     before it listens and after it stops (a service's own engines: a Dask client, a queue).
     """
-    logging.basicConfig(level=logging.INFO, format="[%(levelname)s %(asctime)s %(name)s] %(message)s")
+    configure_logging()
     url = urlparse(os.environ["JUPYTERHUB_SERVICE_URL"])
 
     async def main():
