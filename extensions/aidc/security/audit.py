@@ -23,6 +23,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..paths import PrivateFileHandler
+
 if TYPE_CHECKING:
     from jupyter_events import EventLogger
 
@@ -37,14 +39,6 @@ log = logging.getLogger("aidc.audit")
 _loggers: dict[str, EventLogger] = {}
 
 
-class _PrivateFileHandler(logging.FileHandler):
-    """Append-only JSON lines, the file created 0600 (it names people and addresses)."""
-
-    def _open(self):  # noqa: D401 - logging API
-        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        return os.fdopen(fd, "a", encoding=self.encoding or "utf-8")
-
-
 def _event_logger(path: Path) -> EventLogger:
     key = str(path)
     if key not in _loggers:
@@ -56,7 +50,7 @@ def _event_logger(path: Path) -> EventLogger:
         from jupyter_events import EventLogger
 
         path.parent.mkdir(parents=True, exist_ok=True)
-        logger = EventLogger(handlers=[_PrivateFileHandler(str(path))])
+        logger = EventLogger(handlers=[PrivateFileHandler(str(path))])  # 0600, never rotated
         for filename in SCHEMAS.values():
             logger.register_event_schema(SCHEMA_DIR / filename)
         _loggers[key] = logger
