@@ -8,7 +8,11 @@ Goals (from the issue), each measured side by side with its baseline in one run:
 (b) throughput: ``--jobs`` (50) trivial jobs submitted to the service as fast as possible
     finish at least 5x faster than a sequential loop of as many ``papermill`` CLI runs;
 (c) long job: a ~60 s CPU training notebook (torch, one thread, random data) through the
-    service takes at most 1.02x the ``papermill`` CLI's time.
+    service takes at most 1.02x the ``papermill`` CLI's time;
+(d) recursion: deep-recursive Python inside a job (recursive ``fib`` and ``ackermann`` with
+    ``sys.setrecursionlimit``) runs at most 1.1x as long as the same code in a stock
+    ``python`` process (median of ``--recursion-rounds`` rounds), and a recursion started
+    at any depth runs as in a stock kernel (see "Recursion (d)" below).
 
 How
 ---
@@ -74,11 +78,33 @@ Accounts left by an interrupted earlier run (their data dir under
 Usage (as root, from the repository root)::
 
     .venv/bin/python benchmarks/jobs.py [--rounds 5] [--jobs 50] [--baseline-runs N]
-        [--train-seconds 60] [--train-steps N] [--train-rounds 1] [--only a,b,c] [--keep]
+        [--train-seconds 60] [--train-steps N] [--train-rounds 1] [--recursion-rounds 3]
+        [--only a,b,c,d] [--keep]
 
 ``--baseline-runs N`` (N < ``--jobs``) times only N sequential papermill runs for (b) and
-extrapolates their mean to ``--jobs`` runs; the output says so. 8-9 minutes with the
-defaults on 2 cores, most of it the 50 sequential papermill runs.
+extrapolates their mean to ``--jobs`` runs; the output says so. 9-10 minutes with the
+defaults on 2 cores, most of it the 50 sequential papermill runs; (d) alone about a minute.
+
+**Recursion (d).** One notebook, ``recursion.ipynb`` (parameters ``fib_n``, ``ack_n``,
+``repeats``, ``depths``), run three ways each round: as a job through the service, with the
+``papermill`` CLI (a stock kernel) and as a plain ``python -c`` process of the same code (the
+parameters prepended), all three as the job owner's account. The cell times (the CPU time
+of its thread, user and system, so that other work on the machine does not count), each the
+best of ``repeats``: ``fib(fib_n)`` (27) and ``ackermann(2, ack_n)`` (1000, about 2,000 frames
+deep), both with ``sys.setrecursionlimit(100000)``; then ``fib(16)`` started 0, 1, ...
+``depths`` - 1 frames deeper than the cell (a helper that recurses ``d`` times first), best of
+3 each. CPython 3.11 keeps frames in 16 KiB chunks and allocates and frees a chunk (mmap and
+munmap) every time a recursion crosses a chunk's end: a recursion that keeps crossing one
+(fib's calls near its deepest level) runs many times slower, and whether it does depends on
+how deep the frames below it reach, i.e. on what runs the code. The sweep shows where that
+happens: the start depths at which ``fib(16)`` takes more than 3x the sweep's median ("slow
+depths"; 160 depths span more than one chunk, so each side has some). The goal has two
+parts: the job within 1.1x of stock ``python`` on ``fib`` and ``ackermann`` (neither
+crosses a chunk end often, in any of the three: this part passes whatever the chunk ends
+are), and the job's slowest start depth of the sweep within 1 of the stock kernel's (the
+part that shows where the chunk ends lie). A plain script has slow depths of its own,
+ipykernel's ~2 KiB of frames further, which no kernel can have; the per-depth ratios to it
+are printed, not judged.
 
 **CPU while (c) runs.** For each training run the script also prints how busy the whole
 machine was (in cores, all processes) and the CPU seconds the platform's own processes
@@ -94,6 +120,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import platform as py_platform
 import pwd
@@ -123,6 +150,7 @@ FINAL = ("completed", "failed", "cancelled")
 GOAL_A = 0.20  # service / papermill, median submit -> done
 GOAL_B = 5.0  # service throughput / papermill throughput
 GOAL_C = 1.02  # service / papermill, training notebook
+GOAL_D = 1.10  # job / stock python, recursive workloads (in-cell time)
 
 TRIVIAL_CODE = 'y = x * 21\nprint(f"result {y}")'
 
@@ -181,6 +209,42 @@ while time.perf_counter() - t0 < SECONDS:
     run(50, n); n += 50
 print(n / (time.perf_counter() - t0))
 '''
+
+
+#: (d): deep recursion, timed inside the cell; the same code runs in a plain ``python``
+RECURSION_CODE = '''\
+import json, sys, time
+sys.setrecursionlimit(100000)
+
+def fib(n):
+    return n if n < 2 else fib(n - 1) + fib(n - 2)
+
+def ackermann(m, n):
+    if m == 0:
+        return n + 1
+    if n == 0:
+        return ackermann(m - 1, 1)
+    return ackermann(m - 1, ackermann(m, n - 1))
+
+def under(depth, f, *args):
+    """f(*args), called ``depth`` frames deeper than the caller."""
+    return f(*args) if depth == 0 else under(depth - 1, f, *args)
+
+def best(k, f, *args):
+    # CPU time of this thread (user + system: the chunks' mmap and munmap count), so that
+    # other processes on a busy machine do not count
+    times = []
+    for _ in range(k):
+        t0 = time.thread_time()
+        f(*args)
+        times.append(time.thread_time() - t0)
+    return min(times)
+
+result = {"fib": best(repeats, fib, fib_n), "ackermann": best(repeats, ackermann, 2, ack_n),
+          "sweep": [best(3, under, d, fib, 16) for d in range(depths)]}
+print("recursion " + json.dumps(result))
+'''
+RECURSION_PARAMS = {"fib_n": 27, "ack_n": 1000, "repeats": 5, "depths": 160}
 
 
 def make_notebook(params: str, code: str) -> nbformat.NotebookNode:
@@ -323,6 +387,18 @@ class Bench:
             raise CheckFailed(f"papermill {out}: parameters {want} not injected")
         meta = nb.metadata.get("papermill", {})
         return {"took": took, "duration": meta.get("duration"), "printed": printed, "nb": nb, **cpu}
+
+    def run_python(self, code: str) -> dict:
+        """``python -c code`` as the job owner's account, in its home; returns its stdout."""
+        env = {"PATH": os.environ.get("PATH", os.defpath), "HOME": str(self.home),
+               "USER": self.pw.pw_name, "LOGNAME": self.pw.pw_name, "LANG": "C.UTF-8"}
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-c", code], cwd=self.home, env=env,
+                              user=self.pw.pw_uid, group=self.pw.pw_gid, extra_groups=[],
+                              capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0:
+            raise CheckFailed(f"python exited {proc.returncode}: {proc.stderr[-3000:]}")
+        return {"took": time.perf_counter() - t0, "printed": proc.stdout}
 
     # -- where the CPU went while one run was measured -----------------------------------
     def cpu_snapshot(self) -> tuple[float, float, dict[int, float]]:
@@ -582,6 +658,93 @@ def goal_c(b: Bench, nb_path: Path, steps: int, rounds: int, out: list[str]) -> 
     return ratio <= GOAL_C
 
 
+def recursion_result(printed: str, where: str) -> dict:
+    if "recursion " not in printed:
+        raise CheckFailed(f"{where}: no 'recursion' line in its output {printed[-500:]!r}")
+    return json.loads(printed.rsplit("recursion ", 1)[1].splitlines()[0])
+
+
+def slow_depths(sweep: list[float]) -> list[int]:
+    """Start depths at which fib(16) took more than 3x the sweep's median."""
+    m = median(sweep)
+    return [d for d, t in enumerate(sweep) if t > 3 * m]
+
+
+def spans(ds: list[int]) -> str:
+    """[3, 4, 5, 9] -> '3-5, 9'."""
+    out, start = [], None
+    for i, d in enumerate(ds):
+        if start is None:
+            start = d
+        if i + 1 == len(ds) or ds[i + 1] != d + 1:
+            out.append(f"{start}-{d}" if d != start else f"{d}")
+            start = None
+    return ", ".join(out) or "none"
+
+
+def goal_d(b: Bench, nb_path: Path, rounds: int, out: list[str]) -> bool:
+    params = RECURSION_PARAMS
+    script = "".join(f"{k} = {v!r}\n" for k, v in params.items()) + RECURSION_CODE
+    sides = ("job", "papermill", "python")
+    res: dict[str, list[dict]] = {side: [] for side in sides}
+    for r in range(rounds):
+        order = sides[r % 3:] + sides[:r % 3]
+        line = []
+        for side in order:
+            if side == "job":
+                run = b.run_service(nb_path.name, params, "recursion ")
+                printed = "".join(e.get("text") or "" for e in run["events"] if e["type"] == "stream")
+                res[side].append(recursion_result(printed, f"job {run['job']['id']}"))
+            elif side == "papermill":
+                run = b.run_papermill(nb_path, params, "recursion ")
+                res[side].append(recursion_result(run["printed"], "papermill"))
+            else:
+                run = b.run_python(script)
+                res[side].append(recursion_result(run["printed"], "python"))
+            x = res[side][-1]
+            line.append(f"{side} fib {x['fib'] * 1000:.1f} ms, ackermann {x['ackermann'] * 1000:.0f} ms, "
+                        f"slow depths {spans(slow_depths(x['sweep']))}")
+        log(f"(d) round {r + 1}/{rounds}: " + "; ".join(line))
+
+    def med(side: str, key: str) -> float:
+        return median([x[key] for x in res[side]])
+
+    sweep = {side: [median([x["sweep"][d] for x in res[side]]) for d in range(params["depths"])]
+             for side in sides}
+    names = {"job": "aidc job (through the service)", "papermill": "papermill CLI (stock kernel)",
+             "python": "stock python -c"}
+    out.append(f"(d) recursion, {rounds} rounds (the three sides rotating), medians of the in-cell "
+               f"times (thread CPU time, each the best of {params['repeats']}):")
+    out.append("  {:<34} {:>12} {:>22} {:>16}  {}".format(
+        "side", "fib(27) ms", f"ackermann(2, {params['ack_n']}) ms", "sweep total ms",
+        "slow depths of fib(16) (> 3x the sweep's median)"))
+    for side in sides:
+        out.append("  {:<34} {:>12.1f} {:>22.1f} {:>16.1f}  {}".format(
+            names[side], med(side, "fib") * 1000, med(side, "ackermann") * 1000,
+            sum(sweep[side]) * 1000, spans(slow_depths(sweep[side]))))
+    for other in ("papermill", "python"):
+        ratios = [j / o for j, o in zip(sweep["job"], sweep[other])]
+        worst = max(range(len(ratios)), key=ratios.__getitem__)
+        out.append(f"  fib(16) per start depth, job / {other}: median {median(ratios):.2f}x, "
+                   f"max {ratios[worst]:.1f}x (depth {worst}: {sweep['job'][worst] * 1000:.2f} vs "
+                   f"{sweep[other][worst] * 1000:.2f} ms)")
+    peak = {side: max(range(len(sweep[side])), key=sweep[side].__getitem__) for side in sides}
+    same = abs(peak["job"] - peak["papermill"]) <= 1
+    out.append(f"  slowest start depth: job {peak['job']}, stock kernel {peak['papermill']}, "
+               f"python {peak['python']}; per round, job: "
+               + ", ".join(str(max(range(len(x["sweep"])), key=x["sweep"].__getitem__))
+                           for x in res["job"]))
+    fib_ratio = med("job", "fib") / med("python", "fib")
+    ack_ratio = med("job", "ackermann") / med("python", "ackermann")
+    worst = max(fib_ratio, ack_ratio)
+    ok = worst <= GOAL_D and same
+    verdict = "PASS" if ok else "FAIL"
+    out.append(f"goal (d): recursion in a job <= {GOAL_D:.2f}x stock python (median): fib "
+               f"{fib_ratio:.3f}x, ackermann {ack_ratio:.3f}x; slowest start depth as a stock "
+               f"kernel's (+-1): {'yes' if same else 'NO'}: {verdict}")
+    return ok
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=5, help="(a): measured rounds, each one job and one papermill run")
@@ -594,12 +757,14 @@ def main(argv: list[str] | None = None) -> int:
                          "imports and start-up come on top)")
     ap.add_argument("--train-steps", type=int, default=None, help="(c): training steps (skips the calibration)")
     ap.add_argument("--train-rounds", type=int, default=1, help="(c): rounds, each one job and one papermill run")
-    ap.add_argument("--only", default="a,b,c", help="which goals to run: a, b, c or a comma list (default all)")
+    ap.add_argument("--recursion-rounds", type=int, default=3,
+                    help="(d): rounds, each one job, one papermill run and one python run")
+    ap.add_argument("--only", default="a,b,c,d", help="which goals to run: a, b, c, d or a comma list (default all)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder (platform logs) after the run")
     args = ap.parse_args(argv)
     only = {x.strip() for x in args.only.split(",") if x.strip()}
-    if not only or only - {"a", "b", "c"}:
-        ap.error("--only takes a, b, c or a comma-separated list of them")
+    if not only or only - {"a", "b", "c", "d"}:
+        ap.error("--only takes a, b, c, d or a comma-separated list of them")
     root = begin(TMP_PREFIX, "the platform runs jobs as per-user Unix accounts", log)
     if root is None:
         return 2
@@ -639,6 +804,11 @@ def main(argv: list[str] | None = None) -> int:
                     f"(~{loop_s:.0f} s of training + papermill's start-up)")
             train = bench.put("train.ipynb", make_notebook("steps = 100\nseed = 0", TRAIN_CODE))
             verdicts["c"] = goal_c(bench, train, steps, args.train_rounds, out)
+            out.append("")
+        if "d" in only:
+            params = "\n".join(f"{k} = {v!r}" for k, v in RECURSION_PARAMS.items())
+            recursion = bench.put("recursion.ipynb", make_notebook(params, RECURSION_CODE))
+            verdicts["d"] = goal_d(bench, recursion, args.recursion_rounds, out)
             out.append("")
     except CheckFailed as e:
         failed_check = str(e)

@@ -440,6 +440,89 @@ def test_errors_and_output_as_with_a_stock_kernel(launcher, tmp_path, cells):
     assert ours == stock
 
 
+# -- deep recursion: CPython's frame stack below a cell, as in a stock kernel ----------------
+
+FRAME_PROBE = """
+import inspect, sys
+
+def stack():
+    # the frames below this cell that take room on CPython's frame stack, bottom first, with
+    # the words each takes (less the fixed part of every frame); generators and coroutines
+    # keep their frames in themselves
+    own = inspect.CO_GENERATOR | inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR
+    frames, f = [], sys._getframe(1)
+    while f is not None:
+        code = f.f_code
+        if not code.co_flags & own:
+            words = (len(set(code.co_varnames) | set(code.co_cellvars)) + len(code.co_freevars)
+                     + code.co_stacksize)
+            frames.append([code.co_name, words])
+        f = f.f_back
+    return frames[::-1]
+
+result = stack()
+"""
+
+cpython_311 = pytest.mark.skipif(sys.implementation.name != "cpython" or sys.version_info < (3, 11),
+                                 reason="CPython's chunked frame stack came with 3.11")
+
+
+@cpython_311
+def test_cells_run_where_a_stock_kernels_do(launcher, tmp_path):
+    """Below a cell lie as many words of CPython's frame stack as in a stock kernel.
+
+    CPython keeps frames in 16 KiB chunks and allocates and frees one (mmap, munmap) each
+    time a recursion crosses a chunk's end; where the ends lie depends on the frames below.
+    Kernels forked deep in the fork server's loop had different ends (deep recursions ran
+    many times slower at some depths than in a stock kernel, faster at others; the first
+    kernels of a server differed from later ones). Now: the same frames from
+    ``IPKernelApp.start`` up, and below it four frames of the same total size.
+    """
+    stock_km = AsyncKernelManager(kernel_name="python3")
+    run_sync(stock_km.start_kernel)(env=BASE_ENV)
+    stock = probe(stock_km, FRAME_PROBE)
+    assert [name for name, _ in stock[:5]] == [
+        "_run_module_as_main", "_run_code", "<module>", "launch_instance", "start"]
+    for _ in range(3):  # from the pool (forked at start-up), then forked on request
+        ours = probe(launcher.kernel_manager(env=BASE_ENV, cwd=str(tmp_path)), FRAME_PROBE)
+        assert [name for name, _ in ours[:5]] == [
+            "<module>", "_bottom_1", "_bottom_2", "_bottom_3", "start"]
+        assert sum(w for _, w in ours[:4]) == sum(w for _, w in stock[:4])
+        assert ours[4:] == stock[4:]
+
+
+@cpython_311
+def test_frame_words_are_what_cpython_allocates():
+    """The size model behind the above (``zygote._frame_words``) against ``sys.getsizeof``."""
+    import importlib.util
+
+    from aidc.jobs.kernels import ZYGOTE
+
+    spec = importlib.util.spec_from_file_location("aidc_test_zygote", ZYGOTE)
+    zygote = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(zygote)
+
+    def here():
+        frame = sys._getframe(1)
+        return sys.getsizeof(frame), frame.f_code
+
+    def plain():
+        return here()
+
+    def many(a, b=1, *args, c, **kwargs):
+        x, y = [a, b], {c: args}
+        return here()
+
+    def cells(a, b):  # a: an argument that is a cell; b: a cell; inner: a free variable
+        def inner():
+            return a + b, here()
+        return here(), inner()[1]
+
+    sizes = [plain(), many(1, c=2), *cells(1, 2)]
+    fixed = {size - 8 * zygote._frame_words(code) for size, code in sizes}
+    assert len(fixed) == 1
+
+
 def test_a_raising_cell_is_a_cell_execution_error(launcher, tmp_path):
     km = launcher.kernel_manager(env=BASE_ENV, cwd=str(tmp_path))
     with pytest.raises(CellExecutionError) as raised:

@@ -40,6 +40,18 @@ message, request then reply:
 
 End of file on ``CTL_FD`` (the worker closed it or died) shuts everything down.
 
+Where a kernel starts. A new child leaves the fork server's frames at once (it raises
+:class:`_Forked` up to this file's top level) and runs the kernel from the bottom of the
+stack, below ``IPKernelApp.start`` exactly as much of CPython's frame stack as a stock
+``python -m ipykernel_launcher`` has there (:func:`_stock_bottom`). CPython 3.11 keeps
+frames in 16 KiB chunks and allocates and frees one every time a recursion crosses a
+chunk's end; where those ends lie depends on the frames below, so a kernel started deeper
+(as it was: from wherever in the server loop the fork happened, which even differed
+between kernels of one server) runs some recursions many times slower than a stock kernel
+does, and others faster. Every kernel now has a stock kernel's chunk ends. The kernel still
+runs on its process's only thread, the main one: signals, ``signal.signal`` and interrupts
+work as in a stock kernel.
+
 Lifetime: this process gets SIGKILL when its parent dies (``PR_SET_PDEATHSIG``), each
 kernel gets SIGKILL when this process dies. Each kernel leads its own session and
 process group and is a child subreaper; when it exits, whatever is left of its group
@@ -61,6 +73,9 @@ import json
 import signal
 import socket
 import time
+import types
+from collections.abc import Callable
+from typing import Any
 
 PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
@@ -134,6 +149,14 @@ def die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
+class _Forked(BaseException):
+    """Raised in a new child, with ``(socket, zygote pid)``, to leave the fork server's frames.
+
+    Caught only at this file's top level, where the child becomes a kernel (see the module
+    docstring, "Where a kernel starts"). A BaseException: nothing on the way catches it.
+    """
+
+
 def _send_json(sock: socket.socket, obj: dict, fds: list[int] | None = None) -> None:
     data = json.dumps(obj).encode()
     if fds:
@@ -159,20 +182,13 @@ class Zygote:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         zygote = os.getpid()
         pid = os.fork()
-        if pid == 0:  # the child: never returns
-            code = 70
+        if pid == 0:  # the child: never returns into the loop
             try:
                 ours.close()
                 self.forget_in_child()
-                code = _kernel_child(theirs, zygote)
-            except SystemExit as e:
-                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-            except BaseException:  # noqa: BLE001 - report and die, never return into the loop
-                import traceback
-
-                traceback.print_exc()
-            finally:
-                os._exit(code)
+            except BaseException:  # noqa: BLE001
+                os._exit(70)
+            raise _Forked(theirs, zygote)
         theirs.close()
         return pid, ours
 
@@ -384,8 +400,11 @@ def _read_line(sock: socket.socket) -> bytes:
     return bytes(buf)
 
 
-def _kernel_child(sock: socket.socket, zygote: int) -> int:
-    """A forked child: wait for a job, become its kernel, run until the kernel exits."""
+def _kernel_child(sock: socket.socket, zygote: int) -> Callable[[], Any] | int:
+    """A new child: wait for a job, become its kernel; its ``IPKernelApp.start``, or an exit code.
+
+    Called from this file's top level, which then runs the kernel and :func:`_after_kernel`.
+    """
     die_with_parent(zygote)
     os.setsid()  # own session and process group: kill_kernel signals the group
     try:
@@ -421,13 +440,11 @@ def _kernel_child(sock: socket.socket, zygote: int) -> int:
     sock.sendall(json.dumps({"ok": True, "t_assigned": t_assigned, "t_became": t_became,
                              "t_ready": t_ready}).encode() + b"\n")
     sock.close()  # nothing of the zygote left in the kernel
-    del job
-    code = 0
-    try:
-        app.start()
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    # what a normal interpreter exit does: wait for non-daemon threads, run atexit
+    return app.start
+
+
+def _after_kernel(code: int) -> int:
+    """What a normal interpreter exit does: wait for non-daemon threads, run atexit."""
     import atexit
     import threading
 
@@ -442,6 +459,68 @@ def _kernel_child(sock: socket.socket, zygote: int) -> int:
         except Exception:  # noqa: BLE001
             pass
     return code
+
+
+def _exit_code(e: SystemExit) -> int:
+    return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+
+
+def _frame_words(code: types.CodeType) -> int:
+    """The words a frame of ``code`` takes on CPython's frame stack, less the part all frames have.
+
+    CPython 3.11: ``co_nlocalsplus + co_stacksize`` (locals, cells and free variables, then
+    the value stack), plus a fixed header; ``sys.getsizeof`` of a frame object is the same
+    sum in bytes plus a constant.
+    """
+    names = set(code.co_varnames) | set(code.co_cellvars)
+    return len(names) + len(code.co_freevars) + code.co_stacksize
+
+
+def _stock_bottom(top: types.CodeType) -> Callable[[Callable[[], Any]], Any] | None:
+    """A function that calls ``start()`` from where a stock kernel calls ``IPKernelApp.start``.
+
+    In ``python -m ipykernel_launcher`` four frames lie below ``start`` on the frame stack:
+    ``runpy._run_module_as_main``, ``runpy._run_code``, ``ipykernel_launcher``'s module and
+    ``launch_instance``. In a kernel of ours, four too: this file's module frame (``top``),
+    then three made here, the first with as many unused parameters as it takes for the four
+    to add up to the same words. Everything above ``start`` is the same code, so every frame
+    of the kernel then lies where it lies in a stock kernel, chunk ends included. None when
+    that cannot be matched (another Python: then ``start`` is called directly).
+    """
+    if sys.implementation.name != "cpython" or sys.version_info < (3, 11):
+        return None
+    try:
+        import runpy
+
+        import ipykernel.kernelapp
+
+        spec = importlib.util.find_spec("ipykernel_launcher")
+        launcher = spec.loader.get_code(spec.name)  # type: ignore[union-attr]
+        launch = ipykernel.kernelapp.launch_new_instance.__func__  # type: ignore[attr-defined]
+        stock = [runpy._run_module_as_main.__code__, runpy._run_code.__code__, launcher,
+                 launch.__code__]
+    except (ImportError, AttributeError):
+        return None
+
+    def make(extra: int) -> tuple[Callable, list[types.CodeType]]:
+        ns: dict[str, Any] = {}
+        params = "".join(f", _{i}=None" for i in range(extra))
+        exec(compile("def _bottom_3(start):\n    return start()\n"
+                     "def _bottom_2(start):\n    return _bottom_3(start)\n"
+                     f"def _bottom_1(start{params}):\n    return _bottom_2(start)\n",
+                     "<aidc-kernel-bottom>", "exec"), ns)
+        return ns["_bottom_1"], [ns[f"_bottom_{i}"].__code__ for i in (1, 2, 3)]
+
+    want = sum(map(_frame_words, stock)) - _frame_words(top)
+    extra = want - sum(map(_frame_words, make(0)[1]))
+    if extra < 0:
+        return None
+    bottom, codes = make(extra)
+    return bottom if sum(map(_frame_words, codes)) == want else None
+
+
+#: calls a kernel's ``start`` (see :func:`_stock_bottom`); set before the first fork
+_KERNEL_BOTTOM: Callable[[Callable[[], Any]], Any] | None = None
 
 
 def _become(job: dict, zygote: int) -> None:
@@ -527,6 +606,8 @@ def main(argv: list[str]) -> None:
         _send_json(ctl, {"ok": False, "error": f"{threads} threads after the imports"})
         sys.exit(1)
     prctl(PR_SET_CHILD_SUBREAPER, 1)
+    global _KERNEL_BOTTOM
+    _KERNEL_BOTTOM = _stock_bottom(sys._getframe(1).f_code)  # this file's module frame
     zygote = Zygote(ctl, pool_size)
     zygote.fill_pool()
     _send_json(ctl, {"ok": True, "pid": os.getpid(), "t_start": t_start,
@@ -535,4 +616,31 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv)
+    _job = None
+    try:
+        main(sys.argv)
+    except _Forked as forked:  # a new child: it becomes a kernel from here (see _Forked)
+        _job = forked.args
+    if _job is not None:
+        _code = 70
+        try:
+            _start = _kernel_child(*_job)
+            del _job
+            if isinstance(_start, int):
+                _code = _start
+            else:
+                try:
+                    # called from this frame: below start() lies what a stock kernel has
+                    _KERNEL_BOTTOM(_start) if _KERNEL_BOTTOM else _start()
+                    _code = 0
+                except SystemExit as e:
+                    _code = _exit_code(e)
+                _code = _after_kernel(_code)
+        except SystemExit as e:
+            _code = _exit_code(e)
+        except BaseException:  # noqa: BLE001 - report and die
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            os._exit(_code)
