@@ -14,6 +14,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -30,6 +31,7 @@ from nbformat.v4 import new_code_cell, new_notebook
 
 from aidc.errors import PlatformError, UsageError
 from aidc.jobs.kernels import KernelLauncher, KernelLauncherPlugin, RunAs, kill_kernel
+from aidc.jobs.kernels import sweep_conn_dirs
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="switching identity needs root")
 
@@ -75,6 +77,32 @@ def wait_gone(*pids: int, timeout: float = 10) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+def conn_dir(km) -> str:
+    """The kernel's own folder, ``<tmp>/aidc-kernel-*``, holding its connection file."""
+    path = os.path.dirname(km.connection_file)
+    assert os.path.basename(path).startswith("aidc-kernel-")
+    assert os.path.dirname(path) == tempfile.gettempdir()
+    return path
+
+
+def wait_removed(*paths: str, timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not any(os.path.lexists(p) for p in paths):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def wait_for_file(path: Path, timeout: float = 30) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_text():
+            return path.read_text()
+        time.sleep(0.02)
+    raise AssertionError(f"{path} did not appear")
 
 
 def zygote_children(launcher: KernelLauncher) -> list[psutil.Process]:
@@ -324,6 +352,206 @@ def test_kernels_die_with_the_zygote(tmp_path):
     assert probe(km2, "result = 1") == 1
     assert launcher.zygote_pid != zygote
     launcher.close()
+
+
+# -- nothing of a kernel outlives it: its folder, however it ends ----------------------------
+#
+# Each test kills a kernel at one stage and then leaves the worker side alone (no
+# shutdown_kernel, whose clean-up would remove the folder anyway): whoever survives must
+# remove the kernel's folder by itself.
+
+def test_no_folder_left_when_killed_before_it_got_its_job(launcher, tmp_path, monkeypatch):
+    """Killed right after the fork server handed it over, before it read its job."""
+    real = launcher._zygote_for_spawn
+
+    class KillingAtSpawn:
+        def __init__(self, zygote):
+            self.zygote = zygote
+
+        def __getattr__(self, name):
+            return getattr(self.zygote, name)
+
+        def request(self, req, fds=0):
+            reply = self.zygote.request(req, fds)
+            if req["op"] == "spawn":
+                self.zygote.request({"op": "signal", "pid": reply["pid"], "sig": signal.SIGKILL})
+            return reply
+
+    monkeypatch.setattr(launcher, "_zygote_for_spawn", lambda: KillingAtSpawn(real()))
+    km = launcher.kernel_manager(env=BASE_ENV, cwd=str(tmp_path))
+    with pytest.raises(PlatformError, match="exited while starting"):
+        run_sync(km.start_kernel)()
+    assert wait_removed(conn_dir(km))
+
+
+def test_no_folder_left_when_killed_before_binding_its_sockets(launcher, tmp_path):
+    """Killed in ``IPKernelApp.initialize``, loading its configuration (before its sockets)."""
+    profile = tmp_path / "ipython" / "profile_default"
+    profile.mkdir(parents=True)
+    marker = tmp_path / "initializing"
+    (profile / "ipython_kernel_config.py").write_text(
+        f"import os, pathlib, time\npathlib.Path({str(marker)!r}).write_text(str(os.getpid()))\n"
+        "time.sleep(60)\n")
+    km = launcher.kernel_manager(env={**BASE_ENV, "IPYTHONDIR": str(tmp_path / "ipython")},
+                                 cwd=str(tmp_path))
+
+    seen = []
+
+    def killer():
+        pid = int(wait_for_file(marker))
+        seen.append(psutil.Process(pid).net_connections())  # none yet: no socket bound
+        os.kill(pid, signal.SIGKILL)
+
+    thread = threading.Thread(target=killer)
+    thread.start()
+    with pytest.raises(PlatformError, match="exited while starting"):
+        run_sync(km.start_kernel)()
+    thread.join()
+    assert seen == [[]]
+    assert wait_removed(conn_dir(km))
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "kill_kernel"])
+def test_no_folder_left_when_killed_while_running_a_cell(launcher, tmp_path, how):
+    km = launcher.kernel_manager(env=BASE_ENV, cwd=str(tmp_path))
+    run_sync(km.start_kernel)()
+    kc = km.client()
+    kc.start_channels()
+    try:
+        run_sync(kc.wait_for_ready)(timeout=30)
+        busy = tmp_path / "busy"
+        kc.execute(f"import pathlib, time; pathlib.Path({str(busy)!r}).write_text('1'); "
+                   "time.sleep(1000)")
+        wait_for_file(busy)
+        pid, path = km.provisioner.pid, conn_dir(km)
+        assert os.path.isdir(path)
+        if how == "SIGKILL":  # as the OOM killer would
+            os.kill(pid, signal.SIGKILL)
+        else:
+            kill_kernel(km)
+        assert wait_gone(pid)
+        assert wait_removed(path)
+    finally:
+        kc.stop_channels()
+
+
+def test_no_folder_left_when_killed_during_its_clean_up(launcher, tmp_path):
+    """Killed while it shuts down: after the shutdown request, in an atexit handler."""
+    km = launcher.kernel_manager(env=BASE_ENV, cwd=str(tmp_path))
+    run_sync(km.start_kernel)()
+    kc = km.client()
+    kc.start_channels()
+    try:
+        run_sync(kc.wait_for_ready)(timeout=30)
+        marker = tmp_path / "exiting"
+        reply = run_sync(kc.execute_interactive)(textwrap.dedent(f"""
+            import atexit, pathlib, time
+            def slow_exit():
+                pathlib.Path({str(marker)!r}).write_text("1")
+                time.sleep(1000)
+            atexit.register(slow_exit)
+        """), timeout=30)
+        assert reply["content"]["status"] == "ok"
+        pid, path = km.provisioner.pid, conn_dir(km)
+        kc.shutdown()  # what shutdown_kernel() asks first
+        wait_for_file(marker)
+        assert not gone(pid) and os.path.isdir(path)
+        os.kill(pid, signal.SIGKILL)
+        assert wait_gone(pid)
+        assert wait_removed(path)
+    finally:
+        kc.stop_channels()
+
+
+def test_no_folder_left_when_the_zygote_is_killed(tmp_path):
+    """The fork server SIGKILLed with kernels alive (one idle, one running a cell): the worker
+    removes their folders, without being asked."""
+    launcher = KernelLauncher(pool_size=1)
+    try:
+        kms = [launcher.kernel_manager(env=BASE_ENV, cwd=str(tmp_path)) for _ in range(2)]
+        for km in kms:
+            run_sync(km.start_kernel)()
+        kc = kms[1].client()
+        kc.start_channels()
+        run_sync(kc.wait_for_ready)(timeout=30)
+        kc.execute("while True: pass")
+        kc.stop_channels()
+        paths = [conn_dir(km) for km in kms]
+        pids = [km.provisioner.pid for km in kms]
+        assert all(os.path.isdir(p) for p in paths)
+        os.kill(launcher.zygote_pid, signal.SIGKILL)
+        assert wait_gone(*pids, timeout=5)
+        assert wait_removed(*paths)
+    finally:
+        launcher.close()
+
+
+WORKER_KERNELS = """
+import asyncio, os, sys, time
+from aidc.jobs.kernels import KernelLauncher
+
+launcher = KernelLauncher(pool_size=1)
+launcher.start()
+kms = [launcher.kernel_manager(env={"PATH": "/usr/bin:/bin"}, cwd="/tmp") for _ in range(2)]
+for km in kms:
+    asyncio.run(km.start_kernel())
+kc = kms[1].client()
+kc.start_channels()
+kc.wait_for_ready(timeout=30)
+kc.execute("while True: pass")
+time.sleep(0.3)
+print(launcher.zygote_pid, *[km.provisioner.pid for km in kms],
+      *[os.path.dirname(km.connection_file) for km in kms], flush=True)
+time.sleep(1000)
+"""
+
+
+@pytest.mark.parametrize("what", ["worker", "worker and zygote at once"])
+def test_no_folder_left_when_the_worker_is_killed(tmp_path, what):
+    """The worker SIGKILLed: its zygote (told by its parent-death signal) stops its kernels and
+    removes their folders. Both killed at once (their process group): nobody is left, and the
+    next launcher started on the machine removes them."""
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER_KERNELS)
+    worker = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                              start_new_session=True)
+    try:
+        zygote, *rest = worker.stdout.readline().split()
+        pids, paths = [int(p) for p in rest[:2]], rest[2:]
+        assert all(os.path.isdir(p) for p in paths)
+    finally:
+        if what == "worker":
+            worker.kill()
+        else:
+            os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait()
+    assert wait_gone(int(zygote), *pids, timeout=5)
+    if what != "worker":
+        assert all(os.path.isdir(p) for p in paths)  # nobody was left to remove them
+        launcher = KernelLauncher(pool_size=0)
+        launcher.start()
+        launcher.close()
+    assert wait_removed(*paths)
+
+
+def test_the_sweep_removes_only_folders_of_gone_processes(tmp_path):
+    ns = os.stat("/proc/self/ns/pid").st_ino
+    with open(f"/proc/{os.getpid()}/stat") as f:
+        ticks = f.read().rsplit(")", 1)[1].split()[19]  # this process's start time
+    live = tmp_path / f"aidc-kernel-{ns}.{os.getpid()}.{ticks}-a"
+    reused = tmp_path / f"aidc-kernel-{ns}.{os.getpid()}.1-b"  # its pid, another start time
+    dead = tmp_path / f"aidc-kernel-{ns}.999999999.1-c"
+    other_ns = tmp_path / "aidc-kernel-1.999999999.1-d"
+    unnamed = tmp_path / "aidc-kernel-abcdefgh"
+    for path in (live, reused, dead, other_ns, unnamed, tmp_path / "target"):
+        path.mkdir()
+    (dead / "kernel-1.json").write_text("{}")
+    link = tmp_path / f"aidc-kernel-{ns}.999999999.1-link"
+    link.symlink_to(tmp_path / "target")
+    assert sorted(sweep_conn_dirs(str(tmp_path))) == sorted([str(reused), str(dead)])
+    assert not reused.exists() and not dead.exists()
+    assert live.is_dir() and other_ns.is_dir() and unnamed.is_dir()
+    assert link.is_symlink() and (tmp_path / "target").is_dir()
 
 
 SPAWNS = """

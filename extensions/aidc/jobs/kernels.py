@@ -29,6 +29,13 @@ What the kernel gets:
 - identity ``run_as`` (needs a worker running as root): its uid, gid and groups. The
   connection file is written to a new 0700 directory in the worker's temporary directory
   (which the owner must be able to traverse, as ``/tmp``) and handed to the owner.
+  That directory, ``aidc-kernel-<pid namespace>.<worker pid>.<its start time>-<random>``,
+  goes when its kernel does, however it ends: the zygote removes it when it reaps the
+  kernel (also when the worker dies: the zygote then gets SIGTERM and stops its kernels);
+  the worker removes it when the kernel failed to start, when it shuts the kernel down, and
+  when the zygote is gone (a thread waits on the zygote's pidfd); and if the worker and
+  its zygote die at once, the next launcher started on the machine removes the
+  directories whose worker is gone (the name says which process made it).
 - its own session and process group; it is a child subreaper, and when it exits,
   whatever is left of its group and every process it started that outlived its parent
   are killed (such orphans stay zombies of the kernel until it exits).
@@ -40,6 +47,7 @@ import asyncio
 import json
 import os
 import queue
+import re
 import select
 import shutil
 import signal
@@ -114,6 +122,14 @@ class _Zygote:
             raise PlatformError(f"the kernel fork server did not start: {hello.get('error')}")
         self.sock.settimeout(30)
         self.pid = hello["pid"]
+        # the connection directories of this zygote's kernels, from before the spawn request
+        # until the kernel is known to be gone; removed here if the zygote goes first (its
+        # kernels die with it; it cannot remove them itself when it was killed)
+        self._dirs_lock = threading.Lock()
+        self._conn_dirs: set[str] = set()
+        self._gone = False
+        self._pidfd = os.pidfd_open(self.proc.pid)
+        threading.Thread(target=self._watch, name="aidc-zygote-watch", daemon=True).start()
         self.timings = {"python_start": hello["t_start"] - t0,
                         "imports": hello["t_imported"] - hello["t_start"],
                         "pool": hello["t_pool"] - hello["t_imported"],
@@ -159,6 +175,36 @@ class _Zygote:
 
     def alive(self) -> bool:
         return self.proc.poll() is None and self.sock.fileno() != -1
+
+    def track(self, conn_dir: str) -> None:
+        """``conn_dir`` belongs to a kernel of this zygote (call before asking for the kernel)."""
+        with self._dirs_lock:
+            self._conn_dirs.add(conn_dir)
+            gone = self._gone
+        if gone:  # too late: nobody else will remove it
+            self.untrack(conn_dir, remove=True)
+
+    def untrack(self, conn_dir: str, remove: bool = False) -> None:
+        """``conn_dir``'s kernel is gone (and the zygote removed it, unless ``remove``)."""
+        with self._dirs_lock:
+            self._conn_dirs.discard(conn_dir)
+        if remove:
+            shutil.rmtree(conn_dir, ignore_errors=True)
+
+    def _watch(self) -> None:
+        """Wait until the zygote has exited, then remove what its kernels left."""
+        poller = select.poll()
+        poller.register(self._pidfd, select.POLLIN)
+        try:
+            while not poller.poll():
+                pass
+        finally:
+            os.close(self._pidfd)
+        with self._dirs_lock:
+            self._gone = True
+            dirs, self._conn_dirs = self._conn_dirs, set()
+        for conn_dir in dirs:
+            shutil.rmtree(conn_dir, ignore_errors=True)
 
     def close(self) -> None:
         """Close our end: the zygote kills its kernels and exits (SIGKILL if it takes long)."""
@@ -211,8 +257,8 @@ class _KernelProcess:
 
     stdin = stdout = stderr = None
 
-    def __init__(self, zygote: _Zygote, pid: int, pidfd: int):
-        self.zygote, self.pid, self._pidfd = zygote, pid, pidfd
+    def __init__(self, zygote: _Zygote, pid: int, pidfd: int, conn_dir: str = ""):
+        self.zygote, self.pid, self._pidfd, self.conn_dir = zygote, pid, pidfd, conn_dir
         self.returncode: int | None = None
         self._lock = threading.Lock()
 
@@ -233,11 +279,16 @@ class _KernelProcess:
             if self.returncode is None:
                 try:
                     code = self.zygote.request({"op": "status", "pid": self.pid})["returncode"]
+                    zygote_gone = False
                 except PlatformError:
                     code = -signal.SIGKILL  # the zygote is gone, and its kernels with it
+                    zygote_gone = True
                 if code is None:  # exited, not yet reaped: next time
                     return None
                 self.returncode = code
+                # reaped: the zygote has removed its directory; if the zygote is gone, we do
+                # (its watcher may not have run yet)
+                self.zygote.untrack(self.conn_dir, remove=zygote_gone)
                 os.close(self._pidfd)
                 self._pidfd = -1
         return self.returncode
@@ -289,6 +340,14 @@ class ZygoteProvisioner(LocalProvisioner):
             self.process.send_signal(signum)
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> dict:
+        try:
+            return await self._launch(cmd)
+        except BaseException:
+            # no kernel (it failed, was killed, or was never asked for): nor its directory
+            shutil.rmtree(self.conn_dir, ignore_errors=True)
+            raise
+
+    async def _launch(self, cmd: list[str]) -> dict:
         t0 = time.monotonic()
         argv = cmd[cmd.index("ipykernel_launcher") + 1:]  # -f CONNECTION_FILE, extra arguments
         km: ZygoteKernelManager = self.parent
@@ -304,20 +363,29 @@ class ZygoteProvisioner(LocalProvisioner):
                 "uid": self.run_as.uid, "gid": self.run_as.gid, "groups": list(self.run_as.groups)},
         }
         zygote = self.launcher._zygote_for_spawn()
-        reply = zygote.request({"op": "spawn", "conn_dir": self.conn_dir}, fds=2)
+        zygote.track(self.conn_dir)
+        try:
+            reply = zygote.request({"op": "spawn", "conn_dir": self.conn_dir}, fds=2)
+        except BaseException:
+            zygote.untrack(self.conn_dir, remove=True)  # no kernel: the zygote never had it
+            raise
         t_spawned = time.monotonic()
         chan_fd, pidfd = reply["fds"]
-        self.process = _KernelProcess(zygote, reply["pid"], pidfd)
+        self.process = _KernelProcess(zygote, reply["pid"], pidfd, self.conn_dir)
         self.pid = self.pgid = reply["pid"]
         self.cwd = self.job_cwd
         chan = socket.socket(fileno=chan_fd)
         try:
             chan.setblocking(False)
             loop = asyncio.get_running_loop()
-            await loop.sock_sendall(chan, json.dumps(job).encode() + b"\n")
+            try:
+                await loop.sock_sendall(chan, json.dumps(job).encode() + b"\n")
+            except OSError:  # it died before it read its job (killed): its status says so
+                pass
             status = await asyncio.wait_for(_read_line(loop, chan), KERNEL_START_TIMEOUT)
         except BaseException as e:
             self.process.kill()
+            self._failed()
             if isinstance(e, asyncio.TimeoutError):
                 raise PlatformError(
                     f"the job's kernel did not start within {KERNEL_START_TIMEOUT:g} s") from None
@@ -328,13 +396,23 @@ class ZygoteProvisioner(LocalProvisioner):
             self.process.kill()
             status = {"ok": False, "error": "the kernel was stopped while it started"}
         if not status.get("ok"):
-            self.process.wait(5)
-            self.process = None
+            self._failed()
             raise _start_error(status, self)
         self.timings = {"t0": t0, "spawned": t_spawned, "assigned": status["t_assigned"],
                         "became": status["t_became"], "ready": status["t_ready"],
                         "launched": time.monotonic()}
         return self.connection_info
+
+    def _failed(self) -> None:
+        """The kernel did not start (it was killed, or failed): wait a little for it, forget it."""
+        process, self.process = self.process, None
+        if process is not None:
+            try:
+                process.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+            process.close()
+            process.zygote.untrack(self.conn_dir, remove=True)
 
     async def cleanup(self, restart: bool = False) -> None:
         await super().cleanup(restart)
@@ -348,7 +426,10 @@ class ZygoteProvisioner(LocalProvisioner):
 async def _read_line(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> dict:
     buf = b""
     while not buf.endswith(b"\n"):
-        chunk = await loop.sock_recv(sock, 65536)
+        try:
+            chunk = await loop.sock_recv(sock, 65536)
+        except ConnectionError:  # it died (killed) with our job line unread
+            chunk = b""
         if not chunk:
             return {"ok": False, "error": "the kernel exited while starting (see the worker's log)",
                     "step": "start"}
@@ -395,11 +476,13 @@ class ZygoteKernelManager(AsyncKernelManager):
         if self._killed:
             raise PlatformError("the kernel was stopped before it started")
         self.kernel_id = self.kernel_id or kw.pop("kernel_id", None) or str(uuid.uuid4())
-        if not (self._conn_dir and os.path.isdir(self._conn_dir)):
-            # a private directory for the connection file (the kernel may be another user)
-            self._conn_dir = tempfile.mkdtemp(prefix="aidc-kernel-")
-            self.connection_file = os.path.join(self._conn_dir, f"kernel-{self.kernel_id}.json")
-            self._connection_file_written = False
+        # a private directory for the connection file (the kernel may be another user), new
+        # for each start: one directory, one kernel (a restart's old kernel is gone by now)
+        if self._conn_dir:
+            shutil.rmtree(self._conn_dir, ignore_errors=True)
+        self._conn_dir = tempfile.mkdtemp(prefix=_conn_dir_prefix())
+        self.connection_file = os.path.join(self._conn_dir, f"kernel-{self.kernel_id}.json")
+        self._connection_file_written = False
         if self.provisioner is None:
             prov = ZygoteProvisioner(kernel_id=self.kernel_id, kernel_spec=KERNEL_SPEC, parent=self)
             prov.launcher, prov.env, prov.job_cwd, prov.run_as = (
@@ -409,7 +492,11 @@ class ZygoteKernelManager(AsyncKernelManager):
         self.provisioner.conn_dir = self._conn_dir  # type: ignore[attr-defined]
         kw.pop("env", None)  # the kernel's environment is the job's, nothing else
         kw.pop("cwd", None)
-        return await super()._async_pre_start_kernel(**kw)
+        try:
+            return await super()._async_pre_start_kernel(**kw)
+        except BaseException:
+            shutil.rmtree(self._conn_dir, ignore_errors=True)
+            raise
 
     pre_start_kernel = _async_pre_start_kernel  # type: ignore[assignment]
 
@@ -439,6 +526,8 @@ class KernelLauncher:
             if self._zygote is None or not self._zygote.alive():
                 if self._zygote is not None:
                     self._zygote.close()
+                else:
+                    sweep_conn_dirs()
                 self._zygote = _Zygote(self.pool_size)
 
     def _zygote_for_spawn(self) -> _Zygote:
@@ -474,6 +563,56 @@ class KernelLauncher:
             if self._zygote is not None:
                 self._zygote.close()
                 self._zygote = None
+
+
+_CONN_DIR_RE = re.compile(r"aidc-kernel-(\d+)\.(\d+)\.(\d+)-")
+
+
+def _start_time(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot), None if there is none."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _pid_namespace() -> int:
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return 0
+
+
+def _conn_dir_prefix() -> str:
+    """``aidc-kernel-<pid namespace>.<pid>.<start time>-``: which process made the directory."""
+    return f"aidc-kernel-{_pid_namespace()}.{os.getpid()}.{_start_time(os.getpid()) or 0}-"
+
+
+def sweep_conn_dirs(tmpdir: str | None = None) -> list[str]:
+    """Remove kernels' connection directories whose worker process is gone; return them.
+
+    Only for when a worker and its zygote died at once (a process group killed): otherwise
+    one of them outlives the kernel and removes its directory. Directories of processes in
+    another pid namespace are left alone (their pids mean nothing here).
+    """
+    tmpdir = tmpdir or tempfile.gettempdir()
+    ns, removed = _pid_namespace(), []
+    if not ns:  # no /proc: nothing tells a live process from a gone one
+        return removed
+    try:
+        entries = list(os.scandir(tmpdir))
+    except OSError:
+        return removed
+    for entry in entries:
+        m = _CONN_DIR_RE.match(entry.name)
+        if not m or int(m[1]) != ns or not entry.is_dir(follow_symlinks=False):
+            continue
+        if _start_time(int(m[2])) == int(m[3]):
+            continue  # its worker is alive
+        shutil.rmtree(entry.path, ignore_errors=True)
+        removed.append(entry.path)
+    return removed
 
 
 _launcher: KernelLauncher | None = None

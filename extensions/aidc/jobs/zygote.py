@@ -31,7 +31,8 @@ message, request then reply:
   The worker sends the child one line of JSON (``env``, ``cwd``, ``argv``, ``run_as``)
   and reads one line back (``{"ok": true, ...}`` once the kernel has bound its
   sockets, or ``{"ok": false, "error": "..."}``). ``conn_dir`` (holding the kernel's
-  connection file) is removed when the kernel has exited.
+  connection file) is removed when the kernel has exited, however it ended, and when
+  this process stops.
 - ``{"op": "signal", "pid": n, "sig": s}`` -> ``{"ok": true, "alive": bool}``: signal
   the kernel's process group. Only this process may reap the kernel, so it is the only
   one that can signal it without racing pid reuse.
@@ -52,10 +53,14 @@ does, and others faster. Every kernel now has a stock kernel's chunk ends. The k
 runs on its process's only thread, the main one: signals, ``signal.signal`` and interrupts
 work as in a stock kernel.
 
-Lifetime: this process gets SIGKILL when its parent dies (``PR_SET_PDEATHSIG``), each
-kernel gets SIGKILL when this process dies. Each kernel leads its own session and
-process group and is a child subreaper; when it exits, whatever is left of its group
-and every process it had adopted is killed, so a job leaves nothing running.
+Lifetime: this process gets SIGTERM when its parent dies (``PR_SET_PDEATHSIG``) and
+then stops as when the worker closes ``CTL_FD``: it kills its kernels, reaps them and
+removes their ``conn_dir`` (nobody else is left to), and exits; SIGALRM ends it 20 s
+after a SIGTERM, should that stop hang. Each kernel gets SIGKILL when this process dies
+(so, if this process is killed, the worker removes the kernels' ``conn_dir``). Each
+kernel leads its own session and process group and is a child subreaper; when it exits,
+whatever is left of its group and every process it had adopted is killed, so a job
+leaves nothing running.
 """
 
 from __future__ import annotations
@@ -138,13 +143,13 @@ def prctl(option: int, arg: int | bytes) -> None:
         raise OSError(err, os.strerror(err))
 
 
-def die_with_parent(parent: int) -> None:
-    """SIGKILL this process when ``parent`` goes; exit now if it is already gone.
+def die_with_parent(parent: int, sig: int = signal.SIGKILL) -> None:
+    """Send ``sig`` to this process when ``parent`` goes; exit now if it is already gone.
 
     Set after every credential change (the kernel clears it on setuid/setgid), and
     checked after setting it: the parent may have died just before.
     """
-    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    prctl(PR_SET_PDEATHSIG, sig)
     if os.getppid() != parent:
         os._exit(1)
 
@@ -321,7 +326,10 @@ class Zygote:
         # Python handlers, so that the signals write the wakeup fd
         signal.set_wakeup_fd(self.wake_w)
         signal.signal(signal.SIGCHLD, lambda *_: None)
-        signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))  # as if the worker closed
+        # as if the worker closed (also the parent-death signal: the worker died), with a
+        # deadline: whatever happens, this process is gone 20 s later (SIGALRM's default)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, lambda *_: (stopping.append(True), signal.alarm(20)))
         poller = select.poll()
         poller.register(self.ctl, select.POLLIN)
         poller.register(self.wake_r, select.POLLIN)
@@ -571,7 +579,9 @@ def _become(job: dict, zygote: int) -> None:
 def main(argv: list[str]) -> None:
     t_start = time.monotonic()
     ctl_fd, parent, pool_size = int(argv[1]), int(argv[2]), int(argv[3])
-    die_with_parent(parent)
+    # SIGTERM, not SIGKILL: if the worker dies, this process still stops its kernels and
+    # removes their directories (see serve())
+    die_with_parent(parent, signal.SIGTERM)
     try:
         prctl(PR_SET_NAME, b"aidc-zygote")
     except OSError:
