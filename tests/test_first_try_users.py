@@ -159,3 +159,6 @@ def test_the_last_administrator_cannot_be_removed_or_demoted(tmp_path, monkeypat
     assert directory.users == {"sci": "admin"}
     with pytest.raises(AidcError):
         users.remove("sci")
+    # taking the platform down: the last administrator goes when asked explicitly
+    users.remove("sci", last_admin=True)
+    assert directory.users == {}

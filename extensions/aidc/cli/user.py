@@ -34,6 +34,11 @@ def add_parser(sub, common) -> None:
         action="store_true",
         help="keep the home folder (moved aside, owned by root) instead of deleting it",
     )
+    rm.add_argument(
+        "--even-last-admin",
+        action="store_true",
+        help="remove the last administrator too (when taking the platform down)",
+    )
     rm.set_defaults(handler=remove)
 
     sr = users.add_parser("set-role", parents=[common], help="change a user's role")
@@ -101,7 +106,7 @@ def remove(args) -> int:
     failed: list[AidcError] = []
     for name in args.names:
         try:
-            kept = users.remove(name, keep_home=args.keep_home)
+            kept = users.remove(name, keep_home=args.keep_home, last_admin=args.even_last_admin)
         except AidcError as e:
             if len(args.names) == 1:
                 raise

@@ -84,10 +84,15 @@ class PlatformUsers:
             return
         raise ConflictError(f"user {name!r} already exists")
 
-    def remove(self, name: str, keep_home: bool = False) -> str | None:
-        """Remove the user (stopping their server); returns where a kept home went."""
+    def remove(self, name: str, keep_home: bool = False, last_admin: bool = False) -> str | None:
+        """Remove the user (stopping their server); returns where a kept home went.
+
+        ``last_admin``: remove them even if they are the last administrator (taking a
+        platform down); otherwise that is refused.
+        """
         try:
-            self._keep_an_admin(name, "remove")
+            if not last_admin:
+                self._keep_an_admin(name, "remove")
             self.directory.remove(name)
             kept = None
             if self.system_accounts:
