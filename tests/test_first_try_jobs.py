@@ -20,21 +20,12 @@ from traitlets.config import Config
 
 from aidc import jobs as jobs_api
 from aidc.cli import jobs as jobs_cli
-from aidc.hub import system_users
 from aidc.jobs.manager import JobManager
 from aidc.security import audit
 from mocking import FakeDaskClient
-from test_jobs_manager import Jobs, until
+from test_jobs_manager import jobs, until  # noqa: F401 (jobs: the in-process fixture)
 
 NO_KERNEL = "the notebook names no kernel; ran it with python3"
-
-
-@pytest.fixture
-async def jobs(tmp_path, monkeypatch):
-    monkeypatch.setattr(system_users, "running_as_root", lambda: False)
-    parts = Jobs(tmp_path, monkeypatch)
-    yield parts
-    await parts.close()
 
 
 def _bare_notebook() -> nbformat.NotebookNode:
