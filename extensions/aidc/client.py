@@ -180,7 +180,8 @@ def _body_message(r: requests.Response) -> str:
             value = body.get(key)
             if value:
                 return value if isinstance(value, str) else str(value)
-        extra = {k: v for k, v in body.items() if k != "status"}
+        # JupyterHub refuses a bad token with {"status": 403, "message": null}: nothing said
+        extra = {k: v for k, v in body.items() if k != "status" and v not in (None, "")}
         return str(extra) if extra else ""
     return str(body) if body else ""
 
