@@ -1,4 +1,5 @@
-"""Where a job's input snapshot and output notebook are kept: any fsspec URL.
+"""Where a job's input snapshot and output notebook are kept: the platform's artifact
+store (:mod:`aidc.artifacts`) rooted at ``c.ArtifactStore.url``.
 
 A local folder (``<data-dir>/jobs/artifacts``) by default; ``s3://``, ``gs://``,
 ``abfs://`` or any other fsspec protocol when workers run on other machines (they
@@ -10,13 +11,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import fsspec
 from traitlets import Unicode, default
-from traitlets.config import LoggingConfigurable
+
+from .. import artifacts
 
 
-class ArtifactStore(LoggingConfigurable):
-    """Reads and writes job artifacts under one fsspec root URL."""
+class JobArtifactStore(artifacts.ArtifactStore):
+    """The jobs' artifact store: one folder per job under the configured root."""
 
     url = Unicode(
         help="""fsspec URL of the folder holding job artifacts (input snapshots, output
@@ -29,39 +30,8 @@ class ArtifactStore(LoggingConfigurable):
             Path(os.environ.get("AIDC_DATA_DIR", ".aidc")).resolve() / "jobs" / "artifacts")
 
     def job_url(self, job_id: str, name: str) -> str:
-        return f"{self.url.rstrip('/')}/{job_id}/{name}"
-
-    def write_bytes(self, url: str, data: bytes) -> None:
-        write_bytes(url, data)
-
-    def read_bytes(self, url: str) -> bytes | None:
-        return read_bytes(url)
+        return self.url_for(job_id, name)
 
 
-def local_path(url: str) -> str | None:
-    """The local file behind ``url``, or None for a remote store."""
-    if "://" not in url:
-        return url
-    if url.startswith("file://"):
-        return url[len("file://"):]
-    return None
-
-
-def write_bytes(url: str, data: bytes) -> None:
-    fs, path = fsspec.core.url_to_fs(url)
-    parent = path.rsplit("/", 1)[0]
-    if parent:
-        fs.makedirs(parent, exist_ok=True)
-    tmp = f"{path}.tmp"
-    with fs.open(tmp, "wb") as f:
-        f.write(data)
-    fs.mv(tmp, path)
-
-
-def read_bytes(url: str) -> bytes | None:
-    fs, path = fsspec.core.url_to_fs(url)
-    try:
-        with fs.open(path, "rb") as f:
-            return f.read()
-    except FileNotFoundError:
-        return None
+#: the name the jobs service, its configuration (``c.ArtifactStore.url``) and tests use
+ArtifactStore = JobArtifactStore

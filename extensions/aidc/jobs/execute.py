@@ -28,7 +28,7 @@ from papermill.clientwrap import PapermillNotebookClient
 from papermill.engines import NBClientEngine, NotebookExecutionManager, papermill_engines
 from papermill.exceptions import PapermillExecutionError
 
-from . import artifacts
+from .. import artifacts
 from .metrics import MIME
 
 #: Dask event topic of job progress

@@ -1,0 +1,197 @@
+"""The platform's artifact store: files kept under one fsspec URL, for every service.
+
+Jobs keep their input snapshots and output notebooks here, the model registry its
+version artifacts, the datasets service its files. The root is a local folder by
+default; ``s3://``, ``gs://``, ``abfs://``, ``memory://`` or any other fsspec protocol
+works the same (the matching fsspec backend installed, credentials in the environment).
+
+Writes are atomic publishes: the bytes go to a temporary name beside the target and are
+moved to the target only when the write completed, so an interrupted upload leaves
+nothing under the target name (:meth:`ArtifactStore.open_write`,
+:meth:`ArtifactStore.put_dir`). The module-level functions take full URLs, for code that
+has a URL but no store (a Dask worker given a job's ``input_url``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import shutil
+import uuid
+from pathlib import Path
+from typing import IO, Iterator
+
+import fsspec
+from traitlets import Unicode
+from traitlets.config import LoggingConfigurable
+
+
+class ArtifactStore(LoggingConfigurable):
+    """Reads and writes artifacts under one fsspec root URL.
+
+    Methods take full URLs (as records keep them); :meth:`url_for` names one under the root.
+    """
+
+    url = Unicode(help="""fsspec URL of the root folder (a local path for local disk).""")
+
+    def url_for(self, *parts: str) -> str:
+        """The URL of ``parts`` (path components) under the root."""
+        return "/".join([self.url.rstrip("/"), *(str(p).strip("/") for p in parts)])
+
+    def open_write(self, url: str):
+        return open_write(url)
+
+    def open_read(self, url: str) -> IO[bytes]:
+        return open_read(url)
+
+    def write_bytes(self, url: str, data: bytes) -> None:
+        write_bytes(url, data)
+
+    def read_bytes(self, url: str) -> bytes | None:
+        return read_bytes(url)
+
+    def put_dir(self, local: str | Path, url: str) -> None:
+        put_dir(local, url)
+
+    def exists(self, url: str) -> bool:
+        return exists(url)
+
+    def delete(self, url: str) -> None:
+        delete(url)
+
+    def ls(self, url: str) -> list[str]:
+        return ls(url)
+
+
+def local_path(url: str) -> str | None:
+    """The local file behind ``url``, or None for a remote store."""
+    if "://" not in url:
+        return url
+    if url.startswith("file://"):
+        return url[len("file://"):]
+    return None
+
+
+def _fs(url: str):
+    return fsspec.core.url_to_fs(url)
+
+
+def _temporary(path: str) -> str:
+    """A name beside ``path`` that no reader looks for, unique per writer."""
+    head, _, tail = path.rstrip("/").rpartition("/")
+    name = f".{tail}.{uuid.uuid4().hex[:12]}.partial"
+    return f"{head}/{name}" if head else name
+
+
+def _make_parent(fs, path: str) -> None:
+    parent = path.rstrip("/").rsplit("/", 1)[0]
+    if parent and parent != path:
+        fs.makedirs(parent, exist_ok=True)
+
+
+@contextlib.contextmanager
+def open_write(url: str) -> Iterator[IO[bytes]]:
+    """A binary file to stream ``url``'s bytes into, published when the block ends cleanly.
+
+    Until then the bytes sit under a temporary name; an exception inside the block (or a
+    crash) leaves ``url`` as it was (absent, or its previous content).
+    """
+    fs, path = _fs(url)
+    _make_parent(fs, path)
+    tmp = _temporary(path)
+    try:
+        with fs.open(tmp, "wb") as f:
+            yield f
+        fs.mv(tmp, path)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            if fs.exists(tmp):
+                fs.rm(tmp)
+        raise
+
+
+def open_read(url: str) -> IO[bytes]:
+    """``url`` opened for binary reading (``FileNotFoundError`` when it does not exist)."""
+    fs, path = _fs(url)
+    return fs.open(path, "rb")
+
+
+def write_bytes(url: str, data: bytes) -> None:
+    """Publish ``data`` at ``url`` atomically."""
+    with open_write(url) as f:
+        f.write(data)
+
+
+def read_bytes(url: str) -> bytes | None:
+    """The bytes at ``url``, or None when there are none."""
+    try:
+        with open_read(url) as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+
+
+def put_dir(local: str | Path, url: str) -> None:
+    """Upload the local folder ``local`` to ``url`` (absent before), atomically.
+
+    The copy is made under a temporary name and moved to ``url`` once complete.
+    """
+    fs, path = _fs(url)
+    _make_parent(fs, path)
+    tmp = _temporary(path)
+    try:
+        fs.put(str(local).rstrip("/") + "/", tmp, recursive=True)
+        fs.mv(tmp, path, recursive=True)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            if fs.exists(tmp):
+                fs.rm(tmp, recursive=True)
+        raise
+
+
+def exists(url: str) -> bool:
+    fs, path = _fs(url)
+    return fs.exists(path)
+
+
+def delete(url: str) -> None:
+    """Remove the file or folder at ``url``; nothing there is no error."""
+    fs, path = _fs(url)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
+def ls(url: str) -> list[str]:
+    """The names (not paths) directly inside the folder ``url``; [] when it does not exist."""
+    fs, path = _fs(url)
+    try:
+        entries = fs.ls(path, detail=False)
+    except FileNotFoundError:
+        return []
+    return sorted(e.rstrip("/").rsplit("/", 1)[-1] for e in entries)
+
+
+def local_copy(url: str, cache: str | Path) -> Path:
+    """The folder or file at ``url`` on local disk: itself when local, else a copy cached
+    under ``cache`` (downloaded once: artifacts are never written again once published)."""
+    local = local_path(url)
+    if local is not None:
+        return Path(local)
+    target = Path(cache) / hashlib.sha256(url.encode()).hexdigest()[:16]
+    if not target.exists():
+        fs, path = _fs(url)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(target.name + ".partial-" + uuid.uuid4().hex[:8])
+        try:
+            if fs.isdir(path):
+                fs.get(path.rstrip("/") + "/", str(partial), recursive=True)
+            else:
+                fs.get(path, str(partial))
+            partial.rename(target)
+        except OSError:
+            if partial.is_dir():
+                shutil.rmtree(partial, ignore_errors=True)
+            partial.unlink(missing_ok=True)
+            if not target.exists():  # else another reader published the same copy first
+                raise
+    return target
