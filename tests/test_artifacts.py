@@ -92,3 +92,37 @@ def test_jobs_store_keeps_its_configuration_name(tmp_path):
     config.ArtifactStore.url = "memory://aidc-jobs-config"
     jobs = JobsStore(config=config)
     assert jobs.job_url("j1", "output.ipynb") == "memory://aidc-jobs-config/j1/output.ipynb"
+
+
+def test_model_registry_stores_versions_in_a_remote_store(tmp_path, monkeypatch):
+    """The registry publishes a version through the store, so ``memory://`` (as ``s3://``)
+    works: the record points into the store and replicas get a local copy."""
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    from aidc.models import artifacts_local
+    from aidc.models.registry import ModelRegistry
+    root = f"memory://aidc-models-{uuid.uuid4().hex[:8]}"
+    registry = ModelRegistry(db_url=f"sqlite:///{tmp_path / 'aidc.sqlite'}", artifacts_url=root,
+                             data_dir=str(tmp_path))
+    upload = tmp_path / "upload"
+    upload.mkdir()
+    (upload / "model.onnx").write_bytes(b"onnx bytes")
+    record = registry.add_version("m", "alice", [], format="onnx", filename="model.onnx",
+                                  artifact_url="pending", signature={"inputs": [], "outputs": []})
+    url = registry.publish_artifact("m", record["version"], upload)
+    assert url == f"{root}/m/1"
+    assert registry.version("m", 1)["artifact_url"] == url
+    assert artifacts.read_bytes(f"{url}/model.onnx") == b"onnx bytes"
+    monkeypatch.setenv("AIDC_DATA_DIR", str(tmp_path))
+    local = artifacts_local.local_copy(url, "model.onnx")
+    assert local.read_bytes() == b"onnx bytes" and str(local).startswith(str(tmp_path))
+
+    def broken_put(self, *args, **kwargs):
+        raise OSError("the store went away mid-upload")
+    monkeypatch.setattr(MemoryFileSystem, "put_file", broken_put)
+    second = registry.add_version("m", "alice", [], format="onnx", filename="model.onnx",
+                                  artifact_url="pending", signature={"inputs": [], "outputs": []})
+    with pytest.raises(OSError):
+        registry.publish_artifact("m", second["version"], upload)
+    assert artifacts.ls(f"{root}/m") == ["1"]  # nothing half-written beside version 1
+    artifacts.delete(root)

@@ -1,23 +1,19 @@
-"""Model artifacts as local files for the replica processes (fsspec for remote stores)."""
+"""A version's artifact as local files, for the replica processes and the export route.
+
+The registry publishes artifacts to the platform's artifact store (:mod:`aidc.artifacts`);
+replicas load from local disk, so a version in a remote store is downloaded once into
+``<data-dir>/models/cache`` (versions are never written again, so the copy stays true).
+"""
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
-import fsspec
+from .. import artifacts
 
 
 def local_copy(url: str, filename: str) -> Path:
-    """The artifact file (or SavedModel folder) on local disk; remote ones are cached once."""
-    if "://" not in url or url.startswith("file://"):
-        root = Path(url.removeprefix("file://"))
-        return root / filename
-    cache = Path(os.environ.get("AIDC_DATA_DIR", ".aidc")) / "models" / "cache" / hashlib.sha256(url.encode()).hexdigest()[:16]
-    target = cache / filename
-    if not target.exists():
-        fs, path = fsspec.core.url_to_fs(url)
-        cache.mkdir(parents=True, exist_ok=True)
-        fs.get(path.rstrip("/") + "/", str(cache), recursive=True)
-    return target
+    """The artifact file (or SavedModel folder) ``filename`` of the version folder ``url``."""
+    cache = Path(os.environ.get("AIDC_DATA_DIR", ".aidc")).resolve() / "models" / "cache"
+    return artifacts.local_copy(url, cache) / filename

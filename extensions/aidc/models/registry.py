@@ -2,8 +2,9 @@
 
 Metadata lives in the platform database (``<data-dir>/aidc.sqlite`` or ``AIDC_DB_URL``),
 in tables of its own with their own alembic version table; artifacts live under an
-fsspec URL (``<data-dir>/models/artifacts`` by default), one folder per version that is
-never written again once registered. A version records where it came from (lineage:
+fsspec URL (``<data-dir>/models/artifacts`` by default) in the platform's artifact store
+(:mod:`aidc.artifacts`), one folder per version, published atomically and never written
+again once registered. A version records where it came from (lineage:
 the job, its output notebook and parameters) when it was registered from a job.
 
 Visibility: a model belongs to its owner; ``visibility`` ``"group"`` opens it to the
@@ -24,6 +25,7 @@ import sqlalchemy as sa
 from traitlets import List, Unicode, default
 from traitlets.config import LoggingConfigurable
 
+from ..artifacts import ArtifactStore
 from ..db import make_engine, upgrade, utcnow
 from ..errors import ConflictError, NotFoundError, UsageError
 
@@ -143,6 +145,7 @@ class ModelRegistry(LoggingConfigurable):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.engine = make_engine(self.db_url)
+        self.artifacts = ArtifactStore(url=self.artifacts_url, parent=self)
         upgrade(self.engine, Path(__file__).with_name("migrations"))
         # model rows and resolved references, read on every inference request; the
         # service is the registry's only writer, so its writes are what invalidate them
@@ -258,6 +261,18 @@ class ModelRegistry(LoggingConfigurable):
         with self._write() as c:
             c.execute(versions.update().where(versions.c.name == name, versions.c.version == version)
                       .values(artifact_url=url))
+
+    # -- artifacts ------------------------------------------------------------------------
+    def publish_artifact(self, name: str, version: int, folder: Path) -> str:
+        """Upload the local ``folder`` as the artifact of ``version`` and record its URL.
+
+        The folder is published whole or not at all (:func:`aidc.artifacts.put_dir`), so
+        a version never points at a half-written artifact.
+        """
+        url = self.artifacts.url_for(name, str(version))
+        self.artifacts.put_dir(folder, url)
+        self.set_artifact_url(name, version, url)
+        return url
 
     # -- deployments --------------------------------------------------------------------
     def deployment(self, name: str) -> dict | None:

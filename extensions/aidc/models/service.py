@@ -206,10 +206,7 @@ class VersionsHandler(ModelsHandler):
                 metrics=meta.get("metrics") or {}, tags=meta.get("tags") or {},
                 lineage=lineage, size=len(upload["body"]),
                 visibility=meta.get("visibility"), description=meta.get("description"))
-            final = Path(self.settings["artifacts"]) / name / str(record["version"])
-            final.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(version_dir), final)
-            self.registry.set_artifact_url(name, record["version"], str(final))
+            self.registry.publish_artifact(name, record["version"], version_dir)
         finally:
             shutil.rmtree(version_dir, ignore_errors=True)
         self.write_json(version_view(self.registry.version(name, record["version"])), status=201)
@@ -541,10 +538,8 @@ def main() -> None:
     ledger = open_ledger(data_dir, config=app.config)
     runner = DeploymentRunner(registry, run_root=run_root, ledger=ledger, config=app.config)
     jobs = JobStore(config=app.config, data_dir=data_dir)  # to check and describe lineage
-    artifacts = Path(registry.artifacts_url)
     staging = Path(data_dir) / "models" / "staging"
-    for d in (artifacts, staging):
-        d.mkdir(parents=True, exist_ok=True)
+    staging.mkdir(parents=True, exist_ok=True)
     keep = {d["name"] for d in registry.find_deployments()}
     for claim in ledger.claims():  # GPUs of deployments that no longer exist
         if claim.holder.startswith("deployment:") and claim.holder.split(":", 1)[1] not in keep:
@@ -558,7 +553,7 @@ def main() -> None:
         shutil.rmtree(run_root, ignore_errors=True)  # the owners' artifact copies and sockets
 
     run_service(ROUTES, on_start=on_start, on_stop=on_stop, registry=registry, runner=runner,
-                ledger=ledger, jobs=jobs, run_root=run_root, artifacts=str(artifacts), staging=str(staging))
+                ledger=ledger, jobs=jobs, run_root=run_root, staging=str(staging))
 
 
 def managed_service() -> ManagedService:
