@@ -57,6 +57,8 @@ system-deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq acl >/dev/null; fi
 
 # chromium: the browser tests drive Debian's Chromium with Playwright.
+# postgresql: the PostgreSQL tests run a real server (initdb in a temporary folder); Debian
+# keeps its binaries in /usr/lib/postgresql/15/bin, where tests/postgres_helpers.py looks.
 # slapd: the LDAP sign-in tests run a real OpenLDAP server; tests/idp: a real OpenID
 # Connect provider (npm oidc-provider) for the OIDC sign-in tests.
 test-system-deps:
@@ -64,6 +66,10 @@ test-system-deps:
 	  if [ "$(IS_ROOT)" = yes ] && command -v apt-get >/dev/null; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "the browser tests need Chromium: apt-get install chromium (as root)"; exit 1; fi; fi
+	@if ! command -v initdb >/dev/null && [ ! -x /usr/lib/postgresql/15/bin/initdb ]; then \
+	  if [ "$(IS_ROOT)" = yes ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	  else echo "the PostgreSQL tests need PostgreSQL 15: apt-get install postgresql (as root)"; exit 1; fi; fi
 	bash tests/ldap/install.sh
 	bash tests/idp/install.sh
 

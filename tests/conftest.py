@@ -10,6 +10,9 @@
 - ``fresh_platform``: a factory for a separate platform per test, not yet started
   (CLI offline mode, shutdown tests, other authenticators), with Unix accounts under a
   prefix of its own; stopped and cleaned up afterwards.
+- ``postgres``: one real PostgreSQL 15 server for the session (``initdb`` in a temporary
+  folder, run as the ``postgres`` account, 127.0.0.1 with a password; see
+  ``tests/postgres_helpers.py``); ``postgres.create_database(name)`` gives a URL.
 
 Tests that use one of these (directly or through another fixture) are marked
 ``platform`` (see ``PLATFORM_FIXTURES``), as is any module that starts one itself, so
@@ -150,6 +153,17 @@ def other_scientist(platform) -> User:
 @pytest.fixture(scope="session")
 def viewer(platform) -> User:
     return platform.new_user("viewer")
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    import postgres_helpers
+
+    if not postgres_helpers.available():
+        pytest.fail("the PostgreSQL tests need PostgreSQL 15: run `make test-system-deps` as root "
+                    "(apt-get install postgresql)")
+    with postgres_helpers.PostgresServer() as server:
+        yield server
 
 
 @pytest.fixture

@@ -1,5 +1,10 @@
 """Databases of the platform services: one engine recipe, one migration runner, one time format.
 
+Which database a store uses is decided in one place, :meth:`aidc.paths.DataDir.db_url`:
+SQLite files in the data directory by default, or the one database chosen with
+``aidc up --db-url`` / ``c.Platform.db_url`` (PostgreSQL) shared by the hub, the GPU
+ledger, the jobs store, the model registry and every later store.
+
 The jobs store and the model registry keep their tables in SQLAlchemy Core, SQLite by
 default (WAL, so readers never wait for a writer) and any SQLAlchemy URL otherwise, each
 with its alembic migrations and a version table of its own, so several of them can share
@@ -36,30 +41,57 @@ def make_engine(url: str) -> sa.Engine:
     return engine
 
 
+def redacted(url: str) -> str:
+    """``url`` safe to print or log: its password (if any) as ``***``."""
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return "(not a database URL)"
+
+
 def _dumps(value: Any) -> str:
     return json.dumps(value, default=str)
 
 
-def upgrade(engine: sa.Engine, migrations: Path) -> None:
-    """Bring the tables of the alembic folder ``migrations`` to its newest revision."""
-    from alembic import command
+def _alembic_config(migrations: Path, connection):
     from alembic.config import Config
 
     cfg = Config()
     cfg.set_main_option("script_location", str(migrations))
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+def upgrade(engine: sa.Engine, migrations: Path, revision: str = "head") -> None:
+    """Bring the tables of the alembic folder ``migrations`` to ``revision`` (the newest)."""
+    from alembic import command
+
     with engine.begin() as connection:
-        cfg.attributes["connection"] = connection
-        command.upgrade(cfg, "head")
+        command.upgrade(_alembic_config(migrations, connection), revision)
+
+
+def check(engine: sa.Engine, migrations: Path) -> None:
+    """Raise if the store's tables in the database differ from its table definitions in the
+    code (alembic's autogenerate comparison; other stores' tables are not looked at)."""
+    from alembic import command
+
+    with engine.connect() as connection:
+        command.check(_alembic_config(migrations, connection))
 
 
 def run_migrations(metadata: sa.MetaData, version_table: str) -> None:
     """The body of a migrations folder's ``env.py`` (called by alembic inside :func:`upgrade`)."""
     from alembic import context
 
+    def own_tables(name, type_, _parent) -> bool:
+        # the platform database holds every store's tables: compare this store's only
+        return type_ != "table" or name in metadata.tables
+
     context.configure(
         connection=context.config.attributes["connection"],
         target_metadata=metadata,
         version_table=version_table,
+        include_name=own_tables,
         render_as_batch=True,  # SQLite alters tables by copying them
     )
     with context.begin_transaction():

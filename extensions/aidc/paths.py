@@ -19,6 +19,10 @@ from .errors import PlatformError
 
 DEFAULT_DATA_DIR = ".aidc"
 
+#: the platform database URL as ``aidc up`` hands it to the hub and the services it
+#: starts (their environment is private to the platform account, unlike a command line)
+DB_URL_ENV = "AIDC_DB_URL"
+
 
 def _write_private(path: Path, text: str) -> None:
     """Create ``path`` with mode 0600 from the start (no window where it is readable)."""
@@ -81,7 +85,40 @@ class DataDir:
 
     @property
     def hub_db_url(self) -> str:
-        return f"sqlite:///{self.hub_db}"
+        """JupyterHub's own tables: in the platform database, or ``jupyterhub.sqlite``."""
+        return self.db_url("jupyterhub.sqlite")
+
+    @property
+    def db_url_file(self) -> Path:
+        """The platform database URL chosen with ``aidc up --db-url`` or ``c.Platform.db_url``
+        (0600: it may hold a password)."""
+        return self.secrets_dir / "db-url"
+
+    def configured_db_url(self) -> str | None:
+        """The one database chosen for the platform (e.g. ``postgresql://...``), or None: SQLite files.
+
+        The hub and the services it starts read it from ``$AIDC_DB_URL``; every other
+        process of the platform account (the CLI offline, benchmarks) from the data
+        directory, where ``aidc up`` stored it.
+        """
+        url = os.environ.get(DB_URL_ENV, "").strip()
+        if not url:
+            try:
+                url = self.db_url_file.read_text().strip()
+            except OSError:
+                return None
+        return url or None
+
+    def db_url(self, sqlite_file: str = "aidc.sqlite") -> str:
+        """The SQLAlchemy URL a store of the platform keeps its tables at.
+
+        Every store (the hub, the GPU ledger, jobs, the model registry, and any later
+        one) asks here: with a database server set they all share it (each store with
+        its own table names and alembic version table); without one each keeps the
+        SQLite file ``sqlite_file`` in the data directory (``aidc.sqlite`` is the one
+        the ledger and the model registry share).
+        """
+        return self.configured_db_url() or f"sqlite:///{self.root / sqlite_file}"
 
     @property
     def cookie_secret(self) -> Path:

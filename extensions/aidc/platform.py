@@ -4,6 +4,10 @@ The hub process is this process (:class:`aidc.hub.app.PlatformHub`, JupyterHub w
 services started side by side). JupyterHub itself starts configurable-http-proxy and
 the managed services, and on Ctrl-C or SIGTERM stops every user server, every service
 and the proxy (``cleanup_servers`` / ``cleanup_proxy``) before exiting.
+
+The platform database is chosen here, once per start (:func:`choose_database`), and
+handed to the hub and its services as ``$AIDC_DB_URL``; every store then finds it
+through :meth:`aidc.paths.DataDir.db_url`.
 """
 
 from __future__ import annotations
@@ -16,18 +20,96 @@ import sys
 import time
 from pathlib import Path
 
+from traitlets import Unicode
+from traitlets.config import Config, Configurable, PyFileConfigLoader
+
+from .db import redacted
 from .errors import PlatformError
 from .hub import system_users
 from .hub.config import PlatformOptions
 from .hub.directory import DatabaseDirectory, running_platform
 from .hub.users import INITIAL_ADMIN, PlatformUsers
-from .paths import hub_config_file, project_root
+from .paths import DB_URL_ENV, DataDir, hub_config_file, project_root
 
 DEV_MODE_WARNING = """\
 WARNING: aidc is not running as root, so it runs in shared-account development mode:
 every user's server runs as {account}, with no isolation between users, and everyone
 signs in with the shared password in {password_file}. Run `make up` as root for real
 per-user Unix accounts."""
+
+
+class Platform(Configurable):
+    """Settings of the platform as a whole (``c.Platform.*`` in a ``config.d`` drop-in)."""
+
+    db_url = Unicode(
+        "",
+        help="""SQLAlchemy URL of the one database of the platform, e.g.
+        `postgresql://aidc@db.example.org/aidc` (the password, if the URL has one, is kept
+        0600 in the data directory and never logged; libpq's ~/.pgpass works too). The
+        hub, the GPU ledger, the jobs store, the model registry and later stores all keep
+        their tables there. Empty (default): SQLite files in the data directory.
+        `aidc up --db-url` overrides it.""",
+    ).tag(config=True)
+
+
+def drop_in_config(d: DataDir) -> Config:
+    """The configuration of ``<data-dir>/config.d/*.py`` as the hub will load it."""
+    config = Config()
+    for path in sorted(d.config_d.glob("*.py")):
+        config.merge(PyFileConfigLoader(path.name, path=str(path.parent)).load_config())
+    return config
+
+
+def choose_database(d: DataDir, db_url: str | None = None) -> str | None:
+    """The platform database for this start: ``--db-url``, else ``c.Platform.db_url``,
+    else the one chosen at an earlier start; None: SQLite files (the default).
+
+    A chosen URL is stored 0600 in the data directory (so the CLI and later starts find
+    it without a password on their command line), checked to answer, and put in this
+    process's ``$AIDC_DB_URL``, which the hub passes on to the services it starts.
+    """
+    url = (db_url or "").strip() or Platform(config=drop_in_config(d)).db_url.strip()
+    if url:
+        import sqlalchemy as sa
+
+        try:
+            sa.engine.make_url(url)
+        except sa.exc.ArgumentError:
+            raise PlatformError(
+                "the database URL is not an SQLAlchemy URL; write it as "
+                "postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE"
+            ) from None
+        d.ensure()
+        if d.configured_db_url() != url or not d.db_url_file.exists():
+            d.write_private(d.db_url_file, url + "\n")
+        os.environ[DB_URL_ENV] = url
+    else:
+        url = d.configured_db_url()
+        if url:
+            os.environ[DB_URL_ENV] = url
+    if url:
+        check_database(url)
+    return url
+
+
+def check_database(url: str) -> None:
+    """Refuse to start on a database that does not answer (its password never shown)."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect():
+            pass
+    except Exception as e:  # noqa: BLE001 - any driver error is the user's to read
+        reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+        password = sa.engine.make_url(url).password
+        if password:
+            reason = reason.replace(str(password), "***")
+        raise PlatformError(
+            f"cannot use the platform database {redacted(url)}: {reason}"
+        ) from None
+    finally:
+        engine.dispose()
 
 
 def _check_port_free(ip: str, port: int, what: str) -> None:
@@ -91,8 +173,12 @@ def runtime_paths() -> list[Path]:
     return paths
 
 
-def prepare(options: PlatformOptions) -> str | None:
-    """Everything before the hub starts; returns the admin password on first run only."""
+def prepare(options: PlatformOptions, db_url: str | None = None) -> str | None:
+    """Everything before the hub starts; returns the admin password on first run only.
+
+    ``db_url``: the platform database asked for on the command line (see
+    :func:`choose_database`).
+    """
     from .gpu.platform import shares_spec, simulated_spec
 
     simulated_spec(), shares_spec()  # bad GPU settings are refused before anything is made
@@ -102,6 +188,7 @@ def prepare(options: PlatformOptions) -> str | None:
         raise PlatformError(
             f"the platform in {d.root} is already running (pid {state['pid']}, {state['url']})"
         )
+    choose_database(d, db_url)
     stop_orphaned_proxy(d)
     _check_port_free(options.ip, options.port, "the public")
     _check_port_free("127.0.0.1", options.hub_port, "the hub's")
@@ -148,6 +235,8 @@ def prepare_gpus(options: PlatformOptions) -> None:
 def banner(options: PlatformOptions, password: str | None) -> str:
     d = options.data_dir
     lines = [f"aidc is starting on {options.public_url}  (data: {d.root})"]
+    if d.configured_db_url():
+        lines.append(f"database: {redacted(d.configured_db_url())}")
     if not system_users.running_as_root():
         import getpass
 
@@ -164,9 +253,9 @@ def banner(options: PlatformOptions, password: str | None) -> str:
     return "\n".join(lines)
 
 
-def run(options: PlatformOptions) -> int:
+def run(options: PlatformOptions, db_url: str | None = None) -> int:
     """Run the platform in the foreground until Ctrl-C or SIGTERM."""
-    password = prepare(options)
+    password = prepare(options, db_url)
     print(banner(options, password), flush=True)
     os.environ.update(options.to_env())
     d = options.data_dir

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 
-
 def add_parser(sub, common) -> None:
     p = sub.add_parser(
         "up",
@@ -20,6 +19,14 @@ def add_parser(sub, common) -> None:
         metavar="N",
         help="GPUs to simulate when the machine has no NVIDIA driver (default 4; always "
         "labelled simulated). A JSON list declares names, memory and MIG layouts.",
+    )
+    p.add_argument(
+        "--db-url",
+        metavar="URL",
+        help="one database for the whole platform, e.g. postgresql://aidc@dbhost/aidc "
+        "(default: SQLite files in the data directory). Remembered (0600) in the data "
+        "directory, so later starts need no flag; '-' reads it from standard input, which "
+        "keeps a password off the command line (or leave the password to ~/.pgpass)",
     )
     p.set_defaults(handler=run)
 
@@ -42,4 +49,9 @@ def run(args) -> int:
         hub_port=args.hub_port or args.port + 81,
         proxy_api_port=args.proxy_api_port or args.port + 1,
     )
-    return platform.run(options)
+    db_url = args.db_url
+    if db_url == "-":
+        import sys
+
+        db_url = sys.stdin.readline().strip()
+    return platform.run(options, db_url)

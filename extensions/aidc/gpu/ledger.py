@@ -8,9 +8,17 @@ first, then first come) as holders :meth:`release` their units.
 
 Durable and safe across processes: the ledger is tables in the platform database
 (SQLite by default, PostgreSQL by URL). Each decision is one transaction that first
-takes the ledger's lock row, so the hub, the jobs service and the models service never
-hand one unit to two holders; the unit row itself has a single ``holder`` column, so a
-double allocation cannot even be written.
+takes the ledger's lock (SQLite's one write lock, ``BEGIN IMMEDIATE``; on PostgreSQL an
+update of the ``gpu_ledger_lock`` row), so the hub, the jobs service and the models
+service never hand one unit to two holders; the unit row itself has a single ``holder``
+column, so a double allocation cannot even be written. ``gpu_node_free`` counts the free
+units per node and kind in the same transactions, so best fit is one index lookup.
+
+Decisions run as plain SQL on the driver's own connection, kept for the ledger's life
+(:class:`_SqliteStore` on sqlite3, :class:`_PgStore` on psycopg): SQLAlchemy's Python
+work per statement was several times the database's own. Every other dialect, and both
+of these with ``driver_fast_path`` off, run the same decisions through SQLAlchemy Core
+(:class:`_SAStore`).
 """
 
 from __future__ import annotations
@@ -194,8 +202,9 @@ class GPULedger(LoggingConfigurable):
 
     driver_fast_path = Bool(
         True,
-        help="""On SQLite, run decisions as plain SQL on the sqlite3 connection (same
-        transactions and locking; off: through SQLAlchemy Core, as on other databases).""",
+        help="""On SQLite and on PostgreSQL (psycopg), run decisions as plain SQL on a
+        driver connection the ledger keeps (same transactions and locking; off: through
+        SQLAlchemy Core, as on other databases).""",
     ).tag(config=True)
 
     def __init__(self, **kwargs):
@@ -212,15 +221,21 @@ class GPULedger(LoggingConfigurable):
         with self._sa_tx() as c:
             if c.execute(sa.select(node_free.c.node).limit(1)).first() is None:
                 self._count_free(c)  # first start after the upgrade (or an empty ledger)
-        if self.engine.dialect.name == "sqlite" and self.driver_fast_path:
+        dialect = self.engine.dialect
+        if not self.driver_fast_path:
+            self._fast = None
+        elif dialect.name == "sqlite":
             self._fast = _SqliteTransaction(self.engine)
+        elif dialect.name == "postgresql" and dialect.driver == "psycopg":
+            self._fast = _PgTransaction(self.engine)
         else:
             self._fast = None
 
     # -- transactions ---------------------------------------------------------------
     def _tx(self):
         """One decision's transaction, holding the ledger's lock; ``as`` gives its store
-        (:class:`_SqliteStore` on SQLite, :class:`_SAStore` elsewhere)."""
+        (:class:`_SqliteStore` on SQLite, :class:`_PgStore` on PostgreSQL, :class:`_SAStore`
+        elsewhere)."""
         if self._fast is not None:
             return self._fast
         return _LockedTransaction(self.engine, _SAStore)
@@ -377,11 +392,13 @@ class GPULedger(LoggingConfigurable):
                 f"{' (simulated)' if simulated else ''}; ask for fewer"
             )
 
-    def _quota_for(self, owner: str) -> dict:
+    def quota_for(self, owner: str) -> dict:
+        """The user quota of ``owner`` (their own keys over ``default_quota``), e.g.
+        ``{"max_gpus": 2}``: a missing key is no limit. Group quotas apply on top."""
         return {**self.default_quota, **self.user_quotas.get(owner, {})}
 
     def _has_quota(self, owner: str, groups: list[str]) -> bool:
-        """Whether any quota applies (same as ``bool(self._quota_for(owner))`` or a group
+        """Whether any quota applies (same as ``bool(self.quota_for(owner))`` or a group
         quota, without building the dict on every decision)."""
         if self.default_quota or self.user_quotas.get(owner):
             return True
@@ -414,7 +431,7 @@ class GPULedger(LoggingConfigurable):
                         f"{used[key]} in use, this request needs {add} more"
                     )
 
-        check(f"user {owner}", self._quota_for(owner), usage(lambda r: r.owner == owner))
+        check(f"user {owner}", self.quota_for(owner), usage(lambda r: r.owner == owner))
         for g in groups:
             if g in self.group_quotas:
                 check(f"group {g}", self.group_quotas[g], usage(lambda r, g=g: g in json.loads(r.groups)))
@@ -664,6 +681,90 @@ def _unit_order(u: dict) -> tuple:
     return u["gpu_index"], u["id"]
 
 
+def _pg(sql: str) -> str:
+    """An SQLite statement above in psycopg's placeholders (``?`` -> ``%s``, ``?N`` -> ``%(pN)s``)."""
+    import re
+
+    return re.sub(r"\?(\d+)", r"%(p\1)s", sql).replace("?", "%s")
+
+
+_PG_CLAIM = _pg(_SQL_CLAIM)
+_PG_UNITS_OF = _pg(_SQL_UNITS_OF)
+_PG_POSITION = _pg(_SQL_POSITION)
+_PG_WAITING_FOR = _pg(_SQL_WAITING_FOR)
+_PG_MOST = _pg(_SQL_MOST)
+_PG_PRESENT_PER_NODE = _pg(_SQL_PRESENT_PER_NODE)
+_PG_OWNER_USE = _pg(_SQL_OWNER_USE)
+_PG_INSERT_CLAIM = _pg(_SQL_INSERT_CLAIM) + " RETURNING id"
+_PG_GRANT = _pg(_SQL_GRANT)
+_PG_TAKE_NODE = _pg(_SQL_TAKE_NODE)
+_PG_TAKE_UNITS = _pg(_SQL_TAKE_UNITS)
+_PG_UNHOLD = _pg(_SQL_UNHOLD)
+_PG_FREE_ADD = _pg(_SQL_FREE_ADD)
+_PG_DROP = _pg(_SQL_DROP)
+#: BEGIN and the ledger's lock in one round trip (simple query protocol: no parameters)
+_PG_BEGIN = "BEGIN; UPDATE gpu_ledger_lock SET version = version + 1 WHERE id = 1"
+
+
+class _PgStore(_SqliteStore):
+    """:class:`_SAStore` on the psycopg connection itself: the same statements as on
+    SQLite, in psycopg's placeholders (psycopg prepares them on the server once used a few
+    times)."""
+
+    def claim(self, holder: str) -> _ClaimRow | None:
+        row = self.db.execute(_PG_CLAIM, (holder,)).fetchone()
+        return None if row is None else _ClaimRow._make(row)
+
+    def units_of(self, holder: str) -> list[dict]:
+        return [_unit(r) for r in self.db.execute(_PG_UNITS_OF, (holder,))]
+
+    def position(self, kind: str, priority: int, claim_id: int) -> int:
+        return self.db.execute(_PG_POSITION, (kind, priority, priority, claim_id)).fetchone()[0]
+
+    def waiting_for(self, kind: str) -> bool:
+        return self.db.execute(_PG_WAITING_FOR, (kind,)).fetchone() is not None
+
+    def most(self, kind: str) -> int:
+        return self.db.execute(_PG_MOST, (kind,)).fetchone()[0] or 0
+
+    def present_per_node(self, kind: str) -> list[tuple[str, int]]:
+        return self.db.execute(_PG_PRESENT_PER_NODE, (kind,)).fetchall()
+
+    def owner_use(self, owner: str) -> list[_Use]:
+        return [_Use(owner, n, hk) for n, hk in self.db.execute(_PG_OWNER_USE, (owner,))]
+
+    def insert_claim(self, values: tuple, state: str) -> int:
+        granted = values[7] if state == GRANTED else None
+        return self.db.execute(_PG_INSERT_CLAIM, (*values, state, granted)).fetchone()[0]
+
+    def grant(self, claim_id: int, now: float) -> None:
+        self.db.execute(_PG_GRANT, (now, claim_id))
+
+    def take(self, holder: str, count: int, kind: str) -> list[dict] | None:
+        rows = self.db.execute(_PG_TAKE_NODE, {"p1": count, "p2": kind}).fetchall()
+        if not rows:
+            return None
+        units = [_unit(r) for r in self.db.execute(
+            _PG_TAKE_UNITS, {"p1": holder, "p2": rows[0][0], "p3": kind, "p4": count}).fetchall()]
+        if len(units) != count:  # cannot happen under the lock; refuse rather than half-allocate
+            raise ConflictError("GPU ledger conflict; please retry")
+        if count > 1:  # RETURNING gives no order
+            units.sort(key=_unit_order)
+        return units
+
+    def unhold(self, holder: str) -> list[str]:
+        held = self.db.execute(_PG_UNHOLD, (holder,)).fetchall()
+        if held:
+            _free_add_per_node(self._free_add, [(node, kind, present) for _id, node, kind, present in held])
+        return [r[0] for r in held]
+
+    def _free_add(self, node: str, kind: str, n: int) -> None:
+        self.db.execute(_PG_FREE_ADD, (n, node, kind))
+
+    def drop(self, holder: str) -> None:
+        self.db.execute(_PG_DROP, (holder,))
+
+
 @dataclass
 class _Use:
     owner: str
@@ -735,6 +836,62 @@ class _SqliteTransaction:
                     raise
             elif self.db.in_transaction:
                 self.db.execute("ROLLBACK")
+        finally:
+            self.lock.release()
+
+
+class _PgTransaction:
+    """``with`` block: one transaction on a psycopg connection this ledger keeps (in
+    autocommit mode, so that ``BEGIN`` and the lock row's update go in one round trip),
+    holding the ledger's lock row until ``COMMIT``; a thread lock lets one thread of the
+    process use it at a time. A connection the server dropped (a restart) is replaced at
+    the next decision. Reusable, not reentrant."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.lock = threading.Lock()
+        self.pooled = None
+        self._connect()
+
+    def _connect(self) -> None:
+        if self.pooled is not None:
+            self.pooled.invalidate()
+        self.pooled = self.engine.raw_connection()
+        self.db = self.pooled.driver_connection
+        self.db.autocommit = True
+        self.store = _PgStore(self.db)
+
+    def __enter__(self) -> _PgStore:
+        import psycopg
+
+        self.lock.acquire()
+        try:
+            try:
+                self.db.execute(_PG_BEGIN, prepare=False)
+            except psycopg.OperationalError:
+                if not self.db.closed:
+                    raise
+                self._connect()  # the server went away since the last decision
+                self.db.execute(_PG_BEGIN, prepare=False)
+        except BaseException:
+            self.lock.release()
+            raise
+        return self.store
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            if exc_type is None:
+                self.db.execute("COMMIT", prepare=False)
+            elif not self.db.closed:
+                self.db.execute("ROLLBACK", prepare=False)
+        except BaseException:
+            if not self.db.closed:
+                try:
+                    self.db.execute("ROLLBACK", prepare=False)
+                except Exception:  # noqa: BLE001 - the connection is replaced below
+                    self._connect()
+            if exc_type is None:
+                raise
         finally:
             self.lock.release()
 

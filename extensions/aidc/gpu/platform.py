@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 from ..errors import UsageError
+from ..paths import DataDir
 from .inventory import Inventory, detect
 from .ledger import GPULedger
 
@@ -18,8 +18,8 @@ DEFAULT_SIMULATED_GPUS = 4
 
 
 def platform_db_url(data_dir: str | os.PathLike) -> str:
-    """The platform database (the hub keeps its own, JupyterHub's, beside it)."""
-    return os.environ.get("AIDC_DB_URL") or f"sqlite:///{Path(data_dir) / 'aidc.sqlite'}"
+    """The platform database (see :meth:`aidc.paths.DataDir.db_url`)."""
+    return DataDir.from_arg(data_dir).db_url()
 
 
 def open_ledger(data_dir: str | os.PathLike, **traits) -> GPULedger:

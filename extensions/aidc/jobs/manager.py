@@ -258,7 +258,7 @@ class JobManager(LoggingConfigurable):
             raise UsageError(
                 f"asked for {gpus} GPUs, but this platform has {most}"
                 f"{' (simulated)' if simulated else ''}; ask for fewer")
-        quota = self.ledger._quota_for(owner).get("max_gpus")
+        quota = self.ledger.quota_for(owner).get("max_gpus")
         if quota is not None and gpus > int(quota):
             raise QuotaExceededError(f"asked for {gpus} GPUs, but your quota is {quota} GPUs")
 

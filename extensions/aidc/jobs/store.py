@@ -9,7 +9,6 @@ report through Dask and the service records, so one process owns every state cha
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
@@ -21,6 +20,7 @@ from traitlets.config import LoggingConfigurable
 
 from ..db import make_engine, upgrade, utcnow
 from ..errors import NotFoundError
+from ..paths import DataDir
 
 QUEUED, RUNNING, COMPLETED, FAILED, CANCELLED = "queued", "running", "completed", "failed", "cancelled"
 STATUSES = (QUEUED, RUNNING, COMPLETED, FAILED, CANCELLED)
@@ -110,9 +110,8 @@ class JobStore(LoggingConfigurable):
     """Reads and writes the jobs service's tables; one instance per service process."""
 
     db_url = Unicode(
-        help="""SQLAlchemy URL of the jobs database. Default: `$AIDC_JOBS_DB_URL`, else
-        `sqlite:///<data-dir>/jobs.sqlite`. PostgreSQL works the same
-        (`postgresql+psycopg://...`).""",
+        help="""SQLAlchemy URL of the jobs database. Default: the platform database
+        (`aidc up --db-url`, `c.Platform.db_url`), else `sqlite:///<data-dir>/jobs.sqlite`.""",
     ).tag(config=True)
 
     data_dir = Unicode(help="The platform data directory.").tag(config=True)
@@ -126,11 +125,11 @@ class JobStore(LoggingConfigurable):
 
     @default("data_dir")
     def _default_data_dir(self) -> str:
-        return os.environ.get("AIDC_DATA_DIR", ".aidc")
+        return str(DataDir.from_arg(None).root)
 
     @default("db_url")
     def _default_db_url(self) -> str:
-        return os.environ.get("AIDC_JOBS_DB_URL") or f"sqlite:///{Path(self.data_dir) / 'jobs.sqlite'}"
+        return DataDir.from_arg(self.data_dir).db_url("jobs.sqlite")
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)

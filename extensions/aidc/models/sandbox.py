@@ -118,9 +118,10 @@ def stage(artifact: Path, identity: RunAs | None, root: Path, prefix: str = "mod
 def process_options(identity: RunAs | None, staged: Staged, extra_env: dict[str, str] | None = None) -> dict:
     """``Popen`` keyword arguments for a model process: as ``identity``, in its copy's folder.
 
-    Its environment is the service's without the service's hub credentials, plus ``extra_env``.
+    Its environment is the service's without the service's hub and database credentials,
+    plus ``extra_env``.
     """
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JUPYTERHUB_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JUPYTERHUB_") and k != "AIDC_DB_URL"}
     env.update(extra_env or {})
     options: dict = {"env": env, "cwd": str(staged.directory) if staged.directory else None}
     if identity is not None:
