@@ -7,16 +7,16 @@ only (mode 0600, in the 0700 folder of its owner's artifact copy): a replica che
 token, so its one door is the one the service opens after authenticating the caller;
 there is no TCP port that another local account could find in ``/proc`` and call. The
 :class:`DeploymentRunner` keeps them alive (a replica that dies is started again; a
-version is ready when at least one replica answers ``/v2/health/ready``), and switches
-traffic only to versions that are ready, so promotion and rollback never drop a
-request: the old version's replicas are stopped once the requests they are serving
-have finished (SIGTERM lets a server finish in-flight requests).
+version serves once one replica answers ``/v2/health/ready`` and is ready once every
+replica asked for does), and switches traffic only to versions that are ready, so
+promotion and rollback never drop a request: the old version's replicas are stopped
+once the requests they are serving have finished (SIGTERM lets a server finish in-flight
+requests).
 """
 
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import itertools
 import json
 import os
@@ -34,9 +34,10 @@ from traitlets import Float, Integer
 from traitlets.config import LoggingConfigurable
 
 from ..errors import PlatformError
+from ..process import die_with_parent
 from . import artifacts_local
 from .endpoint_metrics import EndpointMetrics
-from ..hub.system_users import RunAs
+from ..accounts import RunAs
 from .sandbox import Staged, owner_account, process_options, stage
 
 
@@ -45,7 +46,8 @@ _SOCKETS = itertools.count()
 
 
 def _die_with_parent() -> None:
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    """A replica's ``preexec_fn``: SIGKILL when the models service dies (nothing to save)."""
+    die_with_parent(signal.SIGKILL)
 
 
 #: how often a replica that exits while its version loads is started before the version fails
@@ -235,9 +237,18 @@ class DeploymentRunner(LoggingConfigurable):
                     f"replicas exited while loading, {START_ATTEMPTS} times each (exit code "
                     f"{exited[0]}); see the models service log")
             await self._check(served)
-            if served.ready:
+            ready = served.ready
+            if len(ready) == len(served.replicas):
                 return
+            if ready and all(r.ready or r.restarts >= START_ATTEMPTS - 1 for r in served.replicas):
+                break  # the others keep exiting while they load: waiting longer will not help
             await asyncio.sleep(0.2)
+        if served.ready:
+            # serving with fewer replicas than asked for beats serving nothing: the
+            # deployment says how many are ready, and the watch keeps restarting the rest
+            self.log.warning("aidc models: %s v%d serves with %d of %d replicas ready",
+                             served.name, served.version, len(served.ready), len(served.replicas))
+            return
         self._stop(served)
         raise PlatformError(f"model {served.name} version {served.version} did not become ready "
                             f"(it could not be loaded, or took longer than {self.ready_timeout:g} s); "
@@ -352,7 +363,13 @@ class DeploymentRunner(LoggingConfigurable):
 
         weight = route.canary_weight if route.canary else 0.0
         versions = [v for v in (one(route.primary, 1 - weight), one(route.canary, weight)) if v]
-        return {"ready": bool(route.primary.ready), "versions": versions,
+        served = [s for s in (route.primary, route.canary) if s is not None]
+        ready = sum(len(s.ready) for s in served)
+        wanted = sum(len(s.replicas) for s in served)
+        # ready: every replica asked for answers (a deploy that returns ready is complete);
+        # serving: requests get answers (at least one replica of the primary version)
+        return {"ready": ready == wanted, "serving": bool(route.primary.ready),
+                "ready_replicas": len(route.primary.ready), "versions": versions,
                 "stats": self.metrics.summary(name)}
 
     async def replica_metrics(self) -> list[tuple[dict[str, str], str]]:

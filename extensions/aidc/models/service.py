@@ -126,7 +126,8 @@ def deployment_view(dep: dict, status: dict) -> dict:
     return {"version": dep["version"], "previous_version": dep["previous_version"],
             "canary_version": dep["canary_version"], "canary_weight": dep["canary_weight"],
             "replicas": dep["replicas"], "gpus": dep["gpus"], "max_batch_size": dep["max_batch_size"],
-            "max_queue_delay_ms": dep["max_queue_delay_ms"], "updated": iso(dep["updated"]), **status}
+            "max_queue_delay_ms": dep["max_queue_delay_ms"], "updated": iso(dep["updated"]),
+            "serving": False, "ready_replicas": 0, **status}
 
 
 class ModelsCollection(ModelsHandler):
@@ -471,7 +472,8 @@ class V2Model(V2Handler):
         if what == "/ready":
             status = self.runner.status(name)
             number = self.registry.resolve(name, version) if version else None
-            ready = status["ready"] and (number is None or any(
+            # v2 readiness: the model answers requests (a replica restarting does not stop it)
+            ready = status.get("serving") and (number is None or any(
                 v["version"] == number and any(r["ready"] for r in v["replicas"]) for v in status["versions"]))
             self.write_json({"name": name, "ready": bool(ready)}, status=200 if ready else 400)
             return
