@@ -265,7 +265,7 @@ def test_python_client_submit_wait_sweep(jobs_up, scientist):
         "s = aidc.jobs.sweep('tune.ipynb', grid={'lr': [0.01, 0.2], 'epochs': [1, 3]}, metric='score')\n"
         "s.wait(timeout=300)\n"
         "print(json.dumps({'status': status, 'metrics': job.metrics, 'output_cells': len(job.output().cells),\n"
-        "                  'runs': s.table(), 'best': s.best}))\n"
+        "                  'runs': s.table().to_dict('records'), 'best': s.best}))\n"
     )
     env = {**os.environ, "AIDC_URL": platform.url, "AIDC_TOKEN": scientist.token}
     proc = subprocess.run([str(platform_python()), "-c", code], capture_output=True, text=True,

@@ -10,6 +10,7 @@ API and the CLI) and ``aidc.cli`` (the ``aidc`` command), ``aidc.jobs`` (noteboo
 __version__ = "0.1.0"
 
 from . import jobs, models  # noqa: E402  (aidc.jobs.submit(...), aidc.models.deploy(...))
+from .client import gpus  # noqa: E402  (aidc.gpus(): a table of the GPUs in a notebook)
 from .jobs.metrics import record  # noqa: E402  (aidc.record("accuracy", 0.97))
 
-__all__ = ["jobs", "models", "record"]
+__all__ = ["gpus", "jobs", "models", "record"]

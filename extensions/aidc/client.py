@@ -89,9 +89,9 @@ class Client:
         """The resource profiles this platform offers."""
         return self.get_json("services/resources/api/profiles")["profiles"]
 
-    def gpus(self) -> dict:
+    def gpus(self) -> GPUInventory:
         """GPU units, their holders (as far as you may see them) and free counts."""
-        return self.get_json("services/resources/api/gpus")
+        return GPUInventory(self.get_json("services/resources/api/gpus"))
 
     def start_server(self, profile: str | None = None, wait: bool = True,
                      timeout: float = 900) -> dict:
@@ -133,6 +133,24 @@ class Client:
         model = self.get_json("hub/api/user")
         model["role"] = roles.role_of(model.get("groups") or [], model.get("admin", False))
         return model
+
+
+class GPUInventory(dict):
+    """What ``aidc.gpus()`` returns: the resources service's answer (``units``, ``free`` per
+    kind, ``mine``, ``simulated``) as a dict, which a notebook shows as a table."""
+
+    def __repr__(self) -> str:
+        free = ", ".join(f"{n} {kind}" for kind, n in sorted((self.get("free") or {}).items()))
+        return f"<GPUs: {len(self.get('units') or [])} units, free: {free or 'none'}>"
+
+    def _repr_html_(self) -> str:
+        from .display import gpus_html
+        return gpus_html(self)
+
+
+def gpus(client: Client | None = None) -> GPUInventory:
+    """``aidc.gpus()``: the platform's GPUs, who holds them (as far as you may see) and what is free."""
+    return (client or Client()).gpus()
 
 
 def platform_url(url: str) -> str:

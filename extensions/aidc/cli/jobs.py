@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .. import jobs as api
 from ..client import Client
+from ..display import text_table
 from ..errors import UsageError
 
 
@@ -125,10 +126,9 @@ def list_(args) -> int:
     if not found:
         print("no jobs")
         return 0
-    print(f"{'ID':<15} {'STATUS':<10} {'OWNER':<12} {'GPUS':>4} {'CREATED':<21} PATH")
-    for j in found:
-        d = j.data
-        print(f"{d['id']:<15} {d['status']:<10} {d['owner']:<12} {d['gpus']:>4} {d['created'][:19]:<21} {d['path']}")
+    print(text_table(["ID", "STATUS", "OWNER", "GPUS", "CREATED", "PATH"],
+                     [[d["id"], d["status"], d["owner"], d["gpus"], (d["created"] or "")[:19], d["path"]]
+                      for d in (j.data for j in found)]))
     return 0
 
 
@@ -247,13 +247,17 @@ def sweep_show(args) -> int:
 
 
 def _print_sweep(s: api.Sweep) -> None:
-    rows = s.table()
-    keys = sorted({k for r in rows for k in r} - {"job", "status"})
-    print("  ".join(["JOB".ljust(15), "STATUS".ljust(10), *(k.upper() for k in keys)]))
-    best = (s.best or {}).get("job")
-    for r in rows:
-        mark = "  <- best" if r["job"] == best else ""
-        print("  ".join([r["job"].ljust(15), r["status"].ljust(10), *(str(r.get(k, "")) for k in keys)]) + mark)
+    """The runs side by side (aligned, numbers rounded), the best one marked; a metric no
+    run recorded is an error after the table (which shows what they did record)."""
+    columns = s.columns()
+    rows = [[r["job"], r["status"], *({**r["parameters"], **r["metrics"]}.get(k) for k in columns[2:])]
+            for r in s.runs]
+    best = (s.data.get("best") or {}).get("job")
+    marks = ["<- best" if r["job"] == best else "" for r in s.runs]
+    print(text_table([c.upper() for c in columns], rows, marks))
+    problem = s.no_best_reason()
+    if problem:
+        raise UsageError(problem)
 
 
 def schedule_create(args) -> int:
@@ -270,9 +274,12 @@ def schedule_list(args) -> int:
     if args.json:
         print(json.dumps(items, indent=2))
         return 0
-    for s in items:
-        state = "paused" if s["paused"] else f"next {s['next_run']}"
-        print(f"{s['id']:<15} {s['cron']:<15} {s['timezone']:<16} {state:<28} {s['path']}")
+    if not items:
+        print("no schedules")
+        return 0
+    print(text_table(["ID", "CRON", "TIMEZONE", "STATE", "PATH"],
+                     [[s["id"], s["cron"], s["timezone"], "paused" if s["paused"] else f"next {s['next_run']}",
+                       s["path"]] for s in items]))
     return 0
 
 

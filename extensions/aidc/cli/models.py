@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .. import models as api
 from ..client import Client
+from ..display import text_table
 from ..errors import UsageError
 
 
@@ -44,10 +45,27 @@ def add_parser(sub, common) -> None:
     d = action("deploy", "serve a version (waits until ready)", deploy)
     d.add_argument("name")
     d.add_argument("--version", default="latest", help="number, alias or 'latest'")
-    d.add_argument("--replicas", type=int, default=1)
-    d.add_argument("--gpus", type=int, default=0)
+    d.add_argument("--replicas", type=int, help="replica processes per version (default: as "
+                   "deployed now, 1 for a new deployment)")
+    d.add_argument("--gpus", type=int, help="GPUs for the deployment (default: as deployed now, 0 "
+                   "for a new deployment)")
     d.add_argument("--canary", metavar="VERSION", help="also serve this version to a share of requests")
     d.add_argument("--canary-weight", type=float, default=0.1)
+
+    p = action("predict", "call a deployed model and print its outputs", predict)
+    p.add_argument("name")
+    p.add_argument("--version", help="a deployed version (number or alias; default: the deployment's "
+                   "traffic split, canary included)")
+    given = p.add_mutually_exclusive_group(required=True)
+    given.add_argument("--input", metavar="FILE.npy",
+                       help="the input batch saved with numpy.save (.npy, or .npz for several named inputs)")
+    given.add_argument("--json", dest="json_input", metavar="JSON",
+                       help="the input batch as JSON: a nested list ('[[1, 2, 3, 4]]'), or an "
+                            "object of input name to nested list; cast to the model's datatypes "
+                            "as aidc.models.predict does")
+    p.add_argument("--json-output", action="store_true",
+                   help="print the outputs as JSON (a nested list, or an object of output name "
+                        "to nested list), for scripts")
 
     u = action("undeploy", "stop serving a model", undeploy)
     u.add_argument("name")
@@ -74,7 +92,7 @@ def register(args) -> int:
             signature = json.loads(text)
         except ValueError as e:
             raise UsageError(f"--signature is not JSON: {e}") from None
-    example = _load_example(args.example) if args.example else None
+    example = _load_arrays("--example", args.example) if args.example else None
     torchscript = path.suffix in (".pt", ".pth", ".torchscript")
     if torchscript and signature is None and example is None:
         raise UsageError(
@@ -101,16 +119,17 @@ def register(args) -> int:
     return 0
 
 
-def _load_example(filename: str):
+def _load_arrays(flag: str, filename: str):
+    """An array (.npy) or a dict of name to array (.npz) given with ``flag``."""
     import numpy as np
 
     path = Path(filename)
     if not path.exists():
-        raise UsageError(f"--example: {filename} does not exist")
+        raise UsageError(f"{flag}: {filename} does not exist")
     try:
         loaded = np.load(path, allow_pickle=False)
     except (ValueError, OSError) as e:
-        raise UsageError(f"--example: {filename} is not a numpy .npy or .npz file ({e})") from None
+        raise UsageError(f"{flag}: {filename} is not a numpy .npy or .npz file ({e})") from None
     if isinstance(loaded, np.lib.npyio.NpzFile):
         with loaded:
             return {name: loaded[name] for name in loaded.files}
@@ -122,12 +141,17 @@ def list_(args) -> int:
     if args.json:
         print(json.dumps(found, indent=2))
         return 0
+    if not found:
+        print("no models")
+        return 0
+    rows = []
     for m in found:
-        latest = m["versions"][-1]["version"] if m["versions"] else "-"
+        latest = f"v{m['versions'][-1]['version']}" if m["versions"] else "-"
         dep = m["deployment"]
-        served = f"serving v{dep['version']}" if dep else "not deployed"
+        served = api.Deployment(dep, m["name"]).summary() if dep else "not deployed"
         aliases = ", ".join(f"{a}=v{v}" for a, v in sorted(m["aliases"].items()))
-        print(f"{m['name']:<24} latest v{latest:<4} {served:<16} {aliases}")
+        rows.append([m["name"], latest, served, aliases])
+    print(text_table(["NAME", "LATEST", "DEPLOYMENT", "ALIASES"], rows))
     return 0
 
 
@@ -144,8 +168,7 @@ def show(args) -> int:
         print(f"  v{v['version']:<4} {v['format']:<12} {', '.join(tags):<20} {metrics}{lineage}")
     dep = m["deployment"]
     if dep:
-        canary = f", canary v{dep['canary_version']} at {dep['canary_weight']:.0%}" if dep["canary_version"] else ""
-        print(f"  deployed: v{dep['version']} x{dep['replicas']}{canary}, ready: {dep['ready']}")
+        print(f"  deployed: {api.Deployment(dep, m['name']).summary().removeprefix('serving ')}")
     return 0
 
 
@@ -158,7 +181,36 @@ def alias(args) -> int:
 def deploy(args) -> int:
     canary = {"version": args.canary, "weight": args.canary_weight} if args.canary else None
     dep = api.deploy(args.name, version=args.version, replicas=args.replicas, gpus=args.gpus, canary=canary)
-    print(f"{args.name}: serving v{dep['version']} ({'ready' if dep['ready'] else 'starting'})")
+    print(f"{args.name}: {dep.summary()}")
+    return 0
+
+
+def predict(args) -> int:
+    """Inputs from a .npy/.npz file or JSON, through ``aidc.models.predict`` (which casts
+    them to the model's datatypes and refuses lossy casts with the reason)."""
+    import numpy as np
+
+    if args.input:
+        inputs = _load_arrays("--input", args.input)
+    else:
+        try:
+            inputs = json.loads(args.json_input)
+        except ValueError as e:
+            raise UsageError(f"--json is not JSON: {e}; e.g. --json '[[1.0, 2.0, 3.0, 4.0]]'") from None
+        if not isinstance(inputs, (list, dict)):
+            raise UsageError("--json takes a nested list (the input batch) or an object of input "
+                             "name to nested list")
+    outputs = api.predict(args.name, inputs, version=args.version)
+    if args.json_output:  # as aidc.models.predict returns it: one output bare, several by name
+        print(json.dumps({k: np.asarray(v).tolist() for k, v in outputs.items()}
+                         if isinstance(outputs, dict) else np.asarray(outputs).tolist()))
+        return 0
+    named = outputs if isinstance(outputs, dict) else {"output": outputs}
+    with np.printoptions(precision=4, suppress=True, threshold=200, linewidth=100):
+        for key, value in named.items():
+            value = np.asarray(value)
+            print(f"{key}: {value.dtype} {list(value.shape)}")
+            print(np.array2string(value))
     return 0
 
 
@@ -169,14 +221,12 @@ def undeploy(args) -> int:
 
 
 def rollback(args) -> int:
-    dep = api.rollback(args.name)
-    print(f"{args.name}: serving v{dep['version']}")
+    print(f"{args.name}: {api.rollback(args.name).summary()}")
     return 0
 
 
 def promote(args) -> int:
-    dep = api.promote(args.name)
-    print(f"{args.name}: serving v{dep['version']}")
+    print(f"{args.name}: {api.promote(args.name).summary()}")
     return 0
 
 

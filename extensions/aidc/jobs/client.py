@@ -13,9 +13,11 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from ..client import Client
+from ..errors import UsageError
 
 if TYPE_CHECKING:
     import nbformat
+    import pandas
 
 API = "services/jobs/api"
 FINAL = ("completed", "failed", "cancelled")
@@ -34,6 +36,15 @@ class Job:
 
     def __repr__(self) -> str:
         return f"<Job {self.id} {self.path} {self.status}>"
+
+    def _repr_html_(self) -> str:
+        from ..display import job_html
+        return job_html(self)
+
+    @property
+    def url(self) -> str:
+        """The platform's address (the job's output notebook is under it)."""
+        return self._client.url
 
     @property
     def id(self) -> str:
@@ -131,11 +142,26 @@ class Sweep:
         self._data = data
 
     def __repr__(self) -> str:
-        return f"<Sweep {self.id} {len(self.runs)} runs>"
+        counts = ", ".join(f"{n} {status}" for status, n in sorted((self._data.get("counts") or {}).items()))
+        return f"<Sweep {self.id} {len(self.runs)} runs" + (f": {counts}>" if counts else ">")
+
+    def _repr_html_(self) -> str:
+        from ..display import sweep_html
+        return sweep_html(self)
 
     @property
     def id(self) -> str:
         return self._data["id"]
+
+    @property
+    def url(self) -> str:
+        """The platform's address (each run's output notebook is under it)."""
+        return self._client.url
+
+    @property
+    def data(self) -> dict:
+        """Everything the service says about the sweep (see the OpenAPI document)."""
+        return dict(self._data)
 
     @property
     def runs(self) -> list[dict]:
@@ -144,8 +170,38 @@ class Sweep:
 
     @property
     def best(self) -> dict | None:
-        """The completed run with the best value of the sweep's metric."""
-        return self._data.get("best")
+        """The completed run with the best value of the sweep's metric.
+
+        None while no run has finished with it yet, or when the sweep names no metric. Once
+        every run has ended, a metric that no completed run recorded (a typo, or a notebook
+        that records it under another name) is a :class:`~aidc.errors.UsageError` that
+        lists the metrics the runs did record, rather than a None that reads as "no winner".
+        """
+        best = self._data.get("best")
+        if best is None:
+            problem = self.no_best_reason()
+            if problem:
+                raise UsageError(problem)
+        return best
+
+    def no_best_reason(self) -> str | None:
+        """Why a finished sweep has no best run (the message :attr:`best` raises), else None."""
+        metric = self._data.get("metric")
+        if not metric or self._data.get("best") is not None or not self._data.get("done"):
+            return None
+        completed = [r for r in self.runs if r["status"] == "completed"]
+        if not completed:
+            return (f"sweep {self.id} has no best run: none of its {len(self.runs)} runs completed "
+                    f"({', '.join(sorted({r['status'] for r in self.runs}))}); see their errors in "
+                    "sweep.table() or `aidc jobs sweep-show`")
+        recorded = sorted({name for r in completed for name in r["metrics"]})
+        numeric = sorted({name for r in completed for name, value in r["metrics"].items()
+                          if isinstance(value, (int, float)) and not isinstance(value, bool)})
+        if metric in recorded:
+            return (f"sweep {self.id} has no best run: metric {metric!r} is not a number in any "
+                    f"run (the numeric metrics are: {', '.join(numeric) or 'none'})")
+        return (f"no run of sweep {self.id} recorded metric {metric!r}; the runs recorded: "
+                f"{', '.join(recorded) or 'no metrics at all (aidc.record(name, value) records one)'}")
 
     @property
     def jobs(self) -> list[Job]:
@@ -163,9 +219,21 @@ class Sweep:
             time.sleep(poll)
         return self
 
-    def table(self) -> list[dict]:
-        """One row per run: its parameters and recorded metrics flattened together."""
-        return [{"job": r["job"], "status": r["status"], **r["parameters"], **r["metrics"]} for r in self.runs]
+    def table(self) -> pandas.DataFrame:
+        """One row per run (indexed by job id): its status, parameters and recorded metrics,
+        as a pandas DataFrame (it renders as a table in a notebook; ``.to_dict("records")``
+        gives plain rows). A metric a run did not record is missing (NaN)."""
+        import pandas  # not at import time: `import aidc` in every job kernel stays fast
+
+        rows = [{"job": r["job"], "status": r["status"], **r["parameters"], **r["metrics"]}
+                for r in self.runs]
+        return pandas.DataFrame(rows, columns=self.columns()).set_index("job")
+
+    def columns(self) -> list[str]:
+        """The table's columns: job, status, the grid's parameters, then the metrics (sorted)."""
+        params = list(dict.fromkeys(k for r in self.runs for k in r["parameters"]))
+        metrics = sorted({k for r in self.runs for k in r["metrics"]} - set(params))
+        return ["job", "status", *params, *metrics]
 
 
 class Schedule:

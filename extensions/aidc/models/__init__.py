@@ -16,8 +16,10 @@ The client side is this package's top level (HTTP only). The service side is
 """
 
 from .client import (
+    Deployment,
     ModelVersion,
     deploy,
+    deployment,
     get,
     list_models,
     predict,
@@ -28,5 +30,5 @@ from .client import (
     undeploy,
 )
 
-__all__ = ["ModelVersion", "deploy", "get", "list_models", "predict", "promote", "register",
-           "rollback", "set_alias", "undeploy"]
+__all__ = ["Deployment", "ModelVersion", "deploy", "deployment", "get", "list_models", "predict",
+           "promote", "register", "rollback", "set_alias", "undeploy"]

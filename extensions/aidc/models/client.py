@@ -25,13 +25,21 @@ def _client(client: Client | None) -> Client:
 
 
 class ModelVersion:
-    """One registered, immutable version of a model."""
+    """One registered, immutable version of a model; a table in a notebook.
 
-    def __init__(self, data: dict):
+    ``url``: the platform's address, for the links to the job that made it.
+    """
+
+    def __init__(self, data: dict, url: str | None = None):
         self._data = data
+        self.url = url
 
     def __repr__(self) -> str:
         return f"<ModelVersion {self.name} v{self.version} {self.format}>"
+
+    def _repr_html_(self) -> str:
+        from ..display import model_version_html
+        return model_version_html(self)
 
     name = property(lambda self: self._data["name"])
     version = property(lambda self: self._data["version"])
@@ -40,6 +48,57 @@ class ModelVersion:
     metrics = property(lambda self: dict(self._data.get("metrics") or {}))
     lineage = property(lambda self: dict(self._data.get("lineage") or {}))
     data = property(lambda self: dict(self._data))
+
+
+class Deployment(dict):
+    """A deployment as the models service describes it: ``dep["ready"]``,
+    ``dep["ready_replicas"]`` of ``dep["replicas"]``, ``dep["version"]``, the canary, the
+    replicas of each version; a table in a notebook.
+
+    A dict, as :func:`deploy` returned before it had a view of its own, so code that reads
+    its keys or writes it as JSON keeps working.
+    """
+
+    def __init__(self, data: dict, name: str, url: str | None = None):
+        super().__init__(data)
+        self.name = name
+        self.url = url
+
+    @property
+    def endpoint(self) -> str:
+        """The v2 (KServe) address of the model: ``.../infer`` calls it, ``.../ready`` says if it answers."""
+        return f"{self.url or ''}/{V2}/models/{self.name}"
+
+    def summary(self) -> str:
+        """One line: ``serving v1 (ready, 2/2 replicas), canary v2 at 10%``."""
+        wanted = self.get("replicas", 0)
+
+        def count(version: int) -> tuple[int, int]:
+            for v in self.get("versions") or []:
+                if v["version"] == version:
+                    return sum(1 for r in v["replicas"] if r["ready"]), len(v["replicas"])
+            return 0, wanted
+
+        ready = self.get("ready_replicas", 0)
+        if self.get("ready"):
+            text = f"serving v{self['version']} (ready, {ready}/{wanted} replicas)"
+        elif ready:
+            text = f"serving v{self['version']} ({ready}/{wanted} replicas ready)"
+        else:
+            text = f"v{self['version']} not serving (0/{wanted} replicas ready)"
+        if self.get("canary_version"):
+            text += f", canary v{self['canary_version']} at {self.get('canary_weight') or 0:.0%}"
+            ready, total = count(self["canary_version"])
+            if ready < total:
+                text += f" ({ready}/{total} replicas ready)"
+        return text
+
+    def __repr__(self) -> str:
+        return f"<Deployment {self.name}: {self.summary()}>"
+
+    def _repr_html_(self) -> str:
+        from ..display import deployment_html
+        return deployment_html(self)
 
 
 def register(model: Any, name: str, signature: dict | None = None, metrics: dict | None = None, *,
@@ -76,7 +135,7 @@ def register(model: Any, name: str, signature: dict | None = None, metrics: dict
         meta["description"] = description
     r = c.request("POST", f"{API}/models/{name}/versions", data={"metadata": json.dumps(meta)},
                   files={"artifact": (filename, payload)}, timeout=600)
-    return ModelVersion(r.json())
+    return ModelVersion(r.json(), url=c.url)
 
 
 def download(name: str, version: int | str, directory: Path, client: Client | None = None) -> Path:
@@ -106,35 +165,49 @@ def set_alias(name: str, alias: str, version: int | str, client: Client | None =
     return _client(client).request("PUT", f"{API}/models/{name}/aliases/{alias}", json={"version": version}).json()
 
 
-def deploy(name: str, version: int | str = "latest", replicas: int = 1, gpus: int = 0, *,
-           canary: dict | None = None, max_batch_size: int | None = None,
-           max_queue_delay_ms: float | None = None, client: Client | None = None) -> dict:
-    """Serve ``version`` of ``name``; returns once the endpoint is ready.
+def deploy(name: str, version: int | str = "latest", replicas: int | None = None,
+           gpus: int | None = None, *, canary: dict | None = None,
+           max_batch_size: int | None = None, max_queue_delay_ms: float | None = None,
+           client: Client | None = None) -> Deployment:
+    """Serve ``version`` of ``name``; returns once every replica is ready (``ready``;
+    ``ready_replicas`` says how many are when some could not start in time).
 
     ``canary={"version": 3, "weight": 0.1}`` sends that share of requests to another version.
+    What is not given (``replicas``, ``gpus``, batching) stays as the current deployment
+    has it, so adding a canary to a deployment of 2 replicas keeps 2 (a new deployment:
+    1 replica, no GPU).
     """
-    body: dict[str, Any] = {"version": version, "replicas": replicas, "gpus": gpus}
-    if canary is not None:
-        body["canary"] = canary
-    if max_batch_size is not None:
-        body["max_batch_size"] = max_batch_size
-    if max_queue_delay_ms is not None:
-        body["max_queue_delay_ms"] = max_queue_delay_ms
-    return _client(client).request("PUT", f"{API}/models/{name}/deployment", json=body, timeout=900).json()
+    body: dict[str, Any] = {"version": version}
+    options = {"replicas": replicas, "gpus": gpus, "canary": canary, "max_batch_size": max_batch_size,
+               "max_queue_delay_ms": max_queue_delay_ms}
+    body.update({key: value for key, value in options.items() if value is not None})
+    c = _client(client)
+    r = c.request("PUT", f"{API}/models/{name}/deployment", json=body, timeout=900)
+    return Deployment(c.json(r), name, c.url)
 
 
 def undeploy(name: str, client: Client | None = None) -> None:
     _client(client).request("DELETE", f"{API}/models/{name}/deployment")
 
 
-def rollback(name: str, client: Client | None = None) -> dict:
+def deployment(name: str, client: Client | None = None) -> Deployment:
+    """How ``name`` is served now: versions, replicas and how many are ready, the canary."""
+    c = _client(client)
+    return Deployment(c.get_json(f"{API}/models/{name}/deployment"), name, c.url)
+
+
+def rollback(name: str, client: Client | None = None) -> Deployment:
     """Drop the canary, or go back to the version served before the last deploy."""
-    return _client(client).request("POST", f"{API}/models/{name}/deployment/rollback", timeout=900).json()
+    c = _client(client)
+    r = c.request("POST", f"{API}/models/{name}/deployment/rollback", timeout=900)
+    return Deployment(c.json(r), name, c.url)
 
 
-def promote(name: str, client: Client | None = None) -> dict:
+def promote(name: str, client: Client | None = None) -> Deployment:
     """Make the canary version the primary one."""
-    return _client(client).request("POST", f"{API}/models/{name}/deployment/promote", timeout=900).json()
+    c = _client(client)
+    r = c.request("POST", f"{API}/models/{name}/deployment/promote", timeout=900)
+    return Deployment(c.json(r), name, c.url)
 
 
 def predict(name: str, inputs: Any, version: int | str | None = None, client: Client | None = None):
