@@ -17,6 +17,7 @@ requests).
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import itertools
 import json
 import os
@@ -34,10 +35,9 @@ from traitlets import Float, Integer
 from traitlets.config import LoggingConfigurable
 
 from ..errors import PlatformError
-from ..process import die_with_parent
 from . import artifacts_local
 from .endpoint_metrics import EndpointMetrics
-from ..accounts import RunAs
+from ..hub.system_users import RunAs
 from .sandbox import Staged, owner_account, process_options, stage
 
 
@@ -46,8 +46,7 @@ _SOCKETS = itertools.count()
 
 
 def _die_with_parent() -> None:
-    """A replica's ``preexec_fn``: SIGKILL when the models service dies (nothing to save)."""
-    die_with_parent(signal.SIGKILL)
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 #: how often a replica that exits while its version loads is started before the version fails
