@@ -17,12 +17,9 @@ private Unix sockets, which only the service may open.
 
 from __future__ import annotations
 
-from prometheus_client.parser import text_string_to_metric_families
-from prometheus_client.samples import Sample
-
+from . import metrics
 from .batching import LATENCY_BUCKETS, Histogram
-
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+from .metrics import CONTENT_TYPE  # noqa: F401 - what the service answers with
 
 
 class EndpointMetrics:
@@ -54,73 +51,18 @@ class EndpointMetrics:
                 out[version]["mean_latency_ms"] = round(hist.sum / hist.count * 1000, 3)
         return out
 
-    def render(self, replicas: list[tuple[dict[str, str], str]] = ()) -> str:
+    def render(self, replicas: list[tuple[dict[str, str], str]] = ()) -> bytes:
         """The service's metrics plus ``replicas``: (extra labels, that replica's metrics text)."""
-        lines: list[str] = []
-
-        def head(metric: str, kind: str, help_: str) -> None:
-            lines.append(f"# HELP {metric} {help_}")
-            lines.append(f"# TYPE {metric} {kind}")
-
-        head("aidc_endpoint_requests_total", "counter",
-             "Inference requests the models service answered, by model, version and status code.")
+        requests = metrics.ENDPOINT_REQUESTS.family()
+        errors = metrics.ENDPOINT_REQUEST_ERRORS.family()
+        latency = metrics.ENDPOINT_REQUEST_DURATION.family()
+        failed: dict[tuple[str, str], int] = {}
         for (model, version, code), n in sorted(self.requests.items()):
-            lines.append(f"aidc_endpoint_requests_total{{{_labels(model=model, version=version, code=str(code))}}} {n}")
-        head("aidc_endpoint_request_errors_total", "counter",
-             "Inference requests answered with an error (4xx/5xx), by model and version.")
-        errors: dict[tuple[str, str], int] = {}
-        for (model, version, code), n in self.requests.items():
+            requests.add_metric([model, version, str(code)], n)
             if code >= 400:
-                errors[(model, version)] = errors.get((model, version), 0) + n
-        for (model, version), n in sorted(errors.items()):
-            lines.append(f"aidc_endpoint_request_errors_total{{{_labels(model=model, version=version)}}} {n}")
-        head("aidc_endpoint_request_duration_seconds", "histogram",
-             "Time from a request reaching the models service to its answer, by model and version.")
+                failed[(model, version)] = failed.get((model, version), 0) + n
+        for (model, version), n in sorted(failed.items()):
+            errors.add_metric([model, version], n)
         for (model, version), hist in sorted(self.latency.items()):
-            labels = _labels(model=model, version=version)
-            for bound, n in hist.buckets():
-                le = "+Inf" if bound == float("inf") else repr(float(bound))
-                lines.append(f'aidc_endpoint_request_duration_seconds_bucket{{{labels},le="{le}"}} {n}')
-            lines.append(f"aidc_endpoint_request_duration_seconds_sum{{{labels}}} {hist.sum!r}")
-            lines.append(f"aidc_endpoint_request_duration_seconds_count{{{labels}}} {hist.count}")
-        lines.extend(federate(replicas))
-        return "\n".join(lines) + "\n"
-
-
-def federate(replicas: list[tuple[dict[str, str], str]]) -> list[str]:
-    """Merge several replicas' metrics into one family each, every sample with its replica's labels.
-
-    Concatenating the texts would repeat each family's HELP and TYPE lines, which
-    Prometheus rejects; samples of one family must also stay together.
-    """
-    families: dict[str, tuple[str, str, list[Sample]]] = {}
-    for extra, text in replicas:
-        try:
-            parsed = list(text_string_to_metric_families(text))
-        except ValueError:
-            continue  # a replica that answered garbage (dying): skip it for this scrape
-        for fam in parsed:
-            _, _, samples = families.setdefault(fam.name, (fam.type, fam.documentation, []))
-            samples.extend(Sample(s.name, {**s.labels, **extra}, s.value) for s in fam.samples)
-    lines: list[str] = []
-    for name, (kind, doc, samples) in families.items():
-        exposed = f"{name}_total" if kind == "counter" else name
-        lines.append(f"# HELP {exposed} {doc}")
-        lines.append(f"# TYPE {exposed} {kind}")
-        for s in samples:
-            lines.append(f"{s.name}{{{_labels(**s.labels)}}} {_number(s.value)}")
-    return lines
-
-
-def _labels(**labels: str) -> str:
-    return ",".join(f'{k}="{_esc(str(v))}"' for k, v in labels.items())
-
-
-def _esc(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _number(value: float) -> str:
-    if value == float("inf"):
-        return "+Inf"
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
+            metrics.add_histogram(latency, [model, version], hist)
+        return metrics.exposition([requests, errors, latency, *metrics.federated(replicas)])

@@ -67,6 +67,7 @@ from tornado import httputil, iostream
 from tornado.netutil import bind_unix_socket
 
 from aidc.errors import AidcError, UsageError
+from aidc.models import metrics
 from aidc.models.batching import LATENCY_BUCKETS, Batcher, Histogram
 from aidc.services.http import NoDelayHTTPServer
 
@@ -649,69 +650,45 @@ class ModelServer:
         req.send(200, _dumps(self.stats()), _JSON)
 
     def _metrics(self, req: "_Request") -> None:
-        req.send(200, self.prometheus().encode(), "text/plain; version=0.0.4; charset=utf-8")
+        req.send(200, self.prometheus(), metrics.CONTENT_TYPE)
 
-    def prometheus(self) -> str:
-        ml = f'model="{_esc(self.name)}",version="{_esc(self.version)}"'
-        lines: list[str] = []
-
-        def head(metric, kind, help_):
-            lines.append(f"# HELP {metric} {help_}")
-            lines.append(f"# TYPE {metric} {kind}")
-
-        def hist(metric, h: Histogram, labels: str):
-            for bound, n in h.buckets():
-                le = "+Inf" if bound == float("inf") else repr(float(bound))
-                lines.append(f'{metric}_bucket{{{labels},le="{le}"}} {n}')
-            lines.append(f"{metric}_sum{{{labels}}} {h.sum!r}")
-            lines.append(f"{metric}_count{{{labels}}} {h.count}")
-
-        head("aidc_model_ready", "gauge", "1 when the model is loaded, warm and not stopping.")
-        lines.append(f"aidc_model_ready{{{ml}}} {int(self.ready)}")
-        head("aidc_model_requests_total", "counter",
-             "HTTP requests answered, by endpoint and status code.")
+    def prometheus(self) -> bytes:
+        """This replica's metrics (:mod:`aidc.models.metrics`) in Prometheus text."""
+        ml = [self.name, self.version]
+        ready = metrics.MODEL_READY.family()
+        ready.add_metric(ml, int(self.ready))
+        requests = metrics.MODEL_REQUESTS.family()
+        failed: dict[str, int] = {}
         for (endpoint, code), n in sorted(self.requests.items()):
-            lines.append(f'aidc_model_requests_total{{{ml},endpoint="{endpoint}",code="{code}"}} '
-                         f"{n}")
-        head("aidc_model_request_errors_total", "counter",
-             "HTTP requests answered with an error (4xx/5xx), by endpoint.")
-        errors: dict[str, int] = {}
-        for (endpoint, code), n in self.requests.items():
+            requests.add_metric([*ml, endpoint, str(code)], n)
             if code >= 400:
-                errors[endpoint] = errors.get(endpoint, 0) + n
-        for endpoint, n in sorted(errors.items()):
-            lines.append(f'aidc_model_request_errors_total{{{ml},endpoint="{endpoint}"}} {n}')
-        head("aidc_model_request_duration_seconds", "histogram",
-             "Time from the request's headers to its response, by endpoint.")
+                failed[endpoint] = failed.get(endpoint, 0) + n
+        errors = metrics.MODEL_REQUEST_ERRORS.family()
+        for endpoint, n in sorted(failed.items()):
+            errors.add_metric([*ml, endpoint], n)
+        duration = metrics.MODEL_REQUEST_DURATION.family()
         for endpoint, h in sorted(self.latency.items()):
-            hist("aidc_model_request_duration_seconds", h, f'{ml},endpoint="{endpoint}"')
-        head("aidc_model_inflight_requests", "gauge",
-             "Requests being read, queued, run or answered.")
-        lines.append(f"aidc_model_inflight_requests{{{ml}}} {self.inflight}")
+            metrics.add_histogram(duration, [*ml, endpoint], h)
+        inflight = metrics.MODEL_INFLIGHT.family()
+        inflight.add_metric(ml, self.inflight)
+        queued = metrics.MODEL_QUEUED.family()
+        queued.add_metric(ml, self.batcher.queued if self.batcher else 0)
+        families = [ready, requests, errors, duration, inflight, queued]
         b = self.batcher.stats if self.batcher is not None else None
-        head("aidc_model_queued_requests", "gauge", "Requests waiting for a batch.")
-        queued = self.batcher.queued if self.batcher else 0
-        lines.append(f"aidc_model_queued_requests{{{ml}}} {queued}")
         if b is not None:
-            head("aidc_model_batch_size", "histogram", "Rows (dim 0) per model run.")
-            hist("aidc_model_batch_size", b.batch_rows, ml)
-            head("aidc_model_batch_requests", "histogram", "Requests per model run.")
-            hist("aidc_model_batch_requests", b.batch_requests, ml)
-            head("aidc_model_queue_delay_seconds", "histogram",
-                 "Time a request waited for its batch to start.")
-            hist("aidc_model_queue_delay_seconds", b.queue_delay, ml)
-            head("aidc_model_compute_seconds", "histogram",
-                 "Time per model run (inputs, predict, outputs).")
-            hist("aidc_model_compute_seconds", b.compute_seconds, ml)
-            head("aidc_model_inference_rows_total", "counter", "Rows run through the model.")
-            lines.append(f"aidc_model_inference_rows_total{{{ml}}} {b.inference_count}")
-            head("aidc_model_executions_total", "counter", "Model runs (batches).")
-            lines.append(f"aidc_model_executions_total{{{ml}}} {b.execution_count}")
-        return "\n".join(lines) + "\n"
-
-
-def _esc(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+            for declared, hist in ((metrics.MODEL_BATCH_SIZE, b.batch_rows),
+                                   (metrics.MODEL_BATCH_REQUESTS, b.batch_requests),
+                                   (metrics.MODEL_QUEUE_DELAY, b.queue_delay),
+                                   (metrics.MODEL_COMPUTE, b.compute_seconds)):
+                family = declared.family()
+                metrics.add_histogram(family, ml, hist)
+                families.append(family)
+            for declared, value in ((metrics.MODEL_ROWS, b.inference_count),
+                                    (metrics.MODEL_EXECUTIONS, b.execution_count)):
+                family = declared.family()
+                family.add_metric(ml, value)
+                families.append(family)
+        return metrics.exposition(families)
 
 
 # -- HTTP plumbing --------------------------------------------------------------------------
