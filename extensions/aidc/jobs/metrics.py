@@ -16,6 +16,9 @@ import os
 from typing import Any
 
 MIME = "application/vnd.aidc.metric+json"
+#: a dataset version the notebook read (:mod:`aidc.data.client` displays it; the job
+#: records it, and a model registered from the job names it in its lineage)
+DATASET_MIME = "application/vnd.aidc.dataset+json"
 
 #: values recorded in this process (interactive use)
 recorded: dict[str, Any] = {}
