@@ -376,6 +376,60 @@ def test_unknown_format_and_missing_file(tmp_path):
         formats._parse_device("tpu")
 
 
+@pytest.fixture
+def echo_format():
+    """A format registered for one test (and forgotten after it)."""
+    yield formats.model_formats
+    formats.model_formats.unregister("echo")
+    assert formats.model_formats.saving("onnx-file").name == "onnx"
+
+
+def test_a_registered_format_is_saved_validated_loaded_and_exported(tmp_path, echo_format):
+    """A new format is one ModelFormat registered by name: save, validate, load, the v2
+    platform name and the Triton export all find it there (nothing else to edit)."""
+    calls = []
+
+    class Echo(formats.Runner):
+        def _run(self, arrays):
+            return arrays
+
+    class EchoFormat(formats.ModelFormat):
+        name = "echo"
+        platform = "echo_platform"
+        triton_platform = "python"
+        triton_file = "model.echo"
+        kinds = ("onnx-file",)  # takes over .onnx files, to be chosen by save()
+
+        def save(self, model, kind, directory, example, signature):
+            (directory / "model.echo").write_bytes(b"echo")
+            return "echo", "model.echo", Signature.from_dict(ECHO)
+
+        def validate(self, path):
+            calls.append(("validate", path.name))
+
+        def load(self, path, signature, kind, index, threads):
+            calls.append(("load", kind))
+            return Echo(signature)
+
+    ECHO = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 2]}],
+            "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 2]}]}
+    echo_format.register(EchoFormat())
+    source = tmp_path / "any.onnx"
+    source.write_bytes(b"")
+    fmt, filename, sig = save(source, tmp_path / "v1")
+    assert (fmt, filename) == ("echo", "model.echo")
+    validate("echo", tmp_path / "v1" / filename)
+    runner = load("echo", tmp_path / "v1" / filename, sig)
+    x = np.ones((3, 2), np.float32)
+    np.testing.assert_array_equal(runner.predict({"x": x})["y"], x)
+    assert calls == [("validate", "model.echo"), ("load", "cpu")]
+    assert formats.model_formats.platform("echo") == "echo_platform"
+    assert "echo" in formats.model_formats.names()
+    repo = export_triton("echo", tmp_path / "v1" / filename, sig, "echo-model", 1, tmp_path / "repo")
+    assert (repo / "1" / "model.echo").read_bytes() == b"echo"
+    assert parse_config(repo / "config.pbtxt").platform == "python"
+
+
 # -- Triton export ------------------------------------------------------------------------
 
 

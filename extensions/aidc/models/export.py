@@ -35,17 +35,8 @@ import tempfile
 from pathlib import Path
 
 from ..errors import UsageError
-from .formats import CorruptArtifactError, FORMATS, ONNX_FILE, SAVEDMODEL_DIR, TORCHSCRIPT_FILE
+from .formats import CorruptArtifactError, model_formats
 from .signature import Signature, TensorSpec
-
-PLATFORMS = {
-    "torchscript": "pytorch_libtorch",
-    "onnx": "onnxruntime_onnx",
-    "keras": "tensorflow_savedmodel",
-}
-
-#: the file (or folder) Triton looks for in a version folder, per format
-MODEL_FILES = {"torchscript": TORCHSCRIPT_FILE, "onnx": ONNX_FILE, "keras": SAVEDMODEL_DIR}
 
 #: v2 datatype -> Triton config data_type (BYTES is TYPE_STRING in a model config)
 TRITON_TYPES = {
@@ -80,8 +71,7 @@ def export_triton(format: str, artifact: Path, signature: Signature, name: str, 
     The version folder is written beside its final place and renamed into it, so a
     Triton server polling the repository never loads a half-written model.
     """
-    if format not in FORMATS:
-        raise UsageError(f"unknown model format {format!r}; aidc knows {', '.join(FORMATS)}")
+    handler = model_formats.get(format)
     if not isinstance(name, str) or not _MODEL_NAME.fullmatch(name) or name in (".", ".."):
         raise UsageError(f"{name!r} cannot be a Triton model name; use letters, digits, "
                          "'_', '-' and '.'")
@@ -102,7 +92,7 @@ def export_triton(format: str, artifact: Path, signature: Signature, name: str, 
     model_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=model_dir))
     try:
-        _write_model(format, artifact, signature, staging / MODEL_FILES[format])
+        handler.write_triton(artifact, signature, staging / handler.triton_file)
         _replace(staging, model_dir / str(version))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -126,7 +116,7 @@ def triton_config(format: str, signature: Signature, name: str, max_batch_size: 
         )
     lines = [
         f"name: {_quote(name)}",
-        f"platform: {_quote(PLATFORMS[format])}",
+        f"platform: {_quote(model_formats.get(format).triton_platform)}",
         f"max_batch_size: {max_batch_size}",
     ]
     for kind, specs in (("input", signature.inputs), ("output", signature.outputs)):
@@ -158,18 +148,7 @@ def _quote(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _write_model(format: str, artifact: Path, signature: Signature, dest: Path) -> None:
-    if format == "torchscript" or format == "onnx":
-        if artifact.is_dir():
-            raise CorruptArtifactError(f"{artifact.name} is a folder, not a {format} file")
-        shutil.copyfile(artifact, dest)
-    elif artifact.is_dir():  # already a SavedModel: Triton serves it as it is
-        shutil.copytree(artifact, dest)
-    else:
-        _keras_to_savedmodel(artifact, signature, dest)
-
-
-def _keras_to_savedmodel(artifact: Path, signature: Signature, dest: Path) -> None:
+def keras_to_savedmodel(artifact: Path, signature: Signature, dest: Path) -> None:
     """Export a ``.keras`` model as a SavedModel whose ``serving_default`` signature
     takes and returns the aidc tensor names.
 

@@ -11,6 +11,10 @@ process has none of it):
   its ``serving_default`` signature.
 - ``onnx``: ``model.onnx``, run by onnxruntime.
 
+Each format is a :class:`ModelFormat` in the registry :data:`model_formats`, by name;
+saving, validating, loading, the v2 platform name and the Triton export all dispatch
+through it.
+
 torch, TensorFlow and onnxruntime are imported inside the functions that need them:
 the models service imports this module to know the format names and to validate
 requests, and TensorFlow alone takes about ten seconds to import.
@@ -39,15 +43,12 @@ import numpy as np
 from ..errors import AidcError, NotFoundError, PlatformError, UsageError
 from .signature import Signature, SignatureError, TensorSpec, datatype_of, default_names
 
-FORMATS = ("torchscript", "keras", "onnx")
-
 #: the file (or folder) name of each kind of artifact inside a version's directory
 TORCHSCRIPT_FILE = "model.pt"
 KERAS_FILE = "model.keras"
 SAVEDMODEL_DIR = "model.savedmodel"
 ONNX_FILE = "model.onnx"
 
-_FORMAT_TITLE = {"torchscript": "TorchScript", "keras": "Keras", "onnx": "ONNX"}
 _TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".ts", ".torchscript")
 _ONNX_LIMIT = 2**31 - 1  # protobuf's limit on one serialised message
 
@@ -80,15 +81,7 @@ def save(model: Any, directory: Path, example: Any = None,
     if signature is not None and not isinstance(signature, Signature):
         signature = Signature.from_dict(signature)
     kind = _kind_of(model)
-    if kind == "torch":
-        return _save_torch(model, directory, example, signature)
-    if kind == "torchscript-file":
-        return _save_torchscript_file(Path(model), directory, example, signature)
-    if kind in ("keras", "keras-file", "keras-h5"):
-        return _save_keras(model, kind, directory, example, signature)
-    if kind == "savedmodel":
-        return _save_savedmodel(Path(model), directory, signature)
-    return _save_onnx(model, directory, example, signature)  # onnx, onnx-file
+    return model_formats.saving(kind).save(model, kind, directory, example, signature)
 
 
 def _kind_of(model: Any) -> str:
@@ -631,18 +624,10 @@ def validate(format: str, path: Path) -> None:
     saying why it cannot be loaded (an upload is checked before it is registered, so that
     a broken file is refused then rather than found at deploy time)."""
     path = Path(path)
-    _check_format(format)
+    handler = model_formats.get(format)
     if not path.exists():
         raise NotFoundError(f"{path.name} does not exist")
-    if format == "torchscript":
-        _load_torchscript(path, "cpu")
-    elif format == "keras":
-        if path.is_dir():
-            _load_savedmodel(path)
-        else:
-            _load_keras_file(path)
-    else:
-        _validate_onnx(path)
+    handler.validate(path)
 
 
 #: onnxruntime's input types -> v2 datatypes
@@ -752,11 +737,6 @@ def _validate_onnx(path: Path) -> None:
     _onnx_session(path, "cpu", None)  # the checker does not know what onnxruntime supports
 
 
-def _check_format(format: str) -> None:
-    if format not in FORMATS:
-        raise UsageError(f"unknown model format {format!r}; aidc knows {', '.join(FORMATS)}")
-
-
 # -- loading and running -------------------------------------------------------------------
 
 
@@ -770,19 +750,13 @@ def load(format: str, path: Path, signature: Signature, device: str = "cpu", *,
     (``torch.set_num_threads``), not here.
     """
     path = Path(path)
-    _check_format(format)
+    handler = model_formats.get(format)
     if not path.exists():
         raise NotFoundError(f"{path.name} does not exist")
     if not isinstance(signature, Signature):
         signature = Signature.from_dict(signature)
     kind, index = _parse_device(device)
-    if format == "torchscript":
-        return TorchScriptRunner(path, signature, kind, index)
-    if format == "keras":
-        if path.is_dir():
-            return SavedModelRunner(path, signature, kind, index)
-        return KerasRunner(path, signature, kind, index)
-    return OnnxRunner(path, signature, kind, index, threads)
+    return handler.load(path, signature, kind, index, threads)
 
 
 def auto_device(format: str) -> str:
@@ -794,16 +768,9 @@ def auto_device(format: str) -> str:
     """
     if not os.environ.get("CUDA_VISIBLE_DEVICES"):
         return "cpu"
+    handler = model_formats.get(format)
     try:
-        if format == "torchscript":
-            import torch
-            usable = torch.cuda.is_available()
-        elif format == "onnx":
-            import onnxruntime
-            usable = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
-        else:
-            import tensorflow as tf
-            usable = bool(tf.config.list_physical_devices("GPU"))
+        usable = handler.gpu_usable()
     except Exception:  # noqa: BLE001 - a broken CUDA install runs on the CPU
         usable = False
     return "cuda" if usable else "cpu"
@@ -1025,6 +992,185 @@ def _reason(e: BaseException, last: bool = False, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-__all__ = ["FORMATS", "CorruptArtifactError", "PredictionError", "Runner", "load", "save",
-           "validate", "check_signature", "TORCHSCRIPT_FILE", "KERAS_FILE", "SAVEDMODEL_DIR",
-           "ONNX_FILE"]
+# -- the formats, by name --------------------------------------------------------------------
+
+
+class ModelFormat:
+    """What a model format implements so that aidc saves, checks, loads and serves it.
+
+    One instance per format in :data:`model_formats` (as papermill keeps its engines):
+    :func:`save`, :func:`validate`, :func:`load`, :func:`auto_device`, the replica's v2
+    metadata and the Triton export all ask the registry, so a new format is one
+    subclass and one :meth:`FormatRegistry.register` call. A subclass sets the class
+    attributes and implements :meth:`save`, :meth:`validate`, :meth:`load` and
+    :meth:`gpu_usable`.
+    """
+
+    #: the format's name in the registry, the API and the version records
+    name: str = ""
+    #: the v2 model metadata ``platform`` of a served version
+    platform: str = ""
+    #: Triton's model configuration ``platform`` and the file (or folder) it loads
+    triton_platform: str = ""
+    triton_file: str = ""
+    #: what :func:`_kind_of` calls the models and files this format saves
+    kinds: tuple[str, ...] = ()
+
+    def save(self, model: Any, kind: str, directory: Path, example: Any,
+             signature: Signature | None) -> tuple[str, str, Signature]:
+        """Write ``model`` (of ``kind``) into ``directory``: ``(format, filename, signature)``."""
+        raise NotImplementedError
+
+    def validate(self, path: Path) -> None:
+        """Load the artifact at ``path`` or raise :class:`CorruptArtifactError`."""
+        raise NotImplementedError
+
+    def load(self, path: Path, signature: Signature, kind: str, index: int | None,
+             threads: int | None) -> Runner:
+        """A :class:`Runner` on device ``kind`` (``cpu``/``cuda``) number ``index``."""
+        raise NotImplementedError
+
+    def gpu_usable(self) -> bool:
+        """Whether this format's runtime can use the GPUs this process was given."""
+        raise NotImplementedError
+
+    def write_triton(self, artifact: Path, signature: Signature, dest: Path) -> None:
+        """Write the stored ``artifact`` as Triton loads it (:attr:`triton_file`) at ``dest``;
+        by default the artifact file as it is."""
+        if artifact.is_dir():
+            raise CorruptArtifactError(f"{artifact.name} is a folder, not a {self.name} file")
+        shutil.copyfile(artifact, dest)
+
+
+class TorchScriptFormat(ModelFormat):
+    name = "torchscript"
+    platform = "pytorch_torchscript"
+    triton_platform = "pytorch_libtorch"
+    triton_file = TORCHSCRIPT_FILE
+    kinds = ("torch", "torchscript-file")
+
+    def save(self, model, kind, directory, example, signature):
+        if kind == "torch":
+            return _save_torch(model, directory, example, signature)
+        return _save_torchscript_file(Path(model), directory, example, signature)
+
+    def validate(self, path):
+        _load_torchscript(path, "cpu")
+
+    def load(self, path, signature, kind, index, threads):
+        return TorchScriptRunner(path, signature, kind, index)
+
+    def gpu_usable(self):
+        import torch
+        return torch.cuda.is_available()
+
+
+class KerasFormat(ModelFormat):
+    """A ``.keras`` file, or a TensorFlow SavedModel folder (served the same way)."""
+
+    name = "keras"
+    platform = "tensorflow_keras"
+    triton_platform = "tensorflow_savedmodel"
+    triton_file = SAVEDMODEL_DIR
+    kinds = ("keras", "keras-file", "keras-h5", "savedmodel")
+
+    def save(self, model, kind, directory, example, signature):
+        if kind == "savedmodel":
+            return _save_savedmodel(Path(model), directory, signature)
+        return _save_keras(model, kind, directory, example, signature)
+
+    def validate(self, path):
+        if path.is_dir():
+            _load_savedmodel(path)
+        else:
+            _load_keras_file(path)
+
+    def load(self, path, signature, kind, index, threads):
+        if path.is_dir():
+            return SavedModelRunner(path, signature, kind, index)
+        return KerasRunner(path, signature, kind, index)
+
+    def gpu_usable(self):
+        import tensorflow as tf
+        return bool(tf.config.list_physical_devices("GPU"))
+
+    def write_triton(self, artifact, signature, dest):
+        if artifact.is_dir():  # already a SavedModel: Triton serves it as it is
+            shutil.copytree(artifact, dest)
+        else:
+            from .export import keras_to_savedmodel
+            keras_to_savedmodel(artifact, signature, dest)
+
+
+class OnnxFormat(ModelFormat):
+    name = "onnx"
+    platform = "onnxruntime_onnx"
+    triton_platform = "onnxruntime_onnx"
+    triton_file = ONNX_FILE
+    kinds = ("onnx", "onnx-file")
+
+    def save(self, model, kind, directory, example, signature):
+        return _save_onnx(model, directory, example, signature)
+
+    def validate(self, path):
+        _validate_onnx(path)
+
+    def load(self, path, signature, kind, index, threads):
+        return OnnxRunner(path, signature, kind, index, threads)
+
+    def gpu_usable(self):
+        import onnxruntime
+        return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+
+
+class FormatRegistry:
+    """The model formats aidc knows, by name."""
+
+    def __init__(self) -> None:
+        self._formats: dict[str, ModelFormat] = {}
+
+    def register(self, handler: ModelFormat) -> None:
+        """Add (or replace) the format ``handler.name``."""
+        self._formats[handler.name] = handler
+
+    def unregister(self, name: str) -> None:
+        """Forget the format ``name`` (a plugin unloading, a test)."""
+        self._formats.pop(name, None)
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(self._formats)
+
+    def get(self, name: str) -> ModelFormat:
+        """The format called ``name``; a :class:`UsageError` naming the known ones otherwise."""
+        handler = self._formats.get(name) if isinstance(name, str) else None
+        if handler is None:
+            raise UsageError(f"unknown model format {name!r}; aidc knows {', '.join(self._formats)}")
+        return handler
+
+    def saving(self, kind: str) -> ModelFormat:
+        """The format that saves models of ``kind`` (see :func:`_kind_of`); the one registered
+        last when several do, so a registration can take over a kind of model."""
+        for handler in reversed(self._formats.values()):
+            if kind in handler.kinds:
+                return handler
+        raise UsageError(f"aidc has no model format that saves {kind} models")
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._formats
+
+    def platform(self, name: str) -> str:
+        """The v2 metadata ``platform`` of format ``name`` (the name itself if unknown)."""
+        handler = self._formats.get(name)
+        return handler.platform if handler is not None else name
+
+
+#: every format aidc saves, validates, loads and serves
+model_formats = FormatRegistry()
+model_formats.register(TorchScriptFormat())
+model_formats.register(KerasFormat())
+model_formats.register(OnnxFormat())
+
+
+__all__ = ["model_formats", "ModelFormat", "FormatRegistry", "CorruptArtifactError",
+           "PredictionError", "Runner", "load", "save", "validate", "check_signature",
+           "TORCHSCRIPT_FILE", "KERAS_FILE", "SAVEDMODEL_DIR", "ONNX_FILE"]

@@ -68,6 +68,7 @@ from tornado.netutil import bind_unix_socket
 
 from aidc.errors import AidcError, UsageError
 from aidc.models import metrics
+from aidc.models.formats import model_formats
 from aidc.models.batching import LATENCY_BUCKETS, Batcher, Histogram
 from aidc.services.http import NoDelayHTTPServer
 
@@ -97,15 +98,6 @@ except ImportError:  # pragma: no cover - depends on the environment
 log = logging.getLogger("aidc.models.server")
 
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
-#: v2 platform names for the formats
-PLATFORMS = {
-    "torchscript": "pytorch_torchscript",
-    "pytorch": "pytorch_torchscript",
-    "onnx": "onnxruntime_onnx",
-    "keras": "tensorflow_keras",
-    "savedmodel": "tensorflow_savedmodel",
-    "tensorflow": "tensorflow_savedmodel",
-}
 _JSON = "application/json"
 _BINARY = "application/octet-stream"
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
@@ -244,7 +236,7 @@ class ModelServer:
         self._input_names = frozenset(spec.name for spec in signature.inputs)
         self._metadata = _dumps({
             "name": self.name, "versions": [self.version],
-            "platform": PLATFORMS.get(self.format, self.format),
+            "platform": model_formats.platform(self.format),
             "inputs": [spec.to_dict() for spec in signature.inputs],
             "outputs": [spec.to_dict() for spec in signature.outputs],
         })

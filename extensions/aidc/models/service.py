@@ -39,10 +39,9 @@ from . import sandbox
 from .archive import unzip_to, zip_folder
 from .deployments import DeploymentRunner
 from .endpoint_metrics import CONTENT_TYPE
-from .formats import FORMATS
+from .formats import model_formats
 from .registry import ModelRegistry
 from .sandbox import owner_account, process_options, stage
-from .server import PLATFORMS
 
 MAX_INFER_BODY = 16 * 1024 * 1024
 
@@ -178,8 +177,8 @@ class VersionsHandler(ModelsHandler):
         except ValueError as e:
             raise UsageError(f"the metadata part is not JSON: {e}") from None
         fmt = meta.get("format")
-        if fmt not in FORMATS:
-            raise UsageError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+        if fmt not in model_formats:
+            raise UsageError(f"format must be one of {', '.join(model_formats.names())}, not {fmt!r}")
         from .signature import Signature
         try:
             signature = Signature.from_dict(meta.get("signature"))
@@ -480,7 +479,7 @@ class V2Model(V2Handler):
         v = self.registry.version(name, version or "latest")
         sig = v["signature"]
         self.write_json({"name": name, "versions": [str(x["version"]) for x in self.registry.versions(name)],
-                         "platform": PLATFORMS.get(v["format"], v["format"]),
+                         "platform": model_formats.platform(v["format"]),
                          "inputs": sig.get("inputs", []), "outputs": sig.get("outputs", [])})
 
     @public_or_authenticated
