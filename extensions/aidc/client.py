@@ -20,15 +20,13 @@ from typing import Any
 import requests
 
 from .errors import (
-    AidcError,
     AuthenticationError,
     ConflictError,
-    NotFoundError,
-    PermissionDeniedError,
     PlatformError,
     UsageError,
+    error_for_status,
 )
-from .hub import roles
+from . import roles
 
 BAD_TOKEN = (
     "the hub did not accept your token: it is malformed, expired or revoked. "
@@ -66,11 +64,7 @@ class Client:
             raise PlatformError(_not_the_api(r))
         if r.status_code in (401, 403) and _is_bad_credentials(r, _body_message(r)):
             raise AuthenticationError(BAD_TOKEN)
-        message = _message(r)
-        error: type[AidcError] = {
-            400: UsageError, 403: PermissionDeniedError, 404: NotFoundError, 409: ConflictError,
-        }.get(r.status_code, PlatformError)
-        raise error(message)
+        raise error_for_status(r.status_code)(_message(r))
 
     def get_json(self, path: str, **kw) -> Any:
         return self.json(self.request("GET", path, **kw))

@@ -3,7 +3,14 @@
 Like dask-gateway's ``PublicException``: anything derived from :class:`AidcError`
 may be shown to a user as it is (CLI message, 4xx body); anything else is a bug,
 logged with its traceback and never leaked.
+
+:data:`STATUS_FOR_ERROR` is the one table between these classes and HTTP statuses: a
+service answers an error with :func:`status_for` (``aidc.services.base``), and a client
+turns a status back into the class with :func:`error_for_status` (``aidc.client``,
+``aidc.hubapi``).
 """
+
+from __future__ import annotations
 
 
 class AidcError(Exception):
@@ -36,3 +43,25 @@ class PermissionDeniedError(AidcError):
 
 class PlatformError(AidcError):
     """The platform cannot do what was asked (not running, misconfigured)."""
+
+
+#: the HTTP status of each kind of error a user may see (a subclass answers as its base)
+STATUS_FOR_ERROR: dict[type[AidcError], int] = {
+    UsageError: 400,
+    AuthenticationError: 401,
+    PermissionDeniedError: 403,
+    NotFoundError: 404,
+    ConflictError: 409,
+}
+
+
+def status_for(error: AidcError) -> int:
+    """The status a service answers ``error`` with: its class's, else 400 (the request
+    could not be done as asked)."""
+    return next((status for cls, status in STATUS_FOR_ERROR.items() if isinstance(error, cls)), 400)
+
+
+def error_for_status(status: int) -> type[AidcError]:
+    """The error class of a refusal answered with ``status``; :class:`PlatformError` for a
+    status no user-facing class has (5xx, a proxy's page)."""
+    return next((cls for cls, s in STATUS_FOR_ERROR.items() if s == status), PlatformError)

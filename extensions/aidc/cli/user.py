@@ -7,7 +7,7 @@ import json
 import sys
 
 from ..errors import AidcError, UsageError
-from ..hub.roles import ROLE_NAMES, describe
+from ..roles import ROLE_NAMES, describe
 
 
 def add_parser(sub, common) -> None:

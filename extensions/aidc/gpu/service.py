@@ -13,9 +13,9 @@ from __future__ import annotations
 import json
 import os
 
-from ..hub import roles
-from ..hub.services import ManagedService, python_command
-from ..services.base import ServiceHandler, authenticated, run_service
+from .. import roles
+from ..services.declare import ManagedService, python_command
+from ..services.base import ServiceHandler, run_service, signed_in
 from .ledger import GRANTED
 from .platform import open_ledger
 from .profiles import profiles_from_config
@@ -30,13 +30,8 @@ def ledger():
     return _ledger
 
 
-class ResourcesHandler(ServiceHandler):
-    def visible(self, owner: str) -> bool:
-        return self.is_admin or owner == self.user_name
-
-
-class GPUsHandler(ResourcesHandler):
-    @authenticated
+class GPUsHandler(ServiceHandler):
+    @signed_in
     def get(self):
         claims = {c.holder: c for c in ledger().claims()}
         units, free = [], {}
@@ -45,7 +40,7 @@ class GPUsHandler(ResourcesHandler):
             claim = claims.get(holder) if holder else None
             if holder is None:
                 free[u["kind"]] = free.get(u["kind"], 0) + 1
-            shown = holder if holder and claim and self.visible(claim.owner) else None
+            shown = holder if holder and claim and self.caller.can_see(owner=claim.owner) else None
             units.append({
                 "id": u["id"], "node": u["node"], "kind": u["kind"], "name": u["name"],
                 "visible_id": u["visible_id"],  # the UUID nvidia-smi and CUDA_VISIBLE_DEVICES show
@@ -63,10 +58,10 @@ class GPUsHandler(ResourcesHandler):
         })
 
 
-class QueueHandler(ResourcesHandler):
-    @authenticated
+class QueueHandler(ServiceHandler):
+    @signed_in
     def get(self):
-        waiting = [c for c in ledger().queue() if self.visible(c.owner)]
+        waiting = [c for c in ledger().queue() if self.caller.can_see(owner=c.owner)]
         self.write_json({
             "queue": [
                 {"holder": c.holder, "owner": c.owner, "position": c.position,
@@ -76,8 +71,8 @@ class QueueHandler(ResourcesHandler):
         })
 
 
-class ProfilesHandler(ResourcesHandler):
-    @authenticated
+class ProfilesHandler(ServiceHandler):
+    @signed_in
     def get(self):
         raw = os.environ.get("AIDC_RESOURCE_PROFILES")
         declared = profiles_from_config(json.loads(raw) if raw else None)

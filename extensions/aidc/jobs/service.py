@@ -20,13 +20,14 @@ from pathlib import Path
 
 from tornado.iostream import StreamClosedError
 
+from .. import roles
 from ..db import iso
-from ..errors import NotFoundError, PermissionDeniedError, UsageError
+from ..errors import NotFoundError, UsageError
 from ..gpu.ledger import GPULedger
 from ..gpu.platform import open_ledger
-from ..hub import roles
-from ..hub.services import ManagedService, python_command
-from ..services.base import ServiceApp, ServiceHandler, authenticated, run_service
+from ..services.declare import ManagedService, python_command
+from ..services.base import ServiceApp, ServiceHandler, needs_role, run_service, signed_in
+from ..services.visibility import visible
 from . import notebooks, parameters
 from .artifacts import ArtifactStore
 from .manager import JobManager
@@ -35,6 +36,11 @@ from .tokens import JobTokens
 
 OPENAPI = Path(__file__).with_name("openapi.yaml")
 MAX_BODY = 1024 * 1024
+
+#: what a verb declares when it needs the scientist role (admins have it too)
+scientist = needs_role(roles.SCIENTIST, refused=(
+    "viewers see the jobs summary only (/services/jobs/api/summary); "
+    "running and reading jobs needs the scientist role"))
 
 
 class JobsHandler(ServiceHandler):
@@ -51,18 +57,8 @@ class JobsHandler(ServiceHandler):
     def nesting_hint(self) -> str:
         return f"; job parameters may nest at most {self.manager.max_parameter_depth} levels"
 
-    def require_scientist(self) -> None:
-        if self.role not in (roles.ADMIN, roles.SCIENTIST):
-            raise PermissionDeniedError(
-                "viewers see the jobs summary only (/services/jobs/api/summary); "
-                "running and reading jobs needs the scientist role")
-
     def visible_job(self, job_id: str) -> dict:
-        self.require_scientist()
-        job = self.store.job(job_id)
-        if not self.is_admin and job["owner"] != self.user_name:
-            raise NotFoundError(f"no job {job_id!r}")
-        return job
+        return visible(self.caller, self.store.job(job_id), f"no job {job_id!r}")
 
     def owner_filter(self) -> str | None:
         owner = self.get_argument("owner", None)
@@ -74,9 +70,8 @@ class JobsHandler(ServiceHandler):
 
 
 class JobsCollection(JobsHandler):
-    @authenticated
+    @scientist
     def get(self):
-        self.require_scientist()
         status = self.get_argument("status", None)
         limit = self.get_argument("limit", None)
         try:
@@ -87,21 +82,20 @@ class JobsCollection(JobsHandler):
                                      group_id=self.get_argument("group", None), limit=limit_n)
         self.write_json({"jobs": [self.manager.view(j) for j in found]})
 
-    @authenticated
+    @scientist
     def post(self):
-        self.require_scientist()
         job = self.manager.submit(self.user_name, self.groups, self.json_body())
         self.write_json(self.manager.view(job), status=201)
 
 
 class JobResource(JobsHandler):
-    @authenticated
+    @scientist
     def get(self, job_id):
         self.write_json(self.manager.view(self.visible_job(job_id)))
 
 
 class CancelHandler(JobsHandler):
-    @authenticated
+    @scientist
     async def post(self, job_id):
         self.visible_job(job_id)
         job = await self.manager.cancel(job_id)
@@ -111,7 +105,7 @@ class CancelHandler(JobsHandler):
 class EventsHandler(JobsHandler):
     """Events after ``?after=SEQ``; as server-sent events with ``Accept: text/event-stream``."""
 
-    @authenticated
+    @scientist
     async def get(self, job_id):
         job = self.visible_job(job_id)
         try:
@@ -151,7 +145,7 @@ class EventsHandler(JobsHandler):
 
 
 class LogsHandler(JobsHandler):
-    @authenticated
+    @scientist
     def get(self, job_id):
         self.visible_job(job_id)
         self.set_header("Content-Type", "text/plain; charset=utf-8")
@@ -161,7 +155,7 @@ class LogsHandler(JobsHandler):
 class NotebookHandler(JobsHandler):
     """The output notebook (``/output``) or the input snapshot (``/input``)."""
 
-    @authenticated
+    @scientist
     def get(self, job_id, which):
         job = self.visible_job(job_id)
         url = job["output_url"] if which == "output" else job["input_url"]
@@ -174,9 +168,8 @@ class NotebookHandler(JobsHandler):
 
 
 class ParametersHandler(JobsHandler):
-    @authenticated
+    @scientist
     def get(self):
-        self.require_scientist()
         path = self.get_argument("path", None)
         owner = notebooks.Owner.of(self.user_name, self.manager.data_dir)
         _, nb = notebooks.read(owner, path)
@@ -185,31 +178,26 @@ class ParametersHandler(JobsHandler):
 
 
 class SummaryHandler(JobsHandler):
-    @authenticated
+    @signed_in
     def get(self):
         self.write_json(self.store.summary())
 
 
 class SweepsCollection(JobsHandler):
-    @authenticated
+    @scientist
     def get(self):
-        self.require_scientist()
         found = self.store.find_sweeps(owner=self.owner_filter())
         self.write_json({"sweeps": [self.manager.sweep_view(s["id"]) for s in found]})
 
-    @authenticated
+    @scientist
     def post(self):
-        self.require_scientist()
         self.write_json(self.manager.sweep(self.user_name, self.groups, self.json_body()), status=201)
 
 
 class SweepResource(JobsHandler):
-    @authenticated
+    @scientist
     def get(self, sweep_id):
-        self.require_scientist()
-        sweep = self.store.sweep(sweep_id)
-        if not self.is_admin and sweep["owner"] != self.user_name:
-            raise NotFoundError(f"no sweep {sweep_id!r}")
+        visible(self.caller, self.store.sweep(sweep_id), f"no sweep {sweep_id!r}")
         self.write_json(self.manager.sweep_view(sweep_id))
 
 
@@ -221,48 +209,40 @@ def _schedule(s: dict) -> dict:
 
 
 class SchedulesCollection(JobsHandler):
-    @authenticated
+    @scientist
     def get(self):
-        self.require_scientist()
         self.write_json({"schedules": [_schedule(s) for s in self.store.find_schedules(owner=self.owner_filter())]})
 
-    @authenticated
+    @scientist
     def post(self):
-        self.require_scientist()
         self.write_json(_schedule(self.manager.create_schedule(self.user_name, self.groups, self.json_body())),
                         status=201)
 
 
 class ScheduleResource(JobsHandler):
     def visible_schedule(self, schedule_id: str) -> dict:
-        self.require_scientist()
-        sched = self.store.schedule(schedule_id)
-        if not self.is_admin and sched["owner"] != self.user_name:
-            raise NotFoundError(f"no schedule {schedule_id!r}")
-        return sched
+        return visible(self.caller, self.store.schedule(schedule_id), f"no schedule {schedule_id!r}")
 
-    @authenticated
+    @scientist
     def get(self, schedule_id):
         self.write_json(_schedule(self.visible_schedule(schedule_id)))
 
-    @authenticated
+    @scientist
     def delete(self, schedule_id):
         self.visible_schedule(schedule_id)
         self.store.delete_schedule(schedule_id)
         self.set_status(204)
         self.finish()
 
-    @authenticated
+    @scientist
     def post(self, schedule_id, action):
         self.visible_schedule(schedule_id)
         self.write_json(_schedule(self.manager.set_paused(schedule_id, action == "pause")))
 
 
 class ClusterHandler(JobsHandler):
-    @authenticated
+    @needs_role(roles.ADMIN, refused="only admins see the jobs cluster")
     def get(self):
-        if not self.is_admin:
-            raise PermissionDeniedError("only admins see the jobs cluster")
         info = self.settings["cluster"].describe()
         info["queued"] = self.store.summary()["queued"]
         self.write_json(info)

@@ -26,14 +26,15 @@ from pathlib import Path
 from tornado import web
 
 from ..db import iso
-from ..errors import ConflictError, NotFoundError, PermissionDeniedError, UsageError
+from ..errors import ConflictError, NotFoundError, UsageError
 from ..gpu.ledger import GRANTED, GPULedger
 from ..gpu.platform import open_ledger
-from ..hub import roles
-from ..hub.services import ManagedService, python_command
+from .. import roles
+from ..services.declare import ManagedService, python_command
 from ..jobs.store import JobStore
-from ..services.base import ServiceApp, ServiceHandler, authenticated, run_service
+from ..services.base import ServiceApp, ServiceHandler, needs_role, run_service, signed_in
 from ..services.fields import integer
+from ..services.visibility import owned, visible
 from . import registry as reg
 from . import sandbox
 from .archive import unzip_to, zip_folder
@@ -47,12 +48,12 @@ MAX_INFER_BODY = 16 * 1024 * 1024
 
 
 def public_or_authenticated(method):
-    """``authenticated``, except for models an admin opened to public read.
+    """:func:`~aidc.services.base.signed_in`, except for models an admin opened to public read.
 
     ``c.ModelRegistry.public_models`` lists (glob) names whose v2 metadata, readiness
     and inference anyone may use without a token; the registry API stays private.
     """
-    guarded = authenticated(method)
+    guarded = signed_in(method)
 
     @functools.wraps(method)
     def wrapper(self, name, *args):
@@ -76,31 +77,16 @@ class ModelsHandler(ServiceHandler):
     def runner(self) -> DeploymentRunner:
         return self.settings["runner"]
 
-    def can_see(self, model: dict) -> bool:
-        if self.is_admin or model["owner"] == self.user_name:
-            return True
-        if model["visibility"] == "public":
-            return True
-        return model["visibility"] == "group" and bool(
-            set(model["groups"]) - set(roles.ROLE_NAMES) & set(self.groups))
-
     def visible_model(self, name: str) -> dict:
         model = self.registry.model(name)
         if self.public:  # opened to public read (ModelRegistry.public_models): no caller needed
             return model
-        if not self.can_see(model):
-            raise NotFoundError(f"no model {name!r}")
-        return model
+        return visible(self.caller, model, f"no model {name!r}")
 
     def owned_model(self, name: str) -> dict:
         model = self.visible_model(name)
-        if not (self.is_admin or model["owner"] == self.user_name):
-            raise PermissionDeniedError(f"only the owner of {name!r} ({model['owner']}) and admins may change it")
-        return model
-
-    def require_scientist(self) -> None:
-        if self.role not in (roles.ADMIN, roles.SCIENTIST):
-            raise PermissionDeniedError("registering and deploying models needs the scientist role")
+        return owned(self.caller, model,
+                     f"only the owner of {name!r} ({model['owner']}) and admins may change it")
 
     def model_view(self, model: dict) -> dict:
         name = model["name"]
@@ -130,18 +116,18 @@ def deployment_view(dep: dict, status: dict) -> dict:
 
 
 class ModelsCollection(ModelsHandler):
-    @authenticated
+    @signed_in
     def get(self):
-        found = [m for m in self.registry.find_models() if self.can_see(m)]
+        found = [m for m in self.registry.find_models() if self.caller.can_see(m)]
         self.write_json({"models": [self.model_view(m) for m in found]})
 
 
 class ModelResource(ModelsHandler):
-    @authenticated
+    @signed_in
     def get(self, name):
         self.write_json(self.model_view(self.visible_model(name)))
 
-    @authenticated
+    @signed_in
     def patch(self, name):
         self.owned_model(name)
         body = self.json_body()
@@ -153,16 +139,15 @@ class ModelResource(ModelsHandler):
 class VersionsHandler(ModelsHandler):
     """``POST``: multipart upload with parts ``metadata`` (JSON) and ``artifact`` (the file)."""
 
-    @authenticated
+    @needs_role(roles.SCIENTIST, refused="registering and deploying models needs the scientist role")
     async def post(self, name):
-        self.require_scientist()
         reg.check_name(name)
         try:
             existing = self.registry.model(name)
         except NotFoundError:
             existing = None
-        if existing is not None and not (self.is_admin or existing["owner"] == self.user_name):
-            if not self.can_see(existing):
+        if existing is not None and not self.caller.owns(existing["owner"]):
+            if not self.caller.can_see(existing):
                 # as GET answers: a model out of the caller's sight does not exist for them
                 # (neither that the name is someone's nor whose)
                 raise NotFoundError(f"no model {name!r} you may add versions to; "
@@ -264,7 +249,7 @@ class VersionsHandler(ModelsHandler):
 
 
 class VersionResource(ModelsHandler):
-    @authenticated
+    @signed_in
     def get(self, name, ref):
         self.visible_model(name)
         self.write_json(version_view(self.registry.version(name, ref)))
@@ -273,7 +258,7 @@ class VersionResource(ModelsHandler):
 class ArtifactHandler(ModelsHandler):
     """The stored artifact of a version (a zip for a SavedModel folder), for export."""
 
-    @authenticated
+    @signed_in
     def get(self, name, ref):
         self.visible_model(name)
         v = self.registry.version(name, ref)
@@ -289,14 +274,14 @@ class ArtifactHandler(ModelsHandler):
 
 
 class AliasResource(ModelsHandler):
-    @authenticated
+    @signed_in
     def put(self, name, alias):
         self.owned_model(name)
         body = self.json_body()
         number = self.registry.resolve(name, body.get("version"))
         self.write_json(self.registry.set_alias(name, alias, number))
 
-    @authenticated
+    @signed_in
     def delete(self, name, alias):
         self.owned_model(name)
         self.registry.delete_alias(name, alias)
@@ -305,7 +290,7 @@ class AliasResource(ModelsHandler):
 
 
 class DeploymentResource(ModelsHandler):
-    @authenticated
+    @signed_in
     def get(self, name):
         self.visible_model(name)
         dep = self.registry.deployment(name)
@@ -313,7 +298,7 @@ class DeploymentResource(ModelsHandler):
             raise NotFoundError(f"model {name!r} is not deployed")
         self.write_json(deployment_view(dep, self.runner.status(name)))
 
-    @authenticated
+    @signed_in
     async def put(self, name):
         model = self.owned_model(name)
         body = self.json_body()
@@ -357,7 +342,7 @@ class DeploymentResource(ModelsHandler):
             raise ConflictError(f"no {gpus} GPU(s) free for this deployment now; try again later "
                                 "or deploy with fewer GPUs")
 
-    @authenticated
+    @signed_in
     async def delete(self, name):
         self.owned_model(name)
         self.registry.delete_deployment(name)
@@ -370,7 +355,7 @@ class DeploymentResource(ModelsHandler):
 class DeploymentAction(ModelsHandler):
     """``rollback``: back to the version served before (or drop the canary); ``promote``: canary becomes primary."""
 
-    @authenticated
+    @signed_in
     async def post(self, name, action):
         self.owned_model(name)
         dep = self.registry.deployment(name)
@@ -428,11 +413,10 @@ class V2Server(V2ServerHandler):
 class MetricsHandler(ModelsHandler):
     """Prometheus metrics of every endpoint and replica (:mod:`aidc.models.endpoint_metrics`)."""
 
-    @authenticated
+    @needs_role(roles.ADMIN, roles.VIEWER, refused=(
+        "the models service's metrics are for admins and viewers "
+        "(a deployment's own figures are in its deployment API)"))
     async def get(self):
-        if self.role not in (roles.ADMIN, roles.VIEWER):
-            raise PermissionDeniedError("the models service's metrics are for admins and viewers "
-                                        "(a deployment's own figures are in its deployment API)")
         replicas = await self.runner.replica_metrics()
         self.set_header("Content-Type", CONTENT_TYPE)
         self.finish(self.runner.metrics.render(replicas))

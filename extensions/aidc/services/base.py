@@ -18,7 +18,7 @@ output and to ``<data-dir>/logs/<service>.log`` (0600, rotated).
 Example (see ``tests/services/echo.py``)::
 
     class Hello(ServiceHandler):
-        @authenticated
+        @signed_in
         def get(self):
             self.write_json({"hello": self.current_user["name"]})
 
@@ -28,6 +28,7 @@ Example (see ``tests/services/echo.py``)::
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -44,28 +45,53 @@ from tornado.escape import xhtml_escape
 from tornado.log import app_log
 from traitlets.config import Application, PyFileConfigLoader
 
-from ..errors import (
-    AidcError,
-    AuthenticationError,
-    ConflictError,
-    NotFoundError,
-    PermissionDeniedError,
-    UsageError,
-)
-from ..hub import roles
+from ..errors import AidcError, PermissionDeniedError, UsageError, status_for
+from .. import roles
 from ..paths import DataDir, PrivateFileHandler, log_rotation
 from .http import NoDelayHTTPServer
+from .visibility import Caller
 
-#: HTTP status for each kind of user-facing error
-STATUS_FOR_ERROR = {
-    UsageError: 400,
-    AuthenticationError: 401,
-    PermissionDeniedError: 403,
-    NotFoundError: 404,
-    ConflictError: 409,
-}
+def signed_in(method):
+    """Declares a handler verb open to every signed-in user who may use the service (the
+    hub's ``access:services`` scope, given by :class:`ManagedService` ``roles``).
 
-authenticated = web.authenticated
+    A caller without credentials is sent to sign in (a browser) or answered 401; one the
+    hub knows but does not let use the service gets 403 (:meth:`ServiceHandler.get_current_user`).
+    """
+    return web.authenticated(method)
+
+
+#: tornado's name for :func:`signed_in`, for services written against it
+authenticated = signed_in
+
+
+def needs_role(*allowed: str, refused: str | None = None):
+    """Declares the aidc roles that may call a handler verb (any one of ``allowed``; admins
+    hold the scientist role too, see :func:`aidc.roles.holds`), as JupyterHub's
+    ``@needs_scope`` declares a scope.
+
+    A signed-in caller without one gets 403 with ``refused`` (the service says what the
+    role is needed for and what they may do instead); the check runs before the verb,
+    so nothing is looked up for them. Which things they then see is
+    :mod:`aidc.services.visibility`'s rule (404 for what is out of their sight)::
+
+        class JobsCollection(ServiceHandler):
+            @needs_role(roles.SCIENTIST, refused="running jobs needs the scientist role")
+            def post(self): ...
+    """
+    message = refused or f"this needs the {' or '.join(allowed)} role"
+
+    def declare(method):
+        @functools.wraps(method)
+        def checked(self, *args, **kwargs):
+            if not any(roles.holds(self.role, role) for role in allowed):
+                raise PermissionDeniedError(message)
+            return method(self, *args, **kwargs)
+
+        checked.needs_roles = allowed
+        return signed_in(checked)
+
+    return declare
 
 
 class AppHubAuth:
@@ -129,6 +155,11 @@ class ServiceHandler(AppHubAuth, HubOAuthenticated, web.RequestHandler):
         except UserNotAllowed:
             return  # get_current_user's refusal path tells them why (403)
         self.hub_auth._persist_url_token_if_set(self)  # ?token= in a browser URL, as JupyterHub does
+
+    @property
+    def caller(self) -> Caller:
+        """The signed-in caller, for :mod:`aidc.services.visibility`'s checks."""
+        return Caller.of(self.current_user)
 
     @property
     def role(self) -> str | None:
@@ -198,14 +229,9 @@ class ServiceHandler(AppHubAuth, HubOAuthenticated, web.RequestHandler):
     def user_name(self) -> str:
         return self.current_user["name"]
 
-    def has_scope(self, scope: str) -> bool:
-        """Whether the caller holds ``scope`` (filters such as ``!user=`` honoured)."""
-        return bool(self.hub_auth.check_scopes({scope}, self.current_user))
-
     def _handle_request_exception(self, e):
         if isinstance(e, AidcError):
-            status = next((s for cls, s in STATUS_FOR_ERROR.items() if isinstance(e, cls)), 400)
-            self.send_error(status, reason_message=str(e))
+            self.send_error(status_for(e), reason_message=str(e))
             return
         super()._handle_request_exception(e)
 

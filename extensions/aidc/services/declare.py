@@ -1,0 +1,117 @@
+"""How a platform service declares itself: :class:`ManagedService` and :func:`register`.
+
+A service (jobs, models, resources, dashboards, ...) declares itself once as a
+:class:`ManagedService`: its command, the hub scopes its own token needs, and the aidc
+roles whose members may use it. Services are found in two ways (:func:`discover`): the
+``aidc.services`` entry-point group (how aidc's own services and installable add-ons
+plug in: the entry point names a zero-argument callable returning a
+:class:`ManagedService`), and :func:`register` calls in drop-in config files
+``<data-dir>/config.d/*.py``.
+
+The declaration lives here, below the hub, so that a service module declares itself
+without importing the hub; the hub turns the declarations into its configuration
+(:func:`aidc.hub.services.apply`), and ``aidc.hub.services.ManagedService`` and
+``register`` remain the documented names for drop-ins. The service process itself is
+written with :mod:`aidc.services.base`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+
+from jupyterhub.utils import random_port
+
+from .. import roles
+from . import launch
+
+ENTRY_POINT_GROUP = "aidc.services"
+
+
+@dataclass
+class ManagedService:
+    """Declaration of one hub-managed service."""
+
+    #: URL path segment: the service answers at ``/services/<name>/``
+    name: str
+    #: command line; ``[sys.executable, "-m", "module"]`` for Python services
+    command: list[str]
+    #: hub scopes the service's own token gets (e.g. ``["list:users"]``)
+    hub_scopes: list[str] = field(default_factory=list)
+    #: aidc roles whose members may use the service (browser and API)
+    roles: list[str] = field(default_factory=lambda: [roles.SCIENTIST, roles.VIEWER])
+    #: scopes the service may ask for in a user's OAuth token, beyond access to itself
+    oauth_scopes: list[str] = field(
+        default_factory=lambda: ["read:users:name!user", "read:users:groups!user"]
+    )
+    #: local port; ``None`` picks a free one when the hub starts
+    port: int | None = None
+    #: False for background services with no web server (cullers): no URL, no OAuth
+    web: bool = True
+    environment: dict[str, str] = field(default_factory=dict)
+    #: shown on the hub's home page
+    display: bool = True
+    info: dict = field(default_factory=dict)
+
+    def hub_service(self, data_dir: str, extra_env: dict[str, str] | None = None) -> dict:
+        """The ``c.JupyterHub.services`` entry.
+
+        The service's environment carries the hub process's ``AIDC_*`` settings (data
+        dir, GPU simulation, database URL, public URL), so it sees the same platform.
+        """
+        env = {k: v for k, v in os.environ.items() if k.startswith("AIDC_")}
+        env.update({"AIDC_DATA_DIR": data_dir, **(extra_env or {}), **self.environment})
+        command = launch.wrap(list(self.command))  # dies with the hub (see launch)
+        if not self.web:
+            return {"name": self.name, "command": command, "environment": env,
+                    "display": False, "info": dict(self.info)}
+        port = self.port or random_port()
+        return {
+            "name": self.name,
+            "url": f"http://127.0.0.1:{port}",
+            "command": command,
+            "environment": env,
+            "oauth_no_confirm": True,
+            "oauth_client_allowed_scopes": [
+                f"access:services!service={self.name}",
+                *self.oauth_scopes,
+            ],
+            "display": self.display,
+            "info": dict(self.info),
+        }
+
+    def hub_role(self) -> dict | None:
+        if not self.hub_scopes:
+            return None
+        return {
+            "name": f"service-{self.name}",
+            "description": f"The {self.name} service's own API token.",
+            "scopes": list(self.hub_scopes),
+            "services": [self.name],
+        }
+
+
+_registered: dict[str, ManagedService] = {}
+
+
+def register(service: ManagedService) -> ManagedService:
+    """Declare a service (from a drop-in config file, or a plugin's setup code)."""
+    _registered[service.name] = service
+    return service
+
+
+def python_command(module: str, *args: str) -> list[str]:
+    """Command line running ``python -m module`` in the platform's environment."""
+    return [sys.executable, "-m", module, *args]
+
+
+def discover() -> list[ManagedService]:
+    """Services declared through the ``aidc.services`` entry points, then register()."""
+    found: dict[str, ManagedService] = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        service = ep.load()()
+        found[service.name] = service
+    found.update(_registered)
+    return list(found.values())
