@@ -152,6 +152,24 @@ class LogsHandler(JobsHandler):
         self.finish(self.store.logs(job_id))
 
 
+class LineageHandler(JobsHandler):
+    """A job as a model version's lineage records it, for the models service's own token.
+
+    The models service checks itself that the job is its caller's before recording it
+    (:mod:`aidc.models.lineage`); everyone else gets 404, as for a job they cannot see.
+    """
+
+    #: the services whose own token may read any job here
+    readers = ("models",)
+
+    @signed_in
+    def get(self, job_id):
+        user = self.current_user
+        if user.get("kind") != "service" or user.get("name") not in self.readers:
+            raise NotFoundError(f"no job {job_id!r}")
+        self.write_json(self.manager.view(self.store.job(job_id)))
+
+
 class NotebookHandler(JobsHandler):
     """The output notebook (``/output``) or the input snapshot (``/input``)."""
 
@@ -271,6 +289,7 @@ ROUTES = [
     (r"/api/jobs/([^/]+)/cancel", CancelHandler),
     (r"/api/jobs/([^/]+)/events", EventsHandler),
     (r"/api/jobs/([^/]+)/logs", LogsHandler),
+    (r"/api/jobs/([^/]+)/lineage", LineageHandler),
     (r"/api/jobs/([^/]+)/(output|input)", NotebookHandler),
     (r"/api/parameters", ParametersHandler),
     (r"/api/summary", SummaryHandler),

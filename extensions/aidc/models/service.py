@@ -31,7 +31,6 @@ from ..gpu.ledger import GRANTED, GPULedger
 from ..gpu.platform import open_ledger
 from .. import roles
 from ..services.declare import ManagedService, python_command
-from ..jobs.store import JobStore
 from ..services.base import ServiceApp, ServiceHandler, needs_role, run_service, signed_in
 from ..services.fields import integer
 from ..services.visibility import owned, visible
@@ -41,6 +40,7 @@ from .archive import unzip_to, zip_folder
 from .deployments import DeploymentRunner
 from .endpoint_metrics import CONTENT_TYPE
 from .formats import model_formats
+from .lineage import JobLineage, check_owner, describe
 from .registry import ModelRegistry
 from .sandbox import owner_account, process_options, stage
 
@@ -176,7 +176,7 @@ class VersionsHandler(ModelsHandler):
                 raise UsageError(f"{key} must be a JSON object")
         if meta.get("visibility") is not None:
             reg.check_visibility(meta["visibility"])
-        lineage = self.lineage(meta.get("lineage") or {})
+        lineage = await self.lineage(meta.get("lineage") or {})
         version_dir = Path(tempfile.mkdtemp(prefix="aidc-model-", dir=self.settings["staging"]))
         try:
             target = version_dir / filename
@@ -196,8 +196,9 @@ class VersionsHandler(ModelsHandler):
             shutil.rmtree(version_dir, ignore_errors=True)
         self.write_json(version_view(self.registry.version(name, record["version"])), status=201)
 
-    def lineage(self, claimed: dict) -> dict:
-        """The version's lineage; a job named in it is checked and described from the jobs record.
+    async def lineage(self, claimed: dict) -> dict:
+        """The version's lineage; a job named in it is checked and described by the jobs
+        service (:mod:`aidc.models.lineage`).
 
         Inside a job, the client sends ``{"job": id, "attempt": n}``; the version then
         records the job's notebook, parameters and where its input and executed output
@@ -208,20 +209,8 @@ class VersionsHandler(ModelsHandler):
         job_id = claimed.get("job")
         if not job_id:
             return claimed
-        job = None
-        try:
-            job = self.settings["jobs"].job(str(job_id))
-        except NotFoundError:
-            pass
-        if job is None or not (self.is_admin or job["owner"] == self.user_name):
-            raise UsageError(f"the lineage names job {job_id}, which is not one of your jobs")
-        jobs_api = f"services/jobs/api/jobs/{job['id']}"
-        return {
-            "job": job["id"], "attempt": int(claimed.get("attempt") or job["attempt"]),
-            "owner": job["owner"], "notebook": job["path"], "parameters": job["parameters"],
-            "input_notebook": f"{jobs_api}/input", "output_notebook": f"{jobs_api}/output",
-            "sweep": job["group_id"], "schedule": job["schedule_id"],
-        }
+        job = check_owner(await self.settings["jobs"].job(str(job_id)), job_id, self.caller)
+        return describe(job, claimed)
 
     async def check_loads(self, fmt: str, path: Path, filename: str, signature) -> None:
         """Load the upload in a short-lived process, as the uploader's Unix account (sandbox),
@@ -510,7 +499,7 @@ class ModelsApp(ServiceApp):
 
     @property
     def classes(self):
-        return [ModelRegistry, DeploymentRunner, GPULedger, JobStore]
+        return [ModelRegistry, DeploymentRunner, GPULedger, JobLineage]
 
 
 def main() -> None:
@@ -522,7 +511,7 @@ def main() -> None:
     sandbox.reset(run_root)  # copies a killed predecessor left
     ledger = open_ledger(data_dir, config=app.config)
     runner = DeploymentRunner(registry, run_root=run_root, ledger=ledger, config=app.config)
-    jobs = JobStore(config=app.config, data_dir=data_dir)  # to check and describe lineage
+    jobs = JobLineage(config=app.config)  # asks the jobs service to check and describe lineage
     staging = Path(data_dir) / "models" / "staging"
     staging.mkdir(parents=True, exist_ok=True)
     keep = {d["name"] for d in registry.find_deployments()}
@@ -547,6 +536,7 @@ def managed_service() -> ManagedService:
         name="models",
         command=python_command("aidc.models.service"),
         roles=[roles.SCIENTIST, roles.VIEWER],
+        hub_scopes=["access:services!service=jobs"],  # lineage: its own token asks the jobs service
         info={"description": "Model registry and v2 inference endpoints"},
         display=False,
     )
