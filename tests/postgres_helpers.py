@@ -168,3 +168,17 @@ def _exists(account: str) -> bool:
         return True
     except KeyError:
         return False
+
+
+def hammer_ledger(url: str, worker: int, rounds: int, fast: bool) -> None:
+    """One of several processes deciding at once on one ledger (run with ``spawn``: this
+    module imports quickly, unlike a test module)."""
+    from aidc.gpu.ledger import GPULedger
+
+    ledger = GPULedger(db_url=url, node="n1", driver_fast_path=fast)
+    for i in range(rounds):
+        holder = f"job:{worker}-{i}"
+        ledger.request(holder, f"u{worker}", 1 + i % 2)
+        ledger.poll(holder)
+        if i % 3:
+            ledger.release(holder)

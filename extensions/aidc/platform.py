@@ -64,8 +64,8 @@ def choose_database(d: DataDir, db_url: str | None = None) -> str | None:
     """The platform database for this start: ``--db-url``, else ``c.Platform.db_url``,
     else the one chosen at an earlier start; None: SQLite files (the default).
 
-    A chosen URL is stored 0600 in the data directory (so the CLI and later starts find
-    it without a password on their command line), checked to answer, and put in this
+    A chosen URL is checked to answer, stored 0600 in the data directory (so the CLI and
+    later starts find it without a password on their command line), and put in this
     process's ``$AIDC_DB_URL``, which the hub passes on to the services it starts.
     """
     url = (db_url or "").strip() or Platform(config=drop_in_config(d)).db_url.strip()
@@ -79,6 +79,7 @@ def choose_database(d: DataDir, db_url: str | None = None) -> str | None:
                 "the database URL is not an SQLAlchemy URL; write it as "
                 "postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE"
             ) from None
+        check_database(url)
         d.ensure()
         if d.configured_db_url() != url or not d.db_url_file.exists():
             d.write_private(d.db_url_file, url + "\n")
@@ -86,9 +87,8 @@ def choose_database(d: DataDir, db_url: str | None = None) -> str | None:
     else:
         url = d.configured_db_url()
         if url:
+            check_database(url)
             os.environ[DB_URL_ENV] = url
-    if url:
-        check_database(url)
     return url
 
 
