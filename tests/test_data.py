@@ -1,14 +1,19 @@
 """Datasets (``aidc.data``, the data service, ``aidc data``).
 
-Fast tests of the parts without a platform: names, the tables, streamed uploads, quota,
-orphan cleanup.
+Fast tests of the parts without a platform first (names, the tables, streamed uploads,
+quota, orphan cleanup); then, on the session platform, round trips through the Python
+API and the CLI, permissions, the quota's 413, an interrupted upload, a bad ``.npz``,
+names with paths, and a job that reads a dataset and names its version.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import socket
+import time
 from pathlib import Path
+from urllib.parse import urlparse
 
 import numpy as np
 import pytest
@@ -148,3 +153,257 @@ def test_orphaned_upload_folders_are_removed_and_versions_kept(uploads):
     assert not Path(left.location).exists()
     assert (Path(version["location"]) / "f0.bin").read_bytes() == b"keep"
 
+
+# -- on the session platform ----------------------------------------------------------
+def data_api(platform, token, method, path, **kw):
+    kw.setdefault("timeout", 60)
+    return platform.api(token).request(method, f"{platform.url}/services/data/api{path}", **kw)
+
+
+def wait_data_service(platform, token, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if data_api(platform, token, "GET", "/quota", timeout=5).status_code == 200:
+                return
+        except Exception:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"data service not up in {timeout}s\n{platform.log()[-4000:]}")
+        time.sleep(0.5)
+
+
+@pytest.fixture
+def data_up(platform, scientist, tmp_path, monkeypatch):
+    wait_data_service(platform, scientist.token)
+    monkeypatch.setenv("AIDC_DATA_CACHE", str(tmp_path / "cache"))
+    return platform
+
+
+def client_of(platform, user):
+    from aidc.client import Client
+    return Client(platform.url, user.token)
+
+
+def test_put_get_list_alias_round_trips_through_the_python_api(data_up, scientist, tmp_path):
+    import pandas as pd
+
+    import aidc
+    c = client_of(data_up, scientist)
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    v1 = aidc.data.put("rt-arrays", {"x": x, "y": np.array([1, 2, 3])}, description="arrays",
+                       alias="first", client=c)
+    assert (v1.name, v1.version, [f["name"] for f in v1.files]) == ("rt-arrays", 1, ["data.npz"])
+    assert v1.size == v1.files[0]["size"] > 0 and len(v1.sha256) == 64
+    got = aidc.data.get("rt-arrays", client=c)
+    assert set(got) == {"x", "y"} and np.array_equal(got["x"], x)
+    v2 = aidc.data.put("rt-arrays", {"x": x * 2}, client=c)
+    assert v2.version == 2 and v2.sha256 != v1.sha256
+    assert np.array_equal(aidc.data.get("rt-arrays", client=c)["x"], x * 2)  # latest
+    assert np.array_equal(aidc.data.get("rt-arrays", "first", client=c)["x"], x)  # alias
+    assert np.array_equal(aidc.data.get("rt-arrays", 1, client=c)["x"], x)
+    aidc.data.alias("rt-arrays", "first", 2, client=c)
+    assert aidc.data.show("rt-arrays", client=c)["aliases"] == {"first": 2}
+
+    table = pd.DataFrame({"user": [1, 2, 3], "item": ["a", "b", "c"], "score": [0.5, 0.25, 1.0]})
+    vt = aidc.data.put("rt-table", table, client=c)
+    assert [f["name"] for f in vt.files] == ["data.parquet"]
+    pd.testing.assert_frame_equal(aidc.data.get("rt-table", client=c), table)
+
+    folder = tmp_path / "images"
+    (folder / "train").mkdir(parents=True)
+    (folder / "train" / "a.bin").write_bytes(b"A" * 1000)
+    (folder / "labels.txt").write_text("cat\ndog\n")
+    vf = aidc.data.put("rt-files", folder, client=c)
+    assert sorted(f["name"] for f in vf.files) == ["labels.txt", "train/a.bin"]
+    assert {f["name"]: f["sha256"] for f in vf.files}["labels.txt"] == hashlib.sha256(b"cat\ndog\n").hexdigest()
+    local = aidc.data.get("rt-files", client=c)
+    assert isinstance(local, Path) and (local / "train" / "a.bin").read_bytes() == b"A" * 1000
+    assert aidc.data.path("rt-files", client=c) == local
+    with aidc.data.open("rt-files", "labels.txt", client=c) as f:
+        assert f.read() == b"cat\ndog\n"
+
+    names = {d["name"] for d in aidc.data.list(client=c)}
+    assert {"rt-arrays", "rt-table", "rt-files"} <= names
+    shown = aidc.data.show("rt-arrays", client=c)
+    assert shown["owner"] == scientist.name and shown["description"] == "arrays"
+    assert [v["version"] for v in shown["versions"]] == [1, 2]
+    with pytest.raises(NotFoundError, match="no dataset 'rt-nothing'"):
+        aidc.data.get("rt-nothing", client=c)
+    with pytest.raises(NotFoundError, match="no version or alias 'nope'"):
+        aidc.data.get("rt-arrays", "nope", client=c)
+    with pytest.raises(NotFoundError, match="no file 'missing.txt'"):
+        aidc.data.open("rt-files", "missing.txt", client=c)
+
+
+def test_cli_put_list_show_get_alias(data_up, scientist, tmp_path):
+    env = {"AIDC_URL": data_up.url, "AIDC_TOKEN": scientist.token, "AIDC_DATA_CACHE": str(tmp_path / "cache")}
+    a, b = tmp_path / "a.csv", tmp_path / "b.txt"
+    a.write_text("x,y\n1,2\n")
+    b.write_text("hello")
+    r = data_up.cli("data", "put", "cli-ds", str(a), str(b), "--description", "from the CLI",
+                    "--alias", "train-2026-12", env=env)
+    assert r.returncode == 0 and "stored cli-ds version 1: 2 file(s)" in r.stdout, r.stderr
+    b.write_text("hello again")
+    assert data_up.cli("data", "put", "cli-ds", str(b), env=env).returncode == 0
+    listed = data_up.cli("data", "list", env=env)
+    assert "cli-ds" in listed.stdout and "v2" in listed.stdout and "train-2026-12=v1" in listed.stdout
+    shown = data_up.cli("data", "show", "cli-ds", env=env)
+    assert "from the CLI" in shown.stdout and "a.csv" in shown.stdout and "v2" in shown.stdout
+    out = tmp_path / "out"
+    got = data_up.cli("data", "get", "cli-ds", "-V", "train-2026-12", "-o", str(out), env=env)
+    assert got.returncode == 0, got.stderr
+    assert (out / "a.csv").read_text() == "x,y\n1,2\n" and (out / "b.txt").read_text() == "hello"
+    moved = data_up.cli("data", "alias", "cli-ds", "train-2026-12", "2", env=env)
+    assert moved.returncode == 0 and "train-2026-12 -> v2" in moved.stdout
+    got = data_up.cli("data", "get", "cli-ds", "-V", "train-2026-12", env=env)
+    assert (Path(got.stdout.strip()) / "b.txt").read_text() == "hello again"
+    bad = data_up.cli("data", "get", "no-such-ds", env=env)
+    assert bad.returncode == 1 and "no dataset 'no-such-ds'" in bad.stderr and "Traceback" not in bad.stderr
+    bad = data_up.cli("data", "put", "a/b", str(a), env=env)
+    assert bad.returncode == 2 and "invalid dataset name 'a/b'" in bad.stderr
+
+
+def test_datasets_are_private_to_their_owner_unless_shared(data_up, scientist, other_scientist, viewer, tmp_path):
+    import aidc
+    from aidc.errors import PermissionDeniedError
+    mine, theirs, watcher = (client_of(data_up, u) for u in (scientist, other_scientist, viewer))
+    aidc.data.put("perm-private", {"x": np.zeros(2)}, client=mine)
+    aidc.data.put("perm-public", {"x": np.ones(2)}, visibility="public", client=mine)
+    names = {d["name"] for d in aidc.data.list(client=theirs)}
+    assert "perm-public" in names and "perm-private" not in names
+    with pytest.raises(NotFoundError, match="no dataset 'perm-private'"):
+        aidc.data.get("perm-private", client=theirs)
+    r = data_api(data_up, other_scientist.token, "GET", "/datasets/perm-private/versions/1/files/data.npz")
+    assert r.status_code == 404 and r.json()["message"] == "no dataset 'perm-private'"
+    assert np.array_equal(aidc.data.get("perm-public", client=theirs)["x"], np.ones(2))
+    # seeing is not changing: a public dataset is the owner's to add versions to
+    with pytest.raises(PermissionDeniedError, match="only the owner"):
+        aidc.data.put("perm-public", {"x": np.zeros(1)}, client=theirs)
+    with pytest.raises(PermissionDeniedError, match="only the owner"):
+        aidc.data.alias("perm-public", "mine", 1, client=theirs)
+    with pytest.raises(NotFoundError):  # a private name is not even revealed as taken
+        aidc.data.put("perm-private", {"x": np.zeros(1)}, client=theirs)
+    with pytest.raises(PermissionDeniedError, match="scientist role"):
+        aidc.data.put("viewer-ds", {"x": np.zeros(1)}, client=watcher)
+    assert [v["version"] for v in aidc.data.show("perm-public", client=mine)["versions"]] == [1]
+
+
+def test_upload_over_the_quota_is_413_before_anything_is_sent(data_up, scientist):
+    quota = data_api(data_up, scientist.token, "GET", "/quota").json()
+    over = quota["quota"] - quota["used"] + 1
+    files = [{"name": f"part{i}.bin", "size": min(over, quota["max_file_bytes"])} for i in range(
+        -(-over // quota["max_file_bytes"]))]
+    r = data_api(data_up, scientist.token, "POST", "/datasets/quota-ds/uploads", json={"files": files})
+    assert r.status_code == 413, r.text
+    message = r.json()["message"]
+    assert "over your data quota of" in message and "GiB" in message
+    r = data_api(data_up, scientist.token, "POST", "/datasets/quota-ds/uploads",
+                 json={"files": [{"name": "huge.bin", "size": quota["max_file_bytes"] + 1}]})
+    assert r.status_code == 413 and "one file may be at most" in r.json()["message"]
+    assert data_api(data_up, scientist.token, "GET", "/datasets/quota-ds").status_code == 404
+
+
+def test_interrupted_upload_leaves_no_version(data_up, scientist):
+    content = bytes(range(256)) * 4096  # 1 MiB
+    declared = {"files": [{"name": "blob.bin", "size": len(content),
+                           "sha256": hashlib.sha256(content).hexdigest()}]}
+    r = data_api(data_up, scientist.token, "POST", "/datasets/cut-ds/uploads", json=declared)
+    assert r.status_code == 201, r.text
+    upload = r.json()["upload"]
+    path = f"/services/data/api/datasets/cut-ds/uploads/{upload}/files/blob.bin"
+    url = urlparse(data_up.url)
+    with socket.create_connection((url.hostname, url.port), timeout=30) as s:
+        s.sendall((f"PUT {path} HTTP/1.1\r\nHost: {url.netloc}\r\n"
+                   f"Authorization: token {scientist.token}\r\n"
+                   f"Content-Type: application/octet-stream\r\nContent-Length: {len(content)}\r\n\r\n").encode())
+        s.sendall(content[: len(content) // 2])
+    # the half file is not a file of the upload: committing is refused, nothing is published
+    deadline = time.monotonic() + 60
+    while True:
+        r = data_api(data_up, scientist.token, "POST", f"/datasets/cut-ds/uploads/{upload}")
+        if r.status_code == 409 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert r.status_code == 409 and "incomplete: blob.bin" in r.json()["message"], r.text
+    assert data_api(data_up, scientist.token, "GET", "/datasets/cut-ds").status_code == 404
+    # a body cut short with a correct-looking end is refused too: shorter than declared
+    r = data_api(data_up, scientist.token, "PUT", f"/datasets/cut-ds/uploads/{upload}/files/blob.bin",
+                 data=content[:1000])
+    assert r.status_code == 400 and "incomplete: 1000 of the" in r.json()["message"]
+    # sent again in full, the same upload completes
+    r = data_api(data_up, scientist.token, "PUT", f"/datasets/cut-ds/uploads/{upload}/files/blob.bin",
+                 data=content)
+    assert r.status_code == 200 and r.json()["sha256"] == declared["files"][0]["sha256"], r.text
+    r = data_api(data_up, scientist.token, "POST", f"/datasets/cut-ds/uploads/{upload}")
+    assert r.status_code == 201 and r.json()["version"] == 1
+
+
+def test_bad_input_is_a_clear_4xx_and_stores_nothing(data_up, scientist, tmp_path):
+    import aidc
+    c = client_of(data_up, scientist)
+    fake = tmp_path / "weights.npz"
+    fake.write_bytes(b"this is not a zip archive at all")
+    with pytest.raises(UsageError, match="weights.npz is not a NumPy .npz archive"):
+        aidc.data.put("bad-npz", fake, client=c)
+    assert data_api(data_up, scientist.token, "GET", "/datasets/bad-npz").status_code == 404
+    for name in ("a/b", "..", "../etc"):
+        with pytest.raises(UsageError, match="invalid dataset name"):
+            aidc.data.put(name, {"x": np.zeros(1)}, client=c)
+    for raw in ("a%2Fb", "..%2Fx"):
+        r = data_api(data_up, scientist.token, "POST", f"/datasets/{raw}/uploads",
+                     json={"files": [{"name": "f", "size": 1}]})
+        assert r.status_code == 400 and "invalid dataset name" in r.json()["message"], (raw, r.text)
+    r = data_api(data_up, scientist.token, "GET", "/datasets/a/b")
+    assert r.status_code == 400 and "no '/'" in r.json()["message"]
+    r = data_api(data_up, scientist.token, "POST", "/datasets/ok-name/uploads",
+                 json={"files": [{"name": "../escape.txt", "size": 1}]})
+    assert r.status_code == 400 and "invalid file name" in r.json()["message"]
+    r = data_api(data_up, scientist.token, "POST", "/datasets/ok-name/uploads", data="{not json")
+    assert r.status_code == 400 and "not valid JSON" in r.json()["message"]
+    doc = data_api(data_up, scientist.token, "GET", "/openapi.json").json()
+    assert "/datasets/{name}/uploads" in doc["paths"]
+
+
+READ_AND_REGISTER = """
+import aidc, onnx
+from onnx import TensorProto, helper
+arrays = aidc.data.get("job-input", "train")
+aidc.record("total", float(arrays["x"].sum()))
+graph = helper.make_graph(
+    [helper.make_node("Mul", ["x", "k"], ["y"])], "scale",
+    [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2])],
+    [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])],
+    initializer=[helper.make_tensor("k", TensorProto.FLOAT, [1], [2.0])])
+model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+model.ir_version = 8
+onnx.save(model, "scale.onnx")
+"""
+
+REGISTER = """
+v = aidc.models.register("scale.onnx", name="from-data-job")
+aidc.record("registered_version", v.version)
+"""
+
+
+def test_a_job_records_the_dataset_versions_it_read_and_its_model_names_them(data_up, scientist):
+    import aidc
+    from jobs_helpers import notebook, put, submit, wait, wait_service
+    c = client_of(data_up, scientist)
+    aidc.data.put("job-input", {"x": np.ones(4)}, client=c)
+    v2 = aidc.data.put("job-input", {"x": np.full(4, 2.0)}, alias="train", client=c)
+    aidc.data.put("job-input", {"x": np.zeros(4)}, client=c)  # latest, not read by the job
+    wait_service(data_up, scientist.token)
+    put(data_up, scientist, "data/read.ipynb", notebook(READ_AND_REGISTER, REGISTER))
+    job = submit(data_up, scientist, "data/read.ipynb")
+    done = wait(data_up, scientist, job["id"], timeout=240)
+    assert done["status"] == "completed", (done, data_up.log()[-4000:])
+    assert done["metrics"]["total"] == 8.0  # it read v2 (the alias), with its owner's rights
+    read = [{"name": "job-input", "version": 2, "sha256": v2.sha256}]
+    assert done["datasets"] == read
+    version = done["metrics"]["registered_version"]
+    r = data_up.api(scientist.token).get(
+        f"{data_up.url}/services/models/api/models/from-data-job/versions/{version}", timeout=60)
+    lineage = r.json()["lineage"]
+    assert lineage["job"] == job["id"] and lineage["notebook"] == "data/read.ipynb"
+    assert lineage["datasets"] == read

@@ -12,9 +12,9 @@ import argparse
 import sys
 
 from ..errors import AidcError
-from . import jobs, models, server, token, up, user, whoami
+from . import data, jobs, models, server, token, up, user, whoami
 
-COMMANDS = (up, user, token, whoami, server, jobs, models)
+COMMANDS = (up, user, token, whoami, server, jobs, models, data)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,10 +11,10 @@ import re
 from typing import Any
 
 from ..errors import UsageError
+from ..services.visibility import VISIBILITIES
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,127}$")
 ALIAS = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
-VISIBILITIES = ("private", "group", "public")
 #: characters a file name inside a dataset may not hold (besides "/" between folders)
 _BAD_FILE_CHARS = re.compile(r"[\x00-\x1f\x7f\\]")
 

@@ -29,7 +29,7 @@ from papermill.engines import NBClientEngine, NotebookExecutionManager, papermil
 from papermill.exceptions import PapermillExecutionError
 
 from .. import artifacts
-from .metrics import MIME
+from .metrics import DATASET_MIME, MIME
 
 #: Dask event topic of job progress
 TOPIC = "aidc-jobs"
@@ -99,6 +99,15 @@ class _Attempt:
         self.emit({"type": "metric", "cell": self.cell, "name": name,
                    "value": {"value": value, "step": step}})
 
+    def dataset(self, payload: dict) -> None:
+        """A dataset version the notebook read (``aidc.data``): the job's lineage."""
+        name, version = payload.get("name"), payload.get("version")
+        if not isinstance(name, str) or isinstance(version, bool) or not isinstance(version, int):
+            return
+        self.flush()
+        self.emit({"type": "dataset", "cell": self.cell, "name": name,
+                   "value": {"name": name, "version": version, "sha256": str(payload.get("sha256") or "")}})
+
 
 class _ReportingManager(NotebookExecutionManager):
     """papermill's execution manager, also telling the service about each cell."""
@@ -145,6 +154,9 @@ class _JobNotebookClient(PapermillNotebookClient):
             payload = (content.get("data") or {}).get(MIME)
             if isinstance(payload, dict):
                 attempt.metric(payload)
+            read = (content.get("data") or {}).get(DATASET_MIME)
+            if isinstance(read, dict):
+                attempt.dataset(read)
         return super().process_message(msg, cell, cell_index)
 
 

@@ -628,6 +628,7 @@ class JobManager(LoggingConfigurable):
             "schedule": job["schedule_id"],
             "progress": {"cell": job["cell"], "cells": job["cells"]},
             "metrics": job["metrics"], "series": job["series"], "queue_position": position,
+            "datasets": self.store.datasets_read(job["id"]),
             "waiting": self._waiting_for(job),
             "notices": self._notices(job["id"]),
             "cancel_requested": bool(job["cancel_requested"]),

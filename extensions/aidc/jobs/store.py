@@ -250,6 +250,18 @@ class JobStore(LoggingConfigurable):
         with self.engine.connect() as c:
             return [dict(r._mapping) for r in c.execute(q)]
 
+    def datasets_read(self, job_id: str) -> list[dict]:
+        """The dataset versions the job's notebook read (``aidc.data``; its ``dataset``
+        events), each once, in the order first read."""
+        q = (sa.select(events.c.value).where(events.c.job_id == job_id, events.c.type == "dataset")
+             .order_by(events.c.seq))
+        found: dict[tuple, dict] = {}
+        with self.engine.connect() as c:
+            for (value,) in c.execute(q):
+                if isinstance(value, dict):
+                    found.setdefault((value.get("name"), value.get("version")), value)
+        return list(found.values())
+
     def logs(self, job_id: str) -> str:
         q = (sa.select(events.c.text).where(events.c.job_id == job_id, events.c.type.in_(["stream", "error"]))
              .order_by(events.c.seq))

@@ -38,13 +38,14 @@ class JobTokens(LoggingConfigurable):
         default_value=[
             "access:services!service=models",
             "access:services!service=jobs",
+            "access:services!service=data",
             "read:users:name!user",
             "read:users:groups!user",
         ],
         help="""Hub scopes of a job's token (the kernel's ``AIDC_TOKEN``).
 
-        By default a job may use the models and jobs services as its owner (register a
-        model with lineage, submit or watch jobs) and read its owner's name and groups,
+        By default a job may use the models, jobs and data services as its owner (register a
+        model with lineage, submit or watch jobs, read datasets) and read its owner's name and groups,
         nothing else: it cannot start servers or make tokens. An empty list runs jobs
         without any token.""",
     ).tag(config=True)
