@@ -154,6 +154,26 @@ def test_orphaned_upload_folders_are_removed_and_versions_kept(uploads):
     assert (Path(version["location"]) / "f0.bin").read_bytes() == b"keep"
 
 
+
+def test_the_datasets_tables_on_postgresql(postgres, tmp_path):
+    """The migrations and the queries on the production database (sizes past 2 GiB too)."""
+    store = DatasetStore(db_url=postgres.create_database("datasets"))
+    uploads = DatasetUploads(store, storage_url=str(tmp_path / "files"), quota_bytes=2**40,
+                             max_file_bytes=2**40)
+    big = 3 * 2**30  # declared only: the quota sums sizes as 64-bit integers
+    pending = uploads.begin("pg-ds", "alice", ["team"], [{"name": "big.bin", "size": big}])
+    assert uploads.used_by("alice") == big
+    uploads.abort(pending)
+    up = uploads.begin("pg-ds", "alice", ["team"], declare(b"one"), alias="first")
+    send(uploads, up, "f0.bin", b"one")
+    assert uploads.commit(up)["version"] == 1
+    store.add_version("pg-ds", "alice", [], files=[{"name": "big.bin", "size": big, "sha256": "0" * 64}],
+                      location=str(tmp_path / "elsewhere"))
+    assert store.resolve("pg-ds", None) == 2 and store.resolve("pg-ds", "first") == 1
+    assert store.used_bytes("alice") == big + 3
+    assert DatasetStore(db_url=store.db_url).versions("pg-ds")[1]["size"] == big  # migrated once
+
+
 # -- on the session platform ----------------------------------------------------------
 def data_api(platform, token, method, path, **kw):
     kw.setdefault("timeout", 60)
@@ -394,7 +414,8 @@ def test_a_job_records_the_dataset_versions_it_read_and_its_model_names_them(dat
     v2 = aidc.data.put("job-input", {"x": np.full(4, 2.0)}, alias="train", client=c)
     aidc.data.put("job-input", {"x": np.zeros(4)}, client=c)  # latest, not read by the job
     wait_service(data_up, scientist.token)
-    put(data_up, scientist, "data/read.ipynb", notebook(READ_AND_REGISTER, REGISTER))
+    # read and register in one cell: the read is in the job's record before register() asks
+    put(data_up, scientist, "data/read.ipynb", notebook(READ_AND_REGISTER + REGISTER))
     job = submit(data_up, scientist, "data/read.ipynb")
     done = wait(data_up, scientist, job["id"], timeout=240)
     assert done["status"] == "completed", (done, data_up.log()[-4000:])

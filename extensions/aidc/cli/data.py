@@ -21,7 +21,8 @@ def add_parser(sub, common) -> None:
 
     p = action("put", "store files or folders as the next version of a dataset", put)
     p.add_argument("name")
-    p.add_argument("files", nargs="+", metavar="FILE", help="files or folders (a folder keeps its name)")
+    p.add_argument("files", nargs="+", metavar="FILE",
+                   help="files or folders (given with others, a folder keeps its name as a prefix)")
     p.add_argument("--description", default="")
     p.add_argument("--visibility", choices=list(VISIBILITIES), default="private",
                    help="private (default): you and admins; group: also your groups; "

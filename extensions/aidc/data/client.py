@@ -8,7 +8,8 @@ one folder per version and content hash, filled once and checked against the
 service's sha256: versions never change, so a cached copy never goes stale. Inside a
 job (``AIDC_JOB_ID`` set) every read is also reported to the job as a display output
 of type :data:`aidc.jobs.metrics.DATASET_MIME`, so the job records which versions it
-read, and a model registered from it names them in its lineage.
+read, and a model registered from it names them in its lineage (the read returns once the
+job's record lists it).
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import time
 import uuid
 from pathlib import Path
 from typing import IO, Any, Iterator
 from urllib.parse import quote
 
 from ..client import Client
-from ..errors import PlatformError, UsageError
+from ..errors import AidcError, PlatformError, UsageError
 from .names import check_name, parse_version
 
 API = "services/data/api"
@@ -30,6 +32,8 @@ CHUNK = 1024 * 1024
 #: file names the Python API stores a table and arrays under
 TABLE_PARQUET, TABLE_CSV, ARRAYS = "data.parquet", "data.csv", "data.npz"
 
+#: seconds a read inside a job waits for the job's record to list it
+RECORD_WAIT = 10.0
 #: (name, version) already reported to the running job
 _reported: set[tuple[str, int]] = set()
 
@@ -79,7 +83,8 @@ def put(name: str, source: Any, *, description: str = "", visibility: str = "pri
     ``source``: a file or folder path, a list of paths (a folder keeps its name as a
     prefix), a pandas DataFrame (stored as ``data.parquet``, or ``data.csv`` without
     pyarrow) or a dict of NumPy arrays (``data.npz``). ``visibility`` is the dataset's
-    (``private``, ``group``: also your groups, ``public``: everyone signed in); ``alias``
+    from now on, set by every put (``private``, ``group``: also your groups, ``public``:
+    everyone signed in); ``alias``
     (e.g. ``train-2026-12``) is pointed at the new version. Files are streamed, never
     read into memory whole; the version exists only once every file arrived intact.
     """
@@ -283,14 +288,17 @@ def _fetch(c: Client, info: dict, wanted: list[str]) -> Path:
             partial.rename(target)
         finally:
             partial.unlink(missing_ok=True)
-    _report(info)
+    _report(c, info)
     return folder
 
 
-def _report(info: dict) -> None:
-    """Inside a job: tell the job which dataset version it read (once per version)."""
+def _report(c: Client, info: dict) -> None:
+    """Inside a job: tell the job which dataset version it read (once per version), and
+    wait until the job's record lists it, so that a model registered right after names it
+    in its lineage."""
     key = (info["name"], info["version"])
-    if not os.environ.get("AIDC_JOB_ID") or key in _reported:
+    job_id = os.environ.get("AIDC_JOB_ID")
+    if not job_id or key in _reported:
         return
     _reported.add(key)
     from ..jobs.metrics import DATASET_MIME
@@ -301,3 +309,12 @@ def _report(info: dict) -> None:
     payload = {"name": info["name"], "version": info["version"], "sha256": info["sha256"]}
     display({DATASET_MIME: payload, "text/plain": f"read dataset {info['name']} v{info['version']}"},
             raw=True)
+    deadline = time.monotonic() + RECORD_WAIT
+    try:
+        while time.monotonic() < deadline:
+            job = c.get_json(f"services/jobs/api/jobs/{quote(job_id, safe='')}")
+            if any((d.get("name"), d.get("version")) == key for d in job.get("datasets") or []):
+                return
+            time.sleep(0.1)
+    except AidcError:
+        pass  # no jobs service to ask: the read is recorded all the same, only later
