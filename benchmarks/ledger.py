@@ -29,14 +29,21 @@ What it does
      the tables equal the shadow record and the baseline's state.
 
 Prints p50/p90/p99/max latency (ms) and operations/s for ``request`` and ``release`` of
-each allocator, the ratio aidc/baseline, and the goal check (p99 allocation decision < 1 ms).
+each allocator, the ratio aidc/baseline, and the goal check (p99 allocation decision < 1 ms
+on SQLite, < 2 ms on a database server).
+
+With ``--db-url postgresql://...`` a second ledger on that database runs the same
+workload side by side with the SQLite one, operation by operation (SQLite, PostgreSQL,
+baseline back to back, so machine noise hits all three alike), with the same checks. Its
+tables go into a schema of their own (``aidc_bench_<pid>``), dropped at the end: the
+database's other tables are not touched.
 
 Usage: ``.venv/bin/python benchmarks/ledger.py [--nodes 1000] [--gpus-per-node 8]
-[--requests 10000] [--seed 1] [--ledger MODULE:CLASS]``; ``--ledger`` measures another
-``GPULedger`` (sub)class, e.g. a proposed change, against the same workload and checks. Exit
-status 0 when the run is consistent (even if the latency goal is missed), 1 when a
-consistency check fails. 3-4 minutes with the defaults on 2 cores, nearly all of it in
-the ledger's own calls.
+[--requests 10000] [--seed 1] [--ledger MODULE:CLASS] [--db-url URL]``; ``--ledger``
+measures another ``GPULedger`` (sub)class, e.g. a proposed change, against the same
+workload and checks. Exit status 0 when the run is consistent (even if the latency goal is
+missed), 1 when a consistency check fails. 3-4 minutes with the defaults on 2 cores,
+nearly all of it in the ledger's own calls.
 """
 
 from __future__ import annotations
@@ -62,7 +69,7 @@ sys.path.insert(0, str(ROOT / "extensions"))
 from aidc.gpu.inventory import simulated  # noqa: E402
 from aidc.gpu.ledger import GRANTED, QUEUED, GPULedger  # noqa: E402
 
-GOAL_MS = 1.0
+GOAL_MS = {"sqlite": 1.0, "postgresql": 2.0}
 
 
 # -- workload -----------------------------------------------------------------------------
@@ -213,13 +220,17 @@ def decision_of(unit_ids: list[str]) -> Decision:
 class Shadow:
     """unit -> holder, built only from the ledger's own answers and tables."""
 
-    def __init__(self, db_path: str):
+    def __init__(self, db):
         self.owner_of: dict[str, str] = {}
         self.units_of: dict[str, list[str]] = {}
         self.queued: set[str] = set()
         self.grants = 0
         self.violations: list[str] = []
-        self.db = sqlite3.connect(db_path)  # a second, read-only reader (WAL)
+        self.db = db  # a second, read-only reader (SQLite WAL, or an autocommit psycopg connection)
+        self.paramstyle = "%s" if type(db).__module__.startswith("psycopg") else "?"
+
+    def execute(self, sql: str, params: tuple = ()):
+        return self.db.execute(sql.replace("?", self.paramstyle), params)
 
     def grant(self, holder: str, unit_ids: list[str]) -> None:
         for uid in unit_ids:
@@ -245,18 +256,18 @@ class Shadow:
         """Claims the ledger granted from its queue during the last operation."""
         if not self.queued:
             return []
-        still = {h for (h,) in self.db.execute("SELECT holder FROM gpu_claims WHERE state = ?", (QUEUED,))}
+        still = {h for (h,) in self.execute("SELECT holder FROM gpu_claims WHERE state = ?", (QUEUED,))}
         granted = sorted(self.queued - still, key=lambda h: int(h.split(":")[1]))
         for h in granted:
-            ids = [uid for (uid,) in self.db.execute(
+            ids = [uid for (uid,) in self.execute(
                 "SELECT id FROM gpu_units WHERE holder = ? ORDER BY gpu_index, id", (h,))]
             self.grant(h, ids)
         return granted
 
     def final_check(self, naive: NaiveAllocator) -> list[str]:
         problems = []
-        units = self.db.execute("SELECT id, node, holder FROM gpu_units WHERE present").fetchall()
-        rows = self.db.execute("SELECT holder, count, state FROM gpu_claims").fetchall()
+        units = self.execute("SELECT id, node, holder FROM gpu_units WHERE present").fetchall()
+        rows = self.execute("SELECT holder, count, state FROM gpu_claims").fetchall()
         claims = {h: (c, s) for h, c, s in rows}
         held: dict[str, list[tuple[str, str]]] = {}
         for uid, node, holder in units:
@@ -302,6 +313,47 @@ def load_class(spec: str) -> type:
     return cls
 
 
+@dataclass
+class Contender:
+    """One ledger under test, with its own database, shadow record and timings."""
+
+    label: str  # "sqlite" or "postgresql"
+    ledger: GPULedger
+    shadow: Shadow
+    times: dict = field(default_factory=lambda: {"request": Series(), "release": Series()})
+    mismatches: list[str] = field(default_factory=list)
+    n_mismatch: int = 0
+    queued_at_request: int = 0
+    max_queue: int = 0
+    setup_s: float = 0.0
+    occupancy: list[float] = field(default_factory=list)
+
+    def compare(self, holder: str, mine: Decision, theirs: Decision, note: str = "") -> None:
+        if mine != theirs:
+            self.n_mismatch += 1
+            if len(self.mismatches) < 5:
+                self.mismatches.append(f"{holder}{note}: aidc {mine}, baseline {theirs}")
+
+
+def postgres_schema(url: str) -> tuple[str, str, object]:
+    """A fresh schema in the database ``url`` for the benchmark's tables: the URL that puts
+    the ledger's tables there, the schema's name and an autocommit psycopg connection."""
+    import psycopg
+    import sqlalchemy as sa
+
+    u = sa.engine.make_url(url)
+    if u.get_backend_name() != "postgresql":
+        raise SystemExit("--db-url: a postgresql:// URL")
+    schema = f"aidc_bench_{os.getpid()}"
+    conninfo = u.set(drivername="postgresql").render_as_string(hide_password=False)
+    conn = psycopg.connect(conninfo, autocommit=True)
+    conn.execute(f"CREATE SCHEMA {schema}")
+    conn.execute(f"SET search_path TO {schema}")
+    ledger_url = u.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
+        hide_password=False)
+    return ledger_url, schema, conn
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--nodes", type=int, default=1000)
@@ -312,6 +364,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ledger", default="aidc.gpu.ledger:GPULedger", metavar="MODULE:CLASS",
                     help="the ledger class to measure (a module or a path/to/file.py), to try a "
                          "change before it lands; default: %(default)s")
+    ap.add_argument("--db-url", metavar="URL",
+                    help="also measure a ledger on this PostgreSQL database, side by side with "
+                         "SQLite (its tables in a schema of their own, dropped at the end)")
     args = ap.parse_args(argv)
 
     started = time.monotonic()
@@ -319,73 +374,75 @@ def main(argv: list[str] | None = None) -> int:
     capacity = args.nodes * args.gpus_per_node
     tmp = tempfile.mkdtemp(prefix="aidc-bench-ledger-")
     db_path = os.path.join(tmp, "aidc.sqlite")
+    cls = load_class(args.ledger)
+    nodes = [f"node{i:05d}" for i in range(args.nodes)]
+    inventory = simulated(args.gpus_per_node)
+    pg = None
+    contenders: list[Contender] = []
+    server_version = ""
     try:
-        ledger = load_class(args.ledger)(db_url=f"sqlite:///{db_path}")
-        nodes = [f"node{i:05d}" for i in range(args.nodes)]
-        inventory = simulated(args.gpus_per_node)
-        t = time.monotonic()
-        for n in nodes:
-            ledger.add_node(n, inventory)
-        setup_s = time.monotonic() - t
+        targets = [("sqlite", f"sqlite:///{db_path}")]
+        if args.db_url:
+            pg_url, schema, pg = postgres_schema(args.db_url)
+            server_version = pg.execute("SHOW server_version").fetchone()[0]
+            targets.append(("postgresql", pg_url))
+        for label, url in targets:
+            ledger = cls(db_url=url)
+            t = time.monotonic()
+            for n in nodes:
+                ledger.add_node(n, inventory)
+            reader = sqlite3.connect(db_path) if label == "sqlite" else pg
+            contenders.append(Contender(label, ledger, Shadow(reader), setup_s=time.monotonic() - t))
         naive = NaiveAllocator(nodes, args.gpus_per_node)
         ops = make_workload(args.requests, capacity, args.seed)
-        shadow = Shadow(db_path)
-
-        times = {("aidc", "request"): Series(), ("aidc", "release"): Series(),
-                 ("baseline", "request"): Series(), ("baseline", "release"): Series()}
+        baseline = {"request": Series(), "release": Series()}
         perf = time.perf_counter_ns
-        queued_at_request = 0
-        mismatches: list[str] = []
-        n_mismatch = 0
-        occupancy: list[float] = []
-        max_queue = 0
         progress_every = max(1, len(ops) // 20)
 
-        def compare(holder: str, mine: Decision, theirs: Decision, note: str = "") -> None:
-            nonlocal n_mismatch
-            if mine != theirs:
-                n_mismatch += 1
-                if len(mismatches) < 5:
-                    mismatches.append(f"{holder}{note}: aidc {mine}, baseline {theirs}")
-
         for i, op in enumerate(ops):
-            if op.kind == "request":
+            answers = []
+            for c in contenders:
                 t0 = perf()
-                claim = ledger.request(op.holder, op.owner, op.count)
-                t1 = perf()
-                b = naive.request(op.holder, op.count)
-                t2 = perf()
-                times["aidc", "request"].ns.append(t1 - t0)
-                times["baseline", "request"].ns.append(t2 - t1)
-                if claim.state == GRANTED:
-                    ids = [u["id"] for u in claim.units]
-                    shadow.grant(op.holder, ids)
-                    compare(op.holder, decision_of(ids), b)
+                if op.kind == "request":
+                    answers.append(c.ledger.request(op.holder, op.owner, op.count))
                 else:
-                    shadow.queued.add(op.holder)
-                    queued_at_request += 1
-                    compare(op.holder, Decision(claim.state), b)
-            else:
-                t0 = perf()
-                freed = ledger.release(op.holder)
-                t1 = perf()
-                naive.release(op.holder)
-                t2 = perf()
-                times["aidc", "release"].ns.append(t1 - t0)
-                times["baseline", "release"].ns.append(t2 - t1)
-                shadow.release(op.holder, freed)
-            for h in shadow.catch_up():
-                compare(h, decision_of(shadow.units_of[h]), naive.decision(h), " (from the queue)")
-            max_queue = max(max_queue, len(shadow.queued))
-            occupancy.append(len(shadow.owner_of) / capacity)
+                    answers.append(c.ledger.release(op.holder))
+                c.times[op.kind].ns.append(perf() - t0)
+            t0 = perf()
+            b = naive.request(op.holder, op.count) if op.kind == "request" else naive.release(op.holder)
+            baseline[op.kind].ns.append(perf() - t0)
+            for c, answer in zip(contenders, answers):
+                shadow = c.shadow
+                if op.kind == "request":
+                    if answer.state == GRANTED:
+                        ids = [u["id"] for u in answer.units]
+                        shadow.grant(op.holder, ids)
+                        c.compare(op.holder, decision_of(ids), b)
+                    else:
+                        shadow.queued.add(op.holder)
+                        c.queued_at_request += 1
+                        c.compare(op.holder, Decision(answer.state), b)
+                else:
+                    shadow.release(op.holder, answer)
+                for h in shadow.catch_up():
+                    c.compare(h, decision_of(shadow.units_of[h]), naive.decision(h), " (from the queue)")
+                c.max_queue = max(c.max_queue, len(shadow.queued))
+                c.occupancy.append(len(shadow.owner_of) / capacity)
             if (i + 1) % progress_every == 0:
-                print(f"  ... {i + 1}/{len(ops)} operations, {occupancy[-1]:.0%} full, "
-                      f"{len(shadow.queued)} queued, {time.monotonic() - started:.0f} s",
+                c = contenders[0]
+                print(f"  ... {i + 1}/{len(ops)} operations, {c.occupancy[-1]:.0%} full, "
+                      f"{len(c.shadow.queued)} queued, {time.monotonic() - started:.0f} s",
                       file=sys.stderr, flush=True)
-        problems = shadow.violations + shadow.final_check(naive)
-        shadow.db.close()
+        problems = {c.label: c.shadow.violations + c.shadow.final_check(naive) for c in contenders}
         elapsed = time.monotonic() - started
     finally:
+        for c in contenders:
+            if c.label == "sqlite":
+                c.shadow.db.close()
+            c.ledger.engine.dispose()
+        if pg is not None:
+            pg.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+            pg.close()
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
 
@@ -393,54 +450,74 @@ def main(argv: list[str] | None = None) -> int:
     n_req = sum(1 for o in ops if o.kind == "request")
     n_rel = len(ops) - n_req
     first_release = next((i for i, o in enumerate(ops) if o.kind == "release"), 0)
-    warm = occupancy[first_release:] or occupancy  # after the first fill
+    first = contenders[0]
+    warm = first.occupancy[first_release:] or first.occupancy  # after the first fill
+    labels = " and ".join(f"{c.label}" for c in contenders)
     print()
-    print(f"GPU ledger benchmark: aidc {args.ledger} (SQLite WAL, one process) vs naive in-memory allocator")
+    print(f"GPU ledger benchmark: aidc {args.ledger} ({labels}, one process each) vs naive "
+          "in-memory allocator")
     print(f"machine: {os.cpu_count()} CPUs, {platform.python_implementation()} {platform.python_version()}, "
-          f"SQLite {sqlite3.sqlite_version}, {platform.platform()}; load average at start "
+          f"SQLite {sqlite3.sqlite_version}" + (f", PostgreSQL {server_version} (same machine)"
+                                               if server_version else "")
+          + f", {platform.platform()}; load average at start "
           f"{load0:.2f}, at end {os.getloadavg()[0]:.2f} (other work on the machine inflates the tails)")
     print(f"cluster: {args.nodes} nodes x {args.gpus_per_node} GPUs = {capacity} units (simulated); "
-          f"ledger setup {setup_s:.1f} s")
+          "ledger setup " + ", ".join(f"{c.label} {c.setup_s:.1f} s" for c in contenders))
     print(f"workload: {n_req} requests (70% 1 GPU, 20% 2, 10% 4), {n_rel} releases, seed {args.seed}")
     print(f"occupancy after the first fill: min {min(warm):.0%}, mean {sum(warm) / len(warm):.0%}, "
-          f"max {max(warm):.0%}; {queued_at_request} requests queued ({queued_at_request / n_req:.1%}), "
-          f"queue up to {max_queue}")
+          f"max {max(warm):.0%}; {first.queued_at_request} requests queued "
+          f"({first.queued_at_request / n_req:.1%}), queue up to {first.max_queue}")
     print()
-    print(f"{'allocator':<9} {'op':<8} {'n':>6} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} {'max ms':>9} {'ops/s':>10}")
-    sums = {k: v.summary() for k, v in times.items()}
-    for (who, what), s in sums.items():
-        print(f"{who:<9} {what:<8} {s['n']:>6} {s['p50']:>9.3f} {s['p90']:>9.3f} {s['p99']:>9.3f} "
+    print(f"{'allocator':<10} {'op':<8} {'n':>6} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} {'max ms':>9} {'ops/s':>10}")
+    rows = [(f"{c.label}", what, c.times[what].summary()) for c in contenders for what in ("request", "release")]
+    rows += [("baseline", what, baseline[what].summary()) for what in ("request", "release")]
+    for who, what, s in rows:
+        print(f"{who:<10} {what:<8} {s['n']:>6} {s['p50']:>9.3f} {s['p90']:>9.3f} {s['p99']:>9.3f} "
               f"{s['max']:>9.3f} {s['per_s']:>10.0f}")
     print()
-    for what in ("request", "release"):
-        a, b = sums["aidc", what], sums["baseline", what]
-        print(f"ratio aidc/baseline ({what}): p50 {a['p50'] / b['p50']:.0f}x, p99 {a['p99'] / b['p99']:.0f}x, "
-              f"throughput {b['per_s'] / a['per_s']:.0f}x lower")
-    all_ns = sorted(times["aidc", "request"].ns + times["aidc", "release"].ns)
-    p99_all = percentile(all_ns, 99)
+    base = {what: baseline[what].summary() for what in ("request", "release")}
+    for c in contenders:
+        for what in ("request", "release"):
+            a, b = c.times[what].summary(), base[what]
+            print(f"ratio {c.label}/baseline ({what}): p50 {a['p50'] / b['p50']:.0f}x, "
+                  f"p99 {a['p99'] / b['p99']:.0f}x, throughput {b['per_s'] / a['per_s']:.0f}x lower")
+    if len(contenders) > 1:
+        for what in ("request", "release"):
+            a, b = contenders[1].times[what].summary(), contenders[0].times[what].summary()
+            print(f"ratio postgresql/sqlite ({what}): p50 {a['p50'] / b['p50']:.1f}x, "
+                  f"p99 {a['p99'] / b['p99']:.1f}x")
     print()
-    for what in ("request", "release"):
-        p99 = sums["aidc", what]["p99"]
-        verdict = "PASS" if p99 < GOAL_MS else f"FAIL ({p99 / GOAL_MS:.1f}x over)"
-        print(f"goal: p99 allocation decision < {GOAL_MS:g} ms ({what}): {p99:.3f} ms: {verdict}")
-    verdict = "PASS" if p99_all < GOAL_MS else f"FAIL ({p99_all / GOAL_MS:.1f}x over)"
-    print(f"goal: p99 allocation decision < {GOAL_MS:g} ms (all decisions): {p99_all:.3f} ms: {verdict}")
+    for c in contenders:
+        goal = GOAL_MS[c.label]
+        for what in ("request", "release"):
+            p99 = c.times[what].summary()["p99"]
+            verdict = "PASS" if p99 < goal else f"FAIL ({p99 / goal:.1f}x over)"
+            print(f"goal ({c.label}): p99 allocation decision < {goal:g} ms ({what}): {p99:.3f} ms: {verdict}")
+        all_ns = sorted(c.times["request"].ns + c.times["release"].ns)
+        p99_all = percentile(all_ns, 99)
+        verdict = "PASS" if p99_all < goal else f"FAIL ({p99_all / goal:.1f}x over)"
+        print(f"goal ({c.label}): p99 allocation decision < {goal:g} ms (all decisions): "
+              f"{p99_all:.3f} ms: {verdict}")
     print()
-    same = "yes" if not n_mismatch else f"NO ({n_mismatch} differ; first ones below)"
-    print(f"same decisions as the baseline (state, node, GPUs): {same}")
-    for m in mismatches:
-        print(f"  {m}")
-    if problems:
-        print(f"consistency: FAIL ({len(problems)} problems)")
-        for p in problems[:20]:
-            print(f"  {p}")
-    else:
-        print(f"consistency: OK: no unit was ever given to two holders ({shadow.grants} grants, "
-              f"{n_rel} releases checked; final tables = what the ledger answered = baseline)")
+    failed = False
+    for c in contenders:
+        same = "yes" if not c.n_mismatch else f"NO ({c.n_mismatch} differ; first ones below)"
+        print(f"{c.label}: same decisions as the baseline (state, node, GPUs): {same}")
+        for m in c.mismatches:
+            print(f"  {m}")
+        if problems[c.label]:
+            print(f"{c.label}: consistency: FAIL ({len(problems[c.label])} problems)")
+            for p in problems[c.label][:20]:
+                print(f"  {p}")
+        else:
+            print(f"{c.label}: consistency: OK: no unit was ever given to two holders "
+                  f"({c.shadow.grants} grants, {n_rel} releases checked; final tables = what the "
+                  "ledger answered = baseline)")
+        failed = failed or bool(problems[c.label]) or bool(c.n_mismatch)
     print(f"total run time {elapsed:.0f} s")
     if args.keep:
         print(f"SQLite file kept: {db_path}")
-    return 1 if problems or n_mismatch else 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
