@@ -53,7 +53,7 @@ def test_aidc_up_refuses_a_database_that_does_not_answer_and_never_shows_its_pas
     url = f"postgresql://aidc:not-to-be-shown@127.0.0.1:{free_port()}/aidc"
     r = run_aidc("up", "--db-url", "-", data_dir=tmp_path / "data", input=url + "\n")
     assert r.returncode != 0
-    assert f"cannot use the platform database postgresql://aidc:***@127.0.0.1:" in r.stderr + r.stdout
+    assert "cannot use the platform database postgresql://aidc:***@127.0.0.1:" in r.stderr + r.stdout
     assert "not-to-be-shown" not in r.stderr + r.stdout
     assert not (tmp_path / "data" / "secrets" / "db-url").exists()  # nothing remembered
     r = run_aidc("up", "--db-url", "not a url", data_dir=tmp_path / "data")

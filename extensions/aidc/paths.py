@@ -19,6 +19,8 @@ from .errors import PlatformError
 
 DEFAULT_DATA_DIR = ".aidc"
 
+#: the data directory as ``aidc up`` hands it to the hub and the services it starts
+DATA_DIR_ENV = "AIDC_DATA_DIR"
 #: the platform database URL as ``aidc up`` hands it to the hub and the services it
 #: starts (their environment is private to the platform account, unlike a command line)
 DB_URL_ENV = "AIDC_DB_URL"
@@ -75,7 +77,7 @@ class DataDir:
     @classmethod
     def from_arg(cls, value: str | os.PathLike | None) -> "DataDir":
         """Resolve ``--data-dir`` (or ``$AIDC_DATA_DIR``, or ``./.aidc``) to an absolute path."""
-        raw = value or os.environ.get("AIDC_DATA_DIR") or DEFAULT_DATA_DIR
+        raw = value or os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR
         return cls(Path(raw).expanduser().resolve())
 
     # files -------------------------------------------------------------
@@ -176,6 +178,21 @@ class DataDir:
     def dev_password_file(self) -> Path:
         return self.secrets_dir / "dev-shared-password"
 
+    @property
+    def jobs_artifacts(self) -> Path:
+        """Job input snapshots and output notebooks (default of ``c.ArtifactStore.url``)."""
+        return self.root / "jobs" / "artifacts"
+
+    @property
+    def models_artifacts(self) -> Path:
+        """Model files (default of ``c.ModelRegistry.artifacts_url``)."""
+        return self.root / "models" / "artifacts"
+
+    @property
+    def models_cache(self) -> Path:
+        """Local copies of model files kept in a remote artifact store."""
+        return self.root / "models" / "cache"
+
     # setup -------------------------------------------------------------
     def ensure(self) -> "DataDir":
         """Create the directory tree with private permissions."""
@@ -202,6 +219,15 @@ class DataDir:
 
     def write_private(self, path: Path, text: str) -> None:
         _write_private(path, text)
+
+
+def data_dir() -> DataDir:
+    """The data directory of the platform this process belongs to: every module asks here.
+
+    ``aidc up`` sets ``$AIDC_DATA_DIR`` for the hub and every service it starts; other
+    processes (the CLI, a benchmark) get ``./.aidc``, as ``--data-dir`` does.
+    """
+    return DataDir.from_arg(None)
 
 
 def project_root() -> Path | None:

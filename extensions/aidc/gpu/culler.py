@@ -29,6 +29,7 @@ import requests
 from ..hub.services import ManagedService, python_command
 from ..security import audit
 from .ledger import GRANTED
+from ..paths import data_dir
 from .platform import open_ledger
 
 log = logging.getLogger("aidc.gpu.culler")
@@ -152,7 +153,7 @@ def main() -> None:
         hub_api=os.environ["JUPYTERHUB_API_URL"],
         public_url=os.environ["AIDC_URL"],
         token=os.environ["JUPYTERHUB_API_TOKEN"],
-        data_dir=os.environ["AIDC_DATA_DIR"],
+        data_dir=str(data_dir().root),
         idle_timeout=args.idle_timeout,
         interval=args.interval,
     )

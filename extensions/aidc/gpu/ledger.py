@@ -774,9 +774,6 @@ class _PgStore(_SqliteStore):
     def position(self, kind: str, priority: int, claim_id: int) -> int:
         return self.db.execute(_PG_POSITION, (kind, priority, priority, claim_id)).fetchone()[0]
 
-    def waiting_for(self, kind: str) -> bool:
-        return self.db.execute(_PG_WAITING_FOR, (kind,)).fetchone() is not None
-
     def most(self, kind: str) -> int:
         return self.db.execute(_PG_MOST, (kind,)).fetchone()[0] or 0
 

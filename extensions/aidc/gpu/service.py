@@ -17,6 +17,7 @@ from .. import roles
 from ..services.declare import ManagedService, python_command
 from ..services.base import ServiceHandler, run_service, signed_in
 from .ledger import GRANTED
+from ..paths import data_dir
 from .platform import open_ledger
 from .profiles import profiles_from_config
 
@@ -26,7 +27,7 @@ _ledger = None
 def ledger():
     global _ledger
     if _ledger is None:
-        _ledger = open_ledger(os.environ["AIDC_DATA_DIR"])
+        _ledger = open_ledger(data_dir().root)
     return _ledger
 
 

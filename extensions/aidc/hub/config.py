@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..paths import DataDir, find_proxy_command, log_rotation, templates_dir, venv_bin
+from ..paths import DataDir, data_dir, find_proxy_command, log_rotation, templates_dir, venv_bin
 from . import services, system_users
 
 #: How long (seconds) user servers and platform services may trust what the hub said
@@ -67,7 +67,7 @@ class PlatformOptions:
     def from_env(cls) -> "PlatformOptions":
         port = int(os.environ.get("AIDC_PORT", "8000"))
         return cls(
-            data_dir=DataDir.from_arg(os.environ.get("AIDC_DATA_DIR")),
+            data_dir=data_dir(),
             ip=os.environ.get("AIDC_IP", "127.0.0.1"),
             port=port,
             hub_port=int(os.environ.get("AIDC_HUB_PORT", port + 81)),

@@ -32,7 +32,7 @@ from ..errors import AidcError, UsageError
 from ..gpu import profiles as gpu_profiles
 from ..gpu.ledger import GRANTED, Claim, GPULedger, ImpossibleRequestError, QuotaExceededError
 from ..gpu.platform import open_ledger
-from ..paths import templates_dir
+from ..paths import data_dir as platform_data_dir, templates_dir
 
 
 def _http_error(e: AidcError) -> web.HTTPError:
@@ -93,7 +93,7 @@ class GPUAllocationMixin(LoggingConfigurable):
     def _ledger(self) -> GPULedger:
         """The hub's one ledger (one engine for all spawners), configured by ``c.GPULedger``."""
         if self.ledger is None:
-            data_dir = os.environ["AIDC_DATA_DIR"]
+            data_dir = str(platform_data_dir().root)
             if data_dir not in _LEDGERS:
                 _LEDGERS[data_dir] = open_ledger(data_dir, config=self.config)
             self.ledger = _LEDGERS[data_dir]

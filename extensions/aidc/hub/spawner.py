@@ -19,6 +19,7 @@ import pwd
 from jupyterhub.spawner import LocalProcessSpawner, SimpleLocalProcessSpawner
 from traitlets import Unicode, default
 
+from ..paths import data_dir
 from ..security import audit
 from . import system_users
 from .gpu_spawner import GPUAllocationMixin
@@ -110,5 +111,4 @@ class SharedAccountSpawner(AuditedSpawnerMixin, GPUAllocationMixin, SimpleLocalP
 
     @default("home_dir_template")
     def _default_home_template(self):
-        base = os.path.join(os.environ.get("AIDC_DATA_DIR", "/tmp"), "homes")
-        return os.path.join(base, "{username}")
+        return os.path.join(data_dir().dev_homes, "{username}")

@@ -8,12 +8,10 @@ need the matching fsspec backend installed and credentials in their environment)
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 from traitlets import Unicode, default
 
 from .. import artifacts
+from ..paths import data_dir
 
 
 class JobArtifactStore(artifacts.ArtifactStore):
@@ -26,8 +24,7 @@ class JobArtifactStore(artifacts.ArtifactStore):
 
     @default("url")
     def _default_url(self) -> str:
-        return os.environ.get("AIDC_JOBS_ARTIFACTS") or str(
-            Path(os.environ.get("AIDC_DATA_DIR", ".aidc")).resolve() / "jobs" / "artifacts")
+        return str(data_dir().jobs_artifacts)
 
     def job_url(self, job_id: str, name: str) -> str:
         return self.url_for(job_id, name)

@@ -25,6 +25,7 @@ from ..db import iso
 from ..errors import NotFoundError, UsageError
 from ..gpu.ledger import GPULedger
 from ..gpu.platform import open_ledger
+from ..paths import data_dir as platform_data_dir
 from ..services.declare import ManagedService, python_command
 from ..services.base import ServiceApp, ServiceHandler, needs_role, run_service, signed_in
 from ..services.visibility import visible
@@ -320,7 +321,7 @@ def main() -> None:
     from .cluster import JobCluster
     from .kernels import KernelLauncherPlugin
 
-    data_dir = os.environ.get("AIDC_DATA_DIR", ".aidc")
+    data_dir = str(platform_data_dir().root)
     app = JobsApp()
     app.load_drop_ins(data_dir)
     store = JobStore(config=app.config, data_dir=data_dir)

@@ -7,13 +7,13 @@ replicas load from local disk, so a version in a remote store is downloaded once
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from .. import artifacts
+from ..paths import data_dir
 
 
 def local_copy(url: str, filename: str) -> Path:
     """The artifact file (or SavedModel folder) ``filename`` of the version folder ``url``."""
-    cache = Path(os.environ.get("AIDC_DATA_DIR", ".aidc")).resolve() / "models" / "cache"
+    cache = data_dir().models_cache
     return artifacts.local_copy(url, cache) / filename
