@@ -1,9 +1,10 @@
 """Datasets (``aidc.data``, the data service, ``aidc data``).
 
-Fast tests of the parts without a platform first (names, the tables, streamed uploads,
-quota, orphan cleanup); then, on the session platform, round trips through the Python
-API and the CLI, permissions, the quota's 413, an interrupted upload, a bad ``.npz``,
-names with paths, and a job that reads a dataset and names its version.
+Fast tests of the parts without a platform first (names, the tables on SQLite and
+PostgreSQL, streamed uploads, quota, orphan cleanup); then, on the session platform, round
+trips through the Python API and the CLI, permissions, the quota's 413, an interrupted
+upload, a bad ``.npz``, names with paths, the service killed mid-upload, and a job that
+reads a dataset and names its version (as does the model it registers).
 """
 
 from __future__ import annotations
@@ -383,6 +384,54 @@ def test_bad_input_is_a_clear_4xx_and_stores_nothing(data_up, scientist, tmp_pat
     assert r.status_code == 400 and "not valid JSON" in r.json()["message"]
     doc = data_api(data_up, scientist.token, "GET", "/openapi.json").json()
     assert "/datasets/{name}/uploads" in doc["paths"]
+    page = data_up.api(scientist.token).get(f"{data_up.url}/services/data/", timeout=60,
+                                            headers={"Accept": "text/html"})
+    assert page.status_code == 200 and "aidc data" in page.text and 'href="api/openapi.json"' in page.text
+
+
+def _data_service_pid(platform) -> int:
+    import psutil
+    for proc in psutil.process_iter(["cmdline", "environ"]):
+        cmd = proc.info["cmdline"] or []
+        if cmd[-2:] == ["-m", "aidc.data.service"] and "aidc.services.launch" not in cmd \
+                and (proc.info["environ"] or {}).get("AIDC_DATA_DIR") == str(platform.data_dir):
+            return proc.pid
+    raise AssertionError("data service process not found")
+
+
+def test_data_service_killed_mid_upload_keeps_its_versions_and_drops_the_upload(data_up, scientist):
+    import os
+    import signal
+
+    import aidc
+    c = client_of(data_up, scientist)
+    aidc.data.put("crash-ds", {"x": np.arange(3)}, client=c)
+    content = b"z" * 100_000
+    r = data_api(data_up, scientist.token, "POST", "/datasets/crash-ds/uploads",
+                 json={"files": [{"name": "more.bin", "size": len(content)}]})
+    upload = r.json()["upload"]
+    r = data_api(data_up, scientist.token, "PUT", f"/datasets/crash-ds/uploads/{upload}/files/more.bin",
+                 data=content)
+    assert r.status_code == 200, r.text
+    left = data_up.data_dir.resolve() / "datasets" / "files" / "crash-ds" / upload
+    assert (left / "more.bin").exists()  # stored, never committed
+    pid = _data_service_pid(data_up)
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 120
+    while True:  # the hub starts it again
+        try:
+            if _data_service_pid(data_up) != pid:
+                break
+        except AssertionError:
+            pass
+        assert time.monotonic() < deadline, data_up.log()[-3000:]
+        time.sleep(0.3)
+    wait_data_service(data_up, scientist.token)
+    assert not left.exists()  # what the dead service was receiving is gone
+    r = data_api(data_up, scientist.token, "POST", f"/datasets/crash-ds/uploads/{upload}")
+    assert r.status_code == 404 and "start the upload again" in r.json()["message"]
+    assert [v["version"] for v in aidc.data.show("crash-ds", client=c)["versions"]] == [1]
+    assert np.array_equal(aidc.data.get("crash-ds", client=c)["x"], np.arange(3))
 
 
 READ_AND_REGISTER = """
