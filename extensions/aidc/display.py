@@ -92,15 +92,20 @@ def _cell(value: Any, raw: bool = False) -> str:
     return f'<td style="{style}">{value if raw else escape(format_value(value))}</td>'
 
 
-def _fields(title: str, rows: list[tuple[str, Any]], raw: set[str] = frozenset()) -> str:
-    """A two-column table under ``title`` (HTML): label, value; values in ``raw`` are HTML
-    this module made, every other one is escaped."""
+def _box(title: str, *parts: str) -> str:
+    """One object's fragment: its title (HTML this module made) over its tables."""
+    return (f'<div class="aidc-repr"><div style="font-weight:600;margin:2px 0">{title}</div>'
+            f'{"".join(parts)}</div>')
+
+
+def _fields(rows: list[tuple[str, Any]], raw: set[str] = frozenset()) -> str:
+    """A two-column table (HTML): label, value; values in ``raw`` are HTML this module
+    made, every other one is escaped; empty values are left out."""
     body = "".join(
         f'<tr><th style="{_CELL};font-weight:600">{escape(label)}</th>'
         f"{_cell(value, raw=label in raw)}</tr>"
         for label, value in rows if value not in (None, "", {}, []))
-    return (f'<div class="aidc-repr"><div style="font-weight:600;margin:2px 0">{title}</div>'
-            f'<table style="{_TABLE}">{body}</table></div>')
+    return f'<table style="{_TABLE}">{body}</table>'
 
 
 def _grid(headers: list[str], rows: list[list[Any]], raw_columns: set[int] = frozenset(),
@@ -143,8 +148,8 @@ def job_html(job) -> str:
             ("finished", d.get("finished")),
             *[(f"series {name}", text) for name, text in sorted(series.items())],
             ("links", links)]
-    return (_fields(f"Job {escape(d['id'])}", rows, raw={"status", "links"})
-            + _metrics(d.get("metrics") or {}))
+    return _box(f"Job {escape(d['id'])}", _fields(rows, raw={"status", "links"}),
+                _metrics(d.get("metrics") or {}))
 
 
 def sweep_html(sweep) -> str:
@@ -162,10 +167,10 @@ def sweep_html(sweep) -> str:
                      *(values.get(k) for k in columns)])
     counts = ", ".join(f"{n} {status}" for status, n in sorted((d.get("counts") or {}).items()))
     metric = f"{d['metric']} ({d.get('mode', 'max')})" if d.get("metric") else None
-    summary = _fields(f"Sweep {escape(d['id'])}", [
-        ("notebook", d.get("path")), ("runs", counts), ("metric", metric),
-        ("best", f"{best} (in bold)" if best else sweep.no_best_reason())])
-    return summary + _grid(["job", "status", *columns], rows, raw_columns={0, 1}, bold_rows=bold)
+    summary = _fields([("notebook", d.get("path")), ("runs", counts), ("metric", metric),
+                       ("best", f"{best} (in bold)" if best else sweep.no_best_reason())])
+    return _box(f"Sweep {escape(d['id'])}", summary,
+                _grid(["job", "status", *columns], rows, raw_columns={0, 1}, bold_rows=bold))
 
 
 def model_version_html(version) -> str:
@@ -186,10 +191,10 @@ def model_version_html(version) -> str:
     signature = d.get("signature") or {}
     tensors = [[kind, t.get("name"), t.get("datatype"), json.dumps(t.get("shape"))]
                for kind in ("inputs", "outputs") for t in signature.get(kind, [])]
-    return (_fields(f"Model {escape(d['name'])} v{escape(str(d['version']))}", rows,
-                    raw={"made by", "endpoint"})
-            + (_grid(["", "name", "datatype", "shape"], tensors) if tensors else "")
-            + _metrics(d.get("metrics") or {}))
+    return _box(f"Model {escape(d['name'])} v{escape(str(d['version']))}",
+                _fields(rows, raw={"made by", "endpoint"}),
+                _grid(["", "name", "datatype", "shape"], tensors) if tensors else "",
+                _metrics(d.get("metrics") or {}))
 
 
 def deployment_html(deployment) -> str:
@@ -212,9 +217,9 @@ def deployment_html(deployment) -> str:
                            if d.get("max_batch_size") else None),
               ("previous", f"v{d['previous_version']}" if d.get("previous_version") else None),
               ("updated", d.get("updated"))]
-    return (_fields(f"Deployment {escape(deployment.name)}", fields, raw={"status", "endpoint"})
-            + _grid(["version", "traffic", "ready", "restarts", "requests", "errors",
-                     "mean latency (ms)"], rows))
+    return _box(f"Deployment {escape(deployment.name)}", _fields(fields, raw={"status", "endpoint"}),
+                _grid(["version", "traffic", "ready", "restarts", "requests", "errors",
+                       "mean latency (ms)"], rows))
 
 
 def gpus_html(inventory) -> str:
@@ -229,5 +234,5 @@ def gpus_html(inventory) -> str:
         memory = f"{u['memory_mb'] / 1024:.0f} GiB" if u.get("memory_mb") else None
         rows.append([escape(u["id"]), escape(u.get("name") or ""), escape(u.get("kind") or ""),
                      escape(format_value(memory)), state])
-    return (_fields(title, [("free", free), ("yours", mine or None)])
-            + _grid(["unit", "name", "kind", "memory", "holder"], rows, raw_columns={0, 1, 2, 3, 4}))
+    return _box(title, _fields([("free", free), ("yours", mine or None)]),
+                _grid(["unit", "name", "kind", "memory", "holder"], rows, raw_columns={0, 1, 2, 3, 4}))
