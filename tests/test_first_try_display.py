@@ -29,7 +29,7 @@ from aidc.errors import NotFoundError, UsageError
 from aidc.jobs.client import Job, Sweep
 from aidc.models.client import Deployment, ModelVersion
 from jobs_helpers import notebook, put, wait_service
-from test_deployments_runner import deployment, eventually, replicas, runner  # noqa: F401
+from test_deployments_runner import deployment, eventually, runner  # noqa: F401
 from test_first_try_client import TINY_META, fake  # noqa: F401
 
 URL = "http://aidc.example:8000"
@@ -228,12 +228,13 @@ def test_objects_render_as_escaped_html_tables_with_links(fake):  # noqa: F811
     assert "1.235" in html and "1/2" in html
     assert repr(dep).startswith("<Deployment tiny: serving v1")
 
-    data = {"simulated": True, "free": {"A100": 3}, "mine": [{"holder": "server:ann", "units": ["gpu0"]}],
-            "units": [{"id": "gpu0", "node": "n", "kind": "A100", "name": "NVIDIA A100 <80GB>",
-                       "visible_id": "GPU-0", "memory_mb": 81920, "simulated": True, "free": False,
-                       "holder": "server:ann", "owner": "ann"},
-                      {"id": "gpu1", "node": "n", "kind": "A100", "name": "NVIDIA A100", "visible_id": "GPU-1",
-                       "memory_mb": 81920, "simulated": True, "free": True, "holder": None, "owner": None}]}
+    unit = {"node": "n", "kind": "A100", "memory_mb": 81920, "simulated": True}
+    data = {"simulated": True, "free": {"A100": 3},
+            "mine": [{"holder": "server:ann", "units": ["gpu0"]}],
+            "units": [{**unit, "id": "gpu0", "name": "NVIDIA A100 <80GB>", "visible_id": "GPU-0",
+                       "free": False, "holder": "server:ann", "owner": "ann"},
+                      {**unit, "id": "gpu1", "name": "NVIDIA A100", "visible_id": "GPU-1",
+                       "free": True, "holder": None, "owner": None}]}
     fake.routes[("GET", "/services/resources/api/gpus")] = (200, data)
     gpus = aidc.gpus()
     assert isinstance(gpus, GPUInventory) and gpus == data  # the dict callers had
@@ -355,10 +356,12 @@ def test_platform_sweep_without_its_metric(platform, scientist, swept):
     assert sorted(table["score"]) == [pytest.approx(0.3), pytest.approx(2.1)]
     env = {"AIDC_URL": platform.url, "AIDC_TOKEN": scientist.token}
     r = platform.cli("jobs", "sweep-show", swept.id, env=env)
-    assert r.returncode == 2 and "recorded metric 'nosuchmetric'; the runs recorded: loss, score" in r.stderr
+    assert r.returncode == 2
+    assert "recorded metric 'nosuchmetric'; the runs recorded: loss, score" in r.stderr
     header, *rows = r.stdout.splitlines()
     assert header.split() == ["JOB", "STATUS", "LR", "LOSS", "SCORE"]
-    assert sorted(row.split()[2:] for row in rows) == [["0.1", "0.3333", "0.3"], ["0.7", "0.3333", "2.1"]]
+    assert sorted(row.split()[2:] for row in rows) == [["0.1", "0.3333", "0.3"],
+                                                       ["0.7", "0.3333", "2.1"]]
     assert len({len(row) for row in [header, *rows]}) == 1  # aligned: every line as wide
 
 

@@ -120,7 +120,9 @@ def _grid(headers: list[str], rows: list[list[Any]], raw_columns: set[int] = fro
 
 
 def _metrics(metrics: dict) -> str:
-    return _grid(["metric", "value"], [[k, v] for k, v in sorted(metrics.items())]) if metrics else ""
+    if not metrics:
+        return ""
+    return _grid(["metric", "value"], [[k, v] for k, v in sorted(metrics.items())])
 
 
 def _base(url: str | None) -> str:
@@ -181,13 +183,14 @@ def model_version_html(version) -> str:
     made_by = None
     if lineage.get("job"):
         output = lineage.get("output_notebook")
-        made_by = (f"job {escape(str(lineage['job']))} ({escape(str(lineage.get('notebook') or ''))})"
+        notebook = escape(str(lineage.get("notebook") or ""))
+        made_by = (f"job {escape(str(lineage['job']))} ({notebook})"
                    + (" · " + _link(f"{base}/{output}", "output notebook") if output else ""))
     rows = [("format", d.get("format")), ("created", d.get("created")), ("by", d.get("created_by")),
             ("size", f"{d['size']:,} bytes" if d.get("size") else None), ("tags", d.get("tags")),
             ("made by", made_by),
-            ("endpoint", _link(f"{base}/services/models/v2/models/{d['name']}/versions/{d['version']}",
-                               "v2 metadata"))]
+            ("endpoint", _link(f"{base}/services/models/v2/models/{d['name']}"
+                               f"/versions/{d['version']}", "v2 metadata"))]
     signature = d.get("signature") or {}
     tensors = [[kind, t.get("name"), t.get("datatype"), json.dumps(t.get("shape"))]
                for kind in ("inputs", "outputs") for t in signature.get(kind, [])]
@@ -198,7 +201,8 @@ def model_version_html(version) -> str:
 
 
 def deployment_html(deployment) -> str:
-    """An :class:`aidc.models.Deployment`: what is served, how many replicas are ready, the endpoint."""
+    """An :class:`aidc.models.Deployment`: what is served, how many replicas are ready, and
+    the endpoint."""
     d = deployment
     ready = "ready" if d.get("ready") else ("serving" if d.get("ready_replicas") else "not serving")
     status = f"{_badge(ready)} {escape(deployment.summary())}"
@@ -213,17 +217,20 @@ def deployment_html(deployment) -> str:
                      s.get("errors", 0), s.get("mean_latency_ms")])
     fields = [("status", status), ("endpoint", _link(endpoint, endpoint)),
               ("infer", f"POST {endpoint}/infer"), ("gpus", d.get("gpus") or None),
-              ("batching", f"up to {d['max_batch_size']}, waiting {format_value(d['max_queue_delay_ms'])} ms"
-                           if d.get("max_batch_size") else None),
+              ("batching", (f"up to {d['max_batch_size']}, waiting "
+                            f"{format_value(d['max_queue_delay_ms'])} ms")
+               if d.get("max_batch_size") else None),
               ("previous", f"v{d['previous_version']}" if d.get("previous_version") else None),
               ("updated", d.get("updated"))]
-    return _box(f"Deployment {escape(deployment.name)}", _fields(fields, raw={"status", "endpoint"}),
+    return _box(f"Deployment {escape(deployment.name)}",
+                _fields(fields, raw={"status", "endpoint"}),
                 _grid(["version", "traffic", "ready", "restarts", "requests", "errors",
                        "mean latency (ms)"], rows))
 
 
 def gpus_html(inventory) -> str:
-    """:func:`aidc.gpus`: free counts per kind, every unit and who holds it (as far as you may see)."""
+    """:func:`aidc.gpus`: free counts per kind, every unit and who holds it (as far as you
+    may see)."""
     d = inventory
     free = ", ".join(f"{n} {kind}" for kind, n in sorted((d.get("free") or {}).items())) or "none"
     title = "GPUs" + (" (simulated)" if d.get("simulated") else "")
@@ -235,4 +242,5 @@ def gpus_html(inventory) -> str:
         rows.append([escape(u["id"]), escape(u.get("name") or ""), escape(u.get("kind") or ""),
                      escape(format_value(memory)), state])
     return _box(title, _fields([("free", free), ("yours", mine or None)]),
-                _grid(["unit", "name", "kind", "memory", "holder"], rows, raw_columns={0, 1, 2, 3, 4}))
+                _grid(["unit", "name", "kind", "memory", "holder"], rows,
+                      raw_columns={0, 1, 2, 3, 4}))

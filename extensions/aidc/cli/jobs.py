@@ -126,9 +126,9 @@ def list_(args) -> int:
     if not found:
         print("no jobs")
         return 0
-    print(text_table(["ID", "STATUS", "OWNER", "GPUS", "CREATED", "PATH"],
-                     [[d["id"], d["status"], d["owner"], d["gpus"], (d["created"] or "")[:19], d["path"]]
-                      for d in (j.data for j in found)]))
+    rows = [[d["id"], d["status"], d["owner"], d["gpus"], (d["created"] or "")[:19], d["path"]]
+            for d in (j.data for j in found)]
+    print(text_table(["ID", "STATUS", "OWNER", "GPUS", "CREATED", "PATH"], rows))
     return 0
 
 
@@ -250,8 +250,10 @@ def _print_sweep(s: api.Sweep) -> None:
     """The runs side by side (aligned, numbers rounded), the best one marked; a metric no
     run recorded is an error after the table (which shows what they did record)."""
     columns = s.columns()
-    rows = [[r["job"], r["status"], *({**r["parameters"], **r["metrics"]}.get(k) for k in columns[2:])]
-            for r in s.runs]
+    rows = []
+    for r in s.runs:
+        values = {**r["parameters"], **r["metrics"]}
+        rows.append([r["job"], r["status"], *(values.get(k) for k in columns[2:])])
     best = (s.data.get("best") or {}).get("job")
     marks = ["<- best" if r["job"] == best else "" for r in s.runs]
     print(text_table([c.upper() for c in columns], rows, marks))
@@ -277,9 +279,9 @@ def schedule_list(args) -> int:
     if not items:
         print("no schedules")
         return 0
-    print(text_table(["ID", "CRON", "TIMEZONE", "STATE", "PATH"],
-                     [[s["id"], s["cron"], s["timezone"], "paused" if s["paused"] else f"next {s['next_run']}",
-                       s["path"]] for s in items]))
+    rows = [[s["id"], s["cron"], s["timezone"], "paused" if s["paused"] else f"next {s['next_run']}",
+             s["path"]] for s in items]
+    print(text_table(["ID", "CRON", "TIMEZONE", "STATE", "PATH"], rows))
     return 0
 
 

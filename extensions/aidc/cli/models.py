@@ -58,7 +58,8 @@ def add_parser(sub, common) -> None:
                    "traffic split, canary included)")
     given = p.add_mutually_exclusive_group(required=True)
     given.add_argument("--input", metavar="FILE.npy",
-                       help="the input batch saved with numpy.save (.npy, or .npz for several named inputs)")
+                       help="the input batch saved with numpy.save (.npy, or .npz for several "
+                            "named inputs)")
     given.add_argument("--json", dest="json_input", metavar="JSON",
                        help="the input batch as JSON: a nested list ('[[1, 2, 3, 4]]'), or an "
                             "object of input name to nested list; cast to the model's datatypes "
@@ -196,7 +197,8 @@ def predict(args) -> int:
         try:
             inputs = json.loads(args.json_input)
         except ValueError as e:
-            raise UsageError(f"--json is not JSON: {e}; e.g. --json '[[1.0, 2.0, 3.0, 4.0]]'") from None
+            raise UsageError(f"--json is not JSON: {e}; e.g. --json '[[1.0, 2.0, 3.0, 4.0]]'"
+                             ) from None
         if not isinstance(inputs, (list, dict)):
             raise UsageError("--json takes a nested list (the input batch) or an object of input "
                              "name to nested list")

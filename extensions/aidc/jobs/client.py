@@ -142,7 +142,8 @@ class Sweep:
         self._data = data
 
     def __repr__(self) -> str:
-        counts = ", ".join(f"{n} {status}" for status, n in sorted((self._data.get("counts") or {}).items()))
+        counts = ", ".join(f"{n} {status}"
+                           for status, n in sorted((self._data.get("counts") or {}).items()))
         return f"<Sweep {self.id} {len(self.runs)} runs" + (f": {counts}>" if counts else ">")
 
     def _repr_html_(self) -> str:
@@ -201,7 +202,7 @@ class Sweep:
             return (f"sweep {self.id} has no best run: metric {metric!r} is not a number in any "
                     f"run (the numeric metrics are: {', '.join(numeric) or 'none'})")
         return (f"no run of sweep {self.id} recorded metric {metric!r}; the runs recorded: "
-                f"{', '.join(recorded) or 'no metrics at all (aidc.record(name, value) records one)'}")
+                + (", ".join(recorded) or "no metrics at all (aidc.record(name, value) records one)"))
 
     @property
     def jobs(self) -> list[Job]:

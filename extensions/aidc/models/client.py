@@ -66,7 +66,8 @@ class Deployment(dict):
 
     @property
     def endpoint(self) -> str:
-        """The v2 (KServe) address of the model: ``.../infer`` calls it, ``.../ready`` says if it answers."""
+        """The v2 (KServe) address of the model: ``.../infer`` calls it, ``.../ready`` says
+        whether it answers."""
         return f"{self.url or ''}/{V2}/models/{self.name}"
 
     def summary(self) -> str:
