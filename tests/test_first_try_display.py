@@ -113,6 +113,18 @@ def test_canary_deploy_keeps_the_replica_count_unless_asked(fake, capsys):  # no
     assert sent[-1] == {"version": "1", "canary": {"version": "2", "weight": 0.1}}
     assert capsys.readouterr().out.strip() == "tiny: serving v1 (ready, 2/2 replicas), canary v2 at 10%"
 
+    # and `aidc models list` shows it in its table
+    model = {"name": "tiny", "versions": [{"version": 1}, {"version": 2}], "aliases": {"prod": 1},
+             "deployment": dep_view(canary=2, weight=0.1)}
+    fake.routes[("GET", "/services/models/api/models")] = (200, {"models": [
+        model, {**model, "name": "other-model", "deployment": None, "aliases": {}}]})
+    assert main(["models", "list"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "NAME         LATEST  DEPLOYMENT                                          ALIASES",
+        "tiny         v2      serving v1 (ready, 2/2 replicas), canary v2 at 10%  prod=v1",
+        "other-model  v2      not deployed",
+    ]
+
 
 # -- item 13: a sweep's missing metric, its table ---------------------------------------------
 

@@ -80,7 +80,7 @@ class Deployment(dict):
                     return sum(1 for r in v["replicas"] if r["ready"]), len(v["replicas"])
             return 0, wanted
 
-        ready = self.get("ready_replicas", 0)
+        ready = self.get("ready_replicas", wanted if self.get("ready") else 0)
         if self.get("ready"):
             text = f"serving v{self['version']} (ready, {ready}/{wanted} replicas)"
         elif ready:
