@@ -638,6 +638,48 @@ def test_url_prefix(start, mnist):
     np.testing.assert_allclose(infer(c, x), mnist["predict"](x), rtol=1e-5, atol=1e-5)
 
 
+# -- the v2 wire format on its own ------------------------------------------------------------
+def test_v2_encoding_is_what_tritonclient_reads_and_writes():
+    """The pure v2 functions the replica and ``aidc.models.predict`` share: a request
+    tritonclient writes decodes to the arrays it holds, and a response they encode reads
+    back through tritonclient as the same arrays (binary and JSON, numbers and BYTES)."""
+    from aidc.models import v2
+
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    words = np.array([b"a", "\u00e9t\u00e9".encode(), b""], dtype=object)
+    inputs = [httpclient.InferInput("x", [3, 4], "FP32"), httpclient.InferInput("w", [3], "BYTES")]
+    inputs[0].set_data_from_numpy(x)
+    inputs[1].set_data_from_numpy(words)
+    body, header_length = httpclient.InferenceServerClient.generate_request_body(
+        inputs, outputs=[httpclient.InferRequestedOutput("y", binary_data=True)], request_id="7")
+    request, offset = v2.split_request(bytearray(body), str(header_length))
+    decoded = v2.decode_inputs(request, bytearray(body), offset, frozenset({"x", "w"}))
+    np.testing.assert_array_equal(decoded["x"], x)
+    assert list(decoded["w"]) == list(words)
+    assert v2.select_outputs(request, {"y": None, "z": None}) == [("y", True)]
+
+    for selected in ([("y", True), ("w", False)], [("y", False), ("w", True)], None):
+        response, length = v2.encode_response("m", "1", {"y": x * 2, "w": words}, selected, "7",
+                                              {"y": "FP32", "w": "BYTES"})
+        result = httpclient.InferenceServerClient.parse_response_body(
+            response, header_length=length)
+        np.testing.assert_array_equal(result.as_numpy("y"), x * 2)
+        got = [w if isinstance(w, bytes) else w.encode() for w in result.as_numpy("w")]
+        assert got == list(words)  # bytes as binary data, UTF-8 text in JSON
+        assert result.get_response()["id"] == "7"
+        back = v2.decode_response(response, length)  # what the client's predict reads
+        np.testing.assert_array_equal(back["y"], x * 2)
+
+    sent, length = v2.encode_request({"x": x}, binary_data=True)
+    request, offset = v2.split_request(bytearray(sent), str(length))
+    np.testing.assert_array_equal(v2.decode_inputs(request, bytearray(sent), offset, None)["x"], x)
+    with pytest.raises(v2.V2Error, match="shape \\[3, 4\\] needs 12 values.*expected"):
+        v2.decode_inputs({"inputs": [{"name": "x", "datatype": "FP32", "shape": [3, 4],
+                                      "data": [1.0]}]}, b"", 0, None, "expected inputs: x")
+    with pytest.raises(v2.V2Error, match="not a v2 inference response"):
+        v2.decode_response(b"<html>a proxy's page</html>", None)
+
+
 # -- the batcher on its own -------------------------------------------------------------------
 async def test_batcher_groups_by_shape_and_isolates_failures():
     from aidc.models.batching import Batcher

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..client import Client
-from ..errors import UsageError
+from ..errors import PlatformError, UsageError
 from .archive import unzip_to, zip_folder
 
 API = "services/models/api"
@@ -216,9 +216,7 @@ def predict(name: str, inputs: Any, version: int | str | None = None, client: Cl
 
     Returns an array when the model has one output, else a dict of output name to array.
     """
-    import numpy as np
-
-    from .signature import DATATYPES, datatype_of
+    from . import v2
 
     c = _client(client)
     base = f"{V2}/models/{name}" + (f"/versions/{version}" if version is not None else "")
@@ -228,15 +226,12 @@ def predict(name: str, inputs: Any, version: int | str | None = None, client: Cl
         if len(specs) != 1:
             raise UsageError(f"model {name!r} takes {len(specs)} inputs; pass a dict of name to array")
         inputs = {specs[0]["name"]: inputs}
-    tensors = []
-    for key, arr in cast_inputs(inputs, specs).items():
-        tensors.append({"name": key, "shape": list(arr.shape), "datatype": datatype_of(arr.dtype),
-                        "data": arr.ravel().tolist()})
-    r = c.request("POST", f"{base}/infer", json={"inputs": tensors})
-    outputs = {}
-    for out in c.json(r)["outputs"]:
-        dtype = DATATYPES.get(out["datatype"], np.float32)
-        outputs[out["name"]] = np.asarray(out["data"], dtype=dtype).reshape(out["shape"])
+    body, _ = v2.encode_request(cast_inputs(inputs, specs))
+    r = c.request("POST", f"{base}/infer", data=body, headers={"Content-Type": v2.JSON})
+    try:
+        outputs = v2.decode_response(r.content, r.headers.get(v2.HEADER_LENGTH))
+    except v2.V2Error as e:
+        raise PlatformError(f"model {name!r}: {e.message}") from None
     return next(iter(outputs.values())) if len(outputs) == 1 else outputs
 
 

@@ -1043,6 +1043,8 @@ class ModelFormat:
 
 
 class TorchScriptFormat(ModelFormat):
+    """``model.pt``: a traced or scripted ``torch.nn.Module``, loaded without its code."""
+
     name = "torchscript"
     platform = "pytorch_torchscript"
     triton_platform = "pytorch_libtorch"
@@ -1103,6 +1105,8 @@ class KerasFormat(ModelFormat):
 
 
 class OnnxFormat(ModelFormat):
+    """``model.onnx``, run by onnxruntime (on CUDA when its GPU provider is installed)."""
+
     name = "onnx"
     platform = "onnxruntime_onnx"
     triton_platform = "onnxruntime_onnx"
