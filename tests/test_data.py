@@ -65,7 +65,7 @@ def send(uploads, upload, name: str, content: bytes, piece: int = 7) -> str:
     for i in range(0, len(content), piece):
         writer.write(content[i:i + piece])
     digest = writer.finish()
-    upload.files[name]["done"] = digest
+    upload.files[name].update(done=digest, schema=writer.schema)  # as the service records it
     return digest
 
 
@@ -132,16 +132,45 @@ def test_quota_counts_stored_versions_and_uploads_in_progress(uploads):
     uploads.begin("ds", "alice", [], [{"name": "a", "size": 600}, {"name": "b", "size": 600}])
 
 
-def test_a_bad_npz_is_refused_and_a_good_one_kept(uploads):
+def test_a_bad_npz_is_refused_and_a_good_one_kept_with_its_schema(uploads):
+    uploads.quota_bytes = uploads.max_file_bytes = 10**6
     buf = io.BytesIO()
-    np.savez(buf, x=np.arange(3))
+    np.savez(buf, x=np.zeros((3, 4), dtype=np.float32), y=np.arange(3))
     good, bad = buf.getvalue(), b"PK\x03\x04 not really a zip" + b"\0" * 40
-    up = uploads.begin("ds", "alice", [], declare(bad, good, names=["bad.npz", "good.npz"]))
+    pickled = io.BytesIO()
+    np.savez(pickled, o=np.array([{"a": 1}], dtype=object))
+    up = uploads.begin("ds", "alice", [], declare(bad, pickled.getvalue(), good,
+                                                  names=["bad.npz", "pickled.npz", "good.npz"]))
     with pytest.raises(UsageError, match="bad.npz is not a NumPy .npz archive"):
         send(uploads, up, "bad.npz", bad)
+    with pytest.raises(UsageError, match="pickled.npz is not a NumPy .npz archive: o.npy holds Python objects"):
+        send(uploads, up, "pickled.npz", pickled.getvalue())
     assert not (Path(up.location) / "bad.npz").exists()
     send(uploads, up, "good.npz", good)
     assert (Path(up.location) / "good.npz").read_bytes() == good
+    assert up.files["good.npz"]["schema"] == {"format": "npz", "arrays": {
+        "x": {"dtype": "<f4", "shape": [3, 4]}, "y": {"dtype": np.arange(3).dtype.str, "shape": [3]}}}
+
+
+def test_tables_are_described_and_a_broken_parquet_refused(uploads):
+    uploads.quota_bytes = uploads.max_file_bytes = 10**6
+    import pandas as pd
+
+    table = pd.DataFrame({"user": [1, 2], "item": ["a", "b"]})
+    parquet = io.BytesIO()
+    table.to_parquet(parquet)
+    csv = b"user,item\n1,a\n"
+    up = uploads.begin("tables", "alice", [], declare(parquet.getvalue(), csv, b"PAR1 broken PAR1",
+                                                      names=["t.parquet", "t.csv", "broken.parquet"]))
+    send(uploads, up, "t.parquet", parquet.getvalue())
+    send(uploads, up, "t.csv", csv)
+    with pytest.raises(UsageError, match="broken.parquet is not a Parquet file"):
+        send(uploads, up, "broken.parquet", b"PAR1 broken PAR1")
+    del up.files["broken.parquet"]
+    version = uploads.commit(up)
+    schemas = {f["name"]: f["schema"] for f in version["files"]}
+    assert schemas["t.parquet"]["rows"] == 2 and list(schemas["t.parquet"]["columns"]) == ["user", "item"]
+    assert schemas["t.csv"] == {"format": "csv", "columns": ["user", "item"]}
 
 
 def test_orphaned_upload_folders_are_removed_and_versions_kept(uploads):
@@ -230,6 +259,8 @@ def test_put_get_list_alias_round_trips_through_the_python_api(data_up, scientis
     vt = aidc.data.put("rt-table", table, client=c)
     assert [f["name"] for f in vt.files] == ["data.parquet"]
     pd.testing.assert_frame_equal(aidc.data.get("rt-table", client=c), table)
+    schema = aidc.data.show("rt-table", client=c)["versions"][0]["files"][0]["schema"]
+    assert schema["rows"] == 3 and list(schema["columns"]) == ["user", "item", "score"]
 
     folder = tmp_path / "images"
     (folder / "train").mkdir(parents=True)
@@ -271,6 +302,7 @@ def test_cli_put_list_show_get_alias(data_up, scientist, tmp_path):
     assert "cli-ds" in listed.stdout and "v2" in listed.stdout and "train-2026-12=v1" in listed.stdout
     shown = data_up.cli("data", "show", "cli-ds", env=env)
     assert "from the CLI" in shown.stdout and "a.csv" in shown.stdout and "v2" in shown.stdout
+    assert "a.csv  8 bytes  x, y" in shown.stdout  # what the file holds, without downloading it
     out = tmp_path / "out"
     got = data_up.cli("data", "get", "cli-ds", "-V", "train-2026-12", "-o", str(out), env=env)
     assert got.returncode == 0, got.stderr

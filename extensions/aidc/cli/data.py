@@ -82,8 +82,21 @@ def show(args) -> int:
         tags = ", ".join(a for a, n in d["aliases"].items() if n == v["version"])
         print(f"  v{v['version']:<4} {_size(v['size']):>10}  sha256 {v['sha256'][:16]}  {v['created']}  {tags}")
         for f in v["files"]:
-            print(f"        {f['name']}  {_size(f['size'])}")
+            described = _schema(f.get("schema"))
+            print(f"        {f['name']}  {_size(f['size'])}" + (f"  {described}" if described else ""))
     return 0
+
+
+def _schema(schema: dict | None) -> str:
+    """One line of what a file holds: arrays with dtype and shape, or a table's columns."""
+    if not schema:
+        return ""
+    if "arrays" in schema:
+        return ", ".join(f"{k} {a['dtype'].lstrip('<>|=')} {tuple(a['shape'])}" for k, a in schema["arrays"].items())
+    columns = schema.get("columns") or {}
+    names = [f"{k} {t}" for k, t in columns.items()] if isinstance(columns, dict) else list(columns)
+    rows = f"{schema['rows']} rows: " if "rows" in schema else ""
+    return rows + ", ".join(names)
 
 
 def get(args) -> int:

@@ -13,7 +13,6 @@ module, served at ``/api/openapi.json`` and ``/api/openapi.yaml``.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from tornado import web
 from tornado.log import app_log
@@ -21,6 +20,7 @@ from tornado.log import app_log
 from .. import artifacts, roles
 from ..db import iso
 from ..errors import NotFoundError
+from ..paths import data_dir as platform_data_dir
 from ..services.base import ServiceApp, ServiceHandler, needs_role, run_service, signed_in
 from ..services.declare import ManagedService, python_command
 from ..services.visibility import owned, visible
@@ -197,8 +197,9 @@ class UploadFile(DataHandler):
     def put(self, name, upload_id, fname):
         writer, self.writer = self.writer, None
         digest = writer.finish()
-        self.upload.files[writer.name]["done"] = digest
-        self.write_json({"name": writer.name, "size": writer.size, "sha256": digest})
+        self.upload.files[writer.name].update(done=digest, schema=writer.schema)
+        self.write_json({"name": writer.name, "size": writer.size, "sha256": digest,
+                         "schema": writer.schema})
 
 
 class VersionResource(DataHandler):
@@ -294,7 +295,7 @@ class DataApp(ServiceApp):
 
 
 def main() -> None:
-    data_dir = os.environ.get("AIDC_DATA_DIR", ".aidc")
+    data_dir = str(platform_data_dir().root)
     app = DataApp()
     app.load_drop_ins(data_dir)
     store = DatasetStore(config=app.config, data_dir=data_dir)

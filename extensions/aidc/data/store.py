@@ -22,6 +22,7 @@ from traitlets.config import LoggingConfigurable
 
 from ..db import make_engine, upgrade, utcnow
 from ..errors import NotFoundError
+from ..paths import data_dir as platform_data_dir
 from .names import check_alias, check_name, check_visibility, parse_version
 
 metadata = sa.MetaData()
@@ -77,10 +78,14 @@ class DatasetStore(LoggingConfigurable):
 
     data_dir = Unicode(help="The platform data directory.").tag(config=True)
 
+    @default("data_dir")
+    def _default_data_dir(self) -> str:
+        return str(platform_data_dir().root)
+
     @default("db_url")
     def _default_db_url(self) -> str:
         from ..gpu.platform import platform_db_url
-        return platform_db_url(self.data_dir or ".aidc")
+        return platform_db_url(self.data_dir)
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)

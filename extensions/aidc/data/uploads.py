@@ -20,7 +20,6 @@ import contextlib
 import hashlib
 import time
 import uuid
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -30,7 +29,9 @@ from traitlets.config import LoggingConfigurable
 
 from .. import artifacts
 from ..errors import ConflictError, NotFoundError, UsageError
+from ..paths import data_dir as platform_data_dir
 from .names import check_alias, check_file_name, check_name, check_visibility
+from .schema import describe
 from .store import DatasetStore
 
 
@@ -105,9 +106,13 @@ class DatasetUploads(LoggingConfigurable):
 
     data_dir = Unicode(help="The platform data directory.").tag(config=True)
 
+    @default("data_dir")
+    def _default_data_dir(self) -> str:
+        return str(platform_data_dir().root)
+
     @default("storage_url")
     def _default_storage(self) -> str:
-        return str(Path(self.data_dir or ".aidc").resolve() / "datasets" / "files")
+        return str(Path(self.data_dir).resolve() / "datasets" / "files")
 
     def __init__(self, store: DatasetStore, **kwargs):
         super().__init__(**kwargs)
@@ -194,7 +199,9 @@ class DatasetUploads(LoggingConfigurable):
         if missing:
             raise ConflictError(f"upload {upload.id} is incomplete: {', '.join(sorted(missing))} "
                                 "not (completely) received; send them, then commit")
-        files = [{"name": n, "size": f["size"], "sha256": f["done"]} for n, f in upload.files.items()]
+        files = [{"name": n, "size": f["size"], "sha256": f["done"],
+                  **({"schema": f["schema"]} if f.get("schema") else {})}
+                 for n, f in upload.files.items()]
         try:
             version = self.store.add_version(
                 upload.name, upload.owner, upload.groups, files=files, location=upload.location,
@@ -236,9 +243,13 @@ class FileWriter:
     """One file of an upload, streamed: chunks are hashed and written as they arrive.
 
     :meth:`finish` publishes the file under its name once exactly the declared number of
-    bytes arrived with the declared hash (and, for ``.npz``, it is a readable NumPy
-    archive); :meth:`abort` (a closed connection) drops what was written.
+    bytes arrived with the declared hash and, for a format :func:`aidc.data.schema.describe`
+    knows, reads as one (its :attr:`schema`); :meth:`abort` (a closed connection) drops
+    what was written.
     """
+
+    #: what the file holds (columns, arrays), for the formats aidc.data reads; else None
+    schema: dict | None = None
 
     def __init__(self, url: str, name: str, size: int, sha256: str | None):
         self.url, self.name, self.size, self.expected = url, name, size, sha256
@@ -267,12 +278,11 @@ class FileWriter:
             raise UsageError(f"file {self.name!r} arrived with sha256 {digest}, not the "
                              f"{self.expected} declared: it was changed or damaged on the way")
         self._stack.close()  # the bytes move to their own name
-        if self.name.endswith(".npz"):
-            try:
-                check_npz(self.url)
-            except UsageError:
-                artifacts.delete(self.url)
-                raise
+        try:
+            self.schema = describe(self.url)
+        except UsageError:
+            artifacts.delete(self.url)
+            raise
         return digest
 
     def abort(self) -> None:
@@ -280,30 +290,3 @@ class FileWriter:
         self._stack.__exit__(ConnectionAbortedError, ConnectionAbortedError("upload interrupted"), None)
         self._stack = contextlib.ExitStack()
 
-
-def check_npz(url: str) -> None:
-    """:class:`UsageError` unless ``url`` is a NumPy ``.npz`` archive whose arrays can be read
-    without pickles (what :func:`aidc.data.get` will do with it)."""
-    import numpy as np
-
-    name = url.rsplit("/", 1)[-1]
-    try:
-        with artifacts.open_read(url) as raw, zipfile.ZipFile(raw) as archive:
-            members = archive.namelist()
-            if not members:
-                raise ValueError("the archive holds no arrays")
-            for member in members:
-                if not member.endswith(".npy"):
-                    raise ValueError(f"{member} is not a .npy array")
-                with archive.open(member) as f:
-                    version = np.lib.format.read_magic(f)
-                    read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                            else np.lib.format.read_array_header_2_0)
-                    _, _, dtype = read(f)
-                    if dtype.hasobject:
-                        raise ValueError(f"{member} holds Python objects (pickles)")
-            bad = archive.testzip()
-            if bad is not None:
-                raise ValueError(f"{bad} is damaged (CRC mismatch)")
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
-        raise UsageError(f"{name} is not a NumPy .npz archive: {e}") from None
