@@ -342,6 +342,30 @@ def test_datasets_are_private_to_their_owner_unless_shared(data_up, scientist, o
     assert [v["version"] for v in aidc.data.show("perm-public", client=mine)["versions"]] == [1]
 
 
+def test_a_group_dataset_is_seen_by_the_owners_team_only(data_up, scientist, other_scientist, viewer, admin):
+    import secrets
+
+    import aidc
+    from aidc.client import Client
+    team = f"team-{secrets.token_hex(3)}"
+    assert data_up.hub(admin.token, "POST", f"/groups/{team}").status_code == 201
+    r = data_up.hub(admin.token, "POST", f"/groups/{team}/users",
+                    json={"users": [scientist.name, other_scientist.name]})
+    assert r.status_code == 200, r.text
+    try:
+        # new tokens: the services' short cache of who a token is knows nothing of them yet
+        mine = Client(data_up.url, data_up.token(scientist.name))
+        teammate = Client(data_up.url, data_up.token(other_scientist.name))
+        aidc.data.put("grp-ds", {"x": np.arange(2)}, visibility="group", client=mine)
+        assert np.array_equal(aidc.data.get("grp-ds", client=teammate)["x"], np.arange(2))
+        assert "grp-ds" in {d["name"] for d in aidc.data.list(client=teammate)}
+        outsider = client_of(data_up, viewer)  # signed in, not in the team
+        with pytest.raises(NotFoundError, match="no dataset 'grp-ds'"):
+            aidc.data.show("grp-ds", client=outsider)
+        assert "grp-ds" not in {d["name"] for d in aidc.data.list(client=outsider)}
+    finally:
+        data_up.hub(admin.token, "DELETE", f"/groups/{team}")
+
 def test_upload_over_the_quota_is_413_before_anything_is_sent(data_up, scientist):
     quota = data_api(data_up, scientist.token, "GET", "/quota").json()
     over = quota["quota"] - quota["used"] + 1
