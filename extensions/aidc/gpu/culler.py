@@ -24,9 +24,9 @@ import threading
 import time
 from datetime import datetime
 
-import requests
-
-from ..hub.services import ManagedService, python_command
+from ..errors import AidcError
+from ..hubapi import HubAPI
+from ..services.declare import ManagedService, python_command
 from ..security import audit
 from .ledger import GRANTED
 from ..paths import data_dir
@@ -57,10 +57,9 @@ def _timestamp(value: str | None) -> float:
 class GPUCuller:
     def __init__(self, hub_api: str, public_url: str, token: str, data_dir: str,
                  idle_timeout: float, interval: float):
-        self.hub_api = hub_api.rstrip("/")
-        self.public_url = public_url.rstrip("/")
-        self.session = requests.Session()
-        self.session.headers["Authorization"] = f"token {token}"
+        self.hub = HubAPI(hub_api, token)
+        #: users' servers, through the proxy, with the same token
+        self.servers = HubAPI(public_url, token, timeout=30, retries=0)
         self.ledger = open_ledger(data_dir)
         self.idle_timeout = idle_timeout
         self.interval = interval
@@ -70,12 +69,11 @@ class GPUCuller:
         """When the server's kernels became idle (None: one is busy or it did not answer)."""
         path = f"/user/{user}/{server + '/' if server else ''}api/kernels"
         try:
-            r = self.session.get(self.public_url + path, timeout=30)
-        except requests.RequestException:
+            kernels = self.servers.request("GET", path)
+        except AidcError:  # not answering, or not the server's API: no evidence of idleness
             return None
-        if r.status_code != 200:
+        if not isinstance(kernels, list):
             return None
-        kernels = r.json()
         if any(k.get("execution_state") != "idle" for k in kernels):
             return None
         return max((_timestamp(k.get("last_activity")) for k in kernels), default=0.0)
@@ -107,16 +105,19 @@ class GPUCuller:
 
     def cull(self, user: str, server: str, idle_for: float) -> bool:
         path = f"/users/{user}/servers/{server}" if server else f"/users/{user}/server"
-        r = self.session.delete(self.hub_api + path, timeout=60)
-        ok = r.status_code in (202, 204)
+        try:
+            self.hub.request("DELETE", path)
+            refused = None
+        except AidcError as e:
+            refused = str(e)
         audit.record(
             "server", actor="gpu-culler", action="stop", target=f"{user}/{server}",
-            result="success" if ok else "failure",
+            result="success" if refused is None else "failure",
             reason=f"GPUs unused and kernels idle for {int(idle_for)} s"
-            + ("" if ok else f"; hub answered {r.status_code}"),
+            + ("" if refused is None else f"; {refused}"),
         )
-        log.info("culled %s/%s (GPUs unused for %d s): %s", user, server, idle_for, r.status_code)
-        return ok
+        log.info("culled %s/%s (GPUs unused for %d s): %s", user, server, idle_for, refused or "stopped")
+        return refused is None
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():

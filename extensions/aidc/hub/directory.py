@@ -2,7 +2,8 @@
 
 JupyterHub keeps users, groups and tokens in its database and caches them while it
 runs, so a running hub must be changed through its REST API (:class:`HubAPIDirectory`,
-authenticated as the ``aidc-cli`` service), and a stopped one through its database
+authenticated as the ``aidc-cli`` service, with the platform's one hub client
+:class:`aidc.hubapi.HubAPI`), and a stopped one through its database
 (:class:`DatabaseDirectory`, with JupyterHub's own ORM). Both give the same answers and
 the same errors; :func:`open_directory` picks the right one.
 """
@@ -15,11 +16,10 @@ import os
 from dataclasses import dataclass
 from datetime import datetime
 
-import requests
-
-from ..errors import ConflictError, NotFoundError, PlatformError
+from .. import roles
+from ..errors import ConflictError, NotFoundError
+from ..hubapi import HubAPI
 from ..paths import DataDir
-from . import roles
 
 
 @dataclass
@@ -61,26 +61,7 @@ class HubAPIDirectory(UserDirectory):
     online = True
 
     def __init__(self, api_url: str, token: str):
-        self.api_url = api_url.rstrip("/")
-        self.session = requests.Session()
-        self.session.headers["Authorization"] = f"token {token}"
-
-    def _call(self, method: str, path: str, ok=(200, 201, 204), **kw) -> requests.Response:
-        try:
-            r = self.session.request(method, self.api_url + path, timeout=60, **kw)
-        except requests.ConnectionError as e:
-            raise PlatformError(f"the hub at {self.api_url} stopped answering: {e}") from None
-        if r.status_code in ok:
-            return r
-        try:
-            message = r.json().get("message", r.text)
-        except ValueError:
-            message = r.text
-        if r.status_code == 404:
-            raise NotFoundError(message)
-        if r.status_code == 409:
-            raise ConflictError(message)
-        raise PlatformError(f"the hub refused {method} {path}: {r.status_code} {message}")
+        self.hub = HubAPI(api_url, token)
 
     @staticmethod
     def _record(model: dict) -> UserRecord:
@@ -93,17 +74,17 @@ class HubAPIDirectory(UserDirectory):
         )
 
     def list(self) -> list[UserRecord]:
-        return [self._record(m) for m in self._call("GET", "/users?limit=10000").json()]
+        return [self._record(m) for m in self.hub.request("GET", "/users?limit=10000")]
 
     def get(self, name: str) -> UserRecord:
         try:
-            return self._record(self._call("GET", f"/users/{name}").json())
+            return self._record(self.hub.request("GET", f"/users/{name}"))
         except NotFoundError:
             raise NotFoundError(f"no user named {name!r}") from None
 
     def add(self, name: str, role: str) -> UserRecord:
         try:
-            self._call("POST", f"/users/{name}", ok=(201,))
+            self.hub.request("POST", f"/users/{name}")
         except ConflictError:
             raise ConflictError(f"user {name!r} already exists") from None
         # the hub has given the user its default role (aidc.hub.auth.DefaultRoleMixin):
@@ -112,14 +93,14 @@ class HubAPIDirectory(UserDirectory):
 
     def remove(self, name: str) -> None:
         self.get(name)
-        self._call("DELETE", f"/users/{name}")
+        self.hub.request("DELETE", f"/users/{name}")
 
     def set_role(self, name: str, role: str) -> UserRecord:
         self.get(name)
-        self._call("POST", f"/groups/{role}/users", json={"users": [name]})
+        self.hub.request("POST", f"/groups/{role}/users", {"users": [name]})
         for other in roles.ROLE_NAMES:
             if other != role:
-                self._call("DELETE", f"/groups/{other}/users", json={"users": [name]})
+                self.hub.request("DELETE", f"/groups/{other}/users", {"users": [name]})
         return self.get(name)
 
     def new_token(self, name: str, note: str, expires_in: int | None) -> str:
@@ -127,7 +108,7 @@ class HubAPIDirectory(UserDirectory):
         body: dict = {"note": note}
         if expires_in:
             body["expires_in"] = expires_in
-        return self._call("POST", f"/users/{name}/tokens", json=body).json()["token"]
+        return self.hub.request("POST", f"/users/{name}/tokens", body)["token"]
 
 
 # -- stopped hub ---------------------------------------------------------------
@@ -220,9 +201,7 @@ def running_platform(data_dir: DataDir) -> dict | None:
         os.kill(int(state["pid"]), 0)
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    try:
-        requests.get(state["hub_api_url"] + "/", timeout=5)
-    except requests.RequestException:
+    if not HubAPI(state["hub_api_url"], "", timeout=5).answers():
         return None
     return state
 

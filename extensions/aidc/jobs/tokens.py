@@ -19,13 +19,14 @@ with Dask's TLS settings (``distributed.comm.tls``) as for any data the jobs rea
 
 from __future__ import annotations
 
-import json
 import os
 from urllib.parse import quote
 
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from traitlets import Integer, List, Unicode
 from traitlets.config import LoggingConfigurable
+
+from ..errors import AidcError, NotFoundError
+from ..hubapi import HubAPI
 
 NOTE_PREFIX = "aidc job "
 
@@ -113,18 +114,8 @@ class JobTokens(LoggingConfigurable):
                 if note == f"{NOTE_PREFIX}{job_id}" or note.startswith(f"{NOTE_PREFIX}{job_id} "):
                     await self._call("DELETE", f"/users/{quote(owner)}/tokens/{token['id']}")
                     revoked += 1
-        except HTTPClientError as e:
-            if e.code != 404:  # the owner was deleted: their tokens went with them
-                self.log.warning("aidc jobs: could not revoke the tokens of job %s: %s", job_id, _reason(e))
-        except OSError as e:
+        except NotFoundError:
+            pass  # the owner was deleted: their tokens went with them
+        except AidcError as e:
             self.log.warning("aidc jobs: could not revoke the tokens of job %s: %s", job_id, e)
         return revoked
-
-
-def _reason(e: Exception) -> str:
-    if isinstance(e, HTTPClientError) and e.response is not None and e.response.body:
-        try:
-            return json.loads(e.response.body).get("message") or str(e)
-        except ValueError:
-            pass
-    return str(e)
