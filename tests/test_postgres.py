@@ -89,6 +89,15 @@ def test_ledger_on_postgresql_never_double_allocates_and_outlives_a_dropped_conn
     assert ledger.release("job:before") is not None
     assert free_counts_match_units(ledger.engine)
 
+    # a statement that fails inside a decision rolls all of it back; the next one works
+    with ledger.engine.begin() as c:
+        c.execute(sa.text("ALTER TABLE gpu_claims ADD CONSTRAINT refuse CHECK (holder <> 'job:refused')"))
+    before = held(ledger.engine)
+    with pytest.raises(Exception, match="refuse"):
+        ledger.request("job:refused", "u", 1)
+    assert held(ledger.engine) == before and free_counts_match_units(ledger.engine)
+    assert ledger.request("job:next", "u", 1).state in ("granted", "queued")
+
 
 @pytest.fixture(scope="module")
 def pg_platform(postgres, tmp_path_factory):

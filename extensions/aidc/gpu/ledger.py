@@ -926,14 +926,19 @@ class _PgTransaction:
 
     def __enter__(self) -> _PgStore:
         self.lock.acquire()
+        self.store.waiting = None  # an answer sent ahead in an earlier transaction is stale
         try:
             self.pipeline = self.db.pipeline()
             self.pipeline.__enter__()
             self.db.execute("BEGIN", prepare=False)
             self.db.execute(_PG_LOCK)
         except BaseException:
-            self._leave_pipeline()
-            self.lock.release()
+            try:
+                self._leave_pipeline()
+            except Exception:  # noqa: BLE001 - the first error is the one to report
+                pass
+            finally:
+                self.lock.release()
             raise
         return self.store
 
@@ -943,24 +948,35 @@ class _PgTransaction:
             pipeline.__exit__(None, None, None)
 
     def __exit__(self, exc_type, exc, tb):
-        try:
-            if self.db.closed:
-                return
-            if exc_type is None:
-                self.db.execute("COMMIT", prepare=False)
-                self._leave_pipeline()  # waits for every answer, the COMMIT's too
-            else:
-                import psycopg
+        import psycopg
 
+        try:
+            if exc_type is None:
                 try:
-                    self._leave_pipeline()
+                    # on a dropped connection this raises, and the decision runs again
+                    self.db.execute("COMMIT", prepare=False)
+                    self._leave_pipeline()  # waits for every answer, the COMMIT's too
                 except psycopg.Error:
-                    pass  # the error that ended the decision is the one to report
-                if not self.db.closed:
-                    self.db.execute("ROLLBACK", prepare=False)
+                    self._abandon()  # a statement failed: the COMMIT was skipped
+                    raise
+            else:
+                self._abandon()
         finally:
             self.pipeline = None
             self.lock.release()
+
+    def _abandon(self) -> None:
+        """End a failed decision's transaction: drop the answers still due, ROLLBACK
+        (errors here are not reported: the one that ended the decision is)."""
+        import psycopg
+
+        for step in (self._leave_pipeline, lambda: self.db.execute("ROLLBACK", prepare=False)):
+            if self.db.closed:
+                return
+            try:
+                step()
+            except psycopg.Error:
+                pass
 
 
 def make_engine(url: str, busy_timeout_ms: int = 30000) -> sa.Engine:
