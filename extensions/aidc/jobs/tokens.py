@@ -76,12 +76,7 @@ class JobTokens(LoggingConfigurable):
         return bool(self.scopes and self.hub_api and self._service_token)
 
     async def _call(self, method: str, path: str, body: dict | None = None) -> dict | None:
-        request = HTTPRequest(
-            f"{self.hub_api.rstrip('/')}{path}", method=method,
-            headers={"Authorization": f"token {self._service_token}", "Content-Type": "application/json"},
-            body=json.dumps(body) if body is not None else None, request_timeout=30)
-        response = await AsyncHTTPClient().fetch(request)
-        return json.loads(response.body) if response.body else None
+        return await HubAPI(self.hub_api, self._service_token, timeout=30).fetch(method, path, body)
 
     async def mint(self, owner: str, job_id: str, attempt: int, timeout: float | None) -> str | None:
         """A new token of ``owner`` for this attempt; ``None`` (logged) when the hub says no."""
@@ -96,9 +91,9 @@ class JobTokens(LoggingConfigurable):
                 "expires_in": lifetime,
                 "scopes": list(self.scopes),
             })
-        except (HTTPClientError, OSError) as e:
-            self.log.warning("aidc jobs: no API token for job %s (the hub said: %s); "
-                             "it runs without one", job_id, _reason(e))
+        except AidcError as e:
+            self.log.warning("aidc jobs: no API token for job %s (%s); "
+                             "it runs without one", job_id, e)
             return None
         return model["token"]
 
