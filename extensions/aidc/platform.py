@@ -25,7 +25,7 @@ from traitlets.config import Config, Configurable, PyFileConfigLoader
 
 from .db import redacted
 from .errors import PlatformError
-from .hub import system_users
+from . import accounts
 from .hub.config import PlatformOptions
 from .hub.directory import DatabaseDirectory, running_platform
 from .hub.users import INITIAL_ADMIN, PlatformUsers
@@ -193,9 +193,9 @@ def prepare(options: PlatformOptions, db_url: str | None = None) -> str | None:
     _check_port_free(options.ip, options.port, "the public")
     _check_port_free("127.0.0.1", options.hub_port, "the hub's")
     _check_port_free("127.0.0.1", options.proxy_api_port, "the proxy API")
-    if system_users.running_as_root():
-        system_users.ensure_group()
-        system_users.grant_runtime_access(runtime_paths())
+    if accounts.running_as_root():
+        accounts.ensure_group()
+        accounts.grant_runtime_access(runtime_paths())
     users = PlatformUsers(d, DatabaseDirectory(d.hub_db_url))
     password = users.ensure_initial_admin()
     prepare_gpus(options)
@@ -237,7 +237,7 @@ def banner(options: PlatformOptions, password: str | None) -> str:
     lines = [f"aidc is starting on {options.public_url}  (data: {d.root})"]
     if d.configured_db_url():
         lines.append(f"database: {redacted(d.configured_db_url())}")
-    if not system_users.running_as_root():
+    if not accounts.running_as_root():
         import getpass
 
         lines.append(DEV_MODE_WARNING.format(account=getpass.getuser(), password_file=d.dev_password_file))

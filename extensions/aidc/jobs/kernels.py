@@ -69,7 +69,7 @@ from jupyter_client.manager import AsyncKernelManager, KernelManager
 from jupyter_client.provisioning.local_provisioner import LocalProvisioner
 
 from aidc.errors import PlatformError, UsageError
-from aidc.hub.system_users import RunAs  # noqa: F401 - the identity kernels run as
+from aidc.accounts import RunAs  # noqa: F401 - the identity kernels run as
 
 ZYGOTE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "zygote.py")
 

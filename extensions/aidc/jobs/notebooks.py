@@ -19,7 +19,7 @@ from pathlib import Path
 import nbformat
 
 from ..errors import NotFoundError, UsageError
-from ..hub import system_users
+from .. import accounts
 from ..security import userfiles
 
 #: a notebook larger than this is refused at submit (it is copied per job)
@@ -44,9 +44,9 @@ class Owner:
 
     @classmethod
     def of(cls, name: str, data_dir: str | os.PathLike) -> Owner:
-        if system_users.running_as_root():
-            unix = system_users.system_name(name)
-            pw = system_users.account(unix)
+        if accounts.running_as_root():
+            unix = accounts.system_name(name)
+            pw = accounts.account(unix)
             if pw is None:
                 raise NotFoundError(f"user {name!r} has no Unix account ({unix}) on this platform")
             return cls(name=name, home=Path(pw.pw_dir), unix_name=unix, uid=pw.pw_uid)

@@ -37,7 +37,7 @@ from traitlets.config import LoggingConfigurable
 from ..errors import PlatformError
 from . import artifacts_local
 from .endpoint_metrics import EndpointMetrics
-from ..hub.system_users import RunAs
+from ..accounts import RunAs
 from .sandbox import Staged, owner_account, process_options, stage
 
 

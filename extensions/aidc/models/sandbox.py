@@ -24,16 +24,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import PlatformError, UsageError
-from ..hub import system_users
-from ..hub.system_users import RunAs
+from .. import accounts
+from ..accounts import RunAs
 
 
 def owner_account(owner: str) -> RunAs | None:
     """The Unix account of hub user ``owner`` when the service is root and it exists; else None."""
-    if not system_users.running_as_root():
+    if not accounts.running_as_root():
         return None
     try:
-        return RunAs.of(system_users.system_name(owner))
+        return RunAs.of(accounts.system_name(owner))
     except UsageError:
         return None  # e.g. a user of company sign-in without a local account
 
