@@ -43,7 +43,7 @@ warning is logged for external workers with more.
 Embedded workers die with the service, even when it is killed outright: distributed's
 worker processes already exit when a pipe held by their parent closes, and every
 embedded worker also loads :data:`GUARD_PRELOAD`, a Dask preload that asks Linux for
-SIGKILL when the service dies (``prctl(PR_SET_PDEATHSIG)``) and removes the service's
+SIGKILL when the service dies (:func:`aidc.process.die_with_parent`) and removes the service's
 hub credentials (``scrub_env``) from the worker's environment, so that notebook kernels
 started by the worker never see them.
 
@@ -80,7 +80,9 @@ from traitlets import (
 )
 from traitlets.config import LoggingConfigurable
 
+from .. import process
 from ..errors import PlatformError
+from ..process import parent_death_signal as pdeathsig  # noqa: F401 - for checks and tests
 
 #: the kinds :meth:`JobCluster.describe` reports
 LOCAL, LOCAL_CUDA = "local", "local-cuda"
@@ -93,20 +95,17 @@ SECURE_SCHEMES = ("tls", "wss", "gateway", "ucx+tls")
 #: loggers quieted to ``JobCluster.log_level`` in the service process (and workers)
 DASK_LOGGERS = ("distributed", "dask", "dask_cuda", "dask_jobqueue", "dask_gateway", "bokeh")
 
-PR_SET_PDEATHSIG = 1
-PR_GET_PDEATHSIG = 2
-
 #: Source of the Dask preload every embedded worker process loads (``{parent}`` and
 #: ``{scrub}`` are filled in). It runs when the worker is created, before it connects.
+#: It loads :mod:`aidc.process` by path: importing ``aidc`` would load the jobs service.
 GUARD_PRELOAD = """\
 # aidc jobs: this embedded worker dies with the jobs service and drops its credentials
-import ctypes, logging, os, signal, sys
-if sys.platform.startswith("linux"):
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl({pr_set_pdeathsig}, signal.SIGKILL, 0, 0, 0) != 0:  # PR_SET_PDEATHSIG
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
-if os.getppid() != {parent}:  # the service died before that took effect
-    os._exit(1)
+import importlib.util, logging, os, signal
+spec = importlib.util.spec_from_file_location("_aidc_process", {process_path!r})
+process = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(process)
+if not process.die_with_parent(signal.SIGKILL, parent={parent}):
+    os._exit(1)  # the service died before that took effect
 for name in {scrub!r}:
     os.environ.pop(name, None)
 for name in {loggers!r}:
@@ -117,18 +116,9 @@ for name in {loggers!r}:
 def guard_preload(parent_pid: int, scrub: list[str], log_level: str = "WARNING") -> str:
     """The preload (module source) for workers whose parent process is ``parent_pid``."""
     return GUARD_PRELOAD.format(
-        parent=int(parent_pid), scrub=list(scrub), pr_set_pdeathsig=PR_SET_PDEATHSIG,
+        parent=int(parent_pid), scrub=list(scrub), process_path=process.PATH,
         loggers=list(DASK_LOGGERS), level=log_level,
     )
-
-
-def pdeathsig() -> int:
-    """The calling process's parent-death signal (0: none); for checks and tests."""
-    import ctypes
-
-    value = ctypes.c_int(0)
-    ctypes.CDLL(None, use_errno=True).prctl(PR_GET_PDEATHSIG, ctypes.byref(value), 0, 0, 0)
-    return value.value
 
 
 def real_gpu_count(inventory=None) -> int:

@@ -53,7 +53,8 @@ does, and others faster. Every kernel now has a stock kernel's chunk ends. The k
 runs on its process's only thread, the main one: signals, ``signal.signal`` and interrupts
 work as in a stock kernel.
 
-Lifetime: this process gets SIGTERM when its parent dies (``PR_SET_PDEATHSIG``) and
+Lifetime: this process gets SIGTERM when its parent dies (``PR_SET_PDEATHSIG``, through
+:func:`aidc.process.die_with_parent`, which this file loads by path) and
 then stops as when the worker closes ``CTL_FD``: it kills its kernels, reaps them and
 removes their ``conn_dir`` (nobody else is left to), and exits; SIGALRM ends it 20 s
 after a SIGTERM, should that stop hang. Each kernel gets SIGKILL when this process dies
@@ -72,7 +73,6 @@ if __name__ == "__main__" and sys.path and (
         os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__))):
     del sys.path[0]  # run by path: this directory's modules must not shadow any import
 
-import ctypes
 import importlib.util
 import json
 import signal
@@ -82,10 +82,6 @@ import types
 from collections.abc import Callable
 from typing import Any
 
-PR_SET_PDEATHSIG = 1
-PR_SET_DUMPABLE = 4
-PR_SET_NAME = 15
-PR_SET_CHILD_SUBREAPER = 36
 
 #: what a kernel imports until it has run a cell (``sys.modules`` of a stock kernel; jedi
 #: is left out: only completion, which jobs never ask for, imports it). All of it is
@@ -133,25 +129,19 @@ IMPORT_ENV: dict[str, str] = {}
 #: ``sys.argv[0]`` of a kernel, as if started with ``python -m ipykernel_launcher``
 LAUNCHER = "ipykernel_launcher"
 
-_libc = ctypes.CDLL(None, use_errno=True)
+
+def _load_process_module() -> types.ModuleType:
+    """``aidc/process.py`` (die-with-parent, ``prctl``), loaded by path: it imports only
+    the standard library, and importing it as ``aidc.process`` would import ``aidc``."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "process.py")
+    spec = importlib.util.spec_from_file_location("_aidc_process", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def prctl(option: int, arg: int | bytes) -> None:
-    """``prctl(2)``; raises OSError on failure."""
-    if _libc.prctl(option, arg, 0, 0, 0) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-
-def die_with_parent(parent: int, sig: int = signal.SIGKILL) -> None:
-    """Send ``sig`` to this process when ``parent`` goes; exit now if it is already gone.
-
-    Set after every credential change (the kernel clears it on setuid/setgid), and
-    checked after setting it: the parent may have died just before.
-    """
-    prctl(PR_SET_PDEATHSIG, sig)
-    if os.getppid() != parent:
-        os._exit(1)
+process = _load_process_module()
+prctl = process.prctl
 
 
 class _Forked(BaseException):
@@ -413,10 +403,11 @@ def _kernel_child(sock: socket.socket, zygote: int) -> Callable[[], Any] | int:
 
     Called from this file's top level, which then runs the kernel and :func:`_after_kernel`.
     """
-    die_with_parent(zygote)
+    if not process.die_with_parent(signal.SIGKILL, parent=zygote):
+        os._exit(1)  # the zygote went before the request took effect
     os.setsid()  # own session and process group: kill_kernel signals the group
     try:
-        prctl(PR_SET_NAME, b"aidc-kernel")
+        prctl(process.PR_SET_NAME, b"aidc-kernel")
     except OSError:
         pass
     line = _read_line(sock)
@@ -548,9 +539,10 @@ def _become(job: dict, zygote: int) -> None:
             raise
         # a credential change clears the parent-death signal and makes us undumpable;
         # our memory holds nothing but imported modules, so the owner may debug us
-        die_with_parent(zygote)
-        prctl(PR_SET_DUMPABLE, 1)
-    prctl(PR_SET_CHILD_SUBREAPER, 1)
+        if not process.die_with_parent(signal.SIGKILL, parent=zygote):
+            os._exit(1)
+        prctl(process.PR_SET_DUMPABLE, 1)
+    prctl(process.PR_SET_CHILD_SUBREAPER, 1)
 
     os.environ.clear()
     os.environ.update(job["env"])
@@ -581,9 +573,10 @@ def main(argv: list[str]) -> None:
     ctl_fd, parent, pool_size = int(argv[1]), int(argv[2]), int(argv[3])
     # SIGTERM, not SIGKILL: if the worker dies, this process still stops its kernels and
     # removes their directories (see serve())
-    die_with_parent(parent, signal.SIGTERM)
+    if not process.die_with_parent(signal.SIGTERM, parent=parent):
+        os._exit(1)  # the worker went before the request took effect
     try:
-        prctl(PR_SET_NAME, b"aidc-zygote")
+        prctl(process.PR_SET_NAME, b"aidc-zygote")
     except OSError:
         pass
     # the worker's Ctrl-C is not ours (kernels get their own session anyway)
@@ -615,7 +608,7 @@ def main(argv: list[str]) -> None:
     if threads != 1 or threading.active_count() != 1:
         _send_json(ctl, {"ok": False, "error": f"{threads} threads after the imports"})
         sys.exit(1)
-    prctl(PR_SET_CHILD_SUBREAPER, 1)
+    prctl(process.PR_SET_CHILD_SUBREAPER, 1)
     global _KERNEL_BOTTOM
     _KERNEL_BOTTOM = _stock_bottom(sys._getframe(1).f_code)  # this file's module frame
     zygote = Zygote(ctl, pool_size)

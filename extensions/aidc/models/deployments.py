@@ -17,7 +17,6 @@ requests).
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import itertools
 import json
 import os
@@ -35,6 +34,7 @@ from traitlets import Float, Integer
 from traitlets.config import LoggingConfigurable
 
 from ..errors import PlatformError
+from ..process import die_with_parent
 from . import artifacts_local
 from .endpoint_metrics import EndpointMetrics
 from ..accounts import RunAs
@@ -46,7 +46,8 @@ _SOCKETS = itertools.count()
 
 
 def _die_with_parent() -> None:
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    """A replica's ``preexec_fn``: SIGKILL when the models service dies (nothing to save)."""
+    die_with_parent(signal.SIGKILL)
 
 
 #: how often a replica that exits while its version loads is started before the version fails

@@ -4,7 +4,8 @@ JupyterHub stops its managed services when it shuts down, but a hub that is kill
 outright (SIGKILL, out-of-memory) cannot: its services would run on as orphans next to
 the ones the restarted hub starts, and a second culler would act on the platform.
 Every managed service is therefore started through this launcher, which asks Linux to
-send it SIGTERM when its parent (the hub) dies (``PR_SET_PDEATHSIG``), then replaces
+send it SIGTERM when its parent (the hub) dies (``PR_SET_PDEATHSIG``, through
+:func:`aidc.process.die_with_parent`), then replaces
 itself with the service's own command. User servers are *not* started this way: they
 outlive a hub crash on purpose and are reattached on restart.
 
@@ -13,21 +14,11 @@ outlive a hub crash on purpose and are reattached on restart.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import sys
 
-PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent() -> None:
-    """Ask for SIGTERM when the parent dies (Linux; elsewhere a no-op)."""
-    if not sys.platform.startswith("linux"):
-        return
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+from ..process import die_with_parent
 
 
 def wrap(command: list[str]) -> list[str]:
@@ -40,10 +31,8 @@ def main(argv: list[str]) -> None:
         argv = argv[1:]
     if not argv:
         sys.exit("usage: python -m aidc.services.launch -- COMMAND [ARGS...]")
-    parent = os.getppid()
-    die_with_parent()
-    if os.getppid() != parent:  # the hub died before the request took effect
-        sys.exit(0)
+    if not die_with_parent(signal.SIGTERM, parent=os.getppid()):
+        sys.exit(0)  # the hub died before the request took effect
     # a hub started in the background of a non-interactive shell ignores SIGINT, and an
     # ignored signal stays ignored across exec: Python then never installs its
     # KeyboardInterrupt handler, and a service that stops on Ctrl-C (the idle culler)
