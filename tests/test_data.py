@@ -339,6 +339,7 @@ def test_datasets_are_private_to_their_owner_unless_shared(data_up, scientist, o
         aidc.data.put("perm-private", {"x": np.zeros(1)}, client=theirs)
     with pytest.raises(PermissionDeniedError, match="scientist role"):
         aidc.data.put("viewer-ds", {"x": np.zeros(1)}, client=watcher)
+    assert np.array_equal(aidc.data.get("perm-public", client=watcher)["x"], np.ones(2))  # viewers read
     assert [v["version"] for v in aidc.data.show("perm-public", client=mine)["versions"]] == [1]
 
 
