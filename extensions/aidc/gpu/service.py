@@ -31,6 +31,28 @@ def ledger():
     return _ledger
 
 
+# -- response views: what the API shows of the ledger's records, in one place ----------------
+def unit_view(u: dict, claim, shown: bool) -> dict:
+    """A GPU unit; its holder and owner only where the caller may see the claim (``shown``)."""
+    return {
+        "id": u["id"], "node": u["node"], "kind": u["kind"], "name": u["name"],
+        "visible_id": u["visible_id"],  # the UUID nvidia-smi and CUDA_VISIBLE_DEVICES show
+        "memory_mb": u["memory_mb"], "simulated": u["simulated"],
+        "free": u["holder"] is None,
+        "holder": u["holder"] if shown else None,
+        "owner": claim.owner if shown else None,
+    }
+
+
+def holding_view(c) -> dict:
+    return {"holder": c.holder, "units": [u["id"] for u in c.units]}
+
+
+def waiting_view(c) -> dict:
+    return {"holder": c.holder, "owner": c.owner, "position": c.position, "gpus": c.count,
+            "kind": c.kind}
+
+
 class GPUsHandler(ServiceHandler):
     @signed_in
     def get(self):
@@ -41,21 +63,14 @@ class GPUsHandler(ServiceHandler):
             claim = claims.get(holder) if holder else None
             if holder is None:
                 free[u["kind"]] = free.get(u["kind"], 0) + 1
-            shown = holder if holder and claim and self.caller.can_see(owner=claim.owner) else None
-            units.append({
-                "id": u["id"], "node": u["node"], "kind": u["kind"], "name": u["name"],
-                "visible_id": u["visible_id"],  # the UUID nvidia-smi and CUDA_VISIBLE_DEVICES show
-                "memory_mb": u["memory_mb"], "simulated": u["simulated"],
-                "free": holder is None,
-                "holder": shown,
-                "owner": claim.owner if shown else None,
-            })
+            shown = bool(holder and claim and self.caller.can_see(owner=claim.owner))
+            units.append(unit_view(u, claim, shown))
         mine = [c for c in claims.values() if c.owner == self.user_name and c.state == GRANTED]
         self.write_json({
             "simulated": any(u["simulated"] for u in units),
             "units": units,
             "free": free,
-            "mine": [{"holder": c.holder, "units": [u["id"] for u in c.units]} for c in mine],
+            "mine": [holding_view(c) for c in mine],
         })
 
 
@@ -63,13 +78,7 @@ class QueueHandler(ServiceHandler):
     @signed_in
     def get(self):
         waiting = [c for c in ledger().queue() if self.caller.can_see(owner=c.owner)]
-        self.write_json({
-            "queue": [
-                {"holder": c.holder, "owner": c.owner, "position": c.position,
-                 "gpus": c.count, "kind": c.kind}
-                for c in waiting
-            ]
-        })
+        self.write_json({"queue": [waiting_view(c) for c in waiting]})
 
 
 class ProfilesHandler(ServiceHandler):

@@ -27,7 +27,14 @@ from ..gpu.ledger import GPULedger
 from ..gpu.platform import open_ledger
 from ..paths import data_dir as platform_data_dir
 from ..services.declare import ManagedService, python_command
-from ..services.base import ServiceApp, ServiceHandler, needs_role, run_service, signed_in
+from ..services.base import (
+    OpenAPIHandler,
+    ServiceApp,
+    ServiceHandler,
+    needs_role,
+    run_service,
+    signed_in,
+)
 from ..services.visibility import visible
 from . import notebooks, parameters
 from .artifacts import ArtifactStore
@@ -267,18 +274,6 @@ class ClusterHandler(JobsHandler):
         self.write_json(info)
 
 
-class OpenAPIHandler(JobsHandler):
-    def get(self, ext):
-        import yaml
-
-        text = OPENAPI.read_text()
-        if ext == "yaml":
-            self.set_header("Content-Type", "application/yaml")
-            self.finish(text)
-        else:
-            self.write_json(yaml.safe_load(text))
-
-
 def _event(e: dict) -> dict:
     return {"seq": e["seq"], "time": iso(e["time"]), "type": e["type"], "cell": e["cell"],
             "name": e["name"], "text": e["text"], "value": e["value"], "status": e["status"]}
@@ -300,7 +295,7 @@ ROUTES = [
     (r"/api/schedules/([^/]+)", ScheduleResource),
     (r"/api/schedules/([^/]+)/(pause|resume)", ScheduleResource),
     (r"/api/cluster", ClusterHandler),
-    (r"/api/openapi\.(json|yaml)", OpenAPIHandler),
+    (r"/api/openapi\.(json|yaml)", OpenAPIHandler, {"document": OPENAPI}),
 ]
 
 

@@ -258,6 +258,27 @@ class HealthHandler(web.RequestHandler):
         self.finish(json.dumps({"status": "ok"}))
 
 
+class OpenAPIHandler(ServiceHandler):
+    """A service's API document, ``openapi.yaml`` beside its module, as YAML or JSON.
+
+    Route it as ``(r"/api/openapi\.(json|yaml)", OpenAPIHandler, {"document": OPENAPI})``;
+    it is public (the API's shape is no secret), and the service's root page links to it.
+    """
+
+    def initialize(self, document: Path) -> None:
+        self.document = Path(document)
+
+    def get(self, ext):
+        import yaml
+
+        text = self.document.read_text()
+        if ext == "yaml":
+            self.set_header("Content-Type", "application/yaml")
+            self.finish(text)
+        else:
+            self.write_json(yaml.safe_load(text))
+
+
 ROOT_PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>{title}</title></head>
 <body style="font-family: sans-serif; max-width: 40em; margin: 2em auto">
