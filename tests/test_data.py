@@ -185,6 +185,36 @@ def test_orphaned_upload_folders_are_removed_and_versions_kept(uploads):
 
 
 
+def test_concurrent_publishers_get_distinct_versions_and_never_take_anothers_name(tmp_path):
+    """Versions published at once from several processes' stores (two engines on one
+    database here) are numbered without gaps or clashes; a name someone else created in
+    the meantime is not theirs to add to (except for an admin)."""
+    import threading
+
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    stores = [DatasetStore(db_url=url), DatasetStore(db_url=url)]
+    errors: list[Exception] = []
+
+    def publish(store, i):
+        try:
+            for j in range(3):
+                store.add_version("busy", "alice", [], location=f"loc-{i}-{j}",
+                                  files=[{"name": "f", "size": 1, "sha256": "0" * 64}])
+        except Exception as e:  # noqa: BLE001 - the test reports whatever went wrong
+            errors.append(e)
+
+    threads = [threading.Thread(target=publish, args=(stores[i % 2], i)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert [v["version"] for v in stores[0].versions("busy")] == list(range(1, 19))
+    with pytest.raises(ConflictError, match="just created by someone else"):
+        stores[1].add_version("busy", "bob", [], location="x", files=[{"name": "f", "size": 1, "sha256": "0" * 64}])
+    assert stores[1].add_version("busy", "root", [], location="y", admin=True,
+                                 files=[{"name": "f", "size": 1, "sha256": "0" * 64}])["version"] == 19
+
 def test_the_datasets_tables_on_postgresql(postgres, tmp_path):
     """The migrations and the queries on the production database (sizes past 2 GiB too)."""
     store = DatasetStore(db_url=postgres.create_database("datasets"))

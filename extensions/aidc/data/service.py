@@ -21,7 +21,14 @@ from .. import artifacts, roles
 from ..db import iso
 from ..errors import NotFoundError
 from ..paths import data_dir as platform_data_dir
-from ..services.base import ServiceApp, ServiceHandler, needs_role, run_service, signed_in
+from ..services.base import (
+    OpenAPIHandler,
+    ServiceApp,
+    ServiceHandler,
+    needs_role,
+    run_service,
+    signed_in,
+)
 from ..services.declare import ManagedService, python_command
 from ..services.visibility import owned, visible
 from .names import check_file_name, check_name
@@ -119,7 +126,7 @@ class UploadsCollection(DataHandler):
         upload = self.uploads.begin(
             name, self.user_name, self.groups, body.get("files"),
             description=body.get("description"), visibility=body.get("visibility"),
-            alias=body.get("alias"))
+            alias=body.get("alias"), admin=self.caller.is_admin)
         self.write_json({"upload": upload.id, "name": name,
                          "files": sorted(upload.files), "size": upload.size}, status=201)
 
@@ -246,18 +253,6 @@ class QuotaHandler(DataHandler):
                          "max_file_bytes": self.uploads.max_file_bytes})
 
 
-class OpenAPIHandler(DataHandler):
-    def get(self, ext):
-        import yaml
-
-        text = OPENAPI.read_text()
-        if ext == "yaml":
-            self.set_header("Content-Type", "application/yaml")
-            self.finish(text)
-        else:
-            self.write_json(yaml.safe_load(text))
-
-
 class UnknownPath(DataHandler):
     """Any other ``/api/...`` path: a JSON 404; below ``/api/datasets/``, where a name with
     a ``/`` in it lands, a 400 that says so."""
@@ -279,7 +274,7 @@ ROUTES = [
     (r"/api/datasets/([^/]+)/versions/([^/]+)/files/(.+)", FileDownload),
     (r"/api/datasets/([^/]+)/aliases/([^/]+)", AliasResource),
     (r"/api/quota", QuotaHandler),
-    (r"/api/openapi\.(json|yaml)", OpenAPIHandler),
+    (r"/api/openapi\.(json|yaml)", OpenAPIHandler, {"document": OPENAPI}),
     (r"/api/.*", UnknownPath),
 ]
 

@@ -13,6 +13,7 @@ Only the data service writes here.
 from __future__ import annotations
 
 import hashlib
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,12 @@ from traitlets import Unicode, default
 from traitlets.config import LoggingConfigurable
 
 from ..db import make_engine, upgrade, utcnow
-from ..errors import NotFoundError
+from ..errors import ConflictError, NotFoundError
 from ..paths import data_dir as platform_data_dir
 from .names import check_alias, check_name, check_visibility, parse_version
+
+#: tries to publish a version while concurrent uploads of the same dataset publish theirs
+PUBLISH_ATTEMPTS = 8
 
 metadata = sa.MetaData()
 
@@ -129,17 +133,39 @@ class DatasetStore(LoggingConfigurable):
 
     def add_version(self, name: str, owner: str, groups: list[str], *, files: list[dict],
                     location: str, visibility: str | None = None, description: str | None = None,
-                    alias: str | None = None) -> dict:
+                    alias: str | None = None, admin: bool = False) -> dict:
         """Publish a version whose files are stored: the dataset on its first version, the
-        next number atomically, and ``alias`` pointed at it, in one transaction."""
+        next number atomically, and ``alias`` pointed at it, in one transaction.
+
+        A dataset of another owner takes the version only from an ``admin``: someone who
+        found the name free may have been overtaken by another user's first version."""
         check_name(name)
         if visibility is not None:
             check_visibility(visibility)
         if alias is not None:
             check_alias(alias)
         files = sorted(files, key=lambda f: f["name"])
+        for attempt in range(PUBLISH_ATTEMPTS):
+            try:
+                number = self._publish(name, owner, groups, files, location, visibility,
+                                       description, alias, admin)
+                break
+            except (sa.exc.IntegrityError, sa.exc.OperationalError):
+                # another upload of the same name published first (the dataset row or the
+                # version number is taken, or SQLite's snapshot is stale): count again
+                if attempt == PUBLISH_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+        return self.version(name, number)
+
+    def _publish(self, name: str, owner: str, groups: list[str], files: list[dict], location: str,
+                 visibility: str | None, description: str | None, alias: str | None,
+                 admin: bool) -> int:
         with self.engine.begin() as c:
             row = c.execute(sa.select(datasets).where(datasets.c.name == name)).first()
+            if row is not None and row.owner != owner and not admin:
+                raise ConflictError(f"dataset {name!r} was just created by someone else; "
+                                    "upload under another name")
             if row is None:
                 c.execute(datasets.insert().values(
                     name=name, owner=owner, groups=sorted(groups), visibility=visibility or "private",
@@ -160,7 +186,7 @@ class DatasetStore(LoggingConfigurable):
                 created_by=owner, created=utcnow()))
             if alias is not None:
                 self._point(c, name, alias, number)
-        return self.version(name, number)
+        return number
 
     def version(self, name: str, ref: int | str | None = None) -> dict:
         """``ref``: a version number, an alias, or None/``latest``."""

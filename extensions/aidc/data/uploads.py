@@ -64,6 +64,8 @@ class Upload:
     description: str | None = None
     visibility: str | None = None
     alias: str | None = None
+    #: opened by an admin, who may add versions to anyone's dataset
+    admin: bool = False
     created: float = field(default_factory=time.monotonic)
 
     @property
@@ -132,7 +134,7 @@ class DatasetUploads(LoggingConfigurable):
     # -- sessions ---------------------------------------------------------------------
     def begin(self, name: str, owner: str, groups: list[str], files: list, *,
               description: str | None = None, visibility: str | None = None,
-              alias: str | None = None) -> Upload:
+              alias: str | None = None, admin: bool = False) -> Upload:
         """Open a session for a new version of ``name`` with the declared ``files``."""
         check_name(name)
         if visibility is not None:
@@ -173,7 +175,7 @@ class DatasetUploads(LoggingConfigurable):
         upload_id = uuid.uuid4().hex
         upload = Upload(id=upload_id, name=name, owner=owner, groups=list(groups), files=declared,
                         location=artifacts.ArtifactStore(url=self.storage_url).url_for(name, upload_id),
-                        description=description, visibility=visibility, alias=alias)
+                        description=description, visibility=visibility, alias=alias, admin=admin)
         self.sessions[upload_id] = upload
         return upload
 
@@ -205,7 +207,8 @@ class DatasetUploads(LoggingConfigurable):
         try:
             version = self.store.add_version(
                 upload.name, upload.owner, upload.groups, files=files, location=upload.location,
-                visibility=upload.visibility, description=upload.description, alias=upload.alias)
+                visibility=upload.visibility, description=upload.description, alias=upload.alias,
+                admin=upload.admin)
         except Exception:
             self.abort(upload)
             raise
