@@ -1,10 +1,12 @@
-"""The four use-case training notebooks (``notebooks/training/``) end to end on the platform.
+"""The use-case training notebooks (``notebooks/training/``) and the getting-started tour
+(``notebooks/examples/getting_started.ipynb``) end to end on the platform.
 
-They run as concurrent jobs with their small defaults (one CPU thread each, as on a small
+The four training notebooks run as concurrent jobs with their small defaults (one CPU thread each, as on a small
 machine shared by several jobs), read their data through the datasets service (uploading
 the shipped samples), record metrics that must beat stated floors, register models that
 deploy and answer a realistic request through their KServe v2 endpoints, and carry the
-job and the dataset versions in their lineage.
+job and the dataset versions in their lineage. The tour runs top to bottom as a job beside
+them: it puts a dataset, trains through two jobs of its own, deploys, calls and rolls back.
 """
 
 from __future__ import annotations
@@ -61,13 +63,15 @@ def infer_raw(platform, token: str, name: str, inputs: list[dict]) -> dict:
     return {o["name"]: o for o in r.json()["outputs"]}
 
 
-def test_training_notebooks_run_as_jobs_and_their_models_serve(platform, scientist):
+def test_training_notebooks_and_the_tour_run_as_jobs_and_their_models_serve(platform, scientist):
     wait_service(platform, scientist.token)
     wait_answers(platform, scientist.token, "services/data/api/quota")
     wait_answers(platform, scientist.token, "services/models/api/models")
     # the user's copy of notebooks/: training/*.ipynb and the shipped samples in data/
     for name in TRAINING:
         put(platform, scientist, f"training/{name}.ipynb", (NOTEBOOKS / "training" / f"{name}.ipynb").read_bytes())
+    put(platform, scientist, "examples/getting_started.ipynb",
+        (NOTEBOOKS / "examples" / "getting_started.ipynb").read_bytes())
     for sample in (NOTEBOOKS / "data").iterdir():
         if sample.suffix in (".npz", ".csv", ".txt"):
             put(platform, scientist, f"data/{sample.name}", sample.read_bytes())
@@ -76,6 +80,10 @@ def test_training_notebooks_run_as_jobs_and_their_models_serve(platform, scienti
     client = Client(platform.url, scientist.token)
     jobs = {name: aidc.jobs.submit(f"training/{name}.ipynb", parameters={"threads": 1}, client=client)
             for name in TRAINING}
+    # last, so that the training jobs hold the workers first; its own model name, so that
+    # its deploy and rollback do not touch the support-intents deployment below
+    tour = aidc.jobs.submit("examples/getting_started.ipynb",
+                            parameters={"threads": 1, "model_name": "tour-intents"}, client=client)
     for name, job in jobs.items():
         status = job.wait(timeout=1200, progress=False)
         assert status == "completed", (name, job.error, job.logs()[-3000:])
@@ -161,6 +169,10 @@ def test_training_notebooks_run_as_jobs_and_their_models_serve(platform, scienti
     finally:
         for model in versions:
             aidc.models.undeploy(model, client=client)
+
+    # the tour (which ran meanwhile) trained two versions, served the second, rolled back
+    assert tour.wait(timeout=1200, progress=False) == "completed", (tour.error, tour.logs()[-3000:])
+    assert tour.metrics["served_after_rollback"] == tour.metrics["first_version"]
 
 
 @pytest.fixture(autouse=True)
