@@ -734,9 +734,11 @@ _PG_TAKE = (
     "WITH fit AS (UPDATE gpu_node_free SET free = free - %(count)s WHERE kind = %(kind)s AND node = "
     "(SELECT node FROM gpu_node_free WHERE kind = %(kind)s AND free >= %(count)s ORDER BY free, node "
     "LIMIT 1) RETURNING node) "
-    "UPDATE gpu_units SET holder = %(holder)s WHERE id IN (SELECT u.id FROM gpu_units u JOIN fit "
-    "ON u.node = fit.node WHERE u.kind = %(kind)s AND u.holder IS NULL AND u.present "
-    f"ORDER BY u.gpu_index, u.id LIMIT %(count)s) RETURNING {_U}")
+    # the node as a scalar, not a join: so the units are one lookup in ix_gpu_units_free
+    # (kind, node, holder), not a scan of every free unit of the kind
+    "UPDATE gpu_units SET holder = %(holder)s WHERE id IN (SELECT id FROM gpu_units "
+    "WHERE kind = %(kind)s AND node = (SELECT node FROM fit) AND holder IS NULL AND present "
+    f"ORDER BY gpu_index, id LIMIT %(count)s) RETURNING {_U}")
 _PG_UNHOLD = _pg(_SQL_UNHOLD)
 _PG_FREE_ADD = _pg(_SQL_FREE_ADD)
 _PG_DROP = _pg(_SQL_DROP)
