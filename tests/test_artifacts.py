@@ -77,6 +77,14 @@ def test_folder_upload_and_local_copy(store, tmp_path):
     assert store.ls(url) == ["saved_model.pb", "variables"]
     assert store.ls(store.url_for("models", "m")) == ["1"]
 
+    moved = store.url_for("models", "m", "2")
+    store.put_dir(src, moved, move=True)  # a local store takes the folder itself
+    assert store.ls(moved) == ["saved_model.pb", "variables"]
+    if artifacts.local_path(moved) is not None:
+        assert not src.exists()
+    else:
+        assert src.exists()  # a remote store got a copy
+
     copy = artifacts.local_copy(url, tmp_path / "cache")
     assert (copy / "saved_model.pb").read_bytes() == b"graph"
     assert (copy / "variables" / "variables.index").read_bytes() == b"index"

@@ -29,7 +29,8 @@ from traitlets.config import LoggingConfigurable
 class ArtifactStore(LoggingConfigurable):
     """Reads and writes artifacts under one fsspec root URL.
 
-    Methods take full URLs (as records keep them); :meth:`url_for` names one under the root.
+    Methods take full URLs (as records keep them) and are the module functions of the
+    same names (documented there); :meth:`url_for` names a URL under the root.
     """
 
     url = Unicode(help="""fsspec URL of the root folder (a local path for local disk).""")
@@ -50,8 +51,8 @@ class ArtifactStore(LoggingConfigurable):
     def read_bytes(self, url: str) -> bytes | None:
         return read_bytes(url)
 
-    def put_dir(self, local: str | Path, url: str) -> None:
-        put_dir(local, url)
+    def put_dir(self, local: str | Path, url: str, move: bool = False) -> None:
+        put_dir(local, url, move)
 
     def exists(self, url: str) -> bool:
         return exists(url)
@@ -131,16 +132,21 @@ def read_bytes(url: str) -> bytes | None:
         return None
 
 
-def put_dir(local: str | Path, url: str) -> None:
+def put_dir(local: str | Path, url: str, move: bool = False) -> None:
     """Upload the local folder ``local`` to ``url`` (absent before), atomically.
 
-    The copy is made under a temporary name and moved to ``url`` once complete.
+    The copy is made under a temporary name and moved to ``url`` once complete. With
+    ``move``, a local store takes the folder itself (renamed, not copied: the caller
+    gives it up); a remote store copies it either way.
     """
     fs, path = _fs(url)
     _make_parent(fs, path)
     tmp = _temporary(path)
     try:
-        fs.put(str(local).rstrip("/") + "/", tmp, recursive=True)
+        if move and local_path(url) is not None:
+            shutil.move(str(local), tmp)
+        else:
+            fs.put(str(local).rstrip("/") + "/", tmp, recursive=True)
         fs.mv(tmp, path, recursive=True)
     except BaseException:
         with contextlib.suppress(Exception):

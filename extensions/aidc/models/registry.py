@@ -264,13 +264,14 @@ class ModelRegistry(LoggingConfigurable):
 
     # -- artifacts ------------------------------------------------------------------------
     def publish_artifact(self, name: str, version: int, folder: Path) -> str:
-        """Upload the local ``folder`` as the artifact of ``version`` and record its URL.
+        """Publish the local ``folder`` as the artifact of ``version`` and record its URL.
 
         The folder is published whole or not at all (:func:`aidc.artifacts.put_dir`), so
-        a version never points at a half-written artifact.
+        a version never points at a half-written artifact. The caller gives the folder
+        up: a local store takes it as it is (a rename, however large the model).
         """
         url = self.artifacts.url_for(name, str(version))
-        self.artifacts.put_dir(folder, url)
+        self.artifacts.put_dir(folder, url, move=True)
         self.set_artifact_url(name, version, url)
         return url
 

@@ -36,7 +36,7 @@ from ..services.base import ServiceApp, ServiceHandler, needs_role, run_service,
 from ..services.fields import integer
 from ..services.visibility import owned, visible
 from . import registry as reg
-from . import sandbox
+from . import sandbox, v2
 from .archive import unzip_to, zip_folder
 from .deployments import DeploymentRunner
 from .endpoint_metrics import CONTENT_TYPE
@@ -377,8 +377,8 @@ class V2Handler(ModelsHandler):
         exc = kwargs.get("exc_info", (None, None))[1]
         if message is None and isinstance(exc, web.HTTPError) and exc.log_message:
             message = exc.log_message % exc.args if exc.args else exc.log_message
-        self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps({"error": message or self._reason}))
+        self.set_header("Content-Type", v2.JSON)
+        self.finish(v2.error_body(message or self._reason))
 
 
 class V2ServerHandler(V2Handler):
