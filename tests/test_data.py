@@ -360,6 +360,8 @@ def test_datasets_are_private_to_their_owner_unless_shared(data_up, scientist, o
     r = data_api(data_up, other_scientist.token, "GET", "/datasets/perm-private/versions/1/files/data.npz")
     assert r.status_code == 404 and r.json()["message"] == "no dataset 'perm-private'"
     assert np.array_equal(aidc.data.get("perm-public", client=theirs)["x"], np.ones(2))
+    aidc.data.put("perm-public", {"x": np.full(2, 2.0)}, client=mine)  # no visibility: kept
+    assert aidc.data.show("perm-public", client=theirs)["visibility"] == "public"
     # seeing is not changing: a public dataset is the owner's to add versions to
     with pytest.raises(PermissionDeniedError, match="only the owner"):
         aidc.data.put("perm-public", {"x": np.zeros(1)}, client=theirs)
@@ -369,8 +371,11 @@ def test_datasets_are_private_to_their_owner_unless_shared(data_up, scientist, o
         aidc.data.put("perm-private", {"x": np.zeros(1)}, client=theirs)
     with pytest.raises(PermissionDeniedError, match="scientist role"):
         aidc.data.put("viewer-ds", {"x": np.zeros(1)}, client=watcher)
-    assert np.array_equal(aidc.data.get("perm-public", client=watcher)["x"], np.ones(2))  # viewers read
-    assert [v["version"] for v in aidc.data.show("perm-public", client=mine)["versions"]] == [1]
+    assert np.array_equal(aidc.data.get("perm-public", 1, client=watcher)["x"], np.ones(2))  # viewers read
+    assert [v["version"] for v in aidc.data.show("perm-public", client=mine)["versions"]] == [1, 2]
+    aidc.data.put("perm-public", {"x": np.zeros(2)}, visibility="private", client=mine)
+    with pytest.raises(NotFoundError):
+        aidc.data.show("perm-public", client=theirs)
 
 
 def test_a_group_dataset_is_seen_by_the_owners_team_only(data_up, scientist, other_scientist, viewer, admin):

@@ -24,9 +24,10 @@ def add_parser(sub, common) -> None:
     p.add_argument("files", nargs="+", metavar="FILE",
                    help="files or folders (given with others, a folder keeps its name as a prefix)")
     p.add_argument("--description", default="")
-    p.add_argument("--visibility", choices=list(VISIBILITIES), default="private",
-                   help="private (default): you and admins; group: also your groups; "
-                        "public: everyone signed in")
+    p.add_argument("--visibility", choices=list(VISIBILITIES),
+                   help="private: you and admins (a new dataset's default); group: also your "
+                        "groups; public: everyone signed in (an existing dataset keeps its own "
+                        "unless given)")
     p.add_argument("--alias", help="also point this alias (e.g. train-2026-12) at the new version")
 
     ls = action("list", "datasets you can see", list_)

@@ -76,15 +76,16 @@ def _ref(version: int | str | None) -> str:
 
 
 # -- writing ---------------------------------------------------------------------------
-def put(name: str, source: Any, *, description: str = "", visibility: str = "private",
+def put(name: str, source: Any, *, description: str = "", visibility: str | None = None,
         alias: str | None = None, client: Client | None = None) -> DatasetVersion:
     """Store ``source`` as the next version of dataset ``name``.
 
     ``source``: a file or folder path, a list of paths (a folder keeps its name as a
     prefix), a pandas DataFrame (stored as ``data.parquet``, or ``data.csv`` without
-    pyarrow) or a dict of NumPy arrays (``data.npz``). ``visibility`` is the dataset's
-    from now on, set by every put (``private``, ``group``: also your groups, ``public``:
-    everyone signed in); ``alias``
+    pyarrow) or a dict of NumPy arrays (``data.npz``). ``visibility``: ``private`` (you
+    and admins), ``group`` (also your groups) or ``public`` (everyone signed in); a new
+    dataset is private unless told otherwise, an existing one keeps its visibility unless
+    one is given. ``alias``
     (e.g. ``train-2026-12``) is pointed at the new version. Files are streamed, never
     read into memory whole; the version exists only once every file arrived intact.
     """
@@ -93,7 +94,9 @@ def put(name: str, source: Any, *, description: str = "", visibility: str = "pri
     with tempfile.TemporaryDirectory(prefix="aidc-data-") as tmp:
         files = _collect(source, Path(tmp))
         declared = [{"name": n, "size": p.stat().st_size, "sha256": _sha256(p)} for n, p in files]
-        body: dict[str, Any] = {"files": declared, "visibility": visibility}
+        body: dict[str, Any] = {"files": declared}
+        if visibility is not None:
+            body["visibility"] = visibility
         if description:
             body["description"] = description
         if alias is not None:
