@@ -39,7 +39,8 @@ tables go into a schema of their own (``aidc_bench_<pid>``), dropped at the end:
 database's other tables are not touched.
 
 Usage: ``.venv/bin/python benchmarks/ledger.py [--nodes 1000] [--gpus-per-node 8]
-[--requests 10000] [--seed 1] [--ledger MODULE:CLASS] [--db-url URL]``; ``--ledger``
+[--requests 10000] [--seed 1] [--ledger MODULE:CLASS] [--db-url URL | --postgres-here]``
+(``--postgres-here``: a throwaway local server, as the tests start one); ``--ledger``
 measures another ``GPULedger`` (sub)class, e.g. a proposed change, against the same
 workload and checks. Exit status 0 when the run is consistent (even if the latency goal is
 missed), 1 when a consistency check fails. 3-4 minutes with the defaults on 2 cores,
@@ -367,7 +368,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--db-url", metavar="URL",
                     help="also measure a ledger on this PostgreSQL database, side by side with "
                          "SQLite (its tables in a schema of their own, dropped at the end)")
+    ap.add_argument("--postgres-here", action="store_true",
+                    help="as --db-url, on a throwaway PostgreSQL server started on this machine "
+                         "for the run (Debian's postgresql, as the tests start it)")
     args = ap.parse_args(argv)
+    if args.postgres_here:
+        sys.path.insert(0, str(ROOT / "tests"))
+        from postgres_helpers import PostgresServer
+
+        with PostgresServer() as server:
+            rest = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--postgres-here"]
+            return main([*rest, "--db-url", server.create_database("ledger_benchmark")])
 
     started = time.monotonic()
     load0 = os.getloadavg()[0]
