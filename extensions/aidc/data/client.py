@@ -24,7 +24,7 @@ from typing import IO, Any, Iterator
 from urllib.parse import quote
 
 from ..client import Client
-from ..errors import AidcError, PlatformError, UsageError
+from ..errors import AidcError, NotFoundError, PlatformError, UsageError
 from .names import check_name, parse_version
 
 API = "services/data/api"
@@ -256,7 +256,6 @@ def open_file(name: str, file: str, version: int | str | None = None,
     info = version_info(name, version, client=c)
     names = [f["name"] for f in info["files"]]
     if file not in names:
-        from ..errors import NotFoundError
         raise NotFoundError(f"dataset {name!r} version {info['version']} has no file {file!r}; "
                             f"its files: {', '.join(names)}")
     return (_fetch(c, info, [file]) / file).open("rb")
