@@ -6,7 +6,8 @@ session's server (``postgres`` fixture), no SQLite file is made, concurrent spaw
 GPUs through the ledger's PostgreSQL path (never two holders for one GPU, a queue that
 moves on), and after every process of the platform stops and starts again, nothing is
 lost: users and tokens, the job and its output, the model, its deployment and its answers.
-The database password is in no command line and no log.
+The database password is in no command line and no log; the drop-in's other ``c.Platform``
+settings (log rotation) reach the hub too.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ TWO_GPUS = [{"name": "NVIDIA H100 80GB HBM3", "memory_mb": 81559} for _ in range
 
 CONFIG = """
 c.Platform.db_url = {url!r}
+# small logs, so that rotation (handed down by aidc up to the hub and every service) shows
+c.Platform.log_max_bytes = 20000
+c.Platform.log_backups = 2
 c.GPUAllocationMixin.resource_profiles = [
     dict(id="cpu", display_name="CPU only", description="no GPU", gpus=0, cpu_cores=1, memory_gb=2, default=True),
     dict(id="gpu-1", display_name="1 GPU", description="one GPU", gpus=1, cpu_cores=1, memory_gb=2),
@@ -225,3 +229,7 @@ def test_platform_on_postgresql_survives_a_restart_of_every_process(pg_platform)
     assert free_counts_match_units(engine)
     assert admin  # the initial administrator's token was made before the restart
     assert p.hub(admin, "GET", "/users").status_code == 200
+    # c.Platform's log settings reached the hub and the services: rotated, two kept
+    logs = p.data_dir / "logs"
+    assert (logs / "hub.log.1").exists() and not (logs / "hub.log.3").exists()
+    assert (logs / "hub.log").stat().st_size <= 20000 + 4096

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from traitlets import Unicode
+from traitlets import Integer, Unicode
 from traitlets.config import Config, Configurable, PyFileConfigLoader
 
 from .db import redacted
@@ -51,6 +51,32 @@ class Platform(Configurable):
         `aidc up --db-url` overrides it.""",
     ).tag(config=True)
 
+    gpu_shares = Unicode(
+        "",
+        help="""GPUs offered as time-sliced shares, `"INDEX=N,..."`: `"3=4"` makes GPU 3 four
+        shares (kind `share`). Empty (default): `$AIDC_GPU_SHARES`, else every GPU whole.""",
+    ).tag(config=True)
+
+    log_max_bytes = Integer(
+        None,
+        allow_none=True,
+        help="""Size at which a platform log file (hub.log, each service's log) rotates; 0:
+        never. Default: `$AIDC_LOG_MAX_BYTES`, else 10 MiB.""",
+    ).tag(config=True)
+
+    log_backups = Integer(
+        None,
+        allow_none=True,
+        help="""Rotated log files kept (`hub.log.1` ...). Default: `$AIDC_LOG_BACKUPS`, else 5.""",
+    ).tag(config=True)
+
+    def environment(self) -> dict[str, str]:
+        """What is configured here for the hub and the services it starts, which read it
+        from their environment (``aidc.gpu.platform.shares_spec``, ``aidc.paths.log_rotation``)."""
+        env = {"AIDC_GPU_SHARES": self.gpu_shares or None,
+               "AIDC_LOG_MAX_BYTES": self.log_max_bytes, "AIDC_LOG_BACKUPS": self.log_backups}
+        return {k: str(v) for k, v in env.items() if v is not None}
+
 
 def drop_in_config(d: DataDir) -> Config:
     """The configuration of ``<data-dir>/config.d/*.py`` as the hub will load it."""
@@ -60,7 +86,8 @@ def drop_in_config(d: DataDir) -> Config:
     return config
 
 
-def choose_database(d: DataDir, db_url: str | None = None) -> str | None:
+def choose_database(d: DataDir, db_url: str | None = None,
+                    settings: Platform | None = None) -> str | None:
     """The platform database for this start: ``--db-url``, else ``c.Platform.db_url``,
     else the one chosen at an earlier start; None: SQLite files (the default).
 
@@ -68,7 +95,8 @@ def choose_database(d: DataDir, db_url: str | None = None) -> str | None:
     later starts find it without a password on their command line), and put in this
     process's ``$AIDC_DB_URL``, which the hub passes on to the services it starts.
     """
-    url = (db_url or "").strip() or Platform(config=drop_in_config(d)).db_url.strip()
+    settings = settings or Platform(config=drop_in_config(d))
+    url = (db_url or "").strip() or settings.db_url.strip()
     if url:
         import sqlalchemy as sa
 
@@ -181,6 +209,8 @@ def prepare(options: PlatformOptions, db_url: str | None = None) -> str | None:
     """
     from .gpu.platform import shares_spec, simulated_spec
 
+    settings = Platform(config=drop_in_config(options.data_dir))
+    os.environ.update(settings.environment())  # this process (the hub) and its services
     simulated_spec(), shares_spec()  # bad GPU settings are refused before anything is made
     d = options.data_dir.ensure()
     state = running_platform(d)
@@ -188,7 +218,7 @@ def prepare(options: PlatformOptions, db_url: str | None = None) -> str | None:
         raise PlatformError(
             f"the platform in {d.root} is already running (pid {state['pid']}, {state['url']})"
         )
-    choose_database(d, db_url)
+    choose_database(d, db_url, settings)
     stop_orphaned_proxy(d)
     _check_port_free(options.ip, options.port, "the public")
     _check_port_free("127.0.0.1", options.hub_port, "the hub's")
