@@ -36,7 +36,7 @@ from traitlets import Dict, Unicode, default
 from traitlets.config import LoggingConfigurable
 
 from ..security import audit
-from . import roles, system_users
+from .. import accounts, roles
 from .throttle import LoginThrottle
 
 
@@ -182,7 +182,7 @@ class SystemAccountsMixin(LoggingConfigurable):
     """
 
     system_username_prefix = Unicode(
-        system_users.DEFAULT_PREFIX,
+        accounts.DEFAULT_PREFIX,
         help="""Prefix of the Unix account that backs each hub user
         (hub user `alice` is Unix account `jupyter-alice`, as in The Littlest JupyterHub).
         Must match `SystemUserSpawner.system_username_prefix`.""",
@@ -193,16 +193,16 @@ class SystemAccountsMixin(LoggingConfigurable):
         return os.environ.get("AIDC_DATA_DIR")
 
     def system_username(self, name: str) -> str:
-        return system_users.system_name(name, self.system_username_prefix)
+        return accounts.system_name(name, self.system_username_prefix)
 
     def system_user_exists(self, user) -> bool:
-        return system_users.is_managed(self.system_username(user.name), self._data_dir)
+        return accounts.is_managed(self.system_username(user.name), self._data_dir)
 
     def add_system_user(self, user) -> None:
-        system_users.create_account(self.system_username(user.name), self._data_dir)
+        accounts.create_account(self.system_username(user.name), self._data_dir)
 
     async def add_user(self, user):
-        if system_users.running_as_root() and not self.system_user_exists(user):
+        if accounts.running_as_root() and not self.system_user_exists(user):
             self.add_system_user(user)
         result = super().add_user(user)
         if hasattr(result, "__await__"):
@@ -233,7 +233,7 @@ class SystemUserPAMAuthenticator(AuditedLoginMixin, DefaultRoleMixin, SystemAcco
 
     async def authenticate(self, handler, data):
         name = self.normalize_username(data.get("username", ""))
-        if not self.validate_username(name) or not system_users.is_managed(
+        if not self.validate_username(name) or not accounts.is_managed(
             self.system_username(name), self._data_dir
         ):
             return None

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..paths import DataDir, data_dir, find_proxy_command, log_rotation, templates_dir, venv_bin
-from . import services, system_users
+from .. import accounts
+from . import services
 
 #: How long (seconds) user servers and platform services may trust what the hub said
 #: about a token or a browser session before asking again. A revoked token, a removed
@@ -134,14 +135,14 @@ def configure(c, options: PlatformOptions | None = None) -> PlatformOptions:
     }
 
     # authentication and spawning: real Unix accounts as root, shared account otherwise
-    if system_users.running_as_root():
+    if accounts.running_as_root():
         c.JupyterHub.authenticator_class = "aidc.hub.auth.SystemUserPAMAuthenticator"
         c.JupyterHub.spawner_class = "aidc.hub.spawner.SystemUserSpawner"
     else:
         c.JupyterHub.authenticator_class = "aidc.hub.auth.DevSharedPasswordAuthenticator"
         c.SharedPasswordAuthenticator.user_password = d.secret(d.dev_password_file, 16)
         c.JupyterHub.spawner_class = "aidc.hub.spawner.SharedAccountSpawner"
-    c.Authenticator.username_pattern = system_users.NAME_PATTERN.pattern
+    c.Authenticator.username_pattern = accounts.NAME_PATTERN.pattern
     c.Authenticator.allow_existing_users = True
 
     c.Spawner.cmd = [str(venv_bin() / "jupyterhub-singleuser")]

@@ -21,7 +21,7 @@ from traitlets import Unicode, default
 
 from ..paths import data_dir
 from ..security import audit
-from . import system_users
+from .. import accounts
 from .gpu_spawner import GPUAllocationMixin
 
 
@@ -71,14 +71,14 @@ class SystemUserSpawner(AuditedSpawnerMixin, GPUAllocationMixin, LocalProcessSpa
     """LocalProcessSpawner running hub user ``alice`` as Unix account ``jupyter-alice``."""
 
     system_username_prefix = Unicode(
-        system_users.DEFAULT_PREFIX,
+        accounts.DEFAULT_PREFIX,
         help="""Prefix of the Unix account that backs each hub user; must match
         the authenticator's `system_username_prefix`.""",
     ).tag(config=True)
 
     @property
     def system_username(self) -> str:
-        return system_users.system_name(self.user.name, self.system_username_prefix)
+        return accounts.system_name(self.user.name, self.system_username_prefix)
 
     def _system_user(self) -> str | None:
         return self.system_username
@@ -95,7 +95,7 @@ class SystemUserSpawner(AuditedSpawnerMixin, GPUAllocationMixin, LocalProcessSpa
         return env
 
     async def start(self):
-        if not system_users.is_managed(self.system_username, os.environ.get("AIDC_DATA_DIR")):
+        if not accounts.is_managed(self.system_username, os.environ.get("AIDC_DATA_DIR")):
             raise RuntimeError(
                 f"Unix account {self.system_username} is missing; re-add the user with "
                 "`aidc user add`"

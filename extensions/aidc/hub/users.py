@@ -2,7 +2,7 @@
 
 This is what ``aidc user ...`` and ``aidc token`` call. Each action changes the hub
 (through :mod:`aidc.hub.directory`) and the Unix account (through
-:mod:`aidc.hub.system_users`) so that neither is left without the other, and records
+:mod:`aidc.accounts`) so that neither is left without the other, and records
 the change in the audit log.
 """
 
@@ -14,7 +14,7 @@ import secrets
 from ..errors import AidcError, ConflictError, UsageError
 from ..paths import DataDir
 from ..security import audit
-from . import roles, system_users
+from .. import accounts, roles
 from .directory import UserDirectory, UserRecord, open_directory
 
 log = logging.getLogger("aidc.users")
@@ -28,7 +28,7 @@ class PlatformUsers:
     def __init__(self, data_dir: DataDir, directory: UserDirectory | None = None):
         self.data_dir = data_dir
         self.directory = directory or open_directory(data_dir)
-        self.system_accounts = system_users.running_as_root()
+        self.system_accounts = accounts.running_as_root()
         self.audit_path = data_dir.audit_log
 
     def _audit(self, action: str, target: str, result: str, **extra) -> None:
@@ -38,7 +38,7 @@ class PlatformUsers:
         )
 
     def _unix(self, name: str) -> str:
-        return system_users.system_name(name)
+        return accounts.system_name(name)
 
     def add(self, name: str, role: str, password: str | None = None) -> UserRecord:
         """Create the user with ``role``; as root, its Unix account with ``password``."""
@@ -49,14 +49,14 @@ class PlatformUsers:
             if self.system_accounts:
                 if password is None:
                     raise UsageError("a password is needed to create a Unix account")
-                created_account = system_users.account(self._unix(name)) is None
-                system_users.create_account(self._unix(name), self.data_dir.root)
-                system_users.set_password(self._unix(name), password)
+                created_account = accounts.account(self._unix(name)) is None
+                accounts.create_account(self._unix(name), self.data_dir.root)
+                accounts.set_password(self._unix(name), password)
             try:
                 record = self.directory.add(name, role)
             except Exception:
                 if created_account:
-                    system_users.delete_account(self._unix(name), data_dir=self.data_dir.root)
+                    accounts.delete_account(self._unix(name), data_dir=self.data_dir.root)
                 raise
         except AidcError as e:
             self._audit("add", name, "failure", role=role, reason=str(e))
@@ -77,7 +77,7 @@ class PlatformUsers:
 
     def check_new(self, name: str) -> None:
         """Refuse a bad or taken name before anything else is asked (e.g. a password)."""
-        system_users.validate_name(name)
+        accounts.validate_name(name)
         try:
             self.directory.get(name)
         except AidcError:
@@ -96,7 +96,7 @@ class PlatformUsers:
             self.directory.remove(name)
             kept = None
             if self.system_accounts:
-                kept = system_users.delete_account(
+                kept = accounts.delete_account(
                     self._unix(name), keep_home=keep_home, data_dir=self.data_dir.root
                 )
         except AidcError as e:
@@ -125,7 +125,7 @@ class PlatformUsers:
                 "mode everyone signs in with the shared password in "
                 f"{self.data_dir.dev_password_file}"
             )
-        system_users.set_password(self._unix(name), password)
+        accounts.set_password(self._unix(name), password)
 
     def list(self) -> list[UserRecord]:
         return self.directory.list()
@@ -153,7 +153,7 @@ class PlatformUsers:
             self.add(INITIAL_ADMIN, roles.ADMIN, password)
         else:
             if self.system_accounts:
-                system_users.set_password(self._unix(INITIAL_ADMIN), password)
+                accounts.set_password(self._unix(INITIAL_ADMIN), password)
         if not self.system_accounts:
             password = self.data_dir.secret(self.data_dir.dev_password_file, 16)
         self.data_dir.write_private(pw_file, password + "\n")

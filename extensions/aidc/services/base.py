@@ -61,7 +61,8 @@ def signed_in(method):
     return web.authenticated(method)
 
 
-#: tornado's name for :func:`signed_in`, for services written against it
+#: tornado's name for :func:`signed_in`, for drop-in services written against it
+#: (``tests/services/echo.py``)
 authenticated = signed_in
 
 
@@ -306,7 +307,7 @@ class RootHandler(ServiceHandler):
             return
         self._page()
 
-    @authenticated
+    @signed_in
     def _page(self):
         about = self.settings.get("service_about") or f"The aidc {service_name()} service."
         doc = self.settings.get("service_api_doc")
