@@ -22,6 +22,7 @@ import pytest
 from aidc.data.names import check_file_name, check_name, parse_version
 from aidc.data.store import DatasetStore, version_hash
 from aidc.data.uploads import DatasetUploads, QuotaExceeded, TooLarge
+from aidc.errors import error_for_status, status_for
 from aidc.errors import ConflictError, NotFoundError, UsageError
 
 
@@ -130,6 +131,9 @@ def test_quota_counts_stored_versions_and_uploads_in_progress(uploads):
     uploads.abort(first)
     uploads.user_quotas = {"alice": 5000}
     uploads.begin("ds", "alice", [], [{"name": "a", "size": 600}, {"name": "b", "size": 600}])
+    # both are answered 413, and a client turns a 413 back into the same kind of error
+    assert {status_for(QuotaExceeded("q")), status_for(TooLarge("t"))} == {413}
+    assert issubclass(QuotaExceeded, error_for_status(413))
 
 
 def test_a_bad_npz_is_refused_and_a_good_one_kept_with_its_schema(uploads):
@@ -563,6 +567,9 @@ def test_a_job_records_the_dataset_versions_it_read_and_its_model_names_them(dat
     assert done["metrics"]["total"] == 8.0  # it read v2 (the alias), with its owner's rights
     read = [{"name": "job-input", "version": 2, "sha256": v2.sha256}]
     assert done["datasets"] == read
+    env = {"AIDC_URL": data_up.url, "AIDC_TOKEN": scientist.token}
+    shown = data_up.cli("jobs", "show", job["id"], env=env).stdout
+    assert f"dataset    job-input v2  sha256 {v2.sha256[:12]}" in shown, shown
     version = done["metrics"]["registered_version"]
     r = data_up.api(scientist.token).get(
         f"{data_up.url}/services/models/api/models/from-data-job/versions/{version}", timeout=60)

@@ -23,6 +23,7 @@ TRAIN = notebook(
     "aidc.record('cwd', os.getcwd())\n"
     "aidc.record('cuda', os.environ['CUDA_VISIBLE_DEVICES'])\n"
     "aidc.record('has_hub_token', 'JUPYTERHUB_API_TOKEN' in os.environ)\n"
+    "aidc.record('omp', os.environ.get('OMP_NUM_THREADS'))\n"
     "open('side-file.txt', 'w').write('made by the job')",
     parameters="epochs = 2\nlr = 0.01\nname = 'run'",
 )
@@ -34,7 +35,7 @@ def jobs_up(platform, scientist):
     return platform
 
 
-def test_job_runs_as_owner_with_parameters_metrics_and_output(jobs_up, scientist):
+def test_job_runs_as_owner_with_parameters_metrics_and_output(jobs_up, scientist, admin):
     platform = jobs_up
     put(platform, scientist, "work/train.ipynb", TRAIN)
     job = submit(platform, scientist, "work/train.ipynb", parameters={"epochs": 3, "lr": 0.05})
@@ -48,6 +49,14 @@ def test_job_runs_as_owner_with_parameters_metrics_and_output(jobs_up, scientist
     assert m["cwd"] == str(home(platform, scientist) / "work")
     assert m["cuda"] == ""  # no GPUs asked, none visible
     assert m["has_hub_token"] is False  # the service's credentials never reach a job
+    # one worker per core on the embedded cluster: each kernel's math libraries get one
+    # share of the cores, not a thread per core each (jobs side by side would oversubscribe)
+    # the lineage route is the models service's alone: not even the job's owner or an admin
+    # reads it (the owner's view of the job is /jobs/ID)
+    for who in (scientist, admin):
+        assert jobs_api(platform, who.token, "GET", f"/jobs/{job['id']}/lineage").status_code == 404
+    workers = jobs_api(platform, admin.token, "GET", "/cluster").json()["workers"]
+    assert m["omp"] == str(max(1, len(os.sched_getaffinity(0)) // workers))
     assert done["series"]["loss"] == [[0, 1.0], [1, 0.5], [2, pytest.approx(1 / 3)]]
     side = home(platform, scientist) / "work" / "side-file.txt"
     assert side.read_text() == "made by the job" and side.stat().st_uid == pw_uid

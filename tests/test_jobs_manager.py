@@ -82,7 +82,8 @@ class Jobs:
         config = Config({"JobManager": {"tick": 0.01, "retry_backoff": 2.0, "cancel_grace": 0.05,
                                          **traits}})
         manager = JobManager(self.store, self.artifacts, self.ledger, str(self.data_dir),
-                             capacity=lambda: client.threads, tokens=self.tokens, config=config)
+                             capacity=lambda: client.threads, tokens=self.tokens, config=config,
+                             threads=lambda: 3)  # what an embedded cluster would choose
         await manager.start(client)
         self.manager, self.client = manager, client
         self.clients.append(client)
@@ -415,6 +416,17 @@ async def test_cancel_of_a_finished_job_is_refused(jobs, ending):
     view = jobs.job(job)
     assert view["status"] == ending and view["cancel_requested"] is False
     assert jobs.client.stops(job) == [] and jobs.gpus() == {}
+
+
+async def test_kernels_get_their_share_of_the_cores_for_math_libraries(jobs, kernels):
+    await jobs.start(FakeDaskClient(execute=True))
+    await jobs.status(jobs.submit(), "completed", timeout=5)
+    env = kernels.started[0].env
+    assert [env.get(v) for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS")] == ["3"] * 3
+    # an admin's setting wins over the cluster's choice
+    await jobs.restart(FakeDaskClient(execute=True), kernel_threads=5)
+    await jobs.status(jobs.submit(), "completed", timeout=5)
+    assert kernels.started[-1].env["OMP_NUM_THREADS"] == "5"
 
 
 # -- time-outs ---------------------------------------------------------------------------

@@ -78,8 +78,8 @@ def test_training_notebooks_and_the_tour_run_as_jobs_and_their_models_serve(plat
 
     import aidc
     client = Client(platform.url, scientist.token)
-    jobs = {name: aidc.jobs.submit(f"training/{name}.ipynb", parameters={"threads": 1}, client=client)
-            for name in TRAINING}
+    # no threads parameter: the jobs service gives each kernel its share of the cores
+    jobs = {name: aidc.jobs.submit(f"training/{name}.ipynb", client=client) for name in TRAINING}
     # last, so that the training jobs hold the workers first; its own model name, so that
     # its deploy and rollback do not touch the support-intents deployment below
     tour = aidc.jobs.submit("examples/getting_started.ipynb",

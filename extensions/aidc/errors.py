@@ -25,6 +25,14 @@ class UsageError(AidcError):
     exit_code = 2
 
 
+class TooLargeError(UsageError):
+    """A body, file or upload over a size limit or quota (413); the message names the limit.
+
+    Well-formed but refused, so the CLI exits 1 as for other refusals, not 2."""
+
+    exit_code = 1
+
+
 class NotFoundError(AidcError):
     """The named thing does not exist (or is not visible to the caller)."""
 
@@ -47,6 +55,7 @@ class PlatformError(AidcError):
 
 #: the HTTP status of each kind of error a user may see (a subclass answers as its base)
 STATUS_FOR_ERROR: dict[type[AidcError], int] = {
+    TooLargeError: 413,  # before its base class: the first class an error is an instance of wins
     UsageError: 400,
     AuthenticationError: 401,
     PermissionDeniedError: 403,

@@ -153,6 +153,8 @@ def show(args) -> int:
             print(f"  {key:<10} {d[key]}")
     for name, value in sorted(d["metrics"].items()):
         print(f"  metric     {name} = {value}")
+    for ds in d.get("datasets") or []:  # the dataset versions its notebook read (aidc.data)
+        print(f"  dataset    {ds['name']} v{ds['version']}  sha256 {ds['sha256'][:12]}")
     return 0
 
 

@@ -33,7 +33,7 @@ from ..services.declare import ManagedService, python_command
 from ..services.visibility import owned, visible
 from .names import check_file_name, check_name
 from .store import DatasetStore
-from .uploads import DatasetUploads, FileWriter, QuotaExceeded, TooLarge
+from .uploads import DatasetUploads, FileWriter
 
 OPENAPI = Path(__file__).with_name("openapi.yaml")
 #: JSON request bodies (upload declarations, aliases)
@@ -53,12 +53,6 @@ class DataHandler(ServiceHandler):
     @property
     def uploads(self) -> DatasetUploads:
         return self.settings["uploads"]
-
-    def _handle_request_exception(self, e):
-        if isinstance(e, (QuotaExceeded, TooLarge)):
-            self.send_error(413, reason_message=str(e))
-            return
-        super()._handle_request_exception(e)
 
     def visible_dataset(self, name: str) -> dict:
         check_name(name)

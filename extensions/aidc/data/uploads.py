@@ -28,7 +28,7 @@ from traitlets import Dict, Integer, Unicode, default
 from traitlets.config import LoggingConfigurable
 
 from .. import artifacts
-from ..errors import ConflictError, NotFoundError, UsageError
+from ..errors import ConflictError, NotFoundError, TooLargeError, UsageError
 from ..paths import data_dir as platform_data_dir
 from .names import check_alias, check_file_name, check_name, check_visibility
 from .schema import describe
@@ -43,11 +43,11 @@ def size_text(n: int) -> str:
     return f"{n} bytes"
 
 
-class QuotaExceeded(UsageError):
+class QuotaExceeded(TooLargeError):
     """An upload would take its owner over their data quota (HTTP 413)."""
 
 
-class TooLarge(UsageError):
+class TooLarge(TooLargeError):
     """A file is larger than the service takes in one upload (HTTP 413)."""
 
 

@@ -742,6 +742,22 @@ class JobCluster(LoggingConfigurable):
                     address, w["nthreads"], w["nthreads"],
                 )
 
+    def kernel_threads(self) -> int | None:
+        """CPU threads each job's kernel should give its math libraries, or None to leave them be.
+
+        An embedded cluster runs one single-threaded worker per core (or per GPU with
+        dask-cuda), each running one kernel; torch, TensorFlow and BLAS would each start a
+        thread per core of the machine, so concurrent jobs oversubscribe the CPU (4x slower
+        training was seen with two jobs on two cores). The machine's cores divided among the
+        embedded workers avoid that. An external cluster's hosts are not known here.
+        """
+        if self._kind not in (LOCAL, LOCAL_CUDA):
+            return None
+        from dask.system import CPU_COUNT  # honours affinity and cgroup limits
+
+        workers = self.describe()["workers"] or self.embedded_workers()
+        return max(1, (CPU_COUNT or 1) // max(1, workers))
+
     def describe(self) -> dict:
         """For the status API: {"kind", "address", "workers", "threads", "dashboard", "running"}.
 

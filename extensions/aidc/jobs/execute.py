@@ -190,6 +190,11 @@ class AidcEngine(NBClientEngine):
 papermill_engines.register(ENGINE, AidcEngine)
 
 
+#: what OpenMP (torch), MKL, OpenBLAS and TensorFlow read for their thread pools' size
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",
+                    "TF_NUM_INTEROP_THREADS")
+
+
 def kernel_env(spec: dict, home: str, user: str) -> dict[str, str]:
     """Everything the job's kernel gets in its environment (nothing else leaks in)."""
     bindir = os.path.dirname(sys.executable)
@@ -207,6 +212,9 @@ def kernel_env(spec: dict, home: str, user: str) -> dict[str, str]:
         "CUDA_VISIBLE_DEVICES": spec.get("visible_devices") or "",
         "NVIDIA_VISIBLE_DEVICES": spec.get("visible_devices") or "void",
     }
+    if spec.get("threads"):  # one share of the host's cores (JobManager.kernel_threads)
+        for name in THREAD_VARIABLES:
+            env[name] = str(spec["threads"])
     if spec.get("url"):
         env["AIDC_URL"] = spec["url"]
     if spec.get("token"):  # the owner's own token for this attempt (aidc.jobs.tokens)

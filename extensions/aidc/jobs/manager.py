@@ -105,9 +105,22 @@ class JobManager(LoggingConfigurable):
 
     tick = Float(0.5, help="Seconds between passes over the queue and the schedules.").tag(config=True)
 
+    kernel_threads = Integer(
+        0,
+        help="""CPU threads a job's kernel gives its math libraries (``OMP_NUM_THREADS``,
+        ``MKL_NUM_THREADS``, ``OPENBLAS_NUM_THREADS``, TensorFlow's ``TF_NUM_INTRA/INTEROP_THREADS``).
+
+        0: the cluster decides: on the embedded cluster, the machine's cores divided among
+        its workers, so jobs running side by side do not oversubscribe the CPU; on an
+        external cluster, the libraries' own defaults. A notebook may still set its own.""",
+    ).tag(config=True)
+
     def __init__(self, store: JobStore, artifacts: ArtifactStore, ledger: GPULedger,
-                 data_dir: str, url: str | None = None, capacity=None, tokens=None, **kwargs):
+                 data_dir: str, url: str | None = None, capacity=None, tokens=None,
+                 threads=None, **kwargs):
         super().__init__(**kwargs)
+        #: callable: the cluster's choice of kernel threads when kernel_threads is 0 (or None)
+        self.threads = threads
         #: JobTokens: each attempt's own hub token of the job's owner (None: jobs get no token)
         self.tokens = tokens
         #: callable: how many jobs the cluster can run at once now (its worker threads)
@@ -418,6 +431,7 @@ class JobManager(LoggingConfigurable):
                 "home": str(who.home), "run_as": who.unix_name, "visible_devices": visible,
                 "timeout": job["timeout"], "cell_timeout": job["cell_timeout"],
                 "kernel_name": self.kernel_name, "url": self.url,
+                "threads": self.kernel_threads or (self.threads() if self.threads else None),
             }
         except Exception as e:
             self._launch_failed(job, attempt, e)

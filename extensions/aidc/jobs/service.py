@@ -325,6 +325,7 @@ def main() -> None:
     cluster = JobCluster(config=app.config)
     manager = JobManager(store, artifact_store, ledger, data_dir, url=os.environ.get("AIDC_URL"),
                          capacity=lambda: cluster.describe().get("threads") or 0,
+                         threads=cluster.kernel_threads,
                          tokens=JobTokens(config=app.config), config=app.config)
     # aidc decides about retries itself (attempts, back-off, reasons): an embedded
     # scheduler must not silently re-run a task whose worker died

@@ -40,14 +40,16 @@ class JobTokens(LoggingConfigurable):
             "access:services!service=models",
             "access:services!service=jobs",
             "access:services!service=data",
+            "access:services!service=resources",
             "read:users:name!user",
             "read:users:groups!user",
         ],
         help="""Hub scopes of a job's token (the kernel's ``AIDC_TOKEN``).
 
-        By default a job may use the models, jobs and data services as its owner (register a
-        model with lineage, submit or watch jobs, read datasets) and read its owner's name and groups,
-        nothing else: it cannot start servers or make tokens. An empty list runs jobs
+        By default a job may use the models, jobs, data and resources services as its owner
+        (register a model with lineage, submit or watch jobs, read datasets, see its GPUs with
+        ``aidc.gpus()``) and read its owner's name and groups, nothing else: it cannot start
+        servers or make tokens. An empty list runs jobs
         without any token.""",
     ).tag(config=True)
 
