@@ -103,6 +103,98 @@ def test_ledger_on_postgresql_never_double_allocates_and_outlives_a_dropped_conn
     assert ledger.request("job:next", "u", 1).state in ("granted", "queued")
 
 
+def test_ledger_decides_in_one_postgresql_function_call_with_the_same_answers(postgres):
+    """Decisions without a quota are one call of a function the ledger creates in the schema
+    of its tables; they answer exactly as the three-round-trip pipeline does, errors
+    included, and a ledger of a newer aidc replaces an older version of the functions."""
+    from aidc.gpu.ledger import PG_FUNCTIONS_VERSION, ImpossibleRequestError, QuotaExceededError
+
+    url = postgres.create_database("ledger_functions")
+    with sa.create_engine(url).begin() as c:
+        c.execute(sa.text("CREATE SCHEMA team_a"))
+        c.execute(sa.text("ALTER DATABASE ledger_functions SET track_functions = 'pl'"))  # calls counted
+    in_schema = sa.engine.make_url(url).update_query_dict({"options": "-csearch_path=team_a"})
+    in_db = GPULedger(db_url=in_schema.render_as_string(hide_password=False), node="n1")
+    piped = GPULedger(db_url=postgres.create_database("ledger_pipeline"), node="n1", pg_functions=False)
+    for ledger in (in_db, piped):
+        ledger.sync_inventory(inventory.simulated(4))
+        ledger.add_node("n2", inventory.simulated(2))
+
+    def answer(call):
+        try:
+            c = call()
+        except (ImpossibleRequestError, QuotaExceededError) as e:
+            return type(e).__name__, str(e)
+        return c if c is None or isinstance(c, list) else (
+            c.state, c.position, c.owner, c.count, c.kind, [(u["id"], u["holder"], u["simulated"]) for u in c.units])
+
+    steps = [
+        lambda l: l.request("job:1", "ann", 2),          # best fit: n2 (2 free) before n1 (4)
+        lambda l: l.request("job:2", "bob", 3),          # n1
+        lambda l: l.request("job:3", "bob", 0),          # nothing to take: granted
+        lambda l: l.request("job:4", "cy", 2),           # queued, 1st
+        lambda l: l.request("job:5", "cy", 1, priority=5),  # ahead of job:4 in the queue: fits on n1
+        lambda l: l.request("job:4", "cy", 2),           # asked again: the same claim
+        lambda l: l.request("job:6", "cy", 5),           # more than any node has
+        lambda l: l.poll("job:5"),
+        lambda l: l.poll("job:none"),
+        lambda l: l.release("job:1"),                    # job:4 gets n2, then job:5 n1
+        lambda l: l.poll("job:4"),
+        lambda l: l.poll("job:5"),
+        lambda l: l.release("job:4"),
+        lambda l: l.release("job:never"),
+    ]
+    for i, step in enumerate(steps):
+        mine, theirs = answer(lambda: step(in_db)), answer(lambda: step(piped))
+        if isinstance(mine, list):
+            mine, theirs = sorted(mine), sorted(theirs)
+        assert mine == theirs, f"step {i}"
+    assert answer(lambda: in_db.request("job:6", "cy", 5))[1].startswith(
+        "asked for 5 whole GPUs, but any node of this platform has 4 (simulated)")
+    assert answer(lambda: in_db.poll("job:4")) is None
+    assert [c.holder for c in in_db.claims()] == [c.holder for c in piped.claims()]
+    assert free_counts_match_units(in_db.engine)
+
+    # a quota: decided by the pipeline, on the same tables, under the same lock
+    quota = GPULedger(db_url=in_schema.render_as_string(hide_password=False), node="n1",
+                      default_quota={"max_gpus": 3})
+    assert answer(lambda: quota.request("job:7", "bob", 1))[0] == "QuotaExceededError"
+    assert quota.request("job:8", "dee", 1).state == "granted"
+    assert free_counts_match_units(in_db.engine)
+
+    # each request of in_db (8) was one call of the function; the quota's went the other way
+    calls = sa.text("SELECT coalesce(sum(calls), 0) FROM pg_stat_user_functions "
+                    "WHERE schemaname = 'team_a' AND funcname = 'aidc_ledger_request'")
+    deadline = time.monotonic() + 60  # a server process reports its counts when idle
+    with in_db.engine.connect() as c:
+        while (n := c.execute(calls).scalar_one()) < 8 and time.monotonic() < deadline:
+            c.execute(sa.text("SELECT pg_stat_clear_snapshot()"))
+            c.rollback()
+            time.sleep(0.2)
+    assert n == 8
+
+    # the functions are the ledger's own, in its schema, with their version
+    functions = sa.text("SELECT n.nspname, p.proname, obj_description(p.oid, 'pg_proc') FROM pg_proc p "
+                        "JOIN pg_namespace n ON n.oid = p.pronamespace WHERE p.proname LIKE 'aidc_ledger_%'")
+    with in_db.engine.connect() as c:
+        rows = c.execute(functions).all()
+    assert {(schema, name) for schema, name, _ in rows} == {("team_a", f"aidc_ledger_{f}") for f in (
+        "take", "grant_queued", "claim", "request", "poll", "release")}
+    assert f"aidc GPU ledger functions v{PG_FUNCTIONS_VERSION}" in {note for *_, note in rows}
+
+    # an older aidc's functions (here: a request function that grants nothing) are replaced
+    with in_db.engine.begin() as c:
+        c.execute(sa.text(
+            "CREATE OR REPLACE FUNCTION team_a.aidc_ledger_request(p_holder text, p_holder_kind text, "
+            "p_owner text, p_groups text, p_count int, p_kind text, p_priority int, p_now double precision) "
+            "RETURNS json LANGUAGE sql AS $$ SELECT NULL::json $$"))
+        c.execute(sa.text("COMMENT ON FUNCTION team_a.aidc_ledger_release(text, double precision) "
+                          "IS 'aidc GPU ledger functions v0'"))
+    upgraded = GPULedger(db_url=in_schema.render_as_string(hide_password=False), node="n1")
+    granted = upgraded.request("job:9", "eve", 1)
+    assert granted.state == "granted" and [u["holder"] for u in granted.units] == ["job:9"]
+    assert free_counts_match_units(in_db.engine)
+
 @pytest.fixture(scope="module")
 def pg_platform(postgres, tmp_path_factory):
     url = postgres.create_database("aidc_platform")
