@@ -39,7 +39,8 @@ tables go into a schema of their own (``aidc_bench_<pid>``), dropped at the end:
 database's other tables are not touched.
 
 Usage: ``.venv/bin/python benchmarks/ledger.py [--nodes 1000] [--gpus-per-node 8]
-[--requests 10000] [--seed 1] [--ledger MODULE:CLASS] [--db-url URL | --postgres-here]``
+[--requests 10000] [--seed 1] [--ledger MODULE:CLASS] [--db-url URL | --postgres-here]
+[--pg-pipeline]``
 (``--postgres-here``: a throwaway local server, as the tests start one); ``--ledger``
 measures another ``GPULedger`` (sub)class, e.g. a proposed change, against the same
 workload and checks. Exit status 0 when the run is consistent (even if the latency goal is
@@ -368,6 +369,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--db-url", metavar="URL",
                     help="also measure a ledger on this PostgreSQL database, side by side with "
                          "SQLite (its tables in a schema of their own, dropped at the end)")
+    ap.add_argument("--pg-pipeline", action="store_true",
+                    help="on PostgreSQL, decide with the pipeline of three round trips "
+                         "(GPULedger.pg_functions = False) instead of one function call")
     ap.add_argument("--postgres-here", action="store_true",
                     help="as --db-url, on a throwaway PostgreSQL server started on this machine "
                          "for the run (Debian's postgresql, as the tests start it)")
@@ -398,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
             server_version = pg.execute("SHOW server_version").fetchone()[0]
             targets.append(("postgresql", pg_url))
         for label, url in targets:
-            ledger = cls(db_url=url)
+            ledger = cls(db_url=url, **({"pg_functions": False} if label == "postgresql" and args.pg_pipeline else {}))
             t = time.monotonic()
             for n in nodes:
                 ledger.add_node(n, inventory)
@@ -472,6 +476,9 @@ def main(argv: list[str] | None = None) -> int:
                                                if server_version else "")
           + f", {platform.platform()}; load average at start "
           f"{load0:.2f}, at end {os.getloadavg()[0]:.2f} (other work on the machine inflates the tails)")
+    if server_version:
+        print("postgresql decisions: " + ("one call of the ledger's PL/pgSQL function each"
+              if getattr(contenders[-1].ledger, "_in_db", False) else "psycopg pipeline, three round trips"))
     print(f"cluster: {args.nodes} nodes x {args.gpus_per_node} GPUs = {capacity} units (simulated); "
           "ledger setup " + ", ".join(f"{c.label} {c.setup_s:.1f} s" for c in contenders))
     print(f"workload: {n_req} requests (70% 1 GPU, 20% 2, 10% 4), {n_rel} releases, seed {args.seed}")
