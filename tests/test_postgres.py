@@ -110,9 +110,11 @@ def test_ledger_decides_in_one_postgresql_function_call_with_the_same_answers(po
     from aidc.gpu.ledger import PG_FUNCTIONS_VERSION, ImpossibleRequestError, QuotaExceededError
 
     url = postgres.create_database("ledger_functions")
-    with sa.create_engine(url).begin() as c:
+    setup = sa.create_engine(url)
+    with setup.begin() as c:
         c.execute(sa.text("CREATE SCHEMA team_a"))
         c.execute(sa.text("ALTER DATABASE ledger_functions SET track_functions = 'pl'"))  # calls counted
+    setup.dispose()
     in_schema = sa.engine.make_url(url).update_query_dict({"options": "-csearch_path=team_a"})
     in_db = GPULedger(db_url=in_schema.render_as_string(hide_password=False), node="n1")
     piped = GPULedger(db_url=postgres.create_database("ledger_pipeline"), node="n1", pg_functions=False)
