@@ -95,6 +95,19 @@ SECURE_SCHEMES = ("tls", "wss", "gateway", "ucx+tls")
 #: loggers quieted to ``JobCluster.log_level`` in the service process (and workers)
 DASK_LOGGERS = ("distributed", "dask", "dask_cuda", "dask_jobqueue", "dask_gateway", "bokeh")
 
+class _CancelledIsNotAnError(logging.Filter):
+    """Drops the tracebacks of cancelled tasks that distributed logs as errors.
+
+    When an embedded scheduler closes before a worker has hung up (usual on a loaded
+    machine), distributed cancels that worker's stream handler and logs the
+    ``CancelledError`` with its traceback at ERROR: an orderly stop that would read as a
+    crash in the service's log.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], asyncio.CancelledError))
+
+
 #: Source of the Dask preload every embedded worker process loads (``{parent}`` and
 #: ``{scrub}`` are filled in). It runs when the worker is created, before it connects.
 #: It loads :mod:`aidc.process` by path: importing ``aidc`` would load the jobs service.
@@ -446,6 +459,8 @@ class JobCluster(LoggingConfigurable):
             if self._kind == GATEWAY:
                 await _maybe_await(cluster.close(shutdown=self._owned))
             elif self._owned:
+                for name in ("distributed.scheduler", "distributed.core"):
+                    logging.getLogger(name).addFilter(_CancelledIsNotAnError())
                 await _maybe_await(cluster.close())
         if gateway is not None:
             await _maybe_await(gateway.close())
