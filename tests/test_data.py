@@ -576,3 +576,24 @@ def test_a_job_records_the_dataset_versions_it_read_and_its_model_names_them(dat
     lineage = r.json()["lineage"]
     assert lineage["job"] == job["id"] and lineage["notebook"] == "data/read.ipynb"
     assert lineage["datasets"] == read
+
+
+def test_a_scientists_own_kernel_reads_datasets_as_its_owner(data_up, scientist, other_scientist):
+    """In JupyterLab ``aidc.data`` needs no setup: a kernel of the scientist's server reads
+    with the server's own token, so it gets the owner's datasets and a 404 for another
+    scientist's private one, like the owner's jobs do."""
+    import aidc
+    from platform_helpers import execute
+
+    aidc.data.put("kernel-read", {"x": np.arange(4)}, client=client_of(data_up, scientist))
+    aidc.data.put("kernel-private", {"x": np.arange(4)}, client=client_of(data_up, other_scientist))
+    data_up.start_server(scientist)
+    out = execute(data_up, scientist, (
+        "import aidc\n"
+        "from aidc.errors import NotFoundError\n"
+        "print('sum', int(aidc.data.get('kernel-read')['x'].sum()))\n"
+        "try:\n"
+        "    aidc.data.get('kernel-private')\n"
+        "except NotFoundError as e:\n"
+        "    print('refused:', e)\n"), timeout=120)
+    assert "sum 6" in out and "refused: " in out and "kernel-private" in out, out
