@@ -692,37 +692,50 @@ class _SqliteStore:
 
     __slots__ = ("db",)
 
+    #: the statements the methods run; :class:`_PgStore` has the same in psycopg's placeholders
+    sql_claim = _SQL_CLAIM
+    sql_units_of = _SQL_UNITS_OF
+    sql_position = _SQL_POSITION
+    sql_waiting_for = _SQL_WAITING_FOR
+    sql_most = _SQL_MOST
+    sql_present_per_node = _SQL_PRESENT_PER_NODE
+    sql_owner_use = _SQL_OWNER_USE
+    sql_grant = _SQL_GRANT
+    sql_unhold = _SQL_UNHOLD
+    sql_free_add = _SQL_FREE_ADD
+    sql_drop = _SQL_DROP
+
     def __init__(self, db: sqlite3.Connection):
         self.db = db
 
     def claim(self, holder: str) -> _ClaimRow | None:
-        row = self.db.execute(_SQL_CLAIM, (holder,)).fetchone()
+        row = self.db.execute(self.sql_claim, (holder,)).fetchone()
         return None if row is None else _ClaimRow._make(row)
 
     def units_of(self, holder: str) -> list[dict]:
-        return [_unit(r) for r in self.db.execute(_SQL_UNITS_OF, (holder,))]
+        return [_unit(r) for r in self.db.execute(self.sql_units_of, (holder,))]
 
     def position(self, kind: str, priority: int, claim_id: int) -> int:
-        return self.db.execute(_SQL_POSITION, (kind, priority, priority, claim_id)).fetchone()[0]
+        return self.db.execute(self.sql_position, (kind, priority, priority, claim_id)).fetchone()[0]
 
     def expect_waiting_for(self, kind: str) -> None:
         pass
 
     def waiting_for(self, kind: str) -> bool:
-        return self.db.execute(_SQL_WAITING_FOR, (kind,)).fetchone() is not None
+        return self.db.execute(self.sql_waiting_for, (kind,)).fetchone() is not None
 
     def most(self, kind: str) -> int:
-        return self.db.execute(_SQL_MOST, (kind,)).fetchone()[0] or 0
+        return self.db.execute(self.sql_most, (kind,)).fetchone()[0] or 0
 
     def present_per_node(self, kind: str) -> list[tuple[str, int]]:
-        return self.db.execute(_SQL_PRESENT_PER_NODE, (kind,)).fetchall()
+        return self.db.execute(self.sql_present_per_node, (kind,)).fetchall()
 
     def any_simulated(self) -> bool:
         row = self.db.execute(_SQL_ANY_SIMULATED).fetchone()
         return bool(row and row[0])
 
     def owner_use(self, owner: str) -> list[_Use]:
-        return [_Use(owner, n, hk) for n, hk in self.db.execute(_SQL_OWNER_USE, (owner,))]
+        return [_Use(owner, n, hk) for n, hk in self.db.execute(self.sql_owner_use, (owner,))]
 
     def all_use(self) -> list[_Use]:
         return [_Use(o, n, hk, g) for o, n, hk, g in self.db.execute(_SQL_ALL_USE)]
@@ -735,30 +748,35 @@ class _SqliteStore:
         return self.db.execute(_SQL_QUEUE).fetchall()
 
     def grant(self, claim_id: int, now: float) -> None:
-        self.db.execute(_SQL_GRANT, (now, claim_id))
+        self.db.execute(self.sql_grant, (now, claim_id))
 
     def take(self, holder: str, count: int, kind: str) -> list[dict] | None:
         rows = self.db.execute(_SQL_TAKE_NODE, (count, kind)).fetchall()
         if not rows:
             return None
-        units = [_unit(r) for r in self.db.execute(_SQL_TAKE_UNITS, (holder, rows[0][0], kind, count)).fetchall()]
-        if len(units) != count:  # cannot happen under the lock; refuse rather than half-allocate
-            raise ConflictError("GPU ledger conflict; please retry")
-        if count > 1:  # RETURNING gives no order
-            units.sort(key=_unit_order)
-        return units
+        return _taken([_unit(r) for r in self.db.execute(
+            _SQL_TAKE_UNITS, (holder, rows[0][0], kind, count)).fetchall()], count)
 
     def unhold(self, holder: str) -> list[str]:
-        held = self.db.execute(_SQL_UNHOLD, (holder,)).fetchall()
+        held = self.db.execute(self.sql_unhold, (holder,)).fetchall()
         if held:
             _free_add_per_node(self._free_add, [(node, kind, present) for _id, node, kind, present in held])
         return [r[0] for r in held]
 
     def _free_add(self, node: str, kind: str, n: int) -> None:
-        self.db.execute(_SQL_FREE_ADD, (n, node, kind))
+        self.db.execute(self.sql_free_add, (n, node, kind))
 
     def drop(self, holder: str) -> None:
-        self.db.execute(_SQL_DROP, (holder,))
+        self.db.execute(self.sql_drop, (holder,))
+
+
+def _taken(units: list[dict], count: int) -> list[dict]:
+    """The units one statement took for a request of ``count``, in placement order."""
+    if len(units) != count:  # cannot happen under the lock; refuse rather than half-allocate
+        raise ConflictError("GPU ledger conflict; please retry")
+    if count > 1:  # RETURNING gives no order
+        units.sort(key=_unit_order)
+    return units
 
 
 def _unit_order(u: dict) -> tuple:
@@ -1012,6 +1030,18 @@ class _PgStore(_SqliteStore):
 
     __slots__ = ("waiting",)
 
+    sql_claim = _PG_CLAIM
+    sql_units_of = _PG_UNITS_OF
+    sql_position = _PG_POSITION
+    sql_waiting_for = _PG_WAITING_FOR
+    sql_most = _PG_MOST
+    sql_present_per_node = _PG_PRESENT_PER_NODE
+    sql_owner_use = _PG_OWNER_USE
+    sql_grant = _PG_GRANT
+    sql_unhold = _PG_UNHOLD
+    sql_free_add = _PG_FREE_ADD
+    sql_drop = _PG_DROP
+
     def __init__(self, db):
         super().__init__(db)
         self.waiting = None
@@ -1025,56 +1055,18 @@ class _PgStore(_SqliteStore):
             return ahead[1].fetchone() is not None
         return self.db.execute(_PG_WAITING_FOR, (kind,)).fetchone() is not None
 
-    def claim(self, holder: str) -> _ClaimRow | None:
-        row = self.db.execute(_PG_CLAIM, (holder,)).fetchone()
-        return None if row is None else _ClaimRow._make(row)
-
-    def units_of(self, holder: str) -> list[dict]:
-        return [_unit(r) for r in self.db.execute(_PG_UNITS_OF, (holder,))]
-
-    def position(self, kind: str, priority: int, claim_id: int) -> int:
-        return self.db.execute(_PG_POSITION, (kind, priority, priority, claim_id)).fetchone()[0]
-
-    def most(self, kind: str) -> int:
-        return self.db.execute(_PG_MOST, (kind,)).fetchone()[0] or 0
-
-    def present_per_node(self, kind: str) -> list[tuple[str, int]]:
-        return self.db.execute(_PG_PRESENT_PER_NODE, (kind,)).fetchall()
-
-    def owner_use(self, owner: str) -> list[_Use]:
-        return [_Use(owner, n, hk) for n, hk in self.db.execute(_PG_OWNER_USE, (owner,))]
-
     def insert_claim(self, values: tuple, state: str) -> int | None:
         if state == GRANTED:  # its id is never read: not waited for (None)
             self.db.execute(_PG_INSERT_GRANTED, (*values, state, values[7]))
             return None
         return self.db.execute(_PG_INSERT_CLAIM, (*values, state, None)).fetchone()[0]
 
-    def grant(self, claim_id: int, now: float) -> None:
-        self.db.execute(_PG_GRANT, (now, claim_id))
-
     def take(self, holder: str, count: int, kind: str) -> list[dict] | None:
         units = [_unit(r) for r in self.db.execute(
             _PG_TAKE, {"holder": holder, "kind": kind, "count": count}).fetchall()]
         if not units:  # no node has that many free
             return None
-        if len(units) != count:  # cannot happen under the lock; refuse rather than half-allocate
-            raise ConflictError("GPU ledger conflict; please retry")
-        if count > 1:  # RETURNING gives no order
-            units.sort(key=_unit_order)
-        return units
-
-    def unhold(self, holder: str) -> list[str]:
-        held = self.db.execute(_PG_UNHOLD, (holder,)).fetchall()
-        if held:
-            _free_add_per_node(self._free_add, [(node, kind, present) for _id, node, kind, present in held])
-        return [r[0] for r in held]
-
-    def _free_add(self, node: str, kind: str, n: int) -> None:
-        self.db.execute(_PG_FREE_ADD, (n, node, kind))
-
-    def drop(self, holder: str) -> None:
-        self.db.execute(_PG_DROP, (holder,))
+        return _taken(units, count)
 
 
 @dataclass
