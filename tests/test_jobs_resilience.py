@@ -97,8 +97,12 @@ def test_jobs_run_on_the_external_cluster_within_the_user_limit(ext_platform, us
     admin_view = jobs_api(ext_platform, user.token, "GET", "/cluster")
     assert admin_view.status_code == 403  # scientists do not see the cluster
     jobs = [submit(ext_platform, user, "sleep.ipynb", parameters={"seconds": 3}) for _ in range(3)]
-    time.sleep(2)
-    states = [jobs_api(ext_platform, user.token, "GET", f"/jobs/{j['id']}").json() for j in jobs]
+    deadline = time.monotonic() + 60
+    while True:  # until the third is held back (the first two dispatched)
+        states = [jobs_api(ext_platform, user.token, "GET", f"/jobs/{j['id']}").json() for j in jobs]
+        if any("per-user limit" in (s.get("waiting") or "") for s in states) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert sum(s["status"] == "running" for s in states) <= 2
     waiting = [s for s in states if s["status"] == "queued"]
     assert waiting and "per-user limit" in waiting[0]["waiting"], states
