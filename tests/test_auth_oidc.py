@@ -32,7 +32,7 @@ from urllib.parse import parse_qs, urljoin, urlparse
 import pytest
 import requests
 
-from platform_helpers import Platform, User
+from platform_helpers import Platform, User, new_prefix
 
 TESTS = Path(__file__).parent
 IDP_DIR = TESTS / "idp"
@@ -142,10 +142,15 @@ def idp(tmp_path_factory):
         proc.stdout.close()
 
 
-@pytest.fixture
-def company_platform(fresh_platform, idp) -> Platform:
-    """A platform whose only way in is company sign-in at ``idp``, as an operator sets it up."""
-    p = fresh_platform(config=OIDC_CONFIG)
+@pytest.fixture(scope="module")
+def company_platform(tmp_path_factory, idp) -> Platform:
+    """A platform whose only way in is company sign-in at ``idp``, as an operator sets it up.
+
+    One for the module: each test signs in with accounts of its own (and reads only its own
+    audit events), so they share it as people of one company share their platform."""
+    p = Platform(tmp_path_factory.mktemp("company") / "platform", prefix=new_prefix())
+    (p.data_dir / "config.d").mkdir(parents=True)
+    (p.data_dir / "config.d" / "50-test.py").write_text(OIDC_CONFIG)
     callback = p.url + "/hub/oauth_callback"
     client_id, client_secret = idp.register_client(callback)
     p.env.update(
@@ -156,7 +161,9 @@ def company_platform(fresh_platform, idp) -> Platform:
         AIDC_OIDC_ROLE_GROUPS=ROLE_GROUPS,
     )
     p.start()
-    return p
+    yield p
+    p.stop()
+    p.remove_users()
 
 
 # --- a browser: follow redirects, fill in forms -------------------------------------------

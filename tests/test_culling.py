@@ -35,7 +35,10 @@ def test_gpu_culler_stops_servers_whose_gpus_sit_unused(fresh_platform, tmp_path
 
     assert _wait(lambda: not _running(p, admin, idle)), "the idle GPU server was not culled"
     assert all(u["holder"] != f"server:{idle.name}/" for u in p.resources(admin)["units"])
-    time.sleep(10)  # longer than the timeout: the server using its GPU stays
+    # the culler looked at the busy server, saw its GPU in use and kept it: it never starts
+    # that server's idle clock, however long it runs
+    assert f"keeps {busy.name}/: its GPUs are in use" in p.log()
+    assert f"keeps {idle.name}/: GPUs unused and kernels idle; stopped after 8 s" in p.log()
     assert _running(p, admin, busy)
     culls = [e for e in p.audit_events() if e.get("actor") == "gpu-culler"]
     assert [(e["action"], e["target"], e["result"]) for e in culls] == [("stop", f"{idle.name}/", "success")]

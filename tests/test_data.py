@@ -588,12 +588,17 @@ def test_a_scientists_own_kernel_reads_datasets_as_its_owner(data_up, scientist,
     aidc.data.put("kernel-read", {"x": np.arange(4)}, client=client_of(data_up, scientist))
     aidc.data.put("kernel-private", {"x": np.arange(4)}, client=client_of(data_up, other_scientist))
     data_up.start_server(scientist)
-    out = execute(data_up, scientist, (
-        "import aidc\n"
-        "from aidc.errors import NotFoundError\n"
-        "print('sum', int(aidc.data.get('kernel-read')['x'].sum()))\n"
-        "try:\n"
-        "    aidc.data.get('kernel-private')\n"
-        "except NotFoundError as e:\n"
-        "    print('refused:', e)\n"), timeout=120)
+    try:
+        out = execute(data_up, scientist, (
+            "import aidc\n"
+            "from aidc.errors import NotFoundError\n"
+            "print('sum', int(aidc.data.get('kernel-read')['x'].sum()))\n"
+            "try:\n"
+            "    aidc.data.get('kernel-private')\n"
+            "except NotFoundError as e:\n"
+            "    print('refused:', e)\n"), timeout=120)
+    finally:
+        # the session's scientist is shared: later tests expect no server of theirs (the
+        # spawn form of test_first_try_users is only shown to a user without one)
+        data_up.stop_server(scientist)
     assert "sum 6" in out and "refused: " in out and "kernel-private" in out, out

@@ -73,7 +73,10 @@ def test_spawn_clamps_cores_and_memory_with_a_warning(monkeypatch, caplog):
     assert spawner._clamp_profile(cpu) == cpu and not caplog.records
 
 
-def test_spawn_page_shows_too_large_profile_disabled_with_the_reason(platform, scientist):
+def test_spawn_page_shows_too_large_profile_disabled_with_the_reason(platform):
+    # a user of its own: the form is only shown to a user without a running server, and the
+    # session's shared scientist may have one from an earlier test
+    scientist = platform.new_user("scientist", with_token=False)
     session, r = platform.login(scientist.name, scientist.password)
     assert r.status_code == 200, r.text
     page = session.get(platform.url + "/hub/spawn", timeout=60)

@@ -323,20 +323,31 @@ def test_schedule_creates_jobs_and_can_be_paused(jobs_up, scientist):
     assert r.status_code == 201, r.text
     sched = r.json()
     assert sched["next_run"] and not sched["paused"]
+    # a second schedule on the same clock, never paused: its runs show that time has passed
+    witness = jobs_api(platform, scientist.token, "POST", "/schedules", json={
+        "path": "nightly.ipynb", "cron": "* * * * * */2", "timezone": "UTC"}).json()
 
-    def made():
+    def made(schedule=sched):
         return [j for j in jobs_api(platform, scientist.token, "GET", "/jobs").json()["jobs"]
-                if j["schedule"] == sched["id"]]
+                if j["schedule"] == schedule["id"]]
 
-    deadline = time.monotonic() + 30
-    while len(made()) < 2 and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert len(made()) >= 2 and all(j["parameters"] == {"x": 2} for j in made())
+    def wait_for_runs(schedule, at_least):
+        deadline = time.monotonic() + 30
+        while len(made(schedule)) < at_least and time.monotonic() < deadline:
+            time.sleep(0.25)
+        assert len(made(schedule)) >= at_least, made(schedule)
+
+    wait_for_runs(sched, 2)
+    assert all(j["parameters"] == {"x": 2} for j in made())
     assert jobs_api(platform, scientist.token, "POST", f"/schedules/{sched['id']}/pause").json()["paused"]
-    time.sleep(1)
+    # a pass that read the schedule just before the pause may still submit once: count after
+    # the witness has run once since, then let it run twice more (two more due times)
+    wait_for_runs(witness, len(made(witness)) + 1)
     count = len(made())
-    time.sleep(5)
+    wait_for_runs(witness, len(made(witness)) + 2)
     assert len(made()) == count  # paused: no new jobs
+    assert jobs_api(platform, scientist.token, "DELETE",
+                    f"/schedules/{witness['id']}").status_code == 204
     resumed = jobs_api(platform, scientist.token, "POST", f"/schedules/{sched['id']}/resume").json()
     assert not resumed["paused"] and resumed["next_run"]
     deadline = time.monotonic() + 30

@@ -7,9 +7,9 @@ the shipped samples), record metrics that must beat stated floors, register mode
 deploy and answer a realistic request through their KServe v2 endpoints, and carry the
 job and the dataset versions in their lineage. The tour runs top to bottom as a job beside
 them: it puts a dataset, trains through two jobs of its own, deploys, calls and rolls back.
-The tuning notebook is not run here (suite budget): it waits on a sweep of its own while
-holding a worker, so it cannot run beside the tour on a two-worker cluster, and after it
-it would add a minute.
+Then the tuning notebook sweeps the MNIST notebook over a small grid and makes the best run
+``production`` (after the tour: each of the two waits on jobs of its own while holding a
+worker, and the embedded cluster has one worker per core).
 """
 
 from __future__ import annotations
@@ -177,6 +177,17 @@ def test_training_notebooks_and_the_tour_run_as_jobs_and_their_models_serve(plat
     # the tour (which ran meanwhile) trained two versions, served the second, rolled back
     assert tour.wait(timeout=1200, progress=False) == "completed", (tour.error, tour.logs()[-3000:])
     assert tour.metrics["served_after_rollback"] == tour.metrics["first_version"]
+
+    # the tuning sweep: two MNIST runs (1 and 2 epochs), the best by accuracy becomes production
+    put(platform, scientist, "examples/tuning.ipynb", (NOTEBOOKS / "examples" / "tuning.ipynb").read_bytes())
+    tuning = aidc.jobs.submit("examples/tuning.ipynb", client=client, parameters={
+        "learning_rates": [0.003], "epochs": [1, 2], "model_name": "tuned-mnist",
+        "parameters": {"model_name": "tuned-mnist"}})
+    assert tuning.wait(timeout=1200, progress=False) == "completed", (tuning.error, tuning.logs()[-3000:])
+    tuned = client.get_json("services/models/api/models/tuned-mnist")
+    assert tuned["aliases"]["production"] == tuning.metrics["production_version"]
+    best = max(v["metrics"]["accuracy"] for v in tuned["versions"])
+    assert tuning.metrics["best_accuracy"] == best > 0.85 and len(tuned["versions"]) == 2, tuned
 
 
 @pytest.fixture(autouse=True)

@@ -64,6 +64,14 @@ class GPUCuller:
         self.idle_timeout = idle_timeout
         self.interval = interval
         self.idle_since: dict[str, float] = {}
+        #: holder -> why the last pass kept it; logged when it changes, so an operator can
+        #: read why a server was not culled without a line per server per pass
+        self.kept: dict[str, str] = {}
+
+    def _keep(self, holder: str, why: str) -> None:
+        if self.kept.get(holder) != why:
+            self.kept[holder] = why
+            log.info("keeps %s: %s", holder[len("server:"):], why)
 
     def kernels_idle_since(self, user: str, server: str) -> float | None:
         """When the server's kernels became idle (None: one is busy or it did not answer)."""
@@ -93,14 +101,22 @@ class GPUCuller:
             kernels_since = None if busy_gpu else self.kernels_idle_since(user, server)
             if kernels_since is None:
                 self.idle_since.pop(claim.holder, None)
+                self._keep(claim.holder, "its GPUs are in use" if busy_gpu else
+                           "a kernel is busy, or the server did not answer")
                 continue
             since = max(self.idle_since.setdefault(claim.holder, now), kernels_since)
             if now - since >= self.idle_timeout:
                 if self.cull(user, server, now - since):
                     culled.append(claim.holder)
                     self.idle_since.pop(claim.holder, None)
+                    self.kept.pop(claim.holder, None)
+            else:
+                self._keep(claim.holder, f"GPUs unused and kernels idle; stopped after "
+                                         f"{self.idle_timeout:g} s of this")
         for gone in set(self.idle_since) - holders:
             self.idle_since.pop(gone, None)
+        for gone in set(self.kept) - holders:
+            self.kept.pop(gone, None)
         return culled
 
     def cull(self, user: str, server: str, idle_for: float) -> bool:
