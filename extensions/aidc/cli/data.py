@@ -8,17 +8,11 @@ from pathlib import Path
 
 from .. import data as api
 from ..services.visibility import VISIBILITIES
+from .parsing import CommandGroup
 
 
 def add_parser(sub, common) -> None:
-    d = sub.add_parser("data", help="put, list and get versioned datasets")
-    actions = d.add_subparsers(dest="data_command", metavar="ACTION", required=True)
-
-    def action(name: str, helptext: str, handler):
-        p = actions.add_parser(name, parents=[common], help=helptext)
-        p.set_defaults(handler=handler)
-        return p
-
+    action = CommandGroup(sub, "data", "put, list and get versioned datasets", common).action
     p = action("put", "store files or folders as the next version of a dataset", put)
     p.add_argument("name")
     p.add_argument("files", nargs="+", metavar="FILE",

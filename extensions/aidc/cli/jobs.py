@@ -10,45 +10,40 @@ from .. import jobs as api
 from ..client import Client
 from ..display import text_table
 from ..errors import UsageError
+from .parsing import CommandGroup
 
 
 def add_parser(sub, common) -> None:
-    j = sub.add_parser("jobs", help="run notebooks as batch jobs and follow them")
-    actions = j.add_subparsers(dest="jobs_command", metavar="ACTION", required=True)
+    jobs = CommandGroup(sub, "jobs", "run notebooks as batch jobs and follow them", common)
+    action = jobs.action
 
-    s = actions.add_parser("submit", parents=[common], help="submit a notebook (path relative to your home)")
+    s = action("submit", "submit a notebook (path relative to your home)", submit)
     s.add_argument("path")
     _job_options(s)
     s.add_argument("-f", "--follow", action="store_true",
                    help="follow the job's output with a progress bar until it ends")
     s.add_argument("--json", action="store_true")
-    s.set_defaults(handler=submit)
 
-    ls = actions.add_parser("list", parents=[common], help="list your jobs (admins: everyone's)")
+    ls = action("list", "list your jobs (admins: everyone's)", list_)
     ls.add_argument("--status", choices=["queued", "running", "completed", "failed", "cancelled"])
     ls.add_argument("--json", action="store_true")
-    ls.set_defaults(handler=list_)
 
-    sh = actions.add_parser("show", parents=[common], help="a job's status, parameters, progress and metrics")
+    sh = action("show", "a job's status, parameters, progress and metrics", show)
     sh.add_argument("id")
     sh.add_argument("--json", action="store_true")
-    sh.set_defaults(handler=show)
 
-    lg = actions.add_parser("logs", parents=[common], help="what a job printed; -f follows it live")
+    lg = action("logs", "what a job printed; -f follows it live", logs)
     lg.add_argument("id")
     lg.add_argument("-f", "--follow", action="store_true")
-    lg.set_defaults(handler=logs)
 
-    c = actions.add_parser("cancel", parents=[common], help="stop a job (GPUs released, partial output kept)")
+    c = action("cancel", "stop a job (GPUs released, partial output kept)", cancel)
     c.add_argument("id")
-    c.set_defaults(handler=cancel)
 
-    o = actions.add_parser("output", parents=[common], help="download a job's output notebook")
+    o = action("output", "download a job's output notebook", output)
     o.add_argument("id")
     o.add_argument("-o", "--output", metavar="FILE", help="file to write (default: stdout)")
-    o.set_defaults(handler=output)
 
-    sw = actions.add_parser("sweep", parents=[common], help="one job per combination of a parameter grid")
+    sw = action("sweep", "one job per combination of a parameter grid", sweep)
     sw.add_argument("path")
     sw.add_argument("-g", "--grid", nargs=2, action="append", metavar=("NAME", "VALUES"), default=[],
                     help="a grid axis: NAME and comma-separated VALUES (e.g. -g lr 0.01,0.001)")
@@ -56,29 +51,24 @@ def add_parser(sub, common) -> None:
     sw.add_argument("--mode", choices=["max", "min"], default="max")
     _job_options(sw)
     sw.add_argument("--wait", action="store_true", help="wait for every run, then print the table")
-    sw.set_defaults(handler=sweep)
 
-    ss = actions.add_parser("sweep-show", parents=[common], help="a sweep's runs side by side and the best one")
+    ss = action("sweep-show", "a sweep's runs side by side and the best one", sweep_show)
     ss.add_argument("id")
     ss.add_argument("--json", action="store_true")
-    ss.set_defaults(handler=sweep_show)
 
-    sc = actions.add_parser("schedule", parents=[common], help="run a notebook on a cron schedule")
-    sc_actions = sc.add_subparsers(dest="schedule_command", metavar="ACTION", required=True)
-    cr = sc_actions.add_parser("create", parents=[common], help="create a schedule")
+    schedule = jobs.group("schedule", "run a notebook on a cron schedule").action
+    cr = schedule("create", "create a schedule", schedule_create)
     cr.add_argument("path")
     cr.add_argument("--cron", required=True, help='cron expression, e.g. "0 3 * * *"')
     cr.add_argument("--timezone", default="UTC", help="IANA time zone (default UTC)")
     _job_options(cr)
-    cr.set_defaults(handler=schedule_create)
-    sl = sc_actions.add_parser("list", parents=[common], help="your schedules")
+    sl = schedule("list", "your schedules", schedule_list)
     sl.add_argument("--json", action="store_true")
-    sl.set_defaults(handler=schedule_list)
     for name, helptext in (("pause", "stop creating jobs"), ("resume", "create jobs again"),
                            ("delete", "remove the schedule (its jobs stay)")):
-        p = sc_actions.add_parser(name, parents=[common], help=helptext)
+        p = schedule(name, helptext, schedule_action)
         p.add_argument("id")
-        p.set_defaults(handler=schedule_action, action=name)
+        p.set_defaults(action=name)
 
 
 def _job_options(p) -> None:

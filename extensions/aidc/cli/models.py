@@ -10,17 +10,11 @@ from .. import models as api
 from ..client import Client
 from ..display import text_table
 from ..errors import UsageError
+from .parsing import CommandGroup
 
 
 def add_parser(sub, common) -> None:
-    m = sub.add_parser("models", help="register, deploy and roll back models")
-    actions = m.add_subparsers(dest="models_command", metavar="ACTION", required=True)
-
-    def action(name: str, helptext: str, handler):
-        p = actions.add_parser(name, parents=[common], help=helptext)
-        p.set_defaults(handler=handler)
-        return p
-
+    action = CommandGroup(sub, "models", "register, deploy and roll back models", common).action
     r = action("register", "register a model file (.onnx, TorchScript .pt, .keras) as a new version", register)
     r.add_argument("name")
     r.add_argument("file")

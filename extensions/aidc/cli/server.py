@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 
 from ..client import Client
+from .parsing import CommandGroup
 
 
 def add_parser(sub, common) -> None:
@@ -21,14 +22,11 @@ def add_parser(sub, common) -> None:
     g.add_argument("--json", action="store_true")
     g.set_defaults(handler=gpus)
 
-    s = sub.add_parser("server", help="start or stop your JupyterLab server")
-    actions = s.add_subparsers(dest="server_command", metavar="ACTION", required=True)
-    st = actions.add_parser("start", help="start your server (waits until it is ready)")
+    action = CommandGroup(sub, "server", "start or stop your JupyterLab server", None).action
+    st = action("start", "start your server (waits until it is ready)", start)
     st.add_argument("--profile", help="resource profile id (see `aidc profiles`)")
     st.add_argument("--no-wait", action="store_true", help="return once the request is accepted")
-    st.set_defaults(handler=start)
-    sp = actions.add_parser("stop", help="stop your server (its GPUs are released)")
-    sp.set_defaults(handler=stop)
+    action("stop", "stop your server (its GPUs are released)", stop)
 
 
 def profiles(args) -> int:

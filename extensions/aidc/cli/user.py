@@ -8,26 +8,25 @@ import sys
 
 from ..errors import AidcError, UsageError
 from ..roles import ROLE_NAMES, describe
+from .parsing import CommandGroup
 
 
 def add_parser(sub, common) -> None:
-    p = sub.add_parser("user", help="add, list and remove users", description="Manage users.")
-    users = p.add_subparsers(dest="user_command", metavar="ACTION", required=True)
+    action = CommandGroup(sub, "user", "add, list and remove users", common,
+                          description="Manage users.").action
     roles_help = "; ".join(f"{n}: {d}" for n, d in describe())
 
-    a = users.add_parser("add", parents=[common], help="add a user", description=f"Roles: {roles_help}")
+    a = action("add", "add a user", add, description=f"Roles: {roles_help}")
     a.add_argument("name")
     a.add_argument("--role", required=True, choices=ROLE_NAMES, help="the user's role")
     a.add_argument(
         "--password-stdin", action="store_true", help="read the password from standard input"
     )
-    a.set_defaults(handler=add)
 
-    ls = users.add_parser("list", parents=[common], help="list users and their roles")
+    ls = action("list", "list users and their roles", list_users)
     ls.add_argument("--json", action="store_true", help="machine-readable output")
-    ls.set_defaults(handler=list_users)
 
-    rm = users.add_parser("remove", parents=[common], help="remove users (stops their servers)")
+    rm = action("remove", "remove users (stops their servers)", remove)
     rm.add_argument("names", nargs="+", metavar="NAME")
     rm.add_argument(
         "--keep-home",
@@ -39,17 +38,14 @@ def add_parser(sub, common) -> None:
         action="store_true",
         help="remove the last administrator too (when taking the platform down)",
     )
-    rm.set_defaults(handler=remove)
 
-    sr = users.add_parser("set-role", parents=[common], help="change a user's role")
+    sr = action("set-role", "change a user's role", set_role)
     sr.add_argument("name")
     sr.add_argument("role", choices=ROLE_NAMES)
-    sr.set_defaults(handler=set_role)
 
-    pw = users.add_parser("passwd", parents=[common], help="set a user's password")
+    pw = action("passwd", "set a user's password", passwd)
     pw.add_argument("name")
     pw.add_argument("--password-stdin", action="store_true")
-    pw.set_defaults(handler=passwd)
 
 
 def read_password(from_stdin: bool) -> str:

@@ -10,36 +10,15 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from ..catalog import DATASETS, check_visibility  # noqa: F401 (the data package's names)
 from ..errors import UsageError
-from ..services.visibility import VISIBILITIES
 
-NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,127}$")
-ALIAS = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
 #: characters a file name inside a dataset may not hold (besides "/" between folders)
 _BAD_FILE_CHARS = re.compile(r"[\x00-\x1f\x7f\\]")
 
-
-def check_name(name: Any) -> str:
-    """``name`` if it is a valid dataset name: no path components, nothing hidden."""
-    if not isinstance(name, str) or not NAME.match(name) or ".." in name:
-        raise UsageError(f"invalid dataset name {name!r}: use 1-128 lowercase letters, digits, "
-                         "'-', '_' or '.', starting with a letter or digit (no '/' or '..')")
-    return name
-
-
-def check_alias(alias: Any) -> str:
-    if not isinstance(alias, str) or not ALIAS.match(alias) or alias == "latest" or ".." in alias:
-        raise UsageError(f"invalid alias {alias!r}: use a lowercase word such as 'train-2026-12' "
-                         "('latest' is reserved: it always means the newest version)")
-    return alias
-
-
-def check_visibility(visibility: Any) -> str:
-    if visibility not in VISIBILITIES:
-        raise UsageError(f"invalid visibility {visibility!r}: use one of {', '.join(VISIBILITIES)} "
-                         "(private: you and admins; group: also your groups; public: everyone "
-                         "signed in)")
-    return visibility
+#: a dataset's name and aliases follow the rules every catalog shares (:mod:`aidc.catalog`)
+check_name = DATASETS.check_name
+check_alias = DATASETS.check_alias
 
 
 def check_file_name(name: Any) -> str:

@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from traitlets import Unicode, default
 from traitlets.config import LoggingConfigurable
 
+from ..catalog import CatalogReads, aliases_table, entries_table
 from ..db import make_engine, upgrade, utcnow
 from ..errors import ConflictError, NotFoundError
 from ..paths import data_dir as platform_data_dir
@@ -31,15 +32,7 @@ PUBLISH_ATTEMPTS = 8
 
 metadata = sa.MetaData()
 
-datasets = sa.Table(
-    "aidc_datasets", metadata,
-    sa.Column("name", sa.String(128), primary_key=True),
-    sa.Column("owner", sa.String(255), nullable=False, index=True),
-    sa.Column("groups", sa.JSON, nullable=False, default=list),
-    sa.Column("visibility", sa.String(16), nullable=False, default="private"),
-    sa.Column("description", sa.Text),
-    sa.Column("created", sa.DateTime, nullable=False),
-)
+datasets = entries_table("aidc_datasets", metadata)
 
 versions = sa.Table(
     "aidc_dataset_versions", metadata,
@@ -54,13 +47,7 @@ versions = sa.Table(
     sa.Column("created", sa.DateTime, nullable=False),
 )
 
-aliases = sa.Table(
-    "aidc_dataset_aliases", metadata,
-    sa.Column("name", sa.String(128), primary_key=True),
-    sa.Column("alias", sa.String(64), primary_key=True),
-    sa.Column("version", sa.Integer, nullable=False),
-    sa.Column("updated", sa.DateTime, nullable=False),
-)
+aliases = aliases_table("aidc_dataset_aliases", metadata)
 
 
 def version_hash(files: list[dict]) -> str:
@@ -75,8 +62,10 @@ def version_hash(files: list[dict]) -> str:
     return h.hexdigest()
 
 
-class DatasetStore(LoggingConfigurable):
+class DatasetStore(CatalogReads, LoggingConfigurable):
     """Reads and writes the datasets tables."""
+
+    entries_table, versions_table, aliases_table = datasets, versions, aliases
 
     db_url = Unicode(help="SQLAlchemy URL of the platform database (default: the ledger's).").tag(config=True)
 
@@ -105,18 +94,7 @@ class DatasetStore(LoggingConfigurable):
         return dict(row._mapping)
 
     def find_datasets(self) -> list[dict]:
-        with self.engine.connect() as c:
-            return [dict(r._mapping) for r in c.execute(sa.select(datasets).order_by(datasets.c.name))]
-
-    def versions(self, name: str) -> list[dict]:
-        with self.engine.connect() as c:
-            return [dict(r._mapping) for r in c.execute(
-                sa.select(versions).where(versions.c.name == name).order_by(versions.c.version))]
-
-    def aliases(self, name: str) -> dict[str, int]:
-        with self.engine.connect() as c:
-            return {r.alias: r.version for r in c.execute(
-                sa.select(aliases).where(aliases.c.name == name).order_by(aliases.c.alias))}
+        return self.find_entries()
 
     def used_bytes(self, owner: str) -> int:
         """What ``owner``'s datasets hold, all versions together (what the quota counts)."""

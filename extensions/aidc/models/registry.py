@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-import re
 from pathlib import Path
 from typing import Any
 
@@ -26,20 +25,13 @@ from traitlets import List, Unicode, default
 from traitlets.config import LoggingConfigurable
 
 from ..artifacts import ArtifactStore
+from ..catalog import MODELS, CatalogReads, aliases_table, check_visibility, entries_table
 from ..db import make_engine, upgrade, utcnow
-from ..errors import ConflictError, NotFoundError, UsageError
+from ..errors import ConflictError, NotFoundError
 
 metadata = sa.MetaData()
 
-models = sa.Table(
-    "aidc_models", metadata,
-    sa.Column("name", sa.String(128), primary_key=True),
-    sa.Column("owner", sa.String(255), nullable=False, index=True),
-    sa.Column("groups", sa.JSON, nullable=False, default=list),
-    sa.Column("visibility", sa.String(16), nullable=False, default="private"),
-    sa.Column("description", sa.Text),
-    sa.Column("created", sa.DateTime, nullable=False),
-)
+models = entries_table("aidc_models", metadata)
 
 versions = sa.Table(
     "aidc_model_versions", metadata,
@@ -57,13 +49,9 @@ versions = sa.Table(
     sa.Column("created", sa.DateTime, nullable=False),
 )
 
-aliases = sa.Table(
+aliases = aliases_table(
     "aidc_model_aliases", metadata,
-    sa.Column("name", sa.String(128), primary_key=True),
-    sa.Column("alias", sa.String(64), primary_key=True),
-    sa.Column("version", sa.Integer, nullable=False),
     sa.Column("previous", sa.Integer),  # where the alias pointed before its last move
-    sa.Column("updated", sa.DateTime, nullable=False),
 )
 
 deployments = sa.Table(
@@ -81,35 +69,14 @@ deployments = sa.Table(
     sa.Column("updated", sa.DateTime, nullable=False),
 )
 
-NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,127}$")
-ALIAS = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
-VISIBILITIES = ("private", "group", "public")
+check_name = MODELS.check_name
+check_alias = MODELS.check_alias
 
 
-def check_name(name: Any) -> str:
-    if not isinstance(name, str) or not NAME.match(name):
-        raise UsageError(f"invalid model name {name!r}: use 1-128 lowercase letters, digits, '-', '_' "
-                         "or '.', starting with a letter or digit")
-    return name
-
-
-def check_visibility(visibility: Any) -> str:
-    if not isinstance(visibility, str) or visibility not in VISIBILITIES:
-        raise UsageError(f"invalid visibility {visibility!r}: use one of {', '.join(VISIBILITIES)} "
-                         "(private: you and admins; group: also your groups; public: everyone "
-                         "signed in)")
-    return visibility
-
-
-def check_alias(alias: Any) -> str:
-    if not isinstance(alias, str) or not ALIAS.match(alias) or alias == "latest":
-        raise UsageError(f"invalid alias {alias!r}: use a lowercase word such as 'production' "
-                         "('latest' is reserved: it always means the newest version)")
-    return alias
-
-
-class ModelRegistry(LoggingConfigurable):
+class ModelRegistry(CatalogReads, LoggingConfigurable):
     """Reads and writes the registry tables (the models service is their only writer)."""
+
+    entries_table, versions_table, aliases_table = models, versions, aliases
 
     db_url = Unicode(help="SQLAlchemy URL of the platform database (default: the ledger's).").tag(config=True)
 
@@ -171,17 +138,7 @@ class ModelRegistry(LoggingConfigurable):
         return dict(cached)
 
     def find_models(self) -> list[dict]:
-        with self.engine.connect() as c:
-            return [dict(r._mapping) for r in c.execute(sa.select(models).order_by(models.c.name))]
-
-    def versions(self, name: str) -> list[dict]:
-        with self.engine.connect() as c:
-            return [dict(r._mapping) for r in c.execute(
-                sa.select(versions).where(versions.c.name == name).order_by(versions.c.version))]
-
-    def aliases(self, name: str) -> dict[str, int]:
-        with self.engine.connect() as c:
-            return {r.alias: r.version for r in c.execute(sa.select(aliases).where(aliases.c.name == name))}
+        return self.find_entries()
 
     def add_version(self, name: str, owner: str, groups: list[str], **values: Any) -> dict:
         """Create the model on its first version; the next version number, atomically."""
