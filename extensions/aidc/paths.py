@@ -230,6 +230,17 @@ def data_dir() -> DataDir:
     return DataDir.from_arg(None)
 
 
+def platform_data_dir() -> DataDir | None:
+    """The data directory of the platform that started this process, or None outside one.
+
+    For what only a platform process does (write the audit log and service logs, tell the
+    platform's own Unix accounts from others): the CLI or a test importing the same code
+    must not write into ``./.aidc`` by accident.
+    """
+    raw = os.environ.get(DATA_DIR_ENV)
+    return DataDir.from_arg(raw) if raw else None
+
+
 def project_root() -> Path | None:
     """The source checkout aidc runs from, if it runs from one (editable install)."""
     candidate = Path(__file__).resolve().parents[2]

@@ -23,7 +23,6 @@ authenticator checks the credentials:
 from __future__ import annotations
 
 import asyncio
-import os
 
 from jupyterhub.auth import PAMAuthenticator
 from jupyterhub.authenticators.shared import SharedPasswordAuthenticator
@@ -37,6 +36,7 @@ from traitlets.config import LoggingConfigurable
 
 from ..security import audit
 from .. import accounts, roles
+from ..paths import platform_data_dir
 from .throttle import LoginThrottle
 
 
@@ -190,7 +190,8 @@ class SystemAccountsMixin(LoggingConfigurable):
 
     @property
     def _data_dir(self) -> str | None:
-        return os.environ.get("AIDC_DATA_DIR")
+        d = platform_data_dir()
+        return str(d.root) if d else None
 
     def system_username(self, name: str) -> str:
         return accounts.system_name(name, self.system_username_prefix)

@@ -19,7 +19,7 @@ import pwd
 from jupyterhub.spawner import LocalProcessSpawner, SimpleLocalProcessSpawner
 from traitlets import Unicode, default
 
-from ..paths import data_dir
+from ..paths import data_dir, platform_data_dir
 from ..security import audit
 from .. import accounts
 from .gpu_spawner import GPUAllocationMixin
@@ -95,7 +95,8 @@ class SystemUserSpawner(AuditedSpawnerMixin, GPUAllocationMixin, LocalProcessSpa
         return env
 
     async def start(self):
-        if not accounts.is_managed(self.system_username, os.environ.get("AIDC_DATA_DIR")):
+        platform = platform_data_dir()
+        if not accounts.is_managed(self.system_username, str(platform.root) if platform else None):
             raise RuntimeError(
                 f"Unix account {self.system_username} is missing; re-add the user with "
                 "`aidc user add`"

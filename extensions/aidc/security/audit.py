@@ -17,13 +17,12 @@ from __future__ import annotations
 import getpass
 import json
 import logging
-import os
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..paths import PrivateFileHandler
+from ..paths import PrivateFileHandler, platform_data_dir
 
 if TYPE_CHECKING:
     from jupyter_events import EventLogger
@@ -58,11 +57,9 @@ def _event_logger(path: Path) -> EventLogger:
 
 
 def audit_log_path() -> Path | None:
-    """The audit log of the platform this process belongs to (``$AIDC_DATA_DIR``)."""
-    data_dir = os.environ.get("AIDC_DATA_DIR")
-    if not data_dir:
-        return None
-    return Path(data_dir) / "logs" / "audit.jsonl"
+    """The audit log of the platform this process belongs to (None outside one)."""
+    data_dir = platform_data_dir()
+    return data_dir.audit_log if data_dir else None
 
 
 def cli_actor() -> str:

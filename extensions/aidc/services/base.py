@@ -47,7 +47,7 @@ from traitlets.config import Application, PyFileConfigLoader
 
 from ..errors import AidcError, PermissionDeniedError, UsageError, status_for
 from .. import roles
-from ..paths import DataDir, PrivateFileHandler, log_rotation
+from ..paths import PrivateFileHandler, log_rotation, platform_data_dir
 from .http import NoDelayHTTPServer
 from .visibility import Caller
 
@@ -399,10 +399,10 @@ def configure_logging() -> Path | None:
     Returns the log file's path (None when the service runs without a data directory).
     """
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
-    data_dir = os.environ.get("AIDC_DATA_DIR")
-    if not data_dir:
+    data_dir = platform_data_dir()
+    if data_dir is None:
         return None
-    path = DataDir.from_arg(data_dir).service_log(service_name())
+    path = data_dir.service_log(service_name())
     root = logging.getLogger()
     if any(getattr(h, "baseFilename", None) == str(path) for h in root.handlers):
         return path
