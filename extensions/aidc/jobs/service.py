@@ -333,6 +333,7 @@ def main() -> None:
     cluster.worker_plugins = [*cluster.worker_plugins, KernelLauncherPlugin()]
 
     connecting: list[asyncio.Task] = []
+    stopping = asyncio.Event()
 
     async def connect() -> None:
         # the hub gives a service a few seconds to answer: listen first, reach Dask after
@@ -342,6 +343,10 @@ def main() -> None:
                 client = await cluster.start()
                 break
             except Exception as e:  # keep the API up (jobs queue) and keep trying
+                if stopping.is_set():
+                    # a stop during the start: distributed may turn the cancellation into
+                    # an error of its own; starting again would only delay the stop
+                    return
                 app.log.error("aidc jobs: cannot start or reach the Dask cluster (%s); retrying in %g s", e, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30)
@@ -366,8 +371,10 @@ def main() -> None:
             manager.on_first_job = start_cluster
 
     async def on_stop():
+        stopping.set()
         for task in connecting:
             task.cancel()
+        await asyncio.gather(*connecting, return_exceptions=True)
         await manager.stop()
         await cluster.close()
 
