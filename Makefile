@@ -8,6 +8,9 @@ PYTHON ?= $(shell test -x /usr/bin/python3.11 && echo /usr/bin/python3.11 || com
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.aidc-installed
+# the JupyterLab extension's sources, and the stamp of its last build and install
+LAB := extensions/labextension
+LABEXT := $(VENV)/.aidc-labextension
 UP_ARGS ?=
 PYTEST_ARGS ?=
 IS_ROOT := $(shell test "$$(id -u)" = 0 && echo yes)
@@ -19,7 +22,7 @@ help:
 	@echo "make test    install everything and run the whole test suite"
 	@echo "make lock    re-resolve requirements.in into requirements.lock"
 
-install: $(STAMP) node_modules/.installed system-deps
+install: $(STAMP) $(LABEXT) node_modules/.installed system-deps
 
 up: install
 	$(BIN)/aidc up $(UP_ARGS)
@@ -54,6 +57,18 @@ lock: $(VENV)/bin/python
 	  echo "# GPU hosts: see README, \"GPU hosts\"."; \
 	  $(BIN)/python -m pip freeze --all --exclude-editable | grep -v -E '^(aidc|pip)==' | grep -v -E '^($(LEFT_OUT))==' \
 	    | sed 's/^torch==\([0-9.]*\)+cpu/torch==\1/'; } > requirements.lock
+
+# --- JupyterLab extension (TypeScript in extensions/labextension) ----------------------
+# Built with the venv's jlpm and jupyter-builder, then installed as a prebuilt labextension
+# (pyproject's shared-data; the editable install copies it into the venv). Rebuilt only when
+# its sources change.
+LAB_SOURCES := $(LAB)/package.json $(LAB)/yarn.lock $(LAB)/tsconfig.json $(LAB)/install.json \
+  $(wildcard $(LAB)/src/*.ts $(LAB)/style/* $(LAB)/schema/*.json)
+
+$(LABEXT): $(LAB_SOURCES) | $(STAMP)
+	cd $(LAB) && export PATH="$(CURDIR)/$(BIN):$$PATH" && jlpm install --silent && jlpm build
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $@
 
 # --- Node.js (configurable-http-proxy, installed locally, never globally) -------------
 node_modules/.installed: package.json package-lock.json

@@ -1,7 +1,7 @@
 """The resources service: who holds which GPU, and who waits, at ``/services/resources/``.
 
 ``GET api/gpus``   the inventory's units (each marked ``simulated`` or not), their holders,
-                   and the free count per kind;
+                   the free count per kind, and the caller's holdings and quota;
 ``GET api/queue``  the waiting requests in order;
 ``GET api/profiles`` the resource profiles offered (the hub's, from the same declaration).
 An admin sees every holder and every waiting request; anyone else sees free counts, their
@@ -15,7 +15,7 @@ import os
 
 from .. import roles
 from ..services.declare import ManagedService, python_command
-from ..services.base import ServiceHandler, run_service, signed_in
+from ..services.base import ServiceApp, ServiceHandler, run_service, signed_in
 from .ledger import GRANTED
 from ..paths import data_dir
 from .platform import open_ledger
@@ -27,7 +27,10 @@ _ledger = None
 def ledger():
     global _ledger
     if _ledger is None:
-        _ledger = open_ledger(data_dir().root)
+        # the quotas (c.GPULedger.default_quota, user_quotas) come from the drop-ins
+        app = ServiceApp()
+        app.load_drop_ins(str(data_dir().root))
+        _ledger = open_ledger(data_dir().root, config=app.config)
     return _ledger
 
 
@@ -71,6 +74,7 @@ class GPUsHandler(ServiceHandler):
             "units": units,
             "free": free,
             "mine": [holding_view(c) for c in mine],
+            "quota": ledger().quota_for(self.user_name),
         })
 
 

@@ -1,8 +1,9 @@
 """aidc's Jupyter server extension, loaded by every user's JupyterLab server.
 
-For now it does one thing: a signed-in hub user who reaches *another* user's server
-gets 404, not 403, so a server does not reveal that it exists (the rule every aidc
-API follows). The REST handlers the Lab front end calls join it in the Lab issue.
+It does two things: a signed-in hub user who reaches *another* user's server gets 404,
+not 403, so a server does not reveal that it exists (the rule every aidc API follows);
+and it serves the routes the Lab panel ("AI Data Center") calls, which relay to the hub
+services as the server's owner (:mod:`aidc.lab.relay`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ def hide_foreign_servers(identity_provider) -> None:
 
 
 def _load_jupyter_server_extension(serverapp):
+    from .relay import setup_handlers
+
+    setup_handlers(serverapp)
     try:
         from jupyterhub.singleuser.extension import JupyterHubIdentityProvider
     except ImportError:  # pragma: no cover - jupyterhub is a dependency

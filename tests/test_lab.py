@@ -1,0 +1,131 @@
+"""The JupyterLab panel: the prebuilt extension, the server extension's relay routes
+(``/user/NAME/aidc/api/...``) and the "AI Data Center" sidebar in a real browser.
+
+One user of this module's own holds one server with a GPU profile for all the tests
+(started once, stopped at the end), and one signed-in Chromium page drives the sidebar.
+"""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+from playwright.sync_api import expect, sync_playwright
+
+from test_browser import ARGS, ARTIFACTS, CHROMIUM
+
+JUPYTER = str(Path(sys.executable).with_name("jupyter"))
+
+
+@pytest.fixture(scope="module")
+def lab_user(platform):
+    """A scientist whose server runs with one GPU (profile ``gpu-1``)."""
+    user = platform.new_user("scientist")
+    r = platform.spawn(user, "gpu-1")
+    assert r.status_code in (201, 202), (r.status_code, r.text)
+    platform.wait_ready(user)
+    yield user
+    platform.stop_server(user)
+
+
+def relay_url(platform, user, path: str) -> str:
+    return f"{platform.url}/user/{user.name}/aidc/api/{path}"
+
+
+def my_server_units(platform, user) -> list[dict]:
+    """The GPU units of the user's server, as the resources service tells the user."""
+    gpus = platform.resources(user.token)
+    held = next(c["units"] for c in gpus["mine"] if c["holder"] == f"server:{user.name}/")
+    units = {u["id"]: u for u in gpus["units"]}
+    return [units[i] for i in held]
+
+
+def test_the_prebuilt_extension_is_installed_and_enabled():
+    r = subprocess.run([JUPYTER, "labextension", "list"], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    listing = r.stdout + r.stderr
+    line = next((ln for ln in listing.splitlines() if ln.strip().startswith("aidc ")), "")
+    assert "enabled" in line and "OK" in line, listing
+
+
+def test_relay_answers_as_the_owner_and_only_to_the_owner(platform, lab_user, other_scientist):
+    # the owner's token: the resources service's answer, with the owner's own holdings
+    r = platform.api(lab_user.token).get(relay_url(platform, lab_user, "resources/gpus"), timeout=60)
+    assert r.status_code == 200, r.text
+    gpus = r.json()
+    mine = [c for c in gpus["mine"] if c["holder"] == f"server:{lab_user.name}/"]
+    assert len(mine) == 1 and len(mine[0]["units"]) == 1
+    assert [u["id"] for u in my_server_units(platform, lab_user)] == mine[0]["units"]
+    assert "quota" in gpus
+    # a service's refusal keeps its status and message
+    r = platform.api(lab_user.token).get(relay_url(platform, lab_user, "jobs/jobs/no-such-job"),
+                                         timeout=60)
+    assert r.status_code == 404 and r.json()["message"], r.text
+    # only the services the panel needs are behind the relay
+    r = platform.api(lab_user.token).get(relay_url(platform, lab_user, "models/models"), timeout=60)
+    assert r.status_code == 404
+    # another user's valid token: the server does not exist for them
+    r = platform.api(other_scientist.token).get(relay_url(platform, lab_user, "resources/gpus"),
+                                                timeout=60, allow_redirects=False)
+    assert r.status_code == 404
+    # no credentials at all: sent to sign in or refused, never answered
+    r = requests.get(relay_url(platform, lab_user, "resources/gpus"), timeout=60,
+                     allow_redirects=False)
+    assert r.status_code in (302, 401, 403), r.status_code
+    assert "units" not in r.text
+
+
+def test_cookie_writes_need_the_xsrf_token(platform, lab_user):
+    session, r = platform.login(lab_user.name, lab_user.password)
+    assert r.status_code == 200, r.status_code
+    # opening Lab goes through the hub's OAuth and leaves the server's cookies
+    r = session.get(f"{platform.url}/user/{lab_user.name}/lab", timeout=120)
+    assert r.status_code == 200 and f"/user/{lab_user.name}/lab" in r.url
+    url = relay_url(platform, lab_user, "jobs/jobs")
+    r = session.post(url, json={}, timeout=60, allow_redirects=False)
+    assert r.status_code == 403, (r.status_code, r.text[:300])
+    xsrf = session.cookies.get("_xsrf", path=f"/user/{lab_user.name}/")
+    assert xsrf
+    # with it, the call reaches the jobs service, whose 400 and message come back
+    r = session.post(url, json={}, headers={"X-XSRFToken": xsrf}, timeout=60)
+    assert r.status_code == 400, (r.status_code, r.text[:300])
+    assert r.json()["message"]
+    # reading with the cookie alone works (GET needs no XSRF token)
+    assert session.get(relay_url(platform, lab_user, "resources/queue"), timeout=60).json() == {
+        "queue": []}
+
+
+def test_sidebar_shows_the_gpus_of_my_server(platform, lab_user):
+    units = my_server_units(platform, lab_user)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(f"{platform.url}/hub/login?next=/user/{lab_user.name}/lab")
+            page.fill("#username_input", lab_user.name)
+            page.fill("#password_input", lab_user.password)
+            page.click("#login_submit")
+            page.wait_for_url(f"**/user/{lab_user.name}/lab**", timeout=120_000)
+            tab = page.locator('.jp-SideBar .lm-TabBar-tab[data-id="aidc-sidebar"]')
+            tab.wait_for(timeout=120_000)
+            assert tab.get_attribute("title") == "AI Data Center"
+            tab.click()
+            sidebar = page.locator("#aidc-sidebar")
+            table = sidebar.locator("table.aidc-my-gpus")
+            table.wait_for(timeout=60_000)
+            text = table.inner_text()
+            for u in units:
+                assert u["visible_id"] in text and u["name"] in text
+            # the label says whether the GPUs are simulated, as the service does
+            labelled = sidebar.locator(".aidc-my-gpus .aidc-simulated").count()
+            assert labelled == sum(1 for u in units if u["simulated"])
+            assert "of my quota" in sidebar.inner_text() or "no quota" in sidebar.inner_text()
+            assert "Free on the platform" in sidebar.inner_text()
+            # every section ends its loading: the jobs list (none yet) says so
+            expect(sidebar.locator(".aidc-Jobs")).to_contain_text("No jobs yet", timeout=60_000)
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "lab-sidebar-resources.png"))
+        finally:
+            browser.close()
