@@ -125,3 +125,49 @@ def nvmlDeviceGetMigDeviceHandleByIndex(h, index):
     if not 0 <= index < len(migs):
         raise NVMLError_NotFound("Not Found")
     return _Handle(h.gpu, h.index, migs[index], index)
+
+
+# -- telemetry (aidc.monitor): optional keys of a GPU entry, with idle defaults --------
+#    "temperature_c", "power_w", "energy_j", "sm_clock_mhz", "mem_clock_mhz", and
+#    "processes": [{"pid": 1234, "used_mb": 512}] (on a GPU entry, or a MIG entry for
+#    processes in that instance)
+
+NVML_TEMPERATURE_GPU = 0
+NVML_CLOCK_GRAPHICS = 0
+NVML_CLOCK_SM = 1
+NVML_CLOCK_MEM = 2
+
+_Process = namedtuple("c_nvmlProcessInfo_t", "pid usedGpuMemory gpuInstanceId computeInstanceId")
+
+
+def _whole_gpu_only(h):
+    if h.mig:
+        raise NVMLError_NotSupported("Not Supported")
+    return h.gpu
+
+
+def nvmlDeviceGetTemperature(h, sensor):
+    return int(_whole_gpu_only(h).get("temperature_c", 35))
+
+
+def nvmlDeviceGetPowerUsage(h):
+    return int(float(_whole_gpu_only(h).get("power_w", 60)) * 1000)  # milliwatts
+
+
+def nvmlDeviceGetTotalEnergyConsumption(h):
+    return int(float(_whole_gpu_only(h).get("energy_j", 0)) * 1000)  # millijoules
+
+
+def nvmlDeviceGetClockInfo(h, clock):
+    gpu = _whole_gpu_only(h)
+    if clock == NVML_CLOCK_MEM:
+        return int(gpu.get("mem_clock_mhz", 2619))
+    return int(gpu.get("sm_clock_mhz", 1980))
+
+
+def nvmlDeviceGetComputeRunningProcesses(h):
+    entry = h.mig if h.mig else h.gpu
+    return [_Process(pid=int(p["pid"]), usedGpuMemory=int(p.get("used_mb", 0)) * 2**20,
+                     gpuInstanceId=h.mig_index if h.mig else 0xFFFFFFFF,
+                     computeInstanceId=0 if h.mig else 0xFFFFFFFF)
+            for p in entry.get("processes", [])]

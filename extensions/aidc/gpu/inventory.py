@@ -53,6 +53,8 @@ class GPUDevice:
     mig_instances: list[dict] = field(default_factory=list)  # {"uuid", "name", "memory_mb"}
     shares: int = 0  # >0: offered as this many fractional units
     simulated: bool = False
+    #: what a ``telemetry`` reader of :func:`read_nvml` returned (aidc.monitor); else empty
+    telemetry: dict = field(default_factory=dict)
 
     def units(self) -> list[GPUUnit]:
         if self.mig_enabled and self.mig_instances:
@@ -102,8 +104,13 @@ def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def read_nvml(shares: dict[int, int] | None = None) -> Inventory:
-    """Read the real GPUs. Raises ``pynvml.NVMLError_LibraryNotFound`` without a driver."""
+def read_nvml(shares: dict[int, int] | None = None, telemetry=None) -> Inventory:
+    """Read the real GPUs. Raises ``pynvml.NVMLError_LibraryNotFound`` without a driver.
+
+    ``telemetry(pynvml, handle, mig_handles)``, when given, is called for each GPU in the
+    same NVML session and its dict kept as ``GPUDevice.telemetry`` (the monitor's extra
+    readings: temperature, power, processes), so NVML is read in one place.
+    """
     import pynvml
 
     shares = shares or {}
@@ -123,12 +130,14 @@ def read_nvml(shares: dict[int, int] | None = None) -> Inventory:
                 mig_enabled = current == pynvml.NVML_DEVICE_MIG_ENABLE
             except pynvml.NVMLError:  # GPUs without MIG support
                 pass
+            mig_handles = []
             if mig_enabled:
                 for m in range(pynvml.nvmlDeviceGetMaxMigDeviceCount(h)):
                     try:
                         mh = pynvml.nvmlDeviceGetMigDeviceHandleByIndex(h, m)
                     except pynvml.NVMLError:
                         continue
+                    mig_handles.append(mh)
                     instances.append({
                         "uuid": _text(pynvml.nvmlDeviceGetUUID(mh)),
                         "name": _text(pynvml.nvmlDeviceGetName(mh)),
@@ -144,6 +153,7 @@ def read_nvml(shares: dict[int, int] | None = None) -> Inventory:
                 mig_enabled=mig_enabled,
                 mig_instances=instances,
                 shares=0 if mig_enabled else int(shares.get(i, 0)),
+                telemetry=telemetry(pynvml, h, mig_handles) if telemetry else {},
             ))
         return Inventory(devices, simulated=False, source="nvml")
     finally:

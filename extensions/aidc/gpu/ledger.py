@@ -104,6 +104,24 @@ node_free = sa.Table(
     sa.Index("ix_gpu_node_free_total", "kind", "total"),
 )
 
+#: one row per ended holding (a granted claim, released): what accounting reads, since the
+#: claim row itself is deleted at release (see :meth:`GPULedger.holdings`)
+claim_history = sa.Table(
+    "gpu_claim_history", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("holder", sa.String(400), nullable=False),
+    sa.Column("holder_kind", sa.String(32), nullable=False),
+    sa.Column("owner", sa.String(200), nullable=False),
+    sa.Column("groups", sa.Text, nullable=False),
+    sa.Column("count", sa.Integer, nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("units", sa.Text, nullable=False),  # JSON: [{"id", "name", "gpu_index"}]
+    sa.Column("granted", sa.Float, nullable=False),
+    sa.Column("released", sa.Float, nullable=False),
+    sa.UniqueConstraint("holder", "granted", name="uq_gpu_claim_history_holding"),
+    sa.Index("ix_gpu_claim_history_released", "released"),
+)
+
 lock = sa.Table("gpu_ledger_lock", metadata, sa.Column("id", sa.Integer, primary_key=True),
                 sa.Column("version", sa.Integer, nullable=False))
 
@@ -383,6 +401,7 @@ class GPULedger(LoggingConfigurable):
     @_again_after_a_lost_connection
     def release(self, holder: str) -> list[str]:
         """Free everything ``holder`` holds or waits for; returns the freed unit ids."""
+        holding = self._holding(holder)  # read before the claim row goes
         if self._in_db:
             freed = self._fast.call(_PG_CALL_RELEASE, (holder, time.time()))
         else:
@@ -392,7 +411,61 @@ class GPULedger(LoggingConfigurable):
                 self._grant_queued(s)
         if freed:
             self.log.info("aidc: %s released %s", holder, ", ".join(freed))
+        if holding is not None:
+            self._record_ended(holding, time.time())
         return freed
+
+    def _holding(self, holder: str) -> dict | None:
+        """The granted claim of ``holder`` as a holding (None when it holds nothing yet)."""
+        with self.engine.connect() as c:
+            row = c.execute(sa.select(claims).where(claims.c.holder == holder,
+                                                    claims.c.state == GRANTED)).first()
+            if row is None or row.granted is None:
+                return None
+            units = c.execute(_UNITS_OF, {"holder": holder}).fetchall()
+        return dict(holder=row.holder, holder_kind=row.holder_kind, owner=row.owner,
+                    groups=row.groups, count=row.count, kind=row.kind, granted=row.granted,
+                    units=json.dumps([{"id": u.id, "name": u.name, "gpu_index": u.gpu_index}
+                                      for u in units]))
+
+    def _record_ended(self, holding: dict, released: float) -> None:
+        """Keep an ended holding for accounting; a failure is logged, never fails a release."""
+        try:
+            with self.engine.begin() as c:
+                c.execute(claim_history.insert().values(**holding, released=released))
+        except sa.exc.IntegrityError:
+            pass  # two releases of one holder at once: the first one recorded it
+        except Exception as e:
+            self.log.warning("aidc: could not record the end of %s's holding for accounting: %s",
+                             holding["holder"], e)
+
+    def holdings(self, start: float, end: float) -> list[dict]:
+        """Every holding that overlaps ``[start, end)`` (epoch seconds), ended or current.
+
+        Each is ``{holder, holder_kind, owner, groups, count, kind, units, granted,
+        released}`` with the exact grant and release times the ledger's decisions recorded
+        (``released`` is None while held); ``groups`` and ``units`` are lists. What
+        accounting (``aidc.monitor.accounting``) turns into GPU-hours.
+        """
+        with self.engine.connect() as c:
+            ended = c.execute(sa.select(claim_history).where(
+                claim_history.c.granted < end, claim_history.c.released > start)
+                .order_by(claim_history.c.granted)).fetchall()
+            current = c.execute(sa.select(claims).where(
+                claims.c.state == GRANTED, claims.c.granted < end)).fetchall()
+            held = {}
+            for u in c.execute(sa.select(gpu_units).where(gpu_units.c.holder.is_not(None))):
+                held.setdefault(u.holder, []).append(
+                    {"id": u.id, "name": u.name, "gpu_index": u.gpu_index})
+        out = [dict(holder=r.holder, holder_kind=r.holder_kind, owner=r.owner,
+                    groups=json.loads(r.groups or "[]"), count=r.count, kind=r.kind,
+                    units=json.loads(r.units or "[]"), granted=r.granted, released=r.released)
+               for r in ended]
+        out += [dict(holder=r.holder, holder_kind=r.holder_kind, owner=r.owner,
+                     groups=json.loads(r.groups or "[]"), count=r.count, kind=r.kind,
+                     units=held.get(r.holder, []), granted=r.granted, released=None)
+                for r in current]
+        return out
 
     def reconcile(self, alive: set[str], holder_kind_: str) -> list[str]:
         """Release every claim of ``holder_kind_`` whose holder is not in ``alive``."""

@@ -1,0 +1,46 @@
+"""The metrics the monitor records: one declaration each, read by the store's API (which
+names exist), the collector (what it writes) and the Prometheus exposition (help text).
+
+A name here is the history API's name; Prometheus sees it as ``aidc_<name>``. Where
+NVIDIA's dcgm-exporter has the same figure its name is in the help text, so people who
+know one find the other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    help: str
+    labels: tuple[str, ...]
+    #: "gauge" or "counter" (a counter only grows: energy, bytes sent)
+    type: str = "gauge"
+
+
+GPU = ("gpu", "uuid")
+
+METRICS: dict[str, Metric] = {m.name: m for m in (
+    Metric("gpu_utilization_percent", "GPU utilization in percent (dcgm-exporter: DCGM_FI_DEV_GPU_UTIL).", GPU),
+    Metric("gpu_memory_used_bytes", "GPU memory in use (dcgm-exporter: DCGM_FI_DEV_FB_USED, in MiB there).", GPU),
+    Metric("gpu_memory_total_bytes", "GPU memory in all (dcgm-exporter: DCGM_FI_DEV_FB_FREE + DCGM_FI_DEV_FB_USED).", GPU),
+    Metric("gpu_temperature_celsius", "GPU temperature (dcgm-exporter: DCGM_FI_DEV_GPU_TEMP).", GPU),
+    Metric("gpu_power_watts", "GPU power draw (dcgm-exporter: DCGM_FI_DEV_POWER_USAGE).", GPU),
+    Metric("gpu_energy_joules", "GPU energy since the driver loaded (dcgm-exporter: DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION, in mJ there).",
+           GPU, "counter"),
+    Metric("gpu_sm_clock_hertz", "GPU SM clock (dcgm-exporter: DCGM_FI_DEV_SM_CLOCK, in MHz there).", GPU),
+    Metric("gpu_memory_clock_hertz", "GPU memory clock (dcgm-exporter: DCGM_FI_DEV_MEM_CLOCK, in MHz there).", GPU),
+    Metric("gpu_process_memory_bytes",
+           "GPU memory of the processes of one ledger holder (server, job or deployment) on one GPU "
+           "(no dcgm-exporter equivalent; its per-pod attribution is the closest).",
+           ("gpu", "uuid", "user", "holder")),
+    Metric("host_cpu_percent", "Host CPU use in percent of all cores.", ()),
+    Metric("host_memory_used_bytes", "Host memory in use (total minus available).", ()),
+    Metric("host_memory_total_bytes", "Host memory in all.", ()),
+    Metric("host_disk_used_bytes", "Disk space in use on the data directory's file system.", ()),
+    Metric("host_disk_total_bytes", "Disk space in all on the data directory's file system.", ()),
+    Metric("host_network_sent_bytes", "Bytes sent on every network interface since boot.", (), "counter"),
+    Metric("host_network_received_bytes", "Bytes received on every network interface since boot.", (), "counter"),
+)}

@@ -1,0 +1,114 @@
+"""The collector: samples the GPUs and the host at an interval, records them in the
+:class:`~aidc.monitor.store.MetricStore`, and keeps the latest snapshot for the API and
+the Prometheus exposition.
+
+Sampling runs in a worker thread (NVML, ``/proc`` and the database block), so the
+service's event loop keeps answering. A failing reading (NVML, the database, a full
+disk) is logged and shown in the snapshot's ``errors``; the next interval tries again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from traitlets import Float
+from traitlets.config import LoggingConfigurable
+
+from ..gpu.ledger import GRANTED
+from .catalog import METRICS
+from .gpus import gpu_samples, read_gpus
+from .host import host_sample
+
+log = logging.getLogger("aidc.monitor")
+
+GPU_FIGURES = [m for m in METRICS if m.startswith("gpu_") and m != "gpu_process_memory_bytes"]
+
+
+def rows_of(snapshot: dict) -> list[tuple[str, dict, float]]:
+    """The ``(metric, labels, value)`` rows a snapshot is stored as."""
+    rows = []
+    for g in snapshot["gpus"]:
+        labels = {"gpu": g["gpu"], "uuid": g["uuid"]}
+        rows += [(m, labels, g[m[len("gpu_"):]]) for m in GPU_FIGURES if m[len("gpu_"):] in g]
+        per_holder: dict[tuple, float] = {}
+        for p in g["processes"]:
+            key = (p["user"] or p["account"] or "", p["holder"] or "")
+            per_holder[key] = per_holder.get(key, 0.0) + p["used_bytes"]
+        rows += [("gpu_process_memory_bytes", {**labels, "user": u, "holder": h}, v)
+                 for (u, h), v in per_holder.items()]
+    rows += [(m, {}, v) for m, v in snapshot["host"].items()]
+    return rows
+
+
+class Collector(LoggingConfigurable):
+    """Samples at ``interval`` and records; :attr:`latest` is the newest snapshot."""
+
+    interval = Float(
+        1.0, min=0.1,
+        help="""Seconds between samples of the GPUs and the host. Keep it equal to the
+        step of the store's finest tier (`MetricStore.tiers`).""",
+    ).tag(config=True)
+
+    maintain_every = Float(
+        60.0, min=1.0,
+        help="Seconds between downsampling and pruning passes over the stored history.",
+    ).tag(config=True)
+
+    def __init__(self, store, ledger, data_dir: str, **kwargs):
+        super().__init__(**kwargs)
+        self.store, self.ledger, self.data_dir = store, ledger, data_dir
+        self.latest: dict | None = None
+        self._maintained = 0.0
+        self._task: asyncio.Task | None = None
+
+    def sample(self, now: float) -> dict:
+        """Read everything once and record it (blocking; errors go into ``errors``)."""
+        errors = []
+        try:
+            claims = [c for c in self.ledger.claims() if c.state == GRANTED]
+        except Exception as e:
+            claims, errors = [], [f"GPU ledger: {e}"]
+        gpus, simulated = [], False
+        try:
+            inv = read_gpus()
+            gpus, simulated = gpu_samples(inv, claims), inv.simulated
+        except Exception as e:  # an NVML call that fails is reported, not a crash
+            errors.append(f"NVML: {e}")
+        try:
+            host = host_sample(self.data_dir)
+        except Exception as e:
+            host, errors = {}, [*errors, f"host: {e}"]
+        snapshot = {"time": now, "interval": self.interval, "simulated": simulated,
+                    "gpus": gpus, "host": host, "errors": errors}
+        try:
+            self.store.record(now, rows_of(snapshot))
+            if now - self._maintained >= self.maintain_every:
+                self.store.maintain(now)
+                self._maintained = now
+        except Exception as e:  # a full disk or a locked database: reported, next time again
+            snapshot["errors"].append(f"history store: {e}")
+        for error in snapshot["errors"]:
+            if not self.latest or error not in self.latest["errors"]:
+                log.error("aidc monitor: %s", error)
+        self.latest = snapshot
+        return snapshot
+
+    async def run(self) -> None:
+        """Sample forever at ``interval`` (until cancelled)."""
+        while True:
+            started = time.time()
+            await asyncio.to_thread(self.sample, started)
+            await asyncio.sleep(max(0.0, self.interval - (time.time() - started)))
+
+    def start(self) -> None:
+        self._task = asyncio.ensure_future(self.run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass

@@ -1,0 +1,237 @@
+"""The metrics service at ``/services/metrics/``: GPU and host samples, their history,
+GPU-hours accounting and Prometheus text.
+
+Who sees what (the caller's aidc role, from their hub groups):
+
+* admins and viewers (stakeholders) see everything;
+* a scientist sees the platform's figures and totals, and of per-user figures (process
+  GPU memory, accounting rows) only their own;
+* ``/metrics`` (Prometheus text) needs an admin's or viewer's token: give a Prometheus
+  scraper the token of a viewer account made for it.
+
+Routes: ``api/current``, ``api/metrics`` (the catalogue), ``api/history?metric=&start=&end=&step=``,
+``api/accounting?start=&end=`` and ``api/accounting.csv?start=&end=&by=user|group``
+(times as epoch seconds or ISO 8601), and ``metrics``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import time
+
+from .. import roles
+from ..errors import UsageError
+from ..gpu.ledger import GPULedger
+from ..gpu.platform import open_ledger
+from ..paths import DataDir
+from ..paths import data_dir as platform_data_dir
+from ..services.base import ServiceApp, ServiceHandler, needs_role, run_service, signed_in
+from ..services.declare import ManagedService, python_command
+from .accounting import Accounting
+from .catalog import METRICS
+from .collect import Collector
+from .store import MetricStore
+
+SQLITE_FILE = "monitor.sqlite"
+
+#: /metrics: stakeholders and admins (a scraper gets a viewer account's token)
+stakeholder = needs_role(roles.VIEWER, roles.ADMIN, refused=(
+    "Prometheus text holds every user's figures: it needs the viewer or admin role "
+    "(give a scraper a viewer account's token); your own figures are at api/current"))
+
+
+class MonitorHandler(ServiceHandler):
+    @property
+    def collector(self) -> Collector:
+        return self.settings["collector"]
+
+    @property
+    def sees_everyone(self) -> bool:
+        return self.role in (roles.ADMIN, roles.VIEWER)
+
+    def time_arg(self, name: str, default: float) -> float:
+        raw = self.get_argument(name, None)
+        if raw is None or raw == "":
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            try:
+                parsed = dt.datetime.fromisoformat(raw.replace("Z", "+00:00"))
+            except ValueError:
+                raise UsageError(f"{name} must be epoch seconds or an ISO 8601 time, not {raw!r}") from None
+            if parsed.tzinfo is None:
+                parsed = parsed.replace(tzinfo=dt.UTC)
+            value = parsed.timestamp()
+        if not math.isfinite(value):
+            raise UsageError(f"{name} must be a finite time, not {raw!r}")
+        return value
+
+    def number_arg(self, name: str, default: float | None) -> float | None:
+        raw = self.get_argument(name, None)
+        if raw is None or raw == "":
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise UsageError(f"{name} must be a number of seconds, not {raw!r}") from None
+        if not math.isfinite(value) or value <= 0:
+            raise UsageError(f"{name} must be a positive number of seconds, not {raw!r}")
+        return value
+
+
+class CurrentHandler(MonitorHandler):
+    """The latest sample; a scientist sees whose processes only for their own."""
+
+    @signed_in
+    def get(self):
+        snapshot = self.collector.latest
+        if snapshot is None:
+            self.write_json({"time": None, "gpus": [], "host": {}, "errors": [],
+                             "message": "no sample yet; the first comes within an interval"})
+            return
+        if not self.sees_everyone:
+            snapshot = _own_view(snapshot, self.user_name)
+        self.write_json(snapshot)
+
+
+class CatalogHandler(MonitorHandler):
+    @signed_in
+    def get(self):
+        self.write_json({"metrics": [
+            {"name": m.name, "prometheus": f"aidc_{m.name}", "help": m.help,
+             "labels": list(m.labels), "type": m.type} for m in METRICS.values()]})
+
+
+class HistoryHandler(MonitorHandler):
+    @signed_in
+    def get(self):
+        metric = self.get_argument("metric", None)
+        if not metric:
+            raise UsageError("name a metric: ?metric=NAME (see api/metrics)")
+        now = time.time()
+        end = self.time_arg("end", now)
+        start = self.time_arg("start", end - 3600)
+        store: MetricStore = self.settings["store"]
+        default_step = max(float(store.tiers[0][0]), (end - start) / 300) if end > start else 1.0
+        step = self.number_arg("step", default_step)
+        labels = {k: self.get_argument(k) for k in ("gpu", "uuid", "user", "holder")
+                  if self.get_argument(k, None) is not None}
+        per_user = metric in METRICS and "user" in METRICS[metric].labels
+        if per_user and not self.sees_everyone:
+            if labels.get("user", self.user_name) != self.user_name:
+                raise UsageError(f"you may read only your own per-user figures (user={self.user_name})")
+            labels["user"] = self.user_name
+        answer = store.query(metric, start, end, step, now, labels)
+        answer["simulated"] = bool((self.collector.latest or {}).get("simulated"))
+        self.write_json(answer)
+
+
+class AccountingHandler(MonitorHandler):
+    """GPU-hours and job-hours per user and group; ``.csv`` for a spreadsheet."""
+
+    @signed_in
+    def get(self, csv_ext=None):
+        now = time.time()
+        end = self.time_arg("end", now)
+        start = self.time_arg("start", end - 30 * 86400)
+        accounting: Accounting = self.settings["accounting"]
+        if end <= start:
+            raise UsageError(f"the range is empty or inverted: end ({end:g}) must be after start ({start:g})")
+        by = self.get_argument("by", "user")
+        if csv_ext and by not in ("user", "group"):
+            raise UsageError(f"by must be user or group, not {by!r}")
+        ledger: GPULedger = self.settings["ledger"]
+        usage = accounting.usage(ledger.holdings(start, end), start, end, now)
+        if not self.sees_everyone:
+            mine = set(self.groups)
+            usage["users"] = [r for r in usage["users"] if r["name"] == self.user_name]
+            usage["groups"] = [r for r in usage["groups"] if r["name"] in mine]
+        if csv_ext:
+            self.set_header("Content-Type", "text/csv; charset=utf-8")
+            self.set_header("Content-Disposition", f'attachment; filename="aidc-accounting-{by}.csv"')
+            self.finish(accounting.to_csv(usage, by))
+            return
+        self.write_json(usage)
+
+
+class PrometheusHandler(MonitorHandler):
+    def is_browser(self) -> bool:
+        # a scraper without a token is answered 401, not sent to the sign-in page
+        return "Authorization" not in self.request.headers and self.accepts_html()
+
+    @stakeholder
+    def get(self):
+        from .exposition import CONTENT_TYPE, prometheus_text
+
+        self.set_header("Content-Type", CONTENT_TYPE)
+        self.finish(prometheus_text(lambda: self.collector.latest))
+
+
+def _own_view(snapshot: dict, user: str) -> dict:
+    """``snapshot`` with other users' processes anonymous and their holdings left out."""
+    anonymous = {"pid": None, "account": None, "user": None, "holder": None}
+    gpus = []
+    for g in snapshot["gpus"]:
+        gpus.append({
+            **g,
+            "processes": [p if p["user"] == user else {**p, **anonymous} for p in g["processes"]],
+            "holders": [h for h in g["holders"] if h["owner"] == user],
+            "held": bool(g["holders"]),
+        })
+    return {**snapshot, "gpus": gpus}
+
+
+ROUTES = [
+    (r"/api/current", CurrentHandler),
+    (r"/api/metrics", CatalogHandler),
+    (r"/api/history", HistoryHandler),
+    (r"/api/accounting(\.csv)?", AccountingHandler),
+    (r"/metrics", PrometheusHandler),
+]
+
+
+class MonitorApp(ServiceApp):
+    """The metrics service's configuration (its classes' settings from the drop-ins)."""
+
+    name = "aidc-metrics"
+
+    @property
+    def classes(self):
+        return [Collector, MetricStore, Accounting, GPULedger]
+
+
+def main() -> None:
+    from ..db import make_engine
+
+    data_dir = str(platform_data_dir().root)
+    app = MonitorApp()
+    app.load_drop_ins(data_dir)
+    store = MetricStore(make_engine(DataDir.from_arg(data_dir).db_url(SQLITE_FILE)), config=app.config)
+    ledger = open_ledger(data_dir, config=app.config)
+    collector = Collector(store, ledger, data_dir, config=app.config)
+    accounting = Accounting(config=app.config)
+
+    async def on_start():
+        collector.start()
+
+    async def on_stop():
+        await collector.stop()
+
+    run_service(ROUTES, on_start=on_start, on_stop=on_stop, collector=collector, store=store,
+                ledger=ledger, accounting=accounting)
+
+
+def managed_service() -> ManagedService:
+    """Entry point (group ``aidc.services``): the metrics service declaration."""
+    return ManagedService(
+        name="metrics",
+        command=python_command("aidc.monitor.service"),
+        roles=[roles.SCIENTIST, roles.VIEWER],
+        info={"description": "GPU and host metrics, history, accounting, Prometheus text"},
+    )
+
+
+if __name__ == "__main__":
+    main()

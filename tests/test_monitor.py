@@ -1,0 +1,349 @@
+"""Monitoring (``aidc.monitor``): history tiers, PID attribution, accounting, Prometheus
+text, and the ``metrics`` service of the session platform.
+
+The fast tests run in-process: the store on a SQLite file, the collector's GPU readings
+through the fake NVML of ``tests/fake_nvml`` at the pynvml boundary, accounting on a real
+ledger. The platform tests read the service over HTTP as the users a stakeholder,
+a scientist and an admin are.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import io
+import json
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from aidc import accounts
+from aidc.db import make_engine
+from aidc.errors import UsageError
+from aidc.gpu.inventory import read_nvml
+from aidc.gpu.ledger import GRANTED, GPULedger
+from aidc.monitor.accounting import Accounting
+from aidc.monitor.attribution import attribute
+from aidc.monitor.collect import Collector
+from aidc.monitor.exposition import prometheus_text
+from aidc.monitor.gpus import gpu_samples, nvml_telemetry
+from aidc.monitor.store import MetricStore
+
+FAKE_NVML = Path(__file__).parent / "fake_nvml" / "pynvml.py"
+PREFIX = accounts.DEFAULT_PREFIX
+
+LAYOUT = [
+    {"name": "NVIDIA H100 80GB HBM3", "memory_mb": 81559, "utilization": 37, "used_mb": 2048,
+     "temperature_c": 61, "power_w": 312.5, "energy_j": 1000,
+     "processes": [{"pid": 101, "used_mb": 1024}, {"pid": 102, "used_mb": 512}, {"pid": 103, "used_mb": 256}]},
+    {"name": "NVIDIA A100-SXM4-40GB", "memory_mb": 40960, "mig": [
+        {"name": "MIG 3g.20gb", "memory_mb": 19968},
+        {"name": "MIG 3g.20gb", "memory_mb": 19968, "processes": [{"pid": 201, "used_mb": 300}]}]},
+]
+
+
+@pytest.fixture
+def fake_nvml(tmp_path, monkeypatch):
+    """The fake NVML as ``pynvml`` in this process, reporting ``LAYOUT``."""
+    spec = importlib.util.spec_from_file_location("pynvml", FAKE_NVML)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    path = tmp_path / "gpus.json"
+    path.write_text(json.dumps(LAYOUT))
+    monkeypatch.setitem(sys.modules, "pynvml", module)
+    monkeypatch.setenv("AIDC_FAKE_NVML", str(path))
+    return path
+
+
+@pytest.fixture
+def ledger(tmp_path):
+    led = GPULedger(db_url=f"sqlite:///{tmp_path / 'ledger.sqlite'}", node="n1")
+    yield led
+    led.engine.dispose()
+
+
+def store_of(tmp_path, tiers=([1, 100], [10, 1000], [100, 100000])) -> MetricStore:
+    return MetricStore(make_engine(f"sqlite:///{tmp_path / 'monitor.sqlite'}"), tiers=[list(t) for t in tiers])
+
+
+# -- history ---------------------------------------------------------------------------
+
+def test_history_is_downsampled_into_coarser_tiers_and_pruned_past_each_tiers_keep(tmp_path):
+    store = store_of(tmp_path)
+    labels = {"gpu": "0", "uuid": "GPU-x"}
+    for t in range(60):  # one sample a second for a minute: value = t
+        store.record(1000 + t, [("gpu_utilization_percent", labels, t),
+                                ("gpu_energy_joules", labels, 10 * t),
+                                ("host_cpu_percent", {}, 50)])
+    store.maintain(now=1060)
+    fine = store.query("gpu_utilization_percent", 1000, 1060, 10, now=1060)
+    assert fine["resolution"] == 1
+    assert fine["series"][0]["labels"] == labels
+    assert fine["series"][0]["points"] == [[1000 + 10 * b, 10 * b + 4.5] for b in range(6)]
+
+    # 7 minutes later tier 0 (kept 100 s) is gone: the same read comes from tier 1
+    store.maintain(now=1500)
+    coarse = store.query("gpu_utilization_percent", 1000, 1060, 10, now=1500)
+    assert coarse["resolution"] == 10
+    assert coarse["series"][0]["points"] == fine["series"][0]["points"]
+    assert store.query("gpu_utilization_percent", 1000, 1060, 1, now=1500)["series"][0]["points"][0] == [1000, 4.5]
+    energy = store.query("gpu_energy_joules", 1000, 1060, 30, now=1500)
+    assert energy["series"][0]["points"] == [[1000, 290.0], [1030, 590.0]]  # counters: last value
+
+    # half a day later only the 100 s tier reaches back to then
+    store.maintain(now=51000)
+    old = store.query("host_cpu_percent", 1000, 1100, 100, now=51000)
+    assert old["resolution"] == 100 and old["series"][0]["points"] == [[1000, 50.0]]
+    store.maintain(now=1000 + 10 ** 6)  # past every tier's keep: nothing is left
+    assert store.query("host_cpu_percent", 0, 10 ** 6, 1000, now=1000 + 10 ** 6)["series"] == []
+
+
+@pytest.mark.parametrize("args, message", [
+    (("gpu_bogus", 0, 10, 1), "unknown metric 'gpu_bogus'"),
+    (("host_cpu_percent", 10, 0, 1), "end (0) must be after start (10)"),
+    (("host_cpu_percent", 0, 10, 0.5), "step must be at least 1 s"),
+    (("host_cpu_percent", 0, 10 ** 6, 1), "more than 11000 points"),
+])
+def test_history_reads_refuse_bad_ranges_with_what_to_fix(tmp_path, args, message):
+    with pytest.raises(UsageError, match=None) as e:
+        store_of(tmp_path).query(*args, now=100)
+    assert message in str(e.value)
+
+
+# -- collection and attribution -----------------------------------------------------------
+
+def test_collector_reads_the_fake_nvml_and_attributes_gpu_memory_to_the_holder(tmp_path, fake_nvml, ledger):
+    inv = read_nvml(telemetry=nvml_telemetry)
+    ledger.sync_inventory(inv)
+    ledger.request("server:alice/", "alice", 1)  # gpu0
+    ledger.request("job:7", "bob", 1, kind="mig")  # gpu1/mig0 (MIG-fake-01-0)
+    ledger.request("job:8", "bob", 1, kind="mig")  # gpu1/mig1: where pid 201 runs
+    claims = [c for c in ledger.claims() if c.state == GRANTED]
+    owners = {101: f"{PREFIX}alice", 102: f"{PREFIX}carol", 103: "postgres", 201: f"{PREFIX}bob"}
+    gpus = gpu_samples(inv, claims, account_of=owners.get)
+
+    g0, g1 = gpus
+    assert (g0["utilization_percent"], g0["temperature_celsius"], g0["power_watts"]) == (37.0, 61.0, 312.5)
+    assert g0["memory_used_bytes"] == 2048 * 2**20 and g0["simulated"] is False
+    procs = {p["pid"]: (p["user"], p["holder"], p["used_bytes"]) for p in g0["processes"]}
+    assert procs == {101: ("alice", "server:alice/", 2**30),  # alice's server holds gpu0
+                     102: ("carol", None, 512 * 2**20),        # carol holds nothing there
+                     103: (None, None, 256 * 2**20)}           # not a platform account
+    assert [(p["user"], p["holder"], p["device"]) for p in g1["processes"]] == [("bob", "job:8", "MIG-fake-01-1")]
+    assert {h["holder"] for h in g1["holders"]} == {"job:7", "job:8"}
+
+
+def test_attribution_prefers_the_unit_on_that_very_device():
+    class C:  # the two fields of a ledger Claim that attribution reads, and the holder
+        def __init__(self, holder, owner, units):
+            self.holder, self.owner, self.units = holder, owner, units
+
+    claims = [C("job:1", "ann", [{"visible_id": "GPU-a/share", "gpu_index": 3}]),
+              C("job:2", "ann", [{"visible_id": "GPU-b", "gpu_index": 3}])]
+    got = attribute([{"pid": 5, "used_bytes": 1, "device": "GPU-b"}], 3, claims,
+                    account_of=lambda pid: f"{PREFIX}ann")
+    assert got[0]["holder"] == "job:2"
+
+
+def test_collector_records_samples_and_reports_a_failing_nvml_instead_of_crashing(tmp_path, fake_nvml, ledger):
+    store = store_of(tmp_path)
+    collector = Collector(store, ledger, str(tmp_path))
+    now = time.time()
+    snap = collector.sample(now)
+    assert snap["errors"] == [] and len(snap["gpus"]) == 2
+    util = store.query("gpu_utilization_percent", now - 1, now + 1, 1, now=now + 1)
+    assert [s["points"][0][1] for s in util["series"] if s["labels"]["gpu"] == "0"] == [37.0]
+    assert store.query("host_memory_total_bytes", now - 1, now + 1, 1, now=now + 1)["series"][0]["points"][0][1] \
+        == psutil.virtual_memory().total
+
+    fake_nvml.write_text("not json")  # NVML now fails at init
+    snap = collector.sample(now + 1)
+    assert snap["gpus"] == [] and any(e.startswith("NVML:") for e in snap["errors"])
+    assert snap["host"]["host_cpu_percent"] >= 0
+
+    fake_nvml.write_text(json.dumps(LAYOUT))  # NVML is back: so are the GPUs
+    collector.sample(now + 2)
+    text = prometheus_text(lambda: collector.latest).decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert families["aidc_gpu_utilization_percent"].samples[0].labels == {"gpu": "0", "uuid": "GPU-fake-0000"}
+    assert "DCGM_FI_DEV_GPU_UTIL" in families["aidc_gpu_utilization_percent"].documentation
+    assert families["aidc_gpu_energy_joules"].type == "counter"
+    assert {s.labels["simulated"] for s in families["aidc_gpu_info"].samples} == {"false"}
+
+
+# -- accounting -----------------------------------------------------------------------------
+
+def holding(owner, groups, count, kind, granted, released, holder_kind="server", units=None):
+    return dict(holder=f"{holder_kind}:{owner}{granted}", holder_kind=holder_kind, owner=owner,
+                groups=groups, count=count, kind=kind, granted=granted, released=released,
+                units=units if units is not None else [{"name": "NVIDIA H100 80GB HBM3"}] * count)
+
+
+def test_accounting_counts_the_part_of_each_holding_inside_the_range():
+    acc = Accounting(cost_rates={"NVIDIA H100 80GB HBM3": 2.0, "mig": 0.5})
+    holdings = [
+        holding("ann", ["ml"], 2, "whole", 0, 7200),                  # 2 GPUs, hours 0-2
+        holding("ann", ["ml"], 1, "mig", 3600, None, "job", [{"name": "MIG 3g.20gb"}]),  # from hour 1, still held
+        holding("bob", ["ml", "ops"], 1, "share", 5400, 9000, "job", [{"name": "H100 (1/4)"}]),
+    ]
+    # the range [1 h, 2 h) cuts ann's server holding in half and bob's job at 1.5 h
+    u = acc.usage(holdings, 3600, 7200, now=10800)
+    users = {r["name"]: r for r in u["users"]}
+    assert users["ann"]["gpu_hours"] == {"whole": 2.0, "mig": 1.0, "share": 0.0}
+    assert users["ann"]["job_hours"] == 1.0
+    assert users["ann"]["cost"] == pytest.approx(2 * 2.0 + 0.5)
+    assert users["bob"]["gpu_hours"]["share"] == 0.5 and users["bob"]["cost"] == 0.0
+    groups = {r["name"]: r for r in u["groups"]}
+    assert groups["ml"]["gpu_hours_total"] == 3.5 and groups["ops"]["gpu_hours_total"] == 0.5
+    assert u["total"]["gpu_hours_total"] == 3.5 and u["total"]["job_hours"] == 1.5
+    # a holding still held counts until now, not until the end of the range
+    later = acc.usage(holdings, 7200, 10 ** 6, now=9000)
+    assert {r["name"]: r["gpu_hours"]["mig"] for r in later["users"]}["ann"] == 0.5
+
+    rows = list(csv.reader(io.StringIO(acc.to_csv(u, "group"))))
+    assert rows[0] == ["group", "gpu_hours_whole", "gpu_hours_mig", "gpu_hours_share", "gpu_hours",
+                       "job_hours", "cost_EUR"]
+    assert rows[1][0] == "ml" and float(rows[1][4]) == 3.5 and rows[-1][0] == "(total)"
+    with pytest.raises(UsageError, match="by must be one of user, group"):
+        acc.to_csv(u, "planet")
+
+
+def test_the_ledger_keeps_released_holdings_with_their_exact_times(ledger, fake_nvml):
+    ledger.sync_inventory(read_nvml())
+    before = time.time()
+    ledger.request("server:ann/", "ann", 1, groups=["ml"])
+    ledger.request("job:3", "bob", 1, kind="mig")
+    ledger.release("server:ann/")
+    ledger.release("server:ann/")  # a second release records nothing more
+    after = time.time()
+    held = {h["holder"]: h for h in ledger.holdings(before - 1, after + 1)}
+    ann, job = held["server:ann/"], held["job:3"]
+    assert before <= ann["granted"] <= ann["released"] <= after
+    assert ann["groups"] == ["ml"] and ann["units"][0]["name"] == "NVIDIA H100 80GB HBM3"
+    assert job["released"] is None and job["units"][0]["name"] == "MIG 3g.20gb"
+    assert ledger.holdings(after + 10, after + 20) == [job]  # the ended one is outside that range
+
+
+# -- the metrics service of the session platform ------------------------------------------
+
+def metrics_get(platform, token, path, **params) -> requests.Response:
+    headers = {"Authorization": f"token {token}"} if token else {}
+    return requests.get(f"{platform.url}/services/metrics/{path}", params=params, headers=headers,
+                        timeout=30, allow_redirects=False)
+
+
+def poll(what, check, timeout=90.0):
+    """``what()`` until ``check`` of it holds (returns it), or fail with the last answer."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = what()
+        if check(value):
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not reached in {timeout}s; last: {value}")
+        time.sleep(0.5)
+
+
+def test_stakeholders_see_samples_and_history_of_the_fake_gpus(platform, viewer):
+    current = poll(lambda: metrics_get(platform, viewer.token, "api/current").json(),
+                   lambda c: len(c.get("gpus", [])) == 5)
+    g0 = current["gpus"][0]
+    assert (g0["name"], g0["uuid"], g0["simulated"]) == ("NVIDIA H100 80GB HBM3", "GPU-fake-0000", False)
+    assert g0["memory_total_bytes"] == 81559 * 2**20 and g0["temperature_celsius"] == 35.0
+    assert current["gpus"][4]["mig"] == ["MIG-fake-04-0", "MIG-fake-04-1"]
+    assert current["host"]["host_memory_total_bytes"] == psutil.virtual_memory().total
+    history = poll(lambda: metrics_get(platform, viewer.token, "api/history", metric="gpu_memory_total_bytes",
+                                       gpu="4", start=time.time() - 300, step=5).json(),
+                   lambda h: h.get("series"))
+    assert [s["labels"] for s in history["series"]] == [{"gpu": "4", "uuid": "GPU-fake-0004"}]
+    assert {v for _t, v in history["series"][0]["points"]} == {40960 * 2**20}
+    assert history["resolution"] == 1 and history["simulated"] is False
+
+
+def test_a_gpu_servers_holding_shows_in_accounting_and_its_gpu_memory_under_it(platform, admin, viewer, scientist):
+    user = platform.new_user("scientist")
+    holder = f"server:{user.name}/"
+    started = time.time()
+    r = platform.spawn(user, "gpu-1")
+    assert r.status_code in (201, 202), r.text
+    nvml_file = Path(platform.env["AIDC_FAKE_NVML"])
+    layout = nvml_file.read_text()
+    try:
+        platform.wait_ready(user)
+        current = poll(lambda: metrics_get(platform, admin.token, "api/current").json(),
+                       lambda c: any(h["holder"] == holder for g in c["gpus"] for h in g["holders"]))
+        index = next(int(g["gpu"]) for g in current["gpus"] if any(h["holder"] == holder for h in g["holders"]))
+        pid = min(p.pid for p in psutil.process_iter(["username"])
+                  if p.info["username"] == platform.prefix + user.name)  # the server, its first process
+        gpus = json.loads(layout)
+        gpus[index]["processes"] = [{"pid": pid, "used_mb": 777}]
+        nvml_file.write_text(json.dumps(gpus))
+
+        # the server's GPU memory is attributed to it, by its Unix account and its ledger units
+        current = poll(lambda: metrics_get(platform, admin.token, "api/current").json(),
+                       lambda c: c["gpus"][index]["processes"])
+        assert [(p["pid"], p["user"], p["holder"], p["used_bytes"]) for p in current["gpus"][index]["processes"]] \
+            == [(pid, user.name, holder, 777 * 2**20)]
+        text = metrics_get(platform, viewer.token, "metrics").text
+        memory = [s for f in text_string_to_metric_families(text) if f.name == "aidc_gpu_process_memory_bytes"
+                  for s in f.samples]
+        assert [(s.labels["user"], s.labels["holder"], s.value) for s in memory] == [(user.name, holder, 777 * 2**20)]
+        # another scientist sees the memory, not whose it is
+        other_view = metrics_get(platform, scientist.token, "api/current").json()["gpus"][index]
+        assert [(p["user"], p["holder"], p["pid"]) for p in other_view["processes"]] == [(None, None, None)]
+        assert other_view["holders"] == [] and other_view["held"] is True
+
+        # accounting while it holds the GPU: the viewer sees the user's row, the user their own only
+        rows = {r["name"]: r for r in metrics_get(platform, viewer.token, "api/accounting",
+                                                  start=started - 1).json()["users"]}
+        assert rows[user.name]["gpu_hours"]["whole"] > 0
+        own = metrics_get(platform, user.token, "api/accounting", start=started - 1).json()
+        assert [r["name"] for r in own["users"]] == [user.name]
+        assert own["total"]["gpu_hours_total"] >= own["users"][0]["gpu_hours_total"]
+        theirs = metrics_get(platform, scientist.token, "api/accounting", start=started - 1).json()
+        assert user.name not in [r["name"] for r in theirs["users"]]
+        assert theirs["total"]["gpu_hours_total"] >= rows[user.name]["gpu_hours_total"]
+    finally:
+        nvml_file.write_text(layout)
+        platform.stop_server(user)
+
+    # released: the holding is history with its exact end, so its hours stop growing
+    def hours():
+        answer = metrics_get(platform, viewer.token, "api/accounting", start=started - 1).json()
+        return {r["name"]: r for r in answer["users"]}[user.name]["gpu_hours"]["whole"]
+
+    first = hours()
+    assert 0 < first < (time.time() - started) / 3600
+    assert hours() == first
+    table = metrics_get(platform, viewer.token, "api/accounting.csv", start=started - 1, by="user")
+    assert table.headers["Content-Type"].startswith("text/csv")
+    assert [row for row in csv.reader(io.StringIO(table.text)) if row[0] == user.name][0][1] == f"{first:.6f}"
+
+
+def test_prometheus_text_needs_a_stakeholders_token_and_bad_reads_get_a_precise_400(platform, scientist, viewer):
+    assert metrics_get(platform, None, "metrics").status_code == 401
+    refused = metrics_get(platform, scientist.token, "metrics")
+    assert refused.status_code == 403 and "viewer" in refused.json()["message"]
+    scraped = metrics_get(platform, viewer.token, "metrics")
+    assert scraped.status_code == 200 and scraped.headers["Content-Type"].startswith("text/plain")
+    names = {f.name for f in text_string_to_metric_families(scraped.text)}
+    assert {"aidc_gpu_utilization_percent", "aidc_gpu_info", "aidc_host_cpu_percent"} <= names
+    now = time.time()
+    for path, params, message in [
+        ("api/history", {}, "name a metric"),
+        ("api/history", {"metric": "gpu_nope"}, "unknown metric 'gpu_nope'"),
+        ("api/history", {"metric": "host_cpu_percent", "start": now, "end": now - 60}, "must be after start"),
+        ("api/history", {"metric": "host_cpu_percent", "step": "0.2"}, "step must be at least 1 s"),
+        ("api/history", {"metric": "host_cpu_percent", "start": "yesterday"}, "start must be epoch seconds or an ISO 8601"),
+        ("api/accounting", {"start": now, "end": now - 1}, "must be after start"),
+        ("api/accounting.csv", {"by": "planet"}, "by must be user or group"),
+    ]:
+        r = metrics_get(platform, viewer.token, path, **params)
+        assert r.status_code == 400 and message in r.json()["message"], (path, params, r.text)
+    own = metrics_get(platform, scientist.token, "api/history", metric="gpu_process_memory_bytes", user="someone")
+    assert own.status_code == 400 and "only your own" in own.json()["message"]
