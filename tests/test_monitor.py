@@ -213,7 +213,20 @@ def test_accounting_counts_the_part_of_each_holding_inside_the_range():
         acc.to_csv(u, "planet")
 
 
-def test_the_ledger_keeps_released_holdings_with_their_exact_times(ledger, fake_nvml):
+PATHS = {  # every way the ledger decides a release
+    "sqlite": {"driver_fast_path": True}, "sqlite-core": {"driver_fast_path": False},
+    "pg-functions": {"pg_functions": True}, "pg-pipeline": {"pg_functions": False},
+    "pg-core": {"driver_fast_path": False},
+}
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_the_ledger_keeps_released_holdings_with_their_exact_times(path, tmp_path, fake_nvml, request):
+    if path.startswith("pg"):
+        url = request.getfixturevalue("postgres").create_database(f"history_{path.replace('-', '_')}")
+    else:
+        url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    ledger = GPULedger(db_url=url, node="n1", **PATHS[path])
     ledger.sync_inventory(read_nvml())
     before = time.time()
     ledger.request("server:ann/", "ann", 1, groups=["ml"])
@@ -227,6 +240,7 @@ def test_the_ledger_keeps_released_holdings_with_their_exact_times(ledger, fake_
     assert ann["groups"] == ["ml"] and ann["units"][0]["name"] == "NVIDIA H100 80GB HBM3"
     assert job["released"] is None and job["units"][0]["name"] == "MIG 3g.20gb"
     assert ledger.holdings(after + 10, after + 20) == [job]  # the ended one is outside that range
+    ledger.engine.dispose()
 
 
 # -- the metrics service of the session platform ------------------------------------------

@@ -115,10 +115,9 @@ claim_history = sa.Table(
     sa.Column("groups", sa.Text, nullable=False),
     sa.Column("count", sa.Integer, nullable=False),
     sa.Column("kind", sa.String(16), nullable=False),
-    sa.Column("units", sa.Text, nullable=False),  # JSON: [{"id", "name", "gpu_index"}]
+    sa.Column("units", sa.Text, nullable=False),  # JSON: the ids of the units it held
     sa.Column("granted", sa.Float, nullable=False),
     sa.Column("released", sa.Float, nullable=False),
-    sa.UniqueConstraint("holder", "granted", name="uq_gpu_claim_history_holding"),
     sa.Index("ix_gpu_claim_history_released", "released"),
 )
 
@@ -163,6 +162,12 @@ _HELD = (sa.select(gpu_units.c.id, gpu_units.c.node, gpu_units.c.kind, gpu_units
          .where(gpu_units.c.holder == _B("holder")))
 _UNHOLD = gpu_units.update().where(gpu_units.c.holder == _B("b_holder")).values(holder=None)
 _DROP = claims.delete().where(claims.c.holder == _B("holder"))
+# in the release's transaction, before _DROP: the granted claim becomes an ended holding
+_KEEP_ENDED = claim_history.insert().from_select(
+    ["holder", "holder_kind", "owner", "groups", "count", "kind", "units", "granted", "released"],
+    sa.select(claims.c.holder, claims.c.holder_kind, claims.c.owner, claims.c.groups, claims.c.count,
+              claims.c.kind, _B("b_units", type_=sa.Text), claims.c.granted, _B("b_now", type_=sa.Float))
+    .where(claims.c.holder == _B("holder"), claims.c.state == GRANTED, claims.c.granted.is_not(None)))
 _NODE_COUNTS = (
     sa.select(gpu_units.c.node, gpu_units.c.kind,
               sa.func.sum(sa.case((sa.and_(gpu_units.c.present, gpu_units.c.holder.is_(None)), 1), else_=0)),
@@ -401,40 +406,37 @@ class GPULedger(LoggingConfigurable):
     @_again_after_a_lost_connection
     def release(self, holder: str) -> list[str]:
         """Free everything ``holder`` holds or waits for; returns the freed unit ids."""
-        holding = self._holding(holder)  # read before the claim row goes
         if self._in_db:
+            holding = self._holding(holder)  # read before the function drops the claim
             freed = self._fast.call(_PG_CALL_RELEASE, (holder, time.time()))
+            if holding is not None:
+                self._record_ended({**holding, "units": json.dumps(freed)}, time.time())
         else:
             with self._tx() as s:
                 freed = s.unhold(holder)
+                s.keep_ended(holder, json.dumps(freed), time.time())
                 s.drop(holder)
                 self._grant_queued(s)
         if freed:
             self.log.info("aidc: %s released %s", holder, ", ".join(freed))
-        if holding is not None:
-            self._record_ended(holding, time.time())
         return freed
 
     def _holding(self, holder: str) -> dict | None:
-        """The granted claim of ``holder`` as a holding (None when it holds nothing yet)."""
+        """The granted claim of ``holder`` as a holding (PostgreSQL functions path only:
+        elsewhere :meth:`release` keeps it in its own transaction)."""
         with self.engine.connect() as c:
             row = c.execute(sa.select(claims).where(claims.c.holder == holder,
                                                     claims.c.state == GRANTED)).first()
-            if row is None or row.granted is None:
-                return None
-            units = c.execute(_UNITS_OF, {"holder": holder}).fetchall()
+        if row is None or row.granted is None:
+            return None
         return dict(holder=row.holder, holder_kind=row.holder_kind, owner=row.owner,
-                    groups=row.groups, count=row.count, kind=row.kind, granted=row.granted,
-                    units=json.dumps([{"id": u.id, "name": u.name, "gpu_index": u.gpu_index}
-                                      for u in units]))
+                    groups=row.groups, count=row.count, kind=row.kind, granted=row.granted)
 
     def _record_ended(self, holding: dict, released: float) -> None:
         """Keep an ended holding for accounting; a failure is logged, never fails a release."""
         try:
             with self.engine.begin() as c:
                 c.execute(claim_history.insert().values(**holding, released=released))
-        except sa.exc.IntegrityError:
-            pass  # two releases of one holder at once: the first one recorded it
         except Exception as e:
             self.log.warning("aidc: could not record the end of %s's holding for accounting: %s",
                              holding["holder"], e)
@@ -453,13 +455,19 @@ class GPULedger(LoggingConfigurable):
                 .order_by(claim_history.c.granted)).fetchall()
             current = c.execute(sa.select(claims).where(
                 claims.c.state == GRANTED, claims.c.granted < end)).fetchall()
-            held = {}
-            for u in c.execute(sa.select(gpu_units).where(gpu_units.c.holder.is_not(None))):
-                held.setdefault(u.holder, []).append(
-                    {"id": u.id, "name": u.name, "gpu_index": u.gpu_index})
+            every = {u.id: u for u in c.execute(sa.select(gpu_units))}  # units stay, absent or not
+        held: dict[str, list[dict]] = {}
+        for u in every.values():
+            if u.holder is not None:
+                held.setdefault(u.holder, []).append({"id": u.id, "name": u.name, "gpu_index": u.gpu_index})
+
+        def units(ids: str) -> list[dict]:
+            return [{"id": i, "name": every[i].name, "gpu_index": every[i].gpu_index} if i in every
+                    else {"id": i, "name": None, "gpu_index": None} for i in json.loads(ids or "[]")]
+
         out = [dict(holder=r.holder, holder_kind=r.holder_kind, owner=r.owner,
                     groups=json.loads(r.groups or "[]"), count=r.count, kind=r.kind,
-                    units=json.loads(r.units or "[]"), granted=r.granted, released=r.released)
+                    units=units(r.units), granted=r.granted, released=r.released)
                for r in ended]
         out += [dict(holder=r.holder, holder_kind=r.holder_kind, owner=r.owner,
                      groups=json.loads(r.groups or "[]"), count=r.count, kind=r.kind,
@@ -708,6 +716,9 @@ class _SAStore:
     def _free_add(self, node: str, kind: str, n: int) -> None:
         self.c.execute(_FREE_ADD, {"b_node": node, "b_kind": kind, "b_n": n})
 
+    def keep_ended(self, holder: str, units: str, now: float) -> None:
+        self.c.execute(_KEEP_ENDED, {"holder": holder, "b_units": units, "b_now": now})
+
     def drop(self, holder: str) -> None:
         self.c.execute(_DROP, {"holder": holder})
 
@@ -750,6 +761,9 @@ _SQL_TAKE_UNITS = ("UPDATE gpu_units SET holder = ?1 WHERE id IN "
 _SQL_UNHOLD = "UPDATE gpu_units SET holder = NULL WHERE holder = ? RETURNING id, node, kind, present"
 _SQL_FREE_ADD = "UPDATE gpu_node_free SET free = free + ? WHERE node = ? AND kind = ?"
 _SQL_DROP = "DELETE FROM gpu_claims WHERE holder = ?"
+_SQL_KEEP_ENDED = ("INSERT INTO gpu_claim_history (holder, holder_kind, owner, groups, count, kind, units, "
+                   "granted, released) SELECT holder, holder_kind, owner, groups, count, kind, ?, granted, ? "
+                   "FROM gpu_claims WHERE holder = ? AND state = 'granted' AND granted IS NOT NULL")
 
 
 def _unit(row: tuple) -> dict:
@@ -777,6 +791,7 @@ class _SqliteStore:
     sql_unhold = _SQL_UNHOLD
     sql_free_add = _SQL_FREE_ADD
     sql_drop = _SQL_DROP
+    sql_keep_ended = _SQL_KEEP_ENDED
 
     def __init__(self, db: sqlite3.Connection):
         self.db = db
@@ -838,6 +853,9 @@ class _SqliteStore:
 
     def _free_add(self, node: str, kind: str, n: int) -> None:
         self.db.execute(self.sql_free_add, (n, node, kind))
+
+    def keep_ended(self, holder: str, units: str, now: float) -> None:
+        self.db.execute(self.sql_keep_ended, (units, now, holder))
 
     def drop(self, holder: str) -> None:
         self.db.execute(self.sql_drop, (holder,))
@@ -1114,6 +1132,7 @@ class _PgStore(_SqliteStore):
     sql_unhold = _PG_UNHOLD
     sql_free_add = _PG_FREE_ADD
     sql_drop = _PG_DROP
+    sql_keep_ended = _pg(_SQL_KEEP_ENDED)
 
     def __init__(self, db):
         super().__init__(db)
