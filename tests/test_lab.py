@@ -5,6 +5,7 @@ One user of this module's own holds one server with a GPU profile for all the te
 (started once, stopped at the end), and one signed-in Chromium page drives the sidebar.
 """
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 import requests
 from playwright.sync_api import expect, sync_playwright
 
+from jobs_helpers import notebook, put, wait
 from test_browser import ARGS, ARTIFACTS, CHROMIUM
 
 JUPYTER = str(Path(sys.executable).with_name("jupyter"))
@@ -20,8 +22,12 @@ JUPYTER = str(Path(sys.executable).with_name("jupyter"))
 
 @pytest.fixture(scope="module")
 def lab_user(platform):
-    """A scientist whose server runs with one GPU (profile ``gpu-1``)."""
+    """A scientist whose server runs with one GPU (profile ``gpu-1``), and whose own Jupyter
+    configuration puts a service that does not exist behind the relay (``gone``)."""
     user = platform.new_user("scientist")
+    put(platform, user, ".jupyter/jupyter_server_config.json",
+        json.dumps({"LabRelay": {"services": ["resources", "jobs", "gone"]}}))
+    put(platform, user, "lab_job.ipynb", notebook("x = 1"))
     r = platform.spawn(user, "gpu-1")
     assert r.status_code in (201, 202), (r.status_code, r.text)
     platform.wait_ready(user)
@@ -63,6 +69,10 @@ def test_relay_answers_as_the_owner_and_only_to_the_owner(platform, lab_user, ot
     r = platform.api(lab_user.token).get(relay_url(platform, lab_user, "jobs/jobs/no-such-job"),
                                          timeout=60)
     assert r.status_code == 404 and r.json()["message"], r.text
+    # a service that is not there: a 502 that says so, not a traceback
+    r = platform.api(lab_user.token).get(relay_url(platform, lab_user, "gone/status"), timeout=60)
+    assert r.status_code == 502, r.text
+    assert "not the aidc API" in r.json()["message"] and "Traceback" not in r.text
     # only the services the panel needs are behind the relay
     r = platform.api(lab_user.token).get(relay_url(platform, lab_user, "models/models"), timeout=60)
     assert r.status_code == 404
@@ -92,6 +102,12 @@ def test_cookie_writes_need_the_xsrf_token(platform, lab_user):
     r = session.post(url, json={}, headers={"X-XSRFToken": xsrf}, timeout=60)
     assert r.status_code == 400, (r.status_code, r.text[:300])
     assert r.json()["message"]
+    # and a job submitted through the relay is the signed-in user's own
+    r = session.post(url, json={"path": "lab_job.ipynb"}, headers={"X-XSRFToken": xsrf},
+                     timeout=60)
+    assert r.status_code == 201, (r.status_code, r.text[:300])
+    assert r.json()["owner"] == lab_user.name
+    assert wait(platform, lab_user, r.json()["id"])["status"] == "completed"
     # reading with the cookie alone works (GET needs no XSRF token)
     assert session.get(relay_url(platform, lab_user, "resources/queue"), timeout=60).json() == {
         "queue": []}
@@ -123,8 +139,16 @@ def test_sidebar_shows_the_gpus_of_my_server(platform, lab_user):
             assert labelled == sum(1 for u in units if u["simulated"])
             assert "of my quota" in sidebar.inner_text() or "no quota" in sidebar.inner_text()
             assert "Free on the platform" in sidebar.inner_text()
-            # every section ends its loading: the jobs list (none yet) says so
-            expect(sidebar.locator(".aidc-Jobs")).to_contain_text("No jobs yet", timeout=60_000)
+            # my jobs, newest first, with their status
+            jobs = platform.api(lab_user.token).get(
+                f"{platform.url}/services/jobs/api/jobs", timeout=60).json()["jobs"]
+            if not jobs:  # this test alone: test_cookie_writes_need_the_xsrf_token submits one
+                expect(sidebar.locator(".aidc-Jobs")).to_contain_text("No jobs yet")
+            rows = sidebar.locator("table.aidc-job-list tbody tr")
+            expect(rows).to_have_count(len(jobs), timeout=60_000)
+            for row, job in zip(rows.all(), jobs):
+                text = row.inner_text()
+                assert job["id"] in text and job["path"] in text and job["status"] in text
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "lab-sidebar-resources.png"))
         finally:

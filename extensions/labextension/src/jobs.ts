@@ -41,9 +41,12 @@ export class JobsSection extends Section {
       if (job.error) {
         status.title = job.error;
       }
-      return [job.id, job.path, status, progress(job), new Date(job.created).toLocaleString()];
+      const submitted = new Date(job.created).toLocaleString();
+      const what = h('span', '', job.path, h('br', ''), h('span', 'aidc-note', job.id));
+      what.title = `submitted ${submitted}`;
+      return [what, status, progress(job)];
     });
-    const t = table(['id', 'notebook', 'status', 'cells', 'submitted'], rows);
+    const t = table(['notebook', 'status', 'cells'], rows);
     t.classList.add('aidc-job-list');
     return [t];
   }
