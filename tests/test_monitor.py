@@ -33,6 +33,7 @@ from aidc.monitor.collect import Collector
 from aidc.monitor.exposition import prometheus_text
 from aidc.monitor.gpus import gpu_samples, nvml_telemetry
 from aidc.monitor.store import MetricStore
+from aidc.monitor.xid import XidWatcher
 
 FAKE_NVML = Path(__file__).parent / "fake_nvml" / "pynvml.py"
 PREFIX = accounts.DEFAULT_PREFIX
@@ -65,6 +66,18 @@ def ledger(tmp_path):
     led = GPULedger(db_url=f"sqlite:///{tmp_path / 'ledger.sqlite'}", node="n1")
     yield led
     led.engine.dispose()
+
+
+def poll(what, check, timeout=90.0):
+    """``what()`` until ``check`` of it holds (returns it), or fail with the last answer."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = what()
+        if check(value):
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not reached in {timeout}s; last: {value}")
+        time.sleep(0.5)
 
 
 def store_of(tmp_path, tiers=([1, 100], [10, 1000], [100, 100000])) -> MetricStore:
@@ -136,6 +149,21 @@ def test_collector_reads_the_fake_nvml_and_attributes_gpu_memory_to_the_holder(t
                      103: (None, None, 256 * 2**20)}           # not a platform account
     assert [(p["user"], p["holder"], p["device"]) for p in g1["processes"]] == [("bob", "job:8", "MIG-fake-01-1")]
     assert {h["holder"] for h in g1["holders"]} == {"job:7", "job:8"}
+
+
+def test_xid_errors_are_counted_per_gpu_from_nvml_events(tmp_path, fake_nvml, ledger):
+    watcher = XidWatcher(wait_ms=100)
+    collector = Collector(store_of(tmp_path), ledger, str(tmp_path), xids=watcher)
+    watcher.start()
+    try:
+        gpus = json.loads(fake_nvml.read_text())
+        gpus[1]["xid_events"] = [79, 48]  # "fallen off the bus", then a double-bit ECC error
+        fake_nvml.write_text(json.dumps(gpus))
+        counted = poll(lambda: collector.sample(time.time())["gpus"][1], lambda g: g["xid_errors"] == 2, timeout=30)
+        assert counted["xid_last"] == 48 and counted["uuid"] == "GPU-fake-0001"
+        assert collector.latest["gpus"][0]["xid_errors"] == 0
+    finally:
+        watcher.stop()
 
 
 def test_attribution_prefers_the_unit_on_that_very_device():
@@ -251,18 +279,6 @@ def metrics_get(platform, token, path, **params) -> requests.Response:
                         timeout=30, allow_redirects=False)
 
 
-def poll(what, check, timeout=90.0):
-    """``what()`` until ``check`` of it holds (returns it), or fail with the last answer."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = what()
-        if check(value):
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not reached in {timeout}s; last: {value}")
-        time.sleep(0.5)
-
-
 def test_stakeholders_see_samples_and_history_of_the_fake_gpus(platform, viewer):
     current = poll(lambda: metrics_get(platform, viewer.token, "api/current").json(),
                    lambda c: len(c.get("gpus", [])) == 5)
@@ -296,11 +312,13 @@ def test_a_gpu_servers_holding_shows_in_accounting_and_its_gpu_memory_under_it(p
                   if p.info["username"] == platform.prefix + user.name)  # the server, its first process
         gpus = json.loads(layout)
         gpus[index]["processes"] = [{"pid": pid, "used_mb": 777}]
+        gpus[index]["xid_events"] = [31]  # and the GPU reports a fault
         nvml_file.write_text(json.dumps(gpus))
 
         # the server's GPU memory is attributed to it, by its Unix account and its ledger units
         current = poll(lambda: metrics_get(platform, admin.token, "api/current").json(),
-                       lambda c: c["gpus"][index]["processes"])
+                       lambda c: c["gpus"][index]["processes"] and c["gpus"][index]["xid_errors"] == 1)
+        assert current["gpus"][index]["xid_last"] == 31
         assert [(p["pid"], p["user"], p["holder"], p["used_bytes"]) for p in current["gpus"][index]["processes"]] \
             == [(pid, user.name, holder, 777 * 2**20)]
         text = metrics_get(platform, viewer.token, "metrics").text

@@ -51,18 +51,24 @@ class _Handle:
         self.gpu, self.index, self.mig, self.mig_index = gpu, index, mig, mig_index
 
 
+_inits = 0  # NVML counts nvmlInit calls: only the last nvmlShutdown unloads it
+
+
 def nvmlInit():
-    global _gpus
+    global _gpus, _inits
     path = os.environ.get("AIDC_FAKE_NVML")
     if not path:
         raise NVMLError_LibraryNotFound("NVML Shared Library Not Found")
     with open(path) as f:
         _gpus = json.load(f)
+    _inits += 1
 
 
 def nvmlShutdown():
-    global _gpus
-    _gpus = None
+    global _gpus, _inits
+    _inits = max(0, _inits - 1)
+    if _inits == 0:
+        _gpus = None
 
 
 def _require():
@@ -171,3 +177,52 @@ def nvmlDeviceGetComputeRunningProcesses(h):
                      gpuInstanceId=h.mig_index if h.mig else 0xFFFFFFFF,
                      computeInstanceId=0 if h.mig else 0xFFFFFFFF)
             for p in entry.get("processes", [])]
+
+
+# -- XID events: a GPU entry's "xid_events": [79, 48, ...] are delivered once each, in order,
+#    to an event set the GPU is registered with (the file is read again at each wait)
+
+class NVMLError_Timeout(NVMLError):
+    pass
+
+
+nvmlEventTypeXidCriticalError = 8
+_EventData = namedtuple("c_nvmlEventData_t", "device eventType eventData gpuInstanceId computeInstanceId")
+
+
+class _EventSet:
+    def __init__(self):
+        self.handles, self.delivered = [], {}
+
+
+def nvmlEventSetCreate():
+    _require()
+    return _EventSet()
+
+
+def nvmlDeviceRegisterEvents(h, event_types, event_set):
+    if h.mig:
+        raise NVMLError_NotSupported("Not Supported")
+    event_set.handles.append(h)
+
+
+def nvmlEventSetWait_v2(event_set, timeout_ms):
+    import time
+
+    deadline = time.monotonic() + timeout_ms / 1000
+    while True:
+        with open(os.environ["AIDC_FAKE_NVML"]) as f:
+            gpus = json.load(f)
+        for h in event_set.handles:
+            events = gpus[h.index].get("xid_events", []) if h.index < len(gpus) else []
+            done = event_set.delivered.get(h.index, 0)
+            if done < len(events):
+                event_set.delivered[h.index] = done + 1
+                return _EventData(h, nvmlEventTypeXidCriticalError, int(events[done]), 0xFFFFFFFF, 0xFFFFFFFF)
+        if time.monotonic() >= deadline:
+            raise NVMLError_Timeout("Timeout")
+        time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+
+
+def nvmlEventSetFree(event_set):
+    event_set.handles = []

@@ -32,6 +32,9 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
            GPU, "counter"),
     Metric("gpu_sm_clock_hertz", "GPU SM clock (dcgm-exporter: DCGM_FI_DEV_SM_CLOCK, in MHz there).", GPU),
     Metric("gpu_memory_clock_hertz", "GPU memory clock (dcgm-exporter: DCGM_FI_DEV_MEM_CLOCK, in MHz there).", GPU),
+    Metric("gpu_xid_errors", "XID errors the driver reported for this GPU since the metrics service started "
+           "(dcgm-exporter: DCGM_FI_DEV_XID_ERRORS holds the last XID's number; here it is api/current's xid_last).",
+           GPU, "counter"),
     Metric("gpu_process_memory_bytes",
            "GPU memory of the processes of one ledger holder (server, job or deployment) on one GPU "
            "(no dcgm-exporter equivalent; its per-pod attribution is the closest).",

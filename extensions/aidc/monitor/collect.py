@@ -56,9 +56,10 @@ class Collector(LoggingConfigurable):
         help="Seconds between downsampling and pruning passes over the stored history.",
     ).tag(config=True)
 
-    def __init__(self, store, ledger, data_dir: str, **kwargs):
+    def __init__(self, store, ledger, data_dir: str, xids=None, **kwargs):
         super().__init__(**kwargs)
         self.store, self.ledger, self.data_dir = store, ledger, data_dir
+        self.xids = xids  # an XidWatcher, or None: XID errors not counted
         self.latest: dict | None = None
         self._maintained = 0.0
         self._task: asyncio.Task | None = None
@@ -73,7 +74,8 @@ class Collector(LoggingConfigurable):
         gpus, simulated = [], False
         try:
             inv = read_gpus()
-            gpus, simulated = gpu_samples(inv, claims), inv.simulated
+            xids = self.xids.counts if self.xids is not None else None
+            gpus, simulated = gpu_samples(inv, claims, xids=xids), inv.simulated
         except Exception as e:  # an NVML call that fails is reported, not a crash
             errors.append(f"NVML: {e}")
         try:
@@ -103,9 +105,13 @@ class Collector(LoggingConfigurable):
             await asyncio.sleep(max(0.0, self.interval - (time.time() - started)))
 
     def start(self) -> None:
+        if self.xids is not None:
+            self.xids.start()
         self._task = asyncio.ensure_future(self.run())
 
     async def stop(self) -> None:
+        if self.xids is not None:
+            await asyncio.to_thread(self.xids.stop)
         if self._task is not None:
             self._task.cancel()
             try:

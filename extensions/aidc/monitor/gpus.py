@@ -72,8 +72,9 @@ def read_gpus() -> inventory.Inventory:
         return inventory.simulated(simulated_spec(), shares_spec())
 
 
-def gpu_samples(inv: inventory.Inventory, claims: list, account_of=None) -> list[dict]:
-    """One dict per GPU: its figures, holders from ``claims`` and attributed processes."""
+def gpu_samples(inv: inventory.Inventory, claims: list, account_of=None, xids: dict | None = None) -> list[dict]:
+    """One dict per GPU: its figures, holders from ``claims`` and attributed processes;
+    ``xids``: an :class:`~aidc.monitor.xid.XidWatcher`'s counts (real GPUs only)."""
     kwargs = {"account_of": account_of} if account_of else {}
     out = []
     for d in inv.devices:
@@ -94,5 +95,8 @@ def gpu_samples(inv: inventory.Inventory, claims: list, account_of=None) -> list
                           ("memory_clock_hz", "memory_clock_hertz")):
             if key in t:
                 sample[name] = t[key]
+        if xids is not None and not d.simulated:
+            seen = xids.get(d.uuid, {"count": 0, "last": None})
+            sample["xid_errors"], sample["xid_last"] = float(seen["count"]), seen["last"]
         out.append(sample)
     return out

@@ -32,6 +32,7 @@ from .accounting import Accounting
 from .catalog import METRICS
 from .collect import Collector
 from .store import MetricStore
+from .xid import XidWatcher
 
 SQLITE_FILE = "monitor.sqlite"
 
@@ -210,7 +211,7 @@ def main() -> None:
     app.load_drop_ins(data_dir)
     store = MetricStore(make_engine(DataDir.from_arg(data_dir).db_url(SQLITE_FILE)), config=app.config)
     ledger = open_ledger(data_dir, config=app.config)
-    collector = Collector(store, ledger, data_dir, config=app.config)
+    collector = Collector(store, ledger, data_dir, xids=XidWatcher(), config=app.config)
     accounting = Accounting(config=app.config)
 
     async def on_start():
