@@ -119,6 +119,9 @@ def test_sidebar_shows_the_gpus_of_my_server(platform, lab_user):
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 900})
+            errors = []
+            page.on("console", lambda m: m.type == "error" and "aidc" in m.text
+                    and errors.append(m.text))
             page.goto(f"{platform.url}/hub/login?next=/user/{lab_user.name}/lab")
             page.fill("#username_input", lab_user.name)
             page.fill("#password_input", lab_user.password)
@@ -151,5 +154,11 @@ def test_sidebar_shows_the_gpus_of_my_server(platform, lab_user):
                 assert job["id"] in text and job["path"] in text and job["status"] in text
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "lab-sidebar-resources.png"))
+            assert errors == []  # e.g. its settings failed to load
         finally:
             browser.close()
+    # the refresh interval is a setting of Lab's settings editor, 5 s unless changed
+    r = platform.api(lab_user.token).get(
+        f"{platform.url}/user/{lab_user.name}/lab/api/settings/aidc:plugin", timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.json()["schema"]["properties"]["refreshInterval"]["default"] == 5
