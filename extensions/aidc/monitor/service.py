@@ -16,12 +16,13 @@ Routes: ``api/current``, ``api/metrics`` (the catalogue), ``api/history?metric=&
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import math
 import time
 
 from .. import roles
-from ..errors import UsageError
+from ..errors import NotFoundError, UsageError
 from ..gpu.ledger import GPULedger
 from ..gpu.platform import open_ledger
 from ..paths import DataDir
@@ -107,7 +108,7 @@ class CatalogHandler(MonitorHandler):
 
 class HistoryHandler(MonitorHandler):
     @signed_in
-    def get(self):
+    async def get(self):
         metric = self.get_argument("metric", None)
         if not metric:
             raise UsageError("name a metric: ?metric=NAME (see api/metrics)")
@@ -121,10 +122,11 @@ class HistoryHandler(MonitorHandler):
                   if self.get_argument(k, None) is not None}
         per_user = metric in METRICS and "user" in METRICS[metric].labels
         if per_user and not self.sees_everyone:
-            if labels.get("user", self.user_name) != self.user_name:
-                raise UsageError(f"you may read only your own per-user figures (user={self.user_name})")
+            if labels.get("user", self.user_name) != self.user_name:  # as jobs do: not found
+                raise NotFoundError(f"no figures of user {labels['user']!r} visible to you")
             labels["user"] = self.user_name
-        answer = store.query(metric, start, end, step, now, labels)
+        # the database is read off the event loop: the collector and other callers go on
+        answer = await asyncio.to_thread(store.query, metric, start, end, step, now, labels)
         answer["simulated"] = bool((self.collector.latest or {}).get("simulated"))
         self.write_json(answer)
 
@@ -133,7 +135,7 @@ class AccountingHandler(MonitorHandler):
     """GPU-hours and job-hours per user and group; ``.csv`` for a spreadsheet."""
 
     @signed_in
-    def get(self, csv_ext=None):
+    async def get(self, csv_ext=None):
         now = time.time()
         end = self.time_arg("end", now)
         start = self.time_arg("start", end - 30 * 86400)
@@ -144,7 +146,7 @@ class AccountingHandler(MonitorHandler):
         if csv_ext and by not in ("user", "group"):
             raise UsageError(f"by must be user or group, not {by!r}")
         ledger: GPULedger = self.settings["ledger"]
-        usage = accounting.usage(ledger.holdings(start, end), start, end, now)
+        usage = accounting.usage(await asyncio.to_thread(ledger.holdings, start, end), start, end, now)
         if not self.sees_everyone:
             mine = set(self.groups)
             usage["users"] = [r for r in usage["users"] if r["name"] == self.user_name]
