@@ -8,13 +8,14 @@ One user of this module's own holds one server with a GPU profile for all the te
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import requests
 from playwright.sync_api import expect, sync_playwright
 
-from jobs_helpers import notebook, put, wait
+from jobs_helpers import jobs_api, notebook, put, submit, wait
 from test_browser import ARGS, ARTIFACTS, CHROMIUM
 
 JUPYTER = str(Path(sys.executable).with_name("jupyter"))
@@ -113,8 +114,40 @@ def test_cookie_writes_need_the_xsrf_token(platform, lab_user):
         "queue": []}
 
 
+def wait_in_queue(platform, user, holder: str, timeout: float = 120) -> dict:
+    """The user's waiting request of ``holder``, as the relay shows the queue."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        queue = platform.api(user.token).get(relay_url(platform, user, "resources/queue"),
+                                             timeout=60).json()["queue"]
+        waiting = [w for w in queue if w["holder"] == holder]
+        if waiting:
+            return waiting[0]
+        time.sleep(0.3)
+    raise AssertionError(f"{holder} never waited for GPUs: {queue}")
+
+
 def test_sidebar_shows_the_gpus_of_my_server(platform, lab_user):
     units = my_server_units(platform, lab_user)
+    # a job asking for every whole GPU waits while my server holds one of them
+    total = sum(1 for u in platform.resources(lab_user.token)["units"] if u["kind"] == "whole")
+    waiting_job = submit(platform, lab_user, "lab_job.ipynb", gpus=total)
+    try:
+        place = wait_in_queue(platform, lab_user, f"job:{waiting_job['id']}")["position"]
+        show_sidebar(platform, lab_user, units, waiting_job["id"], place)
+    finally:
+        r = jobs_api(platform, lab_user.token, "POST", f"/jobs/{waiting_job['id']}/cancel")
+        assert r.status_code in (200, 202), r.text
+    # the refresh interval is a setting of Lab's settings editor, 5 s unless changed
+    r = platform.api(lab_user.token).get(
+        f"{platform.url}/user/{lab_user.name}/lab/api/settings/aidc:plugin", timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.json()["schema"]["properties"]["refreshInterval"]["default"] == 5
+
+
+def show_sidebar(platform, user, units, waiting_job: str, place: int) -> None:
+    """Sign in, open the sidebar and check what it shows; screenshot it."""
+    lab_user = user
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
         try:
@@ -142,6 +175,11 @@ def test_sidebar_shows_the_gpus_of_my_server(platform, lab_user):
             assert labelled == sum(1 for u in units if u["simulated"])
             assert "of my quota" in sidebar.inner_text() or "no quota" in sidebar.inner_text()
             assert "Free on the platform" in sidebar.inner_text()
+            # my place in the queue while my job waits for its GPUs
+            waiting = sidebar.locator(".aidc-queue")
+            expect(waiting).to_contain_text(f"job {waiting_job}", timeout=60_000)
+            assert waiting.locator("tbody tr").first.inner_text().split("\t")[:2] == [
+                f"job {waiting_job}", str(place)]
             # my jobs, newest first, with their status
             jobs = platform.api(lab_user.token).get(
                 f"{platform.url}/services/jobs/api/jobs", timeout=60).json()["jobs"]
@@ -157,8 +195,3 @@ def test_sidebar_shows_the_gpus_of_my_server(platform, lab_user):
             assert errors == []  # e.g. its settings failed to load
         finally:
             browser.close()
-    # the refresh interval is a setting of Lab's settings editor, 5 s unless changed
-    r = platform.api(lab_user.token).get(
-        f"{platform.url}/user/{lab_user.name}/lab/api/settings/aidc:plugin", timeout=60)
-    assert r.status_code == 200, r.text
-    assert r.json()["schema"]["properties"]["refreshInterval"]["default"] == 5

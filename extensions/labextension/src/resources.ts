@@ -118,17 +118,12 @@ export class ResourcesSection extends Section {
     }
 
     if (queue.queue.length) {
-      parts.push(
-        h('h4', '', 'Waiting'),
-        table(
-          ['for', 'place', 'GPUs'],
-          queue.queue.map(w => [
-            holderName(w.holder),
-            String(w.position),
-            `${w.gpus} ${w.kind}`
-          ])
-        )
+      const waiting = table(
+        ['waiting', 'place', 'GPUs'],
+        queue.queue.map(w => [holderName(w.holder), String(w.position), `${w.gpus} ${w.kind}`])
       );
+      waiting.classList.add('aidc-queue');
+      parts.push(h('h4', '', 'My place in the GPU queue'), waiting);
     }
     return parts;
   }
