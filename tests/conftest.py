@@ -171,11 +171,17 @@ def fresh_platform(tmp_path):
     made: list[Platform] = []
 
     def make(config: str | None = None, prefix: str | None = None,
-             env: dict | None = None) -> Platform:
+             env: dict | None = None, dask_at_start: bool = False) -> Platform:
+        """A platform of the test's own. Its jobs service starts Dask with the first job
+        (``c.JobCluster.start_with``), as most of these tests run none: pass
+        ``dask_at_start=True`` for the product's default, a cluster started with the service."""
         p = Platform(tmp_path / f"platform{len(made)}", prefix=prefix or new_prefix(),
                      env=env or {})
+        (p.data_dir / "config.d").mkdir(parents=True)
+        if not dask_at_start:
+            (p.data_dir / "config.d" / "40-dask-with-first-job.py").write_text(
+                'c.JobCluster.start_with = "first-job"\n')
         if config:
-            (p.data_dir / "config.d").mkdir(parents=True)
             (p.data_dir / "config.d" / "50-test.py").write_text(config)
         made.append(p)
         return p

@@ -150,6 +150,8 @@ def company_platform(tmp_path_factory, idp) -> Platform:
     audit events), so they share it as people of one company share their platform."""
     p = Platform(tmp_path_factory.mktemp("company") / "platform", prefix=new_prefix())
     (p.data_dir / "config.d").mkdir(parents=True)
+    (p.data_dir / "config.d" / "40-dask-with-first-job.py").write_text(
+        'c.JobCluster.start_with = "first-job"\n')  # no job runs here
     (p.data_dir / "config.d" / "50-test.py").write_text(OIDC_CONFIG)
     callback = p.url + "/hub/oauth_callback"
     client_id, client_secret = idp.register_client(callback)

@@ -20,7 +20,7 @@ def _all_gone(procs: list[psutil.Process], timeout: float = 30) -> list[psutil.P
 @pytest.mark.parametrize("sig,twice", [(signal.SIGTERM, False), (signal.SIGINT, True)],
                          ids=["SIGTERM", "Ctrl-C twice"])
 def test_stop_leaves_no_process_behind(fresh_platform, sig, twice):
-    p = fresh_platform()
+    p = fresh_platform(dask_at_start=True)
     p.start()
     # the login page answered before the services, and each line says so
     out = p.log()
