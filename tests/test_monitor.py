@@ -204,6 +204,20 @@ def test_collector_records_samples_and_reports_a_failing_nvml_instead_of_crashin
     assert {s.labels["simulated"] for s in families["aidc_gpu_info"].samples} == {"false"}
 
 
+def test_without_nvml_the_simulated_gpus_are_reported_and_labelled_simulated(tmp_path, fake_nvml, ledger, monkeypatch):
+    monkeypatch.delenv("AIDC_FAKE_NVML")  # the fake now behaves like a machine without a driver
+    monkeypatch.setenv("AIDC_SIMULATED_GPUS", "2")
+    collector = Collector(store_of(tmp_path), ledger, str(tmp_path))
+    snap = collector.sample(time.time())
+    assert snap["simulated"] is True and snap["errors"] == []
+    assert [(g["uuid"], g["simulated"], g["utilization_percent"]) for g in snap["gpus"]] == [
+        ("GPU-simulated-0000", True, 0.0), ("GPU-simulated-0001", True, 0.0)]
+    assert "temperature_celsius" not in snap["gpus"][0]  # not measured: not invented
+    info = [f for f in text_string_to_metric_families(prometheus_text(lambda: collector.latest).decode())
+            if f.name == "aidc_gpu_info"][0]
+    assert {s.labels["simulated"] for s in info.samples} == {"true"}
+
+
 # -- accounting -----------------------------------------------------------------------------
 
 def holding(owner, groups, count, kind, granted, released, holder_kind="server", units=None):
@@ -293,6 +307,8 @@ def test_stakeholders_see_samples_and_history_of_the_fake_gpus(platform, viewer)
     assert [s["labels"] for s in history["series"]] == [{"gpu": "4", "uuid": "GPU-fake-0004"}]
     assert {v for _t, v in history["series"][0]["points"]} == {40960 * 2**20}
     assert history["resolution"] == 1 and history["simulated"] is False
+    described = metrics_get(platform, viewer.token, "api/openapi.json").json()["paths"]
+    assert {"/api/current", "/api/history", "/api/accounting", "/api/accounting.csv", "/metrics"} <= set(described)
 
 
 def test_a_gpu_servers_holding_shows_in_accounting_and_its_gpu_memory_under_it(platform, admin, viewer, scientist):

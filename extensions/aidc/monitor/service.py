@@ -11,7 +11,8 @@ Who sees what (the caller's aidc role, from their hub groups):
 
 Routes: ``api/current``, ``api/metrics`` (the catalogue), ``api/history?metric=&start=&end=&step=``,
 ``api/accounting?start=&end=`` and ``api/accounting.csv?start=&end=&by=user|group``
-(times as epoch seconds or ISO 8601), and ``metrics``.
+(times as epoch seconds or ISO 8601), and ``metrics``; described in ``openapi.yaml``
+beside this module, served at ``api/openapi.json``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import asyncio
 import datetime as dt
 import math
 import time
+from pathlib import Path
 
 from .. import roles
 from ..errors import NotFoundError, UsageError
@@ -27,7 +29,14 @@ from ..gpu.ledger import GPULedger
 from ..gpu.platform import open_ledger
 from ..paths import DataDir
 from ..paths import data_dir as platform_data_dir
-from ..services.base import ServiceApp, ServiceHandler, needs_role, run_service, signed_in
+from ..services.base import (
+    OpenAPIHandler,
+    ServiceApp,
+    ServiceHandler,
+    needs_role,
+    run_service,
+    signed_in,
+)
 from ..services.declare import ManagedService, python_command
 from .accounting import Accounting
 from .catalog import METRICS
@@ -36,6 +45,7 @@ from .store import MetricStore
 from .xid import XidWatcher
 
 SQLITE_FILE = "monitor.sqlite"
+OPENAPI = Path(__file__).with_name("openapi.yaml")
 
 #: /metrics: stakeholders and admins (a scraper gets a viewer account's token)
 stakeholder = needs_role(roles.VIEWER, roles.ADMIN, refused=(
@@ -192,6 +202,7 @@ ROUTES = [
     (r"/api/history", HistoryHandler),
     (r"/api/accounting(\.csv)?", AccountingHandler),
     (r"/metrics", PrometheusHandler),
+    (r"/api/openapi\.(json|yaml)", OpenAPIHandler, {"document": OPENAPI}),
 ]
 
 
