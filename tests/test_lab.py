@@ -193,5 +193,14 @@ def show_sidebar(platform, user, units, waiting_job: str, place: int) -> None:
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "lab-sidebar-resources.png"))
             assert errors == []  # e.g. its settings failed to load
+            # a failing service: its section says why, the other keeps its content
+            down = {"status": 502, "message": "the jobs service is not answering"}
+            page.route("**/aidc/api/jobs/**", lambda route: route.fulfill(
+                status=502, content_type="application/json", body=json.dumps(down)))
+            tab.click()  # closing and opening the sidebar refreshes it at once
+            tab.click()
+            expect(sidebar.locator(".aidc-Jobs .aidc-error")).to_have_text(
+                f"Error: {down['message']}", timeout=30_000)
+            expect(table).to_contain_text(units[0]["visible_id"])
         finally:
             browser.close()
