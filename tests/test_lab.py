@@ -77,6 +77,9 @@ def test_relay_answers_as_the_owner_and_only_to_the_owner(platform, lab_user, ot
     # only the services the panel needs are behind the relay
     r = platform.api(lab_user.token).get(relay_url(platform, lab_user, "models/models"), timeout=60)
     assert r.status_code == 404
+    r = platform.api(lab_user.token).get(
+        relay_url(platform, lab_user, "resources/%2E%2E/%2E%2E/%2E%2E/hub/api/user"), timeout=60)
+    assert r.status_code == 404 and '"scopes"' not in r.text
     # another user's valid token: the server does not exist for them
     r = platform.api(other_scientist.token).get(relay_url(platform, lab_user, "resources/gpus"),
                                                 timeout=60, allow_redirects=False)

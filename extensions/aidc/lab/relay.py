@@ -80,6 +80,9 @@ class RelayHandler(APIHandler):
     async def _relay(self, service: str, path: str) -> None:
         if service not in self.relay.services:
             raise web.HTTPError(404, f"no service {service!r} behind the aidc panel")
+        if any(part in (".", "..") for part in path.split("/")):
+            # the HTTP client would resolve them, leaving the service's API
+            raise web.HTTPError(404, "a path with '.' or '..' segments")
         if self.request.query:
             path = f"{path}?{self.request.query}"
         try:
