@@ -13,6 +13,8 @@ import csv
 import importlib.util
 import io
 import json
+import os
+import pwd
 import sys
 import time
 from pathlib import Path
@@ -28,6 +30,7 @@ from aidc.errors import UsageError
 from aidc.gpu.inventory import read_nvml
 from aidc.gpu.ledger import GRANTED, GPULedger
 from aidc.monitor.accounting import Accounting
+from aidc.monitor.accounts import AccountUsage
 from aidc.monitor.attribution import attribute
 from aidc.monitor.collect import Collector
 from aidc.monitor.exposition import prometheus_text
@@ -152,18 +155,30 @@ def test_collector_reads_the_fake_nvml_and_attributes_gpu_memory_to_the_holder(t
 
 
 def test_xid_errors_are_counted_per_gpu_from_nvml_events(tmp_path, fake_nvml, ledger):
+    gpus = json.loads(fake_nvml.read_text())
+    gpus[1]["xid_events"] = [79, 48]  # "fallen off the bus", then a double-bit ECC error
+    fake_nvml.write_text(json.dumps(gpus))
     watcher = XidWatcher(wait_ms=100)
     collector = Collector(store_of(tmp_path), ledger, str(tmp_path), xids=watcher)
     watcher.start()
     try:
-        gpus = json.loads(fake_nvml.read_text())
-        gpus[1]["xid_events"] = [79, 48]  # "fallen off the bus", then a double-bit ECC error
-        fake_nvml.write_text(json.dumps(gpus))
         counted = poll(lambda: collector.sample(time.time())["gpus"][1], lambda g: g["xid_errors"] == 2, timeout=30)
         assert counted["xid_last"] == 48 and counted["uuid"] == "GPU-fake-0001"
         assert collector.latest["gpus"][0]["xid_errors"] == 0
     finally:
         watcher.stop()
+
+
+def test_each_platform_users_processes_are_summed_into_their_cpu_and_memory():
+    account = pwd.getpwuid(os.getuid()).pw_name
+    me = AccountUsage(prefix=account[:1])  # this test's account counts as a platform user
+    user = account[1:]
+    first = me.sample(time.time())[user]
+    assert first["memory_bytes"] >= psutil.Process().memory_info().rss and first["processes"] >= 1
+    spent = time.process_time()
+    while time.process_time() - spent < 0.2:  # use some CPU between the two walks
+        pass
+    assert me.sample(time.time())[user]["cpu_percent"] > 0
 
 
 def test_attribution_prefers_the_unit_on_that_very_device():
@@ -318,6 +333,7 @@ def test_a_gpu_servers_holding_shows_in_accounting_and_its_gpu_memory_under_it(p
     r = platform.spawn(user, "gpu-1")
     assert r.status_code in (201, 202), r.text
     nvml_file = Path(platform.env["AIDC_FAKE_NVML"])
+    changed = nvml_file.with_suffix(".new")  # replaced at once: the platform reads it meanwhile
     layout = nvml_file.read_text()
     try:
         platform.wait_ready(user)
@@ -329,12 +345,17 @@ def test_a_gpu_servers_holding_shows_in_accounting_and_its_gpu_memory_under_it(p
         gpus = json.loads(layout)
         gpus[index]["processes"] = [{"pid": pid, "used_mb": 777}]
         gpus[index]["xid_events"] = [31]  # and the GPU reports a fault
-        nvml_file.write_text(json.dumps(gpus))
+        changed.write_text(json.dumps(gpus))
+        changed.replace(nvml_file)
 
         # the server's GPU memory is attributed to it, by its Unix account and its ledger units
         current = poll(lambda: metrics_get(platform, admin.token, "api/current").json(),
                        lambda c: c["gpus"][index]["processes"] and c["gpus"][index]["xid_errors"] == 1)
         assert current["gpus"][index]["xid_last"] == 31
+        # its processes' CPU and memory, per user (walked every 10 s)
+        used = poll(lambda: metrics_get(platform, admin.token, "api/current").json()["users"],
+                    lambda users: user.name in users)[user.name]
+        assert used["memory_bytes"] > 0 and used["processes"] >= 1
         assert [(p["pid"], p["user"], p["holder"], p["used_bytes"]) for p in current["gpus"][index]["processes"]] \
             == [(pid, user.name, holder, 777 * 2**20)]
         text = metrics_get(platform, viewer.token, "metrics").text
@@ -345,6 +366,7 @@ def test_a_gpu_servers_holding_shows_in_accounting_and_its_gpu_memory_under_it(p
         other_view = metrics_get(platform, scientist.token, "api/current").json()["gpus"][index]
         assert [(p["user"], p["holder"], p["pid"]) for p in other_view["processes"]] == [(None, None, None)]
         assert other_view["holders"] == [] and other_view["held"] is True
+        assert user.name not in metrics_get(platform, scientist.token, "api/current").json()["users"]
 
         # accounting while it holds the GPU: the viewer sees the user's row, the user their own only
         rows = {r["name"]: r for r in metrics_get(platform, viewer.token, "api/accounting",
@@ -357,7 +379,8 @@ def test_a_gpu_servers_holding_shows_in_accounting_and_its_gpu_memory_under_it(p
         assert user.name not in [r["name"] for r in theirs["users"]]
         assert theirs["total"]["gpu_hours_total"] >= rows[user.name]["gpu_hours_total"]
     finally:
-        nvml_file.write_text(layout)
+        changed.write_text(layout)
+        changed.replace(nvml_file)
         platform.stop_server(user)
 
     # released: the holding is history with its exact end, so its hours stop growing

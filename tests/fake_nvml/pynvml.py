@@ -211,8 +211,11 @@ def nvmlEventSetWait_v2(event_set, timeout_ms):
 
     deadline = time.monotonic() + timeout_ms / 1000
     while True:
-        with open(os.environ["AIDC_FAKE_NVML"]) as f:
-            gpus = json.load(f)
+        try:
+            with open(os.environ["AIDC_FAKE_NVML"]) as f:
+                gpus = json.load(f)
+        except ValueError:  # a test is rewriting the file: look again at the next turn
+            gpus = []
         for h in event_set.handles:
             events = gpus[h.index].get("xid_events", []) if h.index < len(gpus) else []
             done = event_set.delivered.get(h.index, 0)

@@ -39,6 +39,9 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
            "GPU memory of the processes of one ledger holder (server, job or deployment) on one GPU "
            "(no dcgm-exporter equivalent; its per-pod attribution is the closest).",
            ("gpu", "uuid", "user", "holder")),
+    Metric("user_cpu_percent", "CPU use of a platform user's processes (server, kernels, jobs) in percent of one core.",
+           ("user",)),
+    Metric("user_memory_bytes", "Resident memory of a platform user's processes (server, kernels, jobs).", ("user",)),
     Metric("host_cpu_percent", "Host CPU use in percent of all cores.", ()),
     Metric("host_memory_used_bytes", "Host memory in use (total minus available).", ()),
     Metric("host_memory_total_bytes", "Host memory in all.", ()),

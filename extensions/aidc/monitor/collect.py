@@ -17,6 +17,7 @@ from traitlets import Float
 from traitlets.config import LoggingConfigurable
 
 from ..gpu.ledger import GRANTED
+from .accounts import AccountUsage
 from .catalog import METRICS
 from .gpus import gpu_samples, read_gpus
 from .host import host_sample
@@ -26,8 +27,9 @@ log = logging.getLogger("aidc.monitor")
 GPU_FIGURES = [m for m in METRICS if m.startswith("gpu_") and m != "gpu_process_memory_bytes"]
 
 
-def rows_of(snapshot: dict) -> list[tuple[str, dict, float]]:
-    """The ``(metric, labels, value)`` rows a snapshot is stored as."""
+def rows_of(snapshot: dict, latest_users: bool = False) -> list[tuple[str, dict, float]]:
+    """The ``(metric, labels, value)`` rows a snapshot is stored as; per-user rows only when
+    the processes were walked at this sample, or (``latest_users``) from the last walk."""
     rows = []
     for g in snapshot["gpus"]:
         labels = {"gpu": g["gpu"], "uuid": g["uuid"]}
@@ -39,6 +41,10 @@ def rows_of(snapshot: dict) -> list[tuple[str, dict, float]]:
         rows += [("gpu_process_memory_bytes", {**labels, "user": u, "holder": h}, v)
                  for (u, h), v in per_holder.items()]
     rows += [(m, {}, v) for m, v in snapshot["host"].items()]
+    if latest_users or snapshot.get("users_time") == snapshot["time"]:
+        for user, u in snapshot["users"].items():
+            rows += [("user_cpu_percent", {"user": user}, u["cpu_percent"]),
+                     ("user_memory_bytes", {"user": user}, u["memory_bytes"])]
     return rows
 
 
@@ -49,6 +55,12 @@ class Collector(LoggingConfigurable):
         1.0, min=0.1,
         help="""Seconds between samples of the GPUs and the host. Keep it equal to the
         step of the store's finest tier (`MetricStore.tiers`).""",
+    ).tag(config=True)
+
+    user_usage_every = Float(
+        10.0, min=0.0,
+        help="""Seconds between walks of every process for each user's CPU and memory
+        (about 0.1 ms of CPU per process on the host); 0 turns it off.""",
     ).tag(config=True)
 
     maintain_every = Float(
@@ -62,6 +74,8 @@ class Collector(LoggingConfigurable):
         self.xids = xids  # an XidWatcher, or None: XID errors not counted
         self.latest: dict | None = None
         self._maintained = 0.0
+        self.accounts = AccountUsage()
+        self._users, self._users_at = {}, None
         self._task: asyncio.Task | None = None
 
     def sample(self, now: float) -> dict:
@@ -82,8 +96,14 @@ class Collector(LoggingConfigurable):
             host = host_sample(self.data_dir)
         except Exception as e:
             host, errors = {}, [*errors, f"host: {e}"]
+        if self.user_usage_every and (self._users_at is None or now - self._users_at >= self.user_usage_every):
+            try:
+                self._users, self._users_at = self.accounts.sample(now), now
+            except Exception as e:
+                errors.append(f"processes: {e}")
         snapshot = {"time": now, "interval": self.interval, "simulated": simulated,
-                    "gpus": gpus, "host": host, "errors": errors}
+                    "gpus": gpus, "host": host, "users": self._users, "users_time": self._users_at,
+                    "errors": errors}
         try:
             self.store.record(now, rows_of(snapshot))
             if now - self._maintained >= self.maintain_every:

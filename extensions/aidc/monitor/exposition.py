@@ -33,7 +33,7 @@ class SnapshotCollector:
             info.add_metric([g["gpu"], g["uuid"], g["name"], str(g["simulated"]).lower()], 1.0)
         yield info
         families = {}
-        for metric, labels, value in rows_of(snapshot):
+        for metric, labels, value in rows_of(snapshot, latest_users=True):
             m = METRICS[metric]
             if metric not in families:
                 kind = CounterMetricFamily if m.type == "counter" else GaugeMetricFamily

@@ -193,7 +193,8 @@ def _own_view(snapshot: dict, user: str) -> dict:
             "holders": [h for h in g["holders"] if h["owner"] == user],
             "held": bool(g["holders"]),
         })
-    return {**snapshot, "gpus": gpus}
+    users = {u: v for u, v in snapshot.get("users", {}).items() if u == user}
+    return {**snapshot, "gpus": gpus, "users": users}
 
 
 ROUTES = [
