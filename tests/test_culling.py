@@ -20,18 +20,21 @@ def _running(p, token, user) -> bool:
 
 
 def test_gpu_culler_stops_servers_whose_gpus_sit_unused(fresh_platform, tmp_path):
-    layout = [{"name": "NVIDIA H100 80GB HBM3", "memory_mb": 81559, "utilization": 0},
-              {"name": "NVIDIA H100 80GB HBM3", "memory_mb": 81559, "utilization": 80}]
-    p = fresh_platform(env={**fake_nvml_env(tmp_path, layout),
-                            "AIDC_GPU_IDLE_TIMEOUT": "8", "AIDC_GPU_CULL_EVERY": "1"})
+    layout = [{"name": "NVIDIA H100 80GB HBM3", "memory_mb": 81559, "utilization": 80},
+              {"name": "NVIDIA H100 80GB HBM3", "memory_mb": 81559, "utilization": 0}]
+    p = fresh_platform(env=fake_nvml_env(tmp_path, layout),
+                       config="c.GPUCulling.idle_timeout = 8\nc.GPUCulling.interval = 1\n")
     p.start()
     admin = p.token("admin")
-    idle, busy = p.new_user("scientist"), p.new_user("scientist")
-    for u in (idle, busy):  # idle gets GPU 0 (unused), busy gets GPU 1 (80 % utilised)
+    busy, idle = p.new_user("scientist"), p.new_user("scientist")
+    # busy first: it gets GPU 0 (80 % utilised), idle then gets GPU 1 (unused), and the
+    # idle one's clock starts only once it is ready, however slowly the first one started
+    for u in (busy, idle):
         assert p.spawn(u, "gpu-1").status_code in (201, 202)
         p.wait_ready(u)
     held = {u["holder"]: u["id"] for u in p.resources(admin)["units"] if u["holder"]}
-    assert held[f"server:{idle.name}/"].endswith("gpu0")
+    assert held[f"server:{idle.name}/"].endswith("gpu1")
+    assert held[f"server:{busy.name}/"].endswith("gpu0")
 
     assert _wait(lambda: not _running(p, admin, idle)), "the idle GPU server was not culled"
     assert all(u["holder"] != f"server:{idle.name}/" for u in p.resources(admin)["units"])
@@ -46,8 +49,8 @@ def test_gpu_culler_stops_servers_whose_gpus_sit_unused(fresh_platform, tmp_path
 
 
 def test_idle_culler_runs_as_a_hub_service_and_frees_gpus(fresh_platform, tmp_path):
-    p = fresh_platform(env={**fake_nvml_env(tmp_path), "AIDC_IDLE_TIMEOUT": "10",
-                            "AIDC_IDLE_CULL_EVERY": "3"})
+    p = fresh_platform(env=fake_nvml_env(tmp_path),
+                       config="c.IdleCulling.timeout = 10\nc.IdleCulling.cull_every = 3\n")
     p.start()
     admin = p.token("admin")
     services = p.hub(admin, "GET", "/services").json()

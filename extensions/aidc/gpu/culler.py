@@ -24,6 +24,9 @@ import threading
 import time
 from datetime import datetime
 
+from traitlets import Integer
+from traitlets.config import Configurable
+
 from ..errors import AidcError
 from ..hubapi import HubAPI
 from ..services.declare import ManagedService, python_command
@@ -144,13 +147,23 @@ class GPUCuller:
             stop.wait(self.interval)
 
 
-def managed_service() -> ManagedService:
-    """Entry point (group ``aidc.services``): the GPU-aware culler.
+class GPUCulling(Configurable):
+    """When the GPU-aware culler stops servers (``c.GPUCulling.*`` in a drop-in)."""
 
-    ``AIDC_GPU_IDLE_TIMEOUT`` and ``AIDC_GPU_CULL_EVERY`` change the defaults.
-    """
-    timeout = int(os.environ.get("AIDC_GPU_IDLE_TIMEOUT", DEFAULT_IDLE_TIMEOUT))
-    every = int(os.environ.get("AIDC_GPU_CULL_EVERY", max(5, min(60, timeout // 10))))
+    idle_timeout = Integer(DEFAULT_IDLE_TIMEOUT, help="""Seconds a server's GPUs may show no
+        utilisation while all its kernels are idle before the server is stopped (usually
+        well below the general idle timeout: an idle GPU is the expensive part)."""
+    ).tag(config=True)
+    interval = Integer(0, help="""Seconds between checks; 0: a tenth of the idle timeout,
+        between 5 s and 1 min.""").tag(config=True)
+
+
+def managed_service(config=None) -> ManagedService:
+    """Entry point (group ``aidc.services``): the GPU-aware culler, as ``c.GPUCulling``
+    in the hub's configuration (``config``) sets it."""
+    settings = GPUCulling(config=config)
+    timeout = settings.idle_timeout
+    every = settings.interval or max(5, min(60, timeout // 10))
     return ManagedService(
         name="gpu-culler",
         command=python_command("aidc.gpu.culler", f"--idle-timeout={timeout}", f"--interval={every}"),

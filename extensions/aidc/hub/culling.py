@@ -6,7 +6,8 @@ like any other stop. :mod:`aidc.gpu.culler` adds a GPU-aware policy on top.
 
 from __future__ import annotations
 
-import os
+from traitlets import Integer
+from traitlets.config import Configurable
 
 from .services import ManagedService, python_command
 
@@ -14,14 +15,26 @@ from .services import ManagedService, python_command
 DEFAULT_IDLE_TIMEOUT = 3600
 
 
-def idle_culler_service(timeout: int | None = None, every: int | None = None) -> ManagedService:
+class IdleCulling(Configurable):
+    """When jupyterhub-idle-culler stops idle servers (``c.IdleCulling.*`` in a drop-in)."""
+
+    timeout = Integer(DEFAULT_IDLE_TIMEOUT, help="""Seconds without activity (no kernel
+        busy, no browser connected) after which a server is stopped and its GPUs released."""
+    ).tag(config=True)
+    cull_every = Integer(0, help="""Seconds between the culler's checks; 0: a quarter of
+        the timeout, between 10 s and 10 min.""").tag(config=True)
+
+
+def idle_culler_service(timeout: int | None = None, every: int | None = None,
+                        config=None) -> ManagedService:
     """Entry point (group ``aidc.services``): jupyterhub-idle-culler as a hub service.
 
-    ``AIDC_IDLE_TIMEOUT`` / ``AIDC_IDLE_CULL_EVERY`` change the defaults; a drop-in may
-    also ``register(idle_culler_service(timeout=...))``.
+    ``c.IdleCulling.timeout`` / ``cull_every`` in the hub's configuration (``config``)
+    set it; a drop-in may also ``register(idle_culler_service(timeout=...))``.
     """
-    timeout = timeout or int(os.environ.get("AIDC_IDLE_TIMEOUT", DEFAULT_IDLE_TIMEOUT))
-    every = every or int(os.environ.get("AIDC_IDLE_CULL_EVERY", max(10, min(600, timeout // 4))))
+    settings = IdleCulling(config=config)
+    timeout = timeout or settings.timeout
+    every = every or settings.cull_every or max(10, min(600, timeout // 4))
     return ManagedService(
         name="idle-culler",
         command=python_command("jupyterhub_idle_culler", f"--timeout={timeout}", f"--cull-every={every}"),

@@ -31,7 +31,7 @@ from ..services.declare import (  # noqa: F401 - the documented names for drop-i
 def apply(c, data_dir: str, services: list[ManagedService] | None = None,
           extra_env: dict[str, str] | None = None) -> None:
     """Add the declared services to a JupyterHub config object ``c``."""
-    services = discover() if services is None else services
+    services = discover(config=c) if services is None else services
     names = {s.name for s in services}
     hub_services = [s for s in (c.JupyterHub.services or []) if s.get("name") not in names]
     extra_roles = []

@@ -17,6 +17,7 @@ written with :mod:`aidc.services.base`.
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 from dataclasses import dataclass, field
@@ -107,11 +108,17 @@ def python_command(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
 
 
-def discover() -> list[ManagedService]:
-    """Services declared through the ``aidc.services`` entry points, then register()."""
+def discover(config=None) -> list[ManagedService]:
+    """Services declared through the ``aidc.services`` entry points, then register().
+
+    An entry point that takes a ``config`` argument gets the hub's traitlets
+    configuration, so its settings are ``c.Something.*`` in a drop-in like any other.
+    """
     found: dict[str, ManagedService] = {}
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        service = ep.load()()
+        factory = ep.load()
+        takes_config = "config" in inspect.signature(factory).parameters
+        service = factory(config=config) if takes_config else factory()
         found[service.name] = service
     found.update(_registered)
     return list(found.values())
