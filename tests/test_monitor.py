@@ -83,14 +83,17 @@ def poll(what, check, timeout=90.0):
         time.sleep(0.5)
 
 
-def store_of(tmp_path, tiers=([1, 100], [10, 1000], [100, 100000])) -> MetricStore:
-    return MetricStore(make_engine(f"sqlite:///{tmp_path / 'monitor.sqlite'}"), tiers=[list(t) for t in tiers])
+def store_of(tmp_path, tiers=([1, 100], [10, 1000], [100, 100000]), url=None) -> MetricStore:
+    url = url or f"sqlite:///{tmp_path / 'monitor.sqlite'}"
+    return MetricStore(make_engine(url), tiers=[list(t) for t in tiers])
 
 
 # -- history ---------------------------------------------------------------------------
 
-def test_history_is_downsampled_into_coarser_tiers_and_pruned_past_each_tiers_keep(tmp_path):
-    store = store_of(tmp_path)
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_history_is_downsampled_into_coarser_tiers_and_pruned_past_each_tiers_keep(database, tmp_path, request):
+    url = request.getfixturevalue("postgres").create_database("history") if database == "postgresql" else None
+    store = store_of(tmp_path, url=url)
     labels = {"gpu": "0", "uuid": "GPU-x"}
     for t in range(60):  # one sample a second for a minute: value = t
         store.record(1000 + t, [("gpu_utilization_percent", labels, t),

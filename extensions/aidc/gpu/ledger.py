@@ -193,6 +193,11 @@ class Claim:
         return ",".join(u["visible_id"] for u in self.units)
 
 
+def _held_unit(u) -> dict:
+    """A unit as :meth:`GPULedger.holdings` lists it."""
+    return {"id": u.id, "name": u.name, "gpu_index": u.gpu_index, "visible_id": u.visible_id}
+
+
 def holder_kind(holder: str) -> str:
     return holder.split(":", 1)[0]
 
@@ -459,11 +464,12 @@ class GPULedger(LoggingConfigurable):
         held: dict[str, list[dict]] = {}
         for u in every.values():
             if u.holder is not None:
-                held.setdefault(u.holder, []).append({"id": u.id, "name": u.name, "gpu_index": u.gpu_index})
+                held.setdefault(u.holder, []).append(_held_unit(u))
 
         def units(ids: str) -> list[dict]:
-            return [{"id": i, "name": every[i].name, "gpu_index": every[i].gpu_index} if i in every
-                    else {"id": i, "name": None, "gpu_index": None} for i in json.loads(ids or "[]")]
+            return [_held_unit(every[i]) if i in every else {"id": i, "name": None, "gpu_index": None,
+                                                             "visible_id": None}
+                    for i in json.loads(ids or "[]")]
 
         out = [dict(holder=r.holder, holder_kind=r.holder_kind, owner=r.owner,
                     groups=json.loads(r.groups or "[]"), count=r.count, kind=r.kind,

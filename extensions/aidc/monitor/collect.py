@@ -12,17 +12,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import NamedTuple
 
 from traitlets import Float
 from traitlets.config import LoggingConfigurable
 
-from ..gpu.ledger import GRANTED
 from .accounts import AccountUsage
 from .catalog import METRICS
 from .gpus import gpu_samples, read_gpus
 from .host import host_sample
 
 log = logging.getLogger("aidc.monitor")
+
+class Held(NamedTuple):
+    """A current holding, as attribution reads it (the fields of a ledger ``Claim`` it needs)."""
+
+    holder: str
+    owner: str
+    units: list
+
 
 GPU_FIGURES = [m for m in METRICS if m.startswith("gpu_") and m != "gpu_process_memory_bytes"]
 
@@ -82,7 +90,9 @@ class Collector(LoggingConfigurable):
         """Read everything once and record it (blocking; errors go into ``errors``)."""
         errors = []
         try:
-            claims = [c for c in self.ledger.claims() if c.state == GRANTED]
+            # holdings: three queries, where claims() asks for each claim's units apart
+            claims = [Held(h["holder"], h["owner"], h["units"])
+                      for h in self.ledger.holdings(now, now + 1) if h["released"] is None]
         except Exception as e:
             claims, errors = [], [f"GPU ledger: {e}"]
         gpus, simulated = [], False

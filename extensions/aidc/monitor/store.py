@@ -13,6 +13,7 @@ directory without a database server), migrated by alembic with its own version t
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from pathlib import Path
@@ -33,12 +34,19 @@ samples = sa.Table(
     sa.Column("labels", sa.String(1000), primary_key=True),
     sa.Column("t", sa.Float, primary_key=True),
     sa.Column("value", sa.Float, nullable=False),
-    sa.Index("ix_monitor_samples_time", "tier", "t"),
+    sa.Index("ix_monitor_samples_time", "tier", "t"),  # pruning
+    sa.Index("ix_monitor_samples_read", "tier", "metric", "t"),  # range reads
 )
 
 
+@functools.lru_cache(maxsize=4096)
+def _label_key(items: tuple) -> str:
+    return json.dumps(dict(items), sort_keys=True, separators=(",", ":"))
+
+
 def label_key(labels: dict) -> str:
-    return json.dumps({k: str(v) for k, v in labels.items()}, sort_keys=True, separators=(",", ":"))
+    """Labels as the canonical JSON text stored (one per series: cached)."""
+    return _label_key(tuple(sorted((k, str(v)) for k, v in labels.items())))
 
 
 class MetricStore(LoggingConfigurable):
@@ -129,25 +137,38 @@ class MetricStore(LoggingConfigurable):
         if (end - start) / step > self.max_points:
             raise UsageError(f"range / step gives more than {self.max_points} points; ask for a larger step")
         tier = self._tier_for(start, step, now)
-        q = (sa.select(samples.c.labels, samples.c.t, samples.c.value)
+        # one row per series and step, aggregated by the database (a gauge's mean, a
+        # counter's highest: its last value); floor() where CAST rounds (PostgreSQL)
+        ratio = (samples.c.t - start) / step
+        bucket = (sa.cast(ratio, sa.Integer) if self.engine.dialect.name == "sqlite"
+                  else sa.func.floor(ratio)).label("bucket")
+        value = (sa.func.max if METRICS[metric].type == "counter" else sa.func.avg)(samples.c.value)
+        q = (sa.select(samples.c.labels, bucket, value)
              .where(samples.c.tier == tier, samples.c.metric == metric,
                     samples.c.t >= start, samples.c.t < end)
-             .order_by(samples.c.labels, samples.c.t))
+             .group_by(samples.c.labels, bucket))
         wanted = {k: str(v) for k, v in (labels or {}).items()}
         series: dict[str, dict] = {}
+        skipped: set[str] = set()
         with self.engine.connect() as c:
-            for key, t, value in c.execute(q):
-                lb = json.loads(key)
-                if any(lb.get(k) != v for k, v in wanted.items()):
+            rows = c.execute(q).fetchall()
+        for key, b, v in rows:
+            s = series.get(key)
+            if s is None:
+                if key in skipped:
                     continue
-                b = start + math.floor((t - start) / step) * step
-                series.setdefault(key, {"labels": lb, "buckets": {}})["buckets"].setdefault(b, []).append((t, value))
+                lb = json.loads(key)
+                if any(lb.get(k) != want for k, want in wanted.items()):
+                    skipped.add(key)
+                    continue
+                s = series[key] = {"labels": lb, "points": []}
+            s["points"].append([start + int(b) * step, float(v)])
+        for s in series.values():
+            s["points"].sort()
         return {
             "metric": metric, "start": start, "end": end, "step": step,
             "resolution": float(self.tiers[tier][0]),
-            "series": [{"labels": s["labels"],
-                        "points": [[b, _combine(metric, pts)] for b, pts in sorted(s["buckets"].items())]}
-                       for s in series.values()],
+            "series": [series[k] for k in sorted(series)],
         }
 
     def _tier_for(self, start: float, step: float, now: float) -> int:
