@@ -6,6 +6,7 @@ One user of this module's own holds one server with a GPU profile for all the te
 """
 
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -15,6 +16,9 @@ import pytest
 import requests
 from playwright.sync_api import expect, sync_playwright
 
+from aidc.client import Client
+from aidc.errors import PlatformError
+from aidc.lab.relay import LabRelay
 from jobs_helpers import jobs_api, notebook, put, submit, wait
 from test_browser import ARGS, ARTIFACTS, CHROMIUM
 
@@ -207,3 +211,16 @@ def show_sidebar(platform, user, units, waiting_job: str, place: int) -> None:
             expect(table).to_contain_text(units[0]["visible_id"])
         finally:
             browser.close()
+
+
+async def test_a_service_that_does_not_answer_in_time_is_a_platform_error():
+    """The relay's time-out (``c.LabRelay.timeout``) ends a call to a service that accepts
+    the connection and never answers, with a message the panel shows (a 502)."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        relay = LabRelay(timeout=0.5)
+        relay._client = Client(url=f"http://127.0.0.1:{silent.getsockname()[1]}", token="t",
+                               timeout=relay.timeout)
+        with pytest.raises(PlatformError, match="the jobs service did not answer within 0.5 s"):
+            await relay.call("GET", "jobs", "jobs", None)

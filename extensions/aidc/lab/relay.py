@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+import requests
 from jupyter_server.base.handlers import APIHandler
 from jupyter_server.utils import url_path_join
 from tornado import web
@@ -66,7 +67,14 @@ class LabRelay(LoggingConfigurable):
         if body:
             kw = {"data": body, "headers": {"Content-Type": "application/json"}}
         client = self.client()
-        r = await asyncio.to_thread(client.request, method, f"services/{service}/api/{path}", **kw)
+        try:
+            r = await asyncio.to_thread(client.request, method, f"services/{service}/api/{path}",
+                                        **kw)
+        except requests.Timeout:
+            raise PlatformError(f"the {service} service did not answer within "
+                                f"{self.timeout:g} s") from None
+        except requests.RequestException as e:  # what the client does not turn into an AidcError
+            raise PlatformError(f"the {service} service could not be reached: {e}") from None
         return r.status_code, r.headers.get("Content-Type", "application/json"), r.content
 
 
@@ -121,10 +129,15 @@ class RelayHandler(APIHandler):
 
 
 def setup_handlers(serverapp) -> None:
-    """Add the panel's routes to ``serverapp``'s web application."""
+    """Add the panel's routes (:data:`default_handlers`, below the server's base URL) to
+    ``serverapp``'s web application."""
     web_app = serverapp.web_app
     web_app.settings["aidc_relay"] = LabRelay(parent=serverapp)
     base = web_app.settings["base_url"]
-    web_app.add_handlers(".*$", [
-        (url_path_join(base, r"aidc/api/([a-z][a-z0-9-]*)/(.*)"), RelayHandler),
-    ])
+    web_app.add_handlers(".*$", [(url_path_join(base, route), handler)
+                                 for route, handler in default_handlers])
+
+
+default_handlers = [
+    (r"aidc/api/([a-z][a-z0-9-]*)/(.*)", RelayHandler),
+]
