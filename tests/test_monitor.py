@@ -196,7 +196,7 @@ def test_attribution_prefers_the_unit_on_that_very_device():
     assert got[0]["holder"] == "job:2"
 
 
-def test_collector_records_samples_and_reports_a_failing_nvml_instead_of_crashing(tmp_path, fake_nvml, ledger):
+def test_collector_records_samples_and_reports_a_failing_nvml_or_store_instead_of_crashing(tmp_path, fake_nvml, ledger):
     store = store_of(tmp_path)
     collector = Collector(store, ledger, str(tmp_path))
     now = time.time()
@@ -213,7 +213,13 @@ def test_collector_records_samples_and_reports_a_failing_nvml_instead_of_crashin
     assert snap["host"]["host_cpu_percent"] >= 0
 
     fake_nvml.write_text(json.dumps(LAYOUT))  # NVML is back: so are the GPUs
-    collector.sample(now + 2)
+    with store.engine.begin() as c:  # the history cannot be written (as on a full disk)
+        c.exec_driver_sql("ALTER TABLE monitor_samples RENAME TO monitor_samples_away")
+    snap = collector.sample(now + 2)
+    assert len(snap["gpus"]) == 2 and any(e.startswith("history store:") for e in snap["errors"])
+    with store.engine.begin() as c:
+        c.exec_driver_sql("ALTER TABLE monitor_samples_away RENAME TO monitor_samples")
+    assert collector.sample(now + 3)["errors"] == []
     text = prometheus_text(lambda: collector.latest).decode()
     families = {f.name: f for f in text_string_to_metric_families(text)}
     assert families["aidc_gpu_utilization_percent"].samples[0].labels == {"gpu": "0", "uuid": "GPU-fake-0000"}
