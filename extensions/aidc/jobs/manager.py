@@ -36,7 +36,8 @@ from ..services.fields import integer, seconds
 from . import notebooks, parameters
 from .artifacts import ArtifactStore
 from .execute import TOPIC, run_job, stop_job
-from .store import CANCELLED, COMPLETED, FAILED, FINAL, QUEUED, RUNNING, JobStore
+from .store import CANCELLED, FAILED, FINAL, QUEUED, RUNNING, JobStore
+from .views import job_view, sweep_view
 
 MAX_SWEEP_RUNS = 256
 
@@ -306,26 +307,7 @@ class JobManager(LoggingConfigurable):
         return self.sweep_view(sweep["id"])
 
     def sweep_view(self, sweep_id: str) -> dict:
-        sweep = self.store.sweep(sweep_id)
-        runs = []
-        for job in sorted(self.store.find_jobs(group_id=sweep_id), key=lambda j: (j["created"], j["id"])):
-            runs.append({"job": job["id"], "status": job["status"], "parameters": job["parameters"],
-                         "metrics": job["metrics"], "error": job["error"]})
-        best = None
-        metric = sweep["metric"]
-        if metric:
-            scored = [r for r in runs if r["status"] == COMPLETED
-                      and isinstance(r["metrics"].get(metric), (int, float))]
-            if scored:
-                pick = max if sweep["mode"] == "max" else min
-                best = pick(scored, key=lambda r: r["metrics"][metric])
-        counts: dict[str, int] = {}
-        for r in runs:
-            counts[r["status"]] = counts.get(r["status"], 0) + 1
-        return {"id": sweep["id"], "owner": sweep["owner"], "path": sweep["path"], "metric": metric,
-                "mode": sweep["mode"], "grid": sweep["grid"], "created": iso(sweep["created"]),
-                "counts": counts, "done": all(r["status"] in FINAL for r in runs),
-                "runs": runs, "best": best}
+        return sweep_view(self.store.sweep(sweep_id), self.store.find_jobs(group_id=sweep_id))
 
     # -- schedules ------------------------------------------------------------------
     def create_schedule(self, owner: str, groups: list[str], body: dict) -> dict:
@@ -631,22 +613,8 @@ class JobManager(LoggingConfigurable):
         if job["status"] == QUEUED:
             queued = [j["id"] for j in self.store.queued_in_order()]
             position = queued.index(job["id"]) + 1 if job["id"] in queued else None
-        return {
-            "id": job["id"], "owner": job["owner"], "path": job["path"],
-            "parameters": job["parameters"], "gpus": job["gpus"], "priority": job["priority"],
-            "timeout": job["timeout"], "cell_timeout": job["cell_timeout"],
-            "retries": job["retries"], "attempt": job["attempt"], "status": job["status"],
-            "error": job["error"], "created": iso(job["created"]), "started": iso(job["started"]),
-            "finished": iso(job["finished"]), "units": job["units"],
-            "visible_devices": job["visible_devices"], "group": job["group_id"],
-            "schedule": job["schedule_id"],
-            "progress": {"cell": job["cell"], "cells": job["cells"]},
-            "metrics": job["metrics"], "series": job["series"], "queue_position": position,
-            "datasets": self.store.datasets_read(job["id"]),
-            "waiting": self._waiting_for(job),
-            "notices": self._notices(job["id"]),
-            "cancel_requested": bool(job["cancel_requested"]),
-        }
+        return job_view(job, position=position, datasets=self.store.datasets_read(job["id"]),
+                        waiting=self._waiting_for(job), notices=self._notices(job["id"]))
 
     def _waiting_for(self, job: dict) -> str | None:
         """What a queued job waits for (None once it runs or has ended)."""

@@ -21,7 +21,6 @@ from pathlib import Path
 from tornado.iostream import StreamClosedError
 
 from .. import roles
-from ..db import iso
 from ..errors import NotFoundError, UsageError
 from ..gpu.ledger import GPULedger
 from ..gpu.platform import open_ledger
@@ -41,6 +40,7 @@ from .artifacts import ArtifactStore
 from .manager import JobManager
 from .store import FINAL, QUEUED, RUNNING, JobStore
 from .tokens import JobTokens
+from .views import event_view, schedule_view
 
 OPENAPI = Path(__file__).with_name("openapi.yaml")
 MAX_BODY = 1024 * 1024
@@ -121,7 +121,7 @@ class EventsHandler(JobsHandler):
         except ValueError:
             raise UsageError("after must be an event sequence number") from None
         if "text/event-stream" not in self.request.headers.get("Accept", ""):
-            self.write_json({"events": [_event(e) for e in self.store.events(job_id, after)],
+            self.write_json({"events": [event_view(e) for e in self.store.events(job_id, after)],
                              "status": job["status"]})
             return
         self.set_header("Content-Type", "text/event-stream")
@@ -134,7 +134,7 @@ class EventsHandler(JobsHandler):
                 batch = self.store.events(job_id, last)
                 for e in batch:
                     last = e["seq"]
-                    self.write(f"id: {e['seq']}\nevent: {e['type']}\ndata: {json.dumps(_event(e))}\n\n")
+                    self.write(f"id: {e['seq']}\nevent: {e['type']}\ndata: {json.dumps(event_view(e))}\n\n")
                 if batch:
                     await self.flush()
                     idle = 0.0
@@ -227,21 +227,14 @@ class SweepResource(JobsHandler):
         self.write_json(self.manager.sweep_view(sweep_id))
 
 
-def _schedule(s: dict) -> dict:
-    return {"id": s["id"], "owner": s["owner"], "cron": s["cron"], "timezone": s["timezone"],
-            "paused": bool(s["paused"]), "next_run": iso(s["next_run"]) if not s["paused"] else None,
-            "last_job": s["last_job"], "last_error": s["last_error"], "created": iso(s["created"]),
-            **{k: s["spec"].get(k) for k in ("path", "parameters", "gpus")}}
-
-
 class SchedulesCollection(JobsHandler):
     @scientist
     def get(self):
-        self.write_json({"schedules": [_schedule(s) for s in self.store.find_schedules(owner=self.owner_filter())]})
+        self.write_json({"schedules": [schedule_view(s) for s in self.store.find_schedules(owner=self.owner_filter())]})
 
     @scientist
     def post(self):
-        self.write_json(_schedule(self.manager.create_schedule(self.user_name, self.groups, self.json_body())),
+        self.write_json(schedule_view(self.manager.create_schedule(self.user_name, self.groups, self.json_body())),
                         status=201)
 
 
@@ -251,7 +244,7 @@ class ScheduleResource(JobsHandler):
 
     @scientist
     def get(self, schedule_id):
-        self.write_json(_schedule(self.visible_schedule(schedule_id)))
+        self.write_json(schedule_view(self.visible_schedule(schedule_id)))
 
     @scientist
     def delete(self, schedule_id):
@@ -263,7 +256,7 @@ class ScheduleResource(JobsHandler):
     @scientist
     def post(self, schedule_id, action):
         self.visible_schedule(schedule_id)
-        self.write_json(_schedule(self.manager.set_paused(schedule_id, action == "pause")))
+        self.write_json(schedule_view(self.manager.set_paused(schedule_id, action == "pause")))
 
 
 class ClusterHandler(JobsHandler):
@@ -272,11 +265,6 @@ class ClusterHandler(JobsHandler):
         info = self.settings["cluster"].describe()
         info["queued"] = self.store.summary()["queued"]
         self.write_json(info)
-
-
-def _event(e: dict) -> dict:
-    return {"seq": e["seq"], "time": iso(e["time"]), "type": e["type"], "cell": e["cell"],
-            "name": e["name"], "text": e["text"], "value": e["value"], "status": e["status"]}
 
 
 ROUTES = [
