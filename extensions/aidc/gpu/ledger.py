@@ -33,12 +33,14 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import NamedTuple
 
 import sqlalchemy as sa
 from traitlets import Bool, Dict, Integer, Unicode
 from traitlets.config import LoggingConfigurable
 
+from ..db import upgrade
 from ..errors import AidcError, ConflictError, UsageError
 from .inventory import MIG, SHARE, WHOLE, Inventory
 
@@ -271,9 +273,7 @@ class GPULedger(LoggingConfigurable):
         if not self.db_url:
             raise ValueError("GPULedger needs db_url")
         self.engine = make_engine(self.db_url, self.busy_timeout_ms)
-        metadata.create_all(self.engine)
-        for index in (*gpu_units.indexes, *claims.indexes):  # tables made by an older aidc
-            index.create(self.engine, checkfirst=True)
+        upgrade(self.engine, Path(__file__).with_name("migrations"))
         with self.engine.begin() as c:
             if c.execute(sa.select(lock.c.id)).first() is None:
                 c.execute(lock.insert().values(id=1, version=0))
