@@ -411,11 +411,8 @@ class GPULedger(LoggingConfigurable):
     @_again_after_a_lost_connection
     def release(self, holder: str) -> list[str]:
         """Free everything ``holder`` holds or waits for; returns the freed unit ids."""
-        if self._in_db:
-            holding = self._holding(holder)  # read before the function drops the claim
+        if self._in_db:  # the function keeps the ended holding too
             freed = self._fast.call(_PG_CALL_RELEASE, (holder, time.time()))
-            if holding is not None:
-                self._record_ended({**holding, "units": json.dumps(freed)}, time.time())
         else:
             with self._tx() as s:
                 freed = s.unhold(holder)
@@ -425,26 +422,6 @@ class GPULedger(LoggingConfigurable):
         if freed:
             self.log.info("aidc: %s released %s", holder, ", ".join(freed))
         return freed
-
-    def _holding(self, holder: str) -> dict | None:
-        """The granted claim of ``holder`` as a holding (PostgreSQL functions path only:
-        elsewhere :meth:`release` keeps it in its own transaction)."""
-        with self.engine.connect() as c:
-            row = c.execute(sa.select(claims).where(claims.c.holder == holder,
-                                                    claims.c.state == GRANTED)).first()
-        if row is None or row.granted is None:
-            return None
-        return dict(holder=row.holder, holder_kind=row.holder_kind, owner=row.owner,
-                    groups=row.groups, count=row.count, kind=row.kind, granted=row.granted)
-
-    def _record_ended(self, holding: dict, released: float) -> None:
-        """Keep an ended holding for accounting; a failure is logged, never fails a release."""
-        try:
-            with self.engine.begin() as c:
-                c.execute(claim_history.insert().values(**holding, released=released))
-        except Exception as e:
-            self.log.warning("aidc: could not record the end of %s's holding for accounting: %s",
-                             holding["holder"], e)
 
     def holdings(self, start: float, end: float) -> list[dict]:
         """Every holding that overlaps ``[start, end)`` (epoch seconds), ended or current.
@@ -916,7 +893,7 @@ _PG_LOCK = "UPDATE gpu_ledger_lock SET version = version + 1 WHERE id = 1"
 # -- PostgreSQL: one server-side function per decision -------------------------------------
 #: bump when a function below changes: a ledger that connects replaces older ones (CREATE OR
 #: REPLACE keeps each name and signature; a changed signature or result needs a new name)
-PG_FUNCTIONS_VERSION = 1
+PG_FUNCTIONS_VERSION = 2
 _PG_FUNCTIONS_TAG = f"aidc GPU ledger functions v{PG_FUNCTIONS_VERSION}"
 
 # The decisions of GPULedger.request, .poll and .release (no quota: those stay in Python),
@@ -1077,6 +1054,12 @@ BEGIN
         FROM (SELECT node, kind, count(*) AS n FROM held WHERE present GROUP BY node, kind) h
         WHERE f.node = h.node AND f.kind = h.kind)
     SELECT array_agg(id) INTO freed FROM held;
+    -- a granted claim becomes an ended holding (what accounting reads), in this transaction
+    INSERT INTO gpu_claim_history (holder, holder_kind, owner, groups, count, kind, units,
+                                   granted, released)
+    SELECT holder, holder_kind, owner, groups, count, kind, to_json(coalesce(freed, '{}'))::text,
+           granted, p_now
+    FROM gpu_claims WHERE holder = p_holder AND state = 'granted' AND granted IS NOT NULL;
     DELETE FROM gpu_claims WHERE holder = p_holder;
     PERFORM aidc_ledger_grant_queued(p_now, NULL);
     RETURN coalesce(freed, '{}');
