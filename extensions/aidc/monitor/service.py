@@ -18,8 +18,6 @@ beside this module, served at ``api/openapi.json``.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-import math
 import time
 from pathlib import Path
 
@@ -37,6 +35,7 @@ from ..services.base import (
     run_service,
     signed_in,
 )
+from ..services import fields
 from ..services.declare import ManagedService, python_command
 from .accounting import Accounting
 from .catalog import METRICS
@@ -64,33 +63,11 @@ class MonitorHandler(ServiceHandler):
 
     def time_arg(self, name: str, default: float) -> float:
         raw = self.get_argument(name, None)
-        if raw is None or raw == "":
-            return default
-        try:
-            value = float(raw)
-        except ValueError:
-            try:
-                parsed = dt.datetime.fromisoformat(raw.replace("Z", "+00:00"))
-            except ValueError:
-                raise UsageError(f"{name} must be epoch seconds or an ISO 8601 time, not {raw!r}") from None
-            if parsed.tzinfo is None:
-                parsed = parsed.replace(tzinfo=dt.UTC)
-            value = parsed.timestamp()
-        if not math.isfinite(value):
-            raise UsageError(f"{name} must be a finite time, not {raw!r}")
-        return value
+        return default if raw in (None, "") else fields.time_text(raw, name)
 
     def number_arg(self, name: str, default: float | None) -> float | None:
         raw = self.get_argument(name, None)
-        if raw is None or raw == "":
-            return default
-        try:
-            value = float(raw)
-        except ValueError:
-            raise UsageError(f"{name} must be a number of seconds, not {raw!r}") from None
-        if not math.isfinite(value) or value <= 0:
-            raise UsageError(f"{name} must be a positive number of seconds, not {raw!r}")
-        return value
+        return default if raw in (None, "") else fields.seconds_text(raw, name)
 
 
 class CurrentHandler(MonitorHandler):
