@@ -15,8 +15,9 @@ environment variable ``AIDC_BENCH_SPAWNER`` that the drop-in reads to choose the
 - ``stock``: ``jupyterhub.spawner.LocalProcessSpawner`` through a subclass that changes
   *only* the username mapping (see below).
 
-Both run the same ``Spawner.cmd`` (``jupyterhub-singleuser``), environment, ``default_url``
-and timeouts that ``aidc up`` configures. The hub configuration is read once at start, so
+Both run the environment, ``default_url`` and timeouts that ``aidc up`` configures; each
+runs its own ``Spawner.cmd``: the stock ``jupyterhub-singleuser``, and aidc's
+``python -m aidc.hub.singleuser`` (the same server without JupyterLab's Node.js probe). The hub configuration is read once at start, so
 one hub cannot switch spawner class between rounds; two identical platforms that differ only
 in that variable, running side by side, let the spawns alternate strictly (aidc, stock, aidc,
 stock, ...), so drift on the machine (page cache, other load) hits both equally and every
@@ -91,6 +92,7 @@ DROP_IN = '''\
 """Benchmark drop-in: the spawner class comes from AIDC_BENCH_SPAWNER (benchmarks/spawn.py)."""
 import os
 import pwd
+import sys
 
 from jupyterhub.spawner import LocalProcessSpawner
 
@@ -116,6 +118,8 @@ class PrefixedLocalProcessSpawner(LocalProcessSpawner):
 _which = os.environ["AIDC_BENCH_SPAWNER"]
 if _which == "stock":
     c.JupyterHub.spawner_class = PrefixedLocalProcessSpawner
+    # the stock command too: aidc's (aidc.hub.singleuser) skips JupyterLab's Node.js probe
+    c.Spawner.cmd = [os.path.join(os.path.dirname(sys.executable), "jupyterhub-singleuser")]
 elif _which == "aidc":
     c.JupyterHub.spawner_class = "aidc.hub.spawner.SystemUserSpawner"
 else:
@@ -126,7 +130,7 @@ TOOK = re.compile(r"User (\S+) took ([0-9.]+) seconds to start")
 #: in the platform's output (hub and servers): when the server process was started, and
 #: when the single-user server was listening; local time with milliseconds
 STAMP = r"\[I (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}) "
-POPEN = re.compile(STAMP + r"JupyterHub spawner:\d+\] Spawning \S*jupyterhub-singleuser")
+POPEN = re.compile(STAMP + r"JupyterHub spawner:\d+\] Spawning \S*(jupyterhub-singleuser|python -m aidc\.hub\.singleuser)")
 LISTENING = re.compile(STAMP + r"ServerApp\] Jupyter Server \S+ is running at:")
 
 

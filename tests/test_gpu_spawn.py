@@ -157,15 +157,14 @@ def test_twenty_concurrent_spawns_share_four_gpus(platform, admin):
             server = (model.get("servers") or {}).get("")
             if server and server.get("ready"):
                 ready.append(u)
-        running_devices = []
-        for u in ready:
-            devices = visible_devices(platform, u).split()[0]
-            served[u.name] = devices
-            running_devices.append(devices)
-        assert len(running_devices) == len(set(running_devices)), running_devices
         assert len(ready) <= 4
-        for u in ready:  # free the GPUs so the queue moves on
-            platform.stop_server(u)
+        # what each running server's kernel sees, asked of all of them at once (a kernel
+        # start each), then their GPUs freed together so the queue moves on
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            running_devices = list(pool.map(lambda u: visible_devices(platform, u).split()[0], ready))
+            served.update({u.name: d for u, d in zip(ready, running_devices)})
+            assert len(running_devices) == len(set(running_devices)), running_devices
+            list(pool.map(platform.stop_server, ready))
         if not ready:
             time.sleep(1)
     assert saw_queue_position

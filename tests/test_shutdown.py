@@ -40,7 +40,7 @@ def test_stop_leaves_no_process_behind(fresh_platform, sig, twice):
     procs = _tree(p.proc.pid)
     commands = " ".join(" ".join(proc.cmdline()) for proc in procs)
     assert "configurable-http-proxy" in commands
-    assert "jupyterhub-singleuser" in commands
+    assert "aidc.hub.singleuser" in commands
     user_procs = [proc for proc in procs if proc.username() == p.prefix + user.name]
     assert user_procs, "the user's server runs as the user's Unix account"
     from aidc.models.sandbox import run_root

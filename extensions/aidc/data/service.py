@@ -20,7 +20,6 @@ from tornado.log import app_log
 from .. import artifacts, roles
 from ..db import iso
 from ..errors import NotFoundError
-from ..paths import data_dir as platform_data_dir
 from ..services.base import (
     OpenAPIHandler,
     ServiceApp,
@@ -284,9 +283,8 @@ class DataApp(ServiceApp):
 
 
 def main() -> None:
-    data_dir = str(platform_data_dir().root)
-    app = DataApp()
-    app.load_drop_ins(data_dir)
+    app = DataApp.for_platform()
+    data_dir = app.data_dir
     store = DatasetStore(config=app.config, data_dir=data_dir)
     uploads = DatasetUploads(store, config=app.config, data_dir=data_dir)
     removed = uploads.remove_orphans()

@@ -17,7 +17,6 @@ from .. import roles
 from ..services.declare import ManagedService, python_command
 from ..services.base import ServiceApp, ServiceHandler, run_service, signed_in
 from .ledger import GRANTED
-from ..paths import data_dir
 from .platform import open_ledger
 from .profiles import profiles_from_config
 
@@ -28,9 +27,8 @@ def ledger():
     global _ledger
     if _ledger is None:
         # the quotas (c.GPULedger.default_quota, user_quotas) come from the drop-ins
-        app = ServiceApp()
-        app.load_drop_ins(str(data_dir().root))
-        _ledger = open_ledger(data_dir().root, config=app.config)
+        app = ServiceApp.for_platform()
+        _ledger = open_ledger(app.data_dir, config=app.config)
     return _ledger
 
 

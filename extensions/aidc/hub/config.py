@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..paths import DataDir, data_dir, find_proxy_command, log_rotation, templates_dir, venv_bin
 from .. import accounts
-from . import services
+from . import landing, services
 
 #: How long (seconds) user servers and platform services may trust what the hub said
 #: about a token or a browser session before asking again. A revoked token, a removed
@@ -110,6 +110,7 @@ def configure(c, options: PlatformOptions | None = None) -> PlatformOptions:
     c.JupyterHub.cleanup_servers = True
     c.JupyterHub.cleanup_proxy = True
     c.JupyterHub.authenticate_prometheus = True
+    c.JupyterHub.default_url = landing.default_url  # viewers land on the dashboards
 
     c.ConfigurableHTTPProxy.command = [find_proxy_command()]
     c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{o.proxy_api_port}"
@@ -145,7 +146,8 @@ def configure(c, options: PlatformOptions | None = None) -> PlatformOptions:
     c.Authenticator.username_pattern = accounts.NAME_PATTERN.pattern
     c.Authenticator.allow_existing_users = True
 
-    c.Spawner.cmd = [str(venv_bin() / "jupyterhub-singleuser")]
+    # jupyterhub-singleuser without JupyterLab's 0.6 s Node.js probe (aidc.hub.singleuser)
+    c.Spawner.cmd = [str(venv_bin() / "python"), "-m", "aidc.hub.singleuser"]
     c.Spawner.default_url = "/lab"
     # a spawn may wait in the GPU queue (GPUAllocationMixin.gpu_queue_timeout, 600 s)
     c.Spawner.start_timeout = 720

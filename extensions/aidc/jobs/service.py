@@ -24,7 +24,6 @@ from .. import roles
 from ..errors import NotFoundError, UsageError
 from ..gpu.ledger import GPULedger
 from ..gpu.platform import open_ledger
-from ..paths import data_dir as platform_data_dir
 from ..services.declare import ManagedService, python_command
 from ..services.base import (
     OpenAPIHandler,
@@ -304,9 +303,8 @@ def main() -> None:
     from .cluster import JobCluster
     from .kernels import KernelLauncherPlugin
 
-    data_dir = str(platform_data_dir().root)
-    app = JobsApp()
-    app.load_drop_ins(data_dir)
+    app = JobsApp.for_platform()
+    data_dir = app.data_dir
     store = JobStore(config=app.config, data_dir=data_dir)
     artifact_store = ArtifactStore(config=app.config)
     ledger = open_ledger(data_dir, config=app.config)

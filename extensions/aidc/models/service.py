@@ -29,7 +29,6 @@ from ..db import iso
 from ..errors import ConflictError, NotFoundError, UsageError
 from ..gpu.ledger import GRANTED, GPULedger
 from ..gpu.platform import open_ledger
-from ..paths import data_dir as platform_data_dir
 from .. import roles
 from ..services.declare import ManagedService, python_command
 from ..services.base import ServiceApp, ServiceHandler, needs_role, run_service, signed_in
@@ -504,9 +503,8 @@ class ModelsApp(ServiceApp):
 
 
 def main() -> None:
-    data_dir = str(platform_data_dir().root)
-    app = ModelsApp()
-    app.load_drop_ins(data_dir)
+    app = ModelsApp.for_platform()
+    data_dir = app.data_dir
     registry = ModelRegistry(config=app.config, data_dir=data_dir)
     run_root = sandbox.run_root(data_dir)
     sandbox.reset(run_root)  # copies a killed predecessor left

@@ -26,7 +26,6 @@ from ..errors import NotFoundError, UsageError
 from ..gpu.ledger import GPULedger
 from ..gpu.platform import open_ledger
 from ..paths import DataDir
-from ..paths import data_dir as platform_data_dir
 from ..services.base import (
     OpenAPIHandler,
     ServiceApp,
@@ -197,9 +196,8 @@ class MonitorApp(ServiceApp):
 def main() -> None:
     from ..db import make_engine
 
-    data_dir = str(platform_data_dir().root)
-    app = MonitorApp()
-    app.load_drop_ins(data_dir)
+    app = MonitorApp.for_platform()
+    data_dir = app.data_dir
     store = MetricStore(make_engine(DataDir.from_arg(data_dir).db_url(SQLITE_FILE)), config=app.config)
     ledger = open_ledger(data_dir, config=app.config)
     collector = Collector(store, ledger, data_dir, xids=XidWatcher(), config=app.config)

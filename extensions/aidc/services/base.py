@@ -166,6 +166,8 @@ class ServiceHandler(AppHubAuth, HubOAuthenticated, web.RequestHandler):
     def role(self) -> str | None:
         """The caller's aidc role (admin, scientist, viewer), from their hub groups."""
         user = self.current_user
+        if user.get("kind") == "service" and user["name"] in roles.VIEWING_SERVICES:
+            return roles.VIEWER
         return roles.role_of(user.get("groups") or [], user.get("admin", False))
 
     @property
@@ -424,6 +426,24 @@ class ServiceApp(Application):
     (``c.JobManager...``, ``c.GPULedger...``) from where an admin already writes them;
     subclasses list those classes in ``classes``.
     """
+
+    #: the platform's data directory (a string), set by :meth:`for_platform`
+    data_dir: str = ""
+
+    @classmethod
+    def for_platform(cls) -> ServiceApp:
+        """The service's configuration on the platform this process belongs to.
+
+        Every service begins the same way: find its platform's data directory
+        (:func:`aidc.paths.data_dir`, which ``aidc up`` passes down to every service), then
+        read the drop-ins there; ``app.data_dir`` is that folder.
+        """
+        from ..paths import data_dir
+
+        app = cls()
+        app.data_dir = str(data_dir().root)
+        app.load_drop_ins(app.data_dir)
+        return app
 
     def load_drop_ins(self, data_dir: str) -> None:
         for path in sorted(Path(data_dir, "config.d").glob("*.py")):
