@@ -1,9 +1,9 @@
 """Company sign-in through LDAP, end to end against a real OpenLDAP server.
 
 A throw-away ``slapd`` (``tests/ldap_server.py``) runs once for this module on a free
-127.0.0.1 port; each test starts a platform of its own with the shipped drop-in
-``hub_config/auth_ldap.py``, configured only through the documented ``AIDC_LDAP_*``
-variables, and signs in through the real login page. Nothing about LDAP is mocked: the
+127.0.0.1 port, and one platform with the shipped drop-in ``hub_config/auth_ldap.py``,
+configured only through the documented ``AIDC_LDAP_*`` variables (two allowed groups); each
+test signs different people in through the real login page. Nothing about LDAP is mocked: the
 slapd log shows each bind the hub made.
 
 slapd comes from Debian (``tests/ldap/install.sh``, run by ``make test``).
@@ -22,7 +22,7 @@ import pytest
 
 import ldap_server
 from ldap_server import LDAPServer, LDAPUser
-from platform_helpers import User
+from platform_helpers import Platform, User, new_prefix
 
 ROOT = Path(__file__).resolve().parents[1]
 LDAP_CONFIG = (ROOT / "hub_config" / "auth_ldap.py").read_text()
@@ -43,23 +43,27 @@ def directory():
         yield server
 
 
-@pytest.fixture
-def ldap_platform(fresh_platform, directory):
-    """A started platform signing people in against ``directory``; ``allowed_groups``
-    (group cns) sets AIDC_LDAP_ALLOWED_GROUPS."""
-
-    def make(allowed_groups: list[str] | None = None):
-        env = {
-            "AIDC_LDAP_SERVER": directory.host,
-            "AIDC_LDAP_PORT": str(directory.port),
-            "AIDC_LDAP_TLS": "insecure",
-            "AIDC_LDAP_BIND_TEMPLATE": directory.bind_template,
-        }
-        if allowed_groups:
-            env["AIDC_LDAP_ALLOWED_GROUPS"] = ";".join(directory.group_dn(g) for g in allowed_groups)
-        return fresh_platform(config=LDAP_CONFIG, env=env).start()
-
-    return make
+@pytest.fixture(scope="module")
+def ldap_platform(tmp_path_factory, directory) -> Platform:
+    """One started platform for the module, signing people in against ``directory``, as an
+    operator sets it up with the documented variables: the members of two groups
+    (``finance;ml-platform``, ';'-separated) may sign in. Each test signs in with people of
+    its own and reads only their audit events."""
+    p = Platform(tmp_path_factory.mktemp("ldap") / "platform", prefix=new_prefix(), env={
+        "AIDC_LDAP_SERVER": directory.host,
+        "AIDC_LDAP_PORT": str(directory.port),
+        "AIDC_LDAP_TLS": "insecure",
+        "AIDC_LDAP_BIND_TEMPLATE": directory.bind_template,
+        "AIDC_LDAP_ALLOWED_GROUPS": ";".join(directory.group_dn(g) for g in ("finance", "ml-platform")),
+    })
+    (p.data_dir / "config.d").mkdir(parents=True)
+    (p.data_dir / "config.d" / "40-dask-with-first-job.py").write_text(
+        'c.JobCluster.start_with = "first-job"\n')  # no job runs here
+    (p.data_dir / "config.d" / "50-test.py").write_text(LDAP_CONFIG)
+    p.start()
+    yield p
+    p.stop()
+    p.remove_users()
 
 
 def _login(p, uid: str, password: str):
@@ -102,7 +106,7 @@ def _hub_users(p) -> dict[str, str | None]:
 
 
 def test_directory_user_signs_in_with_their_directory_password(ldap_platform, directory):
-    p = ldap_platform()
+    p = ldap_platform
     assert _unix_account(p, "alice") is None
     binds = _binds(directory, "alice")
 
@@ -123,28 +127,28 @@ def test_directory_user_signs_in_with_their_directory_password(ldap_platform, di
 
 
 def test_wrong_password_is_refused_like_an_unknown_user(ldap_platform, directory):
-    p = ldap_platform()
-    binds = _binds(directory, "alice")
+    p = ldap_platform
+    binds = _binds(directory, "erin")
 
-    _, wrong = _login(p, "alice", "not-" + PEOPLE["alice"])
+    _, wrong = _login(p, "erin", "not-" + PEOPLE["erin"])
     _, unknown = _login(p, "nosuchperson", "whatever-password")
 
     assert wrong.status_code == unknown.status_code == 403
     assert _error_text(wrong.text) == _error_text(unknown.text) == GENERIC_ERROR
     assert binds() == [49]  # the directory, not aidc, said no: invalid credentials
-    failures = [e for e in _auth_events(p, "alice") if e["result"] == "failure"]
+    failures = [e for e in _auth_events(p, "erin") if e["result"] == "failure"]
     assert failures, p.audit_events()
     assert failures[-1]["action"] == "login" and failures[-1]["target"] == "hub"
     assert failures[-1]["remote_ip"] == "127.0.0.1"
     assert [e["result"] for e in _auth_events(p, "nosuchperson")] == ["failure"]
     # a refused sign-in creates nothing
-    assert "alice" not in _hub_users(p)
-    assert _unix_account(p, "alice") is None
+    assert "erin" not in _hub_users(p)
+    assert _unix_account(p, "erin") is None
 
 
 def test_only_members_of_the_allowed_groups_sign_in(ldap_platform, directory):
-    # two groups, ';'-separated as documented; bob is in the second, carol in neither
-    p = ldap_platform(allowed_groups=["finance", "ml-platform"])
+    # the platform allows two groups; bob is in the second, carol in neither
+    p = ldap_platform
     carol_binds = _binds(directory, "carol")
 
     _, refused = _login(p, "carol", PEOPLE["carol"])
@@ -163,7 +167,7 @@ def test_only_members_of_the_allowed_groups_sign_in(ldap_platform, directory):
 
 
 def test_directory_user_starts_a_server_only_once_given_a_role(ldap_platform):
-    p = ldap_platform()
+    p = ldap_platform
     _, r = _login(p, "dave", PEOPLE["dave"])
     assert r.status_code == 200 and r.url.endswith("/hub/home")
     token = p.token("dave")
