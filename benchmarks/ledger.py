@@ -374,7 +374,8 @@ def main(argv: list[str] | None = None) -> int:
                          "(GPULedger.pg_functions = False) instead of one function call")
     ap.add_argument("--postgres-here", action="store_true",
                     help="as --db-url, on a throwaway PostgreSQL server started on this machine "
-                         "for the run (Debian's postgresql, as the tests start it)")
+                         "for the run (Debian's postgresql, as the tests start it), through its "
+                         "Unix socket")
     args = ap.parse_args(argv)
     if args.postgres_here:
         sys.path.insert(0, str(ROOT / "tests"))
@@ -382,7 +383,9 @@ def main(argv: list[str] | None = None) -> int:
 
         with PostgresServer() as server:
             rest = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--postgres-here"]
-            return main([*rest, "--db-url", server.create_database("ledger_benchmark")])
+            server.create_database("ledger_benchmark")
+            # through the Unix socket, as a platform on the database's machine connects
+            return main([*rest, "--db-url", server.socket_url("ledger_benchmark")])
 
     started = time.monotonic()
     load0 = os.getloadavg()[0]

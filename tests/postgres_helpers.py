@@ -153,6 +153,11 @@ class PostgresServer:
         """SQLAlchemy URL of ``database`` (with the password)."""
         return f"postgresql://{SUPERUSER}:{self.password}@127.0.0.1:{self.port}/{database}"
 
+    def socket_url(self, database: str) -> str:
+        """SQLAlchemy URL of ``database`` through the server's Unix socket: how a platform
+        on the database's own machine connects (no TCP stack, fewer wake-ups per query)."""
+        return f"postgresql://{SUPERUSER}:{self.password}@/{database}?host={self.workdir}&port={self.port}"
+
     def create_database(self, name: str) -> str:
         """Create an empty database ``name``; returns its URL."""
         import psycopg
