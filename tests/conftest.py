@@ -178,6 +178,8 @@ def fresh_platform(tmp_path):
         p = Platform(tmp_path / f"platform{len(made)}", prefix=prefix or new_prefix(),
                      env=env or {})
         (p.data_dir / "config.d").mkdir(parents=True)
+        # the Voila dashboards (a process and preheated kernels) run on the session platform only
+        (p.data_dir / "config.d" / "40-no-dashboards.py").write_text("c.Dashboards.enabled = False\n")
         if not dask_at_start:
             (p.data_dir / "config.d" / "40-dask-with-first-job.py").write_text(
                 'c.JobCluster.start_with = "first-job"\n')

@@ -69,6 +69,11 @@ _ROLES: dict[str, Role] = {
 
 ROLE_NAMES: tuple[str, ...] = (ADMIN, SCIENTIST, VIEWER)
 
+#: hub-managed services whose own token the platform's services read as a viewer's: the
+#: dashboards read platform figures for every viewer and narrow per-user ones themselves
+#: to the role of whoever looks (:mod:`aidc.dashboards.sources`)
+VIEWING_SERVICES: frozenset[str] = frozenset({"dashboards"})
+
 
 def check_role(name: str) -> str:
     """Return ``name`` if it is an aidc role, else raise a :class:`UsageError` listing them."""

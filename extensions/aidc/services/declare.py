@@ -112,13 +112,15 @@ def discover(config=None) -> list[ManagedService]:
     """Services declared through the ``aidc.services`` entry points, then register().
 
     An entry point that takes a ``config`` argument gets the hub's traitlets
-    configuration, so its settings are ``c.Something.*`` in a drop-in like any other.
+    configuration, so its settings are ``c.Something.*`` in a drop-in like any other
+    (``c.Dashboards.enabled = False`` makes the dashboards' entry point return ``None``).
     """
     found: dict[str, ManagedService] = {}
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         factory = ep.load()
         takes_config = "config" in inspect.signature(factory).parameters
         service = factory(config=config) if takes_config else factory()
-        found[service.name] = service
+        if service is not None:  # a factory returns None when its settings turn it off
+            found[service.name] = service
     found.update(_registered)
     return list(found.values())

@@ -1,0 +1,144 @@
+"""The sections of the four dashboards, as functions ``(page, start, end) -> html`` for
+:class:`aidc.dashboards.page.Dashboard`; the notebooks in ``notebooks/dashboards/``
+only pick and arrange them."""
+
+from __future__ import annotations
+
+import time
+from urllib.parse import urlencode
+
+from . import charts
+from .page import Dashboard, points
+from .sources import quantile
+
+JOB_STATUSES = ("queued", "running", "completed", "failed", "cancelled")
+
+
+def _by_label(answer: dict, label: str, prefix: str = "") -> dict[str, list]:
+    return {f"{prefix}{s['labels'].get(label, '?')}": points(s) for s in answer.get("series", [])}
+
+
+# -- Cluster ---------------------------------------------------------------------------
+def gpu_table(page: Dashboard, start: float, end: float) -> str:
+    snap = page.sources.current(page.viewer)
+    page.simulated = bool(snap.get("simulated"))
+    if snap.get("time") is None:
+        return charts.empty("GPUs", snap.get("message", "no sample yet"))
+    rows = []
+    for g in snap.get("gpus", []):
+        holders = ", ".join(f"{h['owner']} ({h['holder']})" for h in g.get("holders", []))
+        held = holders or ("held by someone else" if g.get("held") else "free")
+        rows.append([g["gpu"], g.get("name", ""), f"{g.get('utilization_percent', 0):.0f} %",
+                     f"{g.get('memory_used_bytes', 0) / 2**30:.1f} / {g.get('memory_total_bytes', 0) / 2**30:.1f} GiB",
+                     held])
+    errors = "".join(f"<p class='aidc-meta'>collector: {e}</p>" for e in snap.get("errors", []))
+    return "<h3>GPUs now</h3>" + charts.table(["GPU", "model", "utilization", "memory", "held by"],
+                                             rows, "no GPUs on this machine") + errors
+
+
+def gpu_history(page: Dashboard, start: float, end: float) -> str:
+    util = page.sources.history("gpu_utilization_percent", start, end)
+    mem = page.sources.history("gpu_memory_used_bytes", start, end)
+    page.simulated = page.simulated or bool(util.get("simulated"))
+    return (charts.line_chart("GPU utilization", _by_label(util, "gpu", "GPU "), "%", start, end, top=100)
+            + charts.line_chart("GPU memory used", _by_label(mem, "gpu", "GPU "), "bytes", start, end))
+
+
+def queue(page: Dashboard, start: float, end: float) -> str:
+    s = page.sources.jobs_summary()
+    counts = s.get("counts", {})
+    return ("<h3>Job queue</h3>" + charts.table(
+        ["queued", "running", "GPUs held by running jobs"],
+        [[s.get("queued", 0), counts.get("running", 0), s.get("running_gpus", 0)]]))
+
+
+def host_load(page: Dashboard, start: float, end: float) -> str:
+    cpu = page.sources.history("host_cpu_percent", start, end)
+    mem = page.sources.history("host_memory_used_bytes", start, end)
+    return (charts.line_chart("Host CPU", {"CPU": [p for s in cpu["series"] for p in points(s)]}, "%",
+                              start, end, top=100)
+            + charts.line_chart("Host memory used", {"memory": [p for s in mem["series"] for p in points(s)]},
+                                "bytes", start, end))
+
+
+# -- Usage and cost --------------------------------------------------------------------
+def usage(page: Dashboard, start: float, end: float) -> str:
+    u = page.sources.accounting(page.viewer, start, end)
+    cur = u.get("currency", "")
+    total = u.get("total", {})
+    parts = [f"<h3>GPU-hours and cost</h3><p>In all: <b>{total.get('gpu_hours_total', 0):.3f}</b> GPU-hours, "
+             f"<b>{total.get('job_hours', 0):.3f}</b> job-hours, cost <b>{total.get('cost', 0):.2f} {cur}</b>"
+             + ("" if page.viewer.sees_everyone else " (the rows below are yours and your groups')") + "</p>"]
+    for scope in ("users", "groups"):
+        rows = u.get(scope, [])
+        parts.append(charts.bar_chart(f"GPU-hours by {scope[:-1]}",
+                                      [(r["name"], r["gpu_hours_total"]) for r in rows], "h"))
+        parts.append(charts.bar_chart(f"Cost by {scope[:-1]} ({cur})", [(r["name"], r["cost"]) for r in rows]))
+    links = " ".join(
+        f'<a class="aidc-csv" download href="{page.sources.base_url}/services/metrics/api/accounting.csv?'
+        f'{urlencode({"start": f"{start:.0f}", "end": f"{end:.0f}", "by": by})}">CSV by {by}</a>'
+        for by in ("user", "group"))
+    return "".join(parts) + f"<p>Download: {links}</p>"
+
+
+# -- Jobs ------------------------------------------------------------------------------
+def job_counts(page: Dashboard, start: float, end: float) -> str:
+    s = page.sources.jobs_summary()
+    counts = s.get("counts", {})
+    done = counts.get("completed", 0) + counts.get("failed", 0)
+    rate = f"{100 * counts.get('completed', 0) / done:.0f} %" if done else "no finished job yet"
+    trend = page.memory.setdefault("job_trend", [])
+    trend.append((time.time(), counts))
+    del trend[:-720]
+    series = {name: [(t, c.get(name, 0)) for t, c in trend] for name in ("queued", "running")}
+    return (f"<h3>Jobs</h3><p>Success rate of finished jobs: <b class='aidc-success-rate'>{rate}</b> "
+            f"({counts.get('completed', 0)} completed, {counts.get('failed', 0)} failed, "
+            f"{counts.get('cancelled', 0)} cancelled)</p>"
+            + charts.bar_chart("Jobs by status", [(k, counts.get(k, 0)) for k in JOB_STATUSES])
+            + charts.line_chart("Queued and running while this page is open", series))
+
+
+# -- Models ----------------------------------------------------------------------------
+def endpoints(page: Dashboard, start: float, end: float) -> str:
+    figures = page.sources.endpoint_metrics()
+    per: dict[tuple[str, str], dict] = {}
+    for (name, labels), value in figures.items():
+        lb = dict(labels)
+        if "model" not in lb or "replica" in lb:
+            continue
+        e = per.setdefault((lb["model"], lb.get("version", "")), {"requests": 0.0, "errors": 0.0, "buckets": []})
+        if name == "aidc_endpoint_requests_total":
+            e["requests"] += value
+        elif name == "aidc_endpoint_request_errors_total":
+            e["errors"] += value
+        elif name == "aidc_endpoint_request_duration_seconds_bucket":
+            e["buckets"].append((float(lb["le"]), value))
+    now = time.time()
+    before = page.memory.get("endpoint_counts")
+    page.memory["endpoint_counts"] = (now, {k: e["requests"] for k, e in per.items()})
+    rows = []
+    for (model, version), e in sorted(per.items()):
+        rps = "-"
+        if before and now > before[0] and (model, version) in before[1]:
+            rps = f"{(e['requests'] - before[1][(model, version)]) / (now - before[0]):.2f}"
+        p50, p99 = quantile(e["buckets"], 0.5), quantile(e["buckets"], 0.99)
+        rows.append([model, version, f"{e['requests']:.0f}", rps, f"{e['errors']:.0f}",
+                     "-" if p50 is None else f"{p50 * 1000:.1f} ms", "-" if p99 is None else f"{p99 * 1000:.1f} ms"])
+    return ("<h3>Endpoints</h3>"
+            + charts.bar_chart("Requests by endpoint", [(f"{m} v{v}", e["requests"]) for (m, v), e in sorted(per.items())])
+            + charts.table(["model", "version", "requests", "requests/s", "errors", "p50", "p99"], rows,
+                           "no inference request yet"))
+
+
+def model_versions(page: Dashboard, start: float, end: float) -> str:
+    rows = []
+    for m in page.sources.models():
+        dep = m.get("deployment") or {}
+        found = m.get("aliases") or {}
+        pairs = found.items() if isinstance(found, dict) else [(a.get("alias"), a.get("version")) for a in found]
+        aliases = ", ".join(f"{a}→{v}" for a, v in sorted(pairs, key=str))
+        canary = (f"v{dep['canary_version']} at {dep['canary_weight']} %" if dep.get("canary_version") else "-")
+        rows.append([m["name"], ", ".join(str(v["version"]) for v in m.get("versions", [])), aliases or "-",
+                     f"v{dep['version']}" if dep else "not deployed", canary])
+    return "<h3>Models</h3>" + charts.table(["model", "versions", "aliases", "serving", "canary"], rows,
+                                            "no model visible to the dashboards")

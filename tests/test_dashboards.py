@@ -1,0 +1,184 @@
+"""The Voila dashboards at ``/services/dashboards/``.
+
+In-process: the page frame shows a message where a service is down and the *simulated*
+label where figures are simulated; per-user figures follow the viewer's role.
+
+On the session platform, with one headless Chromium: a viewer signs in and lands on the
+dashboards (not on a 403, and never offered a server), opens each dashboard and sees its
+charts with data (a GPU held by a server and a job submitted by the test), the pages
+refresh by themselves, no notebook source reaches the browser, and an ``execute_request``
+sent on a dashboard's kernel websocket is not run.
+"""
+
+import re
+import socket
+import time
+import uuid
+from pathlib import Path
+
+import requests
+from playwright.sync_api import sync_playwright
+
+from aidc.dashboards import page as dashpage
+from aidc.dashboards.sources import SourceDown, Sources, Viewer, quantile, visible_usage
+from jobs_helpers import notebook, put, submit
+from test_browser import ARGS, ARTIFACTS, CHROMIUM
+
+DASHBOARDS = {"1-cluster.ipynb": "Cluster", "2-usage-and-cost.ipynb": "Usage and cost",
+              "3-jobs.ipynb": "Jobs", "4-models.ipynb": "Models"}
+
+
+def poll(what, check, timeout=90, every=0.5):
+    deadline = time.monotonic() + timeout
+    while True:
+        got = what()
+        if check(got):
+            return got
+        assert time.monotonic() < deadline, f"not within {timeout} s: {got!r}"
+        time.sleep(every)
+
+
+# -- in-process -------------------------------------------------------------------------
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_section_whose_service_is_down_shows_a_message_and_simulated_figures_are_labelled():
+    def gpus(page, start, end):
+        page.simulated = True
+        return "<svg class='aidc-chart'></svg>"
+
+    def accounting(page, start, end):
+        return page.sources.jobs_summary()  # nothing listens there
+
+    d = dashpage.Dashboard("Test", [gpus, accounting],
+                           sources=Sources(base_url=f"http://127.0.0.1:{closed_port()}", token="t"))
+    d.refresh()
+    assert "aidc-chart" in d.parts[0].value
+    assert "aidc-down" in d.parts[1].value and "the jobs service does not answer" in d.parts[1].value
+    assert "simulated figures" in d.header.value
+
+
+def test_per_user_rows_follow_the_viewers_role_and_latency_quantiles_come_from_buckets():
+    usage = {"users": [{"name": "ann"}, {"name": "bob"}], "groups": [{"name": "ml"}, {"name": "ops"}]}
+    assert visible_usage(usage, Viewer("vic", "viewer")) == usage
+    assert visible_usage(usage, Viewer("root", "admin")) == usage
+    mine = visible_usage(usage, Viewer("ann", "scientist", ("ml", "scientist")))
+    assert mine["users"] == [{"name": "ann"}] and mine["groups"] == [{"name": "ml"}]
+    buckets = [(0.01, 50.0), (0.1, 99.0), (1.0, 100.0), (float("inf"), 100.0)]
+    assert quantile(buckets, 0.5) == 0.01 and abs(quantile(buckets, 0.99) - 0.1) < 1e-9
+    assert quantile([], 0.5) is None
+
+
+# -- in the browser, on the session platform ---------------------------------------------
+def bar_titles(page) -> list[str]:
+    """Each bar's hover text, ``label: figure``."""
+    return page.locator("svg.aidc-chart rect.bar title").evaluate_all("els => els.map(e => e.textContent)")
+
+
+def kernel_ignores_execute_request(page, marker: Path) -> dict:
+    """Send an execute_request (writing ``marker``) and then a kernel_info_request on the
+    page's kernel websocket; the shell channel answers in order, so once the info reply is
+    there an executed request would have run (and answered)."""
+    return page.evaluate("""async (marker) => {
+        const config = JSON.parse(document.getElementById('jupyter-config-data').textContent);
+        const url = location.origin.replace(/^http/, 'ws') + config.baseUrl
+            + 'api/kernels/' + config.kernelId + '/channels?session_id=aidc-test';
+        const ws = new WebSocket(url);
+        const msg = (type, content) => ({header: {msg_id: type + '-' + Math.random(), msg_type: type,
+            session: 'aidc-test', username: 'x', date: new Date().toISOString(), version: '5.3'},
+            parent_header: {}, metadata: {}, content, channel: 'shell', buffers: []});
+        const seen = [];
+        await new Promise((ok, fail) => { ws.onopen = ok; ws.onerror = fail; });
+        const exec = msg('execute_request', {code: `open(${JSON.stringify(marker)}, 'w').write('ran')`,
+            silent: false, store_history: false, user_expressions: {}, allow_stdin: false, stop_on_error: true});
+        const info = msg('kernel_info_request', {});
+        const done = new Promise(ok => { ws.onmessage = (e) => {
+            const m = JSON.parse(e.data); seen.push([m.msg_type, m.parent_header.msg_id]);
+            if (m.msg_type === 'kernel_info_reply' && m.parent_header.msg_id === info.header.msg_id) ok();
+        }; });
+        ws.send(JSON.stringify(exec));
+        ws.send(JSON.stringify(info));
+        await done;
+        ws.close();
+        return {exec_id: exec.header.msg_id, seen};
+    }""", str(marker))
+
+
+def test_a_viewer_lands_on_the_dashboards_and_sees_every_dashboard_with_data(platform, viewer, scientist):
+    # a GPU held by a server and a job submitted, so that the dashboards have figures
+    holder = platform.new_user("scientist")
+    r = platform.spawn(holder, "gpu-1")
+    assert r.status_code in (201, 202), r.text
+    put(platform, scientist, "dashboard_job.ipynb", notebook("x = 1"))
+    submit(platform, scientist, "dashboard_job.ipynb")
+    metrics = f"{platform.url}/services/metrics/api/accounting"
+    poll(lambda: platform.api(viewer.token).get(metrics, timeout=30).json(),
+         lambda u: any(row["name"] == holder.name for row in u.get("users", [])))
+    marker = Path("/tmp") / f"aidc-dashboard-executed-{uuid.uuid4().hex}"
+    ARTIFACTS.mkdir(exist_ok=True)
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+            page = browser.new_page(viewport={"width": 1200, "height": 1400})
+            # signing in lands a viewer on the dashboards' list, through the hub's OAuth
+            page.goto(f"{platform.url}/hub/login")
+            page.fill("#username_input", viewer.name)
+            page.fill("#password_input", viewer.password)
+            page.click("#login_submit")
+            page.wait_for_url("**/services/dashboards/", timeout=60_000)
+            page.wait_for_selector("ul.aidc-dashboards li a")
+            listing = page.locator("ul.aidc-dashboards li a").all_inner_texts()
+            assert listing == list(DASHBOARDS.values()), listing
+            page.screenshot(path=str(ARTIFACTS / "dashboards-landing.png"))
+
+            for name, title in DASHBOARDS.items():
+                page.goto(f"{platform.url}/services/dashboards/")
+                page.click(f"ul.aidc-dashboards a:text-is('{title}')")
+                page.wait_for_url(f"**/voila/render/{name}")
+                page.wait_for_selector(".aidc-updated", timeout=60_000)
+                heading = page.inner_text(".aidc-dash h2")
+                assert heading.startswith(title), heading
+                html = page.content()
+                # the notebook's source never reaches the browser
+                assert "aidc.dashboards.panels" not in html and "Dashboard(" not in html
+                assert page.locator(".aidc-down").all_inner_texts() == []
+                assert f"{viewer.name} (viewer)" in page.inner_text(".aidc-meta")
+                if name == "1-cluster.ipynb":
+                    # each GPU's utilization over time, and who holds the held one
+                    assert page.locator("svg.aidc-chart path.series").count() >= 3
+                    assert f"{holder.name} (server:{holder.name}/)" in page.inner_text("table.aidc-table")
+                    first = page.inner_text(".aidc-updated")
+                    poll(lambda: page.inner_text(".aidc-updated"), lambda t: t != first, timeout=60)
+                    result = kernel_ignores_execute_request(page, marker)
+                    assert not marker.exists()
+                    assert all(parent != result["exec_id"] for _, parent in result["seen"]), result
+                elif name == "2-usage-and-cost.ipynb":
+                    bars = bar_titles(page)
+                    assert any(t.startswith(f"{holder.name}:") for t in bars), bars
+                    csv_link = page.get_attribute("a.aidc-csv", "href")
+                    assert "/services/metrics/api/accounting.csv?" in csv_link
+                elif name == "3-jobs.ipynb":
+                    bars = bar_titles(page)
+                    counts = {t.split(":")[0]: float(t.split(":")[1]) for t in bars}
+                    assert sum(counts.values()) >= 1, bars
+                else:
+                    assert "Endpoints" in page.inner_text("body") and "Models" in page.inner_text("body")
+                page.screenshot(path=str(ARTIFACTS / f"dashboard-{name.removesuffix('.ipynb')}.png"),
+                                full_page=True)
+
+            # the hub's home page: a link to the dashboards, and no server to start
+            page.goto(f"{platform.url}/hub/home")
+            page.wait_for_selector("#aidc-dashboards")
+            assert page.locator("#start").count() == 0
+            assert "Start My Server" not in page.inner_text("body")
+            page.screenshot(path=str(ARTIFACTS / "hub-home-viewer.png"))
+            browser.close()
+    finally:
+        platform.stop_server(holder)
+    # without a hub session, a dashboard sends the browser to the hub's sign-in
+    r = requests.get(f"{platform.url}/services/dashboards/voila/render/1-cluster.ipynb",
+                     timeout=30, allow_redirects=False)
+    assert r.status_code in (302, 303) and re.search(r"/hub/api/oauth2/authorize", r.headers["Location"])
