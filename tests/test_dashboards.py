@@ -114,9 +114,6 @@ def test_a_viewer_lands_on_the_dashboards_and_sees_every_dashboard_with_data(pla
     assert r.status_code in (201, 202), r.text
     put(platform, scientist, "dashboard_job.ipynb", notebook("x = 1"))
     submit(platform, scientist, "dashboard_job.ipynb")
-    metrics = f"{platform.url}/services/metrics/api/accounting"
-    poll(lambda: platform.api(viewer.token).get(metrics, timeout=30).json(),
-         lambda u: any(row["name"] == holder.name for row in u.get("users", [])))
     marker = Path("/tmp") / f"aidc-dashboard-executed-{uuid.uuid4().hex}"
     ARTIFACTS.mkdir(exist_ok=True)
     try:
@@ -133,6 +130,10 @@ def test_a_viewer_lands_on_the_dashboards_and_sees_every_dashboard_with_data(pla
             listing = page.locator("ul.aidc-dashboards li a").all_inner_texts()
             assert listing == list(DASHBOARDS.values()), listing
             page.screenshot(path=str(ARTIFACTS / "dashboards-landing.png"))
+            # the server's GPU is granted while the browser signs in
+            metrics = f"{platform.url}/services/metrics/api/accounting"
+            poll(lambda: platform.api(viewer.token).get(metrics, timeout=30).json(),
+                 lambda u: any(row["name"] == holder.name for row in u.get("users", [])))
 
             for name, title in DASHBOARDS.items():
                 page.goto(f"{platform.url}/services/dashboards/")
@@ -182,3 +183,33 @@ def test_a_viewer_lands_on_the_dashboards_and_sees_every_dashboard_with_data(pla
     r = requests.get(f"{platform.url}/services/dashboards/voila/render/1-cluster.ipynb",
                      timeout=30, allow_redirects=False)
     assert r.status_code in (302, 303) and re.search(r"/hub/api/oauth2/authorize", r.headers["Location"])
+
+
+def dashboards_token(platform) -> str:
+    """The token the dashboards' Voila process (and so its kernels) holds."""
+    import psutil
+
+    for p in psutil.process_iter(["cmdline"]):
+        if "aidc.dashboards.service" in " ".join(p.info["cmdline"] or ()):
+            try:
+                env = p.environ()
+            except psutil.Error:
+                continue
+            if env.get("AIDC_DATA_DIR") == str(platform.data_dir):
+                return env["JUPYTERHUB_API_TOKEN"]
+    raise AssertionError("no dashboards process on this platform")
+
+
+def test_the_dashboards_token_reads_the_platform_services_as_a_viewer_and_changes_nothing(platform, scientist):
+    api = platform.api(dashboards_token(platform))
+    url = platform.url
+    # it reads what a viewer reads: every user's figures, the models service's metrics
+    assert api.get(f"{url}/services/metrics/api/current", timeout=30).status_code == 200
+    assert api.get(f"{url}/services/metrics/api/accounting", timeout=30).status_code == 200
+    assert api.get(f"{url}/services/models/metrics", timeout=30).status_code == 200
+    assert api.get(f"{url}/services/jobs/api/summary", timeout=30).status_code == 200
+    # and nothing else: no hub API, no other service, no write route
+    assert api.get(f"{url}/hub/api/users", timeout=30).status_code == 403
+    assert api.get(f"{url}/services/resources/api/gpus", timeout=30).status_code == 403
+    r = api.post(f"{url}/services/jobs/api/jobs", json={"path": "x.ipynb"}, timeout=30)
+    assert r.status_code == 403 and r.json()["message"], r.text
