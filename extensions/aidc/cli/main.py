@@ -12,9 +12,9 @@ import argparse
 import sys
 
 from ..errors import AidcError
-from . import data, jobs, models, server, token, up, user, whoami
+from . import audit, data, jobs, models, server, token, up, user, whoami
 
-COMMANDS = (up, user, token, whoami, server, jobs, models, data)
+COMMANDS = (up, user, token, whoami, server, jobs, models, data, audit)
 
 
 def build_parser() -> argparse.ArgumentParser:

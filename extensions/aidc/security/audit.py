@@ -2,14 +2,14 @@
 
 Every process of the platform (the hub, the ``aidc`` CLI, later the services) records
 through :func:`record`, which validates the event against a versioned schema in
-``schemas/`` and appends one JSON line to ``<data-dir>/logs/audit.jsonl``. Each line
+``schemas/`` and appends one JSON line to ``<data-dir>/logs/audit.jsonl`` as a link of a
+hash chain with signed checkpoints (:mod:`aidc.security.chain`: ``aidc audit verify``). Each line
 carries ``actor``, ``action``, ``target``, ``result`` and jupyter-events'
 ``__timestamp__`` (RFC 3339, UTC: ``2026-12-02T04:52:30.615874Z``) and
 ``__schema_version__``.
 
 New kinds of event are a new schema file plus a name in :data:`SCHEMAS`; the log file
-and its format stay the same for every producer, so the tamper-evident chain added
-later covers all of them.
+and its format stay the same for every producer, so the chain covers all of them.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..paths import PrivateFileHandler, platform_data_dir
+from ..paths import platform_data_dir
+from .chain import ChainedLog, iter_lines
 
 if TYPE_CHECKING:
     from jupyter_events import EventLogger
@@ -49,11 +50,30 @@ def _event_logger(path: Path) -> EventLogger:
         from jupyter_events import EventLogger
 
         path.parent.mkdir(parents=True, exist_ok=True)
-        logger = EventLogger(handlers=[PrivateFileHandler(str(path))])  # 0600, never rotated
+        logger = EventLogger(handlers=[ChainHandler(ChainedLog(path, audit_key_path(path)))])
         for filename in SCHEMAS.values():
             logger.register_event_schema(SCHEMA_DIR / filename)
         _loggers[key] = logger
     return _loggers[key]
+
+
+class ChainHandler(logging.Handler):
+    """Where jupyter-events hands each validated event: a link of the audit chain."""
+
+    def __init__(self, chain: ChainedLog):
+        super().__init__()
+        self.chain = chain
+
+    def emit(self, record: logging.LogRecord) -> None:  # noqa: D401 - logging API
+        try:
+            self.chain.append(dict(record.msg))
+        except Exception:  # pragma: no cover - a full disk, a lost data directory
+            self.handleError(record)
+
+
+def audit_key_path(log_path: Path) -> Path:
+    """The key that signs the chain's head and checkpoints: ``<data-dir>/secrets/audit-key``."""
+    return log_path.parent.parent / "secrets" / "audit-key"
 
 
 def audit_log_path() -> Path | None:
@@ -89,8 +109,6 @@ def record(kind: str, path: Path | None = None, **data: Any) -> None:
 
 
 def read_events(path: Path) -> list[dict[str, Any]]:
-    """All events of an audit log, oldest first (for the CLI, tests and dashboards)."""
-    if not path.exists():
-        return []
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """All events of an audit log, oldest first, rotated files included (for the CLI,
+    tests and dashboards)."""
+    return [json.loads(line) for _, _, line in iter_lines(path)]
