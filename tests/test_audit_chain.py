@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import shutil
+import threading
 
 import pytest
 
@@ -22,15 +23,24 @@ from platform_helpers import run_aidc
 
 
 def _write(data_dir, start: int, count: int) -> None:
+    """``count`` events from two threads of this process (as the hub's executor threads)."""
     path = DataDir(data_dir).audit_log
-    for i in range(start, start + count):
-        audit.record("user", path, actor="cli:root", action="add", target=f"user{i}",
-                     result="success", role="scientist")
+
+    def some(first: int, n: int) -> None:
+        for i in range(first, first + n):
+            audit.record("user", path, actor="cli:root", action="add", target=f"user{i}",
+                         result="success", role="scientist")
+
+    other = threading.Thread(target=some, args=(start, count // 2))
+    other.start()
+    some(start + count // 2, count - count // 2)
+    other.join()
 
 
 @pytest.fixture(scope="module")
 def written(tmp_path_factory):
-    """A data directory whose audit log four processes wrote 60 events into at once."""
+    """A data directory whose audit log four processes of two threads each wrote 60 events
+    into at once."""
     root = tmp_path_factory.mktemp("audit") / "data"
     (root / "logs").mkdir(parents=True)
     ctx = multiprocessing.get_context("fork")
@@ -69,6 +79,24 @@ def test_concurrent_writers_make_one_intact_chain(written):
     assert oct(DataDir(written).audit_log.stat().st_mode & 0o777) == "0o600"
     code, out = _verify(written)
     assert code == 0 and "60 records, chain intact" in out, out
+
+
+def test_threads_of_one_process_make_one_chain(tmp_path):
+    # the hub records from its executor threads too; they share one lock file
+    log = chain.ChainedLog(DataDir(tmp_path).audit_log, audit.audit_key_path(DataDir(tmp_path).audit_log))
+
+    def some(k: int) -> None:
+        for i in range(150):
+            log.append({"actor": f"thread{k}", "action": "login", "target": "hub", "result": "success",
+                        "i": i})
+
+    threads = [threading.Thread(target=some, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    verdict = chain.verify(log.path, chain.load_key(log.key_path))
+    assert verdict.ok and verdict.records == 600, verdict.problem
 
 
 @pytest.mark.parametrize("tamper, expected", [

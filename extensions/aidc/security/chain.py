@@ -32,6 +32,7 @@ import hmac
 import json
 import os
 import re
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,6 +116,8 @@ class ChainedLog:
     #: this process's open files: pid, lock, head, and the log with its inode (flock is per
     #: open file, so a forked child opens its own; a rotated log is opened anew)
     _files: dict | None = field(default=None, repr=False)
+    #: threads of one process share its lock file, which flock does not tell apart
+    _threads: threading.Lock = field(default_factory=threading.Lock, repr=False)
     #: (seq, hash, (inode, size)) after this process's last line: current while the log is
     #: that file at that size (rotation makes a new file; only appends change the size)
     _last: tuple[int, str, tuple[int, int]] | None = field(default=None, repr=False)
@@ -136,6 +139,10 @@ class ChainedLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if not self._key:
             self._key = load_key(self.key_path)
+        with self._threads:
+            return self._append(event)
+
+    def _append(self, event: dict[str, Any]) -> int:
         key = self._key
         files = self._open_files()
         lock = files["lock"]
