@@ -12,6 +12,7 @@ sent on a dashboard's kernel websocket is not run.
 
 import re
 import socket
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -20,7 +21,7 @@ import requests
 from playwright.sync_api import sync_playwright
 
 from aidc.dashboards import page as dashpage
-from aidc.dashboards.sources import SourceDown, Sources, Viewer, quantile, visible_usage
+from aidc.dashboards.sources import Sources, Viewer, quantile, visible_usage
 from jobs_helpers import notebook, put, submit
 from test_browser import ARGS, ARTIFACTS, CHROMIUM
 
@@ -107,8 +108,39 @@ def kernel_ignores_execute_request(page, marker: Path) -> dict:
     }""", str(marker))
 
 
-def test_a_viewer_lands_on_the_dashboards_and_sees_every_dashboard_with_data(platform, viewer, scientist):
-    # a GPU held by a server and a job submitted, so that the dashboards have figures
+def serve_and_call(platform, user, name: str, folder: Path) -> None:
+    """A tiny public ONNX model of ``user``'s deployed as ``name`` and called three times."""
+    from test_models_security import ROW, upload
+    from test_models import models_api, scale_onnx
+
+    r = upload(platform, user.token, name, scale_onnx(folder / "m.onnx").read_bytes())
+    assert r.status_code == 201, r.text
+    r = models_api(platform, user.token, "PATCH", f"/models/{name}", json={"visibility": "public"})
+    assert r.status_code == 200, r.text
+    r = models_api(platform, user.token, "PUT", f"/models/{name}/deployment", json={"replicas": 1})
+    assert r.status_code == 200 and r.json()["ready"], r.text
+    for _ in range(3):
+        r = platform.api(user.token).post(f"{platform.url}/services/models/v2/models/{name}/infer",
+                                          json=ROW, timeout=60)
+        assert r.status_code == 200, r.text
+
+
+def test_a_viewer_lands_on_the_dashboards_and_sees_every_dashboard_with_data(platform, viewer, scientist, tmp_path):
+    from test_models import models_api  # torch: imported by the tests that need it
+
+    # a GPU held by a server, a job submitted and an endpoint called (in the background,
+    # while the viewer signs in), so that every dashboard has figures
+    model = f"dash-{uuid.uuid4().hex[:8]}"
+    serving_errors = []
+
+    def serve():
+        try:
+            serve_and_call(platform, scientist, model, tmp_path)
+        except BaseException as e:  # reported by the test's thread
+            serving_errors.append(e)
+
+    serving = threading.Thread(target=serve)
+    serving.start()
     holder = platform.new_user("scientist")
     r = platform.spawn(holder, "gpu-1")
     assert r.status_code in (201, 202), r.text
@@ -135,6 +167,8 @@ def test_a_viewer_lands_on_the_dashboards_and_sees_every_dashboard_with_data(pla
             poll(lambda: platform.api(viewer.token).get(metrics, timeout=30).json(),
                  lambda u: any(row["name"] == holder.name for row in u.get("users", [])))
 
+            serving.join(timeout=300)
+            assert not serving.is_alive() and not serving_errors, serving_errors
             for name, title in DASHBOARDS.items():
                 page.goto(f"{platform.url}/services/dashboards/")
                 page.click(f"ul.aidc-dashboards a:text-is('{title}')")
@@ -166,7 +200,11 @@ def test_a_viewer_lands_on_the_dashboards_and_sees_every_dashboard_with_data(pla
                     counts = {t.split(":")[0]: float(t.split(":")[1]) for t in bars}
                     assert sum(counts.values()) >= 1, bars
                 else:
-                    assert "Endpoints" in page.inner_text("body") and "Models" in page.inner_text("body")
+                    # each endpoint's requests and latency, and the model's versions
+                    bars = bar_titles(page)
+                    assert f"{model} v1: 3" in bars, bars
+                    row = page.locator("table.aidc-table tr", has_text=model).first.inner_text().split("\t")
+                    assert row[:5] == [model, "1", "3", row[3], "0"] and row[5].endswith(" ms"), row
                 page.screenshot(path=str(ARTIFACTS / f"dashboard-{name.removesuffix('.ipynb')}.png"),
                                 full_page=True)
 
@@ -178,7 +216,9 @@ def test_a_viewer_lands_on_the_dashboards_and_sees_every_dashboard_with_data(pla
             page.screenshot(path=str(ARTIFACTS / "hub-home-viewer.png"))
             browser.close()
     finally:
+        serving.join(timeout=300)
         platform.stop_server(holder)
+        models_api(platform, scientist.token, "DELETE", f"/models/{model}/deployment")
     # without a hub session, a dashboard sends the browser to the hub's sign-in
     r = requests.get(f"{platform.url}/services/dashboards/voila/render/1-cluster.ipynb",
                      timeout=30, allow_redirects=False)
