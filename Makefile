@@ -28,6 +28,7 @@ up: install
 	$(BIN)/aidc up $(UP_ARGS)
 
 test: install test-system-deps
+	cd $(LAB) && PATH="$(CURDIR)/$(BIN):$$PATH" jlpm test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # --- Python ---------------------------------------------------------------------------

@@ -1,25 +1,30 @@
 """The JupyterLab panel: the prebuilt extension, the server extension's relay routes
-(``/user/NAME/aidc/api/...``) and the "AI Data Center" sidebar in a real browser.
+(``/user/NAME/aidc/api/...``, the jobs' event stream too) and the "AI Data Center"
+sidebar in a real browser: resources, and running the open notebook as a job.
 
 One user of this module's own holds one server with a GPU profile for all the tests
-(started once, stopped at the end), and one signed-in Chromium page drives the sidebar.
+(started once, stopped at the end), and one signed-in Chromium page (``lab_page``)
+drives the sidebar for every browser test.
 """
 
+import asyncio
 import json
+import re
 import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import requests
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError, expect, sync_playwright
 
 from aidc.client import Client
 from aidc.errors import PlatformError
 from aidc.lab.relay import LabRelay
-from jobs_helpers import jobs_api, notebook, put, submit, wait
+from jobs_helpers import home, jobs_api, notebook, put, submit, wait
 from test_browser import ARGS, ARTIFACTS, CHROMIUM
 
 JUPYTER = str(Path(sys.executable).with_name("jupyter"))
@@ -134,14 +139,14 @@ def wait_in_queue(platform, user, holder: str, timeout: float = 120) -> dict:
     raise AssertionError(f"{holder} never waited for GPUs: {queue}")
 
 
-def test_sidebar_shows_the_gpus_of_my_server(platform, lab_user):
+def test_sidebar_shows_the_gpus_of_my_server(platform, lab_user, lab_page):
     units = my_server_units(platform, lab_user)
     # a job asking for every whole GPU waits while my server holds one of them
     total = sum(1 for u in platform.resources(lab_user.token)["units"] if u["kind"] == "whole")
     waiting_job = submit(platform, lab_user, "lab_job.ipynb", gpus=total)
     try:
         place = wait_in_queue(platform, lab_user, f"job:{waiting_job['id']}")["position"]
-        show_sidebar(platform, lab_user, units, waiting_job["id"], place)
+        show_sidebar(platform, lab_user, units, waiting_job["id"], place, lab_page)
     finally:
         r = jobs_api(platform, lab_user.token, "POST", f"/jobs/{waiting_job['id']}/cancel")
         assert r.status_code in (200, 202), r.text
@@ -152,9 +157,11 @@ def test_sidebar_shows_the_gpus_of_my_server(platform, lab_user):
     assert r.json()["schema"]["properties"]["refreshInterval"]["default"] == 5
 
 
-def show_sidebar(platform, user, units, waiting_job: str, place: int) -> None:
-    """Sign in, open the sidebar and check what it shows; screenshot it."""
-    lab_user = user
+@pytest.fixture(scope="module")
+def lab_page(platform, lab_user):
+    """One headless Chromium page, signed in as ``lab_user`` with Lab open, shared by the
+    browser tests of this module; console errors that mention aidc are collected in
+    ``page.aidc_errors``."""
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
         try:
@@ -162,65 +169,272 @@ def show_sidebar(platform, user, units, waiting_job: str, place: int) -> None:
             errors = []
             page.on("console", lambda m: m.type == "error" and "aidc" in m.text
                     and errors.append(m.text))
+            page.aidc_errors = errors
             page.goto(f"{platform.url}/hub/login?next=/user/{lab_user.name}/lab")
             page.fill("#username_input", lab_user.name)
             page.fill("#password_input", lab_user.password)
             page.click("#login_submit")
             page.wait_for_url(f"**/user/{lab_user.name}/lab**", timeout=120_000)
-            tab = page.locator('.jp-SideBar .lm-TabBar-tab[data-id="aidc-sidebar"]')
-            tab.wait_for(timeout=120_000)
-            assert tab.get_attribute("title") == "AI Data Center"
-            tab.click()
-            sidebar = page.locator("#aidc-sidebar")
-            table = sidebar.locator("table.aidc-my-gpus")
-            table.wait_for(timeout=60_000)
-            text = table.inner_text()
-            for u in units:
-                assert u["visible_id"] in text and u["name"] in text
-            # the label says whether the GPUs are simulated, as the service does
-            labelled = sidebar.locator(".aidc-my-gpus .aidc-simulated").count()
-            assert labelled == sum(1 for u in units if u["simulated"])
-            assert "of my quota" in sidebar.inner_text() or "no quota" in sidebar.inner_text()
-            assert "Free on the platform" in sidebar.inner_text()
-            # my place in the queue while my job waits for its GPUs
-            waiting = sidebar.locator(".aidc-queue")
-            expect(waiting).to_contain_text(f"job {waiting_job}", timeout=60_000)
-            assert waiting.locator("tbody tr").first.inner_text().split("\t")[:2] == [
-                f"job {waiting_job}", str(place)]
-            # my jobs, newest first, with their status
-            jobs = platform.api(lab_user.token).get(
-                f"{platform.url}/services/jobs/api/jobs", timeout=60).json()["jobs"]
-            if not jobs:  # this test alone: test_cookie_writes_need_the_xsrf_token submits one
-                expect(sidebar.locator(".aidc-Jobs")).to_contain_text("No jobs yet")
-            rows = sidebar.locator("table.aidc-job-list tbody tr")
-            expect(rows).to_have_count(len(jobs), timeout=60_000)
-            for row, job in zip(rows.all(), jobs):
-                text = row.inner_text()
-                assert job["id"] in text and job["path"] in text and job["status"] in text
-            ARTIFACTS.mkdir(exist_ok=True)
-            page.screenshot(path=str(ARTIFACTS / "lab-sidebar-resources.png"))
-            assert errors == []  # e.g. its settings failed to load
-            # a failing service: its section says why, the other keeps its content
-            down = {"status": 502, "message": "the jobs service is not answering"}
-            page.route("**/aidc/api/jobs/**", lambda route: route.fulfill(
-                status=502, content_type="application/json", body=json.dumps(down)))
-            tab.click()  # closing and opening the sidebar refreshes it at once
-            tab.click()
-            expect(sidebar.locator(".aidc-Jobs .aidc-error")).to_have_text(
-                f"Error: {down['message']}", timeout=30_000)
-            expect(table).to_contain_text(units[0]["visible_id"])
+            yield page
         finally:
             browser.close()
 
 
-async def test_a_service_that_does_not_answer_in_time_is_a_platform_error():
+def sidebar_tab(page):
+    tab = page.locator('.jp-SideBar .lm-TabBar-tab[data-id="aidc-sidebar"]')
+    tab.wait_for(timeout=120_000)
+    return tab
+
+
+def show_sidebar(platform, user, units, waiting_job: str, place: int, page) -> None:
+    """Open the sidebar and check what it shows; screenshot it."""
+    lab_user = user
+    errors = page.aidc_errors
+    tab = sidebar_tab(page)
+    assert tab.get_attribute("title") == "AI Data Center"
+    tab.click()
+    sidebar = page.locator("#aidc-sidebar")
+    table = sidebar.locator("table.aidc-my-gpus")
+    table.wait_for(timeout=60_000)
+    text = table.inner_text()
+    for u in units:
+        assert u["visible_id"] in text and u["name"] in text
+    # the label says whether the GPUs are simulated, as the service does
+    labelled = sidebar.locator(".aidc-my-gpus .aidc-simulated").count()
+    assert labelled == sum(1 for u in units if u["simulated"])
+    assert "of my quota" in sidebar.inner_text() or "no quota" in sidebar.inner_text()
+    assert "Free on the platform" in sidebar.inner_text()
+    # my place in the queue while my job waits for its GPUs
+    waiting = sidebar.locator(".aidc-queue")
+    expect(waiting).to_contain_text(f"job {waiting_job}", timeout=60_000)
+    assert waiting.locator("tbody tr").first.inner_text().split("\t")[:2] == [
+        f"job {waiting_job}", str(place)]
+    # my jobs, newest first, with their status
+    jobs = platform.api(lab_user.token).get(
+        f"{platform.url}/services/jobs/api/jobs", timeout=60).json()["jobs"]
+    if not jobs:  # this test alone: test_cookie_writes_need_the_xsrf_token submits one
+        expect(sidebar.locator(".aidc-Jobs")).to_contain_text("No jobs yet")
+    rows = sidebar.locator("table.aidc-job-list tbody tr")
+    expect(rows).to_have_count(len(jobs), timeout=60_000)
+    for row, job in zip(rows.all(), jobs):
+        text = row.inner_text()
+        assert job["id"] in text and job["path"] in text and job["status"] in text
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "lab-sidebar-resources.png"))
+    assert errors == []  # e.g. its settings failed to load
+    # a failing service: its section says why, the other keeps its content
+    down = {"status": 502, "message": "the jobs service is not answering"}
+    page.route("**/aidc/api/jobs/**", lambda route: route.fulfill(
+        status=502, content_type="application/json", body=json.dumps(down)))
+    try:
+        tab.click()  # closing and opening the sidebar refreshes it at once
+        tab.click()
+        expect(sidebar.locator(".aidc-Jobs .aidc-content .aidc-error")).to_have_text(
+            f"Error: {down['message']}", timeout=30_000)
+        expect(table).to_contain_text(units[0]["visible_id"])
+    finally:
+        page.unroute("**/aidc/api/jobs/**")
+
+
+#: a job that waits in its third code cell until the file named by ``gate`` exists (the
+#: test creates it), so its progress is seen mid-run without any timing
+GATED = notebook(
+    "import os, time\nwhile not os.path.exists(gate):\n    time.sleep(0.1)",
+    "import aidc\nprint(f'epochs={epochs} label={label}')\naidc.record('score', epochs * 2)",
+    parameters="epochs = 2\nlabel = 'base'\ngate = 'lab_gate'")
+#: the gate cell's index in the executed notebook: markdown, parameters, the injected
+#: parameters (papermill adds it), gate, print
+GATE_CELL, GATED_CELLS = 3, 5
+
+
+def sse_events(response):
+    """The ``data`` of each server-sent event of a streamed ``requests`` response."""
+    data: list[str] = []
+    for line in response.iter_lines(decode_unicode=True):
+        if line.startswith("data:"):
+            data.append(line[5:].strip())
+        elif line == "" and data:
+            yield json.loads("\n".join(data))
+            data = []
+
+
+def test_relay_streams_a_jobs_events_live_as_the_owner(platform, lab_user, other_scientist):
+    put(platform, lab_user, "lab_gated.ipynb", GATED)
+    api = platform.api(lab_user.token)
+    r = api.post(relay_url(platform, lab_user, "jobs/jobs"), timeout=60,
+                 json={"path": "lab_gated.ipynb", "parameters": {"gate": "lab_gate_never"}})
+    assert r.status_code == 201, r.text
+    job = r.json()
+    url = relay_url(platform, lab_user, f"jobs/jobs/{job['id']}/events")
+    sse = {"Accept": "text/event-stream"}
+    seen = []
+    with api.get(url, headers=sse, stream=True, timeout=120) as stream:
+        assert stream.status_code == 200, stream.text
+        assert stream.headers["Content-Type"].startswith("text/event-stream")
+        events = sse_events(stream)
+        for event in events:  # live: the gate cell starts while the job still runs
+            seen.append(event)
+            if event["type"] == "cell_start" and event["cell"] == GATE_CELL:
+                break
+        assert [e["cell"] for e in seen if e["type"] == "cell_start"] == list(range(GATE_CELL + 1))
+        assert wait(platform, lab_user, job["id"], until=lambda j: True)["status"] == "running"
+        # cancelling through the relay ends the stream (the job is final)
+        r = api.post(relay_url(platform, lab_user, f"jobs/jobs/{job['id']}/cancel"), timeout=60)
+        assert r.status_code == 202, r.text
+        seen.extend(events)
+    assert wait(platform, lab_user, job["id"])["status"] == "cancelled"
+    # resuming from an event (Last-Event-ID, as a reconnecting panel does) sends only later ones
+    gate_seq = next(e["seq"] for e in seen if e["type"] == "cell_start" and e["cell"] == GATE_CELL)
+    with api.get(url, headers={**sse, "Last-Event-ID": str(gate_seq)}, stream=True,
+                 timeout=120) as stream:
+        later = list(sse_events(stream))
+    assert [e["seq"] for e in later] == [e["seq"] for e in seen if e["seq"] > gate_seq]
+    # a stream the service refuses keeps its status and message
+    r = api.get(relay_url(platform, lab_user, "jobs/jobs/no-such-job/events"), headers=sse,
+                timeout=60)
+    assert r.status_code == 404 and "no-such-job" in r.json()["message"], r.text
+    # another user, or nobody: no stream
+    r = platform.api(other_scientist.token).get(url, headers=sse, timeout=60,
+                                                allow_redirects=False)
+    assert r.status_code == 404
+    r = requests.get(url, headers=sse, timeout=60, allow_redirects=False)
+    assert r.status_code in (302, 401, 403) and "cell_start" not in r.text
+
+
+def test_run_the_open_notebook_as_a_job_from_lab(platform, lab_user, lab_page):
+    """The notebook's toolbar button opens the form made from its parameters cell; a value
+    of the wrong type is marked and not sent; a changed value runs, its cells progress live,
+    and its executed notebook opens in Lab."""
+    page = lab_page
+    put(platform, lab_user, "lab_params.ipynb", GATED)
+    put(platform, lab_user, "lab_plain.ipynb", notebook("print('plain')"))
+    posts = []
+
+    def on_request(request):  # Jupyter's requests end with a cache-busting query
+        if request.method == "POST" and request.url.split("?")[0].endswith("/aidc/api/jobs/jobs"):
+            posts.append(request.url)
+
+    page.on("request", on_request)
+    try:
+        run_as_job(platform, lab_user, page, posts)
+    finally:
+        page.remove_listener("request", on_request)
+
+
+def current_tab(page, name: str) -> None:
+    """Wait until the notebook ``name`` is the main area's current tab."""
+    expect(page.locator(".lm-DockPanel-tabBar .lm-TabBar-tab.lm-mod-current")).to_contain_text(
+        name, timeout=120_000)
+
+
+def palette(page, text: str, timeout: float = 60) -> None:
+    """Run the command palette's first item matching ``text``. The modal palette closes when
+    it loses the focus, which a notebook still loading may take: opened again until typed in."""
+    deadline = time.monotonic() + timeout
+    while True:
+        page.keyboard.press("Control+Shift+C")
+        try:
+            page.locator(".lm-CommandPalette-input").fill(text, timeout=5_000)
+            expect(page.locator(".lm-CommandPalette-item.lm-mod-active")).to_contain_text(
+                text, timeout=5_000)
+            break
+        except (PlaywrightTimeoutError, AssertionError):
+            if time.monotonic() > deadline:
+                raise
+    page.keyboard.press("Enter")
+
+
+def run_as_job(platform, user, page, posts) -> None:
+    page.goto(f"{platform.url}/user/{user.name}/lab/tree/lab_params.ipynb")
+    current_tab(page, "lab_params.ipynb")
+    button = page.locator(".jp-NotebookPanel-toolbar .aidc-run-as-job:visible")
+    sidebar = page.locator("#aidc-sidebar")
+    form = sidebar.locator("form.aidc-job-form")
+    palette(page, "Run Notebook as Job")  # the toolbar's button: below, for another notebook
+    epochs = form.locator('input[data-param="epochs"]')
+    expect(epochs).to_have_value("2", timeout=60_000)
+    expect(form.locator('input[data-param="label"]')).to_have_value("base")
+    # a value of the wrong type is marked and nothing is sent
+    epochs.fill("two")
+    expect(epochs).to_have_class(re.compile("aidc-invalid"))
+    expect(form.locator(".aidc-field-error").first).to_contain_text("epochs expects an integer")
+    form.locator(".aidc-submit").click()
+    expect(form.locator(".aidc-form-message")).to_have_text(
+        "Fix the marked fields: nothing was submitted.")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "lab-run-as-job-invalid.png"))
+    assert posts == []
+    # more GPUs than the platform has: the service's own message
+    epochs.fill("5")
+    expect(epochs).not_to_have_class(re.compile("aidc-invalid"))
+    form.locator('input[data-param="label"]').fill("changed")
+    form.locator('input[data-param="gate"]').fill("lab_gate_browser")
+    form.locator('input[name="gpus"]').fill("99")
+    form.locator(".aidc-submit").click()
+    expect(form.locator(".aidc-form-message")).to_contain_text("asked for 99 GPUs",
+                                                               timeout=60_000)
+    assert len(posts) == 1
+    form.locator('input[name="gpus"]').fill("0")
+    form.locator(".aidc-submit").click()
+    # the job runs; its cells progress live, the gate cell running, those before it done
+    detail = sidebar.locator(".aidc-job-detail")
+    progress = detail.locator(".aidc-progress")
+    expect(progress).to_have_text(f"cell {GATE_CELL + 1} of {GATED_CELLS} running",
+                                  timeout=120_000)
+    expect(form).to_have_count(0)
+    job_id = detail.locator("h4 .aidc-note").inner_text()
+    job = jobs_api(platform, user.token, "GET", f"/jobs/{job_id}").json()
+    assert job["parameters"] == {"epochs": 5, "label": "changed", "gate": "lab_gate_browser"}
+    assert job["status"] == "running" and job["path"] == "lab_params.ipynb"
+    expect(detail.locator(".aidc-cell-done")).to_have_count(GATE_CELL)
+    expect(detail.locator(".aidc-cell-running")).to_have_count(1)
+    page.screenshot(path=str(ARTIFACTS / "lab-job-progress.png"))
+    put(platform, user, "lab_gate_browser", "")
+    expect(progress).to_have_text(f"{GATED_CELLS} of {GATED_CELLS} cells done", timeout=120_000)
+    expect(detail.locator(".aidc-status-completed")).to_be_visible(timeout=60_000)
+    expect(detail.locator("table.aidc-metrics")).to_contain_text("score")
+    expect(detail.locator("table.aidc-metrics")).to_contain_text("10")
+    expect(sidebar.locator(f'tr.aidc-job-row[data-job="{job_id}"]')).to_contain_text(
+        "completed", timeout=60_000)
+    # its logs, and its executed notebook opened in Lab
+    detail.locator(".aidc-logs-button").click()
+    expect(detail.locator("pre.aidc-logs")).to_contain_text("epochs=5 label=changed",
+                                                            timeout=60_000)
+    detail.locator(".aidc-output-button").click()
+    output_tab = page.locator(".lm-DockPanel-tabBar .lm-TabBar-tab",
+                              has_text=f"lab_params-{job_id}.ipynb")
+    expect(output_tab).to_be_visible(timeout=60_000)
+    expect(page.locator(".jp-NotebookPanel:visible .jp-OutputArea-output",
+                        has_text="epochs=5 label=changed")).to_be_visible(timeout=60_000)
+    assert (home(platform, user) / "job-outputs" / f"lab_params-{job_id}.ipynb").exists()
+    page.screenshot(path=str(ARTIFACTS / "lab-job-output.png"))
+    # re-run: the form again, with the values it ran with
+    detail.locator(".aidc-rerun-button").click()
+    expect(epochs).to_have_value("5", timeout=60_000)
+    expect(form.locator('input[data-param="label"]')).to_have_value("changed")
+    assert len(posts) == 2
+    # a notebook without a parameters cell, from its toolbar: the form says why there are none
+    page.goto(f"{platform.url}/user/{user.name}/lab/tree/lab_plain.ipynb")
+    current_tab(page, "lab_plain.ipynb")
+    button.click()
+    expect(form.locator("h4")).to_have_text("Run lab_plain.ipynb as a job", timeout=60_000)
+    expect(form.locator(".aidc-no-parameters")).to_contain_text("no cell tagged")
+    assert form.locator("input[data-param]").count() == 0
+    assert page.aidc_errors == []
+
+
+def test_a_service_that_does_not_answer_in_time_is_a_platform_error():
     """The relay's time-out (``c.LabRelay.timeout``) ends a call to a service that accepts
-    the connection and never answers, with a message the panel shows (a 502)."""
+    the connection and never answers, with a message the panel shows (a 502).
+
+    Its event loop runs in a thread of its own: the module's Chromium page (sync
+    Playwright) keeps one running in this thread until the module ends."""
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen()
         relay = LabRelay(timeout=0.5)
         relay._client = Client(url=f"http://127.0.0.1:{silent.getsockname()[1]}", token="t",
                                timeout=relay.timeout)
-        with pytest.raises(PlatformError, match="the jobs service did not answer within 0.5 s"):
-            await relay.call("GET", "jobs", "jobs", None)
+        with ThreadPoolExecutor(1) as thread, pytest.raises(
+                PlatformError, match="the jobs service did not answer within 0.5 s"):
+            thread.submit(asyncio.run, relay.call("GET", "jobs", "jobs", None)).result()

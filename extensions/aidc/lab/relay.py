@@ -13,6 +13,11 @@ The relay goes through :class:`aidc.client.Client`, the one client behind the Py
 and the CLI, in a worker thread so the server's event loop never waits on a service.
 A service's refusal keeps its status and message; a service that does not answer, or
 answers with something that is not its API, is a 502 whose message says so.
+
+A ``GET`` that accepts ``text/event-stream`` (the jobs service's live events) is streamed
+instead: tornado's own HTTP client passes each chunk on as it arrives, with the same
+owner's token and the caller's ``Last-Event-ID``, so a long stream holds no thread and
+ends when either side closes.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import requests
 from jupyter_server.base.handlers import APIHandler
 from jupyter_server.utils import url_path_join
 from tornado import web
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from traitlets import Float, List, Unicode
 from traitlets.config import LoggingConfigurable
 
@@ -45,6 +51,13 @@ class LabRelay(LoggingConfigurable):
         20.0,
         help="""Seconds a relayed call may take before the panel is told that the service
         is not answering (a 502), so the panel never waits without end.""",
+    ).tag(config=True)
+
+    stream_timeout = Float(
+        6 * 3600.0,
+        help="""Seconds an event stream relayed to the panel may last. The panel opens a
+        new one after it ends (from the last event it saw), so this only bounds how long
+        one connection is held.""",
     ).tag(config=True)
 
     _client: Client | None = None
@@ -78,6 +91,21 @@ class LabRelay(LoggingConfigurable):
         return r.status_code, r.headers.get("Content-Type", "application/json"), r.content
 
 
+    def stream_request(self, service: str, path: str, headers: dict, on_header, on_chunk
+                       ) -> HTTPRequest:
+        """The streaming ``GET`` of the service's ``api/<path>``, as the owner."""
+        client = self.client()
+        return HTTPRequest(
+            f"{client.url}/services/{service}/api/{path}", method="GET",
+            headers={"Authorization": client.session.headers["Authorization"], **headers},
+            connect_timeout=self.timeout, request_timeout=self.stream_timeout,
+            header_callback=on_header, streaming_callback=on_chunk)
+
+
+class _StreamEnded(Exception):
+    """The panel went away: ends the service's stream (raised in the streaming callback)."""
+
+
 class RelayHandler(APIHandler):
     """``/aidc/api/<service>/<path>``: the call, relayed as the server's owner."""
 
@@ -86,11 +114,7 @@ class RelayHandler(APIHandler):
         return self.settings["aidc_relay"]
 
     async def _relay(self, service: str, path: str) -> None:
-        if service not in self.relay.services:
-            raise web.HTTPError(404, f"no service {service!r} behind the aidc panel")
-        if any(part in (".", "..") for part in path.split("/")):
-            # the HTTP client would resolve them, leaving the service's API
-            raise web.HTTPError(404, "a path with '.' or '..' segments")
+        self._check(service, path)
         if self.request.query:
             path = f"{path}?{self.request.query}"
         try:
@@ -115,9 +139,76 @@ class RelayHandler(APIHandler):
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps({"status": status, "message": message}))
 
+    def _check(self, service: str, path: str) -> None:
+        if service not in self.relay.services:
+            raise web.HTTPError(404, f"no service {service!r} behind the aidc panel")
+        if any(part in (".", "..") for part in path.split("/")):
+            # the HTTP client would resolve them, leaving the service's API
+            raise web.HTTPError(404, "a path with '.' or '..' segments")
+
+    async def _stream(self, service: str, path: str) -> None:
+        """Relay an event stream chunk by chunk; an answer that is not a stream (a refusal)
+        is relayed whole, as :meth:`_relay` does."""
+        self._check(service, path)
+        if self.request.query:
+            path = f"{path}?{self.request.query}"
+        headers = {"Accept": "text/event-stream"}
+        if self.request.headers.get("Last-Event-ID"):
+            headers["Last-Event-ID"] = self.request.headers["Last-Event-ID"]
+        answer = {"status": 0, "kind": "", "streaming": False}
+        held: list[bytes] = []
+
+        def on_header(line: str) -> None:
+            if line.startswith("HTTP/"):
+                answer["status"] = int(line.split()[1])
+            elif line.lower().startswith("content-type:"):
+                answer["kind"] = line.split(":", 1)[1].strip()
+
+        def on_chunk(chunk: bytes) -> None:
+            if not answer["streaming"]:
+                if answer["status"] != 200 or not answer["kind"].startswith("text/event-stream"):
+                    held.append(chunk)
+                    return
+                answer["streaming"] = True
+                self.set_header("Content-Type", "text/event-stream")
+                self.set_header("Cache-Control", "no-cache")
+                self.set_header("X-Accel-Buffering", "no")
+            if self.request.connection.stream is None or self.request.connection.stream.closed():
+                raise _StreamEnded()
+            self.write(chunk)
+            self.flush().add_done_callback(lambda f: f.exception())  # a closed panel: seen above
+
+        try:
+            request = self.relay.stream_request(service, path, headers, on_header, on_chunk)
+        except PlatformError as e:
+            self._error(502, str(e))
+            return
+        try:
+            await AsyncHTTPClient().fetch(request, raise_error=False)
+        except _StreamEnded:
+            return
+        except (OSError, HTTPClientError) as e:
+            if not answer["streaming"]:
+                self._error(502, f"the {service} service could not be reached: {e}")
+                return
+        if answer["streaming"]:
+            self.finish()
+            return
+        body = b"".join(held)
+        try:
+            message = json.loads(body)["message"]
+        except (ValueError, KeyError, TypeError):
+            self._error(502, f"the {service} service answered {answer['status'] or 'nothing'}, "
+                             "not the aidc API (it may be starting or stopped)")
+            return
+        self._error(answer["status"] if answer["status"] >= 400 else 502, str(message))
+
     @web.authenticated
     async def get(self, service: str, path: str) -> None:
-        await self._relay(service, path)
+        if "text/event-stream" in self.request.headers.get("Accept", ""):
+            await self._stream(service, path)
+        else:
+            await self._relay(service, path)
 
     @web.authenticated
     async def post(self, service: str, path: str) -> None:

@@ -5,6 +5,8 @@
 import { URLExt } from '@jupyterlab/coreutils';
 import { ServerConnection } from '@jupyterlab/services';
 
+import { EventStreamParser, IServerEvent } from './sse';
+
 /** How long the panel waits for an answer before it says the platform is not answering. */
 export const REQUEST_TIMEOUT_MS = 30000;
 
@@ -18,30 +20,24 @@ export class RequestError extends Error {
   }
 }
 
-/**
- * Call `service`'s `path` through the server extension and return the JSON answer.
- *
- * Rejects with a {@link RequestError} whose message is the service's own (its
- * `{"message": ...}`), or says that the platform did not answer in time.
- */
-export async function requestAPI<T>(
+/** `fetch` the relay's `/aidc/api/<service>/<path>`; a failure to answer is a RequestError. */
+async function call(
   service: string,
   path: string,
-  init: RequestInit = {}
-): Promise<T> {
+  init: RequestInit,
+  timeoutMs: number | null
+): Promise<Response> {
   const settings = ServerConnection.makeSettings();
   const url = URLExt.join(settings.baseUrl, 'aidc', 'api', service, path);
   const abort = new AbortController();
-  const timer = setTimeout(() => abort.abort(), REQUEST_TIMEOUT_MS);
-  let response: Response;
+  const timer = timeoutMs === null ? undefined : setTimeout(() => abort.abort(), timeoutMs);
+  if (init.signal) {
+    init.signal.addEventListener('abort', () => abort.abort());
+  }
   try {
-    response = await ServerConnection.makeRequest(
-      url,
-      { ...init, signal: abort.signal },
-      settings
-    );
+    return await ServerConnection.makeRequest(url, { ...init, signal: abort.signal }, settings);
   } catch (error) {
-    if (abort.signal.aborted) {
+    if (abort.signal.aborted && !init.signal?.aborted) {
       throw new RequestError(
         `the ${service} service did not answer within ${REQUEST_TIMEOUT_MS / 1000} s`,
         0
@@ -54,18 +50,91 @@ export async function requestAPI<T>(
   } finally {
     clearTimeout(timer);
   }
-  const text = await response.text();
+}
+
+/** The service's message in a refusal's body, else its status. */
+function refusal(service: string, response: Response, text: string): RequestError {
   let body: any = null;
   try {
     body = text ? JSON.parse(text) : null;
   } catch {
     body = null;
   }
+  const message =
+    (body && typeof body.message === 'string' && body.message) ||
+    `${service} answered ${response.status} ${response.statusText}`;
+  return new RequestError(message, response.status);
+}
+
+/**
+ * Call `service`'s `path` through the server extension and return the answer's text.
+ *
+ * Rejects with a {@link RequestError} whose message is the service's own (its
+ * `{"message": ...}`), or says that the platform did not answer in time.
+ */
+export async function requestText(
+  service: string,
+  path: string,
+  init: RequestInit = {}
+): Promise<string> {
+  const response = await call(service, path, init, REQUEST_TIMEOUT_MS);
+  const text = await response.text();
   if (!response.ok) {
-    const message =
-      (body && typeof body.message === 'string' && body.message) ||
-      `${service} answered ${response.status} ${response.statusText}`;
-    throw new RequestError(message, response.status);
+    throw refusal(service, response, text);
   }
-  return body as T;
+  return text;
+}
+
+/** As {@link requestText}, for the JSON answers of the services' APIs. */
+export async function requestAPI<T>(
+  service: string,
+  path: string,
+  init: RequestInit = {}
+): Promise<T> {
+  const text = await requestText(service, path, init);
+  try {
+    return (text ? JSON.parse(text) : null) as T;
+  } catch {
+    throw new RequestError(`the ${service} service answered something that is not JSON`, 502);
+  }
+}
+
+/**
+ * Follow `service`'s server-sent events at `path` (after the event `lastId`), calling
+ * `onEvent` for each, until the service ends the stream or `signal` aborts it. A refused
+ * stream rejects with the service's message, as {@link requestAPI} does.
+ */
+export async function followEvents(
+  service: string,
+  path: string,
+  onEvent: (event: IServerEvent) => void,
+  signal: AbortSignal,
+  lastId: string | null = null
+): Promise<string | null> {
+  const headers: Record<string, string> = { Accept: 'text/event-stream' };
+  if (lastId) {
+    headers['Last-Event-ID'] = lastId;
+  }
+  const response = await call(service, path, { headers, signal }, null);
+  if (!response.ok || !response.body) {
+    throw refusal(service, response, await response.text());
+  }
+  const parser = new EventStreamParser();
+  parser.lastId = lastId;
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  try {
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) {
+        break;
+      }
+      parser.push(decoder.decode(value, { stream: true })).forEach(onEvent);
+    }
+  } catch (error) {
+    if (!signal.aborted) {
+      throw new RequestError(`the event stream broke off (${(error as Error).message})`, 0);
+    }
+  }
+  return parser.lastId;
 }

@@ -1,6 +1,8 @@
 /**
  * A section of the sidebar: a title, a body that says "loading" until the first answer,
  * the service's message when a call fails, and a `refresh()` the sidebar calls on its timer.
+ * A refresh replaces only `content`: what a section keeps open in `body` around it (a
+ * form being filled in, a job being watched) survives it.
  */
 import { Widget } from '@lumino/widgets';
 
@@ -8,13 +10,15 @@ import { h, show } from './dom';
 
 export abstract class Section extends Widget {
   protected readonly body: HTMLElement;
+  protected readonly content: HTMLElement;
   private _busy = false;
 
   constructor(title: string, className: string) {
     super();
     this.addClass('aidc-Section');
     this.addClass(className);
-    this.body = h('div', 'aidc-body', h('p', 'aidc-loading', 'Loading…'));
+    this.content = h('div', 'aidc-content', h('p', 'aidc-loading', 'Loading…'));
+    this.body = h('div', 'aidc-body', this.content);
     this.node.append(h('h3', '', title), this.body);
   }
 
@@ -25,9 +29,9 @@ export abstract class Section extends Widget {
     }
     this._busy = true;
     try {
-      show(this.body, ...(await this.render()));
+      show(this.content, ...(await this.render()));
     } catch (error) {
-      show(this.body, h('p', 'aidc-error', `Error: ${(error as Error).message}`));
+      show(this.content, h('p', 'aidc-error', `Error: ${(error as Error).message}`));
     } finally {
       this._busy = false;
     }

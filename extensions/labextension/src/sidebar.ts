@@ -6,22 +6,25 @@ import { Panel, Widget } from '@lumino/widgets';
 import { Message } from '@lumino/messaging';
 
 import { h } from './dom';
-import { JobsSection } from './jobs';
+import { ILabActions, JobsSection } from './jobs';
 import { ResourcesSection } from './resources';
 import { Section } from './section';
 
 export class AidcSidebar extends Panel {
   private readonly sections: Section[];
+  /** The Jobs section, where "Run as job" opens its form. */
+  readonly jobs: JobsSection;
   private timer: number | undefined;
   private intervalSeconds = 5;
 
-  constructor() {
+  constructor(actions: ILabActions) {
     super();
     this.id = 'aidc-sidebar';
     this.addClass('aidc-Sidebar');
     // a widget of its own: the panel's layout places its widgets by index among the node's children
     this.addWidget(new Widget({ node: h('h2', '', 'AI Data Center') }));
-    this.sections = [new ResourcesSection(), new JobsSection()];
+    this.jobs = new JobsSection(actions);
+    this.sections = [new ResourcesSection(), this.jobs];
     for (const section of this.sections) {
       this.addWidget(section);
     }
