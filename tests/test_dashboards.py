@@ -253,3 +253,10 @@ def test_the_dashboards_token_reads_the_platform_services_as_a_viewer_and_change
     assert api.get(f"{url}/services/resources/api/gpus", timeout=30).status_code == 403
     r = api.post(f"{url}/services/jobs/api/jobs", json={"path": "x.ipynb"}, timeout=30)
     assert r.status_code == 403 and r.json()["message"], r.text
+
+
+def test_the_hub_home_offers_a_scientist_their_server_and_the_dashboards(platform, scientist):
+    session, r = platform.login(scientist.name, scientist.password)
+    assert r.status_code == 200 and r.url.endswith("/hub/home"), r.url
+    assert 'id="start"' in r.text and "My Server" in r.text
+    assert 'id="aidc-dashboards"' in r.text and 'href="/services/dashboards/"' in r.text
