@@ -260,3 +260,22 @@ def test_the_hub_home_offers_a_scientist_their_server_and_the_dashboards(platfor
     assert r.status_code == 200 and r.url.endswith("/hub/home"), r.url
     assert 'id="start"' in r.text and "My Server" in r.text
     assert 'id="aidc-dashboards"' in r.text and 'href="/services/dashboards/"' in r.text
+
+
+def test_the_grafana_dashboard_queries_only_metrics_the_platform_exports():
+    import json
+    import re as regex
+
+    from aidc.models import metrics as model_metrics
+    from aidc.monitor.catalog import METRICS
+
+    # the sample names Prometheus stores: a counter's end in _total, a histogram's in _bucket...
+    suffixes = {"counter": ["_total"], "gauge": [""], "histogram": ["_bucket", "_sum", "_count"]}
+    exported = {f"aidc_{m.name}{s}" for m in METRICS.values() for s in suffixes[m.type]}
+    for declared in vars(model_metrics).values():
+        if isinstance(declared, model_metrics.Declared):
+            exported |= {declared.name + s for s in suffixes[declared.kind]}
+    dashboard = json.loads((Path(__file__).parents[1] / "hub_config" / "grafana" / "aidc.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    used = {name for e in exprs for name in regex.findall(r"\baidc_[a-z_]+", e)}
+    assert len(exprs) >= 15 and used and used <= exported, sorted(used - exported)
