@@ -187,6 +187,11 @@ def test_a_viewer_lands_on_the_dashboards_and_sees_every_dashboard_with_data(pla
                     assert f"{holder.name} (server:{holder.name}/)" in page.inner_text("table.aidc-table")
                     first = page.inner_text(".aidc-updated")
                     poll(lambda: page.inner_text(".aidc-updated"), lambda t: t != first, timeout=60)
+                    # the range selector redraws the charts over the range chosen
+                    axis = "svg.aidc-chart text[font-size='10'][text-anchor='start']"
+                    since = page.locator(axis).first.text_content()
+                    page.select_option("select", label="Last 6 hours")
+                    poll(lambda: page.locator(axis).first.text_content(), lambda t: t != since, timeout=30)
                     result = kernel_ignores_execute_request(page, marker)
                     assert not marker.exists()
                     assert all(parent != result["exec_id"] for _, parent in result["seen"]), result
