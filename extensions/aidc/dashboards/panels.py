@@ -104,9 +104,15 @@ def endpoints(page: Dashboard, start: float, end: float) -> str:
     per: dict[tuple[str, str], dict] = {}
     for (name, labels), value in figures.items():
         lb = dict(labels)
-        if "model" not in lb or "replica" in lb:
+        if "model" not in lb:
             continue
-        e = per.setdefault((lb["model"], lb.get("version", "")), {"requests": 0.0, "errors": 0.0, "buckets": []})
+        e = per.setdefault((lb["model"], lb.get("version", "")),
+                           {"requests": 0.0, "errors": 0.0, "buckets": [], "batches": {}})
+        if "replica" in lb:  # what each replica did: batch sizes, summed over the replicas
+            if name == "aidc_model_batch_size_bucket":
+                le = float(lb["le"])
+                e["batches"][le] = e["batches"].get(le, 0.0) + value
+            continue
         if name == "aidc_endpoint_requests_total":
             e["requests"] += value
         elif name == "aidc_endpoint_request_errors_total":
@@ -122,12 +128,15 @@ def endpoints(page: Dashboard, start: float, end: float) -> str:
         if before and now > before[0] and (model, version) in before[1]:
             rps = f"{(e['requests'] - before[1][(model, version)]) / (now - before[0]):.2f}"
         p50, p99 = quantile(e["buckets"], 0.5), quantile(e["buckets"], 0.99)
+        batch = quantile(list(e["batches"].items()), 0.5)
         rows.append([model, version, f"{e['requests']:.0f}", rps, f"{e['errors']:.0f}",
-                     "-" if p50 is None else f"{p50 * 1000:.1f} ms", "-" if p99 is None else f"{p99 * 1000:.1f} ms"])
+                     "-" if p50 is None else f"{p50 * 1000:.1f} ms", "-" if p99 is None else f"{p99 * 1000:.1f} ms",
+                     "-" if batch is None else f"{batch:.1f}"])
+    served = sorted((k, e) for k, e in per.items() if e["requests"] or e["buckets"])
     return ("<h3>Endpoints</h3>"
-            + charts.bar_chart("Requests by endpoint", [(f"{m} v{v}", e["requests"]) for (m, v), e in sorted(per.items())])
-            + charts.table(["model", "version", "requests", "requests/s", "errors", "p50", "p99"], rows,
-                           "no inference request yet"))
+            + charts.bar_chart("Requests by endpoint", [(f"{m} v{v}", e["requests"]) for (m, v), e in served])
+            + charts.table(["model", "version", "requests", "requests/s", "errors", "p50", "p99", "batch size p50"],
+                           rows, "no inference request yet"))
 
 
 def model_versions(page: Dashboard, start: float, end: float) -> str:
