@@ -36,7 +36,7 @@ def lab_user(platform):
     configuration puts a service that does not exist behind the relay (``gone``)."""
     user = platform.new_user("scientist")
     put(platform, user, ".jupyter/jupyter_server_config.json",
-        json.dumps({"LabRelay": {"services": ["resources", "jobs", "gone"]}}))
+        json.dumps({"LabRelay": {"services": ["resources", "jobs", "models", "gone"]}}))
     put(platform, user, "lab_job.ipynb", notebook("x = 1"))
     r = platform.spawn(user, "gpu-1")
     assert r.status_code in (201, 202), (r.status_code, r.text)
@@ -84,7 +84,7 @@ def test_relay_answers_as_the_owner_and_only_to_the_owner(platform, lab_user, ot
     assert r.status_code == 502, r.text
     assert "not the aidc API" in r.json()["message"] and "Traceback" not in r.text
     # only the services the panel needs are behind the relay
-    r = platform.api(lab_user.token).get(relay_url(platform, lab_user, "models/models"), timeout=60)
+    r = platform.api(lab_user.token).get(relay_url(platform, lab_user, "data/datasets"), timeout=60)
     assert r.status_code == 404
     r = platform.api(lab_user.token).get(
         relay_url(platform, lab_user, "resources/%2E%2E/%2E%2E/%2E%2E/hub/api/user"), timeout=60)
@@ -420,6 +420,55 @@ def run_as_job(platform, user, page, posts) -> None:
     expect(form.locator("h4")).to_have_text("Run lab_plain.ipynb as a job", timeout=60_000)
     expect(form.locator(".aidc-no-parameters")).to_contain_text("no cell tagged")
     assert form.locator("input[data-param]").count() == 0
+    assert page.aidc_errors == []
+
+
+def test_models_section_shows_versions_aliases_and_lineage(platform, lab_user, lab_page,
+                                                           tmp_path):
+    """Two versions of a model registered from a job: the Models section lists them newest
+    first with their alias and metrics, and the lineage opens the job and its notebook."""
+    from test_models import models_api, scale_onnx  # torch: only where models are tested
+
+    job = submit(platform, lab_user, "lab_job.ipynb")
+    assert wait(platform, lab_user, job["id"])["status"] == "completed"
+    raw = scale_onnx(tmp_path / "m.onnx").read_bytes()
+    name = f"lab-{lab_user.name}"
+    signature = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 2]}],
+                 "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 2]}]}
+    for accuracy in (0.75, 0.875):
+        metadata = {"format": "onnx", "filename": "m.onnx", "signature": signature,
+                    "metrics": {"accuracy": accuracy}, "lineage": {"job": job["id"]}}
+        r = models_api(platform, lab_user.token, "POST", f"/models/{name}/versions",
+                       data={"metadata": json.dumps(metadata)}, files={"artifact": ("m.onnx", raw)})
+        assert r.status_code == 201, r.text
+    r = models_api(platform, lab_user.token, "PUT", f"/models/{name}/aliases/prod",
+                   json={"version": 1})
+    assert r.status_code == 200, r.text
+
+    page = lab_page
+    sidebar = page.locator("#aidc-sidebar")
+    if not sidebar.is_visible():
+        sidebar_tab(page).click()
+    model = sidebar.locator(f'.aidc-Models .aidc-model[data-model="{name}"]')
+    expect(model).to_be_visible(timeout=60_000)  # the next refresh (5 s)
+    expect(model.locator("h4")).to_contain_text(f"{lab_user.name} · private")
+    rows = model.locator("ul.aidc-versions > li")
+    expect(rows).to_have_count(2)
+    expect(rows.nth(0)).to_contain_text("v2")
+    expect(rows.nth(0)).to_contain_text("accuracy=0.875")
+    expect(rows.nth(1).locator(".aidc-alias")).to_have_text("prod")
+    expect(rows.nth(1)).to_contain_text("accuracy=0.75")
+    expect(rows.nth(1).locator(".aidc-lineage-notebook")).to_have_text("lab_job.ipynb")
+    model.scroll_into_view_if_needed()
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "lab-models.png"))
+    # the lineage: the job followed in the Jobs section, the notebook opened in Lab
+    rows.nth(1).locator(".aidc-lineage-job").click()
+    expect(sidebar.locator(".aidc-job-detail h4 .aidc-note")).to_have_text(job["id"],
+                                                                          timeout=60_000)
+    expect(sidebar.locator(".aidc-job-detail .aidc-status-completed")).to_be_visible()
+    rows.nth(1).locator(".aidc-lineage-notebook").click()
+    current_tab(page, "lab_job.ipynb")
     assert page.aidc_errors == []
 
 

@@ -42,7 +42,7 @@ class LabRelay(LoggingConfigurable):
 
     services = List(
         Unicode(),
-        ["resources", "jobs"],
+        ["resources", "jobs", "models"],
         help="""Hub services the Lab panel's routes relay to (``/aidc/api/<name>/...`` →
         ``/services/<name>/api/...``). Any other name answers 404.""",
     ).tag(config=True)

@@ -16,6 +16,7 @@ import { Widget } from '@lumino/widgets';
 
 import iconSvg from '../style/icon.svg';
 import { ILabActions } from './jobs';
+import { IModelActions } from './models';
 import { AidcSidebar } from './sidebar';
 
 const PLUGIN_ID = 'aidc:plugin';
@@ -34,7 +35,7 @@ function notebookContext(widget: Widget | null): DocumentRegistry.Context | null
 
 const plugin: JupyterFrontEndPlugin<void> = {
   id: PLUGIN_ID,
-  description: 'The AI Data Center sidebar: my GPUs, quota, queue place and jobs.',
+  description: 'The AI Data Center sidebar: my GPUs, quota, queue place, jobs and models.',
   autoStart: true,
   optional: [ILayoutRestorer, ICommandPalette, ISettingRegistry],
   activate: (
@@ -44,14 +45,15 @@ const plugin: JupyterFrontEndPlugin<void> = {
     settings: ISettingRegistry | null
   ) => {
     const contents = app.serviceManager.contents;
-    const actions: ILabActions = {
+    const actions: ILabActions & Pick<IModelActions, 'openPath'> = {
       openNotebook: async (path, content) => {
         await contents.get(OUTPUTS_FOLDER, { content: false }).catch(() =>
           contents.save(OUTPUTS_FOLDER, { type: 'directory' })
         );
         await contents.save(path, { type: 'notebook', format: 'json', content });
         await app.commands.execute('docmanager:open', { path });
-      }
+      },
+      openPath: path => void app.commands.execute('docmanager:open', { path })
     };
     const sidebar = new AidcSidebar(actions);
     sidebar.title.icon = aidcIcon;

@@ -7,6 +7,7 @@ import { Message } from '@lumino/messaging';
 
 import { h } from './dom';
 import { ILabActions, JobsSection } from './jobs';
+import { IModelActions, ModelsSection } from './models';
 import { ResourcesSection } from './resources';
 import { Section } from './section';
 
@@ -17,14 +18,21 @@ export class AidcSidebar extends Panel {
   private timer: number | undefined;
   private intervalSeconds = 5;
 
-  constructor(actions: ILabActions) {
+  constructor(actions: ILabActions & Pick<IModelActions, 'openPath'>) {
     super();
     this.id = 'aidc-sidebar';
     this.addClass('aidc-Sidebar');
     // a widget of its own: the panel's layout places its widgets by index among the node's children
     this.addWidget(new Widget({ node: h('h2', '', 'AI Data Center') }));
     this.jobs = new JobsSection(actions);
-    this.sections = [new ResourcesSection(), this.jobs];
+    const models = new ModelsSection({
+      openPath: path => actions.openPath(path),
+      showJob: jobId => {
+        this.jobs.watch(jobId);
+        this.jobs.node.scrollIntoView({ block: 'start' });
+      }
+    });
+    this.sections = [new ResourcesSection(), this.jobs, models];
     for (const section of this.sections) {
       this.addWidget(section);
     }
