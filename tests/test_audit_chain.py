@@ -14,6 +14,7 @@ import json
 import multiprocessing
 import shutil
 import threading
+import time
 
 import pytest
 
@@ -79,6 +80,17 @@ def test_concurrent_writers_make_one_intact_chain(written):
     assert oct(DataDir(written).audit_log.stat().st_mode & 0o777) == "0o600"
     code, out = _verify(written)
     assert code == 0 and "60 records, chain intact" in out, out
+
+
+def test_every_kind_of_event_has_a_schema_that_checks_it():
+    for kind in audit.SCHEMAS:
+        base = {"actor": "alice", "target": "t", "result": "success"}
+        assert audit.check(kind, {**base, "action": "no-such-action"}), kind  # refused
+    valid = {"job": "end", "dataset": "put", "model": "deploy", "gpu": "claim", "access": "refused",
+             "auth": "login", "user": "add", "server": "start"}
+    assert set(valid) == set(audit.SCHEMAS)
+    for kind, action in valid.items():
+        assert audit.check(kind, {"actor": "alice", "action": action, "target": "t", "result": "success"}) is None
 
 
 def test_threads_of_one_process_make_one_chain(tmp_path):
@@ -193,3 +205,45 @@ def test_the_platforms_own_log_verifies_and_answers_queries(platform, scientist)
     assert logins and logins[-1]["actor"] == scientist.name and logins[-1]["result"] == "success"
     r = platform.cli("audit", "query", "--user", scientist.name)
     assert scientist.name in r.stdout and "login" in r.stdout
+
+
+def _audit(platform, *args: str) -> list[dict]:
+    r = platform.cli("audit", "query", "--json", *args)
+    assert r.returncode == 0, r.stderr
+    return [json.loads(x) for x in r.stdout.splitlines()]
+
+
+def test_services_report_through_the_hubs_writer(platform, scientist, other_scientist):
+    import requests
+
+    import jobs_helpers as jh
+
+    jh.put(platform, scientist, "audited.ipynb", jh.notebook("print('audited')"))
+    job = jh.submit(platform, scientist, "audited.ipynb")
+    jh.wait(platform, scientist, job["id"])
+    # someone else's job does not exist for them, and the refusal is recorded
+    r = jh.jobs_api(platform, other_scientist.token, "GET", f"/jobs/{job['id']}")
+    assert r.status_code == 404
+
+    deadline = time.monotonic() + 60
+    while True:  # the service sends in the background; the hub writes what it gets
+        events = [e for e in _audit(platform) if e.get("target", "").startswith((job["id"], f"GET /services/jobs/api/jobs/{job['id']}"))]
+        actions = {(e["actor"], e["action"]) for e in events}
+        if {(scientist.name, "submit"), (scientist.name, "end"), (other_scientist.name, "refused")} <= actions:
+            break
+        assert time.monotonic() < deadline, events
+        time.sleep(0.2)
+    assert all(e["service"] == "jobs" for e in events), events
+    end = next(e for e in events if e["action"] == "end")
+    assert end["state"] == "completed" and end["result"] == "success"
+    refused = next(e for e in events if e["action"] == "refused")
+    assert refused["status"] == 404 and refused["result"] == "failure"
+    assert platform.cli("audit", "verify").returncode == 0
+
+    # only a platform service's token may post events: a user's token is refused
+    r = requests.post(f"{platform.url}/hub/api/aidc/audit", timeout=30,
+                      headers={"Authorization": f"token {scientist.token}"},
+                      json={"events": [{"kind": "job", "data": {"actor": "x", "action": "end",
+                                                                   "target": "forged", "result": "success"}}]})
+    assert r.status_code == 403, r.text
+    assert not _audit(platform, "--user", "x")

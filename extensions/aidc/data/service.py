@@ -132,6 +132,7 @@ class UploadResource(DataHandler):
         self.writable(name)
         upload = self.uploads.session(name, upload_id, self.user_name)
         version = self.uploads.commit(upload)
+        self.audit("dataset", "put", f"{name}@{version['version']}", bytes=version["size"])
         app_log.info("aidc data: %s published %s v%d (%d files, %d bytes)", self.user_name,
                       name, version["version"], len(version["files"]), version["size"])
         self.write_json(version_view(version), status=201)
@@ -220,6 +221,7 @@ class FileDownload(DataHandler):
         if entry is None:
             raise NotFoundError(f"dataset {name!r} version {version['version']} has no file {fname!r}; "
                                 f"its files: {', '.join(f['name'] for f in version['files'])}")
+        self.audit("dataset", "get", f"{name}@{version['version']}/{fname}", bytes=entry["size"])
         self.set_header("Content-Type", "application/octet-stream")
         self.set_header("Content-Length", str(entry["size"]))
         self.set_header("X-Aidc-Sha256", entry["sha256"])
@@ -235,7 +237,9 @@ class AliasResource(DataHandler):
     def put(self, name, alias):
         self.owned_dataset(name)
         body = self.json_body()
-        self.write_json(self.store.set_alias(name, alias, body.get("version")))
+        result = self.store.set_alias(name, alias, body.get("version"))
+        self.audit("dataset", "set-alias", f"{name}@{alias}", reason=f"now version {body.get('version')}")
+        self.write_json(result)
 
 
 class QuotaHandler(DataHandler):

@@ -167,6 +167,12 @@ def configure(c, options: PlatformOptions | None = None) -> PlatformOptions:
         "access:services",
     ]
 
+    # the audit log's one writer: services post their events here (aidc.hub.audit_api)
+    from . import audit_api
+
+    c.JupyterHub.custom_scopes = {**(c.JupyterHub.get("custom_scopes") or {}), **audit_api.SCOPE_DEFINITION}
+    c.JupyterHub.extra_handlers = [*(c.JupyterHub.get("extra_handlers") or []), *audit_api.handlers()]
+
     cli_token = d.secret(d.cli_token_file)
     c.JupyterHub.services = [{"name": CLI_SERVICE, "api_token": cli_token}]
     c.JupyterHub.load_roles = [

@@ -37,9 +37,7 @@ def apply(c, data_dir: str, services: list[ManagedService] | None = None,
     extra_roles = []
     for s in services:
         hub_services.append(s.hub_service(data_dir, extra_env))
-        role = s.hub_role()
-        if role:
-            extra_roles.append(role)
+        extra_roles.append(s.hub_role())
         for r in s.roles if s.web else ():
             roles.grant(r, [f"access:services!service={s.name}"])
     c.JupyterHub.services = hub_services

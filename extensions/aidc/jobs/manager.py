@@ -32,11 +32,12 @@ from ..db import iso, utcnow
 from ..errors import AidcError, ConflictError, UsageError
 from ..gpu.inventory import WHOLE
 from ..gpu.ledger import GRANTED, GPULedger, QuotaExceededError
+from ..security import audit
 from ..services.fields import integer, seconds
 from . import notebooks, parameters
 from .artifacts import ArtifactStore
 from .execute import TOPIC, run_job, stop_job
-from .store import CANCELLED, FAILED, FINAL, QUEUED, RUNNING, JobStore
+from .store import CANCELLED, COMPLETED, FAILED, FINAL, QUEUED, RUNNING, JobStore
 from .views import job_view, sweep_view
 
 MAX_SWEEP_RUNS = 256
@@ -535,6 +536,8 @@ class JobManager(LoggingConfigurable):
         self.ledger.release(f"job:{job['id']}")
         self.store.update_job(job["id"], status=status, error=error, finished=utcnow(), **values)
         self.log.info("aidc jobs: %s %s%s", job["id"], status, f": {error}" if error else "")
+        audit.record("job", actor=job["owner"], action="end", target=job["id"], state=status,
+                     result="success" if status == COMPLETED else "failure", reason=(error or None) and error[:500])
         self._notify(job["id"])
         self.wake()
 
@@ -548,6 +551,8 @@ class JobManager(LoggingConfigurable):
             if self.store.update_job(job_id, only_if={"status": QUEUED}, status=CANCELLED,
                                      finished=utcnow()):
                 self.ledger.release(f"job:{job_id}")
+                audit.record("job", actor=job["owner"], action="end", target=job_id, state=CANCELLED,
+                             result="failure", reason="cancelled while queued")
                 self._notify(job_id)
                 return self.store.job(job_id)
             job = self.store.job(job_id)

@@ -92,6 +92,7 @@ class JobsCollection(JobsHandler):
     @scientist
     def post(self):
         job = self.manager.submit(self.user_name, self.groups, self.json_body())
+        self.audit("job", "submit", job["id"], notebook=job.get("path"))
         self.write_json(self.manager.view(job), status=201)
 
 
@@ -106,6 +107,7 @@ class CancelHandler(JobsHandler):
     async def post(self, job_id):
         self.visible_job(job_id)
         job = await self.manager.cancel(job_id)
+        self.audit("job", "cancel", job_id)
         self.write_json(self.manager.view(job), status=202)
 
 
@@ -216,7 +218,9 @@ class SweepsCollection(JobsHandler):
 
     @scientist
     def post(self):
-        self.write_json(self.manager.sweep(self.user_name, self.groups, self.json_body()), status=201)
+        sweep = self.manager.sweep(self.user_name, self.groups, self.json_body())
+        self.audit("job", "sweep", str(sweep.get("id")))
+        self.write_json(sweep, status=201)
 
 
 class SweepResource(JobsHandler):
@@ -233,8 +237,9 @@ class SchedulesCollection(JobsHandler):
 
     @scientist
     def post(self):
-        self.write_json(schedule_view(self.manager.create_schedule(self.user_name, self.groups, self.json_body())),
-                        status=201)
+        schedule = self.manager.create_schedule(self.user_name, self.groups, self.json_body())
+        self.audit("job", "schedule", str(schedule["id"]))
+        self.write_json(schedule_view(schedule), status=201)
 
 
 class ScheduleResource(JobsHandler):
@@ -249,6 +254,7 @@ class ScheduleResource(JobsHandler):
     def delete(self, schedule_id):
         self.visible_schedule(schedule_id)
         self.store.delete_schedule(schedule_id)
+        self.audit("job", "unschedule", schedule_id)
         self.set_status(204)
         self.finish()
 

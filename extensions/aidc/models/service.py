@@ -194,6 +194,7 @@ class VersionsHandler(ModelsHandler):
             self.registry.publish_artifact(name, record["version"], version_dir)
         finally:
             shutil.rmtree(version_dir, ignore_errors=True)
+        self.audit("model", "register", f"{name}@{record['version']}", detail=fmt)
         self.write_json(version_view(self.registry.version(name, record["version"])), status=201)
 
     async def lineage(self, claimed: dict) -> dict:
@@ -268,12 +269,15 @@ class AliasResource(ModelsHandler):
         self.owned_model(name)
         body = self.json_body()
         number = self.registry.resolve(name, body.get("version"))
-        self.write_json(self.registry.set_alias(name, alias, number))
+        result = self.registry.set_alias(name, alias, number)
+        self.audit("model", "set-alias", f"{name}@{alias}", detail=f"-> version {number}")
+        self.write_json(result)
 
     @signed_in
     def delete(self, name, alias):
         self.owned_model(name)
         self.registry.delete_alias(name, alias)
+        self.audit("model", "set-alias", f"{name}@{alias}", detail="removed")
         self.set_status(204)
         self.finish()
 
@@ -314,6 +318,9 @@ class DeploymentResource(ModelsHandler):
         previous = old["version"] if old and old["version"] != number else (old or {}).get("previous_version")
         saved = self.registry.put_deployment(name, previous_version=previous, deployed_by=self.user_name,
                                              **{k: v for k, v in dep.items() if k != "name"})
+        self.audit("model", "deploy" if old is None else ("canary" if canary_version else "update"), name,
+                   detail=f"version {number}" + (f", canary version {canary_version} at {canary_weight}"
+                                                 if canary_version else "") + f", {dep['replicas']} replica(s)")
         self.write_json(deployment_view(saved, self.runner.status(name)))
 
     def hold_gpus(self, name: str, owner: str, gpus: int) -> None:
@@ -337,6 +344,7 @@ class DeploymentResource(ModelsHandler):
         self.registry.delete_deployment(name)
         await self.runner.remove(name)
         self.settings["ledger"].release(f"deployment:{name}")
+        self.audit("model", "undeploy", name)
         self.set_status(204)
         self.finish()
 
@@ -366,6 +374,7 @@ class DeploymentAction(ModelsHandler):
         await self.runner.apply(dep)
         saved = self.registry.put_deployment(name, deployed_by=self.user_name,
                                              **{k: v for k, v in dep.items() if k != "name"})
+        self.audit("model", action, name, detail=f"now version {dep['version']}")
         self.write_json(deployment_view(saved, self.runner.status(name)))
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import getpass
 import json
 import logging
+import os
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,7 +33,13 @@ SCHEMA_DIR = Path(__file__).parent / "schemas"
 BASE_ID = "https://aidc.dev/events/security/"
 
 #: short name -> schema file; ``record("auth", ...)`` etc.
-SCHEMAS = {"auth": "auth.yaml", "user": "user.yaml", "server": "server.yaml"}
+SCHEMAS = {"auth": "auth.yaml", "user": "user.yaml", "server": "server.yaml",
+           "job": "job.yaml", "dataset": "dataset.yaml", "model": "model.yaml", "gpu": "gpu.yaml",
+           "access": "access.yaml"}
+#: the hub scope that lets a platform service's token add events (:mod:`aidc.hub.audit_api`)
+WRITE_SCOPE = "custom:aidc-audit:write"
+#: the kinds services report (through the hub's writer); the others only the hub and CLI write
+SERVICE_KINDS = frozenset({"job", "dataset", "model", "gpu", "access"})
 
 log = logging.getLogger("aidc.audit")
 
@@ -87,12 +94,48 @@ def cli_actor() -> str:
     return f"cli:{getpass.getuser()}"
 
 
-def record(kind: str, path: Path | None = None, **data: Any) -> None:
-    """Record one audit event of ``kind`` (``auth``, ``user``, ``server``).
+def check(kind: str, data: dict[str, Any]) -> str | None:
+    """Why ``data`` is not a valid event of ``kind`` (None when it is)."""
+    if kind not in SCHEMAS:
+        return f"unknown kind of event {kind!r}"
+    if kind not in _schemas:
+        sys.modules.setdefault("rfc3987_syntax", None)  # see _event_logger
+        from jupyter_events.schema import EventSchema
 
-    ``path`` defaults to the current platform's audit log. Recording never raises into
-    the caller's action: an event that fails validation is a bug, logged loudly.
+        _schemas[kind] = EventSchema(SCHEMA_DIR / SCHEMAS[kind])
+    try:
+        _schemas[kind].validate({k: v for k, v in data.items() if v is not None})
+    except Exception as e:  # jsonschema's ValidationError: its message names the field
+        return getattr(e, "message", None) or str(e)
+    return None
+
+
+_schemas: dict[str, Any] = {}
+
+
+def in_service() -> str | None:
+    """The name of the hub-managed service this process is (None in the hub or the CLI)."""
+    return os.environ.get("JUPYTERHUB_SERVICE_NAME") or None
+
+
+def record(kind: str, path: Path | None = None, **data: Any) -> None:
+    """Record one audit event of ``kind`` (``auth``, ``user``, ``server``, ``job``, ...).
+
+    ``path`` defaults to the current platform's audit log. In a platform service the event
+    goes to the hub's writer instead (:class:`aidc.security.sender.HubSender`): services never
+    open the log. Recording never raises into the caller's action: an event that fails
+    validation is a bug, logged loudly.
     """
+    if path is None and in_service():
+        from .sender import hub_sender
+
+        clean = {k: v for k, v in data.items() if v is not None}
+        problem = check(kind, clean)
+        if problem:
+            log.error("audit event %s %s not sent: %s", kind, clean, problem)
+            return
+        hub_sender().send(kind, clean)
+        return
     path = path or audit_log_path()
     if path is None:
         log.warning("no AIDC_DATA_DIR: audit event %s %s not recorded", kind, data)

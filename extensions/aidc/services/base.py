@@ -46,6 +46,7 @@ from tornado.log import app_log
 from traitlets.config import Application, PyFileConfigLoader
 
 from ..errors import AidcError, PermissionDeniedError, UsageError, status_for
+from ..security import audit
 from .. import roles
 from ..paths import PrivateFileHandler, log_rotation, platform_data_dir
 from .http import NoDelayHTTPServer
@@ -185,6 +186,7 @@ class ServiceHandler(AppHubAuth, HubOAuthenticated, web.RequestHandler):
             if model:
                 # signed in, but without access to this service: say so, do not ask to log in
                 self._refusing = True
+                self._refused_model = model
                 raise web.HTTPError(
                     403, f"{model['kind']} {model['name']} may not use this service"
                 )
@@ -238,6 +240,12 @@ class ServiceHandler(AppHubAuth, HubOAuthenticated, web.RequestHandler):
             return
         super()._handle_request_exception(e)
 
+    def audit(self, kind: str, action: str, target: str, result: str = "success", **extra: Any) -> None:
+        """Report what the caller did to the audit log (through the hub's writer)."""
+        who = getattr(self, "_current_user", None) or getattr(self, "_refused_model", None)
+        audit.record(kind, actor=who["name"] if isinstance(who, dict) else "anonymous", action=action,
+                     target=target, result=result, remote_ip=self.request.remote_ip, **extra)
+
     def write_error(self, status_code: int, **kwargs) -> None:
         message = kwargs.get("reason_message")
         exc_info = kwargs.get("exc_info")
@@ -247,6 +255,10 @@ class ServiceHandler(AppHubAuth, HubOAuthenticated, web.RequestHandler):
                 message = exc.log_message % exc.args if exc.args else exc.log_message
         if message is None:
             message = self._reason if status_code < 500 else "Internal error; see the service log."
+        if status_code in (403, 404) and (getattr(self, "_current_user", None) or getattr(self, "_refused_model", None)):
+            # a signed-in caller refused: someone else's thing, or a role that may not
+            self.audit("access", "refused", f"{self.request.method} {self.request.path}", result="failure",
+                       status=status_code, reason=message[:500])
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps({"status": status_code, "message": message}))
 

@@ -26,6 +26,7 @@ from importlib.metadata import entry_points
 from jupyterhub.utils import random_port
 
 from .. import roles
+from ..security.audit import WRITE_SCOPE
 from . import launch
 
 ENTRY_POINT_GROUP = "aidc.services"
@@ -83,13 +84,13 @@ class ManagedService:
             "info": dict(self.info),
         }
 
-    def hub_role(self) -> dict | None:
-        if not self.hub_scopes:
-            return None
+    def hub_role(self) -> dict:
+        """The service token's role: its ``hub_scopes``, and adding audit events (every
+        platform service reports what it does to the hub's audit writer)."""
         return {
             "name": f"service-{self.name}",
             "description": f"The {self.name} service's own API token.",
-            "scopes": list(self.hub_scopes),
+            "scopes": [*self.hub_scopes, WRITE_SCOPE],
             "services": [self.name],
         }
 
