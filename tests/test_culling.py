@@ -43,8 +43,11 @@ def test_gpu_culler_stops_servers_whose_gpus_sit_unused(fresh_platform, tmp_path
     assert f"keeps {busy.name}/: its GPUs are in use" in p.log()
     assert f"keeps {idle.name}/: GPUs unused and kernels idle; stopped after 8 s" in p.log()
     assert _running(p, admin, busy)
+    # the culler (a service) sends its event to the hub's audit writer in the background
+    assert _wait(lambda: [e for e in p.audit_events() if e.get("actor") == "gpu-culler"])
     culls = [e for e in p.audit_events() if e.get("actor") == "gpu-culler"]
-    assert [(e["action"], e["target"], e["result"]) for e in culls] == [("stop", f"{idle.name}/", "success")]
+    assert [(e["action"], e["target"], e["result"], e["service"]) for e in culls] == [
+        ("stop", f"{idle.name}/", "success", "gpu-culler")]
     assert "GPUs unused" in culls[0]["reason"]
 
 

@@ -38,8 +38,9 @@ SCHEMAS = {"auth": "auth.yaml", "user": "user.yaml", "server": "server.yaml",
            "access": "access.yaml"}
 #: the hub scope that lets a platform service's token add events (:mod:`aidc.hub.audit_api`)
 WRITE_SCOPE = "custom:aidc-audit:write"
-#: the kinds services report (through the hub's writer); the others only the hub and CLI write
-SERVICE_KINDS = frozenset({"job", "dataset", "model", "gpu", "access"})
+#: the kinds services report (through the hub's writer; ``server``: the GPU culler stopping
+#: one); sign-ins and user changes only the hub and the CLI write
+SERVICE_KINDS = frozenset({"job", "dataset", "model", "gpu", "access", "server"})
 
 log = logging.getLogger("aidc.audit")
 
