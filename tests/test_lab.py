@@ -307,7 +307,6 @@ def test_run_the_open_notebook_as_a_job_from_lab(platform, lab_user, lab_page):
     and its executed notebook opens in Lab."""
     page = lab_page
     put(platform, lab_user, "lab_params.ipynb", GATED)
-    put(platform, lab_user, "lab_plain.ipynb", notebook("print('plain')"))
     posts = []
 
     def on_request(request):  # Jupyter's requests end with a cache-busting query
@@ -413,20 +412,14 @@ def run_as_job(platform, user, page, posts) -> None:
     expect(epochs).to_have_value("5", timeout=60_000)
     expect(form.locator('input[data-param="label"]')).to_have_value("changed")
     assert len(posts) == 2
-    # a notebook without a parameters cell, from its toolbar: the form says why there are none
-    page.goto(f"{platform.url}/user/{user.name}/lab/tree/lab_plain.ipynb")
-    current_tab(page, "lab_plain.ipynb")
-    button.click()
-    expect(form.locator("h4")).to_have_text("Run lab_plain.ipynb as a job", timeout=60_000)
-    expect(form.locator(".aidc-no-parameters")).to_contain_text("no cell tagged")
-    assert form.locator("input[data-param]").count() == 0
     assert page.aidc_errors == []
 
 
 def test_models_section_shows_versions_aliases_and_lineage(platform, lab_user, lab_page,
                                                            tmp_path):
     """Two versions of a model registered from a job: the Models section lists them newest
-    first with their alias and metrics, and the lineage opens the job and its notebook."""
+    first with their alias and metrics, and the lineage opens the job and its notebook
+    (which has no parameters cell: its "Run as job" form says so)."""
     from test_models import models_api, scale_onnx  # torch: only where models are tested
 
     job = submit(platform, lab_user, "lab_job.ipynb")
@@ -469,6 +462,12 @@ def test_models_section_shows_versions_aliases_and_lineage(platform, lab_user, l
     expect(sidebar.locator(".aidc-job-detail .aidc-status-completed")).to_be_visible()
     rows.nth(1).locator(".aidc-lineage-notebook").click()
     current_tab(page, "lab_job.ipynb")
+    # that notebook has no parameters cell: its "Run as job" form says why there are none
+    page.locator(".jp-NotebookPanel-toolbar .aidc-run-as-job:visible").click()
+    form = sidebar.locator("form.aidc-job-form")
+    expect(form.locator("h4")).to_have_text("Run lab_job.ipynb as a job", timeout=60_000)
+    expect(form.locator(".aidc-no-parameters")).to_contain_text("no cell tagged")
+    assert form.locator("input[data-param]").count() == 0
     assert page.aidc_errors == []
 
 
