@@ -247,3 +247,29 @@ def test_services_report_through_the_hubs_writer(platform, scientist, other_scie
                                                                    "target": "forged", "result": "success"}}]})
     assert r.status_code == 403, r.text
     assert not _audit(platform, "--user", "x")
+
+
+def test_changes_through_jupyterhubs_own_api_are_audited(platform, admin, scientist):
+    """The admin page and the REST API change users without passing through aidc's code."""
+    import secrets
+
+    from platform_helpers import User
+
+    name = f"api{secrets.token_hex(3)}"
+    platform.users.append(User(name, "", ""))  # its Unix account goes with the others
+    hub = platform.api(admin.token)
+    api = f"{platform.url}/hub/api"
+    assert hub.post(f"{api}/users/{name}", timeout=30).status_code == 201
+    assert hub.post(f"{api}/groups/viewer/users", json={"users": [name]}, timeout=30).status_code == 200
+    assert hub.post(f"{api}/users/{name}/tokens", json={"note": "audit test"}, timeout=30).status_code == 201
+    # a scientist may not add users: refused, and the refusal recorded
+    r = platform.api(scientist.token).post(f"{api}/users/not{name}", timeout=30)
+    assert r.status_code == 403
+
+    mine = [(e["actor"], e["action"], e.get("reason")) for e in _audit(platform, "--user", name)]
+    assert (admin.name, "add", None) in mine, mine
+    assert (admin.name, "set-role", "added to group viewer") in mine, mine
+    assert (admin.name, "issue-token", None) in mine, mine
+    refused = [e for e in _audit(platform, "--user", scientist.name, "--action", "refused")
+               if e["target"] == f"POST /hub/api/users/not{name}"]
+    assert refused and refused[-1]["status"] == 403 and refused[-1]["service"] == "hub"

@@ -168,10 +168,13 @@ def configure(c, options: PlatformOptions | None = None) -> PlatformOptions:
     ]
 
     # the audit log's one writer: services post their events here (aidc.hub.audit_api)
-    from . import audit_api
+    from . import audit_api, audit_requests
 
     c.JupyterHub.custom_scopes = {**(c.JupyterHub.get("custom_scopes") or {}), **audit_api.SCOPE_DEFINITION}
     c.JupyterHub.extra_handlers = [*(c.JupyterHub.get("extra_handlers") or []), *audit_api.handlers()]
+    # changes made through JupyterHub's own REST API and admin page (aidc.hub.audit_requests)
+    c.JupyterHub.tornado_settings = {**(c.JupyterHub.get("tornado_settings") or {}),
+                                     "log_function": audit_requests.audit_request}
 
     cli_token = d.secret(d.cli_token_file)
     c.JupyterHub.services = [{"name": CLI_SERVICE, "api_token": cli_token}]
