@@ -5,7 +5,7 @@ label where figures are simulated; per-user figures follow the viewer's role.
 
 On the session platform, with one headless Chromium: a viewer signs in and lands on the
 dashboards (not on a 403, and never offered a server), opens each dashboard and sees its
-charts with data (a GPU held by a server and a job submitted by the test), the pages
+charts with data (a job holding a GPU and an endpoint called by the test), the pages
 refresh by themselves, no notebook source reaches the browser, and an ``execute_request``
 sent on a dashboard's kernel websocket is not run.
 """
@@ -22,7 +22,7 @@ from playwright.sync_api import sync_playwright
 
 from aidc.dashboards import page as dashpage
 from aidc.dashboards.sources import Sources, Viewer, quantile, visible_usage
-from jobs_helpers import notebook, put, submit
+from jobs_helpers import home, notebook, put, submit, wait
 from test_browser import ARGS, ARTIFACTS, CHROMIUM
 
 DASHBOARDS = {"1-cluster.ipynb": "Cluster", "2-usage-and-cost.ipynb": "Usage and cost",
@@ -128,7 +128,7 @@ def serve_and_call(platform, user, name: str, folder: Path) -> None:
 def test_a_viewer_lands_on_the_dashboards_and_sees_every_dashboard_with_data(platform, viewer, scientist, tmp_path):
     from test_models import models_api  # torch: imported by the tests that need it
 
-    # a GPU held by a server, a job submitted and an endpoint called (in the background,
+    # a job holding a GPU and an endpoint called (in the background,
     # while the viewer signs in), so that every dashboard has figures
     model = f"dash-{uuid.uuid4().hex[:8]}"
     serving_errors = []
@@ -141,11 +141,12 @@ def test_a_viewer_lands_on_the_dashboards_and_sees_every_dashboard_with_data(pla
 
     serving = threading.Thread(target=serve)
     serving.start()
-    holder = platform.new_user("scientist")
-    r = platform.spawn(holder, "gpu-1")
-    assert r.status_code in (201, 202), r.text
-    put(platform, scientist, "dashboard_job.ipynb", notebook("x = 1"))
-    submit(platform, scientist, "dashboard_job.ipynb")
+    # the job holds its GPU until the test lets it finish (the job polls, not the test)
+    release = home(platform, scientist) / "dashboard_job.release"
+    put(platform, scientist, "dashboard_job.ipynb", notebook(
+        f"import os, time\nwhile not os.path.exists({str(release)!r}):\n    time.sleep(0.2)"))
+    job = submit(platform, scientist, "dashboard_job.ipynb", gpus=1)
+    holder = scientist
     marker = Path("/tmp") / f"aidc-dashboard-executed-{uuid.uuid4().hex}"
     ARTIFACTS.mkdir(exist_ok=True)
     try:
@@ -162,10 +163,11 @@ def test_a_viewer_lands_on_the_dashboards_and_sees_every_dashboard_with_data(pla
             listing = page.locator("ul.aidc-dashboards li a").all_inner_texts()
             assert listing == list(DASHBOARDS.values()), listing
             page.screenshot(path=str(ARTIFACTS / "dashboards-landing.png"))
-            # the server's GPU is granted while the browser signs in
-            metrics = f"{platform.url}/services/metrics/api/accounting"
-            poll(lambda: platform.api(viewer.token).get(metrics, timeout=30).json(),
-                 lambda u: any(row["name"] == holder.name for row in u.get("users", [])))
+            # the job's GPU is granted while the browser signs in
+            current = f"{platform.url}/services/metrics/api/current"
+            poll(lambda: platform.api(viewer.token).get(current, timeout=30).json(),
+                 lambda now: any(h["holder"] == f"job:{job['id']}" for g in now.get("gpus", [])
+                                 for h in g.get("holders", [])))
 
             serving.join(timeout=300)
             assert not serving.is_alive() and not serving_errors, serving_errors
@@ -186,13 +188,13 @@ def test_a_viewer_lands_on_the_dashboards_and_sees_every_dashboard_with_data(pla
                 if name == "1-cluster.ipynb":
                     # each GPU's utilization over time, and who holds the held one
                     assert page.locator("svg.aidc-chart path.series").count() >= 3
-                    assert f"{holder.name} (server:{holder.name}/)" in page.inner_text("table.aidc-table")
+                    assert f"{holder.name} (job:{job['id']})" in page.inner_text("table.aidc-table")
                     first = page.inner_text(".aidc-updated")
                     poll(lambda: page.inner_text(".aidc-updated"), lambda t: t != first, timeout=60)
                     # the range selector redraws the charts over the range chosen
                     axis = "svg.aidc-chart text[font-size='10'][text-anchor='start']"
                     since = page.locator(axis).first.text_content()
-                    page.select_option("select", label="Last 6 hours")
+                    page.select_option("select", label="Last hour")  # still the 1 s tier: drawn at once
                     poll(lambda: page.locator(axis).first.text_content(), lambda t: t != since, timeout=30)
                     result = kernel_ignores_execute_request(page, marker)
                     assert not marker.exists()
@@ -201,7 +203,11 @@ def test_a_viewer_lands_on_the_dashboards_and_sees_every_dashboard_with_data(pla
                     bars = bar_titles(page)
                     assert any(t.startswith(f"{holder.name}:") for t in bars), bars
                     csv_link = page.get_attribute("a.aidc-csv", "href")
-                    assert "/services/metrics/api/accounting.csv?" in csv_link
+                    assert csv_link.startswith("/services/metrics/api/accounting.csv?"), csv_link
+                    # followed as the browser follows the link (a page navigation, through the hub's OAuth)
+                    download = page.request.get(platform.url + csv_link, headers={"Accept": "text/html,*/*"})
+                    assert download.ok and download.text().startswith("user,"), download.text()[:300]
+                    assert f"\n{holder.name}," in download.text()
                 elif name == "3-jobs.ipynb":
                     bars = bar_titles(page)
                     counts = {t.split(":")[0]: float(t.split(":")[1]) for t in bars}
@@ -224,7 +230,8 @@ def test_a_viewer_lands_on_the_dashboards_and_sees_every_dashboard_with_data(pla
             browser.close()
     finally:
         serving.join(timeout=300)
-        platform.stop_server(holder)
+        put(platform, scientist, release.name, "")
+        wait(platform, scientist, job["id"])  # its GPU free again for the tests that follow
         models_api(platform, scientist.token, "DELETE", f"/models/{model}/deployment")
     # without a hub session, a dashboard sends the browser to the hub's sign-in
     r = requests.get(f"{platform.url}/services/dashboards/voila/render/1-cluster.ipynb",

@@ -78,8 +78,7 @@ class Sources:
                 why = r.json().get("message", "")
             except ValueError:
                 why = ""
-            raise SourceDown(f"the {service} service answered {r.status_code}"
-                             + (f": {why}" if why else "") + "")
+            raise SourceDown(f"the {service} service answered {r.status_code}" + (f": {why}" if why else ""))
         return r
 
     def json(self, service: str, path: str, **params) -> dict:
