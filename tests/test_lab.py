@@ -293,6 +293,9 @@ def test_relay_streams_a_jobs_events_live_as_the_owner(platform, lab_user, other
     r = api.get(relay_url(platform, lab_user, "jobs/jobs/no-such-job/events"), headers=sse,
                 timeout=60)
     assert r.status_code == 404 and "no-such-job" in r.json()["message"], r.text
+    # a service that is not there: a 502 that says so, as for any other call
+    r = api.get(relay_url(platform, lab_user, "gone/events"), headers=sse, timeout=60)
+    assert r.status_code == 502 and "not the aidc API" in r.json()["message"], r.text
     # another user, or nobody: no stream
     r = platform.api(other_scientist.token).get(url, headers=sse, timeout=60,
                                                 allow_redirects=False)

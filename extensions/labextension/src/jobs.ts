@@ -42,6 +42,8 @@ export interface ILabActions {
 /** How many jobs the list shows. */
 const LIMIT = 20;
 const FINAL = new Set(['completed', 'failed', 'cancelled']);
+/** How long the followed job waits before opening its event stream again. */
+const RECONNECT_MS = 2000;
 
 function progress(job: IJob): string {
   const { cell, cells } = job.progress || { cell: null, cells: null };
@@ -210,6 +212,8 @@ class JobWatch {
       if (this.job && FINAL.has(this.job.status)) {
         return;
       }
+      // the stream ended before the job did (a restarted service): follow it again shortly
+      await new Promise(resolve => setTimeout(resolve, RECONNECT_MS));
     }
   }
 
