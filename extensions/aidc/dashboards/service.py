@@ -1,7 +1,7 @@
 """The dashboards service: Voila at ``/services/dashboards/``, managed by the hub.
 
 JupyterHub starts Voila on the notebooks in ``notebooks/dashboards/`` (the landing page
-is Voila's listing of them), signed in through hub OAuth
+lists them: the Voila template ``aidc`` beside this module), signed in through hub OAuth
 (:class:`aidc.dashboards.auth.ServicePrefixIdentityProvider`, and JupyterHub's
 authorizer, which checks the ``access:services!service=dashboards`` scope that the
 viewer, scientist and admin roles hold). Voila's own protections stay on: the notebook
