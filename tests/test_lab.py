@@ -150,11 +150,12 @@ def test_sidebar_shows_the_gpus_of_my_server(platform, lab_user, lab_page):
     finally:
         r = jobs_api(platform, lab_user.token, "POST", f"/jobs/{waiting_job['id']}/cancel")
         assert r.status_code in (200, 202), r.text
-    # the refresh interval is a setting of Lab's settings editor, 5 s unless changed
+    # the refresh interval and a job's default GPUs are settings of Lab's settings editor
     r = platform.api(lab_user.token).get(
         f"{platform.url}/user/{lab_user.name}/lab/api/settings/aidc:plugin", timeout=60)
     assert r.status_code == 200, r.text
     assert r.json()["schema"]["properties"]["refreshInterval"]["default"] == 5
+    assert r.json()["schema"]["properties"]["defaultGPUs"]["default"] == 0
 
 
 @pytest.fixture(scope="module")
@@ -347,6 +348,11 @@ def palette(page, text: str, timeout: float = 60) -> None:
 
 
 def run_as_job(platform, user, page, posts) -> None:
+    # a new job's GPUs start from my setting (Settings → AI Data Center), read as Lab loads
+    r = platform.api(user.token).put(
+        f"{platform.url}/user/{user.name}/lab/api/settings/aidc:plugin",
+        json={"raw": json.dumps({"defaultGPUs": 2})}, timeout=60)
+    assert r.status_code == 204, r.text
     page.goto(f"{platform.url}/user/{user.name}/lab/tree/lab_params.ipynb")
     current_tab(page, "lab_params.ipynb")
     button = page.locator(".jp-NotebookPanel-toolbar .aidc-run-as-job:visible")
@@ -356,6 +362,7 @@ def run_as_job(platform, user, page, posts) -> None:
     epochs = form.locator('input[data-param="epochs"]')
     expect(epochs).to_have_value("2", timeout=60_000)
     expect(form.locator('input[data-param="label"]')).to_have_value("base")
+    expect(form.locator('input[name="gpus"]')).to_have_value("2")
     # a value of the wrong type is marked and nothing is sent
     epochs.fill("two")
     expect(epochs).to_have_class(re.compile("aidc-invalid"))

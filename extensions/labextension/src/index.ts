@@ -1,7 +1,8 @@
 /**
  * aidc's JupyterLab extension: the "AI Data Center" sidebar in the left area, with a
  * command to open it, "Run as job" for the open notebook (a command and a button in every
- * notebook's toolbar), and its refresh interval in the settings editor.
+ * notebook's toolbar), and its settings (refresh interval, a job's default GPUs) in the
+ * settings editor.
  */
 import {
   ILayoutRestorer,
@@ -114,6 +115,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
         .then(loaded => {
           const apply = () => {
             sidebar.refreshInterval = loaded.get('refreshInterval').composite as number;
+            sidebar.jobs.defaultGPUs = loaded.get('defaultGPUs').composite as number;
           };
           apply();
           loaded.changed.connect(apply);

@@ -44,6 +44,7 @@ export class JobForm {
   constructor(
     readonly path: string,
     private readonly previous: IJob | undefined,
+    private readonly defaultGPUs: number,
     private readonly on: { submitted: (job: IJob) => void; closed: () => void }
   ) {
     this.node.append(h('h4', '', `Run ${path} as a job`), this.body, this.message);
@@ -110,7 +111,11 @@ export class JobForm {
       const input = h('input', 'jp-mod-styled') as HTMLInputElement;
       input.name = field;
       input.placeholder = hint;
-      const before = this.previous?.[field as keyof IJob];
+      const before = this.previous
+        ? this.previous[field as keyof IJob]
+        : field === 'gpus' && this.defaultGPUs
+          ? this.defaultGPUs
+          : null;
       input.value = before === null || before === undefined ? '' : String(before);
       input.addEventListener('input', () => this.check());
       this.jobInputs.set(field, input);

@@ -62,6 +62,8 @@ export class JobsSection extends Section {
   private readonly formHost = h('div', 'aidc-job-form-host');
   private readonly detailHost = h('div', 'aidc-job-detail-host');
   private watched: JobWatch | null = null;
+  /** The GPUs a new job's form starts with (the `defaultGPUs` setting). */
+  defaultGPUs = 0;
 
   constructor(private readonly actions: ILabActions) {
     super('Jobs', 'aidc-Jobs');
@@ -71,7 +73,7 @@ export class JobsSection extends Section {
 
   /** Show the "Run as job" form for the notebook at `path` (with `previous`'s values to re-run). */
   async openForm(path: string, previous?: IJob): Promise<void> {
-    const form = new JobForm(path, previous, {
+    const form = new JobForm(path, previous, this.defaultGPUs, {
       submitted: job => {
         show(this.formHost);
         this.watch(job.id);
