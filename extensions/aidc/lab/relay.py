@@ -15,9 +15,9 @@ A service's refusal keeps its status and message; a service that does not answer
 answers with something that is not its API, is a 502 whose message says so.
 
 A ``GET`` that accepts ``text/event-stream`` (the jobs service's live events) is streamed
-instead: tornado's own HTTP client passes each chunk on as it arrives, with the same
-owner's token and the caller's ``Last-Event-ID``, so a long stream holds no thread and
-ends when either side closes.
+instead: a tornado HTTP client of the relay's own passes each chunk on as it arrives,
+with the same owner's token and the caller's ``Last-Event-ID``, so a long stream holds no
+thread and ends when either side closes.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from jupyter_server.base.handlers import APIHandler
 from jupyter_server.utils import url_path_join
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
-from traitlets import Float, List, Unicode
+from traitlets import Float, Integer, List, Unicode
 from traitlets.config import LoggingConfigurable
 
 from ..client import Client
@@ -60,7 +60,16 @@ class LabRelay(LoggingConfigurable):
         one connection is held.""",
     ).tag(config=True)
 
+    max_streams = Integer(
+        16,
+        help="""Event streams this server relays at once (each followed job in an open panel
+        holds one). They have an HTTP client of their own, so open streams never take the
+        places of tornado's shared client (10 at a time), which other code in this server
+        may use; a stream beyond this number waits for one to end.""",
+    ).tag(config=True)
+
     _client: Client | None = None
+    _streams: AsyncHTTPClient | None = None
 
     def client(self) -> Client:
         """The owner's client, made on first use from the server's environment
@@ -90,6 +99,12 @@ class LabRelay(LoggingConfigurable):
             raise PlatformError(f"the {service} service could not be reached: {e}") from None
         return r.status_code, r.headers.get("Content-Type", "application/json"), r.content
 
+
+    async def stream(self, request: HTTPRequest):
+        """Fetch a streaming ``request`` (:meth:`stream_request`) with the streams' own client."""
+        if self._streams is None:
+            self._streams = AsyncHTTPClient(force_instance=True, max_clients=self.max_streams)
+        return await self._streams.fetch(request, raise_error=False)
 
     def stream_request(self, service: str, path: str, headers: dict, on_header, on_chunk
                        ) -> HTTPRequest:
@@ -184,7 +199,7 @@ class RelayHandler(APIHandler):
             self._error(502, str(e))
             return
         try:
-            await AsyncHTTPClient().fetch(request, raise_error=False)
+            await self.relay.stream(request)
         except _StreamEnded:
             return
         except (OSError, HTTPClientError) as e:
