@@ -219,7 +219,7 @@ def test_services_report_through_the_hubs_writer(platform, scientist, other_scie
     import jobs_helpers as jh
 
     jh.put(platform, scientist, "audited.ipynb", jh.notebook("print('audited')"))
-    job = jh.submit(platform, scientist, "audited.ipynb")
+    job = jh.submit(platform, scientist, "audited.ipynb", gpus=1)
     jh.wait(platform, scientist, job["id"])
     # someone else's job does not exist for them, and the refusal is recorded
     r = jh.jobs_api(platform, other_scientist.token, "GET", f"/jobs/{job['id']}")
@@ -238,6 +238,15 @@ def test_services_report_through_the_hubs_writer(platform, scientist, other_scie
     assert end["state"] == "completed" and end["result"] == "success"
     refused = next(e for e in events if e["action"] == "refused")
     assert refused["status"] == 404 and refused["result"] == "failure"
+    # the job's GPU, granted and freed by the jobs service's ledger
+    while True:
+        gpu = [(e["action"], e["actor"], e["service"]) for e in _audit(platform, "--user", scientist.name)
+               if e.get("target") == f"job:{job['id']}"]
+        if len(gpu) == 2:
+            break
+        assert time.monotonic() < deadline, gpu
+        time.sleep(0.2)
+    assert gpu == [("claim", scientist.name, "jobs"), ("release", scientist.name, "jobs")]
     assert platform.cli("audit", "verify").returncode == 0
 
     # only a platform service's token may post events: a user's token is refused

@@ -12,7 +12,8 @@ import os
 from ..errors import UsageError
 from ..paths import DataDir
 from .inventory import Inventory, detect
-from .ledger import GPULedger
+from ..security import audit
+from .ledger import GRANTED, Claim, GPULedger
 
 DEFAULT_SIMULATED_GPUS = 4
 
@@ -22,8 +23,44 @@ def platform_db_url(data_dir: str | os.PathLike) -> str:
     return DataDir.from_arg(data_dir).db_url()
 
 
+class AuditedLedger(GPULedger):
+    """The ledger as the platform's processes use it: every grant and release also goes to
+    the audit log (``gpu`` events: ``claim`` when a holder is first seen granted by this
+    process, ``release`` when units are freed), whichever process made the decision: the
+    hub for servers, the jobs service for jobs, the models service for deployments.
+    Benchmarks and unit tests use :class:`GPULedger` itself, which records nothing."""
+
+    def __init__(self, **traits):
+        super().__init__(**traits)
+        self._reported: dict[str, str] = {}  # holder -> owner, claims recorded as granted
+
+    def _granted(self, claim: Claim | None) -> Claim | None:
+        if claim is not None and claim.state == GRANTED and claim.holder not in self._reported:
+            self._reported[claim.holder] = claim.owner
+            audit.record("gpu", actor=claim.owner or "platform", action="claim", target=claim.holder,
+                         result="success", units=[u["id"] for u in claim.units])
+        return claim
+
+    def request(self, holder: str, owner: str, count: int, *args, **kwargs) -> Claim:
+        claim = super().request(holder, owner, count, *args, **kwargs)
+        if claim.state == GRANTED and not claim.owner:
+            claim.owner = owner
+        return self._granted(claim)
+
+    def poll(self, holder: str) -> Claim | None:
+        return self._granted(super().poll(holder))
+
+    def release(self, holder: str) -> list[str]:
+        freed = super().release(holder)
+        owner = self._reported.pop(holder, None)
+        if freed:
+            audit.record("gpu", actor=owner or "platform", action="release", target=holder,
+                         result="success", units=list(freed))
+        return freed
+
+
 def open_ledger(data_dir: str | os.PathLike, **traits) -> GPULedger:
-    return GPULedger(db_url=platform_db_url(data_dir), **traits)
+    return AuditedLedger(db_url=platform_db_url(data_dir), **traits)
 
 
 def simulated_spec() -> int | list[dict]:
