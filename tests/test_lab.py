@@ -417,11 +417,23 @@ def run_as_job(platform, user, page, posts) -> None:
                         has_text="epochs=5 label=changed")).to_be_visible(timeout=60_000)
     assert (home(platform, user) / "job-outputs" / f"lab_params-{job_id}.ipynb").exists()
     page.screenshot(path=str(ARTIFACTS / "lab-job-output.png"))
-    # re-run: the form again, with the values it ran with
+    # re-run: the form again, with the values it ran with; run with another, then cancel it
     detail.locator(".aidc-rerun-button").click()
     expect(epochs).to_have_value("5", timeout=60_000)
     expect(form.locator('input[data-param="label"]')).to_have_value("changed")
-    assert len(posts) == 2
+    expect(form.locator('input[name="gpus"]')).to_have_value("0")
+    form.locator('input[data-param="gate"]').fill("lab_gate_never")
+    form.locator(".aidc-submit").click()
+    expect(detail.locator("h4 .aidc-note")).not_to_have_text(job_id, timeout=60_000)
+    expect(progress).to_have_text(f"cell {GATE_CELL + 1} of {GATED_CELLS} running",
+                                  timeout=120_000)
+    rerun_id = detail.locator("h4 .aidc-note").inner_text()
+    detail.locator(".aidc-cancel-button").click()
+    expect(detail.locator(".aidc-status-cancelled")).to_be_visible(timeout=60_000)
+    rerun = jobs_api(platform, user.token, "GET", f"/jobs/{rerun_id}").json()
+    assert rerun["status"] == "cancelled"
+    assert rerun["parameters"] == {"epochs": 5, "label": "changed", "gate": "lab_gate_never"}
+    assert len(posts) == 3
     assert page.aidc_errors == []
 
 
