@@ -24,7 +24,8 @@ from .. import roles
 from ..errors import AidcError
 from .auth import VIEWER_ENV
 
-TIMEOUT = 5.0
+#: how long a read may take before the section says the service does not answer
+TIMEOUT = 15.0
 
 
 class SourceDown(AidcError):
