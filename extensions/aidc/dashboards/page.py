@@ -23,7 +23,7 @@ from .sources import SourceDown, Sources, Viewer
 
 log = logging.getLogger(__name__)
 
-RANGES = [("Last 15 minutes", 900), ("Last hour", 3600), ("Last 6 hours", 6 * 3600),
+RANGES = [("Last 5 minutes", 300), ("Last 15 minutes", 900), ("Last hour", 3600), ("Last 6 hours", 6 * 3600),
           ("Last 24 hours", 86400), ("Last 7 days", 7 * 86400), ("Last 30 days", 30 * 86400)]
 
 STYLE = """<style>
