@@ -81,9 +81,13 @@ class Platform:
     proc: subprocess.Popen | None = None
     users: list[User] = field(default_factory=list)
 
+    #: "https" for a platform started with --tls-*; ``verify``: the CA bundle to trust then
+    scheme: str = "http"
+    verify: str | bool = True
+
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     @property
     def log_path(self) -> Path:
@@ -111,8 +115,9 @@ class Platform:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"aidc up exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                hub_up = hub_up or requests.get(self.url + "/hub/health", timeout=2).status_code == 200
-            except requests.RequestException:
+                hub_up = hub_up or requests.get(self.url + "/hub/health", timeout=2,
+                                                verify=self.verify).status_code == 200
+            except (requests.RequestException, OSError):  # OSError: a CA bundle not written yet
                 pass
             if hub_up and SERVICES_UP.search(self.log_since(getattr(self, "_log_offset", 0))):
                 return self
@@ -184,7 +189,15 @@ class Platform:
     def api(self, token: str) -> requests.Session:
         s = requests.Session()
         s.headers["Authorization"] = f"token {token}"
+        self._trust(s)
         return s
+
+    def _trust(self, s: requests.Session) -> None:
+        """Verify an HTTPS platform against its own bundle (requests would let a
+        REQUESTS_CA_BUNDLE in the environment win over ``Session.verify``)."""
+        if self.verify is not True:
+            s.verify = self.verify
+            s.trust_env = False
 
     def hub(self, token: str, method: str, path: str, **kw) -> requests.Response:
         kw.setdefault("timeout", 60)
@@ -193,6 +206,7 @@ class Platform:
     def login(self, name: str, password: str) -> tuple[requests.Session, requests.Response]:
         """Sign in through the real login form; returns the session and the final answer."""
         s = requests.Session()
+        self._trust(s)
         s.get(self.url + "/hub/login", timeout=30)
         r = s.post(
             self.url + "/hub/login?next=/hub/home",
@@ -263,9 +277,11 @@ def execute(platform: Platform, user: User, code: str, token: str | None = None,
     r = s.post(base, json={"name": "python3"}, timeout=60)
     assert r.status_code == 201, (r.status_code, r.text)
     kernel_id = r.json()["id"]
+    secure = platform.scheme == "https"
     ws = websocket.create_connection(
-        f"ws://127.0.0.1:{platform.port}/user/{user.name}/api/kernels/{kernel_id}/channels",
+        f"{'wss' if secure else 'ws'}://127.0.0.1:{platform.port}/user/{user.name}/api/kernels/{kernel_id}/channels",
         header=[f"Authorization: token {token}"], timeout=timeout,
+        **({"sslopt": {"ca_certs": platform.verify}} if secure else {}),
     )
     msg_id = uuid.uuid4().hex
     ws.send(json.dumps({

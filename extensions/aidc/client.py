@@ -56,6 +56,11 @@ class Client:
         kw.setdefault("timeout", self.timeout)
         try:
             r = self.session.request(method, f"{self.url}/{path.lstrip('/')}", **kw)
+        except requests.exceptions.SSLError as e:
+            raise PlatformError(
+                f"the platform at {self.url} answered over HTTPS with a certificate this machine does "
+                f"not trust ({e.__context__ or e}); on the platform's host set "
+                "REQUESTS_CA_BUNDLE to the bundle `aidc up` printed") from None
         except requests.ConnectionError:
             raise PlatformError(f"cannot reach the platform at {self.url}; is it running?") from None
         if r.status_code < 400:

@@ -144,6 +144,12 @@ class DataDir:
         return self.root / "logs"
 
     @property
+    def tls_dir(self) -> Path:
+        """The self-signed certificate ``aidc up --tls-self-signed`` made (its key stays in
+        ``secrets/``)."""
+        return self.root / "tls"
+
+    @property
     def audit_log(self) -> Path:
         return self.logs / "audit.jsonl"
 

@@ -265,6 +265,11 @@ def prepare_gpus(options: PlatformOptions) -> None:
 def banner(options: PlatformOptions, password: str | None) -> str:
     d = options.data_dir
     lines = [f"aidc is starting on {options.public_url}  (data: {d.root})"]
+    if options.tls_cert:
+        from .security.tls import bundle_path
+
+        lines.append(f"HTTPS with {options.tls_cert}; clients on this host trust it with "
+                     f"REQUESTS_CA_BUNDLE={bundle_path(d.root)}")
     if d.configured_db_url():
         lines.append(f"database: {redacted(d.configured_db_url())}")
     if not accounts.running_as_root():

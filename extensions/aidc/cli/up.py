@@ -28,6 +28,13 @@ def add_parser(sub, common) -> None:
         "directory, so later starts need no flag; '-' reads it from standard input, which "
         "keeps a password off the command line (or leave the password to ~/.pgpass)",
     )
+    p.add_argument("--tls-cert", metavar="FILE",
+                   help="serve the public port over HTTPS with this PEM certificate (with --tls-key); "
+                        "HSTS and secure cookies follow")
+    p.add_argument("--tls-key", metavar="FILE", help="the certificate's PEM private key (unencrypted)")
+    p.add_argument("--tls-self-signed", action="store_true",
+                   help="HTTPS with a self-signed certificate made for this machine (a trial: "
+                        "browsers warn; the platform's own clients trust it)")
     p.set_defaults(handler=run)
 
 
@@ -42,12 +49,16 @@ def run(args) -> int:
     from ..hub.config import PlatformOptions  # here: imports JupyterHub
     from ..paths import DataDir
 
+    d = DataDir.from_arg(args.data_dir)
+    cert, key = _tls_files(args, d)
     options = PlatformOptions(
-        data_dir=DataDir.from_arg(args.data_dir),
+        data_dir=d,
         ip=args.ip,
         port=args.port,
         hub_port=args.hub_port or args.port + 81,
         proxy_api_port=args.proxy_api_port or args.port + 1,
+        tls_cert=cert,
+        tls_key=key,
     )
     db_url = args.db_url
     if db_url == "-":
@@ -55,3 +66,25 @@ def run(args) -> int:
 
         db_url = sys.stdin.readline().strip()
     return platform.run(options, db_url)
+
+
+def _tls_files(args, d) -> tuple[str, str]:
+    """The certificate and key to serve, checked before anything starts ("" for HTTP)."""
+    from pathlib import Path
+
+    from ..errors import UsageError
+    from ..security import tls
+
+    if args.tls_self_signed:
+        if args.tls_cert or args.tls_key:
+            raise UsageError("--tls-self-signed makes its own certificate: leave out --tls-cert and --tls-key")
+        d.ensure()
+        cert, key = tls.self_signed(d.tls_dir, d.secrets_dir, args.ip)
+    elif args.tls_cert or args.tls_key:
+        if not (args.tls_cert and args.tls_key):
+            raise UsageError("HTTPS needs both --tls-cert FILE and --tls-key FILE")
+        cert, key = Path(args.tls_cert).resolve(), Path(args.tls_key).resolve()
+    else:
+        return "", ""
+    tls.check_pair(cert, key)
+    return str(cert), str(key)

@@ -63,6 +63,9 @@ class PlatformOptions:
     port: int = 8000
     hub_port: int = 8081
     proxy_api_port: int = 8001
+    #: HTTPS on the public port: certificate and key files (both or neither)
+    tls_cert: str = ""
+    tls_key: str = ""
 
     @classmethod
     def from_env(cls) -> "PlatformOptions":
@@ -73,6 +76,8 @@ class PlatformOptions:
             port=port,
             hub_port=int(os.environ.get("AIDC_HUB_PORT", port + 81)),
             proxy_api_port=int(os.environ.get("AIDC_PROXY_API_PORT", port + 1)),
+            tls_cert=os.environ.get("AIDC_TLS_CERT", ""),
+            tls_key=os.environ.get("AIDC_TLS_KEY", ""),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -82,6 +87,7 @@ class PlatformOptions:
             "AIDC_PORT": str(self.port),
             "AIDC_HUB_PORT": str(self.hub_port),
             "AIDC_PROXY_API_PORT": str(self.proxy_api_port),
+            **({"AIDC_TLS_CERT": self.tls_cert, "AIDC_TLS_KEY": self.tls_key} if self.tls_cert else {}),
         }
 
     @property
@@ -91,7 +97,7 @@ class PlatformOptions:
     @property
     def public_url(self) -> str:
         host = "127.0.0.1" if self.ip in ("", "0.0.0.0") else self.ip
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.tls_cert else 'http'}://{host}:{self.port}"
 
 
 def configure(c, options: PlatformOptions | None = None) -> PlatformOptions:
@@ -158,6 +164,8 @@ def configure(c, options: PlatformOptions | None = None) -> PlatformOptions:
         # where aidc.client finds the platform from inside a server
         "AIDC_URL": o.public_url,
     }
+    if o.tls_cert:
+        configure_tls(c, o)
     # $JUPYTERHUB_API_TOKEN in a server acts as its user (within the user's own
     # permissions), so notebooks use the platform services without pasting a token
     c.Spawner.server_token_scopes = [
@@ -189,6 +197,30 @@ def configure(c, options: PlatformOptions | None = None) -> PlatformOptions:
     return o
 
 
+#: Strict-Transport-Security on the hub's answers: browsers that saw the platform over
+#: HTTPS never use plain HTTP for it again (a year)
+HSTS = "max-age=31536000"
+
+
+def configure_tls(c, o: PlatformOptions) -> None:
+    """HTTPS on the public port (configurable-http-proxy serves it), secure cookies, HSTS,
+    and the platform's own clients trusting its certificate (:mod:`aidc.security.tls`)."""
+    from ..security import tls
+
+    c.JupyterHub.ssl_cert = o.tls_cert
+    c.JupyterHub.ssl_key = o.tls_key
+    c.JupyterHub.cookie_options = {**(c.JupyterHub.get("cookie_options") or {}), "secure": True}
+    settings = dict(c.JupyterHub.get("tornado_settings") or {})
+    settings["headers"] = {**settings.get("headers", {}), "Strict-Transport-Security": HSTS}
+    settings["xsrf_cookie_kwargs"] = {**settings.get("xsrf_cookie_kwargs", {}), "secure": True}
+    c.JupyterHub.tornado_settings = settings
+    bundle = str(tls.trust_bundle(o.data_dir.root, Path(o.tls_cert)))
+    # the hub, services (finalize), user servers and their kernels, and (through the jobs
+    # service) job kernels verify the public URL against it
+    os.environ.update(REQUESTS_CA_BUNDLE=bundle, SSL_CERT_FILE=bundle)
+    c.Spawner.environment = {**c.Spawner.environment, "REQUESTS_CA_BUNDLE": bundle, "SSL_CERT_FILE": bundle}
+
+
 def auth_cache_seconds(c) -> int:
     """The hub-answer cache time of servers and services (``c.HubAuth.cache_max_age``)."""
     for section in ("HubOAuth", "HubAuth"):
@@ -207,6 +239,8 @@ def finalize(c, options: PlatformOptions) -> None:
     c.Spawner.args = [*args, f"--HubOAuth.cache_max_age={cache}"]
     # services: aidc.services.base builds their HubOAuth from this
     extra_env = {"AIDC_URL": options.public_url, "AIDC_AUTH_CACHE_SECONDS": str(cache)}
+    if options.tls_cert:  # services reach each other at the public URL: trust its certificate
+        extra_env.update({k: os.environ[k] for k in ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE")})
     profiles = c.GPUAllocationMixin.get("resource_profiles")
     if profiles:
         # services (and through them the CLI) see the same profiles as the spawn form

@@ -217,6 +217,9 @@ def kernel_env(spec: dict, home: str, user: str) -> dict[str, str]:
             env[name] = str(spec["threads"])
     if spec.get("url"):
         env["AIDC_URL"] = spec["url"]
+        for name in ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"):  # an HTTPS platform's own certificate
+            if os.environ.get(name):
+                env[name] = os.environ[name]
     if spec.get("token"):  # the owner's own token for this attempt (aidc.jobs.tokens)
         env["AIDC_TOKEN"] = spec["token"]
     return env
