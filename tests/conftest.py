@@ -35,7 +35,7 @@ from pathlib import Path
 
 import pytest
 
-from platform_helpers import Platform, User, new_prefix
+from platform_helpers import Platform, User, new_prefix, own_platform_drop_ins
 
 TESTS = Path(__file__).parent
 
@@ -177,14 +177,7 @@ def fresh_platform(tmp_path):
         ``dask_at_start=True`` for the product's default, a cluster started with the service."""
         p = Platform(tmp_path / f"platform{len(made)}", prefix=prefix or new_prefix(),
                      env=env or {})
-        (p.data_dir / "config.d").mkdir(parents=True)
-        # the Voila dashboards (a process and preheated kernels) run on the session platform only
-        (p.data_dir / "config.d" / "40-no-dashboards.py").write_text("c.Dashboards.enabled = False\n")
-        if not dask_at_start:
-            (p.data_dir / "config.d" / "40-dask-with-first-job.py").write_text(
-                'c.JobCluster.start_with = "first-job"\n')
-        if config:
-            (p.data_dir / "config.d" / "50-test.py").write_text(config)
+        own_platform_drop_ins(p.data_dir, config, dask_at_start)
         made.append(p)
         return p
 

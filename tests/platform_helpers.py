@@ -67,6 +67,25 @@ def run_aidc(*args: str, data_dir: Path | None = None, input: str | None = None,
     )
 
 
+def own_platform_drop_ins(data_dir: Path, config: str | None = None, dask_at_start: bool = True) -> None:
+    """The drop-ins of a platform a test starts for itself (not the session's):
+
+    - no Voila dashboards (a process and preheated kernels, ~13 s of CPU): only the session
+      platform runs them;
+    - with ``dask_at_start=False``, the jobs service starts Dask with the first job
+      (``c.JobCluster.start_with``), for platforms that run none;
+    - ``config`` as ``50-test.py``.
+    """
+    config_d = Path(data_dir) / "config.d"
+    config_d.mkdir(parents=True, exist_ok=True)
+    lines = ["c.Dashboards.enabled = False"]
+    if not dask_at_start:
+        lines.append('c.JobCluster.start_with = "first-job"')
+    (config_d / "40-test-platform.py").write_text("\n".join(lines) + "\n")
+    if config:
+        (config_d / "50-test.py").write_text(config)
+
+
 @dataclass
 class Platform:
     data_dir: Path

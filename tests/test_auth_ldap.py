@@ -22,7 +22,7 @@ import pytest
 
 import ldap_server
 from ldap_server import LDAPServer, LDAPUser
-from platform_helpers import Platform, User, new_prefix
+from platform_helpers import Platform, User, new_prefix, own_platform_drop_ins
 
 ROOT = Path(__file__).resolve().parents[1]
 LDAP_CONFIG = (ROOT / "hub_config" / "auth_ldap.py").read_text()
@@ -56,10 +56,7 @@ def ldap_platform(tmp_path_factory, directory) -> Platform:
         "AIDC_LDAP_BIND_TEMPLATE": directory.bind_template,
         "AIDC_LDAP_ALLOWED_GROUPS": ";".join(directory.group_dn(g) for g in ("finance", "ml-platform")),
     })
-    (p.data_dir / "config.d").mkdir(parents=True)
-    (p.data_dir / "config.d" / "40-dask-with-first-job.py").write_text(
-        'c.JobCluster.start_with = "first-job"\n')  # no job runs here
-    (p.data_dir / "config.d" / "50-test.py").write_text(LDAP_CONFIG)
+    own_platform_drop_ins(p.data_dir, LDAP_CONFIG, dask_at_start=False)  # no job runs here
     p.start()
     yield p
     p.stop()

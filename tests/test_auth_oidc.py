@@ -32,7 +32,7 @@ from urllib.parse import parse_qs, urljoin, urlparse
 import pytest
 import requests
 
-from platform_helpers import Platform, User, new_prefix
+from platform_helpers import Platform, User, new_prefix, own_platform_drop_ins
 
 TESTS = Path(__file__).parent
 IDP_DIR = TESTS / "idp"
@@ -149,10 +149,7 @@ def company_platform(tmp_path_factory, idp) -> Platform:
     One for the module: each test signs in with accounts of its own (and reads only its own
     audit events), so they share it as people of one company share their platform."""
     p = Platform(tmp_path_factory.mktemp("company") / "platform", prefix=new_prefix())
-    (p.data_dir / "config.d").mkdir(parents=True)
-    (p.data_dir / "config.d" / "40-dask-with-first-job.py").write_text(
-        'c.JobCluster.start_with = "first-job"\n')  # no job runs here
-    (p.data_dir / "config.d" / "50-test.py").write_text(OIDC_CONFIG)
+    own_platform_drop_ins(p.data_dir, OIDC_CONFIG, dask_at_start=False)  # no job runs here
     callback = p.url + "/hub/oauth_callback"
     client_id, client_secret = idp.register_client(callback)
     p.env.update(

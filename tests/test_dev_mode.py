@@ -6,7 +6,7 @@ import secrets
 import subprocess
 
 import pytest
-from platform_helpers import AIDC, Platform, User, execute
+from platform_helpers import AIDC, Platform, User, execute, own_platform_drop_ins
 
 
 @pytest.fixture
@@ -26,6 +26,8 @@ def test_non_root_platform_warns_and_shares_one_account(dev_account):
     account, data_dir = dev_account
     os.makedirs(data_dir, exist_ok=True)
     os.chown(data_dir, account.pw_uid, account.pw_gid)
+    own_platform_drop_ins(data_dir)
+    os.chown(data_dir / "config.d", account.pw_uid, account.pw_gid)
     p = Platform(data_dir)
     env = {"HOME": account.pw_dir, "USER": account.pw_name}
 

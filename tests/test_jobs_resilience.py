@@ -19,7 +19,7 @@ import pytest
 
 from conftest import fake_nvml_env
 from jobs_helpers import jobs_api, notebook, put, submit, wait, wait_service, write_tls_files
-from platform_helpers import Platform, new_prefix
+from platform_helpers import Platform, new_prefix, own_platform_drop_ins
 
 DASK = str(Path(sys.executable).with_name("dask"))
 
@@ -66,7 +66,7 @@ def cluster(tmp_root):
 @pytest.fixture(scope="module")
 def ext_platform(tmp_root, cluster):
     p = Platform(tmp_root / "ext-platform", prefix=new_prefix(), env=fake_nvml_env(tmp_root))
-    (p.data_dir / "config.d").mkdir(parents=True)
+    own_platform_drop_ins(p.data_dir)
     (p.data_dir / "config.d" / "50-jobs.py").write_text(
         f"c.JobCluster.scheduler_file = {str(cluster['file'])!r}\n"
         f"c.JobCluster.tls_ca_file = {cluster['tls']['ca']!r}\n"

@@ -26,7 +26,7 @@ from aidc.gpu.ledger import GPULedger
 import postgres_helpers
 from conftest import fake_nvml_env
 from jobs_helpers import jobs_api, notebook, put, submit, wait, wait_service
-from platform_helpers import Platform, free_port, new_prefix, run_aidc
+from platform_helpers import Platform, free_port, new_prefix, own_platform_drop_ins, run_aidc
 
 torch = pytest.importorskip("torch")  # installed by `make test`; the import is only slow
 
@@ -203,7 +203,7 @@ def pg_platform(postgres, tmp_path_factory):
     root = tmp_path_factory.mktemp("pg")
     root.chmod(0o711)
     p = Platform(root / "platform", prefix=new_prefix(), env=fake_nvml_env(root, TWO_GPUS))
-    (p.data_dir / "config.d").mkdir(parents=True)
+    own_platform_drop_ins(p.data_dir)
     (p.data_dir / "config.d" / "50-postgres.py").write_text(CONFIG.format(url=url))
     p.start(timeout=240)
     engine = sa.create_engine(url)
