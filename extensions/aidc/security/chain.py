@@ -325,27 +325,19 @@ def verify(path: Path, key: bytes) -> Verdict:
             hashes[number] = digest
         seq, prev = number, digest
     for c in checkpoints:
-        if not hmac.compare_digest(c.get("mac", ""), _mac(key, c.get("seq"), c.get("hash"))):
-            return Verdict(False, count, f"checkpoint of record {c.get('seq')}: its signature does not "
-                                          "match (the checkpoint was forged or edited)")
-        if c["seq"] > seq:
-            return Verdict(False, count, f"the log ends at record {seq}, but a checkpoint names record "
-                                          f"{c['seq']}: the log was cut")
-        if hashes.get(c["seq"]) != c["hash"]:
-            return Verdict(False, count, f"record {c['seq']} differs from its signed checkpoint: the "
-                                          "chain up to it was rewritten")
+        problem = _mark_problem(c, _mac(key, c.get("seq"), c.get("hash")), seq, hashes,
+                                f"checkpoint of record {c.get('seq')}", "a checkpoint",
+                                "its signed checkpoint: the chain up to it was rewritten")
+        if problem:
+            return Verdict(False, count, problem)
     if seq and head is None:
         return Verdict(False, count, "the signed head (audit.head) is missing", checkpoints=len(checkpoints))
     if head is not None:
-        if not hmac.compare_digest(head.get("mac", ""),
-                                   _mac(key, head.get("seq"), head.get("hash"), head.get("size"))):
-            return Verdict(False, count, "the signed head (audit.head) does not match its signature")
-        if head["seq"] > seq:
-            return Verdict(False, count, f"the log ends at record {seq}, but the signed head names record "
-                                          f"{head['seq']}: the log was cut")
-        if hashes.get(head["seq"]) != head["hash"]:
-            return Verdict(False, count, f"record {head['seq']} differs from the signed head: the end of "
-                                          "the log was rewritten")
+        problem = _mark_problem(head, _mac(key, head.get("seq"), head.get("hash"), head.get("size")), seq,
+                                hashes, "the signed head (audit.head)", "the signed head",
+                                "the signed head: the end of the log was rewritten")
+        if problem:
+            return Verdict(False, count, problem)
         if head["seq"] < seq:
             return Verdict(False, count, f"records {head['seq'] + 1}..{seq} come after the signed head: "
                                           "added without the audit writer")
@@ -377,6 +369,19 @@ def _links(line: bytes) -> tuple[int, str] | None:
         return int(event["__seq__"]), str(event["__prev__"])
     except (ValueError, KeyError, TypeError):
         return None
+
+
+def _mark_problem(mark: dict, expected_mac: str, last_seq: int, hashes: dict[int, str],
+                  name: str, names: str, differs: str) -> str | None:
+    """What is wrong with a signed checkpoint or head against the chain just walked: a
+    signature that does not match, a record beyond the log's end (cut), or another hash."""
+    if not hmac.compare_digest(str(mark.get("mac", "")), expected_mac):
+        return f"{name} does not match its signature (forged or edited)"
+    if mark["seq"] > last_seq:
+        return f"the log ends at record {last_seq}, but {names} names record {mark['seq']}: the log was cut"
+    if hashes.get(mark["seq"]) != mark["hash"]:
+        return f"record {mark['seq']} differs from {differs}"
+    return None
 
 
 def _later_position(path: Path, file: Path, line_no: int, numbers: set[int]) -> tuple[int, str] | None:
