@@ -45,8 +45,8 @@ def _caller(handler) -> str | None:
     who = getattr(handler, "_jupyterhub_user", None)
     if who is None:
         return None
-    kind = getattr(who, "kind", None) or ("service" if who.__class__.__name__ == "Service" else "user")
-    return f"service:{who.name}" if kind == "service" else who.name
+    # JupyterHub's User wrapper and orm.Service both say which they are in ``kind``
+    return f"service:{who.name}" if getattr(who, "kind", "user") == "service" else who.name
 
 
 def _body(handler) -> dict:

@@ -240,7 +240,10 @@ def finalize(c, options: PlatformOptions) -> None:
     # services: aidc.services.base builds their HubOAuth from this
     extra_env = {"AIDC_URL": options.public_url, "AIDC_AUTH_CACHE_SECONDS": str(cache)}
     if options.tls_cert:  # services reach each other at the public URL: trust its certificate
-        extra_env.update({k: os.environ[k] for k in ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE")})
+        from ..security.tls import bundle_path
+
+        bundle = str(bundle_path(options.data_dir.root))
+        extra_env.update(REQUESTS_CA_BUNDLE=bundle, SSL_CERT_FILE=bundle)
     profiles = c.GPUAllocationMixin.get("resource_profiles")
     if profiles:
         # services (and through them the CLI) see the same profiles as the spawn form

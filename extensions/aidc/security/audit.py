@@ -47,14 +47,18 @@ log = logging.getLogger("aidc.audit")
 _loggers: dict[str, EventLogger] = {}
 
 
+def _skip_iri_grammar() -> None:
+    """Before jupyter-events is imported (on first use): it brings jsonschema's format
+    checkers, and one of them, rfc3987-syntax, compiles a grammar at import (about 0.75 s of
+    every `aidc user ...` call and every platform start) to check the "iri" format, which no
+    audit schema uses: jsonschema skips that check without it."""
+    sys.modules.setdefault("rfc3987_syntax", None)  # None: "import" fails at once
+
+
 def _event_logger(path: Path) -> EventLogger:
     key = str(path)
     if key not in _loggers:
-        # imported on first use: jupyter-events brings jsonschema's format checkers.
-        # One of them, rfc3987-syntax, compiles a grammar at import (about 0.75 s of
-        # every `aidc user ...` call and every platform start) to check the "iri"
-        # format, which no audit schema uses: jsonschema skips that check without it.
-        sys.modules.setdefault("rfc3987_syntax", None)  # None: "import" fails at once
+        _skip_iri_grammar()
         from jupyter_events import EventLogger
 
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -100,7 +104,7 @@ def check(kind: str, data: dict[str, Any]) -> str | None:
     if kind not in SCHEMAS:
         return f"unknown kind of event {kind!r}"
     if kind not in _schemas:
-        sys.modules.setdefault("rfc3987_syntax", None)  # see _event_logger
+        _skip_iri_grammar()
         from jupyter_events.schema import EventSchema
 
         _schemas[kind] = EventSchema(SCHEMA_DIR / SCHEMAS[kind])

@@ -240,9 +240,14 @@ class ServiceHandler(AppHubAuth, HubOAuthenticated, web.RequestHandler):
             return
         super()._handle_request_exception(e)
 
+    def _signed_in_model(self) -> dict | None:
+        """The hub's model of the caller as far as this request already looked it up (no new
+        lookup): the service's user, or someone signed in but refused the service."""
+        return getattr(self, "_current_user", None) or getattr(self, "_refused_model", None)
+
     def audit(self, kind: str, action: str, target: str, result: str = "success", **extra: Any) -> None:
         """Report what the caller did to the audit log (through the hub's writer)."""
-        who = getattr(self, "_current_user", None) or getattr(self, "_refused_model", None)
+        who = self._signed_in_model()
         audit.record(kind, actor=who["name"] if isinstance(who, dict) else "anonymous", action=action,
                      target=target, result=result, remote_ip=self.request.remote_ip, **extra)
 
@@ -255,7 +260,7 @@ class ServiceHandler(AppHubAuth, HubOAuthenticated, web.RequestHandler):
                 message = exc.log_message % exc.args if exc.args else exc.log_message
         if message is None:
             message = self._reason if status_code < 500 else "Internal error; see the service log."
-        if status_code in (403, 404) and (getattr(self, "_current_user", None) or getattr(self, "_refused_model", None)):
+        if status_code in (403, 404) and self._signed_in_model():
             # a signed-in caller refused: someone else's thing, or a role that may not
             self.audit("access", "refused", f"{self.request.method} {self.request.path}", result="failure",
                        status=status_code, reason=message[:500])
