@@ -242,6 +242,42 @@ def test_without_nvml_the_simulated_gpus_are_reported_and_labelled_simulated(tmp
     assert {s.labels["simulated"] for s in info.samples} == {"true"}
 
 
+def test_a_restarted_metrics_service_keeps_its_history_and_downsamples_on(tmp_path, fake_nvml, ledger):
+    url = f"sqlite:///{tmp_path / 'monitor.sqlite'}"
+    t0 = 1_000_000.0
+    before = Collector(store_of(tmp_path, url=url), ledger, str(tmp_path))
+    for i in range(30):
+        before.sample(t0 + i)
+    before.store.engine.dispose()  # the process ends; all it knew is in the database
+    after = Collector(store_of(tmp_path, url=url), ledger, str(tmp_path))
+    for i in range(30, 60):
+        after.sample(t0 + i)
+    after.store.maintain(t0 + 60)
+    fine = after.store.query("gpu_utilization_percent", t0, t0 + 60, 1, now=t0 + 60, labels={"gpu": "0"})
+    assert [p[0] for p in fine["series"][0]["points"]] == [t0 + i for i in range(60)]
+    # the 10 s tier spans the restart: six buckets of both processes' samples, none twice
+    coarse = after.store.query("gpu_utilization_percent", t0, t0 + 60, 10, now=t0 + 500, labels={"gpu": "0"})
+    assert coarse["resolution"] == 10 and coarse["series"][0]["points"] == [[t0 + 10 * b, 37.0] for b in range(6)]
+
+
+def test_ended_gpu_holdings_are_kept_for_a_configured_time_and_then_deleted(tmp_path, fake_nvml, ledger):
+    ledger.sync_inventory(read_nvml())
+    ledger.request("job:old", "ann", 1)
+    ledger.request("server:ann/", "ann", 1)
+    ledger.release("job:old")
+    ended = time.time()
+    keep = 2 * 86400
+    acc = Accounting(keep_ended_seconds=keep)
+    assert acc.prune(ledger, now=ended + keep - 60) == 0  # still inside the keep
+    assert {h["holder"] for h in ledger.holdings(0, ended + 1)} == {"job:old", "server:ann/"}
+    # the collector's maintenance pass prunes as the service runs it: past the keep, gone
+    collector = Collector(store_of(tmp_path), ledger, str(tmp_path), accounting=acc)
+    assert collector.sample(ended + keep + 60)["errors"] == []
+    assert [h["holder"] for h in ledger.holdings(0, ended + keep + 61)] == ["server:ann/"]  # held: kept
+    usage = acc.usage(ledger.holdings(0, ended + keep + 61), 0, ended + keep + 61, now=ended + keep + 61)
+    assert usage["kept_from"] == pytest.approx(ended + 61) and [r["name"] for r in usage["users"]] == ["ann"]
+
+
 # -- accounting -----------------------------------------------------------------------------
 
 def holding(owner, groups, count, kind, granted, released, holder_kind="server", units=None):

@@ -6,6 +6,11 @@ each holding inside it, so a holding that a range cuts in half counts half. GPU-
 are per unit kind (whole GPU, MIG instance, time-sliced share: an hour of each is an hour
 of that unit); job-hours are the hours jobs held their claims. A cost rate per GPU kind
 turns GPU-hours into money.
+
+The ledger keeps every ended holding (``gpu_claim_history``); :meth:`Accounting.prune`
+deletes those ended longer ago than ``Accounting.keep_ended_seconds``, so that table is
+bounded like the monitor's own history. The metrics service's collector calls it with
+its downsampling pass.
 """
 
 from __future__ import annotations
@@ -13,7 +18,8 @@ from __future__ import annotations
 import csv
 import io
 
-from traitlets import Dict, Unicode
+import sqlalchemy as sa
+from traitlets import Dict, Float, Unicode
 from traitlets.config import LoggingConfigurable
 
 from ..errors import UsageError
@@ -35,6 +41,29 @@ class Accounting(LoggingConfigurable):
     ).tag(config=True)
 
     currency = Unicode("EUR", help="Currency of `cost_rates`, shown with every cost.").tag(config=True)
+
+    keep_ended_seconds = Float(
+        400 * 86400, min=3600,
+        help="""How long an ended GPU holding stays in the ledger's history
+        (`gpu_claim_history`), which accounting reads. Older ones are deleted once a
+        minute by the metrics service, so the table stays bounded; an accounting range
+        reaching further back counts only what is kept (its answer's `kept_from`).
+        Default 400 days: a year's range, as the monitor's coarsest tier keeps, and
+        some.""",
+    ).tag(config=True)
+
+    def prune(self, ledger, now: float) -> int:
+        """Delete the ledger's ended holdings released before ``now - keep_ended_seconds``;
+        returns how many went. Current holdings are never touched."""
+        from ..gpu.ledger import claim_history
+
+        with ledger.engine.begin() as c:
+            gone = c.execute(claim_history.delete().where(
+                claim_history.c.released < now - self.keep_ended_seconds)).rowcount
+        if gone:
+            self.log.info("aidc accounting: %d ended GPU holdings older than %g days deleted",
+                          gone, self.keep_ended_seconds / 86400)
+        return gone
 
     def rate(self, unit_name: str | None, kind: str) -> float:
         for key in (unit_name, kind, "default"):
@@ -72,6 +101,7 @@ class Accounting(LoggingConfigurable):
                 row["job_hours"] += job_hours
                 row["cost"] += cost
         return {"start": start, "end": end, "currency": self.currency, "total": total,
+                "kept_from": now - self.keep_ended_seconds,
                 "users": sorted(users.values(), key=lambda r: r["name"]),
                 "groups": sorted(groups.values(), key=lambda r: r["name"])}
 

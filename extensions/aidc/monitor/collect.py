@@ -73,13 +73,15 @@ class Collector(LoggingConfigurable):
 
     maintain_every = Float(
         60.0, min=1.0,
-        help="Seconds between downsampling and pruning passes over the stored history.",
+        help="""Seconds between downsampling and pruning passes over the stored history
+        (and over the GPU ledger's ended holdings, `Accounting.keep_ended_seconds`).""",
     ).tag(config=True)
 
-    def __init__(self, store, ledger, data_dir: str, xids=None, **kwargs):
+    def __init__(self, store, ledger, data_dir: str, xids=None, accounting=None, **kwargs):
         super().__init__(**kwargs)
         self.store, self.ledger, self.data_dir = store, ledger, data_dir
         self.xids = xids  # an XidWatcher, or None: XID errors not counted
+        self.accounting = accounting  # prunes the ledger's ended holdings with the history
         self.latest: dict | None = None
         self._maintained = 0.0
         self.accounts = AccountUsage()
@@ -119,6 +121,8 @@ class Collector(LoggingConfigurable):
             if now - self._maintained >= self.maintain_every:
                 self.store.maintain(now)
                 self._maintained = now
+                if self.accounting is not None:
+                    self.accounting.prune(self.ledger, now)
         except Exception as e:  # a full disk or a locked database: reported, next time again
             snapshot["errors"].append(f"history store: {e}")
         for error in snapshot["errors"]:

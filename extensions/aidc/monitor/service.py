@@ -200,8 +200,8 @@ def main() -> None:
     data_dir = app.data_dir
     store = MetricStore(make_engine(DataDir.from_arg(data_dir).db_url(SQLITE_FILE)), config=app.config)
     ledger = open_ledger(data_dir, config=app.config)
-    collector = Collector(store, ledger, data_dir, xids=XidWatcher(), config=app.config)
     accounting = Accounting(config=app.config)
+    collector = Collector(store, ledger, data_dir, xids=XidWatcher(), accounting=accounting, config=app.config)
 
     async def on_start():
         collector.start()
