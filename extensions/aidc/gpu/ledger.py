@@ -887,13 +887,18 @@ _PG_TAKE = (
 _PG_UNHOLD = _pg(_SQL_UNHOLD)
 _PG_FREE_ADD = _pg(_SQL_FREE_ADD)
 _PG_DROP = _pg(_SQL_DROP)
-_PG_LOCK = "UPDATE gpu_ledger_lock SET version = version + 1 WHERE id = 1"
+# The ledger's lock on PostgreSQL: a transaction-level advisory lock, one per schema (the
+# ledger's tables), taken by every decision, whichever path runs it. It writes nothing: the
+# lock row's update it replaced left a dead row version and a WAL record per decision, and
+# the autovacuum runs that cleared them stole the CPU decisions waited for (p99).
+_PG_LOCK_KEY = 0x61696463  # "aidc"
+_PG_LOCK = f"SELECT pg_advisory_xact_lock({_PG_LOCK_KEY}, hashtext(current_schema()))"
 
 
 # -- PostgreSQL: one server-side function per decision -------------------------------------
 #: bump when a function below changes: a ledger that connects replaces older ones (CREATE OR
 #: REPLACE keeps each name and signature; a changed signature or result needs a new name)
-PG_FUNCTIONS_VERSION = 2
+PG_FUNCTIONS_VERSION = 3
 _PG_FUNCTIONS_TAG = f"aidc GPU ledger functions v{PG_FUNCTIONS_VERSION}"
 
 # The decisions of GPULedger.request, .poll and .release (no quota: those stay in Python),
@@ -987,7 +992,7 @@ RETURNS json LANGUAGE plpgsql AS $$
 DECLARE
     got json; cid int; answer json;
 BEGIN
-    UPDATE gpu_ledger_lock SET version = version + 1 WHERE id = 1;
+    PERFORM {lock};
     answer := aidc_ledger_claim(p_holder);
     IF answer IS NOT NULL THEN
         RETURN answer;
@@ -1034,7 +1039,7 @@ CREATE OR REPLACE FUNCTION aidc_ledger_poll(p_holder text, p_now double precisio
 RETURNS json LANGUAGE plpgsql AS $$
 -- GPULedger.poll: grant what now fits, then the claim of p_holder (NULL: none)
 BEGIN
-    UPDATE gpu_ledger_lock SET version = version + 1 WHERE id = 1;
+    PERFORM {lock};
     PERFORM aidc_ledger_grant_queued(p_now, NULL);
     RETURN aidc_ledger_claim(p_holder);
 END $$;
@@ -1046,7 +1051,7 @@ RETURNS text[] LANGUAGE plpgsql AS $$
 DECLARE
     freed text[];
 BEGIN
-    UPDATE gpu_ledger_lock SET version = version + 1 WHERE id = 1;
+    PERFORM {lock};
     WITH held AS (
         UPDATE gpu_units SET holder = NULL WHERE holder = p_holder RETURNING id, node, kind, present),
     counted AS (
@@ -1064,7 +1069,7 @@ BEGIN
     PERFORM aidc_ledger_grant_queued(p_now, NULL);
     RETURN coalesce(freed, '{}');
 END $$;
-"""
+""".replace("{lock}", _PG_LOCK.removeprefix("SELECT "))
 
 _PG_CALL_REQUEST = "SELECT aidc_ledger_request(%s, %s, %s, %s, %s, %s, %s, %s)"
 _PG_CALL_POLL = "SELECT aidc_ledger_poll(%s, %s)"
@@ -1159,20 +1164,22 @@ class _Use:
 
 
 class _LockedTransaction:
-    """``with`` block: one transaction that first takes the ledger's lock row."""
+    """``with`` block: one transaction that first takes the ledger's lock (the lock row's
+    update; on PostgreSQL :data:`_PG_LOCK`; on SQLite the write lock of ``BEGIN IMMEDIATE``)."""
 
     def __init__(self, engine, store=None):
         self.engine = engine
         self.store = store
-        # SQLite's BEGIN IMMEDIATE (make_engine) already takes the one write lock
-        self.bump = engine.dialect.name != "sqlite"
+        # SQLite's BEGIN IMMEDIATE (make_engine) already takes the one write lock;
+        # PostgreSQL's decisions take an advisory lock (_PG_LOCK), whichever path runs them
+        self.bump = {"sqlite": None, "postgresql": sa.text(_PG_LOCK)}.get(engine.dialect.name, _BUMP)
 
     def __enter__(self):
         self.conn = self.engine.connect()
         try:
             self.tx = self.conn.begin()
-            if self.bump:
-                self.conn.execute(_BUMP)
+            if self.bump is not None:
+                self.conn.execute(self.bump)
         except BaseException:
             self.conn.close()
             raise
@@ -1227,11 +1234,11 @@ class _SqliteTransaction:
 
 class _PgTransaction:
     """``with`` block: one transaction on a psycopg connection this ledger keeps, in
-    pipeline mode: ``BEGIN``, the lock row's update and the decision's first read leave
+    pipeline mode: ``BEGIN``, the ledger's advisory lock and the decision's first read leave
     in one round trip, and writes whose answer the decision does not need wait for the
     next read or the ``COMMIT``, so a decision costs 2-4 round trips instead of 6-8 (on a
     busy machine each round trip is a wait for the server process to be scheduled). The
-    lock row is held until ``COMMIT``; a thread lock lets one thread of the process use
+    lock is held until ``COMMIT``; a thread lock lets one thread of the process use
     the connection at a time. Reusable, not reentrant.
 
     A connection the server dropped (a restart, a failover) shows at the decision's first
