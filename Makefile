@@ -29,7 +29,7 @@ up: install
 
 test: install test-system-deps
 	cd $(LAB) && PATH="$(CURDIR)/$(BIN):$$PATH" jlpm test
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --junitxml=test-artifacts/junit.xml $(PYTEST_ARGS)
 
 # --- Python ---------------------------------------------------------------------------
 $(VENV)/bin/python:
@@ -38,11 +38,19 @@ $(VENV)/bin/python:
 
 $(STAMP): $(VENV)/bin/python requirements.lock pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet --no-deps -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps --no-compile -r requirements.lock
+	$(BIN)/python -m compileall -q -j 0 -x '$(NO_COMPILE)' "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" >/dev/null
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python -m compileall -q -j 0 extensions/aidc >/dev/null
 	$(BIN)/python -m pip check
 	touch $@
 
+# Byte-compiled after the install, on every core (pip compiles one file at a time: ~50 s of
+# CPU for torch, tensorflow and the rest), so that user servers and kernels, which cannot
+# write into the environment (or into extensions/, aidc's own modules, compiled the same
+# way), never compile a module themselves. NO_COMPILE: files that are
+# not Python 3.11 (pip skips them silently; compileall would fail on them).
+NO_COMPILE := torch/testing/_internal/py312_intrinsics
 # Installed with --no-deps: the lock is the whole environment (setuptools and wheel too:
 # torch and astunparse ask for them), so a package it leaves out stays out.
 # LEFT_OUT: rfc3987-syntax (and its lark) comes with jsonschema[format-nongpl], which
