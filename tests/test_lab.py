@@ -1,6 +1,7 @@
 """The JupyterLab panel: the prebuilt extension, the server extension's relay routes
-(``/user/NAME/aidc/api/...``, the jobs' event stream too) and the "AI Data Center"
-sidebar in a real browser: resources, and running the open notebook as a job.
+(``/user/NAME/aidc/api/...``, the jobs' event stream too, ``/user/NAME/aidc/v2/models/...``)
+and the "AI Data Center" sidebar in a real browser: resources, running the open notebook
+as a job, and models (registry, deploy, try it, canary, roll back, undeploy).
 
 One user of this module's own holds one server with a GPU profile for all the tests
 (started once, stopped at the end), and one signed-in Chromium page (``lab_page``)
@@ -89,6 +90,11 @@ def test_relay_answers_as_the_owner_and_only_to_the_owner(platform, lab_user, ot
     r = platform.api(lab_user.token).get(
         relay_url(platform, lab_user, "resources/%2E%2E/%2E%2E/%2E%2E/hub/api/user"), timeout=60)
     assert r.status_code == 404 and '"scopes"' not in r.text
+    # the models service's v2 inference ("try it"): its refusal, as the owner sees it
+    r = platform.api(lab_user.token).post(
+        f"{platform.url}/user/{lab_user.name}/aidc/v2/models/no-such-model/infer",
+        json={"inputs": []}, timeout=60)
+    assert r.status_code == 404 and "no-such-model" in r.json()["message"], r.text
     # another user's valid token: the server does not exist for them
     r = platform.api(other_scientist.token).get(relay_url(platform, lab_user, "resources/gpus"),
                                                 timeout=60, allow_redirects=False)
@@ -490,6 +496,135 @@ def test_models_section_shows_versions_aliases_and_lineage(platform, lab_user, l
     expect(form.locator("h4")).to_have_text("Run lab_job.ipynb as a job", timeout=60_000)
     expect(form.locator(".aidc-no-parameters")).to_contain_text("no cell tagged")
     assert form.locator("input[data-param]").count() == 0
+    assert page.aidc_errors == []
+    # the same model managed from the panel: deployed, called, canaried, rolled back, undeployed
+    changes = []
+
+    def on_request(request):  # the panel's changes to the model, as they leave the browser
+        if request.method != "GET" and f"/aidc/api/models/models/{name}/" in request.url:
+            changes.append((request.method, request.url.split("?")[0].split(f"/{name}/")[1]))
+
+    page.on("request", on_request)
+    try:
+        manage_model(platform, lab_user, page, name, changes)
+    finally:
+        page.remove_listener("request", on_request)
+        models_api(platform, lab_user.token, "DELETE", f"/models/{name}/deployment")
+
+
+def confirm(page, title: str, accept: bool = True) -> None:
+    """Answer the confirmation dialog titled ``title``."""
+    dialog = page.locator(".jp-Dialog")
+    expect(dialog.locator(".jp-Dialog-header")).to_have_text(title, timeout=30_000)
+    dialog.locator(".jp-mod-accept" if accept else ".jp-mod-reject").click()
+    expect(dialog).to_have_count(0)
+
+
+def figure(state, name: str):
+    """The cells of one row (``requests``, ``p50``, ...) of a deployment's live state."""
+    return state.locator(f'tr[data-figure="{name}"] td')
+
+
+def manage_model(platform, user, page, name: str, changes: list) -> None:
+    """Deploy v1 of ``name`` (two versions of y = 3x) from the Models section, try it with a
+    right and a wrong body, set an alias and a canary (a weight out of range first), roll
+    back and undeploy; every change asks first, and the service's refusals are shown."""
+    from test_models import models_api
+
+    sidebar = page.locator("#aidc-sidebar")
+    sidebar.locator(f'.aidc-model[data-model="{name}"] .aidc-manage').click()
+    panel = sidebar.locator(f'.aidc-model-detail[data-model="{name}"]')
+    message = panel.locator(".aidc-model-message")
+    state = panel.locator(".aidc-deployment")
+    expect(state).to_have_text("Not deployed.", timeout=30_000)
+    # an alias the service refuses: its message; then one it takes
+    panel.locator(".aidc-alias-name").fill("latest")
+    panel.locator(".aidc-alias-version").select_option("2")
+    panel.locator(".aidc-alias-button").click()
+    confirm(page, f"Point {name}@latest at v2?")
+    expect(message).to_contain_text("invalid alias 'latest'", timeout=30_000)
+    expect(message).to_have_class(re.compile("aidc-error"))
+    panel.locator(".aidc-alias-name").fill("staging")
+    panel.locator(".aidc-alias-button").click()
+    confirm(page, f"Point {name}@staging at v2?")
+    expect(message).to_have_text("staging now points at v2.", timeout=30_000)
+    v2_row = sidebar.locator(f'.aidc-model[data-model="{name}"] li[data-version="2"]')
+    expect(v2_row.locator(".aidc-alias")).to_have_text("staging", timeout=30_000)
+    # deploy v1: cancelled first (nothing sent), then confirmed
+    panel.locator(".aidc-deploy-version").select_option("1")
+    panel.locator(".aidc-deploy-button").click()
+    confirm(page, f"Deploy {name} v1?", accept=False)
+    assert ("PUT", "deployment") not in changes
+    panel.locator(".aidc-deploy-button").click()
+    confirm(page, f"Deploy {name} v1?")
+    expect(message).to_have_text("Deployed v1: 1/1 replica(s) ready.", timeout=300_000)
+    served = state.locator("thead th")
+    expect(served).to_have_text(["", "v1 primary"])
+    expect(figure(state, "replicas")).to_have_text(["replicas", "1/1 ready"])
+    expect(panel.locator(".aidc-promote-button")).to_be_hidden()  # no canary to promote
+    # try it: the example built from the signature, then a body of the wrong shape
+    try_body, status = panel.locator(".aidc-try-body"), panel.locator(".aidc-try-status")
+    expect(panel.locator(".aidc-try-signature")).to_have_text("v1 takes x FP32 [-1,2] → y FP32 [-1,2]")
+    assert json.loads(try_body.input_value())["inputs"][0]["shape"] == [1, 2]
+    panel.locator(".aidc-try-send").click()
+    expect(status).to_contain_text("Answered from v1 in ", timeout=60_000)
+    assert re.search(r"in \d+(\.\d+)? ms$", status.inner_text())
+    assert json.loads(panel.locator(".aidc-try-response").inner_text())[0]["data"] == [3, 6]
+    try_body.fill(json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 3],
+                                          "data": [1, 2, 3]}]}))
+    panel.locator(".aidc-try-send").click()
+    expect(status).to_contain_text("Refused (400 after", timeout=60_000)
+    expect(status).to_contain_text("input 'x' has shape [1, 3] but the model expects [-1, 2]; "
+                                   "expected inputs: x FP32 [-1,2]")
+    status.scroll_into_view_if_needed()
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "lab-model-try-it.png"))
+    # the live state counts both requests (the wrong one as an error) with their latency
+    expect(figure(state, "requests")).to_have_text(["requests", "2"], timeout=30_000)
+    expect(figure(state, "errors")).to_have_text(["errors", "1"])
+    latency = re.compile(r"^\d+\.\d+ ms$")
+    expect(figure(state, "p50")).to_have_text(["p50", latency])
+    expect(figure(state, "p99")).to_have_text(["p99", latency])
+    # a canary weight out of range is refused here, before any call; then v2 at half
+    panel.locator(".aidc-canary-version").select_option("2")
+    weight = panel.locator(".aidc-canary-weight")
+    weight.fill("1.5")
+    expect(weight).to_have_class(re.compile("aidc-invalid"))
+    panel.locator(".aidc-canary-button").click()
+    expect(message).to_have_text("the canary weight must be from 0 to 1 (the share of requests "
+                                 "the canary gets), not 1.5: nothing was sent.")
+    expect(page.locator(".jp-Dialog")).to_have_count(0)
+    weight.fill("0.5")
+    expect(weight).not_to_have_class(re.compile("aidc-invalid"))
+    panel.locator(".aidc-canary-button").click()
+    confirm(page, f"Canary v2 of {name}?")
+    expect(message).to_have_text("Canary v2 gets 50% of requests.", timeout=300_000)
+    expect(served).to_have_text(["", "v1 primary", "v2 canary"], timeout=30_000)
+    expect(figure(state, "traffic")).to_have_text(["traffic", "50%", "50%"])
+    expect(figure(state, "replicas")).to_have_text(["replicas", "1/1 ready", "1/1 ready"])
+    expect(panel.locator(".aidc-promote-button")).to_be_visible()
+    state.scroll_into_view_if_needed()
+    page.screenshot(path=str(ARTIFACTS / "lab-model-deployment.png"))
+    dep = models_api(platform, user.token, "GET", f"/models/{name}/deployment").json()
+    assert (dep["version"], dep["canary_version"], dep["canary_weight"]) == (1, 2, 0.5)
+    # roll back drops the canary; a second one has nothing to go back to: the service says so
+    panel.locator(".aidc-rollback-button").click()
+    confirm(page, f"Roll back {name}?")
+    expect(message).to_have_text("Now serving v1: 1/1 replica(s) ready.", timeout=300_000)
+    expect(served).to_have_text(["", "v1 primary"], timeout=30_000)
+    panel.locator(".aidc-rollback-button").click()
+    confirm(page, f"Roll back {name}?")
+    expect(message).to_have_text(f"Error: model '{name}' has no earlier deployed version to "
+                                 "roll back to", timeout=60_000)
+    # undeploy: the endpoint is gone and the section says so
+    panel.locator(".aidc-undeploy-button").click()
+    confirm(page, f"Undeploy {name}?")
+    expect(message).to_have_text(f"{name} is no longer deployed.", timeout=120_000)
+    expect(state).to_have_text("Not deployed.", timeout=30_000)
+    assert models_api(platform, user.token, "GET", f"/models/{name}/deployment").status_code == 404
+    assert changes == [("PUT", "aliases/latest"), ("PUT", "aliases/staging"), ("PUT", "deployment"),
+                       ("PUT", "deployment"), ("POST", "deployment/rollback"),
+                       ("POST", "deployment/rollback"), ("DELETE", "deployment")]
     assert page.aidc_errors == []
 
 

@@ -14,6 +14,9 @@ and the CLI, in a worker thread so the server's event loop never waits on a serv
 A service's refusal keeps its status and message; a service that does not answer, or
 answers with something that is not its API, is a 502 whose message says so.
 
+``/aidc/v2/models/<path>`` reaches the models service's v2 inference endpoints
+(``/services/models/v2/models/<path>``) the same way, for the Models section's "try it".
+
 A ``GET`` that accepts ``text/event-stream`` (the jobs service's live events) is streamed
 instead: a tornado HTTP client of the relay's own passes each chunk on as it arrives,
 with the same owner's token and the caller's ``Last-Event-ID``, so a long stream holds no
@@ -53,6 +56,13 @@ class LabRelay(LoggingConfigurable):
         is not answering (a 502), so the panel never waits without end.""",
     ).tag(config=True)
 
+    change_timeout = Float(
+        600.0,
+        help="""Seconds a relayed change (``POST``, ``PUT``, ``DELETE``) may take. Deploying a
+        model, adding a canary or rolling back answers once the new replicas are ready,
+        which takes longer than a read (see ``timeout``).""",
+    ).tag(config=True)
+
     stream_timeout = Float(
         6 * 3600.0,
         help="""Seconds an event stream relayed to the panel may last. The panel opens a
@@ -81,20 +91,22 @@ class LabRelay(LoggingConfigurable):
                 raise PlatformError(f"this server does not know the platform: {e}") from None
         return self._client
 
-    async def call(self, method: str, service: str, path: str, body: bytes | None):
-        """``method`` on the service's ``api/<path>``: ``(status, content type, body)``.
+    async def call(self, method: str, service: str, path: str, body: bytes | None,
+                   api: str = "api"):
+        """``method`` on the service's ``<api>/<path>``: ``(status, content type, body)``.
 
         Raises :class:`~aidc.errors.AidcError` as the client does for a refusal."""
-        kw = {}
+        timeout = self.timeout if method == "GET" else self.change_timeout
+        kw = {"timeout": timeout}
         if body:
-            kw = {"data": body, "headers": {"Content-Type": "application/json"}}
+            kw.update(data=body, headers={"Content-Type": "application/json"})
         client = self.client()
         try:
-            r = await asyncio.to_thread(client.request, method, f"services/{service}/api/{path}",
+            r = await asyncio.to_thread(client.request, method, f"services/{service}/{api}/{path}",
                                         **kw)
         except requests.Timeout:
             raise PlatformError(f"the {service} service did not answer within "
-                                f"{self.timeout:g} s") from None
+                                f"{timeout:g} s") from None
         except requests.RequestException as e:  # what the client does not turn into an AidcError
             raise PlatformError(f"the {service} service could not be reached: {e}") from None
         return r.status_code, r.headers.get("Content-Type", "application/json"), r.content
@@ -128,13 +140,13 @@ class RelayHandler(APIHandler):
     def relay(self) -> LabRelay:
         return self.settings["aidc_relay"]
 
-    async def _relay(self, service: str, path: str) -> None:
+    async def _relay(self, service: str, path: str, api: str = "api") -> None:
         self._check(service, path)
         if self.request.query:
             path = f"{path}?{self.request.query}"
         try:
             status, kind, body = await self.relay.call(self.request.method, service, path,
-                                                       self.request.body or None)
+                                                       self.request.body or None, api)
         except PlatformError as e:
             self.log.warning("aidc panel: %s %s/%s failed: %s", self.request.method, service, path, e)
             self._error(502, str(e))
@@ -230,8 +242,27 @@ class RelayHandler(APIHandler):
         await self._relay(service, path)
 
     @web.authenticated
+    async def put(self, service: str, path: str) -> None:
+        await self._relay(service, path)
+
+    @web.authenticated
     async def delete(self, service: str, path: str) -> None:
         await self._relay(service, path)
+
+
+class InferenceRelayHandler(RelayHandler):
+    """``/aidc/v2/models/<path>``: a model's v2 metadata and inference, as the owner sees
+    them through the models service (the panel's "try it")."""
+
+    SUPPORTED_METHODS = ("GET", "POST")
+
+    @web.authenticated
+    async def get(self, path: str) -> None:
+        await self._relay("models", f"models/{path}", api="v2")
+
+    @web.authenticated
+    async def post(self, path: str) -> None:
+        await self._relay("models", f"models/{path}", api="v2")
 
 
 def setup_handlers(serverapp) -> None:
@@ -246,4 +277,5 @@ def setup_handlers(serverapp) -> None:
 
 default_handlers = [
     (r"aidc/api/([a-z][a-z0-9-]*)/(.*)", RelayHandler),
+    (r"aidc/v2/models/(.*)", InferenceRelayHandler),
 ]

@@ -38,7 +38,8 @@ class EndpointMetrics:
         hist.observe(seconds)
 
     def summary(self, model: str) -> dict:
-        """Requests, errors and mean latency per version of ``model`` (for the deployment API)."""
+        """Requests, errors and mean, p50 and p99 latency per version of ``model`` (for the
+        deployment API, which the Lab panel shows live)."""
         out: dict[str, dict] = {}
         for (m, version, code), n in self.requests.items():
             if m == model:
@@ -49,6 +50,8 @@ class EndpointMetrics:
         for (m, version), hist in self.latency.items():
             if m == model and version in out and hist.count:
                 out[version]["mean_latency_ms"] = round(hist.sum / hist.count * 1000, 3)
+                for name, q in (("p50_latency_ms", 0.5), ("p99_latency_ms", 0.99)):
+                    out[version][name] = round(quantile(hist, q) * 1000, 3)
         return out
 
     def render(self, replicas: list[tuple[dict[str, str], str]] = ()) -> bytes:
@@ -66,3 +69,19 @@ class EndpointMetrics:
         for (model, version), hist in sorted(self.latency.items()):
             metrics.add_histogram(latency, [model, version], hist)
         return metrics.exposition([requests, errors, latency, *metrics.federated(replicas)])
+
+
+def quantile(hist: Histogram, q: float) -> float:
+    """The ``q`` quantile of ``hist`` (seconds), interpolated inside its bucket as Prometheus'
+    ``histogram_quantile`` does, so the panel's figure matches the dashboards'; one beyond
+    the last bound is that bound."""
+    rank = q * hist.count
+    prev_bound, prev_count = 0.0, 0
+    for bound, count in hist.buckets():
+        if count >= rank:
+            if bound == float("inf"):
+                return prev_bound
+            width = count - prev_count
+            return prev_bound + (bound - prev_bound) * ((rank - prev_count) / width if width else 1.0)
+        prev_bound, prev_count = bound, count
+    return prev_bound

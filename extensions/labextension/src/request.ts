@@ -1,6 +1,7 @@
 /**
  * One helper for every call the panel makes: `/aidc/api/<service>/<path>` on this
- * server, relayed by the `aidc.lab` server extension to the hub service as the user.
+ * server, relayed by the `aidc.lab` server extension to the hub service as the user
+ * (`/aidc/v2/models/<path>` for the models service's v2 inference).
  */
 import { URLExt } from '@jupyterlab/coreutils';
 import { ServerConnection } from '@jupyterlab/services';
@@ -9,6 +10,14 @@ import { EventStreamParser, IServerEvent } from './sse';
 
 /** How long the panel waits for an answer before it says the platform is not answering. */
 export const REQUEST_TIMEOUT_MS = 30000;
+
+/** How a call differs from a quick read of a service's API. */
+export interface IRequestOptions {
+  /** How long to wait for the answer (a deployment answers once its replicas are ready). */
+  timeoutMs?: number;
+  /** `v2`: the models service's inference endpoints instead of its `api`. */
+  api?: 'api' | 'v2';
+}
 
 /** A failed call, with the message the user should read. */
 export class RequestError extends Error {
@@ -25,10 +34,14 @@ async function call(
   service: string,
   path: string,
   init: RequestInit,
-  timeoutMs: number | null
+  timeoutMs: number | null,
+  api: 'api' | 'v2' = 'api'
 ): Promise<Response> {
   const settings = ServerConnection.makeSettings();
-  const url = URLExt.join(settings.baseUrl, 'aidc', 'api', service, path);
+  const url =
+    api === 'v2'
+      ? URLExt.join(settings.baseUrl, 'aidc', 'v2', service, path)
+      : URLExt.join(settings.baseUrl, 'aidc', 'api', service, path);
   const abort = new AbortController();
   const timer = timeoutMs === null ? undefined : setTimeout(() => abort.abort(), timeoutMs);
   if (init.signal) {
@@ -39,7 +52,7 @@ async function call(
   } catch (error) {
     if (abort.signal.aborted && !init.signal?.aborted) {
       throw new RequestError(
-        `the ${service} service did not answer within ${REQUEST_TIMEOUT_MS / 1000} s`,
+        `the ${service} service did not answer within ${(timeoutMs || 0) / 1000} s`,
         0
       );
     }
@@ -75,9 +88,11 @@ function refusal(service: string, response: Response, text: string): RequestErro
 export async function requestText(
   service: string,
   path: string,
-  init: RequestInit = {}
+  init: RequestInit = {},
+  options: IRequestOptions = {}
 ): Promise<string> {
-  const response = await call(service, path, init, REQUEST_TIMEOUT_MS);
+  const timeoutMs = options.timeoutMs ?? REQUEST_TIMEOUT_MS;
+  const response = await call(service, path, init, timeoutMs, options.api);
   const text = await response.text();
   if (!response.ok) {
     throw refusal(service, response, text);
@@ -89,9 +104,10 @@ export async function requestText(
 export async function requestAPI<T>(
   service: string,
   path: string,
-  init: RequestInit = {}
+  init: RequestInit = {},
+  options: IRequestOptions = {}
 ): Promise<T> {
-  const text = await requestText(service, path, init);
+  const text = await requestText(service, path, init, options);
   try {
     return (text ? JSON.parse(text) : null) as T;
   } catch {
