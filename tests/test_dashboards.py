@@ -17,12 +17,13 @@ import time
 import uuid
 from pathlib import Path
 
+import pytest
 import requests
 from playwright.sync_api import sync_playwright
 
 from aidc.dashboards import page as dashpage
 from aidc.dashboards.sources import Sources, Viewer, quantile, visible_usage
-from jobs_helpers import home, notebook, put, submit, wait
+from jobs_helpers import home, jobs_api, notebook, put, submit, wait
 from test_browser import ARGS, ARTIFACTS, CHROMIUM
 
 DASHBOARDS = {"1-cluster.ipynb": "Cluster", "2-usage-and-cost.ipynb": "Usage and cost",
@@ -73,10 +74,58 @@ def test_per_user_rows_follow_the_viewers_role_and_latency_quantiles_come_from_b
     assert quantile([], 0.5) is None
 
 
+def test_the_jobs_and_queue_sections_show_a_scientist_aggregates_but_only_their_own_jobs():
+    import datetime as dt
+
+    from aidc.dashboards.panels import job_times, queue, recent_jobs
+    from aidc.jobs.views import stats_view
+
+    now = time.time()
+
+    def at(seconds_ago):
+        return dt.datetime.fromtimestamp(now - seconds_ago, dt.UTC).replace(tzinfo=None)
+
+    def job(id, owner, status, created, started=None, finished=None, error=None, series=None):
+        return {"id": id, "owner": owner, "path": "deep/private-folder/train.ipynb", "status": status,
+                "gpus": 1, "created": at(created), "started": started and at(started),
+                "finished": finished and at(finished), "error": error, "metrics": {"loss": 0.25},
+                "series": series or {}}
+
+    jobs = [job("j-queued", "ann", "queued", 30),
+            job("j-bob", "bob", "failed", 600, 590, 500, error="cell 2 raised ValueError: bob's secret value"),
+            job("j-ann", "ann", "completed", 900, 860, 800, series={"loss": [[0, 1.0], [1, 0.5], [2, 0.25]]})]
+    stats = stats_view(jobs, now - 3600, now, now, recent=jobs)
+    assert stats["durations"]["p50"] == pytest.approx(60) and stats["queue_waits"]["max"] == pytest.approx(40)
+    assert stats["failures"] == [{"reason": "raised ValueError", "count": 1}]
+    answers = {"api/stats": stats, "api/summary": {"counts": {}, "queued": 1, "running_gpus": 0},
+               "api/queue": {"queue": [
+                   {"position": 1, "kind": "whole", "count": 4, "holder_kind": "job", "holder": "job:j-b2", "owner": "bob"},
+                   {"position": 2, "kind": "whole", "count": 2, "holder_kind": "job", "holder": "job:j-queued",
+                    "owner": "ann"}]}}
+
+    class Canned(Sources):
+        def json(self, service, path, **params):
+            return answers[path]
+
+    d = dashpage.Dashboard("Jobs", [job_times, recent_jobs, queue], sources=Canned(base_url="http://x", token="t"))
+    d.viewer = Viewer("ann", "scientist", ("scientist",))
+    d.refresh()
+    times, recent, waiting = (p.value for p in d.parts)
+    assert "aidc-down" not in times + recent + waiting
+    # the failure's reason, not its text; no notebook folder; of the recent jobs, ann's own
+    assert "raised ValueError: 1" in times and "secret" not in times + recent
+    assert "private-folder" not in recent and "train.ipynb" in recent
+    assert "j-ann" in recent and "j-queued" in recent and "j-bob" not in recent and "bob" not in recent
+    assert "Training curves of j-ann" in recent and "loss: last 0.25" in recent and "step 2" in recent
+    # the GPU queue: bob's place without his name, ann's with her job
+    assert "ann (job:j-queued)" in waiting and "someone else" in waiting and "bob" not in waiting
+
+
 # -- in the browser, on the session platform ---------------------------------------------
-def bar_titles(page) -> list[str]:
-    """Each bar's hover text, ``label: figure``."""
-    return page.locator("svg.aidc-chart rect.bar title").evaluate_all("els => els.map(e => e.textContent)")
+def bar_titles(page, within: str = "") -> list[str]:
+    """Each bar's hover text, ``label: figure`` (of the charts inside ``within``)."""
+    return page.locator(f"{within} svg.aidc-chart rect.bar title".strip()).evaluate_all(
+        "els => els.map(e => e.textContent)")
 
 
 def kernel_ignores_execute_request(page, marker: Path) -> dict:
@@ -125,7 +174,8 @@ def serve_and_call(platform, user, name: str, folder: Path) -> None:
         assert r.status_code == 200, r.text
 
 
-def test_a_viewer_lands_on_the_dashboards_and_sees_every_dashboard_with_data(platform, viewer, scientist, tmp_path):
+def test_a_viewer_lands_on_the_dashboards_and_sees_every_dashboard_with_data(platform, viewer, scientist,
+                                                                             other_scientist, tmp_path):
     from test_models import models_api  # torch: imported by the tests that need it
 
     # a job holding a GPU and an endpoint called (in the background,
@@ -141,11 +191,16 @@ def test_a_viewer_lands_on_the_dashboards_and_sees_every_dashboard_with_data(pla
 
     serving = threading.Thread(target=serve)
     serving.start()
-    # the job holds its GPU until the test lets it finish (the job polls, not the test)
+    # the job records a training curve and holds its GPU until the test lets it finish
+    # (the job polls, not the test); another job fails with a message a viewer must not see
     release = home(platform, scientist) / "dashboard_job.release"
     put(platform, scientist, "dashboard_job.ipynb", notebook(
+        "import aidc\nfor step in range(5):\n    aidc.record('loss', 1 / (step + 1), step=step)",
         f"import os, time\nwhile not os.path.exists({str(release)!r}):\n    time.sleep(0.2)"))
     job = submit(platform, scientist, "dashboard_job.ipynb", gpus=1)
+    put(platform, scientist, "dashboard_fail.ipynb", notebook("raise ValueError('not-for-' + 'viewers')"))
+    failing = submit(platform, scientist, "dashboard_fail.ipynb")
+    waiting = None
     holder = scientist
     marker = Path("/tmp") / f"aidc-dashboard-executed-{uuid.uuid4().hex}"
     ARTIFACTS.mkdir(exist_ok=True)
@@ -171,6 +226,13 @@ def test_a_viewer_lands_on_the_dashboards_and_sees_every_dashboard_with_data(pla
 
             serving.join(timeout=300)
             assert not serving.is_alive() and not serving_errors, serving_errors
+            # once the failing job is done (a job for no GPU waits behind one that waits for
+            # GPUs), a job asks for all 4 GPUs while 1 is held: it waits in the GPU queue
+            assert wait(platform, scientist, failing["id"])["status"] == "failed"
+            waiting = submit(platform, scientist, "dashboard_job.ipynb", gpus=4)
+            poll(lambda: platform.api(viewer.token).get(f"{platform.url}/services/metrics/api/queue",
+                                                        timeout=30).json(),
+                 lambda q: any(w["holder"] == f"job:{waiting['id']}" for w in q.get("queue", [])))
             # a browser cannot pass for someone else: the header naming the viewer is the service's
             page.set_extra_http_headers({"X-Aidc-Viewer": '{"name": "root", "role": "admin", "groups": []}'})
             for name, title in DASHBOARDS.items():
@@ -196,6 +258,8 @@ def test_a_viewer_lands_on_the_dashboards_and_sees_every_dashboard_with_data(pla
                     since = page.locator(axis).first.text_content()
                     page.select_option("select", label="Last 5 minutes")
                     poll(lambda: page.locator(axis).first.text_content(), lambda t: t != since, timeout=30)
+                    # who waits for GPUs, for how many
+                    assert f"{holder.name} (job:{waiting['id']})" in page.inner_text(".aidc-gpu-queue")
                     result = kernel_ignores_execute_request(page, marker)
                     assert not marker.exists()
                     assert all(parent != result["exec_id"] for _, parent in result["seen"]), result
@@ -212,6 +276,16 @@ def test_a_viewer_lands_on_the_dashboards_and_sees_every_dashboard_with_data(pla
                     bars = bar_titles(page)
                     counts = {t.split(":")[0]: float(t.split(":")[1]) for t in bars}
                     assert sum(counts.values()) >= 1, bars
+                    # failures by reason, never the failure's own text
+                    failures = bar_titles(page, ".aidc-failures")
+                    assert any(t.startswith("raised ValueError: ") for t in failures), failures
+                    assert "not-for-viewers" not in html
+                    # recent jobs with their recorded metrics, and the training curve
+                    row = page.locator(".aidc-recent-jobs tr", has_text=job["id"]).first.inner_text().split("\t")
+                    assert row[1:4] == [holder.name, "dashboard_job.ipynb", "running"] and row[8] == "loss=0.2", row
+                    curve = page.locator(".aidc-curves svg", has_text=f"Training curves of {job['id']}")
+                    lines = curve.locator("path.series title").evaluate_all("els => els.map(e => e.textContent)")
+                    assert lines == ["loss: last 0.2"], lines
                 else:
                     # each endpoint's requests and latency, and the model's versions
                     bars = bar_titles(page)
@@ -230,9 +304,15 @@ def test_a_viewer_lands_on_the_dashboards_and_sees_every_dashboard_with_data(pla
             browser.close()
     finally:
         serving.join(timeout=300)
+        if waiting is not None:  # before the held GPU is freed, or it would run
+            jobs_api(platform, scientist.token, "POST", f"/jobs/{waiting['id']}/cancel")
         put(platform, scientist, release.name, "")
         wait(platform, scientist, job["id"])  # its GPU free again for the tests that follow
         models_api(platform, scientist.token, "DELETE", f"/models/{model}/deployment")
+    # another scientist's statistics count the failure but list none of these jobs
+    theirs = jobs_api(platform, other_scientist.token, "GET", "/stats").json()
+    assert theirs["finished"]["failed"] >= 1
+    assert not {job["id"], failing["id"]} & {j["id"] for j in theirs["recent"]}
     # without a hub session, a dashboard sends the browser to the hub's sign-in
     r = requests.get(f"{platform.url}/services/dashboards/voila/render/1-cluster.ipynb",
                      timeout=30, allow_redirects=False)
@@ -262,6 +342,10 @@ def test_the_dashboards_token_reads_the_platform_services_as_a_viewer_and_change
     assert api.get(f"{url}/services/metrics/api/accounting", timeout=30).status_code == 200
     assert api.get(f"{url}/services/models/metrics", timeout=30).status_code == 200
     assert api.get(f"{url}/services/jobs/api/summary", timeout=30).status_code == 200
+    assert api.get(f"{url}/services/jobs/api/stats", timeout=30).status_code == 200
+    assert api.get(f"{url}/services/metrics/api/queue", timeout=30).status_code == 200
+    bad = api.get(f"{url}/services/jobs/api/stats", params={"start": "yesterday"}, timeout=30)
+    assert bad.status_code == 400 and "start must be epoch seconds or an ISO 8601" in bad.json()["message"]
     # and nothing else: no hub API, no other service, no write route
     assert api.get(f"{url}/hub/api/users", timeout=30).status_code == 403
     assert api.get(f"{url}/services/resources/api/gpus", timeout=30).status_code == 403

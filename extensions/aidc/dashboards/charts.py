@@ -45,8 +45,10 @@ def empty(title: str, message: str) -> str:
 
 
 def line_chart(title: str, series: dict[str, list[tuple[float, float]]], unit: str = "",
-               start: float | None = None, end: float | None = None, top: float | None = None) -> str:
-    """Lines over time: ``series`` maps a legend name to ``(epoch seconds, value)`` points."""
+               start: float | None = None, end: float | None = None, top: float | None = None,
+               x_steps: bool = False) -> str:
+    """Lines over time: ``series`` maps a legend name to ``(epoch seconds, value)`` points;
+    with ``x_steps`` the x values are steps (a training curve's epochs), not times."""
     points = [p for ps in series.values() for p in ps]
     if not points:
         return empty(title, "no data in this range yet")
@@ -68,8 +70,10 @@ def line_chart(title: str, series: dict[str, list[tuple[float, float]]], unit: s
                    f'<text x="{LEFT - 4}" y="{yy + 4:.1f}" text-anchor="end" font-size="10">'
                    f'{html.escape(_label(vmax * frac, unit))}</text>')
     for t, anchor in ((t0, "start"), (t1, "end")):
+        text = (f"step {t:g}" if x_steps else
+                time.strftime("%H:%M:%S" if t1 - t0 < 86400 else "%m-%d %H:%M", time.localtime(t)))
         out.append(f'<text x="{x(t):.1f}" y="{HEIGHT - 8}" text-anchor="{anchor}" font-size="10">'
-                   f'{time.strftime("%H:%M:%S" if t1 - t0 < 86400 else "%m-%d %H:%M", time.localtime(t))}</text>')
+                   f'{html.escape(text)}</text>')
     for i, (name, pts) in enumerate(sorted(series.items())):
         colour = COLOURS[i % len(COLOURS)]
         pts = sorted(pts)

@@ -47,9 +47,15 @@ def gpu_history(page: Dashboard, start: float, end: float) -> str:
 def queue(page: Dashboard, start: float, end: float) -> str:
     s = page.sources.jobs_summary()
     counts = s.get("counts", {})
+    waiting = page.sources.gpu_queue(page.viewer)
+    rows = [[w["position"], w["kind"], w["count"], w["holder_kind"],
+             f"{w['owner']} ({w['holder']})" if w.get("owner") else "someone else"] for w in waiting]
     return ("<h3>Job queue</h3>" + charts.table(
         ["queued", "running", "GPUs held by running jobs"],
-        [[s.get("queued", 0), counts.get("running", 0), s.get("running_gpus", 0)]]))
+        [[s.get("queued", 0), counts.get("running", 0), s.get("running_gpus", 0)]])
+        + "<h3>GPU queue</h3><div class='aidc-gpu-queue'>"
+        + charts.table(["place", "unit kind", "GPUs", "for a", "who"], rows, "no one waits for a GPU")
+        + "</div>")
 
 
 def host_load(page: Dashboard, start: float, end: float) -> str:
@@ -97,6 +103,61 @@ def job_counts(page: Dashboard, start: float, end: float) -> str:
             f"{counts.get('cancelled', 0)} cancelled)</p>"
             + charts.bar_chart("Jobs by status", [(k, counts.get(k, 0)) for k in JOB_STATUSES])
             + charts.line_chart("Queued and running while this page is open", series))
+
+
+def _stats(page: Dashboard, start: float, end: float) -> dict:
+    """The jobs service's statistics for this refresh (read once for the sections sharing them)."""
+    kept = page.memory.get("job_stats")
+    if kept is None or kept[0] != (start, end):
+        kept = page.memory["job_stats"] = ((start, end), page.sources.jobs_stats(page.viewer, start, end))
+    return kept[1]
+
+
+def _seconds(value) -> str:
+    if value is None:
+        return "-"
+    if value < 60:
+        return f"{value:.1f} s"
+    if value < 3600:
+        return f"{int(value // 60)} min {int(value % 60)} s"
+    return f"{int(value // 3600)} h {int(value % 3600 // 60)} min"
+
+
+def job_times(page: Dashboard, start: float, end: float) -> str:
+    st = _stats(page, start, end)
+    rows = [[what, sp["count"], _seconds(sp["p50"]), _seconds(sp["p90"]), _seconds(sp["max"])]
+            for what, sp in (("run time of completed jobs", st["durations"]),
+                             ("queue wait of jobs started", st["queue_waits"]),
+                             ("waiting now", st["waiting_now"]))]
+    finished = st.get("finished", {})
+    return ("<h3>In this range</h3>"
+            + charts.table(["", "jobs", "median", "90th percentile", "longest"], rows)
+            + charts.bar_chart("Finished jobs by status", [(k, finished.get(k, 0)) for k in JOB_STATUSES[2:]])
+            + "<div class='aidc-failures'>"
+            + charts.bar_chart("Failures by reason", [(f["reason"], f["count"]) for f in st.get("failures", [])])
+            + "</div>")
+
+
+def _figures(metrics: dict) -> str:
+    shown = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(metrics.items())[:4]]
+    return ", ".join(shown) + (" ..." if len(metrics) > 4 else "") if shown else "-"
+
+
+def recent_jobs(page: Dashboard, start: float, end: float) -> str:
+    st = _stats(page, start, end)
+    recent = st.get("recent", [])
+    rows = [[j["id"], j["owner"], j["notebook"], j["status"], j["gpus"], _seconds(j.get("waited")),
+             _seconds(j.get("ran")), j.get("reason") or "-", _figures(j.get("metrics") or {})] for j in recent]
+    curves = [charts.line_chart(f"Training curves of {j['id']} ({j['notebook']})",
+                                {name: [(float(step), float(v)) for step, v in pts
+                                        if isinstance(v, (int, float)) and not isinstance(v, bool)]
+                                 for name, pts in sorted(j["series"].items())[:6]}, x_steps=True)
+              for j in recent if j.get("series")][:4]
+    mine = "" if page.viewer.sees_everyone else " (yours)"
+    return (f"<h3>Recent jobs{mine}</h3><div class='aidc-recent-jobs'>"
+            + charts.table(["job", "owner", "notebook", "status", "GPUs", "waited", "ran", "reason", "metrics"],
+                           rows, "no job in this range") + "</div>"
+            + ("<div class='aidc-curves'>" + "".join(curves) + "</div>" if curves else ""))
 
 
 # -- Models ----------------------------------------------------------------------------

@@ -105,6 +105,15 @@ class Sources:
     def jobs_summary(self) -> dict:
         return self.json("jobs", "api/summary")
 
+    def jobs_stats(self, viewer: Viewer, start: float, end: float, recent: int = 20) -> dict:
+        """What jobs did in the range (``api/stats``), recent jobs as ``viewer`` may list them."""
+        stats = self.json("jobs", "api/stats", start=f"{start:.3f}", end=f"{end:.3f}", recent=str(recent))
+        return visible_stats(stats, viewer)
+
+    def gpu_queue(self, viewer: Viewer) -> list[dict]:
+        """Who waits for GPUs (the metrics service's ``api/queue``), as ``viewer`` may see it."""
+        return visible_queue(self.json("metrics", "api/queue").get("queue", []), viewer)
+
     def models(self) -> list[dict]:
         return self.json("models", "api/models").get("models", [])
 
@@ -141,6 +150,21 @@ def visible_usage(usage: dict, viewer: Viewer) -> dict:
     mine = set(viewer.groups)
     return {**usage, "users": [r for r in usage.get("users", []) if r["name"] == viewer.name],
             "groups": [r for r in usage.get("groups", []) if r["name"] in mine]}
+
+
+def visible_stats(stats: dict, viewer: Viewer) -> dict:
+    """Job statistics as ``viewer`` may see them: the aggregates, and of the recent jobs
+    everyone's or their own only."""
+    if viewer.sees_everyone:
+        return stats
+    return {**stats, "recent": [j for j in stats.get("recent", []) if j.get("owner") == viewer.name]}
+
+
+def visible_queue(queue: list[dict], viewer: Viewer) -> list[dict]:
+    """The GPU queue as ``viewer`` may see it: other users' places without whose they are."""
+    if viewer.sees_everyone:
+        return queue
+    return [w if w.get("owner") == viewer.name else {**w, "owner": None, "holder": None} for w in queue]
 
 
 def quantile(buckets: list[tuple[float, float]], q: float) -> float | None:

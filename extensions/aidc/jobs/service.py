@@ -4,7 +4,10 @@ Who may do what (the caller's aidc role, from their hub groups):
 
 * a scientist submits jobs and sees and acts on their own; anyone else's job is a 404;
 * an admin sees and cancels everyone's jobs and sees the cluster;
-* a viewer reads ``/api/summary`` (counts) and nothing else.
+* a viewer reads ``/api/summary`` (counts) and ``/api/stats`` (what jobs did over a range:
+  durations, queue waits, failures by reason, recent jobs with their recorded metrics;
+  no notebook contents) and nothing else; a scientist's ``/api/stats`` lists their own
+  recent jobs only.
 
 The API is described by ``openapi.yaml`` beside this module, served at
 ``/api/openapi.json`` and ``/api/openapi.yaml``. Live progress is
@@ -14,8 +17,10 @@ The API is described by ``openapi.yaml`` beside this module, served at
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import os
+import time
 from pathlib import Path
 
 from tornado.iostream import StreamClosedError
@@ -33,20 +38,21 @@ from ..services.base import (
     run_service,
     signed_in,
 )
+from ..services import fields
 from ..services.visibility import visible
 from . import notebooks, parameters
 from .artifacts import ArtifactStore
 from .manager import JobManager
 from .store import FINAL, QUEUED, RUNNING, JobStore
 from .tokens import JobTokens
-from .views import event_view, schedule_view
+from .views import event_view, schedule_view, stats_view
 
 OPENAPI = Path(__file__).with_name("openapi.yaml")
 MAX_BODY = 1024 * 1024
 
 #: what a verb declares when it needs the scientist role (admins have it too)
 scientist = needs_role(roles.SCIENTIST, refused=(
-    "viewers see the jobs summary only (/services/jobs/api/summary); "
+    "viewers see the jobs summary and statistics only (/services/jobs/api/summary, api/stats); "
     "running and reading jobs needs the scientist role"))
 
 
@@ -210,6 +216,32 @@ class SummaryHandler(JobsHandler):
         self.write_json(self.store.summary())
 
 
+class StatsHandler(JobsHandler):
+    """Aggregates over ``?start=&end=`` (default: the last 24 h) and the ``?recent=`` newest
+    jobs (default 20, at most 200); admins and viewers see everyone's recent jobs."""
+
+    @signed_in
+    def get(self):
+        now = time.time()
+        end = fields.time_text(self.get_argument("end"), "end") if self.get_argument("end", "") else now
+        start = (fields.time_text(self.get_argument("start"), "start") if self.get_argument("start", "")
+                 else end - 86400)
+        if end <= start:
+            raise UsageError(f"the range is empty or inverted: end ({end:g}) must be after start ({start:g})")
+        try:
+            recent = fields.integer(int(self.get_argument("recent", "20")), "recent", 0, 200)
+        except ValueError:
+            raise UsageError("recent must be a number of jobs") from None
+        try:
+            found = self.store.jobs_between(dt.datetime.fromtimestamp(start, dt.UTC).replace(tzinfo=None),
+                                            dt.datetime.fromtimestamp(end, dt.UTC).replace(tzinfo=None))
+        except (OverflowError, ValueError, OSError):
+            raise UsageError("start and end must be times between the years 1 and 9999") from None
+        listed = found if self.role in (roles.ADMIN, roles.VIEWER) else [
+            j for j in found if j["owner"] == self.user_name]
+        self.write_json(stats_view(found, start, end, now, recent=listed[:recent]))
+
+
 class SweepsCollection(JobsHandler):
     @scientist
     def get(self):
@@ -282,6 +314,7 @@ ROUTES = [
     (r"/api/jobs/([^/]+)/(output|input)", NotebookHandler),
     (r"/api/parameters", ParametersHandler),
     (r"/api/summary", SummaryHandler),
+    (r"/api/stats", StatsHandler),
     (r"/api/sweeps", SweepsCollection),
     (r"/api/sweeps/([^/]+)", SweepResource),
     (r"/api/schedules", SchedulesCollection),

@@ -210,6 +210,15 @@ class JobStore(LoggingConfigurable):
         return {"counts": {s: int(counts.get(s, 0)) for s in STATUSES},
                 "running_gpus": int(gpus or 0), "queued": int(counts.get(QUEUED, 0))}
 
+    def jobs_between(self, start, end) -> list[dict]:
+        """Jobs that existed in ``[start, end)`` (naive UTC datetimes): submitted before
+        ``end`` and not finished before ``start``, newest first (for ``/api/stats``)."""
+        q = (sa.select(jobs).where(jobs.c.created < end,
+                                   sa.or_(jobs.c.finished.is_(None), jobs.c.finished >= start))
+             .order_by(jobs.c.created.desc(), jobs.c.id))
+        with self.engine.connect() as c:
+            return [dict(r._mapping) for r in c.execute(q)]
+
     # -- events ---------------------------------------------------------------------
     def add_events(self, job_id: str, items: list[dict]) -> None:
         """Record worker events (cell progress, output, metrics) for ``job_id``."""

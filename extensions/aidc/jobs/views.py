@@ -8,8 +8,12 @@ manager's live state (a queued job's place and what it waits for) is passed in.
 
 from __future__ import annotations
 
+import datetime as dt
+import re
+import statistics
+
 from ..db import iso
-from .store import COMPLETED, FINAL
+from .store import COMPLETED, FAILED, FINAL, QUEUED, RUNNING, STATUSES
 
 
 def job_view(job: dict, *, position: int | None, datasets: list[dict], waiting: str | None,
@@ -65,3 +69,87 @@ def schedule_view(s: dict) -> dict:
 def event_view(e: dict) -> dict:
     return {"seq": e["seq"], "time": iso(e["time"]), "type": e["type"], "cell": e["cell"],
             "name": e["name"], "text": e["text"], "value": e["value"], "status": e["status"]}
+
+
+#: how a failure's message begins -> its reason, in the words the dashboards show; the rest
+#: of a message (an exception's text, a path) is the owner's and stays out of statistics
+_REASONS = [
+    (re.compile(r"cell \d+ raised (\w[\w.]*)"), r"raised \1"),
+    (re.compile(r"ran longer than the cell time limit"), "cell time limit"),
+    (re.compile(r"ran longer than its time limit"), "job time limit"),
+    (re.compile(r"the kernel died"), "kernel died"),
+    (re.compile(r"the worker running the job died"), "worker died"),
+    (re.compile(r"could not be (started|followed)"), "could not start"),
+    (re.compile(r"input snapshot is missing"), "input missing"),
+    (re.compile(r"GPU|quota", re.I), "GPUs not available"),
+]
+
+
+def failure_reason(error: str | None) -> str:
+    """A failed job's reason as a short category (``raised ValueError``, ``job time limit``)."""
+    for pattern, reason in _REASONS:
+        found = pattern.search(error or "")
+        if found:
+            return found.expand(reason)
+    return "other"
+
+
+def _epoch(value: dt.datetime | None) -> float | None:
+    return value.replace(tzinfo=dt.UTC).timestamp() if value else None
+
+
+def _spread(values: list[float]) -> dict:
+    """Count, median, 90th percentile and maximum (seconds), or only the count when none."""
+    if not values:
+        return {"count": 0, "p50": None, "p90": None, "max": None}
+    ordered = sorted(values)
+    return {"count": len(ordered), "p50": statistics.median(ordered),
+            "p90": ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))], "max": ordered[-1]}
+
+
+def stats_view(jobs: list[dict], start: float, end: float, now: float, recent: list[dict]) -> dict:
+    """What the jobs of ``[start, end)`` (epoch seconds) did, for dashboards and viewers:
+    jobs finished in the range by status, durations of completed runs, queue waits of runs
+    started in the range and of jobs queued now, failures by reason, and the jobs of
+    ``recent`` (those the caller may list) with their recorded metrics and series. No notebook contents: a job is its
+    notebook's file name, its figures and its reason, not its parameters or error text."""
+    finished = {s: 0 for s in STATUSES if s in FINAL}
+    durations, waits, waiting, reasons = [], [], [], {}
+    for j in jobs:
+        created, started, ended = _epoch(j["created"]), _epoch(j["started"]), _epoch(j["finished"])
+        if ended is not None and start <= ended < end and j["status"] in finished:
+            finished[j["status"]] += 1
+            if j["status"] == COMPLETED and started is not None:
+                durations.append(ended - started)
+            if j["status"] == FAILED:
+                reason = failure_reason(j["error"])
+                reasons[reason] = reasons.get(reason, 0) + 1
+        if started is not None and start <= started < end:
+            waits.append(max(0.0, started - created))
+        if j["status"] == QUEUED:
+            waiting.append(max(0.0, now - created))
+    return {
+        "start": iso(dt.datetime.fromtimestamp(start, dt.UTC).replace(tzinfo=None)),
+        "end": iso(dt.datetime.fromtimestamp(end, dt.UTC).replace(tzinfo=None)),
+        "finished": finished,
+        "running": sum(1 for j in jobs if j["status"] == RUNNING),
+        "durations": _spread(durations),
+        "queue_waits": _spread(waits),
+        "waiting_now": _spread(waiting),
+        "failures": [{"reason": r, "count": n} for r, n in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))],
+        "recent": [job_stat_view(j, now) for j in recent],
+    }
+
+
+def job_stat_view(job: dict, now: float) -> dict:
+    """A job as statistics show it (see :func:`stats_view`)."""
+    created, started, ended = _epoch(job["created"]), _epoch(job["started"]), _epoch(job["finished"])
+    return {
+        "id": job["id"], "owner": job["owner"], "notebook": job["path"].rsplit("/", 1)[-1],
+        "status": job["status"], "gpus": job["gpus"], "created": iso(job["created"]),
+        "waited": (started - created if started is not None
+                   else now - created if ended is None else None),  # None: ended while queued
+        "ran": ((ended or now) - started) if started is not None else None,
+        "reason": failure_reason(job["error"]) if job["status"] == FAILED else None,
+        "metrics": job["metrics"], "series": job["series"],
+    }

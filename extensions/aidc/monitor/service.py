@@ -10,7 +10,8 @@ Who sees what (the caller's aidc role, from their hub groups):
   scraper the token of a viewer account made for it.
 
 Routes: ``api/current``, ``api/metrics`` (the catalogue), ``api/history?metric=&start=&end=&step=``,
-``api/accounting?start=&end=`` and ``api/accounting.csv?start=&end=&by=user|group``
+``api/accounting?start=&end=``, ``api/accounting.csv?start=&end=&by=user|group``, ``api/queue``
+(the GPU queue)
 (times as epoch seconds or ISO 8601), and ``metrics``; described in ``openapi.yaml``
 beside this module, served at ``api/openapi.json``.
 """
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from .. import roles
 from ..errors import NotFoundError, UsageError
-from ..gpu.ledger import GPULedger
+from ..gpu.ledger import GPULedger, holder_kind
 from ..gpu.platform import open_ledger
 from ..paths import DataDir
 from ..services.base import (
@@ -145,6 +146,17 @@ class AccountingHandler(MonitorHandler):
         self.write_json(usage)
 
 
+class QueueHandler(MonitorHandler):
+    """The GPU queue (the ledger's waiting claims): who waits, for how many GPUs of which
+    kind, in order; a scientist sees the others' places without whose they are."""
+
+    @signed_in
+    async def get(self):
+        ledger: GPULedger = self.settings["ledger"]
+        waiting = await asyncio.to_thread(ledger.queue)
+        self.write_json({"queue": queue_view(waiting, None if self.sees_everyone else self.user_name)})
+
+
 class PrometheusHandler(MonitorHandler):
     def is_browser(self) -> bool:
         # a scraper without a token is answered 401, not sent to the sign-in page
@@ -173,11 +185,24 @@ def _own_view(snapshot: dict, user: str) -> dict:
     return {**snapshot, "gpus": gpus, "users": users}
 
 
+def queue_view(waiting: list, user: str | None) -> list[dict]:
+    """The ledger's queued claims in order per unit kind; unless ``user`` is None (a viewer
+    of everyone), the holder and owner of other users' claims are left out."""
+    out = []
+    for c in sorted(waiting, key=lambda c: (c.kind, c.position)):
+        mine = user is None or c.owner == user
+        out.append({"position": c.position, "kind": c.kind, "count": c.count,
+                    "holder_kind": holder_kind(c.holder),
+                    "holder": c.holder if mine else None, "owner": c.owner if mine else None})
+    return out
+
+
 ROUTES = [
     (r"/api/current", CurrentHandler),
     (r"/api/metrics", CatalogHandler),
     (r"/api/history", HistoryHandler),
     (r"/api/accounting(\.csv)?", AccountingHandler),
+    (r"/api/queue", QueueHandler),
     (r"/metrics", PrometheusHandler),
     (r"/api/openapi\.(json|yaml)", OpenAPIHandler, {"document": OPENAPI}),
 ]
