@@ -321,6 +321,20 @@ def test_put_get_list_alias_round_trips_through_the_python_api(data_up, scientis
     with pytest.raises(NotFoundError, match="no file 'missing.txt'"):
         aidc.data.open("rt-files", "missing.txt", client=c)
 
+    # encrypted at rest: what lies on disk is ciphertext under the platform's key
+    # (AIDCENC1 header), none of the plaintext above; yet every read above gave it back
+    stored = data_up.data_dir.resolve() / "datasets" / "files"
+    on_disk = {f"{ds}/{p.name}": p.read_bytes() for ds in ("rt-files", "rt-arrays", "rt-table")
+               for p in (stored / ds).rglob("*") if p.is_file()}
+    assert {"rt-files/labels.txt", "rt-files/a.bin", "rt-arrays/data.npz", "rt-table/data.parquet"} <= set(on_disk)
+    for name, raw in on_disk.items():
+        assert raw.startswith(b"AIDCENC1"), name
+        for plain in (b"cat\ndog", b"A" * 64, b"PK\x03\x04", b"PAR1", b"score"):
+            assert plain not in raw, (name, plain)
+    kek = data_up.data_dir / "secrets" / "kek"
+    assert (kek.stat().st_mode & 0o777) == 0o700
+    assert [oct(k.stat().st_mode & 0o777) for k in kek.glob("*.key")] == ["0o600"]
+
 
 def test_cli_put_list_show_get_alias(data_up, scientist, tmp_path):
     env = {"AIDC_URL": data_up.url, "AIDC_TOKEN": scientist.token, "AIDC_DATA_CACHE": str(tmp_path / "cache")}

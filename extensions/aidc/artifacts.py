@@ -10,6 +10,11 @@ moved to the target only when the write completed, so an interrupted upload leav
 nothing under the target name (:meth:`ArtifactStore.open_write`,
 :meth:`ArtifactStore.put_dir`). The module-level functions take full URLs, for code that
 has a URL but no store (a Dask worker given a job's ``input_url``).
+
+Encryption at rest is decided here too, once per root: :func:`encrypt_under` makes every
+file written below a root encrypted (:mod:`aidc.security.crypto`, the file's path below
+the root as its identity) and every file read there decrypted, so the code that writes and
+reads objects does not change. Files stored before encryption was turned on stay readable.
 """
 
 from __future__ import annotations
@@ -24,6 +29,27 @@ from typing import IO, Iterator
 import fsspec
 from traitlets import Unicode
 from traitlets.config import LoggingConfigurable
+
+
+#: root URL -> the key ring its objects are encrypted with (:func:`encrypt_under`)
+_ENCRYPTED: dict[str, object] = {}
+#: plaintext kept in memory when a reader needs to seek in a decrypted object (a zip or
+#: Parquet file); past that, an anonymous temporary file (unlinked from the start, 0600)
+SEEKABLE_IN_MEMORY = 64 * 2**20
+
+
+def encrypt_under(root: str, keys) -> None:
+    """Encrypt what is written below ``root`` from now on, with ``keys`` (a
+    :class:`aidc.security.keys.KeyRing`), and decrypt what is read there."""
+    _ENCRYPTED[root.rstrip("/")] = keys
+
+
+def encryption_of(url: str):
+    """``(keys, identity)`` when ``url`` is below an encrypted root, else None."""
+    for root, keys in _ENCRYPTED.items():
+        if url.startswith(root + "/"):
+            return keys, url[len(root) + 1:]
+    return None
 
 
 class ArtifactStore(LoggingConfigurable):
@@ -100,9 +126,17 @@ def open_write(url: str) -> Iterator[IO[bytes]]:
     fs, path = _fs(url)
     _make_parent(fs, path)
     tmp = _temporary(path)
+    encrypted = encryption_of(url)
     try:
         with fs.open(tmp, "wb") as f:
-            yield f
+            if encrypted is None:
+                yield f
+            else:
+                from .security.crypto import open_encrypted_write
+
+                sealed = open_encrypted_write(f, *encrypted)
+                yield sealed
+                sealed.close()  # the last chunk, before the file is published
         fs.mv(tmp, path)
     except BaseException:
         with contextlib.suppress(Exception):
@@ -111,10 +145,26 @@ def open_write(url: str) -> Iterator[IO[bytes]]:
         raise
 
 
-def open_read(url: str) -> IO[bytes]:
-    """``url`` opened for binary reading (``FileNotFoundError`` when it does not exist)."""
+def open_read(url: str, seekable: bool = False) -> IO[bytes]:
+    """``url`` opened for binary reading (``FileNotFoundError`` when it does not exist),
+    decrypted below an encrypted root; ``seekable`` for readers that seek (zip, Parquet)."""
     fs, path = _fs(url)
-    return fs.open(path, "rb")
+    raw = fs.open(path, "rb")
+    encrypted = encryption_of(url)
+    if encrypted is None:
+        return raw
+    from .security.crypto import open_decrypted_read
+
+    plain = open_decrypted_read(raw, *encrypted)
+    if not seekable or plain is raw:
+        return plain
+    import tempfile
+
+    copy = tempfile.SpooledTemporaryFile(max_size=SEEKABLE_IN_MEMORY)
+    with plain:
+        shutil.copyfileobj(plain, copy, 1 << 20)
+    copy.seek(0)
+    return copy
 
 
 def write_bytes(url: str, data: bytes) -> None:

@@ -49,8 +49,11 @@ def run(args) -> int:
     from ..hub.config import PlatformOptions  # here: imports JupyterHub
     from ..paths import DataDir
 
+    from .keys import check_at_start
+
     d = DataDir.from_arg(args.data_dir)
     cert, key = _tls_files(args, d)
+    check_at_start(d)  # a missing or wrong key-encryption key stops the start here
     options = PlatformOptions(
         data_dir=d,
         ip=args.ip,

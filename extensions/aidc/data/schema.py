@@ -40,7 +40,7 @@ def _npz(url: str, name: str) -> dict:
 
     arrays: dict[str, dict] = {}
     try:
-        with artifacts.open_read(url) as raw, zipfile.ZipFile(raw) as archive:
+        with artifacts.open_read(url, seekable=True) as raw, zipfile.ZipFile(raw) as archive:
             members = archive.namelist()
             if not members:
                 raise ValueError("the archive holds no arrays")
@@ -69,7 +69,7 @@ def _parquet(url: str, name: str) -> dict:
     except ImportError:  # the service cannot check it; readers with pyarrow can still read it
         return {"format": "parquet"}
     try:
-        with artifacts.open_read(url) as f:
+        with artifacts.open_read(url, seekable=True) as f:
             meta = pq.ParquetFile(f).metadata
             schema = meta.schema.to_arrow_schema()
     except Exception as e:  # pyarrow's errors (ArrowInvalid, OSError) for a file that is not one

@@ -28,6 +28,7 @@ from ..services.base import (
     run_service,
     signed_in,
 )
+from ..security.keys import Encryption, KeyRing
 from ..services.declare import ManagedService, python_command
 from ..services.visibility import owned, visible
 from .names import check_file_name, check_name
@@ -283,7 +284,7 @@ class DataApp(ServiceApp):
 
     @property
     def classes(self):
-        return [DatasetStore, DatasetUploads]
+        return [DatasetStore, DatasetUploads, Encryption]
 
 
 def main() -> None:
@@ -291,6 +292,10 @@ def main() -> None:
     data_dir = app.data_dir
     store = DatasetStore(config=app.config, data_dir=data_dir)
     uploads = DatasetUploads(store, config=app.config, data_dir=data_dir)
+    keys = KeyRing.for_data_dir(data_dir, app.config)
+    if keys is not None:  # datasets' files are encrypted at rest (aidc.security.crypto)
+        keys.check(create=True)
+        artifacts.encrypt_under(uploads.storage_url, keys)
     removed = uploads.remove_orphans()
     if removed:
         app.log.info("aidc data: removed %d unfinished upload(s) left from before", removed)

@@ -1,0 +1,303 @@
+"""Encryption at rest (``aidc.security.crypto``, ``aidc.security.keys``, ``aidc keys``).
+
+In process and fast: objects of every size round-trip through the store's encrypting
+writer and decrypting reader; changed, cut, moved or wrongly keyed ciphertext is refused
+with the object named; the key ring refuses a missing or wrong key before anything runs;
+``aidc keys rotate`` re-wraps every object's data key without touching its data, and a
+key is retired only once nothing uses it. Vault's transit engine is the KMS example,
+against a fake of its HTTP API (the one piece that cannot run here). The platform side
+(datasets on disk are ciphertext, read back as plaintext) is in ``test_data.py``.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from aidc import artifacts
+from aidc.cli.main import main as cli
+from aidc.security import crypto
+from aidc.security.crypto import DecryptionError
+from aidc.security.keys import (EncryptionKeyError, EnvKeyProvider, FileKeyProvider, KeyRing,
+                                VaultTransitKeyProvider)
+
+
+def ring(tmp_path: Path) -> KeyRing:
+    keys = KeyRing(FileKeyProvider(folder=str(tmp_path / "secrets" / "kek")), tmp_path / "secrets" / "kek.json")
+    keys.check(create=True)
+    return keys
+
+
+def seal(keys, identity: str, data: bytes, chunk: int = 64) -> bytes:
+    out = io.BytesIO()
+    w = crypto.EncryptingWriter(out, keys, identity, chunk=chunk)
+    for i in range(0, len(data), 50):  # writes that do not line up with chunks
+        w.write(data[i:i + 50])
+    w.close()
+    return out.getvalue()
+
+
+def unseal(keys, identity: str, sealed: bytes) -> bytes:
+    with crypto.open_decrypted_read(io.BytesIO(sealed), keys, identity) as f:
+        return f.read()
+
+
+@pytest.mark.parametrize("size", [0, 1, 63, 64, 65, 200, 64 * 5])
+def test_objects_of_any_size_round_trip_and_hold_no_plaintext(tmp_path, size):
+    keys = ring(tmp_path)
+    data = (b"SECRET-MARKER-" * 40)[:size]
+    sealed = seal(keys, "ds/1/f.bin", data)
+    assert sealed.startswith(b"AIDCENC1")
+    if size >= 14:
+        assert b"SECRET-MARKER" not in sealed
+    assert unseal(keys, "ds/1/f.bin", sealed) == data
+
+
+def test_changed_cut_reordered_or_moved_ciphertext_is_refused_with_the_object_named(tmp_path):
+    keys = ring(tmp_path)
+    data = os.urandom(64 * 3 + 10)
+    sealed = seal(keys, "ds/1/a.bin", data)
+    body = crypto.PREFIX + crypto.HEADER_SIZE
+    sealed_chunk = 64 + crypto.TAG
+
+    flipped = bytearray(sealed)
+    flipped[body + 5] ^= 1
+    with pytest.raises(DecryptionError, match="ds/1/a.bin does not decrypt"):
+        unseal(keys, "ds/1/a.bin", bytes(flipped))
+    # cut at a chunk boundary: the chunk that is now last was not sealed as the last one
+    with pytest.raises(DecryptionError, match="does not decrypt"):
+        unseal(keys, "ds/1/a.bin", sealed[:body + 2 * sealed_chunk])
+    with pytest.raises(DecryptionError, match="does not decrypt"):
+        unseal(keys, "ds/1/a.bin", sealed[:body])
+    swapped = (sealed[:body] + sealed[body + sealed_chunk:body + 2 * sealed_chunk]
+               + sealed[body:body + sealed_chunk] + sealed[body + 2 * sealed_chunk:])
+    with pytest.raises(DecryptionError, match="does not decrypt"):
+        unseal(keys, "ds/1/a.bin", swapped)
+    # the same bytes under another object's name (copied over it on disk)
+    with pytest.raises(DecryptionError, match="ds/2/b.bin"):
+        unseal(keys, "ds/2/b.bin", sealed)
+    # another platform's key
+    with pytest.raises(DecryptionError):
+        unseal(ring(tmp_path / "other"), "ds/1/a.bin", sealed)
+    # a plain object stored before encryption was on reads as it is; an encrypted one
+    # without keys is a clear refusal
+    assert unseal(keys, "old/plain.txt", b"written before") == b"written before"
+    with pytest.raises(DecryptionError, match="no key to read it"):
+        unseal(None, "ds/1/a.bin", sealed)
+
+
+def test_the_store_encrypts_below_its_root_and_seeks_in_decrypted_archives(tmp_path):
+    import numpy as np
+
+    keys = ring(tmp_path)
+    root = str(tmp_path / "files")
+    artifacts.encrypt_under(root, keys)
+    try:
+        buf = io.BytesIO()
+        np.savez(buf, weights=np.full(1000, 7.25))
+        with artifacts.open_write(f"{root}/model-ds/u1/data.npz") as f:
+            f.write(buf.getvalue())
+        raw = Path(root, "model-ds/u1/data.npz").read_bytes()
+        assert raw.startswith(b"AIDCENC1") and b"PK\x03\x04" not in raw
+        with artifacts.open_read(f"{root}/model-ds/u1/data.npz", seekable=True) as f:
+            assert np.load(f)["weights"][3] == 7.25
+        # an interrupted write publishes nothing
+        with pytest.raises(RuntimeError), artifacts.open_write(f"{root}/model-ds/u1/b.bin") as f:
+            f.write(b"half")
+            raise RuntimeError("connection lost")
+        assert sorted(p.name for p in Path(root, "model-ds/u1").iterdir()) == ["data.npz"]
+    finally:
+        artifacts._ENCRYPTED.pop(root)
+
+
+def test_the_key_ring_refuses_a_missing_or_wrong_key_before_anything_runs(tmp_path):
+    keys = ring(tmp_path)
+    folder = tmp_path / "secrets" / "kek"
+    first = keys.current_id()
+    assert (folder.stat().st_mode & 0o777) == 0o700
+    assert (folder / f"{first}.key").stat().st_mode & 0o777 == 0o600
+    assert keys.check() == first  # a second start finds it
+
+    key_file = folder / f"{first}.key"
+    saved = key_file.read_text()
+    key_file.write_text(base64.b64encode(os.urandom(32)).decode())
+    with pytest.raises(EncryptionKeyError, match=f"{first} is not the key this platform encrypted with"):
+        keys.check()
+    key_file.unlink()
+    with pytest.raises(EncryptionKeyError, match=f"{first} is missing"):
+        keys.check(create=True)  # a platform that had keys never silently makes a new one
+    key_file.write_text(saved)
+    assert keys.check() == first
+
+    # `aidc up` says it and starts nothing
+    key_file.unlink()
+    r = subprocess.run([sys.executable, "-m", "aidc.cli.main", "up", "--data-dir", str(tmp_path),
+                        "--port", "1"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert f"the key-encryption key {first} is missing" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "jupyterhub.sqlite").exists() and not list(tmp_path.glob("*.sqlite"))
+
+
+def test_an_environment_key_and_its_errors(tmp_path, monkeypatch):
+    provider = EnvKeyProvider()
+    monkeypatch.delenv("AIDC_KEK", raising=False)
+    with pytest.raises(EncryptionKeyError, match="AIDC_KEK is not set"):
+        provider.current_id()
+    monkeypatch.setenv("AIDC_KEK", "not-a-key")
+    with pytest.raises(EncryptionKeyError, match="must be base64 of 32 bytes"):
+        provider.current_id()
+    monkeypatch.setenv("AIDC_KEK", base64.b64encode(os.urandom(32)).decode())
+    keys = KeyRing(provider, tmp_path / "kek.json")
+    keys.check(create=True)
+    sealed = seal(keys, "x/1/y", b"env-wrapped")
+    assert unseal(keys, "x/1/y", sealed) == b"env-wrapped"
+    with pytest.raises(EncryptionKeyError, match="cannot add keys"):
+        keys.rotate()
+    monkeypatch.setenv("AIDC_KEK", base64.b64encode(os.urandom(32)).decode())  # the wrong key
+    with pytest.raises(EncryptionKeyError, match="is missing"):
+        keys.check()
+
+
+class FakeVault(BaseHTTPRequestHandler):
+    """Vault's transit engine as far as aidc uses it: key info, encrypt and decrypt with a
+    derivation context, rotate. Ciphertexts are ``vault:v<N>:<base64>`` as Vault's are."""
+
+    keys: dict[int, bytes] = {}
+    token = "s.fake-token"
+
+    def log_message(self, *args):
+        pass
+
+    def _answer(self, status: int, body: dict | None = None) -> None:
+        data = json.dumps(body or {}).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _allowed(self) -> bool:
+        if self.headers.get("X-Vault-Token") != self.token:
+            self._answer(403, {"errors": ["permission denied"]})
+            return False
+        return True
+
+    def do_GET(self):
+        if self._allowed():
+            self._answer(200, {"data": {"latest_version": max(self.keys),
+                                        "keys": {str(v): 0 for v in self.keys}}})
+
+    def do_POST(self):
+        if not self._allowed():
+            return
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+        action = self.path.split("/")[3]
+        if action == "keys":  # /v1/transit/keys/aidc/rotate
+            self.keys[max(self.keys) + 1] = os.urandom(32)
+            return self._answer(204)
+        context = base64.b64decode(body["context"])
+        if action == "encrypt":
+            version = body.get("key_version") or max(self.keys)
+            nonce = os.urandom(12)
+            sealed = AESGCM(self.keys[version]).encrypt(nonce, base64.b64decode(body["plaintext"]), context)
+            return self._answer(200, {"data": {"ciphertext": f"vault:v{version}:"
+                                               + base64.b64encode(nonce + sealed).decode()}})
+        _, version, blob = body["ciphertext"].split(":")
+        raw = base64.b64decode(blob)
+        try:
+            plain = AESGCM(self.keys[int(version[1:])]).decrypt(raw[:12], raw[12:], context)
+        except Exception:
+            return self._answer(400, {"errors": ["cipher: message authentication failed"]})
+        self._answer(200, {"data": {"plaintext": base64.b64encode(plain).decode()}})
+
+
+@pytest.fixture
+def vault(monkeypatch):
+    FakeVault.keys = {1: os.urandom(32)}
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeVault)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("VAULT_TOKEN", FakeVault.token)
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_vault_transit_wraps_rotates_and_rewraps(tmp_path, vault, monkeypatch):
+    keys = KeyRing(VaultTransitKeyProvider(url=vault), tmp_path / "kek.json")
+    assert keys.check(create=True) == "vault:aidc:v1"
+    sealed = bytearray(seal(keys, "ds/1/f", b"kept by vault"))
+    header = crypto.read_header(bytes(sealed))
+    assert header["kek"] == "vault:aidc:v1" and header["wrapped"].startswith(b"vault:v1:")  # Vault's own
+    assert keys.rotate() == "vault:aidc:v2"
+    f = io.BytesIO(sealed)
+    assert crypto.rewrap(f, keys, "ds/1/f") == "vault:aidc:v1"
+    assert crypto.key_of(f.getvalue()) == "vault:aidc:v2"
+    assert f.getvalue()[crypto.PREFIX + crypto.HEADER_SIZE:] == sealed[crypto.PREFIX + crypto.HEADER_SIZE:]
+    assert unseal(keys, "ds/1/f", f.getvalue()) == b"kept by vault"
+    monkeypatch.setenv("VAULT_TOKEN", "s.wrong")
+    with pytest.raises(DecryptionError, match="Vault refused decrypt/aidc \\(403\\)"):
+        unseal(keys, "ds/1/f", f.getvalue())
+
+
+def test_aidc_keys_rotate_rewraps_every_object_and_retires_the_old_key(tmp_path, capsys):
+    data_dir = tmp_path / "platform"
+    (data_dir / "secrets").mkdir(parents=True)
+    root = str(data_dir.resolve() / "datasets" / "files")
+    keys = KeyRing.for_data_dir(data_dir)
+    old = keys.check(create=True)
+    artifacts.encrypt_under(root, keys)
+    try:
+        for i in range(3):
+            with artifacts.open_write(f"{root}/ds{i}/u/f{i}.csv") as f:
+                f.write(f"a,b\n{i},secret-{i}\n".encode())
+    finally:
+        artifacts._ENCRYPTED.pop(root)
+    Path(root, "legacy").mkdir()
+    Path(root, "legacy", "plain.txt").write_bytes(b"stored before encryption")
+    data_before = {p: p.read_bytes()[crypto.PREFIX + crypto.HEADER_SIZE:] for p in Path(root).rglob("f*.csv")}
+    before = Path(root, "ds0", "u", "f0.csv").read_bytes()
+
+    assert cli(["keys", "list", "--data-dir", str(data_dir)]) == 0
+    listed = capsys.readouterr().out
+    assert f"{old}  current  3 object(s)" in listed and "before encryption)  1 object(s)" in listed
+
+    assert cli(["keys", "retire", old, "--data-dir", str(data_dir)]) == 2
+    assert "is the current key" in capsys.readouterr().err
+
+    assert cli(["keys", "rotate", "--data-dir", str(data_dir)]) == 0
+    out = capsys.readouterr().out
+    new = keys.current_id()
+    assert new != old and f"new current key {new}; 3 object(s) re-wrapped" in out
+    for p, body in data_before.items():
+        raw = p.read_bytes()
+        assert crypto.key_of(raw) == new and raw[crypto.PREFIX + crypto.HEADER_SIZE:] == body  # data untouched
+    artifacts.encrypt_under(root, keys)
+    try:
+        with artifacts.open_read(f"{root}/ds1/u/f1.csv") as f:
+            assert f.read() == b"a,b\n1,secret-1\n"
+    finally:
+        artifacts._ENCRYPTED.pop(root)
+
+    # an object restored from a backup taken before the rotation still needs the old key
+    restored = Path(root, "ds0", "u", "f0.csv")
+    rotated = restored.read_bytes()
+    restored.write_bytes(before)
+    assert cli(["keys", "retire", old, "--data-dir", str(data_dir)]) == 2
+    assert f"1 stored object(s) still use {old}" in capsys.readouterr().err
+    restored.write_bytes(rotated)
+
+    assert cli(["keys", "retire", old, "--data-dir", str(data_dir)]) == 0
+    assert not (data_dir / "secrets" / "kek" / f"{old}.key").exists()
+    assert keys.check() == new  # a retired key is not missed at the next start
+    assert cli(["keys", "retire", "nope", "--data-dir", str(data_dir)]) == 2
+    assert "no key 'nope'" in capsys.readouterr().err
