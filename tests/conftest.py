@@ -68,6 +68,8 @@ register(ManagedService(
 # every test signs in from 127.0.0.1
 c.LoginThrottle.max_failures_per_user = 3
 c.LoginThrottle.lockout_seconds = 5
+# inference calls reach the audit log counted per 2 s (a minute by default)
+c.CallTally.period = 2
 c.LoginThrottle.max_failures_per_ip = 100000
 # GPU tests: a profile larger than the machine, and a quota
 c.GPUAllocationMixin.resource_profiles = [

@@ -7,6 +7,7 @@ import signal
 import threading
 import time
 from collections import Counter
+from datetime import datetime
 
 import numpy as np
 import psutil
@@ -390,6 +391,7 @@ def test_endpoint_metrics_count_every_request_and_federate_replicas(platform, sc
 
     import aidc
     deployed = aidc.models.get("mnist", client=served["client"])["deployment"]["version"]
+    started = time.time()
     before = scrape(admin.token)
     s = platform.api(scientist.token)
     base = f"{platform.url}/services/models/v2/models/mnist"
@@ -415,6 +417,24 @@ def test_endpoint_metrics_count_every_request_and_federate_replicas(platform, sc
     assert {x.labels["replica"] for x in batches} == {"0", "1"} and sum(x.value for x in batches) >= 7
     r = requests.get(f"{platform.url}/services/models/metrics", headers=auth(scientist), timeout=60)
     assert r.status_code == 403 and "admins and viewers" in r.json()["message"]
+
+    # the audit log counts the calls per caller, version, result and period (2 s here),
+    # one event each, not one line per call
+    def counted() -> dict[str, int]:
+        totals = {"success": 0, "failure": 0}
+        for e in platform.audit_events():
+            if (e.get("action") == "infer" and e["actor"] == scientist.name
+                    and e["target"] == f"mnist@{deployed}"
+                    and datetime.fromisoformat(e["period_start"]).timestamp() > started - 2):
+                totals[e["result"]] += e["count"]
+        return totals
+    deadline = time.monotonic() + 60
+    while not ((n := counted())["failure"] == 3 and n["success"] >= 7):
+        assert time.monotonic() < deadline, n
+        time.sleep(0.5)
+    events = [e for e in platform.audit_events() if e.get("action") == "infer"]
+    assert all(e["service"] == "models" and e["period_seconds"] == 2 for e in events)
+    assert any(e["count"] > 1 for e in events)
 
 
 def test_deployment_with_a_gpu_holds_it_in_the_ledger(platform, scientist, admin, served):

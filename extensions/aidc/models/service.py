@@ -24,12 +24,14 @@ import tempfile
 from pathlib import Path
 
 from tornado import web
+from tornado.ioloop import PeriodicCallback
 
 from ..db import iso
 from ..errors import ConflictError, NotFoundError, UsageError
 from ..gpu.ledger import GRANTED, GPULedger
 from ..gpu.platform import open_ledger
 from .. import roles
+from ..security.tally import CallTally
 from ..services.declare import ManagedService, python_command
 from ..services.base import ServiceApp, ServiceHandler, needs_role, run_service, signed_in
 from ..services.fields import integer
@@ -473,12 +475,17 @@ class V2Model(V2Handler):
         number = self.registry.resolve(name, version) if version else None
         headers = {k: v for k, v in self.request.headers.items()
                    if k.lower() in ("content-type", "inference-header-content-length", "content-encoding")}
+        # counted per caller, version and result: one audit event a period (CallTally)
+        caller = self._signed_in_model()
+        who = caller["name"] if isinstance(caller, dict) else "anonymous"
         try:
             status, out_headers, data = await self.runner.forward(name, number, body, headers)
         except LookupError as e:
             raise web.HTTPError(404, str(e)) from None
         except RuntimeError as e:
+            self.settings["tally"].count(who, name if number is None else f"{name}@{number}", ok=False)
             raise web.HTTPError(503, str(e)) from None
+        self.settings["tally"].count(who, f"{name}@{out_headers['X-Aidc-Model-Version']}", ok=status < 400)
         self.set_status(status)
         for k, v in out_headers.items():
             self.set_header(k, v)
@@ -508,7 +515,7 @@ class ModelsApp(ServiceApp):
 
     @property
     def classes(self):
-        return [ModelRegistry, DeploymentRunner, GPULedger, JobLineage]
+        return [ModelRegistry, DeploymentRunner, GPULedger, JobLineage, CallTally]
 
 
 def main() -> None:
@@ -527,15 +534,21 @@ def main() -> None:
         if claim.holder.startswith("deployment:") and claim.holder.split(":", 1)[1] not in keep:
             ledger.release(claim.holder)
 
+    tally = CallTally(config=app.config)
+    flushing = PeriodicCallback(tally.flush, max(1, tally.period // 4) * 1000)
+
     async def on_start():
         await runner.start()
+        flushing.start()
 
     async def on_stop():
+        flushing.stop()
+        tally.flush(everything=True)
         await runner.close()
         shutil.rmtree(run_root, ignore_errors=True)  # the owners' artifact copies and sockets
 
     run_service(ROUTES, on_start=on_start, on_stop=on_stop, registry=registry, runner=runner,
-                ledger=ledger, jobs=jobs, run_root=run_root, staging=str(staging))
+                ledger=ledger, jobs=jobs, run_root=run_root, staging=str(staging), tally=tally)
 
 
 def managed_service() -> ManagedService:
