@@ -5,15 +5,16 @@ itself, and stops refreshing when closed; the parameters form checks values by t
 
 In-process, with the scientist's token on the session platform (the real client, jobs and
 models services): the launcher's form from the notebook's parameters cell, a wrong value
-marked and nothing sent, a submitted job followed cell by cell to its end with its series
-charted; the deployer refuses a canary weight of 1.5 with no call, deploys, adds a canary
-and rolls it back; the resource request refuses what can never start.
+marked and nothing sent; a sweep's runs cancelled from its monitor; the deployer refuses a
+canary weight of 1.5 with no call, deploys, and shows the service's refusal of a rollback
+with nothing to roll back to; the resource request refuses what can never start.
 
-End to end, in the scientist's own server: the widgets built and acting in a real kernel
-(a job submitted from the launcher runs; the deployer's refusal; the server restarted on a
-GPU profile from the resource request), the gauge showing the fake-NVML GPU of the new
-server, and the gauge and a job monitor in a Voila page of that server in headless
-Chromium (screenshot ``test-artifacts/widgets-voila.png``).
+End to end, in the scientist's own server: in a real kernel, the launcher submits a job,
+the deployer refuses a weight of 1.5 with no call, and the resource request restarts the
+server on a GPU profile; meanwhile a monitor here follows that job cell by cell to its end
+(its series charted). Then a Voila page of the restarted server, in headless Chromium,
+shows the gauge with the server's fake-NVML GPU and the job's monitor (screenshot
+``test-artifacts/widgets-voila.png``).
 """
 
 from __future__ import annotations
@@ -152,12 +153,11 @@ def client(platform, scientist):
 
 @pytest.fixture(scope="module")
 def tiny_model(client, tmp_path_factory):
-    """widgets-tiny v1 (y = 2x) and v2 (y = 3x), not deployed; undeployed at the end."""
+    """widgets-tiny v1 (y = 2x), not deployed; undeployed at the end."""
     from test_models import scale_onnx
 
-    folder = tmp_path_factory.mktemp("widgets")
-    for factor in (2.0, 3.0):
-        aidc.models.register(scale_onnx(folder / f"x{factor:g}.onnx", factor), name=MODEL, client=client)
+    path = scale_onnx(tmp_path_factory.mktemp("widgets") / "x2.onnx", 2.0)
+    aidc.models.register(path, name=MODEL, client=client)
     yield MODEL
     try:
         aidc.models.undeploy(MODEL, client=client)
@@ -165,11 +165,11 @@ def tiny_model(client, tmp_path_factory):
         pass
 
 
-def test_launcher_marks_a_wrong_value_then_submits_and_the_monitor_follows_the_job(client):
+def test_launcher_marks_a_wrong_value_and_sends_nothing_and_a_monitor_cancels_a_sweep(client):
     missing = JobLauncher("widgets/nosuch.ipynb", client=client)
     assert "nosuch.ipynb" in missing.error and missing.fields == []
 
-    launcher = JobLauncher("widgets/train.ipynb", client=client, monitor_refresh_seconds=0.3)
+    launcher = JobLauncher("widgets/train.ipynb", client=client)
     assert [(f.name, f.type) for f in launcher.fields] == [
         ("epochs", "int"), ("rate", "float"), ("layers", "list"), ("name", "str")]
     fields = {f.name: f for f in launcher.fields}
@@ -178,22 +178,9 @@ def test_launcher_marks_a_wrong_value_then_submits_and_the_monitor_follows_the_j
     assert launcher.submit().result(10) is None and calls == []  # refused, nothing sent
     assert launcher.error.startswith("not submitted, fix the marked values: layers: not a Python value")
     assert "not a Python value" in fields["layers"].problem.value
-
     fields["layers"].input.value = "[16]"
-    fields["epochs"].input.value = 3
-    job = launcher.submit().result(60)
-    assert job is not None, launcher.error
-    assert job.data["parameters"] == {"epochs": 3, "layers": [16]}  # the defaults stay the notebook's
-    monitor = launcher.monitor
-    assert monitor in launcher.children and monitor.id == job.id
-    poll(lambda: monitor.status, lambda s: s in ("completed", "failed", "cancelled"), timeout=180)
-    assert monitor.status == "completed", monitor.data
-    # every cell seen start and end, the series charted, and the refresh stopped by itself
-    assert monitor.cells and set(monitor.cells.values()) == {"ok"}
-    assert monitor.progress.value == monitor.progress.max == job.refresh().data["progress"]["cells"]
-    assert "completed" in monitor.header.value and monitor.cancel_button.disabled
-    assert monitor.chart is not None and list(monitor.chart.line.y) == [1.0, 0.5, pytest.approx(1 / 3)]
-    poll(lambda: monitor.refreshing, lambda running: not running, timeout=30)
+    assert launcher.parameters() == ({"layers": [16]}, []) and fields["layers"].problem.value == ""
+    launcher.close()
 
     # a sweep: its runs side by side, cancelled from the monitor
     sweep = aidc.jobs.sweep("widgets/slow.ipynb", grid={"seconds": [600, 601]}, client=client)
@@ -204,28 +191,30 @@ def test_launcher_marks_a_wrong_value_then_submits_and_the_monitor_follows_the_j
     assert sweeping.data["counts"] == {"cancelled": 2}, sweeping.data
     assert sweeping.progress_text.value == "2 of 2 runs ended" and "seconds=600" in sweeping.table.value
     sweeping.close()
-    launcher.close()
 
 
-def test_deployer_refuses_a_weight_out_of_range_with_no_call_then_deploys_and_rolls_back(
+def test_deployer_refuses_a_weight_out_of_range_with_no_call_deploys_and_shows_the_services_refusal(
         client, tiny_model):
     d = ModelDeployer(tiny_model, client=client, refresh_seconds=0.5)
-    assert [v for _, v in d.version.options] == [2, 1] and "not deployed" in d.state.value
-    calls = calls_of(client)
+    assert [v for _, v in d.version.options] == [1] and d.version.value == 1
+    assert "not deployed" in d.state.value and d.refreshing
     d.stop_refresh()
-    d.version.value, d.canary_version.value, d.canary_weight.value = 1, 2, 1.5
+    calls = calls_of(client)
+    d.canary_version.value, d.canary_weight.value = 1, 1.5
     assert d.deploy().result(5) is None
     assert calls == [] and d.error == ("the canary weight is the share of requests sent to the "
                                        "canary: a number from 0 to 1 (0.1 sends 10%), not 1.5")
+    d.canary_weight.value = 0.5
+    assert d.deploy().result(5) is None and calls == []
+    assert d.error == "the canary must be another version than the one served (v1)"
     d.canary_version.value = "none"
     dep = d.deploy().result(300)
-    assert dep is not None and dep["ready"], d.error
-    assert d.state.value.count("serving v1 (ready, 1/1 replicas)") == 1
-    d.canary_version.value, d.canary_weight.value = 2, 0.25
-    dep = d.deploy().result(300)
-    assert dep.summary() == "serving v1 (ready, 1/1 replicas), canary v2 at 25%", d.error
-    dep = d.rollback().result(300)
-    assert dep.summary() == "serving v1 (ready, 1/1 replicas)" and "canary" not in d.state.value
+    assert dep is not None and dep["ready"] and calls, d.error
+    assert "serving v1 (ready, 1/1 replicas)" in d.state.value and d.error is None
+    # what only the service knows comes back as its message, in the widget
+    assert d.rollback().result(300) is None
+    assert d.error == f"model {tiny_model!r} has no earlier deployed version to roll back to"
+    assert not any(b.disabled for b in d.buttons)  # usable again after the refusal
     d.close()
 
 
@@ -242,21 +231,16 @@ def test_resource_request_refuses_what_can_never_start_before_any_call(client):
 
 # -- end to end: the scientist's server, a kernel, Voila in Chromium -------------------------------
 IN_KERNEL = """
-import time
 from aidc.widgets import JobLauncher, ModelDeployer, ResourceRequest
-launcher = JobLauncher("widgets/train.ipynb", monitor_refresh_seconds=0.3)
+launcher = JobLauncher("widgets/train.ipynb")
 [epochs] = [f for f in launcher.fields if f.name == "epochs"]
 epochs.input.value = 4
 job = launcher.submit().result(60)
-deadline = time.monotonic() + 180
-# the monitor refreshes in its own thread while this cell waits
-while launcher.monitor.status not in ("completed", "failed", "cancelled") and time.monotonic() < deadline:
-    time.sleep(0.2)
-print("JOB", job.id, launcher.monitor.status, job.refresh().data["parameters"])
+print("JOB", job.id, launcher.monitor.id == job.id, job.data["parameters"])
 d = ModelDeployer(%(model)r, refresh_seconds=0)
 calls = []
 d.client.session.hooks["response"].append(lambda r, *a, **k: calls.append(r.url))
-d.canary_version.value, d.canary_weight.value = 2, 1.5
+d.canary_version.value, d.canary_weight.value = 1, 1.5
 d.deploy().result(10)
 print("DEPLOYER", len(calls), d.error)
 r = ResourceRequest()
@@ -265,17 +249,6 @@ r.restart("gpu-1").result(60)
 print("RESTART", r.error, r.message.value)
 """
 
-GAUGE = """
-from aidc.widgets import GPUGauge
-g = GPUGauge(refresh_seconds=0.3)
-import time
-deadline = time.monotonic() + 60
-while not g.gpus and time.monotonic() < deadline:
-    time.sleep(0.2)
-print("GPUS", [(x["uuid"], x["name"]) for x in g.gpus], g.refreshing)
-g.close()
-print("CLOSED", g.refreshing)
-"""
 
 def server_profile(platform, user) -> str | None:
     model = platform.hub(user.token, "GET", f"/users/{user.name}").json()
@@ -283,18 +256,29 @@ def server_profile(platform, user) -> str | None:
     return ((server or {}).get("user_options") or {}).get("profile") if server and server.get("ready") else None
 
 
-def test_widgets_act_in_a_kernel_of_my_server_and_render_in_voila(platform, scientist, client,
-                                                                  tiny_model):
+def test_widgets_act_in_a_kernel_of_my_server_and_show_its_gpu_and_a_job_in_voila(
+        platform, scientist, client, tiny_model):
     platform.start_server(scientist)
     try:
         out = in_kernel(platform, scientist, IN_KERNEL % {"model": tiny_model}, timeout=240)
         lines = {line.split(" ", 1)[0]: line.split(" ", 1)[1] for line in out.splitlines() if " " in line}
         assert "ERROR" not in lines, out
-        job_id, status, parameters = lines["JOB"].split(" ", 2)
-        assert status == "completed" and parameters == "{'epochs': 4}", out
+        job_id, attached, parameters = lines["JOB"].split(" ", 2)
+        assert attached == "True" and parameters == "{'epochs': 4}", out  # the defaults stay the notebook's
         assert lines["DEPLOYER"].startswith("0 the canary weight is the share of requests"), out
         assert lines["PROFILE"] == "cpu", out
         assert lines["RESTART"].startswith("None ") and "Restarting on profile gpu-1" in lines["RESTART"], out
+
+        # meanwhile the job runs: a monitor follows it cell by cell to its end
+        monitor = JobMonitor(job_id, client=client, refresh_seconds=0.3)
+        poll(lambda: monitor.status, lambda s: s in ("completed", "failed", "cancelled"), timeout=180)
+        assert monitor.status == "completed", monitor.data
+        assert monitor.cells and set(monitor.cells.values()) == {"ok"}
+        assert monitor.progress.value == monitor.progress.max == monitor.data["progress"]["cells"]
+        assert "completed" in monitor.header.value and monitor.cancel_button.disabled
+        assert list(monitor.chart.line.y) == [1.0, 0.5, pytest.approx(1 / 3), 0.25]  # the series
+        poll(lambda: monitor.refreshing, lambda running: not running, timeout=30)  # stopped by itself
+
         # the server comes back on the chosen profile, holding one GPU
         restart_log = home(platform, scientist) / ".aidc" / "server-restart.log"
         try:
@@ -305,10 +289,7 @@ def test_widgets_act_in_a_kernel_of_my_server_and_render_in_voila(platform, scie
         held = next(c["units"] for c in gpus["mine"] if c["holder"] == f"server:{scientist.name}/")
         unit = next(u for u in gpus["units"] if u["id"] == held[0])
 
-        out = in_kernel(platform, scientist, GAUGE, timeout=120)
-        assert f"GPUS [('{unit['visible_id']}', '{unit['name']}')] True" in out, out
-        assert "CLOSED False" in out, out
-
+        # a Voila page of that server (its kernel runs there): my GPU, live, and the job's monitor
         put(platform, scientist, "widgets/live.ipynb", notebook(
             "from aidc.widgets import GPUGauge, JobMonitor\nGPUGauge(refresh_seconds=1)",
             f"JobMonitor({job_id!r})"))
@@ -325,10 +306,11 @@ def test_widgets_act_in_a_kernel_of_my_server_and_render_in_voila(platform, scie
                 gauge.locator(".aidc-w-gpu").first.wait_for(timeout=120_000)
                 assert unit["visible_id"] in gauge.inner_text() and unit["name"] in gauge.inner_text()
                 assert "%" in gauge.inner_text() and "GiB" in gauge.inner_text()
-                monitor = page.locator(".aidc-w-monitor")
-                monitor.get_by_text("completed").first.wait_for(timeout=60_000)
-                assert f"Job {job_id}" in monitor.inner_text()
-                assert monitor.locator(".aidc-w-chart svg").count() >= 1  # bqplot drew the series
+                assert gauge.locator(".aidc-w-gpu").count() == 1  # the server's one GPU, no other
+                shown = page.locator(".aidc-w-monitor")
+                shown.get_by_text("completed").first.wait_for(timeout=60_000)
+                assert f"Job {job_id}" in shown.inner_text()
+                assert shown.locator(".aidc-w-chart svg").count() >= 1  # bqplot drew the series
                 ARTIFACTS.mkdir(exist_ok=True)
                 page.screenshot(path=str(ARTIFACTS / "widgets-voila.png"), full_page=True)
             finally:
