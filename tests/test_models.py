@@ -374,6 +374,16 @@ def test_replicas_run_as_the_models_owner(platform, scientist, served):
         staged = os.stat(os.path.dirname(artifact))  # the owner's own copy, closed to others
         assert staged.st_uid == account.pw_uid and staged.st_mode & 0o777 == 0o700
         assert not artifact.startswith(str(platform.data_dir))
+        # the replica's copy is plaintext (a TorchScript zip), the stored one ciphertext
+        assert open(artifact, "rb").read(4) == b"PK\x03\x04"
+    stored = [p for p in (platform.data_dir / "models" / "artifacts" / "mnist").rglob("*") if p.is_file()]
+    assert stored
+    for p in stored:
+        raw = p.read_bytes()
+        assert raw.startswith(b"AIDCENC1") and b"PK\x03\x04" not in raw and b"constants.pkl" not in raw, p
+    # the export route decrypts for the owner, into a folder it removes
+    r = models_api(platform, scientist.token, "GET", "/models/mnist/versions/1/artifact")
+    assert r.status_code == 200 and r.content[:4] == b"PK\x03\x04"
 
 
 def test_endpoint_metrics_count_every_request_and_federate_replicas(platform, scientist, viewer, admin, served):

@@ -192,8 +192,11 @@ def put_dir(local: str | Path, url: str, move: bool = False) -> None:
     fs, path = _fs(url)
     _make_parent(fs, path)
     tmp = _temporary(path)
+    encrypted = encryption_of(url)
     try:
-        if move and local_path(url) is not None:
+        if encrypted is not None:
+            _put_encrypted(fs, Path(local), tmp, *encrypted)
+        elif move and local_path(url) is not None:
             shutil.move(str(local), tmp)
         else:
             fs.put(str(local).rstrip("/") + "/", tmp, recursive=True)
@@ -203,6 +206,40 @@ def put_dir(local: str | Path, url: str, move: bool = False) -> None:
             if fs.exists(tmp):
                 fs.rm(tmp, recursive=True)
         raise
+    if encrypted is not None and move:
+        shutil.rmtree(local, ignore_errors=True)  # the plaintext the caller gave up
+
+
+def _put_encrypted(fs, local: Path, tmp: str, keys, identity: str) -> None:
+    """Each file of ``local`` encrypted into the folder ``tmp``, under the identity it will
+    have once ``tmp`` is moved to its name (``identity``)."""
+    from .security.crypto import open_encrypted_write
+
+    for source in sorted(p for p in local.rglob("*") if p.is_file()):
+        rel = source.relative_to(local).as_posix()
+        _make_parent(fs, f"{tmp}/{rel}")
+        with fs.open(f"{tmp}/{rel}", "wb") as raw, open(source, "rb") as f:
+            sealed = open_encrypted_write(raw, keys, f"{identity}/{rel}")
+            shutil.copyfileobj(f, sealed, 1 << 20)
+            sealed.close()
+
+
+def copy_out(url: str, target: str | Path) -> Path:
+    """The file or folder at ``url`` copied to the local path ``target`` as plaintext
+    (decrypted below an encrypted root): for a process that needs files on disk (a model
+    replica), in a private folder the caller removes."""
+    fs, path = _fs(url)
+    target = Path(target)
+    if not fs.isdir(path):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open_read(url) as f, open(target, "wb") as out:
+            shutil.copyfileobj(f, out, 1 << 20)
+        return target
+    for found in sorted(fs.find(path)):
+        rel = found[len(path.rstrip("/")) + 1:]
+        copy_out(f"{url.rstrip('/')}/{rel}", target / rel)
+    target.mkdir(parents=True, exist_ok=True)
+    return target
 
 
 def exists(url: str) -> bool:
@@ -229,7 +266,8 @@ def ls(url: str) -> list[str]:
 
 def local_copy(url: str, cache: str | Path) -> Path:
     """The folder or file at ``url`` on local disk: itself when local, else a copy cached
-    under ``cache`` (downloaded once: artifacts are never written again once published)."""
+    under ``cache`` (downloaded once: artifacts are never written again once published).
+    Not for objects below an encrypted root (their bytes are ciphertext): :func:`copy_out`."""
     local = local_path(url)
     if local is not None:
         return Path(local)

@@ -24,8 +24,10 @@ def add_parser(sub, common) -> None:
 
 
 def platform_keys(data_dir: str | None):
-    """The platform's key ring and the roots of its encrypted objects (the data directory's
-    drop-ins decide both, as they do for the services); ``(None, [])`` when encryption is off."""
+    """The platform's key ring and the roots of its encrypted objects, datasets' files and
+    model artifacts (the data directory's drop-ins decide both, as they do for the services,
+    which register the same roots with :func:`aidc.artifacts.encrypt_under`); ``(None, [])``
+    when encryption is off."""
     from ..data.uploads import DatasetUploads
     from ..paths import DataDir
     from ..security.keys import KeyRing
@@ -37,7 +39,8 @@ def platform_keys(data_dir: str | None):
     keys = KeyRing.for_data_dir(d.root, app.config)
     if keys is None:
         return None, []
-    roots = [DatasetUploads(None, config=app.config, data_dir=str(d.root)).storage_url]
+    models = app.config.ModelRegistry.get("artifacts_url") or str(d.root.resolve() / "models" / "artifacts")
+    roots = [DatasetUploads(None, config=app.config, data_dir=str(d.root)).storage_url, models]
     return keys, roots
 
 

@@ -204,7 +204,7 @@ class DeploymentRunner(LoggingConfigurable):
     async def _serve(self, name: str, number: int, dep: dict, wait: bool) -> ServedVersion:
         version = self.registry.version(name, number)
         identity = owner_account(self.registry.model(name)["owner"])
-        artifact = artifacts_local.local_copy(version["artifact_url"], version["filename"])
+        artifact = artifacts_local.for_replica(version["artifact_url"], version["filename"])
         staged = stage(artifact, identity, self.run_root, prefix=f"v{number}-")  # short: socket paths
         served = ServedVersion(name, number, self._command(name, version, dep, dep["replicas"], staged.path),
                                identity=identity, staged=staged, visible_devices=self._visible_devices(name))

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import PlatformError, UsageError
-from .. import accounts
+from .. import accounts, artifacts
 from ..accounts import RunAs
 
 
@@ -92,22 +92,33 @@ def ensure_root(root: Path) -> None:
     os.chmod(root, 0o711, follow_symlinks=False)
 
 
-def stage(artifact: Path, identity: RunAs | None, root: Path, prefix: str = "model-") -> Staged:
+def stage(artifact: Path | str, identity: RunAs | None, root: Path, prefix: str = "model-") -> Staged:
     """Give ``identity`` its own copy of ``artifact`` (a file or a SavedModel folder).
+
+    ``artifact`` is a local path, or the URL of a version's artifact in an encrypted store
+    (:func:`aidc.artifacts.encryption_of`): that one is decrypted into the private copy,
+    which exists then even without an identity change, and goes with :meth:`Staged.remove`
+    (the replica's plaintext never lies in the store or a shared cache).
 
     The copy is handed over bottom-up and without following links: while any part of it
     still belongs to the service, its folder (0700, the service's) keeps the owner out,
     so the owner can never swap an entry for a link that a later ``chown`` would follow.
     """
-    if identity is None:
+    encrypted = isinstance(artifact, str)
+    if identity is None and not encrypted:
         return Staged(artifact, None)
     ensure_root(root)
     directory = Path(tempfile.mkdtemp(prefix=prefix, dir=root))  # 0700
-    target = directory / artifact.name
-    if artifact.is_dir():
-        shutil.copytree(artifact, target)
+    if encrypted:
+        target = artifacts.copy_out(artifact, directory / artifact.rstrip("/").rsplit("/", 1)[-1])
+        if identity is None:
+            return Staged(target, directory)
     else:
-        shutil.copy2(artifact, target)
+        target = directory / artifact.name
+        if artifact.is_dir():
+            shutil.copytree(artifact, target)
+        else:
+            shutil.copy2(artifact, target)
     for folder, dirs, files in os.walk(directory, topdown=False):
         for name in dirs + files:
             os.chown(os.path.join(folder, name), identity.uid, identity.gid, follow_symlinks=False)

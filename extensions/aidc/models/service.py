@@ -30,7 +30,8 @@ from ..db import iso
 from ..errors import ConflictError, NotFoundError, UsageError
 from ..gpu.ledger import GRANTED, GPULedger
 from ..gpu.platform import open_ledger
-from .. import roles
+from .. import artifacts, roles
+from ..security.keys import Encryption, KeyRing
 from ..security.tally import CallTally
 from ..services.declare import ManagedService, python_command
 from ..services.base import ServiceApp, ServiceHandler, needs_role, run_service, signed_in
@@ -254,15 +255,15 @@ class ArtifactHandler(ModelsHandler):
     def get(self, name, ref):
         self.visible_model(name)
         v = self.registry.version(name, ref)
-        from .artifacts_local import local_copy
-        path = local_copy(v["artifact_url"], v["filename"])
-        if path.is_dir():
-            self.set_header("Content-Type", "application/zip")
-            self.finish(zip_folder(path))
-            return
-        self.set_header("Content-Type", "application/octet-stream")
-        self.set_header("Content-Disposition", f'attachment; filename="{v["filename"]}"')
-        self.finish(path.read_bytes())
+        from .artifacts_local import plaintext
+        with plaintext(v["artifact_url"], v["filename"]) as path:
+            if path.is_dir():
+                self.set_header("Content-Type", "application/zip")
+                self.finish(zip_folder(path))
+                return
+            self.set_header("Content-Type", "application/octet-stream")
+            self.set_header("Content-Disposition", f'attachment; filename="{v["filename"]}"')
+            self.finish(path.read_bytes())
 
 
 class AliasResource(ModelsHandler):
@@ -515,13 +516,17 @@ class ModelsApp(ServiceApp):
 
     @property
     def classes(self):
-        return [ModelRegistry, DeploymentRunner, GPULedger, JobLineage, CallTally]
+        return [ModelRegistry, DeploymentRunner, GPULedger, JobLineage, CallTally, Encryption]
 
 
 def main() -> None:
     app = ModelsApp.for_platform()
     data_dir = app.data_dir
     registry = ModelRegistry(config=app.config, data_dir=data_dir)
+    keys = KeyRing.for_data_dir(data_dir, app.config)
+    if keys is not None:  # versions' artifacts are encrypted at rest (aidc.security.crypto)
+        keys.check(create=True)
+        artifacts.encrypt_under(registry.artifacts_url, keys)
     run_root = sandbox.run_root(data_dir)
     sandbox.reset(run_root)  # copies a killed predecessor left
     ledger = open_ledger(data_dir, config=app.config)

@@ -241,9 +241,9 @@ class VaultTransitKeyProvider(KeyProvider):
 
 
 class Encryption(LoggingConfigurable):
-    """Encryption at rest of the platform's stored objects (datasets today)."""
+    """Encryption at rest of the platform's stored objects (datasets, model artifacts)."""
 
-    enabled = Bool(True, help="""Encrypt datasets' files as they are stored (AES-256-GCM,
+    enabled = Bool(True, help="""Encrypt datasets' files and model artifacts as they are stored (AES-256-GCM,
         a data key per object wrapped by a key-encryption key). Objects stored before
         stay readable.""").tag(config=True)
 
