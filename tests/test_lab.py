@@ -1,7 +1,8 @@
 """The JupyterLab panel: the prebuilt extension, the server extension's relay routes
 (``/user/NAME/aidc/api/...``, the jobs' event stream too, ``/user/NAME/aidc/v2/models/...``)
 and the "AI Data Center" sidebar in a real browser: resources, running the open notebook
-as a job, and models (registry, deploy, try it, canary, roll back, undeploy).
+as a job, sweeps and schedules, and models (registry, deploy, try it, canary, roll back,
+undeploy).
 
 One user of this module's own holds one server with a GPU profile for all the tests
 (started once, stopped at the end), and one signed-in Chromium page (``lab_page``)
@@ -625,6 +626,85 @@ def manage_model(platform, user, page, name: str, changes: list) -> None:
     assert changes == [("PUT", "aliases/latest"), ("PUT", "aliases/staging"), ("PUT", "deployment"),
                        ("PUT", "deployment"), ("POST", "deployment/rollback"),
                        ("POST", "deployment/rollback"), ("DELETE", "deployment")]
+    assert page.aidc_errors == []
+
+
+def test_sweeps_and_schedules_in_the_jobs_section(platform, lab_user, lab_page):
+    """A sweep's runs side by side with the best one marked; a schedule created from a cron
+    expression and a time zone (an unknown zone refused with the service's message),
+    paused, resumed and deleted after a confirmation."""
+    page = lab_page
+    put(platform, lab_user, "lab_sweep.ipynb",
+        notebook("import aidc\naidc.record('score', k * 10)", parameters="k = 1"))
+    r = jobs_api(platform, lab_user.token, "POST", "/sweeps",
+                 json={"path": "lab_sweep.ipynb", "grid": {"k": [1, 2]}, "metric": "score"})
+    assert r.status_code == 201, r.text
+    sweep = r.json()
+    try:
+        sweep_and_schedule(platform, lab_user, page, sweep)
+    finally:  # the session platform is left without a schedule of this user's
+        for left in jobs_api(platform, lab_user.token, "GET", "/schedules").json()["schedules"]:
+            jobs_api(platform, lab_user.token, "DELETE", f"/schedules/{left['id']}")
+
+
+def sweep_and_schedule(platform, lab_user, page, sweep: dict) -> None:
+    """The schedule's life from the Jobs section while ``sweep`` runs, then its runs."""
+    sidebar = page.locator("#aidc-sidebar")
+    if not sidebar.is_visible():
+        sidebar_tab(page).click()
+    jobs = sidebar.locator(".aidc-Jobs")
+    # while the sweep runs: a schedule, from the form the section opens
+    jobs.locator(".aidc-schedule-new").click()
+    form = jobs.locator("form.aidc-schedule-form")
+    form.locator(".aidc-schedule-path").fill("lab_job.ipynb")
+    form.locator(".aidc-schedule-cron").fill("0 3 * * *")
+    form.locator(".aidc-schedule-timezone").fill("Mars/Olympus")
+    form.locator(".aidc-schedule-create").click()
+    message = jobs.locator(".aidc-schedule-message")
+    expect(message).to_have_text("Error: unknown time zone 'Mars/Olympus'; use an IANA name such "
+                                 "as 'Europe/Berlin' or 'UTC'", timeout=60_000)
+    form.locator(".aidc-schedule-timezone").fill("Europe/Berlin")
+    form.locator(".aidc-schedule-create").click()
+    expect(message).to_have_text('Scheduled lab_job.ipynb at "0 3 * * *" (Europe/Berlin).',
+                                 timeout=60_000)
+    expect(form).to_be_hidden()
+    (schedule,) = jobs_api(platform, lab_user.token, "GET", "/schedules").json()["schedules"]
+    assert (schedule["cron"], schedule["timezone"], schedule["paused"]) == (
+        "0 3 * * *", "Europe/Berlin", False)
+    row = jobs.locator(f'tr[data-schedule="{schedule["id"]}"]')
+    expect(row).to_contain_text("Europe/Berlin", timeout=30_000)
+    expect(row).to_contain_text("next ")
+    row.locator(".aidc-schedule-pause").click()
+    expect(row.locator(".aidc-status-paused")).to_be_visible(timeout=30_000)
+    assert jobs_api(platform, lab_user.token, "GET",
+                    f"/schedules/{schedule['id']}").json()["paused"] is True
+    row.locator(".aidc-schedule-resume").click()
+    expect(row).to_contain_text("next ", timeout=30_000)
+    assert jobs_api(platform, lab_user.token, "GET",
+                    f"/schedules/{schedule['id']}").json()["paused"] is False
+    # the sweep's runs side by side, the best one (highest score) marked
+    shown = jobs.locator(f'.aidc-sweep[data-sweep="{sweep["id"]}"]')
+    expect(shown.locator("thead th")).to_have_text(["k", "score", "status"], timeout=30_000)
+    expect(shown.locator("tbody tr")).to_have_count(2)
+    expect(shown.locator("tr.aidc-best td")).to_have_text(["2", "20", "completed best"],
+                                                          timeout=180_000)
+    (other,) = [r for r in jobs_api(platform, lab_user.token, "GET", f"/sweeps/{sweep['id']}"
+                                    ).json()["runs"] if r["parameters"]["k"] == 1]
+    expect(shown.locator(f'tr[data-job="{other["job"]}"] td')).to_have_text(
+        ["1", "10", "completed"], timeout=60_000)
+    shown.scroll_into_view_if_needed()
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "lab-sweeps-schedules.png"))
+    # delete: asked first; cancelled keeps it
+    row.locator(".aidc-schedule-delete").click()
+    confirm(page, "Delete the schedule of lab_job.ipynb?", accept=False)
+    assert jobs_api(platform, lab_user.token, "GET",
+                    f"/schedules/{schedule['id']}").status_code == 200
+    row.locator(".aidc-schedule-delete").click()
+    confirm(page, "Delete the schedule of lab_job.ipynb?")
+    expect(message).to_have_text("Deleted the schedule of lab_job.ipynb.", timeout=30_000)
+    expect(row).to_have_count(0, timeout=30_000)
+    assert jobs_api(platform, lab_user.token, "GET", "/schedules").json()["schedules"] == []
     assert page.aidc_errors == []
 
 

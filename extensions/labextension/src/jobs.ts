@@ -2,7 +2,8 @@
  * The Jobs section: "Run as job" for the open notebook (a form made from its `parameters`
  * cell, checked by type before anything is sent), my jobs newest first, and the job I
  * watch, with its cells' live progress (the jobs service's server-sent events), metrics,
- * logs, cancel, re-run and its executed output notebook.
+ * logs, cancel, re-run and its executed output notebook. Below them, my sweeps with their
+ * runs side by side (`sweeps.ts`) and my schedules (`schedules.ts`).
  *
  * The list is refreshed with the sidebar; the form and the watched job live beside it,
  * so a refresh neither clears what is being typed nor restarts the stream.
@@ -10,7 +11,9 @@
 import { h, show, table } from './dom';
 import { JobForm } from './jobform';
 import { followEvents, requestAPI, requestText } from './request';
+import { ISchedule, SchedulesView } from './schedules';
 import { Section } from './section';
+import { ISweep, sweepsList } from './sweeps';
 import { IServerEvent } from './sse';
 import { Value } from './params';
 
@@ -41,6 +44,8 @@ export interface ILabActions {
 
 /** How many jobs the list shows. */
 const LIMIT = 20;
+/** How many of my sweeps (newest first) the section shows. */
+const SWEEPS = 5;
 const FINAL = new Set(['completed', 'failed', 'cancelled']);
 /** How long the followed job waits before opening its event stream again. */
 const RECONNECT_MS = 2000;
@@ -62,17 +67,24 @@ export class JobsSection extends Section {
   private readonly formHost = h('div', 'aidc-job-form-host');
   private readonly detailHost = h('div', 'aidc-job-detail-host');
   private watched: JobWatch | null = null;
+  private readonly schedules = new SchedulesView({
+    changed: () => void this.refresh(),
+    watch: jobId => this.watch(jobId)
+  });
+  /** The notebook of the last "Run as job" form (what a new schedule starts from). */
+  private lastPath: string | null = null;
   /** The GPUs a new job's form starts with (the `defaultGPUs` setting). */
   defaultGPUs = 0;
 
   constructor(private readonly actions: ILabActions) {
     super('Jobs', 'aidc-Jobs');
     this.body.prepend(this.formHost);
-    this.body.append(this.detailHost);
+    this.body.append(this.detailHost, this.schedules.node);
   }
 
   /** Show the "Run as job" form for the notebook at `path` (with `previous`'s values to re-run). */
   async openForm(path: string, previous?: IJob): Promise<void> {
+    this.lastPath = path;
     const form = new JobForm(path, previous, this.defaultGPUs, {
       submitted: job => {
         show(this.formHost);
@@ -104,10 +116,19 @@ export class JobsSection extends Section {
   }
 
   protected async render(): Promise<(Node | string)[]> {
-    const { jobs } = await requestAPI<{ jobs: IJob[] }>('jobs', `jobs?limit=${LIMIT}`);
+    const [{ jobs }, { sweeps }, { schedules }] = await Promise.all([
+      requestAPI<{ jobs: IJob[] }>('jobs', `jobs?limit=${LIMIT}`),
+      requestAPI<{ sweeps: ISweep[] }>('jobs', 'sweeps'),
+      requestAPI<{ schedules: ISchedule[] }>('jobs', 'schedules')
+    ]);
+    const below = [
+      sweepsList(sweeps.slice(0, SWEEPS), jobId => this.watch(jobId)),
+      this.schedules.list(schedules, this.lastPath)
+    ];
     if (!jobs.length) {
       return [
-        h('p', 'aidc-note', 'No jobs yet. Run the open notebook with "Run as job" in its toolbar.')
+        h('p', 'aidc-note', 'No jobs yet. Run the open notebook with "Run as job" in its toolbar.'),
+        ...below
       ];
     }
     const rows = jobs.map(job => {
@@ -126,7 +147,7 @@ export class JobsSection extends Section {
     });
     this.watched?.update(jobs.find(j => j.id === this.watched?.jobId));
     setTimeout(() => this.markSelected());
-    return [t];
+    return [t, ...below];
   }
 
   private markSelected(): void {
