@@ -182,6 +182,12 @@ def test_launcher_marks_a_wrong_value_and_sends_nothing_and_a_monitor_cancels_a_
     assert launcher.parameters() == ({"layers": [16]}, []) and fields["layers"].problem.value == ""
     launcher.close()
 
+    # a job that is not there: the service's message, and no more asking
+    gone = JobMonitor("j-nosuch", client=client, refresh_seconds=0.05)
+    poll(lambda: gone.error, lambda e: e is not None, timeout=30, every=0.05)
+    assert gone.error == "no job 'j-nosuch'"
+    poll(lambda: gone.refreshing, lambda running: not running, timeout=30, every=0.05)
+
     # a sweep: its runs side by side, cancelled from the monitor
     sweep = aidc.jobs.sweep("widgets/slow.ipynb", grid={"seconds": [600, 601]}, client=client)
     sweeping = JobMonitor(sweep, refresh_seconds=0.3)

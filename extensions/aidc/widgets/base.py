@@ -20,11 +20,14 @@ import ipywidgets as widgets
 import requests
 
 from ..client import Client
-from ..errors import AidcError
+from ..errors import AidcError, AuthenticationError, NotFoundError, PermissionDeniedError
 from . import markup
 from .refresh import Refresher
 
 log = logging.getLogger(__name__)
+
+#: refusals that asking again will not change: the live refresh stops after one of them
+FINAL_REFUSALS = (NotFoundError, PermissionDeniedError, AuthenticationError)
 
 
 def describe(e: BaseException, client: Client | None = None) -> str:
@@ -126,7 +129,9 @@ class PlatformWidget(widgets.VBox):
         """Read the platform and show it (a subclass's job); errors are raised."""
 
     def start_refresh(self) -> None:
-        """Refresh now and then every ``refresh_seconds`` in a background thread."""
+        """Refresh now and then every ``refresh_seconds`` in a background thread, until
+        closed or refused for good (:data:`FINAL_REFUSALS`: a job that is not there, a
+        revoked token); a platform that does not answer is asked again."""
         if self.client is None or not self.refresh_seconds or self._refresher is not None:
             return
         self._refresher = Refresher(self._tick, self.refresh_seconds,
@@ -147,6 +152,8 @@ class PlatformWidget(widgets.VBox):
         except Exception as e:
             self._refresh_failed = True
             self.show_error(e)
+            if isinstance(e, FINAL_REFUSALS):
+                self.stop_refresh()
             return
         if self._refresh_failed:  # the service answers again: its message goes
             self._refresh_failed = False
