@@ -1,13 +1,15 @@
 """The Voila dashboards at ``/services/dashboards/``.
 
 In-process: the page frame shows a message where a service is down and the *simulated*
-label where figures are simulated; per-user figures follow the viewer's role.
+label where figures are simulated; per-user figures follow the viewer's role (accounting
+rows, recent jobs, places in the GPU queue); failures show their reason, not their text.
 
 On the session platform, with one headless Chromium: a viewer signs in and lands on the
 dashboards (not on a 403, and never offered a server), opens each dashboard and sees its
-charts with data (a job holding a GPU and an endpoint called by the test), the pages
-refresh by themselves, no notebook source reaches the browser, and an ``execute_request``
-sent on a dashboard's kernel websocket is not run.
+charts with data (a job holding a GPU and recording a training curve, a failed job, a job
+waiting for GPUs, an endpoint called by the test), the pages refresh by themselves, no
+notebook source reaches the browser, and an ``execute_request`` sent on a dashboard's
+kernel websocket is not run.
 """
 
 import re

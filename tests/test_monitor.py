@@ -1,9 +1,10 @@
 """Monitoring (``aidc.monitor``): history tiers, PID attribution, accounting, Prometheus
 text, and the ``metrics`` service of the session platform.
 
-The fast tests run in-process: the store on a SQLite file, the collector's GPU readings
-through the fake NVML of ``tests/fake_nvml`` at the pynvml boundary, accounting on a real
-ledger. The platform tests read the service over HTTP as the users a stakeholder,
+The fast tests run in-process: the store on a SQLite file (kept across a restart), the
+collector's GPU readings through the fake NVML of ``tests/fake_nvml`` at the pynvml
+boundary (a failing NVML or store reported, not a crash), accounting on a real ledger
+(ended holdings deleted past their keep). The platform tests read the service over HTTP as the users a stakeholder,
 a scientist and an admin are.
 """
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import csv
 import io
 
-import sqlalchemy as sa
 from traitlets import Dict, Float, Unicode
 from traitlets.config import LoggingConfigurable
 

@@ -5,7 +5,7 @@ Who sees what (the caller's aidc role, from their hub groups):
 
 * admins and viewers (stakeholders) see everything;
 * a scientist sees the platform's figures and totals, and of per-user figures (process
-  GPU memory, accounting rows) only their own;
+  GPU memory, accounting rows, whose claims wait in the GPU queue) only their own;
 * ``/metrics`` (Prometheus text) needs an admin's or viewer's token: give a Prometheus
   scraper the token of a viewer account made for it.
 
