@@ -116,6 +116,13 @@ def test_cookie_writes_need_the_xsrf_token(platform, lab_user):
     url = relay_url(platform, lab_user, "jobs/jobs")
     r = session.post(url, json={}, timeout=60, allow_redirects=False)
     assert r.status_code == 403, (r.status_code, r.text[:300])
+    # so do the Models section's changes and "try it"
+    r = session.put(relay_url(platform, lab_user, "models/models/m/deployment"), json={},
+                    timeout=60, allow_redirects=False)
+    assert r.status_code == 403, (r.status_code, r.text[:300])
+    r = session.post(f"{platform.url}/user/{lab_user.name}/aidc/v2/models/m/infer", json={},
+                     timeout=60, allow_redirects=False)
+    assert r.status_code == 403, (r.status_code, r.text[:300])
     xsrf = session.cookies.get("_xsrf", path=f"/user/{lab_user.name}/")
     assert xsrf
     # with it, the call reaches the jobs service, whose 400 and message come back
