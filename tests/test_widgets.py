@@ -291,6 +291,9 @@ def test_widgets_act_in_a_kernel_of_my_server_and_show_its_gpu_and_a_job_in_voil
             poll(lambda: server_profile(platform, scientist), lambda p: p == "gpu-1", timeout=180)
         except AssertionError:
             raise AssertionError(restart_log.read_text() if restart_log.exists() else "no restart log")
+        said = poll(lambda: restart_log.read_text() if restart_log.exists() else "",
+                    lambda text: "your server is ready at" in text)
+        assert "stopping your server" in said and "starting your server on profile gpu-1" in said, said
         gpus = platform.resources(scientist.token)
         held = next(c["units"] for c in gpus["mine"] if c["holder"] == f"server:{scientist.name}/")
         unit = next(u for u in gpus["units"] if u["id"] == held[0])

@@ -27,6 +27,9 @@ from ..errors import AidcError, PlatformError
 RESTART_SCOPES = ["servers!user", "read:users!user", "access:services!service=resources"]
 #: the restart's token lives this long (a spawn may wait in the GPU queue for 600 s)
 TOKEN_SECONDS = 1800
+#: seconds the detached restart waits before stopping the server, so that the cell which
+#: asked for it ends and the widget's "restarting" message reaches the page first
+GRACE_SECONDS = 1.0
 
 
 def log_path() -> Path:
@@ -81,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     def say(text: str) -> None:
         print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}", flush=True)
 
+    time.sleep(GRACE_SECONDS)
     try:
         server = restart_server(Client(), args[0], on_step=say)
     except AidcError as e:
