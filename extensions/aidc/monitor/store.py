@@ -350,17 +350,26 @@ class MetricStore(LoggingConfigurable):
                 base = start + math.floor((t0 + lo * cs - start) / step) * step - lo * cs
                 pts.extend([[base + i * cs, v] for i, v in enumerate(vals[lo:hi], lo) if v == v])
                 continue
-            for i in range(lo, hi):
-                v = vals[i]
-                if v != v:
+            total = sum(vals)
+            full = total == total  # no NaN: every slot of the row holds a value
+            i = lo
+            while i < hi:  # one step's slots of this row at a time
+                b = math.floor((t0 + i * cs - start) / step)
+                j = min(hi, max(i + 1, math.ceil((start + (b + 1) * step - t0) / cs)))
+                seg = vals[i:j] if full else [v for v in vals[i:j] if v == v]
+                i = j
+                if not seg:
                     continue
-                at = start + math.floor((t0 + i * cs - start) / step) * step
-                if pts and pts[-1][0] == at:
-                    n += 1
-                    pts[-1][1] = max(pts[-1][1], v) if counter else pts[-1][1] + (v - pts[-1][1]) / n
+                at = start + b * step
+                if pts and pts[-1][0] == at:  # the step began in the row before
+                    if counter:
+                        pts[-1][1] = max(pts[-1][1], *seg)
+                    else:
+                        pts[-1][1] = (pts[-1][1] * n + sum(seg)) / (n + len(seg))
+                    n += len(seg)
                 else:
-                    pts.append([at, v])
-                    n = 1
+                    pts.append([at, max(seg) if counter else sum(seg) / len(seg)])
+                    n = len(seg)
 
     def _tier_for(self, start: float, step: float, now: float) -> int:
         """The finest tier no finer than needed whose retention reaches ``start``; when
