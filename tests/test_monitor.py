@@ -123,6 +123,35 @@ def test_history_is_downsampled_into_coarser_tiers_and_pruned_past_each_tiers_ke
     assert store.query("host_cpu_percent", 0, 10 ** 6, 1000, now=1000 + 10 ** 6)["series"] == []
 
 
+def test_reads_of_a_coarser_tier_equal_a_plain_bucketing_of_its_points(tmp_path):
+    import math
+    import random
+
+    rnd = random.Random(7)
+    store = store_of(tmp_path, tiers=([1, 100], [60, 10 ** 7], [3600, 10 ** 8]))
+    t0, labels, energy = 3_600_000.0, {"gpu": "0", "uuid": "GPU-x"}, 0.0
+    for t in range(0, 2 * 3600, 30):  # 2 hours, a sample each 30 s, with gaps of minutes
+        if (t // 60) % 17 == 3:
+            continue
+        energy += rnd.random()
+        store.record(t0 + t, [("gpu_utilization_percent", labels, rnd.random() * 100),
+                              ("gpu_energy_joules", labels, energy)])
+    store.maintain(t0 + 2 * 3600 + 120)
+    minutes = {m: store.query(m, t0, t0 + 2 * 3600, 60, now=t0 + 10 ** 6)["series"][0]["points"]
+               for m in ("gpu_utilization_percent", "gpu_energy_joules")}
+    assert len(minutes["gpu_utilization_percent"]) == sum(1 for m in range(120) if m % 17 != 3)
+    for start, end, step in [(t0 + 17.5, t0 + 7200, 300), (t0, t0 + 5400, 433), (t0 + 30, t0 + 3600, 45)]:
+        for metric, kept in minutes.items():
+            want: dict[float, list] = {}
+            for t, v in kept:
+                if start <= t < end:
+                    want.setdefault(start + math.floor((t - start) / step) * step, []).append(v)
+            got = store.query(metric, start, end, step, now=t0 + 10 ** 6)["series"][0]["points"]
+            combine = max if metric == "gpu_energy_joules" else (lambda vs: sum(vs) / len(vs))
+            assert [t for t, _ in got] == sorted(want), (metric, step)
+            assert [v for _, v in got] == pytest.approx([combine(want[t]) for t in sorted(want)]), (metric, step)
+
+
 @pytest.mark.parametrize("args, message", [
     (("gpu_bogus", 0, 10, 1), "unknown metric 'gpu_bogus'"),
     (("host_cpu_percent", 10, 0, 1), "end (0) must be after start (10)"),
