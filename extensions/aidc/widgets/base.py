@@ -47,7 +47,8 @@ class PlatformWidget(widgets.VBox):
     #: the live refresh's interval when none is given; 0 for widgets that do not refresh
     default_refresh_seconds: float = 0
 
-    def __init__(self, client: Client | None = None, refresh_seconds: float | None = None, **kwargs):
+    def __init__(self, client: Client | None = None, refresh_seconds: float | None = None,
+                 **kwargs):
         super().__init__(**kwargs)
         self.message = widgets.HTML()
         self.message.add_class("aidc-w-message")

@@ -33,15 +33,19 @@ class ModelDeployer(PlatformWidget):
         self.name = name
         style = {"description_width": "initial"}
         self.version = widgets.Dropdown(description="Version", options=[], style=style)
-        self.replicas = widgets.BoundedIntText(value=1, min=1, max=64, description="Replicas", style=style)
-        self.canary_version = widgets.Dropdown(description="Canary version", options=[(NO_CANARY, NO_CANARY)],
+        self.replicas = widgets.BoundedIntText(value=1, min=1, max=64, description="Replicas",
                                                style=style)
+        self.canary_version = widgets.Dropdown(description="Canary version", style=style,
+                                               options=[(NO_CANARY, NO_CANARY)])
         # a text box, not a slider: a slider would quietly clamp 1.5 to 1
-        self.canary_weight = widgets.FloatText(value=0.1, description="Canary weight (0–1)", style=style)
+        self.canary_weight = widgets.FloatText(value=0.1, description="Canary weight (0–1)",
+                                               style=style)
         self.state = widgets.HTML()
-        self.deploy_button = widgets.Button(description="Deploy", button_style="primary", icon="rocket")
+        self.deploy_button = widgets.Button(description="Deploy", button_style="primary",
+                                            icon="rocket")
         self.promote_button = widgets.Button(description="Promote canary", icon="arrow-up")
-        self.rollback_button = widgets.Button(description="Roll back", button_style="warning", icon="undo")
+        self.rollback_button = widgets.Button(description="Roll back", button_style="warning",
+                                              icon="undo")
         self.deploy_button.on_click(lambda _button: self.deploy())
         self.promote_button.on_click(lambda _button: self.promote())
         self.rollback_button.on_click(lambda _button: self.rollback())

@@ -42,8 +42,9 @@ class ParameterField:
             self.input = widgets.Checkbox(value=self.default, description=self.name, indent=False)
         elif kind == "int" and type(self.default) is int:
             self.input = widgets.IntText(value=self.default, description=self.name, style=style)
-        elif kind == "float" and isinstance(self.default, (int, float)) and not isinstance(self.default, bool):
-            self.input = widgets.FloatText(value=float(self.default), description=self.name, style=style)
+        elif kind == "float" and type(self.default) in (int, float):
+            self.input = widgets.FloatText(value=float(self.default), description=self.name,
+                                           style=style)
         elif kind == "str" and isinstance(self.default, str):
             self.input = widgets.Text(value=self.default, description=self.name, style=style)
         else:  # lists, dicts, tuples, expressions: a Python literal

@@ -36,8 +36,8 @@ class GPURow(widgets.VBox):
     def __init__(self):
         self.title = widgets.HTML()
         bar = widgets.Layout(width="260px")
-        self.utilization = widgets.FloatProgress(min=0, max=100, description="Utilization", layout=bar,
-                                                 style={"description_width": "80px"})
+        self.utilization = widgets.FloatProgress(min=0, max=100, description="Utilization",
+                                                 layout=bar, style={"description_width": "80px"})
         self.utilization_text = widgets.HTML()
         self.memory = widgets.FloatProgress(min=0, max=1, description="Memory", layout=bar,
                                             style={"description_width": "80px"})
@@ -108,8 +108,8 @@ class GPUGauge(PlatformWidget):
         if snap.get("time") is None:
             self.note.value = markup.info(snap.get("message") or "no GPU sample yet")
         elif not self.gpus:
-            self.note.value = markup.info(f"No GPU is held by {whose}"
-                                          + (" (its profile has none)." if whose == "this server" else "."))
+            none = " (its profile has none)." if whose == "this server" else "."
+            self.note.value = markup.info(f"No GPU is held by {whose}{none}")
         else:
             self.note.value = ""
         uuids = [g["uuid"] for g in self.gpus]

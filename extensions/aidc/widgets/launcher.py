@@ -34,12 +34,15 @@ class JobLauncher(PlatformWidget):
         self.fields: list[ParameterField] = []
         self.note = widgets.HTML()
         style = {"description_width": "initial"}
-        self.gpus = widgets.BoundedIntText(value=gpus, min=0, max=64, description="GPUs", style=style)
+        self.gpus = widgets.BoundedIntText(value=gpus, min=0, max=64, description="GPUs",
+                                           style=style)
         self.timeout = widgets.BoundedFloatText(value=0, min=0, max=7 * 86400, style=style,
                                                 description="Time-out (s, 0: none)")
-        self.retries = widgets.BoundedIntText(value=0, min=0, max=10, description="Retries", style=style)
+        self.retries = widgets.BoundedIntText(value=0, min=0, max=10, description="Retries",
+                                              style=style)
         self.priority = widgets.IntText(value=0, description="Priority", style=style)
-        self.submit_button = widgets.Button(description="Submit job", button_style="primary", icon="play")
+        self.submit_button = widgets.Button(description="Submit job", button_style="primary",
+                                            icon="play")
         self.submit_button.on_click(lambda _button: self.submit())
         self.buttons = [self.submit_button]
         self.form = widgets.VBox()
@@ -47,7 +50,8 @@ class JobLauncher(PlatformWidget):
         self.job: jobs.Job | None = None
         self.monitor: JobMonitor | None = None
         self.children = [widgets.HTML(f"<b>Run {escape(path)} as a job</b>"), self.note, self.form,
-                         widgets.HBox([self.gpus, self.timeout]), widgets.HBox([self.retries, self.priority]),
+                         widgets.HBox([self.gpus, self.timeout]),
+                         widgets.HBox([self.retries, self.priority]),
                          self.submit_button, self.message]
         if self.client is not None:
             self.call(self.load)

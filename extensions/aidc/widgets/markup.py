@@ -17,7 +17,8 @@ STYLE = ("<style>.aidc-w-error{background:#f8d7da;color:#58151c;border:1px solid
          ".aidc-w-simulated{background:#fff3cd;color:#664d03;border:1px solid #ffe69c;"
          "border-radius:4px;padding:0 6px;font-weight:600;margin-left:6px}"
          ".aidc-w-table{border-collapse:collapse;font-size:12px}"
-         ".aidc-w-table td,.aidc-w-table th{border-bottom:1px solid #ddd;padding:2px 8px;text-align:left}"
+         ".aidc-w-table td,.aidc-w-table th{border-bottom:1px solid #ddd;padding:2px 8px;"
+         "text-align:left}"
          "</style>")
 
 

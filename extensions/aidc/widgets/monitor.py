@@ -50,7 +50,8 @@ class JobMonitor(PlatformWidget):
         self.table = widgets.HTML()
         self.metrics = widgets.HTML()
         self.chart = None
-        self.cancel_button = widgets.Button(description="Cancel", button_style="danger", icon="stop")
+        self.cancel_button = widgets.Button(description="Cancel", button_style="danger",
+                                            icon="stop")
         self.cancel_button.on_click(lambda _button: self.cancel())
         self.buttons = [self.cancel_button]
         self.children = [self.header, widgets.HBox([self.progress, self.progress_text]), self.table,
@@ -98,7 +99,8 @@ class JobMonitor(PlatformWidget):
 
     def _show_job(self, d: dict) -> None:
         error = f" {escape(d['error'])}" if d.get("error") else ""
-        waiting = f" ({escape(d['waiting'])})" if d.get("waiting") and d["status"] == "queued" else ""
+        queued = d["status"] == "queued" and d.get("waiting")
+        waiting = f" ({escape(d['waiting'])})" if queued else ""
         self.header.value = (f"<b>Job {escape(d['id'])}</b> {escape(d['path'])} "
                              f"{markup.badge(d['status'])}{waiting}{error}")
         cells = (d.get("progress") or {}).get("cells") or 0
@@ -113,7 +115,8 @@ class JobMonitor(PlatformWidget):
                                 for i, state in sorted(self.cells.items())]) if self.cells else ""
         metrics = d.get("metrics") or {}
         self.metrics.value = markup.table(
-            ["metric", "value"], [[escape(k), escape(format_value(v))] for k, v in sorted(metrics.items())]
+            ["metric", "value"],
+            [[escape(k), escape(format_value(v))] for k, v in sorted(metrics.items())]
         ) if metrics else ""
         if d.get("series"):
             if self.chart is None:

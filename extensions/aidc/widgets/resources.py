@@ -74,8 +74,10 @@ class ResourceRequest(PlatformWidget):
             self.current.value = ("Your server runs on profile <b>"
                                   f"{escape(self.current_profile or 'the default')}</b>.")
         self.profile.options = [(p.display_name, p.id) for p in self.profiles.values()]
-        self.profile.value = self.current_profile if self.current_profile in self.profiles else next(
-            (p.id for p in self.profiles.values() if p.default), next(iter(self.profiles), None))
+        default = next((p.id for p in self.profiles.values() if p.default),
+                       next(iter(self.profiles), None))
+        self.profile.value = (self.current_profile if self.current_profile in self.profiles
+                              else default)
         self._show_details()
 
     def _show_details(self) -> None:
