@@ -14,7 +14,21 @@ of one million records under 10 s.
    :func:`aidc.security.chain.verify` over it, timed (median of ``--rounds``), and the
    ``aidc audit verify`` command once, timed from outside (process start included).
 
-Usage: ``.venv/bin/python benchmarks/security.py [--events 5000] [--records 1000000] [--rounds 3]``
+3. **Storage** (goal: encrypted/plain throughput ratio >= 0.8): a ``--dataset-mb`` dataset
+   file (1 GiB by default, random bytes) written with :func:`aidc.artifacts.open_write` and
+   read back with :func:`aidc.artifacts.open_read`, below a plain root and below an encrypted
+   one (:func:`aidc.artifacts.encrypt_under`, a key file as on a platform), and a
+   ``--model-mb`` model folder (four files) published with :func:`aidc.artifacts.put_dir`
+   and copied out as a replica gets it: ``shutil.copytree`` from the plain store (what
+   :func:`aidc.models.sandbox.stage` does) against :func:`aidc.artifacts.copy_out` from the
+   encrypted one. Plain and encrypted alternate (ABBA), ``--rounds`` times each; medians of MB/s.
+   The dataset's write counts until its bytes are on the disk (``fsync``) and its read
+   comes from the disk (the file's pages dropped with ``posix_fadvise``); a second read from
+   the page cache ("cached", not in the goal) shows the CPU cost of decryption alone. The
+   model's operations run as the product runs them (page cache, no ``fsync``).
+
+Usage: ``.venv/bin/python benchmarks/security.py [--events 5000] [--records 1000000] [--rounds 3]
+[--dataset-mb 1024] [--model-mb 100] [--only audit|storage]``
 """
 
 from __future__ import annotations
@@ -91,17 +105,113 @@ def build_chain(records: int, data_dir: Path) -> None:
     log._write_head(key, records, prev)
 
 
+#: what bench_storage measures; "(cached)": the file in the page cache, the CPU cost alone
+OPERATIONS = ("dataset write", "dataset read", "dataset read (cached)", "model publish", "model copy-out")
+
+
+def bench_storage(tmp: Path, dataset_mb: int, model_mb: int, rounds: int) -> dict[str, dict[str, list[float]]]:
+    """MB/s of each operation, per side (``plain``, ``encrypted``), one value per round."""
+    import shutil
+
+    from aidc import artifacts
+    from aidc.security.keys import FileKeyProvider, KeyRing
+
+    keys = KeyRing(FileKeyProvider(folder=str(tmp / "kek")), tmp / "kek.json")
+    keys.check(create=True)
+    roots = {"plain": str(tmp / "plain"), "encrypted": str(tmp / "encrypted")}
+    artifacts.encrypt_under(roots["encrypted"], keys)
+    block = os.urandom(16 * 2**20)
+    blocks = max(1, dataset_mb // 16)
+    size = blocks * len(block)
+    model = tmp / "model-src"
+    model.mkdir()
+    for i in range(4):
+        (model / f"part{i}.bin").write_bytes(os.urandom(model_mb * 2**20 // 4))
+    model_size = sum(p.stat().st_size for p in model.iterdir())
+    out: dict[str, dict[str, list[float]]] = {side: {op: [] for op in OPERATIONS} for side in roots}
+
+    def mbps(nbytes: int, seconds: float) -> float:
+        return nbytes / 2**20 / seconds
+
+    def to_storage(path: str) -> None:
+        """``path``'s bytes on the disk and out of the page cache (a cold read follows)."""
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+    def read_all(url: str) -> float:
+        t = time.perf_counter()
+        with artifacts.open_read(url) as f:
+            while f.read(2**20):
+                pass
+        return mbps(size, time.perf_counter() - t)
+
+    for r in range(rounds):
+        # ABBA: the side that goes first meets the disk's writeback of the round before
+        for side, root in (list(roots.items()) if r % 2 == 0 else list(roots.items())[::-1]):
+            url = f"{root}/ds/u{r}/data.bin"
+            t = time.perf_counter()
+            with artifacts.open_write(url) as f:
+                for _ in range(blocks):
+                    f.write(block)
+            to_storage(url)  # the write is done when it is on the disk
+            out[side]["dataset write"].append(mbps(size, time.perf_counter() - t))
+            out[side]["dataset read"].append(read_all(url))  # from the disk
+            out[side]["dataset read (cached)"].append(read_all(url))  # from the page cache
+            artifacts.delete(f"{root}/ds")
+
+            murl = f"{root}/m/{r}"
+            t = time.perf_counter()
+            artifacts.put_dir(model, murl)
+            out[side]["model publish"].append(mbps(model_size, time.perf_counter() - t))
+            target = tmp / f"copy-{side}-{r}"
+            t = time.perf_counter()
+            if side == "plain":
+                shutil.copytree(artifacts.local_path(murl), target)
+            else:
+                artifacts.copy_out(murl, target)
+            out[side]["model copy-out"].append(mbps(model_size, time.perf_counter() - t))
+            assert sorted(p.name for p in target.iterdir()) == [f"part{i}.bin" for i in range(4)]
+            assert (target / "part0.bin").read_bytes() == (model / "part0.bin").read_bytes()
+            shutil.rmtree(target)
+            artifacts.delete(f"{root}/m")
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--events", type=int, default=5000)
     ap.add_argument("--records", type=int, default=1_000_000)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--dataset-mb", type=int, default=1024)
+    ap.add_argument("--model-mb", type=int, default=100)
+    ap.add_argument("--only", choices=["audit", "storage"])
     args = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT / "extensions"))
     from aidc.paths import DataDir
     from aidc.security import chain
 
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}")
+    if args.only != "audit":
+        with tempfile.TemporaryDirectory(prefix="aidc-bench-storage-") as tmp:
+            rates = bench_storage(Path(tmp), args.dataset_mb, args.model_mb, args.rounds)
+        print(f"\nstorage, {args.dataset_mb} MiB dataset and {args.model_mb} MiB model, "
+              f"{args.rounds} rounds alternating (median MB/s)")
+        print(f"{'operation':<22} {'plain':>9} {'encrypted':>10} {'ratio':>7}")
+        worst = None
+        for op in OPERATIONS:
+            plain, enc = (statistics.median(rates[side][op]) for side in ("plain", "encrypted"))
+            ratio = enc / plain
+            if "cached" not in op:
+                worst = ratio if worst is None else min(worst, ratio)
+            print(f"{op:<22} {plain:9.0f} {enc:10.0f} {ratio:6.2f}x")
+        print(f"goal: encrypted/plain storage throughput >= 0.8 (dataset to and from the disk, "
+              f"model publish and copy-out): worst {worst:.2f}x: {'PASS' if worst >= 0.8 else 'FAIL'}")
+        if args.only == "storage":
+            return 0
     with tempfile.TemporaryDirectory(prefix="aidc-bench-security-") as tmp:
         tmp = Path(tmp)
         times = bench_append(args.events, tmp)

@@ -124,12 +124,23 @@ class EncryptingWriter(io.RawIOBase):
         return True
 
     def write(self, data) -> int:
-        self.buffer += data
-        # keep at least one byte back: the last chunk is only known at close
-        while len(self.buffer) > self.chunk:
-            self._emit(bytes(self.buffer[:self.chunk]), last=False)
-            del self.buffer[:self.chunk]
-        return len(data)
+        # whole chunks are sealed straight from the caller's buffer (no copy); at least one
+        # byte is kept back, as the last chunk is only known at close
+        view = memoryview(data).cast("B")
+        written = len(view)
+        if self.buffer:
+            room = self.chunk - len(self.buffer)
+            self.buffer += view[:room]
+            view = view[room:]
+            if not len(view):
+                return written
+            self._emit(self.buffer, last=False)
+            self.buffer = bytearray()
+        while len(view) > self.chunk:
+            self._emit(view[:self.chunk], last=False)
+            view = view[self.chunk:]
+        self.buffer += view
+        return written
 
     def _emit(self, plain: bytes, last: bool) -> None:
         self.raw.write(self.aead.encrypt(_nonce(self.prefix, self.index, last), plain,
@@ -154,8 +165,14 @@ class DecryptingReader(io.RawIOBase):
         data_key = _unwrap(keys, header, identity)
         self.aead = AESGCM(data_key)
         self.prefix, self.chunk = header["prefix"], int(header["chunk"])
-        self.pending = head[header["size"]:]  # what was read past the header already
-        self.plain = b""
+        # one sealed chunk and one byte more (which tells whether the chunk is the last),
+        # read into one buffer kept for the object's life: no copy but the decryption's
+        self.sealed = bytearray(self.chunk + TAG + 1)
+        rest = head[header["size"]:]  # what was read past the header already
+        self.sealed[:len(rest)] = rest
+        self.filled = len(rest)
+        self.plain = memoryview(b"")
+        self.at = 0
         self.index = 0
         self.done = False
 
@@ -164,30 +181,35 @@ class DecryptingReader(io.RawIOBase):
 
     def _next(self) -> None:
         want = self.chunk + TAG
-        # one byte more than a full chunk tells whether this chunk is the last
-        while len(self.pending) <= want:
-            more = self.raw.read(want + 1 - len(self.pending))
-            if not more:
+        view = memoryview(self.sealed)
+        while self.filled <= want:
+            n = self.raw.readinto(view[self.filled:want + 1])
+            if not n:
                 break
-            self.pending += more
-        last = len(self.pending) <= want
-        sealed, self.pending = self.pending[:want], self.pending[want:]
+            self.filled += n
+        last = self.filled <= want
+        size = min(self.filled, want)
         try:
-            self.plain = self.aead.decrypt(_nonce(self.prefix, self.index, last), sealed,
-                                           _aad(self.identity))
+            plain = self.aead.decrypt(_nonce(self.prefix, self.index, last), view[:size],
+                                      _aad(self.identity))
         except InvalidTag:
             raise DecryptionError(
                 f"{self.identity} does not decrypt: its bytes were changed, cut or moved "
                 "from another object") from None
+        extra = self.filled - size
+        if extra:  # the byte read ahead starts the next chunk
+            self.sealed[:extra] = self.sealed[size:self.filled]
+        self.filled = extra
+        self.plain, self.at = memoryview(plain), 0
         self.index += 1
         self.done = last
 
     def readinto(self, buffer) -> int:
-        while not self.plain and not self.done:
+        while self.at >= len(self.plain) and not self.done:
             self._next()
-        n = min(len(buffer), len(self.plain))
-        buffer[:n] = self.plain[:n]
-        self.plain = self.plain[n:]
+        n = min(len(buffer), len(self.plain) - self.at)
+        buffer[:n] = self.plain[self.at:self.at + n]
+        self.at += n
         return n
 
     def close(self) -> None:
