@@ -24,7 +24,10 @@ NO_CANARY = "none"
 
 class ModelDeployer(PlatformWidget):
     """``ModelDeployer("mnist")``: version, replicas, canary version and weight; Deploy,
-    Promote and Roll back."""
+    Promote and Roll back.
+
+    As with :func:`aidc.models.deploy`, what a deploy does not name stays as deployed: a
+    canary version of ``none`` leaves a canary in place (Roll back drops it)."""
 
     default_refresh_seconds = 5.0
 

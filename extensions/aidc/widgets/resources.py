@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import Future
+from dataclasses import fields
 from html import escape
 
 import ipywidgets as widgets
@@ -58,7 +59,9 @@ class ResourceRequest(PlatformWidget):
 
     def load(self) -> None:
         """Read the profiles, the GPUs (free, my quota) and my server's current profile."""
-        self.profiles = {p["id"]: ResourceProfile(**p) for p in self.client.profiles()}
+        known = {f.name for f in fields(ResourceProfile)}  # a newer service may say more
+        self.profiles = {p["id"]: ResourceProfile(**{k: v for k, v in p.items() if k in known})
+                         for p in self.client.profiles()}
         self.inventory = self.client.gpus()
         self.name = self.client.whoami()["name"]
         if in_own_server(self.name):
