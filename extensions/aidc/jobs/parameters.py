@@ -150,12 +150,14 @@ def validate(nb: nbformat.NotebookNode, parameters: dict[str, Any], path: str,
             ok = isinstance(value, accepted)
         if not ok:
             raise ParameterError(
-                f"parameter {name!r} of {path} expects {_noun(expected)} (its default is "
+                f"parameter {name!r} of {path} expects {type_noun(expected)} (its default is "
                 f"{declared[name]['default']}), got {JSON_NAMES.get(type(value), type(value).__name__)} {value!r}"
             )
     return dict(parameters)
 
 
-def _noun(type_name: str) -> str:
+def type_noun(type_name: str) -> str:
+    """A parameter type as a message says it ("an integer"): the service's refusals and the
+    widgets' form (``aidc.widgets.fields``) word a wrong value the same way."""
     return {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false",
             "list": "a list", "tuple": "a list", "dict": "an object"}.get(type_name, type_name)

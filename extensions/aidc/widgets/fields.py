@@ -74,7 +74,7 @@ class ParameterField:
         except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
             return True, raw, (f"not a Python value: {raw!r} (quote text: 'like this')"
                                if raw.strip() else "empty: give a value, or the default back")
-        from ..jobs.parameters import ACCEPTS, _noun  # papermill: imported at the first check only
+        from ..jobs.parameters import ACCEPTS, type_noun  # papermill: imported at the first check only
 
         if isinstance(value, tuple):
             value = list(value)
@@ -82,5 +82,5 @@ class ParameterField:
         if accepted is not None and value is not None:
             wrong_bool = isinstance(value, bool) and bool not in accepted
             if wrong_bool or not isinstance(value, accepted):
-                return True, value, f"expects {_noun(self.type)} (default {self.default_text})"
+                return True, value, f"expects {type_noun(self.type)} (default {self.default_text})"
         return True, value, None
