@@ -24,6 +24,7 @@ import requests
 from playwright.sync_api import sync_playwright
 
 from aidc.dashboards import page as dashpage
+from aidc.dashboards.live import LiveLines
 from aidc.dashboards.sources import Sources, Viewer, quantile, visible_usage
 from jobs_helpers import home, jobs_api, notebook, put, submit, wait
 from test_browser import ARGS, ARTIFACTS, CHROMIUM
@@ -60,8 +61,8 @@ def test_a_section_whose_service_is_down_shows_a_message_and_simulated_figures_a
     d = dashpage.Dashboard("Test", [gpus, accounting],
                            sources=Sources(base_url=f"http://127.0.0.1:{closed_port()}", token="t"))
     d.refresh()
-    assert "aidc-chart" in d.parts[0].value
-    assert "aidc-down" in d.parts[1].value and "the jobs service does not answer" in d.parts[1].value
+    assert "aidc-chart" in d.html_of(0)
+    assert "aidc-down" in d.html_of(1) and "the jobs service does not answer" in d.html_of(1)
     assert "simulated figures" in d.header.value
 
 
@@ -112,13 +113,19 @@ def test_the_jobs_and_queue_sections_show_a_scientist_aggregates_but_only_their_
     d = dashpage.Dashboard("Jobs", [job_times, recent_jobs, queue], sources=Canned(base_url="http://x", token="t"))
     d.viewer = Viewer("ann", "scientist", ("scientist",))
     d.refresh()
-    times, recent, waiting = (p.value for p in d.parts)
+    times, recent, waiting = (d.html_of(i) for i in range(3))
     assert "aidc-down" not in times + recent + waiting
     # the failure's reason, not its text; no notebook folder; of the recent jobs, ann's own
     assert "raised ValueError: 1" in times and "secret" not in times + recent
     assert "private-folder" not in recent and "train.ipynb" in recent
     assert "j-ann" in recent and "j-queued" in recent and "j-bob" not in recent and "bob" not in recent
-    assert "Training curves of j-ann" in recent and "loss: last 0.25" in recent and "step 2" in recent
+    # ann's training curve, a live chart of the recorded series over its steps
+    [curve] = [c for c in d.parts[1].children if isinstance(c, LiveLines)]
+    assert curve.figure.title == "Training curves of j-ann (train.ipynb)"
+    assert [(list(m.labels), list(m.x), list(m.y)) for m in curve.figure.marks] == [
+        (["loss"], [0.0, 1.0, 2.0], [1.0, 0.5, 0.25])]
+    d.refresh()  # a refresh updates the same chart
+    assert [c for c in d.parts[1].children if isinstance(c, LiveLines)] == [curve]
     # the GPU queue: bob's place without his name, ann's with her job
     assert "ann (job:j-queued)" in waiting and "someone else" in waiting and "bob" not in waiting
 
@@ -250,16 +257,19 @@ def test_a_viewer_lands_on_the_dashboards_and_sees_every_dashboard_with_data(pla
                 assert page.locator(".aidc-down").all_inner_texts() == []
                 assert f"{viewer.name} (viewer)" in page.inner_text(".aidc-meta")
                 if name == "1-cluster.ipynb":
-                    # each GPU's utilization over time, and who holds the held one
-                    assert page.locator("svg.aidc-chart path.series").count() >= 3
+                    # each GPU's utilization over time (a live chart: a line per GPU), and who
+                    # holds the held one
+                    utilization = page.locator(".aidc-live", has_text="GPU utilization")
+                    utilization.locator("g.curve").first.wait_for(state="attached")  # a flat line has no height
+                    assert utilization.locator("g.curve").count() == 5
                     assert f"{holder.name} (job:{job['id']})" in page.inner_text("table.aidc-table")
                     first = page.inner_text(".aidc-updated")
                     poll(lambda: page.inner_text(".aidc-updated"), lambda t: t != first, timeout=60)
-                    # the range selector redraws the charts over the range chosen
-                    axis = "svg.aidc-chart text[font-size='10'][text-anchor='start']"
-                    since = page.locator(axis).first.text_content()
+                    # the range selector redraws the charts over the range chosen (its time axis)
+                    ticks = utilization.locator("g.tick text")
+                    since = ticks.all_text_contents()
                     page.select_option("select", label="Last 5 minutes")
-                    poll(lambda: page.locator(axis).first.text_content(), lambda t: t != since, timeout=30)
+                    poll(lambda: ticks.all_text_contents(), lambda t: t != since, timeout=30)
                     # who waits for GPUs, for how many
                     assert f"{holder.name} (job:{waiting['id']})" in page.inner_text(".aidc-gpu-queue")
                     result = kernel_ignores_execute_request(page, marker)
@@ -285,9 +295,9 @@ def test_a_viewer_lands_on_the_dashboards_and_sees_every_dashboard_with_data(pla
                     # recent jobs with their recorded metrics, and the training curve
                     row = page.locator(".aidc-recent-jobs tr", has_text=job["id"]).first.inner_text().split("\t")
                     assert row[1:4] == [holder.name, "dashboard_job.ipynb", "running"] and row[8] == "loss=0.2", row
-                    curve = page.locator(".aidc-curves svg", has_text=f"Training curves of {job['id']}")
-                    lines = curve.locator("path.series title").evaluate_all("els => els.map(e => e.textContent)")
-                    assert lines == ["loss: last 0.2"], lines
+                    curve = page.locator(".aidc-curve", has_text=f"Training curves of {job['id']}")
+                    curve.locator("g.curve").first.wait_for(state="attached")
+                    assert curve.locator("g.curve").count() == 1 and "loss" in curve.text_content()
                 else:
                     # each endpoint's requests and latency, and the model's versions
                     bars = bar_titles(page)

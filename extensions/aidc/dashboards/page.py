@@ -1,8 +1,9 @@
 """The frame every dashboard notebook shares: title, the *simulated* label, a time-range
 selector, live refresh, and a message in place of a section whose service is down.
 
-A dashboard notebook is a few lines: sections are functions ``(page, start, end) -> html``
-and :meth:`Dashboard.show` draws them, then redraws them every ``refresh_seconds`` from a
+A dashboard notebook is a few lines: sections are functions ``(page, start, end)``
+returning HTML, a widget (a live chart, :mod:`.live`) or a list of both, and
+:meth:`Dashboard.show` draws them, then redraws them every ``refresh_seconds`` from a
 timer in the kernel (the page is not reloaded; the widgets' values change) and whenever
 the range changes. A section that raises :class:`~aidc.dashboards.sources.SourceDown`
 shows that message; the others draw as usual.
@@ -36,7 +37,7 @@ STYLE = """<style>
 .aidc-meta { color: #666; font-size: 12px; }
 </style>"""
 
-Section = Callable[["Dashboard", float, float], str]
+Section = Callable[["Dashboard", float, float], "str | widgets.Widget | list"]
 
 
 class Dashboard:
@@ -55,7 +56,8 @@ class Dashboard:
         self.header = widgets.HTML()
         self.meta = widgets.HTML()
         self.range = widgets.Dropdown(options=RANGES, value=default_range, description="Range")
-        self.parts = [widgets.HTML() for _ in sections]
+        self.parts = [widgets.VBox() for _ in sections]
+        self._html: list[list[widgets.HTML]] = [[] for _ in sections]  # reused between refreshes
         self.range.observe(lambda _change: self.refresh(), names="value")
         self._timer = None
 
@@ -68,14 +70,15 @@ class Dashboard:
     def refresh(self) -> None:
         end = time.time()
         start = end - self.range.value
-        for part, section in zip(self.parts, self.sections):
+        for i, section in enumerate(self.sections):
             try:
-                part.value = section(self, start, end)
+                drawn = section(self, start, end)
             except SourceDown as e:
-                part.value = down(str(e))
+                drawn = down(str(e))
             except Exception as e:  # one broken section must not take the page with it
                 log.exception("dashboard section %s", getattr(section, "__name__", section))
-                part.value = down(f"this part could not be drawn: {type(e).__name__}: {e}")
+                drawn = down(f"this part could not be drawn: {type(e).__name__}: {e}")
+            self._place(i, drawn)
         label = ('<span class="aidc-simulated" title="no real GPU: the inventory is simulated">'
                  'simulated figures</span>' if self.simulated else "")
         self.header.value = (f'{STYLE}<div class="aidc-dash"><h2>{html.escape(self.title)}{label}</h2>'
@@ -84,6 +87,27 @@ class Dashboard:
         self.meta.value = (f'<span class="aidc-meta">updated <span class="aidc-updated">'
                            f'{time.strftime("%H:%M:%S")}</span>, every {self.refresh_seconds:g} s; '
                            f'seen as {html.escape(who)}</span>')
+
+    def _place(self, i: int, drawn) -> None:
+        """Show a section's HTML and widgets in its part, changing only what changed (the
+        same widgets stay: a live chart is updated, not replaced)."""
+        children, used = [], 0
+        for item in drawn if isinstance(drawn, list) else [drawn]:
+            if isinstance(item, str):
+                if used == len(self._html[i]):
+                    self._html[i].append(widgets.HTML())
+                shown = self._html[i][used]
+                used += 1
+                if shown.value != item:
+                    shown.value = item
+                item = shown
+            children.append(item)
+        if tuple(children) != tuple(self.parts[i].children):
+            self.parts[i].children = children
+
+    def html_of(self, i: int) -> str:
+        """The HTML part ``i`` shows now (its widgets left out)."""
+        return "".join(c.value for c in self.parts[i].children if isinstance(c, widgets.HTML))
 
     def _schedule(self) -> None:
         loop = asyncio.get_event_loop()

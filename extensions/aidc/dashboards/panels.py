@@ -1,6 +1,7 @@
-"""The sections of the four dashboards, as functions ``(page, start, end) -> html`` for
-:class:`aidc.dashboards.page.Dashboard`; the notebooks in ``notebooks/dashboards/``
-only pick and arrange them."""
+"""The sections of the four dashboards, as functions ``(page, start, end)`` for
+:class:`aidc.dashboards.page.Dashboard` returning HTML and live charts (kept in
+``page.memory`` and updated in place); the notebooks in ``notebooks/dashboards/`` only
+pick and arrange them."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import time
 from urllib.parse import urlencode
 
 from . import charts
+from .live import LiveLines
 from .page import Dashboard, points
 from .sources import quantile
 
@@ -16,6 +18,15 @@ JOB_STATUSES = ("queued", "running", "completed", "failed", "cancelled")
 
 def _by_label(answer: dict, label: str, prefix: str = "") -> dict[str, list]:
     return {f"{prefix}{s['labels'].get(label, '?')}": points(s) for s in answer.get("series", [])}
+
+
+def _live(page: Dashboard, key: str, title: str, unit: str = "", top: float | None = None,
+          x_steps: bool = False) -> LiveLines:
+    """The page's live chart ``key``, made on the first refresh and kept for the next."""
+    charts_ = page.memory.setdefault("live", {})
+    if key not in charts_:
+        charts_[key] = LiveLines(title, unit, top=top, x_steps=x_steps)
+    return charts_[key]
 
 
 # -- Cluster ---------------------------------------------------------------------------
@@ -40,8 +51,8 @@ def gpu_history(page: Dashboard, start: float, end: float) -> str:
     util = page.sources.history("gpu_utilization_percent", start, end)
     mem = page.sources.history("gpu_memory_used_bytes", start, end)
     page.simulated = page.simulated or bool(util.get("simulated"))
-    return (charts.line_chart("GPU utilization", _by_label(util, "gpu", "GPU "), "%", start, end, top=100)
-            + charts.line_chart("GPU memory used", _by_label(mem, "gpu", "GPU "), "bytes", start, end))
+    return [_live(page, "gpu-util", "GPU utilization", "%", top=100).show(_by_label(util, "gpu", "GPU "), start, end),
+            _live(page, "gpu-mem", "GPU memory used", "bytes").show(_by_label(mem, "gpu", "GPU "), start, end)]
 
 
 def queue(page: Dashboard, start: float, end: float) -> str:
@@ -61,10 +72,10 @@ def queue(page: Dashboard, start: float, end: float) -> str:
 def host_load(page: Dashboard, start: float, end: float) -> str:
     cpu = page.sources.history("host_cpu_percent", start, end)
     mem = page.sources.history("host_memory_used_bytes", start, end)
-    return (charts.line_chart("Host CPU", {"CPU": [p for s in cpu["series"] for p in points(s)]}, "%",
-                              start, end, top=100)
-            + charts.line_chart("Host memory used", {"memory": [p for s in mem["series"] for p in points(s)]},
-                                "bytes", start, end))
+    return [_live(page, "host-cpu", "Host CPU", "%", top=100).show(
+                {"CPU": [p for s in cpu["series"] for p in points(s)]}, start, end),
+            _live(page, "host-mem", "Host memory used", "bytes").show(
+                {"memory": [p for s in mem["series"] for p in points(s)]}, start, end)]
 
 
 # -- Usage and cost --------------------------------------------------------------------
@@ -98,11 +109,11 @@ def job_counts(page: Dashboard, start: float, end: float) -> str:
     trend.append((time.time(), counts))
     del trend[:-720]
     series = {name: [(t, c.get(name, 0)) for t, c in trend] for name in ("queued", "running")}
-    return (f"<h3>Jobs</h3><p>Success rate of finished jobs: <b class='aidc-success-rate'>{rate}</b> "
+    return [f"<h3>Jobs</h3><p>Success rate of finished jobs: <b class='aidc-success-rate'>{rate}</b> "
             f"({counts.get('completed', 0)} completed, {counts.get('failed', 0)} failed, "
             f"{counts.get('cancelled', 0)} cancelled)</p>"
-            + charts.bar_chart("Jobs by status", [(k, counts.get(k, 0)) for k in JOB_STATUSES])
-            + charts.line_chart("Queued and running while this page is open", series))
+            + charts.bar_chart("Jobs by status", [(k, counts.get(k, 0)) for k in JOB_STATUSES]),
+            _live(page, "job-trend", "Queued and running while this page is open").show(series)]
 
 
 def _stats(page: Dashboard, start: float, end: float) -> dict:
@@ -148,16 +159,20 @@ def recent_jobs(page: Dashboard, start: float, end: float) -> str:
     recent = st.get("recent", [])
     rows = [[j["id"], j["owner"], j["notebook"], j["status"], j["gpus"], _seconds(j.get("waited")),
              _seconds(j.get("ran")), j.get("reason") or "-", _figures(j.get("metrics") or {})] for j in recent]
-    curves = [charts.line_chart(f"Training curves of {j['id']} ({j['notebook']})",
-                                {name: [(float(step), float(v)) for step, v in pts
-                                        if isinstance(v, (int, float)) and not isinstance(v, bool)]
-                                 for name, pts in sorted(j["series"].items())[:6]}, x_steps=True)
+    curves = [_live(page, f"curve-{j['id']}", f"Training curves of {j['id']} ({j['notebook']})", x_steps=True)
+              .show({name: [(float(step), float(v)) for step, v in pts
+                            if isinstance(v, (int, float)) and not isinstance(v, bool)]
+                     for name, pts in sorted(j["series"].items())[:6]})
               for j in recent if j.get("series")][:4]
+    for curve in curves:
+        curve.add_class("aidc-curve")
+    shown = {f"curve-{j['id']}" for j in recent if j.get("series")}
+    for key in [k for k in page.memory.get("live", {}) if k.startswith("curve-") and k not in shown]:
+        del page.memory["live"][key]  # a job no longer listed: its chart goes
     mine = "" if page.viewer.sees_everyone else " (yours)"
-    return (f"<h3>Recent jobs{mine}</h3><div class='aidc-recent-jobs'>"
+    return [f"<h3>Recent jobs{mine}</h3><div class='aidc-recent-jobs'>"
             + charts.table(["job", "owner", "notebook", "status", "GPUs", "waited", "ran", "reason", "metrics"],
-                           rows, "no job in this range") + "</div>"
-            + ("<div class='aidc-curves'>" + "".join(curves) + "</div>" if curves else ""))
+                           rows, "no job in this range") + "</div>", *curves]
 
 
 # -- Models ----------------------------------------------------------------------------
