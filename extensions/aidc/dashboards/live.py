@@ -13,14 +13,16 @@ own), so a page shows what it draws.
 
 from __future__ import annotations
 
+# imported with the dashboard's modules, so a preheated kernel has done it before the
+# page is requested (about 0.5 s here), not while the viewer waits
+import bqplot as bq
 import ipywidgets as widgets
+import numpy as np  # bqplot's own dependency: its date scale reads datetime64
 
 from .charts import COLOURS, HEIGHT, WIDTH
 
 
 def _ms(times: list[float]):
-    import numpy as np  # bqplot's own dependency: its date scale reads datetime64
-
     return np.asarray([int(t * 1000) for t in times], dtype="datetime64[ms]")
 
 
@@ -28,8 +30,6 @@ class LiveLines(widgets.VBox):
     """Lines over time (or over steps: ``x_steps``), one per series, with a legend."""
 
     def __init__(self, title: str, unit: str = "", top: float | None = None, x_steps: bool = False):
-        import bqplot as bq  # its import is not free: only pages with live charts pay it
-
         self.title, self.x_steps = title, x_steps
         self.x_scale = bq.LinearScale() if x_steps else bq.DateScale()
         self.y_scale = bq.LinearScale(min=0.0, max=float(top) if top is not None else None, allow_padding=False)
@@ -44,7 +44,6 @@ class LiveLines(widgets.VBox):
             layout=widgets.Layout(width=f"{WIDTH}px", height=f"{HEIGHT + 40}px"))
         self.message = widgets.HTML()
         self._marks: dict[str, object] = {}
-        self._bq = bq
         super().__init__([self.message, self.figure])
         self.add_class("aidc-live")
 
@@ -53,10 +52,10 @@ class LiveLines(widgets.VBox):
         """Draw ``series`` (legend name -> ``(x, value)`` points) over ``[start, end]``."""
         series = {name: sorted(pts) for name, pts in series.items() if pts}
         if set(series) != set(self._marks):
-            self._marks = {name: self._bq.Lines(
+            self._marks = {name: bq.Lines(
                 x=[], y=[], scales={"x": self.x_scale, "y": self.y_scale}, labels=[name],
                 colors=[COLOURS[i % len(COLOURS)]], display_legend=True,
-                tooltip=self._bq.Tooltip(fields=["name", "y"], labels=["", "value"]))
+                tooltip=bq.Tooltip(fields=["name", "y"], labels=["", "value"]))
                 for i, name in enumerate(sorted(series))}
             self.figure.marks = list(self._marks.values())
         for name, pts in series.items():
