@@ -284,6 +284,10 @@ def test_a_viewer_lands_on_the_dashboards_and_sees_every_dashboard_with_data(pla
                     download = page.request.get(platform.url + csv_link, headers={"Accept": "text/html,*/*"})
                     assert download.ok and download.text().startswith("user,"), download.text()[:300]
                     assert f"\n{holder.name}," in download.text()
+                    # queue waits: the jobs started in the range, and the one waiting for GPUs
+                    waits = {r.split("\t")[0]: r.split("\t")
+                             for r in page.locator(".aidc-queue-waits tr").all_inner_texts()[1:]}
+                    assert int(waits["jobs started"][1]) >= 2 and int(waits["waiting now"][1]) >= 1, waits
                 elif name == "3-jobs.ipynb":
                     bars = bar_titles(page)
                     counts = {t.split(":")[0]: float(t.split(":")[1]) for t in bars}

@@ -149,6 +149,15 @@ def job_times(page: Dashboard, start: float, end: float) -> str:
             + "</div>")
 
 
+def queue_waits(page: Dashboard, start: float, end: float) -> str:
+    """How long jobs waited for their start in the range, and those waiting now."""
+    st = _stats(page, start, end)
+    rows = [[what, sp["count"], _seconds(sp["p50"]), _seconds(sp["p90"]), _seconds(sp["max"])]
+            for what, sp in (("jobs started", st["queue_waits"]), ("waiting now", st["waiting_now"]))]
+    return ("<h3>Queue waits</h3><div class='aidc-queue-waits'>"
+            + charts.table(["", "jobs", "median", "90th percentile", "longest"], rows) + "</div>")
+
+
 def _figures(metrics: dict) -> str:
     shown = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(metrics.items())[:4]]
     return ", ".join(shown) + (" ..." if len(metrics) > 4 else "") if shown else "-"
