@@ -25,7 +25,8 @@ from playwright.sync_api import sync_playwright
 
 from aidc.dashboards import page as dashpage
 from aidc.dashboards.live import LiveLines
-from aidc.dashboards.sources import Sources, Viewer, quantile, visible_usage
+from aidc.dashboards.sources import Sources, Viewer, visible_usage
+from aidc.models.metrics import histogram_quantile as quantile
 from jobs_helpers import home, jobs_api, notebook, put, submit, wait
 from test_browser import ARGS, ARTIFACTS, CHROMIUM
 

@@ -11,7 +11,7 @@ from urllib.parse import urlencode
 from . import charts
 from .live import LiveLines
 from .page import Dashboard, points
-from .sources import quantile
+from ..models.metrics import histogram_quantile as quantile
 
 JOB_STATUSES = ("queued", "running", "completed", "failed", "cancelled")
 

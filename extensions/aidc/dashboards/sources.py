@@ -166,20 +166,3 @@ def visible_queue(queue: list[dict], viewer: Viewer) -> list[dict]:
         return queue
     return [w if w.get("owner") == viewer.name else {**w, "owner": None, "holder": None} for w in queue]
 
-
-def quantile(buckets: list[tuple[float, float]], q: float) -> float | None:
-    """The ``q`` quantile of a Prometheus histogram from its cumulative ``(le, count)``
-    buckets, interpolated linearly inside a bucket as Prometheus' histogram_quantile does."""
-    buckets = sorted(buckets)
-    if not buckets or buckets[-1][1] <= 0:
-        return None
-    rank = q * buckets[-1][1]
-    prev_le, prev_count = 0.0, 0.0
-    for le, count in buckets:
-        if count >= rank:
-            if le == float("inf"):
-                return prev_le
-            width = count - prev_count
-            return prev_le + (le - prev_le) * ((rank - prev_count) / width if width else 1.0)
-        prev_le, prev_count = le, count
-    return prev_le

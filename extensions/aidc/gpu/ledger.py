@@ -423,6 +423,13 @@ class GPULedger(LoggingConfigurable):
             self.log.info("aidc: %s released %s", holder, ", ".join(freed))
         return freed
 
+    def forget_ended(self, before: float) -> int:
+        """Delete the ended holdings released before ``before`` (epoch seconds), what
+        accounting keeps for a bounded time (``c.Accounting.keep_ended_seconds``); how many
+        went. Current claims are not ended holdings and are never touched."""
+        with self.engine.begin() as c:
+            return c.execute(claim_history.delete().where(claim_history.c.released < before)).rowcount
+
     def holdings(self, start: float, end: float) -> list[dict]:
         """Every holding that overlaps ``[start, end)`` (epoch seconds), ended or current.
 

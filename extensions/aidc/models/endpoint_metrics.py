@@ -51,7 +51,7 @@ class EndpointMetrics:
             if m == model and version in out and hist.count:
                 out[version]["mean_latency_ms"] = round(hist.sum / hist.count * 1000, 3)
                 for name, q in (("p50_latency_ms", 0.5), ("p99_latency_ms", 0.99)):
-                    out[version][name] = round(quantile(hist, q) * 1000, 3)
+                    out[version][name] = round(metrics.histogram_quantile(hist.buckets(), q) * 1000, 3)
         return out
 
     def render(self, replicas: list[tuple[dict[str, str], str]] = ()) -> bytes:
@@ -69,19 +69,3 @@ class EndpointMetrics:
         for (model, version), hist in sorted(self.latency.items()):
             metrics.add_histogram(latency, [model, version], hist)
         return metrics.exposition([requests, errors, latency, *metrics.federated(replicas)])
-
-
-def quantile(hist: Histogram, q: float) -> float:
-    """The ``q`` quantile of ``hist`` (seconds), interpolated inside its bucket as Prometheus'
-    ``histogram_quantile`` does, so the panel's figure matches the dashboards'; one beyond
-    the last bound is that bound."""
-    rank = q * hist.count
-    prev_bound, prev_count = 0.0, 0
-    for bound, count in hist.buckets():
-        if count >= rank:
-            if bound == float("inf"):
-                return prev_bound
-            width = count - prev_count
-            return prev_bound + (bound - prev_bound) * ((rank - prev_count) / width if width else 1.0)
-        prev_bound, prev_count = bound, count
-    return prev_bound

@@ -115,3 +115,23 @@ def federated(replicas: Iterable[tuple[dict[str, str], str]]) -> list[Metric]:
             for s in fam.samples:
                 merged.add_sample(s.name, {**s.labels, **extra}, s.value)
     return list(families.values())
+
+
+def histogram_quantile(buckets: Iterable[tuple[float, float]], q: float) -> float | None:
+    """The ``q`` quantile of a histogram from its cumulative ``(upper bound, count)``
+    buckets, interpolated inside a bucket as Prometheus' ``histogram_quantile`` does (one
+    beyond the last finite bound is that bound), so the Lab panel's figure and the
+    dashboards' agree; None when the histogram counted nothing."""
+    buckets = sorted(buckets)
+    if not buckets or buckets[-1][1] <= 0:
+        return None
+    rank = q * buckets[-1][1]
+    prev_bound, prev_count = 0.0, 0.0
+    for bound, count in buckets:
+        if count >= rank:
+            if bound == float("inf"):
+                return prev_bound
+            width = count - prev_count
+            return prev_bound + (bound - prev_bound) * ((rank - prev_count) / width if width else 1.0)
+        prev_bound, prev_count = bound, count
+    return prev_bound

@@ -54,11 +54,7 @@ class Accounting(LoggingConfigurable):
     def prune(self, ledger, now: float) -> int:
         """Delete the ledger's ended holdings released before ``now - keep_ended_seconds``;
         returns how many went. Current holdings are never touched."""
-        from ..gpu.ledger import claim_history
-
-        with ledger.engine.begin() as c:
-            gone = c.execute(claim_history.delete().where(
-                claim_history.c.released < now - self.keep_ended_seconds)).rowcount
+        gone = ledger.forget_ended(now - self.keep_ended_seconds)
         if gone:
             self.log.info("aidc accounting: %d ended GPU holdings older than %g days deleted",
                           gone, self.keep_ended_seconds / 86400)
