@@ -344,21 +344,25 @@ def current_tab(page, name: str) -> None:
         name, timeout=120_000)
 
 
-def palette(page, text: str, timeout: float = 60) -> None:
-    """Run the command palette's first item matching ``text``. The modal palette closes when
-    it loses the focus, which a notebook still loading may take: opened again until typed in."""
+def palette(page, text: str, until, timeout: float = 90) -> None:
+    """Run the command palette's first item matching ``text``, until ``until`` (a locator)
+    shows. The modal palette closes when it loses the focus, which a notebook still loading
+    may take, even between typing and choosing (then the command never ran): the item is
+    clicked, not chosen with Enter, and the whole sequence is repeated until ``until`` is
+    visible."""
     deadline = time.monotonic() + timeout
     while True:
-        page.keyboard.press("Control+Shift+C")
         try:
+            page.keyboard.press("Control+Shift+C")
             page.locator(".lm-CommandPalette-input").fill(text, timeout=5_000)
-            expect(page.locator(".lm-CommandPalette-item.lm-mod-active")).to_contain_text(
-                text, timeout=5_000)
-            break
+            item = page.locator(".lm-CommandPalette-item.lm-mod-active")
+            expect(item).to_contain_text(text, timeout=5_000)
+            item.click(timeout=5_000)
+            expect(until).to_be_visible(timeout=15_000)
+            return
         except (PlaywrightTimeoutError, AssertionError):
             if time.monotonic() > deadline:
                 raise
-    page.keyboard.press("Enter")
 
 
 def run_as_job(platform, user, page, posts) -> None:
@@ -369,11 +373,10 @@ def run_as_job(platform, user, page, posts) -> None:
     assert r.status_code == 204, r.text
     page.goto(f"{platform.url}/user/{user.name}/lab/tree/lab_params.ipynb")
     current_tab(page, "lab_params.ipynb")
-    button = page.locator(".jp-NotebookPanel-toolbar .aidc-run-as-job:visible")
     sidebar = page.locator("#aidc-sidebar")
     form = sidebar.locator("form.aidc-job-form")
-    palette(page, "Run Notebook as Job")  # the toolbar's button: below, for another notebook
     epochs = form.locator('input[data-param="epochs"]')
+    palette(page, "Run Notebook as Job", until=epochs)
     expect(epochs).to_have_value("2", timeout=60_000)
     expect(form.locator('input[data-param="label"]')).to_have_value("base")
     expect(form.locator('input[name="gpus"]')).to_have_value("2")

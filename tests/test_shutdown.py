@@ -20,6 +20,8 @@ def _all_gone(procs: list[psutil.Process], timeout: float = 30) -> list[psutil.P
 @pytest.mark.parametrize("sig,twice", [(signal.SIGTERM, False), (signal.SIGINT, True)],
                          ids=["SIGTERM", "Ctrl-C twice"])
 def test_stop_leaves_no_process_behind(fresh_platform, sig, twice):
+    """Also: while it runs, a second platform on the same data directory is refused (checked
+    on one of the two platforms)."""
     p = fresh_platform(dask_at_start=True)
     p.start()
     # the login page answered before the services, and each line says so
@@ -49,6 +51,9 @@ def test_stop_leaves_no_process_behind(fresh_platform, sig, twice):
     while not staging.is_dir():  # made by the models service as it starts
         assert time.monotonic() < deadline, "the models service did not start"
         time.sleep(0.2)
+    if not twice:  # a second `aidc up` on the same data directory is refused, and says why
+        r = p.cli("up", "--port", str(p.port + 1))
+        assert r.returncode == 1 and "already running" in r.stderr, r.stderr
 
     if twice:  # an impatient Ctrl-C during the shutdown does not start a second one
         p.proc.send_signal(sig)
@@ -66,14 +71,6 @@ def test_stop_leaves_no_process_behind(fresh_platform, sig, twice):
     assert not (p.data_dir / "platform.json").exists()
     assert not staging.exists()  # nothing of the platform is left in /tmp
     assert not any(proc.username() == p.prefix + user.name for proc in psutil.process_iter())
-
-
-def test_second_platform_on_the_same_data_dir_is_refused(fresh_platform):
-    p = fresh_platform()
-    p.start()
-    r = p.cli("up", "--port", str(p.port + 1))
-    assert r.returncode == 1
-    assert "already running" in r.stderr
 
 
 def test_port_in_use_is_a_clear_error(fresh_platform, platform):
