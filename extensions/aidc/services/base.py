@@ -475,17 +475,24 @@ def run_service(routes: list[tuple], on_start=None, on_stop=None, **settings) ->
     """Serve ``routes`` on the address JupyterHub assigned; stop cleanly on SIGTERM/SIGINT.
 
     ``on_start`` and ``on_stop`` are coroutine functions run in the service's event loop
-    before it listens and after it stops (a service's own engines: a Dask client, a queue).
+    before it answers and after it stops (a service's own engines: a Dask client, a queue).
+
+    The port is bound before ``on_start``: what ``on_start`` starts (a Dask cluster, whose
+    connections take ephemeral ports) could otherwise take the port JupyterHub picked for
+    the service, and the service would fail to start, again at each restart.
     """
+    from tornado.netutil import bind_sockets
+
     configure_logging()
     url = urlparse(os.environ["JUPYTERHUB_SERVICE_URL"])
+    sockets = bind_sockets(url.port, address=url.hostname or "127.0.0.1")
 
     async def main():
         if on_start is not None:
             await on_start()
         app = make_app(routes, **settings)
         server = NoDelayHTTPServer(app, xheaders=True)
-        server.listen(url.port, address=url.hostname or "127.0.0.1")
+        server.add_sockets(sockets)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
