@@ -187,10 +187,20 @@ def main() -> None:
         idle_timeout=args.idle_timeout,
         interval=args.interval,
     )
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    culler.run(stop)
+    # SIGTERM (the hub's stop, or the hub's death through PR_SET_PDEATHSIG) and Ctrl-C end
+    # the process by an exception, wherever it is. Setting a threading.Event from a signal
+    # handler deadlocks when the signal lands while the main thread holds the Event's lock
+    # inside its own wait(): a culler orphaned that way outlived its hub's SIGKILL.
+    signal.signal(signal.SIGTERM, _stop_now)
+    signal.signal(signal.SIGINT, _stop_now)
+    try:
+        culler.run(threading.Event())
+    except SystemExit:
+        pass
+
+
+def _stop_now(*_) -> None:
+    raise SystemExit(0)
 
 
 if __name__ == "__main__":
