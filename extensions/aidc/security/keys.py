@@ -91,7 +91,25 @@ class KeyProvider(LoggingConfigurable):
         return None
 
 
-class FileKeyProvider(KeyProvider):
+class LocalKeyProvider(KeyProvider):
+    """A provider that holds the KEK's bytes itself (a file, a variable): it wraps and
+    unwraps with AES-GCM here, and can say a key's fingerprint. Subclasses give
+    :meth:`key_bytes`."""
+
+    def key_bytes(self, key_id: str) -> bytes:
+        raise NotImplementedError
+
+    def wrap(self, key_id: str, data_key: bytes, aad: bytes) -> bytes:
+        return _local_wrap(self.key_bytes(key_id), data_key, aad)
+
+    def unwrap(self, key_id: str, wrapped: bytes, aad: bytes) -> bytes:
+        return _local_unwrap(self.key_bytes(key_id), wrapped, aad)
+
+    def fingerprint(self, key_id: str) -> str:
+        return fingerprint(self.key_bytes(key_id))
+
+
+class FileKeyProvider(LocalKeyProvider):
     """KEKs as files in a private folder (``<data-dir>/secrets/kek``)."""
 
     folder = Unicode(help="Folder of the key files (default `<data-dir>/secrets/kek`).").tag(config=True)
@@ -99,7 +117,7 @@ class FileKeyProvider(KeyProvider):
     def _dir(self) -> Path:
         return Path(self.folder)
 
-    def _key(self, key_id: str) -> bytes:
+    def key_bytes(self, key_id: str) -> bytes:
         path = self._dir() / f"{key_id}.key"
         try:
             return base64.b64decode(path.read_text().strip(), validate=True)
@@ -116,15 +134,6 @@ class FileKeyProvider(KeyProvider):
             return (self._dir() / "current").read_text().strip()
         except FileNotFoundError:
             raise EncryptionKeyError(f"no current key-encryption key in {self._dir()}") from None
-
-    def wrap(self, key_id: str, data_key: bytes, aad: bytes) -> bytes:
-        return _local_wrap(self._key(key_id), data_key, aad)
-
-    def unwrap(self, key_id: str, wrapped: bytes, aad: bytes) -> bytes:
-        return _local_unwrap(self._key(key_id), wrapped, aad)
-
-    def fingerprint(self, key_id: str) -> str:
-        return fingerprint(self._key(key_id))
 
     def add(self) -> str:
         folder = self._dir()
@@ -150,7 +159,7 @@ class FileKeyProvider(KeyProvider):
         (self._dir() / f"{key_id}.key").unlink(missing_ok=True)
 
 
-class EnvKeyProvider(KeyProvider):
+class EnvKeyProvider(LocalKeyProvider):
     """One KEK from an environment variable (base64 of 32 random bytes)."""
 
     variable = Unicode("AIDC_KEK", help="Environment variable holding the KEK (base64 of 32 bytes).").tag(config=True)
@@ -174,19 +183,10 @@ class EnvKeyProvider(KeyProvider):
     def current_id(self) -> str:
         return "env-" + fingerprint(self._key())[:12]
 
-    def _check(self, key_id: str) -> bytes:
+    def key_bytes(self, key_id: str) -> bytes:
         if key_id != self.current_id():
             raise EncryptionKeyError(f"the key-encryption key {key_id} is not the one in {self.variable}")
         return self._key()
-
-    def wrap(self, key_id: str, data_key: bytes, aad: bytes) -> bytes:
-        return _local_wrap(self._check(key_id), data_key, aad)
-
-    def unwrap(self, key_id: str, wrapped: bytes, aad: bytes) -> bytes:
-        return _local_unwrap(self._check(key_id), wrapped, aad)
-
-    def fingerprint(self, key_id: str) -> str:
-        return fingerprint(self._check(key_id))
 
 
 class VaultTransitKeyProvider(KeyProvider):
