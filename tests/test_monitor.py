@@ -375,6 +375,130 @@ def test_the_ledger_keeps_released_holdings_with_their_exact_times(path, tmp_pat
     ledger.engine.dispose()
 
 
+@pytest.mark.parametrize("path", PATHS)
+def test_the_gpu_queue_says_how_long_each_claim_has_waited_on_every_decision_path(path, tmp_path, fake_nvml,
+                                                                                  request):
+    from aidc.monitor.service import queue_view
+
+    if path.startswith("pg"):
+        url = request.getfixturevalue("postgres").create_database(f"queue_{path.replace('-', '_')}")
+    else:
+        url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    ledger = GPULedger(db_url=url, node="n1", **PATHS[path])
+    ledger.sync_inventory(read_nvml())  # one whole GPU, two MIG instances
+    ledger.request("server:ann/", "ann", 1)
+    before = time.time()
+    ledger.request("job:5", "bob", 1)
+    ledger.request("job:6", "carl", 1)
+    after = time.time()
+    waiting = ledger.queue()
+    assert [(c.holder, c.position) for c in waiting] == [("job:5", 1), ("job:6", 2)]
+    assert before <= waiting[0].created <= waiting[1].created <= after
+    assert ledger.waiting() == {"whole": (2, waiting[0].created)}
+    # what api/queue answers carl: each place's wait, bob's without his name
+    shown = queue_view(waiting, "carl", after + 60)
+    assert [(w["owner"], w["since"], w["waited"]) for w in shown] == [
+        (None, waiting[0].created, after + 60 - waiting[0].created),
+        ("carl", waiting[1].created, after + 60 - waiting[1].created)]
+
+    # the collector's figures: claims waiting and the oldest wait, per unit kind, in history and Prometheus
+    store = store_of(tmp_path)
+    collector = Collector(store, ledger, str(tmp_path), user_usage_every=0)
+    now = after + 30
+    collector.sample(now)
+    families = {f.name: f for f in text_string_to_metric_families(prometheus_text(lambda: collector.latest).decode())}
+    assert {s.labels["kind"]: s.value for s in families["aidc_gpu_queue_claims"].samples} == {
+        "whole": 2, "mig": 0, "share": 0}
+    oldest = {s.labels["kind"]: s.value for s in families["aidc_gpu_queue_oldest_wait_seconds"].samples}
+    assert oldest == {"whole": pytest.approx(now - waiting[0].created), "mig": 0, "share": 0}
+    kept = store.query("gpu_queue_oldest_wait_seconds", now - 1, now + 1, 1, now=now + 1)
+    assert {s["labels"]["kind"]: s["points"][0][1] for s in kept["series"]}["whole"] == pytest.approx(
+        now - waiting[0].created)
+    ledger.release("server:ann/")  # bob's job is granted: it waits no more
+    assert [c.holder for c in ledger.queue()] == ["job:6"]
+    assert ledger.waiting() == {"whole": (1, waiting[1].created)}
+    ledger.engine.dispose()
+
+
+def hub_metrics_server(token: str):
+    """A stand-in for the hub's ``/hub/api/metrics``: JupyterHub's own metric declarations
+    (``jupyterhub.metrics``) rendered as the hub renders them, for ``token`` only."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from prometheus_client import REGISTRY, generate_latest
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            ok = self.headers.get("Authorization") == f"token {token}"
+            body = generate_latest(REGISTRY) if ok else b'{"status": 403}'
+            self.send_response(200 if ok else 403)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_the_hubs_users_servers_and_spawn_durations_are_kept_and_exported_under_aidc_names(
+        tmp_path, fake_nvml, ledger, monkeypatch):
+    from jupyterhub import metrics as hub
+
+    from aidc.monitor.hub import HubReader
+
+    hub.TOTAL_USERS.set(7)
+    hub.RUNNING_SERVERS.set(2)
+    hub.ACTIVE_USERS.labels(period="24h").set(3)
+    from prometheus_client import REGISTRY, generate_latest
+
+    from aidc.monitor.hub import hub_figures
+
+    counted = hub_figures(generate_latest(REGISTRY).decode()).get("spawns", {}).get("success", {}).get("count", 0)
+    for seconds in (3.0, 4.0, 20.0):
+        hub.SERVER_SPAWN_DURATION_SECONDS.labels(status="success", reason="").observe(seconds)
+    server = hub_metrics_server("metrics-token")
+    try:
+        monkeypatch.setenv("JUPYTERHUB_API_URL", f"http://127.0.0.1:{server.server_port}/hub/api")
+        monkeypatch.setenv("JUPYTERHUB_API_TOKEN", "metrics-token")
+        store = store_of(tmp_path)
+        collector = Collector(store, ledger, str(tmp_path), hub=HubReader(), user_usage_every=0)
+        now = time.time()
+        snap = collector.sample(now)
+        assert snap["errors"] == []
+        assert (snap["hub"]["users"], snap["hub"]["running_servers"], snap["hub"]["active_users"]["24h"]) == (7, 2, 3)
+        assert snap["hub"]["spawns"]["success"]["count"] == counted + 3
+        kept = store.query("hub_users", now - 1, now + 1, 1, now=now + 1)
+        assert kept["series"][0]["points"][0][1] == 7
+        kept = store.query("hub_spawns", now - 1, now + 1, 1, now=now + 1, labels={})
+        assert {s["labels"]["status"]: s["points"][0][1] for s in kept["series"]}["success"] == counted + 3
+        text = prometheus_text(lambda: collector.latest).decode()
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        assert families["aidc_hub_users"].samples[0].value == 7
+        assert "jupyterhub_total_users" in families["aidc_hub_users"].documentation
+        assert families["aidc_hub_running_servers"].samples[0].value == 2
+        histogram = families["aidc_hub_spawn_duration_seconds"]
+        assert histogram.type == "histogram" and "jupyterhub_server_spawn_duration_seconds" in histogram.documentation
+        success = {s.labels["le"]: s.value for s in histogram.samples
+                   if s.name.endswith("_bucket") and s.labels["status"] == "success"}
+        assert success["30.0"] - success["15.0"] >= 1 and success["+Inf"] == counted + 3
+        with pytest.raises(UsageError, match="is a histogram, in the Prometheus text only"):
+            store.query("hub_spawn_duration_seconds", now - 1, now + 1, 1, now=now + 1)
+
+        # a token without read:metrics: said in the snapshot, the other figures go on
+        collector.hub._token = "someone-else"
+        collector.hub._session = None
+        snap = collector.sample(now + collector.hub.every)
+        assert snap["hub"] == {} and len(snap["gpus"]) == 2
+        assert any("answered 403" in e and "read:metrics" in e for e in snap["errors"]), snap["errors"]
+    finally:
+        server.shutdown()
+
+
 # -- the metrics service of the session platform ------------------------------------------
 
 def metrics_get(platform, token, path, **params) -> requests.Response:
@@ -422,6 +546,21 @@ def test_a_gpu_servers_holding_shows_in_accounting_and_its_gpu_memory_under_it(p
         gpus[index]["xid_events"] = [31]  # and the GPU reports a fault
         changed.write_text(json.dumps(gpus))
         changed.replace(nvml_file)
+
+        # the hub's own figures (JupyterHub's metrics, read with the service's read:metrics):
+        # this spawn counted, its server running, every user of the hub
+        hub_users = len(platform.api(admin.token).get(f"{platform.url}/hub/api/users", timeout=30).json())
+        hub = poll(lambda: metrics_get(platform, admin.token, "api/current").json().get("hub") or {},
+                   lambda h: h.get("spawns", {}).get("success", {}).get("count", 0) >= 1
+                   and h.get("running_servers", 0) >= 1 and h.get("users") == hub_users)
+        spawn = [f for f in text_string_to_metric_families(metrics_get(platform, viewer.token, "metrics").text)
+                 if f.name == "aidc_hub_spawn_duration_seconds"][0]
+        assert {s.labels["status"]: s.value for s in spawn.samples if s.name.endswith("_count")}["success"] \
+            == hub["spawns"]["success"]["count"]
+        running = poll(lambda: metrics_get(platform, viewer.token, "api/history", metric="hub_running_servers",
+                                           start=time.time() - 60).json(),
+                       lambda h: h["series"] and h["series"][0]["points"][-1][1] >= 1)
+        assert running["series"][0]["labels"] == {}
 
         # the server's GPU memory is attributed to it, by its Unix account and its ledger units
         current = poll(lambda: metrics_get(platform, admin.token, "api/current").json(),

@@ -30,8 +30,16 @@ def _live(page: Dashboard, key: str, title: str, unit: str = "", top: float | No
 
 
 # -- Cluster ---------------------------------------------------------------------------
+def _current(page: Dashboard, end: float) -> dict:
+    """The metrics service's latest sample for this refresh (read once for the sections sharing it)."""
+    kept = page.memory.get("current")
+    if kept is None or kept[0] != end:
+        kept = page.memory["current"] = (end, page.sources.current(page.viewer))
+    return kept[1]
+
+
 def gpu_table(page: Dashboard, start: float, end: float) -> str:
-    snap = page.sources.current(page.viewer)
+    snap = _current(page, end)
     page.simulated = bool(snap.get("simulated"))
     if snap.get("time") is None:
         return charts.empty("GPUs", snap.get("message", "no sample yet"))
@@ -55,17 +63,43 @@ def gpu_history(page: Dashboard, start: float, end: float) -> str:
             _live(page, "gpu-mem", "GPU memory used", "bytes").show(_by_label(mem, "gpu", "GPU "), start, end)]
 
 
+def hub_activity(page: Dashboard, start: float, end: float) -> list:
+    """The hub's own figures (JupyterHub's metrics, read by the metrics service): users,
+    running servers over the range, and how long servers took to start."""
+    hub = _current(page, end).get("hub") or {}
+    running = page.sources.history("hub_running_servers", start, end)
+    chart = _live(page, "hub-servers", "Running user servers").show(
+        {"servers": [p for s in running.get("series", []) for p in points(s)]}, start, end)
+    if not hub:
+        return ["<h3>Hub</h3>" + charts.empty("Hub", "the hub's figures are not read yet"), chart]
+    spawns = hub.get("spawns", {})
+    done = spawns.get("success") or {"count": 0, "sum": 0, "buckets": []}
+    buckets = [(float(le), n) for le, n in done["buckets"]]
+    failed = sum(r["count"] for status, r in spawns.items() if status != "success")
+    active = hub.get("active_users", {})
+    mean = done["sum"] / done["count"] if done["count"] else None
+    return ["<h3>Hub</h3><div class='aidc-hub'>" + charts.table(
+        ["users", "active in 24 h", "running servers", "servers started", "spawns failed",
+         "spawn median", "spawn 90th percentile", "spawn mean"],
+        [[f"{hub.get('users', 0):.0f}", f"{active.get('24h', 0):.0f}", f"{hub.get('running_servers', 0):.0f}",
+          f"{done['count']:.0f}", f"{failed:.0f}", _seconds(quantile(buckets, 0.5)),
+          _seconds(quantile(buckets, 0.9)), _seconds(mean)]])
+        + "<p class='aidc-meta'>spawns since the hub started (JupyterHub's own figures)</p></div>", chart]
+
+
 def queue(page: Dashboard, start: float, end: float) -> str:
     s = page.sources.jobs_summary()
     counts = s.get("counts", {})
     waiting = page.sources.gpu_queue(page.viewer)
     rows = [[w["position"], w["kind"], w["count"], w["holder_kind"],
-             f"{w['owner']} ({w['holder']})" if w.get("owner") else "someone else"] for w in waiting]
+             f"{w['owner']} ({w['holder']})" if w.get("owner") else "someone else",
+             _seconds(w.get("waited"))] for w in waiting]
     return ("<h3>Job queue</h3>" + charts.table(
         ["queued", "running", "GPUs held by running jobs"],
         [[s.get("queued", 0), counts.get("running", 0), s.get("running_gpus", 0)]])
         + "<h3>GPU queue</h3><div class='aidc-gpu-queue'>"
-        + charts.table(["place", "unit kind", "GPUs", "for a", "who"], rows, "no one waits for a GPU")
+        + charts.table(["place", "unit kind", "GPUs", "for a", "who", "waiting for"], rows,
+                       "no one waits for a GPU")
         + "</div>")
 
 

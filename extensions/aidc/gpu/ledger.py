@@ -189,6 +189,8 @@ class Claim:
     owner: str = ""
     count: int = 0
     kind: str = WHOLE
+    #: when it was asked for (epoch seconds); set by :meth:`GPULedger.queue`, for the wait
+    created: float | None = None
 
     @property
     def visible_devices(self) -> str:
@@ -488,7 +490,26 @@ class GPULedger(LoggingConfigurable):
             return [self._claim(s, _ClaimRow._make(r)) for r in rows]
 
     def queue(self) -> list[Claim]:
-        return [cl for cl in self.claims() if cl.state == QUEUED]
+        """The waiting claims, each with its place and when it was asked for (``created``:
+        how long it has waited, what the GPU queue shows)."""
+        with self.engine.connect() as c:
+            rows = c.execute(sa.select(*_CLAIM_COLS, claims.c.created)
+                             .where(claims.c.state == QUEUED).order_by(claims.c.id)).fetchall()
+            s = _SAStore(c)
+            out = []
+            for r in rows:
+                claim = self._claim(s, _ClaimRow._make(r[:-1]))
+                claim.created = r[-1]
+                out.append(claim)
+            return out
+
+    def waiting(self) -> dict[str, tuple[int, float]]:
+        """Per unit kind with a queue: how many claims wait, and when the oldest was asked
+        for (one query, for the monitor's figures every second)."""
+        with self.engine.connect() as c:
+            return {kind: (int(n), float(oldest)) for kind, n, oldest in c.execute(
+                sa.select(claims.c.kind, sa.func.count(), sa.func.min(claims.c.created))
+                .where(claims.c.state == QUEUED).group_by(claims.c.kind))}
 
     # -- internals ------------------------------------------------------------------
     def _claim(self, s, row: _ClaimRow) -> Claim:

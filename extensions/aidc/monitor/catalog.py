@@ -16,7 +16,8 @@ class Metric:
     name: str
     help: str
     labels: tuple[str, ...]
-    #: "gauge" or "counter" (a counter only grows: energy, bytes sent)
+    #: "gauge", "counter" (a counter only grows: energy, bytes sent) or "histogram"
+    #: (Prometheus text only; its count and sum are kept in history as counters)
     type: str = "gauge"
 
 
@@ -49,4 +50,20 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("host_disk_total_bytes", "Disk space in all on the data directory's file system.", ()),
     Metric("host_network_sent_bytes", "Bytes sent on every network interface since boot.", (), "counter"),
     Metric("host_network_received_bytes", "Bytes received on every network interface since boot.", (), "counter"),
+    Metric("gpu_queue_claims", "Claims waiting in the GPU ledger's queue, by unit kind: whole, mig, share "
+           "(no dcgm-exporter equivalent).", ("kind",)),
+    Metric("gpu_queue_oldest_wait_seconds", "How long the claim waiting longest in the GPU queue has waited, by "
+           "unit kind; 0 when none waits.", ("kind",)),
+    Metric("hub_users", "Users the hub knows (JupyterHub: jupyterhub_total_users).", ()),
+    Metric("hub_active_users", "Users active within the period: 24h, 7d or 30d (JupyterHub: jupyterhub_active_users).",
+           ("period",)),
+    Metric("hub_running_servers", "User servers running (JupyterHub: jupyterhub_running_servers).", ()),
+    Metric("hub_spawns", "User-server spawns that ended since the hub started, by status: success, failure, ... "
+           "(JupyterHub: jupyterhub_server_spawn_duration_seconds_count).", ("status",), "counter"),
+    Metric("hub_spawn_seconds", "Seconds the ended spawns took in all, by status (JupyterHub: "
+           "jupyterhub_server_spawn_duration_seconds_sum); its increase over a range divided by "
+           "hub_spawns' is the mean spawn time.", ("status",), "counter"),
+    Metric("hub_spawn_duration_seconds", "How long user-server spawns took, by status (JupyterHub: "
+           "jupyterhub_server_spawn_duration_seconds, its buckets); history keeps its count and sum as "
+           "hub_spawns and hub_spawn_seconds.", ("status",), "histogram"),
 )}

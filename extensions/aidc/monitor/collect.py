@@ -17,6 +17,7 @@ from typing import NamedTuple
 from traitlets import Float
 from traitlets.config import LoggingConfigurable
 
+from ..gpu.inventory import MIG, SHARE, WHOLE
 from .accounts import AccountUsage
 from .catalog import METRICS
 from .gpus import gpu_samples, read_gpus
@@ -32,7 +33,10 @@ class Held(NamedTuple):
     units: list
 
 
-GPU_FIGURES = [m for m in METRICS if m.startswith("gpu_") and m != "gpu_process_memory_bytes"]
+GPU_FIGURES = [m for m in METRICS if m.startswith("gpu_") and m != "gpu_process_memory_bytes"
+               and not m.startswith("gpu_queue_")]
+#: the GPU queue's figures are given for every unit kind, 0 when none waits
+QUEUE_KINDS = (WHOLE, MIG, SHARE)
 
 
 def rows_of(snapshot: dict, latest_users: bool = False) -> list[tuple[str, dict, float]]:
@@ -49,10 +53,26 @@ def rows_of(snapshot: dict, latest_users: bool = False) -> list[tuple[str, dict,
         rows += [("gpu_process_memory_bytes", {**labels, "user": u, "holder": h}, v)
                  for (u, h), v in per_holder.items()]
     rows += [(m, {}, v) for m, v in snapshot["host"].items()]
+    rows += hub_rows(snapshot.get("hub") or {})
+    if "gpu_queue" in snapshot:
+        for kind in QUEUE_KINDS:
+            q = snapshot["gpu_queue"].get(kind, {"claims": 0, "oldest_wait_seconds": 0.0})
+            rows += [("gpu_queue_claims", {"kind": kind}, q["claims"]),
+                     ("gpu_queue_oldest_wait_seconds", {"kind": kind}, q["oldest_wait_seconds"])]
     if latest_users or snapshot.get("users_time") == snapshot["time"]:
         for user, u in snapshot["users"].items():
             rows += [("user_cpu_percent", {"user": user}, u["cpu_percent"]),
                      ("user_memory_bytes", {"user": user}, u["memory_bytes"])]
+    return rows
+
+
+def hub_rows(hub: dict) -> list[tuple[str, dict, float]]:
+    """The hub's figures (:func:`aidc.monitor.hub.hub_figures`) as stored rows."""
+    rows = [(f"hub_{k}", {}, hub[k]) for k in ("users", "running_servers") if k in hub]
+    rows += [("hub_active_users", {"period": p}, v) for p, v in hub.get("active_users", {}).items()]
+    for status, spawns in hub.get("spawns", {}).items():
+        rows += [("hub_spawns", {"status": status}, spawns["count"]),
+                 ("hub_spawn_seconds", {"status": status}, spawns["sum"])]
     return rows
 
 
@@ -77,8 +97,9 @@ class Collector(LoggingConfigurable):
         (and over the GPU ledger's ended holdings, `Accounting.keep_ended_seconds`).""",
     ).tag(config=True)
 
-    def __init__(self, store, ledger, data_dir: str, xids=None, accounting=None, **kwargs):
+    def __init__(self, store, ledger, data_dir: str, xids=None, accounting=None, hub=None, **kwargs):
         super().__init__(**kwargs)
+        self.hub = hub  # a HubReader, or None: the hub's own figures not read
         self.store, self.ledger, self.data_dir = store, ledger, data_dir
         self.xids = xids  # an XidWatcher, or None: XID errors not counted
         self.accounting = accounting  # prunes the ledger's ended holdings with the history
@@ -86,6 +107,7 @@ class Collector(LoggingConfigurable):
         self._maintained = 0.0
         self.accounts = AccountUsage()
         self._users, self._users_at = {}, None
+        self._hub, self._hub_at, self._hub_error = {}, None, None
         self._task: asyncio.Task | None = None
 
     def sample(self, now: float) -> dict:
@@ -95,8 +117,10 @@ class Collector(LoggingConfigurable):
             # holdings: three queries, where claims() asks for each claim's units apart
             claims = [Held(h["holder"], h["owner"], h["units"])
                       for h in self.ledger.holdings(now, now + 1) if h["released"] is None]
+            gpu_queue = {kind: {"claims": n, "oldest_wait_seconds": max(0.0, now - oldest)}
+                         for kind, (n, oldest) in self.ledger.waiting().items()}
         except Exception as e:
-            claims, errors = [], [f"GPU ledger: {e}"]
+            claims, gpu_queue, errors = [], None, [f"GPU ledger: {e}"]
         gpus, simulated = [], False
         try:
             inv = read_gpus()
@@ -113,9 +137,20 @@ class Collector(LoggingConfigurable):
                 self._users, self._users_at = self.accounts.sample(now), now
             except Exception as e:
                 errors.append(f"processes: {e}")
+        if self.hub is not None and self.hub.enabled and (
+                self._hub_at is None or now - self._hub_at >= self.hub.every):
+            self._hub_at = now
+            try:
+                self._hub, self._hub_error = self.hub.read(), None
+            except Exception as e:  # the hub restarting: its figures go until it answers
+                self._hub, self._hub_error = {}, f"hub: {e}"
+        if self._hub_error:
+            errors.append(self._hub_error)
         snapshot = {"time": now, "interval": self.interval, "simulated": simulated,
                     "gpus": gpus, "host": host, "users": self._users, "users_time": self._users_at,
-                    "errors": errors}
+                    "hub": self._hub, "errors": errors}
+        if gpu_queue is not None:
+            snapshot["gpu_queue"] = gpu_queue
         try:
             self.store.record(now, rows_of(snapshot))
             if now - self._maintained >= self.maintain_every:

@@ -3,7 +3,8 @@
 A custom collector turns the collector's latest snapshot into metric families at each
 scrape (names ``aidc_<name>`` from :mod:`.catalog`, with their help text and dcgm-exporter
 equivalents); nothing is kept between scrapes. ``aidc_gpu_info`` names each GPU and says
-whether it is simulated.
+whether it is simulated; ``aidc_hub_spawn_duration_seconds`` is the hub's spawn histogram
+with the hub's own buckets.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ class SnapshotCollector:
         self.latest = latest
 
     def collect(self):
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
         snapshot = self.latest()
         if snapshot is None:
@@ -40,6 +41,13 @@ class SnapshotCollector:
                 families[metric] = kind(f"aidc_{metric}", m.help, labels=list(m.labels))
             families[metric].add_metric([str(labels[k]) for k in m.labels], value)
         yield from families.values()
+        spawns = (snapshot.get("hub") or {}).get("spawns")
+        if spawns:  # the hub's histogram with its own buckets
+            m = METRICS["hub_spawn_duration_seconds"]
+            histogram = HistogramMetricFamily(f"aidc_{m.name}", m.help, labels=list(m.labels))
+            for status, row in sorted(spawns.items()):
+                histogram.add_metric([status], [(le, n) for le, n in row["buckets"]], row["sum"])
+            yield histogram
 
 
 def prometheus_text(latest) -> bytes:

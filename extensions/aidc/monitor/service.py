@@ -40,6 +40,7 @@ from ..services.declare import ManagedService, python_command
 from .accounting import Accounting
 from .catalog import METRICS
 from .collect import Collector
+from .hub import HubReader
 from .store import MetricStore
 from .xid import XidWatcher
 
@@ -154,7 +155,8 @@ class QueueHandler(MonitorHandler):
     async def get(self):
         ledger: GPULedger = self.settings["ledger"]
         waiting = await asyncio.to_thread(ledger.queue)
-        self.write_json({"queue": queue_view(waiting, None if self.sees_everyone else self.user_name)})
+        self.write_json({"queue": queue_view(waiting, None if self.sees_everyone else self.user_name,
+                                             time.time())})
 
 
 class PrometheusHandler(MonitorHandler):
@@ -185,15 +187,17 @@ def _own_view(snapshot: dict, user: str) -> dict:
     return {**snapshot, "gpus": gpus, "users": users}
 
 
-def queue_view(waiting: list, user: str | None) -> list[dict]:
-    """The ledger's queued claims in order per unit kind; unless ``user`` is None (a viewer
-    of everyone), the holder and owner of other users' claims are left out."""
+def queue_view(waiting: list, user: str | None, now: float) -> list[dict]:
+    """The ledger's queued claims in order per unit kind, with when each was asked for
+    (``since``) and how long it has waited at ``now`` (``waited``, seconds); unless ``user``
+    is None (a viewer of everyone), the holder and owner of other users' claims are left out."""
     out = []
     for c in sorted(waiting, key=lambda c: (c.kind, c.position)):
         mine = user is None or c.owner == user
         out.append({"position": c.position, "kind": c.kind, "count": c.count,
                     "holder_kind": holder_kind(c.holder),
-                    "holder": c.holder if mine else None, "owner": c.owner if mine else None})
+                    "holder": c.holder if mine else None, "owner": c.owner if mine else None,
+                    "since": c.created, "waited": max(0.0, now - c.created) if c.created else None})
     return out
 
 
@@ -215,7 +219,7 @@ class MonitorApp(ServiceApp):
 
     @property
     def classes(self):
-        return [Collector, MetricStore, Accounting, GPULedger]
+        return [Collector, HubReader, MetricStore, Accounting, GPULedger]
 
 
 def main() -> None:
@@ -226,7 +230,8 @@ def main() -> None:
     store = MetricStore(make_engine(DataDir.from_arg(data_dir).db_url(SQLITE_FILE)), config=app.config)
     ledger = open_ledger(data_dir, config=app.config)
     accounting = Accounting(config=app.config)
-    collector = Collector(store, ledger, data_dir, xids=XidWatcher(), accounting=accounting, config=app.config)
+    collector = Collector(store, ledger, data_dir, xids=XidWatcher(), accounting=accounting,
+                          hub=HubReader(config=app.config), config=app.config)
 
     async def on_start():
         collector.start()
@@ -243,6 +248,7 @@ def managed_service() -> ManagedService:
     return ManagedService(
         name="metrics",
         command=python_command("aidc.monitor.service"),
+        hub_scopes=["read:metrics"],  # the hub's own figures (aidc.monitor.hub)
         roles=[roles.SCIENTIST, roles.VIEWER],
         info={"description": "GPU and host metrics, history, accounting, Prometheus text"},
     )

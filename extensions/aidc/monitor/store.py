@@ -275,6 +275,9 @@ class MetricStore(LoggingConfigurable):
         """
         if metric not in METRICS:
             raise UsageError(f"unknown metric {metric!r}; known: {', '.join(sorted(METRICS))}")
+        if METRICS[metric].type == "histogram":
+            raise UsageError(f"{metric} is a histogram, in the Prometheus text only; its help in "
+                             "api/metrics names the metrics that keep its count and sum")
         if not all(math.isfinite(x) for x in (start, end, step)):
             raise UsageError("start, end and step must be finite numbers")
         if end <= start:

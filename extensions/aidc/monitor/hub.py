@@ -1,0 +1,99 @@
+"""The hub's own figures: users, active users, running servers and spawn durations, read
+from JupyterHub's Prometheus endpoint (``/hub/api/metrics``, the same text as
+``/hub/metrics``) with the metrics service's token, whose role holds ``read:metrics``.
+
+JupyterHub already counts these (``jupyterhub_total_users``, ``jupyterhub_active_users``,
+``jupyterhub_running_servers``, ``jupyterhub_server_spawn_duration_seconds``); reading its
+text rather than the users API costs the hub one rendering of its registry, not a query
+of every user, and the figures are the ones a site's Prometheus would see from the hub.
+"""
+
+from __future__ import annotations
+
+import os
+
+from traitlets import Float, Unicode
+from traitlets.config import LoggingConfigurable
+
+
+def hub_figures(text: str, prefix: str = "jupyterhub") -> dict:
+    """The hub's figures in its Prometheus ``text``: ``{"users", "running_servers",
+    "active_users": {period: n}, "spawns": {status: {"count", "sum", "buckets": [[le, n], ...]}}}``
+    (spawn reasons summed per status; buckets cumulative, as Prometheus keeps them, each
+    bound as Prometheus writes it, ``"+Inf"`` the last, so that the snapshot stays JSON)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict = {"active_users": {}, "spawns": {}}
+    spawn = f"{prefix}_server_spawn_duration_seconds"
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == f"{prefix}_total_users":
+                out["users"] = s.value
+            elif s.name == f"{prefix}_running_servers":
+                out["running_servers"] = s.value
+            elif s.name == f"{prefix}_active_users":
+                out["active_users"][s.labels.get("period", "")] = s.value
+            elif s.name.startswith(spawn):
+                row = out["spawns"].setdefault(s.labels.get("status", ""), {"count": 0.0, "sum": 0.0, "buckets": {}})
+                if s.name == f"{spawn}_count":
+                    row["count"] += s.value
+                elif s.name == f"{spawn}_sum":
+                    row["sum"] += s.value
+                elif s.name == f"{spawn}_bucket":
+                    le = s.labels["le"]
+                    row["buckets"][le] = row["buckets"].get(le, 0.0) + s.value
+    for row in out["spawns"].values():
+        row["buckets"] = [[le, n] for le, n in sorted(row["buckets"].items(), key=lambda b: float(b[0]))]
+    return out
+
+
+class HubReader(LoggingConfigurable):
+    """Reads the hub's Prometheus text every :attr:`every` seconds (the collector asks)."""
+
+    url = Unicode(
+        help="""The hub's Prometheus text (default: ``JUPYTERHUB_API_URL`` + ``/metrics``,
+        which needs ``JupyterHub.authenticate_prometheus`` and the service token's
+        ``read:metrics`` scope, both set by the platform).""",
+    ).tag(config=True)
+
+    every = Float(
+        5.0, min=0.0,
+        help="""Seconds between reads of the hub's figures (each renders the hub's whole
+        Prometheus registry, a few ms of the hub's CPU); 0 turns them off.""",
+    ).tag(config=True)
+
+    prefix = Unicode(
+        "jupyterhub",
+        help="The hub's metric name prefix (JupyterHub's ``JUPYTERHUB_METRICS_PREFIX``).",
+    ).tag(config=True)
+
+    timeout = Float(5.0, help="Seconds a read of the hub's figures may take.").tag(config=True)
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        if not self.url and os.environ.get("JUPYTERHUB_API_URL"):
+            self.url = os.environ["JUPYTERHUB_API_URL"].rstrip("/") + "/metrics"
+        self.prefix = os.environ.get("JUPYTERHUB_METRICS_PREFIX", self.prefix)
+        self._token = os.environ.get("JUPYTERHUB_API_TOKEN", "")
+        self._session = None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.every and self.url)
+
+    def read(self) -> dict:
+        """The hub's figures now (:func:`hub_figures`); raises with a sentence when the hub
+        does not answer or refuses."""
+        import requests
+
+        if self._session is None:
+            self._session = requests.Session()
+            self._session.headers["Authorization"] = f"token {self._token}"
+        try:
+            r = self._session.get(self.url, timeout=self.timeout)
+        except requests.RequestException as e:
+            raise OSError(f"the hub's metrics at {self.url} do not answer ({type(e).__name__})") from None
+        if r.status_code != 200:
+            raise OSError(f"the hub answered {r.status_code} for its metrics at {self.url}"
+                          + (" (does the service token have read:metrics?)" if r.status_code == 403 else ""))
+        return hub_figures(r.text, self.prefix)
