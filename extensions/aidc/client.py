@@ -69,7 +69,9 @@ class Client:
             raise PlatformError(_not_the_api(r))
         if r.status_code in (401, 403) and _is_bad_credentials(r, _body_message(r)):
             raise AuthenticationError(BAD_TOKEN)
-        raise error_for_status(r.status_code)(_message(r))
+        error = error_for_status(r.status_code)(_message(r))
+        error.status = r.status_code  # the refusal's own status (a relay answers with it)
+        raise error
 
     def get_json(self, path: str, **kw) -> Any:
         return self.json(self.request("GET", path, **kw))

@@ -17,6 +17,9 @@ answers with something that is not its API, is a 502 whose message says so.
 ``/aidc/v2/models/<path>`` reaches the models service's v2 inference endpoints
 (``/services/models/v2/models/<path>``) the same way, for the Models section's "try it".
 
+The routes are described by ``openapi.yaml`` beside this module, served at
+``/aidc/api/openapi.json`` (and ``.yaml``) on the server.
+
 A ``GET`` that accepts ``text/event-stream`` (the jobs service's live events) is streamed
 instead: a tornado HTTP client of the relay's own passes each chunk on as it arrives,
 with the same owner's token and the caller's ``Last-Event-ID``, so a long stream holds no
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 import requests
 from jupyter_server.base.handlers import APIHandler
@@ -38,6 +42,9 @@ from traitlets.config import LoggingConfigurable
 
 from ..client import Client
 from ..errors import AidcError, PlatformError, UsageError, status_for
+
+#: the API document of these routes, served at ``/aidc/api/openapi.json`` and ``.yaml``
+OPENAPI = Path(__file__).with_name("openapi.yaml")
 
 
 class LabRelay(LoggingConfigurable):
@@ -147,12 +154,13 @@ class RelayHandler(APIHandler):
         try:
             status, kind, body = await self.relay.call(self.request.method, service, path,
                                                        self.request.body or None, api)
-        except PlatformError as e:
-            self.log.warning("aidc panel: %s %s/%s failed: %s", self.request.method, service, path, e)
-            self._error(502, str(e))
-            return
         except AidcError as e:
-            self._error(status_for(e), str(e))
+            status = getattr(e, "status", None)  # the service's refusal (aidc.client), any 4xx
+            if isinstance(e, PlatformError) and not (status and status < 500):
+                self.log.warning("aidc panel: %s %s/%s failed: %s", self.request.method, service, path, e)
+                self._error(502, str(e))
+            else:
+                self._error(status if status and status < 500 else status_for(e), str(e))
             return
         self.set_status(status)
         if body:
@@ -265,6 +273,23 @@ class InferenceRelayHandler(RelayHandler):
         await self._relay("models", f"models/{path}", api="v2")
 
 
+class RelayOpenAPIHandler(APIHandler):
+    """``/aidc/api/openapi.(json|yaml)``: these routes' API document (``openapi.yaml`` beside
+    this module), as the services serve theirs (:class:`aidc.services.base.OpenAPIHandler`)."""
+
+    @web.authenticated
+    def get(self, ext: str) -> None:
+        import yaml
+
+        text = OPENAPI.read_text()
+        if ext == "yaml":
+            self.set_header("Content-Type", "application/yaml")
+            self.finish(text)
+        else:
+            self.set_header("Content-Type", "application/json")
+            self.finish(json.dumps(yaml.safe_load(text)))
+
+
 def setup_handlers(serverapp) -> None:
     """Add the panel's routes (:data:`default_handlers`, below the server's base URL) to
     ``serverapp``'s web application."""
@@ -276,6 +301,7 @@ def setup_handlers(serverapp) -> None:
 
 
 default_handlers = [
+    (r"aidc/api/openapi\.(json|yaml)", RelayOpenAPIHandler),
     (r"aidc/api/([a-z][a-z0-9-]*)/(.*)", RelayHandler),
     (r"aidc/v2/models/(.*)", InferenceRelayHandler),
 ]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import json
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from traitlets.config import LoggingConfigurable
 from ..artifacts import ArtifactStore
 from ..catalog import MODELS, CatalogReads, aliases_table, check_visibility, entries_table
 from ..db import make_engine, upgrade, utcnow
-from ..errors import ConflictError, NotFoundError
+from ..errors import ConflictError, NotFoundError, UsageError
 
 metadata = sa.MetaData()
 
@@ -173,6 +174,8 @@ class ModelRegistry(CatalogReads, LoggingConfigurable):
 
     def resolve(self, name: str, ref: int | str | None = "latest") -> int:
         """The version number ``ref`` (a number, ``latest``/None, or an alias) means now."""
+        if ref is not None and (isinstance(ref, bool) or not isinstance(ref, (int, str))):
+            raise UsageError(f"a version is a number, an alias or latest, not {json.dumps(ref)}")
         key = ("resolve", name, ref)
         number = self._cache.get(key)
         if number is None:

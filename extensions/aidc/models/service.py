@@ -7,6 +7,9 @@
                client (``tritonclient.http``) works with the prefix
                ``<hub>/services/models``.
 
+The API is described by ``openapi.yaml`` beside this module, served at
+``/api/openapi.json`` and ``/api/openapi.yaml``.
+
 Every route needs a hub token (or the hub's OAuth cookie). A model is seen and called by
 its owner, admins, and, by its ``visibility``, the owner's groups or everyone signed in;
 only its owner and admins add versions, move aliases and deploy.
@@ -17,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import math
 import os
 import shutil
 import sys
@@ -34,7 +38,9 @@ from .. import artifacts, roles
 from ..security.keys import Encryption, KeyRing
 from ..security.tally import CallTally
 from ..services.declare import ManagedService, python_command
-from ..services.base import ServiceApp, ServiceHandler, needs_role, run_service, signed_in
+from ..services.base import (
+    OpenAPIHandler, ServiceApp, ServiceHandler, needs_role, run_service, signed_in,
+)
 from ..services.fields import integer
 from ..services.visibility import owned, visible
 from . import registry as reg
@@ -48,6 +54,7 @@ from .registry import ModelRegistry
 from .sandbox import owner_account, process_options, stage
 
 MAX_INFER_BODY = 16 * 1024 * 1024
+OPENAPI = Path(__file__).with_name("openapi.yaml")
 
 
 def public_or_authenticated(method):
@@ -302,6 +309,8 @@ class DeploymentResource(ModelsHandler):
         number = self.registry.resolve(name, body.get("version", "latest"))
         canary = body.get("canary")
         canary_version, canary_weight = None, 0.0
+        if canary is not None and not isinstance(canary, dict):
+            raise UsageError('canary must be an object: {"version": V, "weight": 0.1}, or null')
         if canary:
             canary_version = self.registry.resolve(name, canary.get("version"))
             canary_weight = canary.get("weight", 0.1)
@@ -314,7 +323,8 @@ class DeploymentResource(ModelsHandler):
             "gpus": integer(body.get("gpus", old["gpus"] if old else 0), "gpus", 0, 8),
             "max_batch_size": integer(body.get("max_batch_size", old["max_batch_size"] if old else 32),
                                       "max_batch_size", 0, 1024),
-            "max_queue_delay_ms": float(body.get("max_queue_delay_ms", old["max_queue_delay_ms"] if old else 2.0)),
+            "max_queue_delay_ms": milliseconds(
+                body.get("max_queue_delay_ms", old["max_queue_delay_ms"] if old else 2.0), "max_queue_delay_ms"),
         }
         self.hold_gpus(name, model["owner"], dep["gpus"])
         await self.runner.apply(dep)
@@ -352,6 +362,14 @@ class DeploymentResource(ModelsHandler):
         self.finish()
 
 
+def milliseconds(value, name: str) -> float:
+    """``value`` if it is a finite number of milliseconds, 0 or more."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not math.isfinite(value) or value < 0:
+        raise UsageError(f"{name} must be a number of milliseconds, 0 or more, not {json.dumps(value)}")
+    return float(value)
+
+
 class DeploymentAction(ModelsHandler):
     """``rollback``: back to the version served before (or drop the canary); ``promote``: canary becomes primary."""
 
@@ -387,7 +405,8 @@ class V2Handler(ModelsHandler):
         message = kwargs.get("reason_message")
         exc = kwargs.get("exc_info", (None, None))[1]
         if message is None and isinstance(exc, web.HTTPError) and exc.log_message:
-            message = exc.log_message % exc.args if exc.args else exc.log_message
+            # with no args tornado keeps the message with each % doubled: undo it
+            message = exc.log_message % exc.args
         self.set_header("Content-Type", v2.JSON)
         self.finish(v2.error_body(message or self._reason))
 
@@ -506,6 +525,7 @@ ROUTES = [
     (r"/v2", V2Server),
     (r"/metrics", MetricsHandler),
     (r"/v2/models/([^/]+)(?:/versions/([^/]+))?(/ready|/infer)?", V2Model),
+    (r"/api/openapi\.(json|yaml)", OpenAPIHandler, {"document": OPENAPI}),
 ]
 
 

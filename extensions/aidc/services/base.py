@@ -257,7 +257,8 @@ class ServiceHandler(AppHubAuth, HubOAuthenticated, web.RequestHandler):
         if message is None and exc_info:
             exc = exc_info[1]
             if isinstance(exc, web.HTTPError) and exc.log_message:
-                message = exc.log_message % exc.args if exc.args else exc.log_message
+                # with no args tornado keeps the message with each % doubled: undo it
+                message = exc.log_message % exc.args
         if message is None:
             message = self._reason if status_code < 500 else "Internal error; see the service log."
         if status_code in (403, 404) and self._signed_in_model():
@@ -297,6 +298,16 @@ class OpenAPIHandler(ServiceHandler):
             self.finish(text)
         else:
             self.write_json(yaml.safe_load(text))
+
+
+class UnknownPathHandler(ServiceHandler):
+    """A URL none of the service's routes matches: a JSON 404 like every other refusal
+    (tornado's own is an HTML page, which API clients and the Lab panel's relay take for
+    a wrong platform address)."""
+
+    async def prepare(self):
+        await super().prepare()
+        raise web.HTTPError(404, f"the {service_name()} service has no {self.request.path}")
 
 
 ROOT_PAGE = """<!doctype html>
@@ -382,6 +393,7 @@ def make_app(routes: list[tuple], **settings) -> web.Application:
                 break
         settings.setdefault("service_about", _about_from_main())
     settings.setdefault("log_function", log_request)
+    settings.setdefault("default_handler_class", UnknownPathHandler)
     return web.Application(
         handlers, hub_auth=hub_auth, cookie_secret=os.urandom(32), **settings
     )

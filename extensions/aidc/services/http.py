@@ -85,10 +85,22 @@ class _BodyLimit(httputil.HTTPMessageDelegate):
         self.passed = False  # the application has the request (and has not been told it is gone)
         self.refused = False
         self.start_line = None
+        self.body_read = False
         connection.set_max_body_size = self._set_limit  # type: ignore[method-assign]
+        self._write_headers = connection.write_headers
+        connection.write_headers = self._closing_early  # type: ignore[method-assign]
 
     def _set_limit(self, limit: int) -> None:
         self.limit = limit
+
+    def _closing_early(self, start_line, headers, chunk=None):
+        """An answer given before the request's body was read (a streaming handler refusing
+        in ``prepare()``) says ``Connection: close``: tornado closes such a connection once
+        the body is in, and the hub's proxy, not told, could send its next request on it and
+        get a reset (its 503 page) instead of an answer."""
+        if not self.body_read:
+            headers["Connection"] = "close"
+        return self._write_headers(start_line, headers, chunk)
 
     def headers_received(self, start_line, headers):
         self.start_line = start_line
@@ -128,6 +140,7 @@ class _BodyLimit(httputil.HTTPMessageDelegate):
         return self.delegate.data_received(chunk)
 
     def finish(self):
+        self.body_read = True
         if not self.refused:
             self.delegate.finish()
             return
