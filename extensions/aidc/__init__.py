@@ -4,7 +4,8 @@ The package is organised one module per concept (see ``docs/architecture.md``):
 ``aidc.hub`` (JupyterHub side), ``aidc.security`` (audit events), ``aidc.services``
 (base for hub-managed services), ``aidc.client`` (the one client behind the Python
 API and the CLI) and ``aidc.cli`` (the ``aidc`` command), ``aidc.jobs`` (notebook jobs) and
-``aidc.record`` (metrics of the running job), ``aidc.data`` (datasets).
+``aidc.record`` (metrics of the running job), ``aidc.data`` (datasets), ``aidc.secrets``
+(secrets for jobs).
 
 The notebook API (``aidc.jobs.submit(...)``, ``aidc.models.deploy(...)``,
 ``aidc.data.get(...)``, ``aidc.gpus()``, ``aidc.record(...)``) is loaded on first use
@@ -25,11 +26,12 @@ _LAZY = {
     "data": ("aidc.data", None),
     "jobs": ("aidc.jobs", None),
     "models": ("aidc.models", None),
+    "secrets": ("aidc.secrets", None),
     "gpus": ("aidc.client", "gpus"),
     "record": ("aidc.jobs.metrics", "record"),
 }
 
-__all__ = ["data", "gpus", "jobs", "models", "record"]
+__all__ = ["data", "gpus", "jobs", "models", "record", "secrets"]
 
 
 def __getattr__(name: str):

@@ -19,6 +19,9 @@ def add_parser(sub, common) -> None:
 
     s = action("submit", "submit a notebook (path relative to your home)", submit)
     s.add_argument("path")
+    s.add_argument("--secret", action="append", default=[], metavar="NAME",
+                   help="one of your secrets (`aidc secrets set NAME`), given to the job as the "
+                   "environment variable NAME; repeat for more")
     _job_options(s)
     s.add_argument("-f", "--follow", action="store_true",
                    help="follow the job's output with a progress bar until it ends")
@@ -98,7 +101,7 @@ def _options(args) -> dict:
 
 
 def submit(args) -> int:
-    job = api.submit(args.path, parameters=_parameters(args), **_options(args))
+    job = api.submit(args.path, parameters=_parameters(args), secrets=args.secret, **_options(args))
     if args.json and not args.follow:
         print(json.dumps(job.data, indent=2))
         return 0

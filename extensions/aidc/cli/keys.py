@@ -41,6 +41,8 @@ def platform_keys(data_dir: str | None):
         return None, []
     models = app.config.ModelRegistry.get("artifacts_url") or str(d.root.resolve() / "models" / "artifacts")
     roots = [DatasetUploads(None, config=app.config, data_dir=str(d.root)).storage_url, models]
+    # users' secrets for jobs (aidc.jobs.secrets), under the key ring itself
+    roots.append(app.config.SecretStore.get("root") or str(d.root.resolve() / "jobs" / "secrets"))
     return keys, roots
 
 

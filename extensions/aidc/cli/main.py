@@ -12,9 +12,9 @@ import argparse
 import sys
 
 from ..errors import AidcError
-from . import audit, data, jobs, keys, models, server, token, up, user, whoami
+from . import audit, data, jobs, keys, models, secrets, server, token, up, user, whoami
 
-COMMANDS = (up, user, token, whoami, server, jobs, models, data, audit, keys)
+COMMANDS = (up, user, token, whoami, server, jobs, models, data, secrets, audit, keys)
 
 
 def build_parser() -> argparse.ArgumentParser:

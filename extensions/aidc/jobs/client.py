@@ -287,10 +287,16 @@ def _job_body(path: str, parameters: dict | None, gpus: int, timeout: float | No
 
 def submit(path: str, parameters: dict | None = None, gpus: int = 0, timeout: float | None = None,
            priority: int | None = None, *, cell_timeout: float | None = None,
-           retries: int | None = None, client: Client | None = None) -> Job:
-    """Run the notebook at ``path`` (relative to your home) as a job; returns at once."""
+           retries: int | None = None, secrets: list[str] | None = None,
+           client: Client | None = None) -> Job:
+    """Run the notebook at ``path`` (relative to your home) as a job; returns at once.
+
+    ``secrets``: names of your secrets (:mod:`aidc.secrets`) the job's kernel gets as
+    environment variables of the same names; what the job prints is redacted of them."""
     c = _client(client)
     body = _job_body(path, parameters, gpus, timeout, priority, cell_timeout, retries)
+    if secrets:
+        body["secrets"] = list(secrets)
     return Job(c.request("POST", f"{API}/jobs", json=body).json(), c)
 
 

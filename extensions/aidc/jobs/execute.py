@@ -30,6 +30,7 @@ from papermill.exceptions import PapermillExecutionError
 
 from .. import artifacts
 from .metrics import DATASET_MIME, MIME
+from ..security.redact import Redactor, StreamRedactor
 
 #: Dask event topic of job progress
 TOPIC = "aidc-jobs"
@@ -60,6 +61,9 @@ class _Attempt:
         self._buffer_name = "stdout"
         self._buffer_size = 0
         self._flushed = time.monotonic()
+        #: the job's secrets, replaced in everything it reports (aidc.security.redact)
+        self.redactor = Redactor(spec.get("secrets"))
+        self._stream = StreamRedactor(self.redactor)
 
     def stop(self, reason: str) -> None:
         if self.stop_reason is None:
@@ -74,17 +78,22 @@ class _Attempt:
     # -- streaming -------------------------------------------------------------------
     def stream(self, name: str, text: str) -> None:
         if name != self._buffer_name:
-            self.flush()
+            self.flush(end=True)
             self._buffer_name = name
         self._buffer.append(text)
         self._buffer_size += len(text)
         if self._buffer_size > 64 * 1024 or time.monotonic() - self._flushed > 0.2:
             self.flush()
 
-    def flush(self) -> None:
-        if self._buffer:
+    def flush(self, end: bool = False) -> None:
+        """Send what was printed; the end of a text that may begin a secret's value waits
+        for the next flush, unless ``end`` (the cell ended, or the other stream printed)."""
+        text = self._stream.feed("".join(self._buffer)) if self._buffer else ""
+        if end:
+            text += self._stream.release()
+        if text:
             self.emit({"type": "stream", "cell": self.cell, "name": self._buffer_name,
-                       "text": "".join(self._buffer)})
+                       "text": text})
         self._buffer, self._buffer_size = [], 0
         self._flushed = time.monotonic()
 
@@ -120,14 +129,16 @@ class _ReportingManager(NotebookExecutionManager):
         self.attempt.emit({"type": "cell_start", "cell": cell_index, "value": {"cells": len(self.nb.cells)}})
 
     def cell_complete(self, cell, cell_index=None, **kwargs):
+        _redact_split_streams(cell, self.attempt.redactor)  # before papermill saves the notebook
         super().cell_complete(cell, cell_index, **kwargs)
-        self.attempt.flush()
+        self.attempt.flush(end=True)
         status = cell.metadata.get("papermill", {}).get("status")
         self.attempt.emit({"type": "cell_end", "cell": cell_index, "status": status})
 
     def cell_exception(self, cell, cell_index=None, **kwargs):
+        _redact_split_streams(cell, self.attempt.redactor)
         super().cell_exception(cell, cell_index, **kwargs)
-        self.attempt.flush()
+        self.attempt.flush(end=True)
         for out in cell.outputs:
             if out.get("output_type") == "error":
                 self.attempt.emit({"type": "error", "cell": cell_index, "name": out.get("ename"),
@@ -140,6 +151,8 @@ class _JobNotebookClient(PapermillNotebookClient):
     def process_message(self, msg, cell, cell_index):
         attempt: _Attempt = self.nb_man.attempt
         kind = msg.get("msg_type")
+        if attempt.redactor:  # what the notebook keeps and the events say, without the secrets
+            msg["content"] = attempt.redactor.scrub(msg.get("content", {}))
         content = msg.get("content", {})
         if kind == "stream":
             text = content.get("text", "")
@@ -158,6 +171,36 @@ class _JobNotebookClient(PapermillNotebookClient):
             if isinstance(read, dict):
                 attempt.dataset(read)
         return super().process_message(msg, cell, cell_index)
+
+
+def _redact_split_streams(cell, redactor: Redactor) -> None:
+    """A secret printed in pieces (several stream outputs in a row, each without the whole
+    value): such a row of outputs becomes one output, redacted. Each output by itself was
+    redacted as it arrived."""
+    if not redactor or not cell.get("outputs"):
+        return
+    outputs, row = [], []
+
+    def close_row() -> None:
+        if len(row) > 1:
+            joined = "".join(o["text"] for o in row)
+            redacted = redactor.text(joined)
+            if redacted != joined:
+                row[0]["text"] = redacted
+                del row[1:]
+        outputs.extend(row)
+        row.clear()
+
+    for out in cell.outputs:
+        if out.get("output_type") == "stream" and isinstance(out.get("text"), str):
+            if row and row[-1].get("name") != out.get("name"):
+                close_row()
+            row.append(out)
+        else:
+            close_row()
+            outputs.append(out)
+    close_row()
+    cell.outputs = outputs
 
 
 class AidcEngine(NBClientEngine):
@@ -212,6 +255,8 @@ def kernel_env(spec: dict, home: str, user: str) -> dict[str, str]:
         "CUDA_VISIBLE_DEVICES": spec.get("visible_devices") or "",
         "NVIDIA_VISIBLE_DEVICES": spec.get("visible_devices") or "void",
     }
+    for name, value in (spec.get("secrets") or {}).items():  # the owner's secrets the job names
+        env.setdefault(name, value)
     if spec.get("threads"):  # one share of the host's cores (JobManager.kernel_threads)
         for name in THREAD_VARIABLES:
             env[name] = str(spec["threads"])
@@ -230,7 +275,8 @@ def run_job(spec: dict) -> dict:
 
     ``spec``: ``job_id``, ``attempt``, ``input_url``, ``output_url``, ``parameters``,
     ``cwd``, ``home``, ``run_as`` (Unix name or None), ``visible_devices``,
-    ``timeout``, ``cell_timeout``, ``kernel_name``.
+    ``timeout``, ``cell_timeout``, ``kernel_name``, ``secrets`` (name -> value: the kernel's
+    environment gets them; everything the attempt reports is redacted of them).
     """
     from distributed import get_worker
 
@@ -240,7 +286,8 @@ def run_job(spec: dict) -> dict:
     job_id = spec["job_id"]
 
     def emit(event: dict) -> None:
-        worker.log_event(TOPIC, {"job": job_id, "attempt": spec["attempt"], **event})
+        worker.log_event(TOPIC, {"job": job_id, "attempt": spec["attempt"],
+                                 **attempt.redactor.scrub(event)})
 
     attempt = _Attempt(spec, emit)
     with _running_lock:
@@ -310,7 +357,7 @@ def run_job(spec: dict) -> dict:
         _finish_output(local_output, output_url, run_as)
         outcome.update(metrics=attempt.metrics, series=attempt.series,
                        output=os.path.exists(local_output))
-        return outcome
+        return attempt.redactor.scrub(outcome)
     finally:
         if timer:
             timer.cancel()

@@ -37,6 +37,7 @@ from ..services.fields import integer, seconds
 from . import notebooks, parameters
 from .artifacts import ArtifactStore
 from .execute import TOPIC, run_job, stop_job
+from ..security.redact import Redactor, SecretValues
 from .store import CANCELLED, COMPLETED, FAILED, FINAL, QUEUED, RUNNING, JobStore
 from .views import job_view, sweep_view
 
@@ -119,8 +120,13 @@ class JobManager(LoggingConfigurable):
 
     def __init__(self, store: JobStore, artifacts: ArtifactStore, ledger: GPULedger,
                  data_dir: str, url: str | None = None, capacity=None, tokens=None,
-                 threads=None, **kwargs):
+                 threads=None, secrets=None, **kwargs):
         super().__init__(**kwargs)
+        #: SecretStore: the owners' secrets a job may name (None: jobs may name none)
+        self.secrets = secrets
+        #: job id -> the Redactor of its running attempt's secrets (what it reports is redacted
+        #: here again before it is stored, whatever the worker did)
+        self._redactors: dict[str, Redactor] = {}
         #: callable: the cluster's choice of kernel threads when kernel_threads is 0 (or None)
         self.threads = threads
         #: JobTokens: each attempt's own hub token of the job's owner (None: jobs get no token)
@@ -202,7 +208,8 @@ class JobManager(LoggingConfigurable):
     # -- submit ---------------------------------------------------------------------
     def prepare(self, owner: str, body: dict) -> tuple[dict, nbformat.NotebookNode, notebooks.Owner]:
         """Validate a submission; every mistake is a UsageError naming what to fix."""
-        allowed = {"path", "parameters", "gpus", "timeout", "cell_timeout", "priority", "retries"}
+        allowed = {"path", "parameters", "gpus", "timeout", "cell_timeout", "priority", "retries",
+                   "secrets"}
         unknown = set(body) - allowed
         if unknown:
             raise UsageError(f"unknown field(s) {', '.join(sorted(unknown))}; a job takes {', '.join(sorted(allowed))}")
@@ -226,6 +233,7 @@ class JobManager(LoggingConfigurable):
             "priority": integer(body.get("priority", 0), "priority", minimum=-1000, maximum=1000),
             "retries": integer(body.get("retries", self.default_retries), "retries", minimum=0,
                             maximum=self.max_retries),
+            "secrets": self._secret_names(owner, body.get("secrets")),
         }
         if notes:
             spec["notes"] = notes  # recorded as the job's "notice" events, not a column
@@ -253,6 +261,31 @@ class JobManager(LoggingConfigurable):
         self._first_job()
         self.wake()
         return job
+
+    def _secret_names(self, owner: str, names) -> list[str]:
+        if self.secrets is None:
+            if names:
+                raise UsageError("this platform's jobs service keeps no secrets")
+            return []
+        return self.secrets.check_names(owner, names)
+
+    def _secret_values(self, job: dict, attempt: int) -> dict[str, str]:
+        """The values of the secrets ``job`` names, read now (so a retry, also after a
+        restart of this service, gets them again; never stored with the job); each read audited."""
+        values = {}
+        for name in job.get("secrets") or []:
+            target = f"{job['owner']}/{name}"
+            read = {"actor": job["owner"], "action": "read", "target": target, "job": job["id"],
+                    "attempt": attempt}
+            try:
+                if self.secrets is None:
+                    raise UsageError("this platform's jobs service keeps no secrets")
+                values[name] = self.secrets.value(job["owner"], name)
+            except AidcError as e:
+                audit.record("secret", result="failure", reason=str(e)[:500], **read)
+                raise
+            audit.record("secret", result="success", **read)
+        return values
 
     def _first_job(self) -> None:
         if self.on_first_job is not None:
@@ -456,7 +489,10 @@ class JobManager(LoggingConfigurable):
                 if current["cancel_requested"]:
                     self._finish(current, CANCELLED, None)
                     return
-                future = self.client.submit(run_job, {**spec, "token": token},
+                secrets = SecretValues(self._secret_values(job, attempt))
+                if secrets:
+                    self._redactors[job_id] = Redactor(secrets)
+                future = self.client.submit(run_job, {**spec, "token": token, "secrets": secrets},
                                             key=f"aidc-job-{job_id}-{attempt}", pure=False)
                 self._futures[job_id] = future
             except asyncio.CancelledError:
@@ -471,6 +507,7 @@ class JobManager(LoggingConfigurable):
             except Exception as e:  # a bug while following: still end the job, with the reason
                 self._launch_failed(job, attempt, e, doing="could not be followed on the cluster")
         finally:
+            self._redactors.pop(job_id, None)
             if token is not None:
                 await self._revoke(job["owner"], job_id)
 
@@ -490,6 +527,8 @@ class JobManager(LoggingConfigurable):
             outcome, lost = None, f"the worker running the job died ({type(e).__name__})"
         finally:
             self._futures.pop(job_id, None)
+        if job_id in self._redactors:
+            outcome = self._redactors[job_id].scrub(outcome)
         job = self.store.job(job_id)
         if job["status"] != RUNNING or job["attempt"] != attempt:
             return  # already decided (cancel after grace, restart)
@@ -583,6 +622,8 @@ class JobManager(LoggingConfigurable):
         if job["attempt"] != msg.get("attempt") or job["status"] != RUNNING:
             return
         item = {k: msg.get(k) for k in ("type", "cell", "name", "text", "value", "status")}
+        if job["id"] in self._redactors:
+            item = self._redactors[job["id"]].scrub(item)
         self.store.add_events(job["id"], [item])
         if item["type"] == "cell_start":
             cells = (item.get("value") or {}).get("cells") or job["cells"]

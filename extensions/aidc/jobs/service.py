@@ -7,7 +7,9 @@ Who may do what (the caller's aidc role, from their hub groups):
 * a viewer reads ``/api/summary`` (counts) and ``/api/stats`` (what jobs did over a range:
   durations, queue waits, failures by reason, recent jobs with their recorded metrics;
   no notebook contents) and nothing else; a scientist's ``/api/stats`` lists their own
-  recent jobs only.
+  recent jobs only;
+* secrets (``/api/secrets``) are each user's own, admins included: names and times are
+  listed, a value is only ever written (:mod:`aidc.jobs.secrets`).
 
 The API is described by ``openapi.yaml`` beside this module, served at
 ``/api/openapi.json`` and ``/api/openapi.yaml``. Live progress is
@@ -43,6 +45,7 @@ from ..services.visibility import visible
 from . import notebooks, parameters
 from .artifacts import ArtifactStore
 from .manager import JobManager
+from .secrets import SecretStore, secret_view
 from .store import FINAL, QUEUED, RUNNING, JobStore
 from .tokens import JobTokens
 from .views import event_view, schedule_view, stats_view
@@ -296,6 +299,38 @@ class ScheduleResource(JobsHandler):
         self.write_json(schedule_view(self.manager.set_paused(schedule_id, action == "pause")))
 
 
+class SecretsCollection(JobsHandler):
+    """The caller's own secrets: names and times, never a value (``aidc secrets list``)."""
+
+    @scientist
+    def get(self):
+        found = self.manager.secrets.find(self.user_name)
+        self.write_json({"secrets": [secret_view(r) for r in found]})
+
+
+class SecretResource(JobsHandler):
+    """One of the caller's secrets: ``PUT {"value": ...}`` sets it, ``GET`` its name and times,
+    ``DELETE`` removes it. Secrets are per user: another user's of the same name is a 404."""
+
+    @scientist
+    def get(self, name):
+        self.write_json(secret_view(self.manager.secrets.get(self.user_name, name)))
+
+    @scientist
+    def put(self, name):
+        row, created = self.manager.secrets.put(self.user_name, name, self.json_body().get("value"))
+        self.audit("secret", "set", f"{self.user_name}/{name}",
+                   reason="created" if created else "replaced")
+        self.write_json(secret_view(row), status=201 if created else 200)
+
+    @scientist
+    def delete(self, name):
+        self.manager.secrets.delete(self.user_name, name)
+        self.audit("secret", "delete", f"{self.user_name}/{name}")
+        self.set_status(204)
+        self.finish()
+
+
 class ClusterHandler(JobsHandler):
     @needs_role(roles.ADMIN, refused="only admins see the jobs cluster")
     def get(self):
@@ -320,6 +355,8 @@ ROUTES = [
     (r"/api/schedules", SchedulesCollection),
     (r"/api/schedules/([^/]+)", ScheduleResource),
     (r"/api/schedules/([^/]+)/(pause|resume)", ScheduleResource),
+    (r"/api/secrets", SecretsCollection),
+    (r"/api/secrets/([^/]+)", SecretResource),
     (r"/api/cluster", ClusterHandler),
     (r"/api/openapi\.(json|yaml)", OpenAPIHandler, {"document": OPENAPI}),
 ]
@@ -333,7 +370,8 @@ class JobsApp(ServiceApp):
     @property
     def classes(self):
         from .cluster import JobCluster
-        return [JobManager, JobStore, ArtifactStore, JobCluster, GPULedger, JobTokens]
+        return [JobManager, JobStore, ArtifactStore, JobCluster, GPULedger, JobTokens,
+                SecretStore]
 
 
 def main() -> None:
@@ -346,12 +384,15 @@ def main() -> None:
     data_dir = app.data_dir
     store = JobStore(config=app.config, data_dir=data_dir)
     artifact_store = ArtifactStore(config=app.config)
+    secrets = SecretStore(store, config=app.config, data_dir=data_dir)
+    secrets.encrypt_at_rest(app.config)
     ledger = open_ledger(data_dir, config=app.config)
     cluster = JobCluster(config=app.config)
     manager = JobManager(store, artifact_store, ledger, data_dir, url=os.environ.get("AIDC_URL"),
                          capacity=lambda: cluster.describe().get("threads") or 0,
                          threads=cluster.kernel_threads,
-                         tokens=JobTokens(config=app.config), config=app.config)
+                         tokens=JobTokens(config=app.config), secrets=secrets,
+                         config=app.config)
     # aidc decides about retries itself (attempts, back-off, reasons): an embedded
     # scheduler must not silently re-run a task whose worker died
     dask.config.set({"distributed.scheduler.allowed-failures": 0})

@@ -59,6 +59,8 @@ jobs = sa.Table(
     sa.Column("series", sa.JSON, nullable=False, default=dict),
     sa.Column("input_url", sa.Text),
     sa.Column("output_url", sa.Text),
+    # the names of the owner's secrets the job's kernel gets (never their values)
+    sa.Column("secrets", sa.JSON, nullable=False, default=list),
 )
 
 events = sa.Table(
@@ -99,6 +101,16 @@ schedules = sa.Table(
     sa.Column("last_job", sa.String(32)),
     sa.Column("last_error", sa.Text),
     sa.Column("created", sa.DateTime, nullable=False),
+)
+
+#: the secrets users keep for their jobs: names and times here, values encrypted in files
+#: (:mod:`aidc.jobs.secrets`)
+job_secrets = sa.Table(
+    "aidc_job_secrets", metadata,
+    sa.Column("owner", sa.String(255), primary_key=True),
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("created", sa.DateTime, nullable=False),
+    sa.Column("updated", sa.DateTime, nullable=False),
 )
 
 

@@ -33,6 +33,7 @@ def job_view(job: dict, *, position: int | None, datasets: list[dict], waiting: 
         "waiting": waiting,
         "notices": notices,
         "cancel_requested": bool(job["cancel_requested"]),
+        "secrets": list(job.get("secrets") or []),  # names: a value never leaves the service
     }
 
 
