@@ -21,6 +21,9 @@ What it does
    collector's real snapshot and 15 minutes of real history from the store above
    (``api/current``, ``api/history``, ``api/queue``, the jobs summary). No hub sign-in.
 
+5. The jobs service's ``api/stats`` over 24 h with ``--jobs`` jobs stored: its aggregates in
+   SQL against reading every job of the range (how it was done before).
+
 Goals (issue 16): collector under 1 % of one core at 1 Hz with 8 GPUs and 50 holders;
 a 24 h history query at 1 min step under 50 ms; a dashboard's first render with a
 preheated kernel at most 0.3 s (ratio to cold Voila printed).
@@ -53,6 +56,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=200)
     ap.add_argument("--queries", type=int, default=20)
     ap.add_argument("--render-rounds", type=int, default=5, help="page views per Voila; 0: skip")
+    ap.add_argument("--jobs", type=int, default=100_000, help="jobs in the store for the jobs API's stats; 0: skip")
     ap.add_argument("--refill", type=float, default=12.0,
                     help="seconds for the preheated pool to refill between views")
     args = ap.parse_args()
@@ -126,6 +130,9 @@ def main() -> None:
           f"load average {os.getloadavg()[0]:.2f})")
     print(f"goal: 24 h history query at 1 min < 50 ms: {'PASS' if median < 0.05 else 'FAIL'}")
 
+    if args.jobs:
+        job_stats(args, tmp)
+
     if args.render_rounds:
         # 15 minutes of real samples of these GPUs, as the collector records them
         from aidc.monitor.collect import rows_of
@@ -134,6 +141,70 @@ def main() -> None:
         for i in range(900):
             store.record(end - 900 + i, rows_of(collector.latest))
         dashboard_render(args, tmp, collector, store)
+
+
+def job_stats(args, tmp: Path) -> None:
+    """The jobs service's ``GET /api/stats`` over the last 24 h with ``--jobs`` jobs in its
+    store, a tenth of them in the range: the store's aggregates in SQL (what the service
+    runs) against reading every job of the range and counting in Python (what it did)."""
+    import datetime as dt
+
+    from aidc.jobs.store import JobStore, jobs
+    from aidc.jobs.views import failure_reason, stats_view
+
+    store = JobStore(db_url=f"sqlite:///{tmp / 'jobs.sqlite'}", data_dir=str(tmp))
+    now = time.time()
+    base = dt.datetime.fromtimestamp(now, dt.UTC).replace(tzinfo=None)
+    rows = []
+    for i in range(args.jobs):
+        # 90 % finished over the 30 days before the range, the rest within the last day
+        ago = 86400 * (1 + 29 * i / args.jobs) if i % 10 else 86400 * (i / args.jobs)
+        created = base - dt.timedelta(seconds=ago)
+        status = ("completed", "failed", "cancelled")[i % 7 % 3] if i % 50 else "queued"
+        finished = None if status == "queued" else created + dt.timedelta(seconds=120)
+        rows.append({"id": f"j-{i:012x}", "owner": f"user{i % 40}", "groups": [], "path": f"work/n{i % 9}.ipynb",
+                     "parameters": {"lr": 0.01, "epochs": i % 5}, "gpus": i % 2, "priority": 0, "retries": 0,
+                     "attempt": 1, "status": status, "created": created, "updated": created,
+                     "started": created + dt.timedelta(seconds=5) if status != "queued" else None,
+                     "finished": finished, "cancel_requested": False, "units": [],
+                     "error": f"cell {i % 4} raised ValueError: row {i}" if status == "failed" else None,
+                     "metrics": {"loss": 0.1}, "series": {"loss": [[s, 1 / (s + 1)] for s in range(20)]}})
+    with store.engine.begin() as c:
+        c.execute(jobs.insert(), rows)
+    start, end = now - 86400, now
+    begin, until = (dt.datetime.fromtimestamp(t, dt.UTC).replace(tzinfo=None) for t in (start, end))
+
+    def in_sql():
+        return stats_view(store.stats_between(begin, until), start, end, now)
+
+    def every_row():  # the former way: every job of the range read, then counted
+        with store.engine.connect() as c:
+            found = [dict(r._mapping) for r in c.execute(
+                jobs.select().where(jobs.c.created < until,
+                                    (jobs.c.finished.is_(None)) | (jobs.c.finished >= begin)))]
+        finished: dict = {}
+        for j in found:
+            if j["finished"] and begin <= j["finished"] < until:
+                finished[j["status"]] = finished.get(j["status"], 0) + 1
+                if j["status"] == "failed":
+                    failure_reason(j["error"])
+        return finished
+
+    def timed(call) -> float:
+        times = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+    sql, rows_read = timed(in_sql), timed(every_row)
+    answer = in_sql()
+    print(f"jobs api/stats over 24 h, {args.jobs} jobs stored ({sum(answer['finished'].values())} finished in "
+          f"the range, {answer['waiting_now']['count']} queued): aggregates in SQL median {sql * 1000:.1f} ms, "
+          f"every job of the range read {rows_read * 1000:.1f} ms ({rows_read / sql:.1f}x; load average "
+          f"{os.getloadavg()[0]:.2f})")
+    store.engine.dispose()
 
 
 def free_port() -> int:

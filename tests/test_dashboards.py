@@ -78,10 +78,11 @@ def test_per_user_rows_follow_the_viewers_role_and_latency_quantiles_come_from_b
     assert quantile([], 0.5) is None
 
 
-def test_the_jobs_and_queue_sections_show_a_scientist_aggregates_but_only_their_own_jobs():
+def test_the_jobs_and_queue_sections_show_a_scientist_aggregates_but_only_their_own_jobs(tmp_path):
     import datetime as dt
 
-    from aidc.dashboards.panels import job_times, queue, recent_jobs
+    from aidc.dashboards.panels import hub_activity, job_times, queue, recent_jobs
+    from aidc.jobs.store import JobStore
     from aidc.jobs.views import stats_view
 
     now = time.time()
@@ -97,27 +98,50 @@ def test_the_jobs_and_queue_sections_show_a_scientist_aggregates_but_only_their_
 
     jobs = [job("j-queued", "ann", "queued", 30),
             job("j-bob", "bob", "failed", 600, 590, 500, error="cell 2 raised ValueError: bob's secret value"),
-            job("j-ann", "ann", "completed", 900, 860, 800, series={"loss": [[0, 1.0], [1, 0.5], [2, 0.25]]})]
-    stats = stats_view(jobs, now - 3600, now, now, recent=jobs)
+            job("j-bob2", "bob", "failed", 700, 690, 650, error="cell 1 raised ValueError: another text"),
+            job("j-ann", "ann", "completed", 900, 860, 800, series={"loss": [[0, 1.0], [1, 0.5], [2, 0.25]]}),
+            job("j-old", "ann", "completed", 9000, 8000, 7000)]  # finished before the range
+    store = JobStore(db_url=f"sqlite:///{tmp_path / 'jobs.sqlite'}", data_dir=str(tmp_path))
+    for j in jobs:
+        store.insert_job(**j)
+    begin, until = at(3600), at(0)
+    stats = stats_view(store.stats_between(begin, until, recent=3), now - 3600, now, now)
     assert stats["durations"]["p50"] == pytest.approx(60) and stats["queue_waits"]["max"] == pytest.approx(40)
-    assert stats["failures"] == [{"reason": "raised ValueError", "count": 1}]
+    assert stats["failures"] == [{"reason": "raised ValueError", "count": 2}]
+    assert stats["finished"] == {"completed": 1, "failed": 2, "cancelled": 0}
+    assert [j["id"] for j in stats["recent"]] == ["j-queued", "j-bob", "j-bob2"]  # the newest 3
+    # the counts are the database's, whatever share of the rows the percentiles read
+    bounded = stats_view(store.stats_between(begin, until, window=1), now - 3600, now, now)
+    assert bounded["queue_waits"]["count"] == 3 and bounded["queue_waits"]["max"] == pytest.approx(10)
+    mine = store.stats_between(begin, until, owner="ann")["recent"]
+    assert [j["id"] for j in mine] == ["j-queued", "j-ann"]
+    store.engine.dispose()
+    stats = stats_view(store.stats_between(begin, until), now - 3600, now, now)
     answers = {"api/stats": stats, "api/summary": {"counts": {}, "queued": 1, "running_gpus": 0},
                "api/queue": {"queue": [
-                   {"position": 1, "kind": "whole", "count": 4, "holder_kind": "job", "holder": "job:j-b2", "owner": "bob"},
+                   {"position": 1, "kind": "whole", "count": 4, "holder_kind": "job", "holder": "job:j-b2", "owner": "bob",
+                    "waited": 95.0},
                    {"position": 2, "kind": "whole", "count": 2, "holder_kind": "job", "holder": "job:j-queued",
-                    "owner": "ann"}]}}
+                    "owner": "ann", "waited": 30.0}]},
+               # the hub's own figures, as the metrics service read them from JupyterHub's
+               "api/current": {"time": now, "gpus": [], "hub": {
+                   "users": 12, "running_servers": 3, "active_users": {"24h": 5},
+                   "spawns": {"success": {"count": 4, "sum": 26.0, "buckets": [["5.0", 2], ["10.0", 4], ["+Inf", 4]]},
+                              "failure": {"count": 1, "sum": 300.0, "buckets": [["+Inf", 1]]}}}},
+               "api/history": {"series": [{"labels": {}, "points": [[now - 60, 2], [now - 30, 3]]}]}}
 
     class Canned(Sources):
         def json(self, service, path, **params):
             return answers[path]
 
-    d = dashpage.Dashboard("Jobs", [job_times, recent_jobs, queue], sources=Canned(base_url="http://x", token="t"))
+    d = dashpage.Dashboard("Jobs", [job_times, recent_jobs, queue, hub_activity],
+                           sources=Canned(base_url="http://x", token="t"))
     d.viewer = Viewer("ann", "scientist", ("scientist",))
     d.refresh()
-    times, recent, waiting = (d.html_of(i) for i in range(3))
+    times, recent, waiting, hub = (d.html_of(i) for i in range(4))
     assert "aidc-down" not in times + recent + waiting
     # the failure's reason, not its text; no notebook folder; of the recent jobs, ann's own
-    assert "raised ValueError: 1" in times and "secret" not in times + recent
+    assert "raised ValueError: 2" in times and "secret" not in times + recent
     assert "private-folder" not in recent and "train.ipynb" in recent
     assert "j-ann" in recent and "j-queued" in recent and "j-bob" not in recent and "bob" not in recent
     # ann's training curve, a live chart of the recorded series over its steps
@@ -127,8 +151,14 @@ def test_the_jobs_and_queue_sections_show_a_scientist_aggregates_but_only_their_
         (["loss"], [0.0, 1.0, 2.0], [1.0, 0.5, 0.25])]
     d.refresh()  # a refresh updates the same chart
     assert [c for c in d.parts[1].children if isinstance(c, LiveLines)] == [curve]
-    # the GPU queue: bob's place without his name, ann's with her job
+    # the GPU queue: bob's place without his name, ann's with her job, and how long each waits
     assert "ann (job:j-queued)" in waiting and "someone else" in waiting and "bob" not in waiting
+    assert "<td>1 min 35 s</td>" in waiting and "<td>30.0 s</td>" in waiting
+    # the hub: users, active users, running servers, and spawn times from the hub's buckets
+    cells = re.findall(r"<td>([^<]*)</td>", hub)
+    assert cells == ["12", "5", "3", "4", "1", "5.0 s", "9.0 s", "6.5 s"], cells
+    [servers] = [c for c in d.parts[3].children if isinstance(c, LiveLines)]
+    assert [list(m.y) for m in servers.figure.marks] == [[2.0, 3.0]]
 
 
 # -- in the browser, on the session platform ---------------------------------------------
@@ -271,8 +301,14 @@ def test_a_viewer_lands_on_the_dashboards_and_sees_every_dashboard_with_data(pla
                     since = ticks.all_text_contents()
                     page.select_option("select", label="Last 5 minutes")
                     poll(lambda: ticks.all_text_contents(), lambda t: t != since, timeout=30)
-                    # who waits for GPUs, for how many
-                    assert f"{holder.name} (job:{waiting['id']})" in page.inner_text(".aidc-gpu-queue")
+                    # who waits for GPUs, for how many, and for how long
+                    row = page.locator(".aidc-gpu-queue tr", has_text=f"job:{waiting['id']}").first
+                    cells = row.inner_text().split("\t")
+                    assert cells[4] == f"{holder.name} (job:{waiting['id']})" and cells[5].endswith(" s"), cells
+                    # the hub's own figures: its users (at least this test's three) and running servers
+                    hub = page.locator(".aidc-hub tbody td").all_inner_texts()
+                    assert len(hub) == 8 and int(hub[0]) >= 3, hub
+                    assert page.locator(".aidc-live", has_text="Running user servers").count() == 1
                     result = kernel_ignores_execute_request(page, marker)
                     assert not marker.exists()
                     assert all(parent != result["exec_id"] for _, parent in result["seen"]), result

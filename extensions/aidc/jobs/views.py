@@ -13,7 +13,7 @@ import re
 import statistics
 
 from ..db import iso
-from .store import COMPLETED, FAILED, FINAL, QUEUED, RUNNING, STATUSES
+from .store import COMPLETED, FAILED, FINAL, STATUSES
 
 
 def job_view(job: dict, *, position: int | None, datasets: list[dict], waiting: str | None,
@@ -99,46 +99,44 @@ def _epoch(value: dt.datetime | None) -> float | None:
     return value.replace(tzinfo=dt.UTC).timestamp() if value else None
 
 
-def _spread(values: list[float]) -> dict:
-    """Count, median, 90th percentile and maximum (seconds), or only the count when none."""
+def _spread(values: list[float], count: int | None = None) -> dict:
+    """Count, median, 90th percentile and maximum (seconds), or only the count when none;
+    ``count``: how many there are in all when ``values`` are a bounded window of them."""
     if not values:
-        return {"count": 0, "p50": None, "p90": None, "max": None}
+        return {"count": count or 0, "p50": None, "p90": None, "max": None}
     ordered = sorted(values)
-    return {"count": len(ordered), "p50": statistics.median(ordered),
+    return {"count": len(ordered) if count is None else count, "p50": statistics.median(ordered),
             "p90": ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))], "max": ordered[-1]}
 
 
-def stats_view(jobs: list[dict], start: float, end: float, now: float, recent: list[dict]) -> dict:
-    """What the jobs of ``[start, end)`` (epoch seconds) did, for dashboards and viewers:
-    jobs finished in the range by status, durations of completed runs, queue waits of runs
-    started in the range and of jobs queued now, failures by reason, and the jobs of
-    ``recent`` (those the caller may list) with their recorded metrics and series. No notebook contents: a job is its
-    notebook's file name, its figures and its reason, not its parameters or error text."""
-    finished = {s: 0 for s in STATUSES if s in FINAL}
-    durations, waits, waiting, reasons = [], [], [], {}
-    for j in jobs:
-        created, started, ended = _epoch(j["created"]), _epoch(j["started"]), _epoch(j["finished"])
-        if ended is not None and start <= ended < end and j["status"] in finished:
-            finished[j["status"]] += 1
-            if j["status"] == COMPLETED and started is not None:
-                durations.append(ended - started)
-            if j["status"] == FAILED:
-                reason = failure_reason(j["error"])
-                reasons[reason] = reasons.get(reason, 0) + 1
-        if started is not None and start <= started < end:
-            waits.append(max(0.0, started - created))
-        if j["status"] == QUEUED:
-            waiting.append(max(0.0, now - created))
+def stats_view(agg: dict, start: float, end: float, now: float) -> dict:
+    """What the jobs of ``[start, end)`` (epoch seconds) did, for dashboards and viewers,
+    from :meth:`aidc.jobs.store.JobStore.stats_between`'s aggregates: jobs finished in the
+    range by status, durations of completed runs, queue waits of runs started in the range
+    and of jobs queued now, failures by reason, and the recent jobs (those the caller may
+    list) with their recorded metrics and series. Counts are exact; the percentiles are of
+    the newest runs and starts and the oldest queued jobs the store hands over. No notebook
+    contents: a job is its notebook's file name, its figures and its reason, not its
+    parameters or error text."""
+    finished = {s: int(agg["finished"].get(s, 0)) for s in STATUSES if s in FINAL}
+    reasons: dict[str, int] = {}
+    for error, n in agg["errors"]:
+        reason = failure_reason(error)
+        reasons[reason] = reasons.get(reason, 0) + int(n)
+    durations = [_epoch(ended) - _epoch(started) for started, ended in agg["runs"]]
+    waits = [max(0.0, _epoch(started) - _epoch(created)) for created, started in agg["starts"]]
+    waiting = [max(0.0, now - _epoch(created)) for created in agg["queued"]]
+    counts = agg["counts"]
     return {
         "start": iso(dt.datetime.fromtimestamp(start, dt.UTC).replace(tzinfo=None)),
         "end": iso(dt.datetime.fromtimestamp(end, dt.UTC).replace(tzinfo=None)),
         "finished": finished,
-        "running": sum(1 for j in jobs if j["status"] == RUNNING),
-        "durations": _spread(durations),
-        "queue_waits": _spread(waits),
-        "waiting_now": _spread(waiting),
+        "running": agg["running"],
+        "durations": _spread(durations, counts["runs"]),
+        "queue_waits": _spread(waits, counts["starts"]),
+        "waiting_now": _spread(waiting, counts["queued"]),
         "failures": [{"reason": r, "count": n} for r, n in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))],
-        "recent": [job_stat_view(j, now) for j in recent],
+        "recent": [job_stat_view(j, now) for j in agg["recent"]],
     }
 
 
