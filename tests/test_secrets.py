@@ -24,6 +24,8 @@ from aidc.jobs.store import JobStore
 from aidc.security import crypto
 from aidc.security.redact import Redactor, StreamRedactor
 from jobs_helpers import jobs_api, notebook, put, wait, wait_service
+from mocking import FakeDaskClient
+from test_jobs_manager import jobs  # noqa: F401  (the fixture: a jobs service's parts, in-process)
 
 LEAKY = notebook(
     "import base64, hashlib, json, os, sys, time\n"
@@ -113,6 +115,30 @@ def test_values_are_encrypted_per_owner_and_name_and_rewrapped_by_key_rotation(t
             store.value("bob", "TOKEN")
     finally:
         artifacts._ENCRYPTED.pop(store.root, None)
+
+
+async def test_each_attempt_reads_the_secret_again_also_after_a_restart(jobs):  # noqa: F811
+    store = SecretStore(jobs.store, data_dir=str(jobs.data_dir))
+    store.put("alice", "TOKEN", "first-value")
+    (await jobs.start()).secrets = store
+    job_id = jobs.submit(secrets=["TOKEN"], retries=2)
+    spec = (await jobs.task(job_id, 1)).spec
+    assert spec["secrets"] == {"TOKEN": "first-value"} and "first-value" not in repr(spec)
+    assert jobs.job(job_id)["secrets"] == ["TOKEN"]
+    assert "first-value" not in json.dumps(jobs.store.job(job_id), default=str)
+    # the service restarts: the attempt is retried with the value read again (replaced meanwhile)
+    store.put("alice", "TOKEN", "second-value")
+    (await jobs.restart(FakeDaskClient())).secrets = store
+    jobs.clock.advance(2)
+    assert (await jobs.task(job_id, 2)).spec["secrets"] == {"TOKEN": "second-value"}
+    # deleted while the job waits for its next attempt: that attempt cannot start, and says why
+    store.delete("alice", "TOKEN")
+    jobs.client.lose_worker()
+    await jobs.status(job_id, "queued")
+    jobs.clock.advance(4)
+    done = await jobs.status(job_id, "failed")
+    assert "the secret 'TOKEN' no longer exists" in done["error"], done["error"]
+    assert jobs.client.tasks_of(job_id) and all(t.attempt == 2 for t in jobs.client.tasks_of(job_id))
 
 
 @pytest.fixture(scope="module")

@@ -302,12 +302,15 @@ def submit(path: str, parameters: dict | None = None, gpus: int = 0, timeout: fl
 
 def sweep(path: str, grid: dict[str, list], metric: str | None = None, mode: str = "max",
           parameters: dict | None = None, gpus: int = 0, timeout: float | None = None,
-          priority: int | None = None, *, client: Client | None = None, **job_options) -> Sweep:
+          priority: int | None = None, *, secrets: list[str] | None = None,
+          client: Client | None = None, **job_options) -> Sweep:
     """One job per combination of ``grid``; the sweep reports them side by side and the best by ``metric``."""
     c = _client(client)
     body = {**_job_body(path, parameters, gpus, timeout, priority, job_options.pop("cell_timeout", None),
                         job_options.pop("retries", None)),
             "grid": grid, "mode": mode}
+    if secrets:
+        body["secrets"] = list(secrets)
     if job_options:
         raise TypeError(f"unknown option(s): {', '.join(job_options)}")
     if metric is not None:
@@ -317,11 +320,14 @@ def sweep(path: str, grid: dict[str, list], metric: str | None = None, mode: str
 
 def schedule(path: str, cron: str, timezone: str = "UTC", parameters: dict | None = None,
              gpus: int = 0, timeout: float | None = None, priority: int | None = None, *,
-             client: Client | None = None) -> Schedule:
-    """Run the notebook at ``path`` on a cron schedule (e.g. ``"0 3 * * *"``) in ``timezone``."""
+             secrets: list[str] | None = None, client: Client | None = None) -> Schedule:
+    """Run the notebook at ``path`` on a cron schedule (e.g. ``"0 3 * * *"``) in ``timezone``;
+    each run gets ``secrets`` as :func:`submit` says (a run finds a deleted one missing)."""
     c = _client(client)
     body = {**_job_body(path, parameters, gpus, timeout, priority, None, None),
             "cron": cron, "timezone": timezone}
+    if secrets:
+        body["secrets"] = list(secrets)
     return Schedule(c.request("POST", f"{API}/schedules", json=body).json(), c)
 
 

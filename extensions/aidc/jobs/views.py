@@ -64,7 +64,8 @@ def schedule_view(s: dict) -> dict:
     return {"id": s["id"], "owner": s["owner"], "cron": s["cron"], "timezone": s["timezone"],
             "paused": bool(s["paused"]), "next_run": iso(s["next_run"]) if not s["paused"] else None,
             "last_job": s["last_job"], "last_error": s["last_error"], "created": iso(s["created"]),
-            **{k: s["spec"].get(k) for k in ("path", "parameters", "gpus")}}
+            **{k: s["spec"].get(k) for k in ("path", "parameters", "gpus")},
+            "secrets": list(s["spec"].get("secrets") or [])}
 
 
 def event_view(e: dict) -> dict:
