@@ -1,6 +1,7 @@
 """Spawn-to-ready time: aidc's SystemUserSpawner vs JupyterHub's stock LocalProcessSpawner.
 
-Goal: aidc's spawner takes at most 1.10x the time of the stock one (median).
+Goal: aidc's spawner takes at most 1.10x the time of the stock one (median); issue 15's,
+with the Lab extension installed: at most 0.60x.
 
 How
 ---
@@ -85,6 +86,8 @@ from platform_helpers import Platform, User, new_prefix  # noqa: E402
 from bench_platforms import begin, clean_up, report_end  # noqa: E402
 
 GOAL_RATIO = 1.10
+#: issue 15's goal for the same figure, with the Lab extension installed
+GOAL_RATIO_LAB = 0.60
 TMP_PREFIX = "aidc-bench-spawn-"
 POLL_S = 0.05
 
@@ -328,7 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     print(phase.format("aidc SystemUserSpawner", a_pop, a_lis, a_lis90))
     print(phase.format("stock LocalProcessSpawner", s_pop, s_lis, s_lis90))
     print("  (the rest, listening -> ready, is the hub's own check of the new server, which polls"
-          " with exponential backoff: 0.2 s, 0.4 s, ... up to 5 s; the same for both spawners)")
+          " with exponential backoff: 0.2 s, 0.4 s, ... up to 5 s; aidc's start() returns once"
+          " the server listens (aidc.hub.listening), so there the first check succeeds)")
     print()
     ratio = a_med / s_med if s.ready_s else float("nan")
     hub_ratio = ah_med / sh_med if s.hub_s else float("nan")
@@ -339,6 +343,9 @@ def main(argv: list[str] | None = None) -> int:
         verdict = "PASS" if ratio <= GOAL_RATIO else f"FAIL ({ratio / GOAL_RATIO:.2f}x the allowed)"
         print(f"goal: aidc spawn-to-ready <= {GOAL_RATIO:.2f}x stock (median): {ratio:.3f}x: "
               f"{verdict}")
+        verdict = "PASS" if ratio <= GOAL_RATIO_LAB else "FAIL"
+        print(f"goal (issue 15, with the Lab extension): <= {GOAL_RATIO_LAB:.2f}x stock (median): "
+              f"{ratio:.3f}x: {verdict}")
     print()
     report_end(problems, "both platforms stopped, every Unix account and process they made is gone",
                elapsed)

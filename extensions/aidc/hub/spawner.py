@@ -7,7 +7,8 @@ mode used when the platform is not root: every server runs as the account that s
 the platform, each in its own folder, with no isolation between users.
 
 Both record server start and stop in the audit log, and get their GPUs, CPU cores and
-memory from a resource profile through :class:`~aidc.hub.gpu_spawner.GPUAllocationMixin`.
+memory from a resource profile through :class:`~aidc.hub.gpu_spawner.GPUAllocationMixin`,
+and return from ``start()`` once the server listens (:mod:`aidc.hub.listening`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from ..paths import data_dir, platform_data_dir
 from ..security import audit
 from .. import accounts
 from .gpu_spawner import GPUAllocationMixin
+from .listening import ListeningStartMixin
 
 
 class AuditedSpawnerMixin:
@@ -67,7 +69,8 @@ class AuditedSpawnerMixin:
             await result
 
 
-class SystemUserSpawner(AuditedSpawnerMixin, GPUAllocationMixin, LocalProcessSpawner):
+class SystemUserSpawner(ListeningStartMixin, AuditedSpawnerMixin, GPUAllocationMixin,
+                        LocalProcessSpawner):
     """LocalProcessSpawner running hub user ``alice`` as Unix account ``jupyter-alice``."""
 
     system_username_prefix = Unicode(
@@ -107,7 +110,8 @@ class SystemUserSpawner(AuditedSpawnerMixin, GPUAllocationMixin, LocalProcessSpa
         raise NotImplementedError("internal SSL is not supported by SystemUserSpawner yet")
 
 
-class SharedAccountSpawner(AuditedSpawnerMixin, GPUAllocationMixin, SimpleLocalProcessSpawner):
+class SharedAccountSpawner(ListeningStartMixin, AuditedSpawnerMixin, GPUAllocationMixin,
+                           SimpleLocalProcessSpawner):
     """Development mode: every server runs as the platform's own account, one folder each."""
 
     @default("home_dir_template")
