@@ -11,6 +11,7 @@ of every user, and the figures are the ones a site's Prometheus would see from t
 from __future__ import annotations
 
 import os
+import re
 
 from traitlets import Float, Unicode
 from traitlets.config import LoggingConfigurable
@@ -25,7 +26,8 @@ def hub_figures(text: str, prefix: str = "jupyterhub") -> dict:
 
     out: dict = {"active_users": {}, "spawns": {}}
     spawn = f"{prefix}_server_spawn_duration_seconds"
-    for family in text_string_to_metric_families(text):
+    for family in text_string_to_metric_families(_only(text, (
+            f"{prefix}_total_users", f"{prefix}_running_servers", f"{prefix}_active_users", spawn))):
         for s in family.samples:
             if s.name == f"{prefix}_total_users":
                 out["users"] = s.value
@@ -45,6 +47,15 @@ def hub_figures(text: str, prefix: str = "jupyterhub") -> dict:
     for row in out["spawns"].values():
         row["buckets"] = [[le, n] for le, n in sorted(row["buckets"].items(), key=lambda b: float(b[0]))]
     return out
+
+
+def _only(text: str, names: tuple[str, ...]) -> str:
+    """The lines of ``text`` about the metrics ``names`` (samples, ``# HELP``, ``# TYPE``):
+    the hub's text is mostly request-duration histograms: the parser took 54 ms of CPU for
+    125 kB of it, 7 ms for these lines (5 spawn reasons), so 0.14 % of a core at one read
+    every 5 s."""
+    pattern = re.compile(r"^(?:# (?:HELP|TYPE) )?(?:%s).*$" % "|".join(map(re.escape, names)), re.M)
+    return "\n".join(pattern.findall(text)) + "\n"
 
 
 class HubReader(LoggingConfigurable):
