@@ -63,7 +63,8 @@ class _Attempt:
         self._flushed = time.monotonic()
         #: the job's secrets, replaced in everything it reports (aidc.security.redact)
         self.redactor = Redactor(spec.get("secrets"))
-        self._stream = StreamRedactor(self.redactor)
+        #: per stream name: stderr may arrive between two pieces of a value printed to stdout
+        self._streams: dict[str, StreamRedactor] = {}
 
     def stop(self, reason: str) -> None:
         if self.stop_reason is None:
@@ -78,7 +79,7 @@ class _Attempt:
     # -- streaming -------------------------------------------------------------------
     def stream(self, name: str, text: str) -> None:
         if name != self._buffer_name:
-            self.flush(end=True)
+            self.flush()
             self._buffer_name = name
         self._buffer.append(text)
         self._buffer_size += len(text)
@@ -86,16 +87,21 @@ class _Attempt:
             self.flush()
 
     def flush(self, end: bool = False) -> None:
-        """Send what was printed; the end of a text that may begin a secret's value waits
-        for the next flush, unless ``end`` (the cell ended, or the other stream printed)."""
-        text = self._stream.feed("".join(self._buffer)) if self._buffer else ""
+        """Send what was printed. The end of a stream's text that may begin a secret's value
+        waits for that stream's next text, unless ``end`` (the cell or the attempt ended)."""
+        if self._buffer:
+            name = self._buffer_name
+            stream = self._streams.setdefault(name, StreamRedactor(self.redactor))
+            self._send(name, stream.feed("".join(self._buffer)))
         if end:
-            text += self._stream.release()
-        if text:
-            self.emit({"type": "stream", "cell": self.cell, "name": self._buffer_name,
-                       "text": text})
+            for name, stream in self._streams.items():
+                self._send(name, stream.release())
         self._buffer, self._buffer_size = [], 0
         self._flushed = time.monotonic()
+
+    def _send(self, name: str, text: str) -> None:
+        if text:
+            self.emit({"type": "stream", "cell": self.cell, "name": name, "text": text})
 
     def metric(self, payload: dict) -> None:
         name, value, step = payload.get("name"), payload.get("value"), payload.get("step")
@@ -174,33 +180,23 @@ class _JobNotebookClient(PapermillNotebookClient):
 
 
 def _redact_split_streams(cell, redactor: Redactor) -> None:
-    """A secret printed in pieces (several stream outputs in a row, each without the whole
-    value): such a row of outputs becomes one output, redacted. Each output by itself was
-    redacted as it arrived."""
+    """A secret printed in pieces (several outputs of one stream, each without the whole
+    value, maybe with the other stream's or a display between them): that stream's outputs
+    become one, in the place of its first, redacted. Each output by itself was redacted as
+    it arrived."""
     if not redactor or not cell.get("outputs"):
         return
-    outputs, row = [], []
-
-    def close_row() -> None:
-        if len(row) > 1:
-            joined = "".join(o["text"] for o in row)
-            redacted = redactor.text(joined)
-            if redacted != joined:
-                row[0]["text"] = redacted
-                del row[1:]
-        outputs.extend(row)
-        row.clear()
-
-    for out in cell.outputs:
-        if out.get("output_type") == "stream" and isinstance(out.get("text"), str):
-            if row and row[-1].get("name") != out.get("name"):
-                close_row()
-            row.append(out)
-        else:
-            close_row()
-            outputs.append(out)
-    close_row()
-    cell.outputs = outputs
+    for name in ("stdout", "stderr"):
+        parts = [o for o in cell.outputs if o.get("output_type") == "stream"
+                 and o.get("name") == name and isinstance(o.get("text"), str)]
+        if len(parts) < 2:
+            continue
+        joined = "".join(o["text"] for o in parts)
+        redacted = redactor.text(joined)
+        if redacted != joined:
+            parts[0]["text"] = redacted
+            merged = {id(o) for o in parts[1:]}
+            cell.outputs = [o for o in cell.outputs if id(o) not in merged]
 
 
 class AidcEngine(NBClientEngine):
@@ -353,7 +349,7 @@ def run_job(spec: dict) -> dict:
                 "status": "failed", "error": f"cell {_cell(attempt)}: {type(e).__name__}: {e}"}
         else:
             outcome = _stopped(attempt, spec) or outcome
-        attempt.flush()
+        attempt.flush(end=True)
         _finish_output(local_output, output_url, run_as)
         outcome.update(metrics=attempt.metrics, series=attempt.series,
                        output=os.path.exists(local_output))
