@@ -20,6 +20,7 @@ What it does
    so the page's scripts are cached after the first view). The dashboard reads a stand-in for the platform's services in this process: the
    collector's real snapshot and 15 minutes of real history from the store above
    (``api/current``, ``api/history``, ``api/queue``, the jobs summary). No hub sign-in.
+   For the preheated views, what the page loaded (the browser's Performance API).
 
 5. The jobs service's ``api/stats`` over 24 h with ``--jobs`` jobs stored: its aggregates in
    SQL against reading every job of the range (how it was done before).
@@ -262,6 +263,27 @@ def voila(port: int, services: str, preheat: bool) -> subprocess.Popen:
     return subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+#: what the page loaded, read in the browser once the figures are drawn
+WHAT_LOADED = """() => {
+    const r = performance.getEntriesByType('resource'), n = performance.getEntriesByType('navigation')[0];
+    const js = r.filter(e => /\\.js(\\?|$)/.test(e.name));
+    return {resources: r.length, scripts: js.length, body: r.reduce((a, e) => a + e.encodedBodySize, 0),
+            transferred: r.reduce((a, e) => a + e.transferSize, 0),
+            revalidated: r.filter(e => e.transferSize > 0 && e.transferSize < 1000).length,
+            html: n.responseEnd, dcl: n.domContentLoadedEventEnd,
+            last_script: Math.max(...js.map(e => e.responseEnd)), drawn: performance.now()};
+}"""
+
+
+def print_loads(loads: list[dict]) -> None:
+    """Where a preheated view's wait goes: each view's HTML, its scripts' arrival and the figures."""
+    print("  preheated views in Chromium, what the page loaded (ms from opening it):")
+    for i, v in enumerate(loads):
+        print(f"    view {i}: {v['resources']} resources ({v['scripts']} scripts, {v['body'] / 1e6:.2f} MB, "
+              f"{v['transferred'] / 1e6:.2f} MB over the wire, {v['revalidated']} revalidated); HTML done "
+              f"{v['html']:.0f}, DOM ready {v['dcl']:.0f}, last script {v['last_script']:.0f}, figures {v['drawn']:.0f}")
+
+
 def dashboard_render(args, tmp: Path, collector, store) -> None:
     import requests
     from playwright.sync_api import sync_playwright
@@ -288,7 +310,7 @@ def dashboard_render(args, tmp: Path, collector, store) -> None:
                         pass
                     assert time.monotonic() < deadline, "Voila did not start"
                     time.sleep(0.3)
-                html, shown = [], []
+                html, shown, loads = [], [], []
                 context = browser.new_context()  # one viewer: the page's scripts cached after the first view
                 for _ in range(args.render_rounds):
                     if preheat:
@@ -304,10 +326,13 @@ def dashboard_render(args, tmp: Path, collector, store) -> None:
                     page.goto(url)
                     page.wait_for_selector(".aidc-updated", timeout=120_000)
                     shown.append(time.perf_counter() - t0)
+                    loads.append(page.evaluate(WHAT_LOADED))
                     assert page.locator(".aidc-down").count() == 0, page.inner_text("body")[:500]
                     page.close()
                 context.close()
                 results[preheat] = html, shown
+                if preheat:
+                    print_loads(loads)
             finally:
                 proc.terminate()
                 proc.wait(timeout=30)
