@@ -18,8 +18,10 @@ by ``[secret NAME]`` in these forms:
 
 What it cannot recognize, and so does not hide (documented for users): a value
 transformed otherwise (reversed, compressed, encrypted, hashed, every other character),
-printed with other characters between its pieces, split across stdout and stderr or
-across cells, written to files, or sent over the network by the job itself.
+printed with other characters between its pieces (a subprocess's own output, captured from
+the kernel's file descriptors, may arrive amid the pieces of a print), split across stdout
+and stderr or across cells, written to files, or sent over the network by the job itself.
+The values travel to the worker with the job's task (see :class:`SecretValues`).
 """
 
 from __future__ import annotations
