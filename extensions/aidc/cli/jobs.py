@@ -19,9 +19,6 @@ def add_parser(sub, common) -> None:
 
     s = action("submit", "submit a notebook (path relative to your home)", submit)
     s.add_argument("path")
-    s.add_argument("--secret", action="append", default=[], metavar="NAME",
-                   help="one of your secrets (`aidc secrets set NAME`), given to the job as the "
-                   "environment variable NAME; repeat for more")
     _job_options(s)
     s.add_argument("-f", "--follow", action="store_true",
                    help="follow the job's output with a progress bar until it ends")
@@ -82,6 +79,9 @@ def _job_options(p) -> None:
     p.add_argument("--cell-timeout", type=float, help="seconds any one cell may run")
     p.add_argument("--priority", type=int, help="higher runs first (default 0)")
     p.add_argument("--retries", type=int, help="re-run a failed attempt this many times")
+    p.add_argument("--secret", action="append", default=[], metavar="NAME",
+                   help="one of your secrets (`aidc secrets set NAME`), given to the job as the "
+                   "environment variable NAME; repeat for more")
 
 
 def _value(text: str):
@@ -97,11 +97,12 @@ def _parameters(args) -> dict:
 
 def _options(args) -> dict:
     return {"gpus": args.gpus, "timeout": args.timeout, "priority": args.priority,
-            "cell_timeout": args.cell_timeout, "retries": args.retries}
+            "cell_timeout": args.cell_timeout, "retries": args.retries,
+            "secrets": args.secret or None}
 
 
 def submit(args) -> int:
-    job = api.submit(args.path, parameters=_parameters(args), secrets=args.secret, **_options(args))
+    job = api.submit(args.path, parameters=_parameters(args), **_options(args))
     if args.json and not args.follow:
         print(json.dumps(job.data, indent=2))
         return 0
