@@ -200,5 +200,8 @@ class SecretStore(LoggingConfigurable):
                                 "submitted)")
         data = artifacts.read_bytes(self._url(owner, name))
         if data is None:
-            raise NotFoundError(f"the value of the secret {name!r} is missing from {self.root}")
+            self.log.error("aidc jobs: the value of %s's secret %s is missing from %s", owner, name,
+                           self.root)
+            raise NotFoundError(f"the value of the secret {name!r} is missing (the platform's "
+                                "administrator was told); set it again")
         return data.decode("utf-8")
