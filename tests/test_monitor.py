@@ -214,6 +214,40 @@ def test_each_platform_users_processes_are_summed_into_their_cpu_and_memory():
     assert me.sample(time.time())[user]["cpu_percent"] > 0
 
 
+def test_each_server_and_jobs_processes_are_summed_apart_by_their_environment():
+    import subprocess
+    import uuid
+
+    account = pwd.getpwuid(os.getuid()).pw_name
+    me = AccountUsage(prefix=account[:1])  # this test's account counts as a platform user
+    user, job = account[1:], f"j-{uuid.uuid4().hex[:8]}"
+    busy = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\nprint(flush=True)\ntime.sleep(60)"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTERHUB_", "AIDC_JOB"))}
+    kernel = subprocess.Popen([sys.executable, "-c", busy], env={**env, "AIDC_JOB_ID": job}, stdout=subprocess.PIPE)
+    server = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                              env={**env, "JUPYTERHUB_USER": user, "JUPYTERHUB_SERVER_NAME": ""})
+    try:
+        me.sample(time.time())
+        kernel.stdout.readline()  # its 0.3 s of CPU are spent
+        now = time.time()
+        users = me.sample(now)
+        holders = users[user]["holders"]
+        assert holders[f"job:{job}"]["processes"] == 1 and holders[f"job:{job}"]["cpu_percent"] > 0
+        assert holders[f"job:{job}"]["memory_bytes"] > 0
+        assert holders[f"server:{user}/"]["processes"] >= 1
+        # as history and Prometheus keep them: per user and holder
+        snapshot = {"time": now, "gpus": [], "host": {}, "users": users, "users_time": now}
+        families = {f.name: f for f in text_string_to_metric_families(prometheus_text(lambda: snapshot).decode())}
+        memory = {s.labels["holder"]: s.value for s in families["aidc_holder_memory_bytes"].samples
+                  if s.labels["user"] == user}
+        assert memory[f"job:{job}"] > 0 and memory[f"server:{user}/"] > 0
+    finally:
+        kernel.kill()
+        server.kill()
+        kernel.wait()
+        server.wait()
+
+
 def test_attribution_prefers_the_unit_on_that_very_device():
     class C:  # the two fields of a ledger Claim that attribution reads, and the holder
         def __init__(self, holder, owner, units):
@@ -570,6 +604,8 @@ def test_a_gpu_servers_holding_shows_in_accounting_and_its_gpu_memory_under_it(p
         used = poll(lambda: metrics_get(platform, admin.token, "api/current").json()["users"],
                     lambda users: user.name in users)[user.name]
         assert used["memory_bytes"] > 0 and used["processes"] >= 1
+        # and the server's apart, told by its environment (JupyterHub's JUPYTERHUB_SERVER_NAME)
+        assert used["holders"][holder]["memory_bytes"] > 0 and used["holders"][holder]["processes"] >= 1
         assert [(p["pid"], p["user"], p["holder"], p["used_bytes"]) for p in current["gpus"][index]["processes"]] \
             == [(pid, user.name, holder, 777 * 2**20)]
         text = metrics_get(platform, viewer.token, "metrics").text

@@ -1,5 +1,9 @@
 """CPU and memory of each platform user's processes: their server, its kernels and terminals,
-and their jobs' kernels, which all run as the user's Unix account (see :mod:`aidc.accounts`).
+and their jobs' kernels, which all run as the user's Unix account (see :mod:`aidc.accounts`);
+and of each of the user's servers and jobs apart, told by the process's environment (read
+once per process): a job's kernel has ``AIDC_JOB_ID``, a server and what it starts the hub's
+``JUPYTERHUB_SERVER_NAME``. Their holders are named as in the GPU ledger (``job:ID``,
+``server:USER/NAME``); other processes of the user (a model's replicas) count for the user only.
 
 Walking every process costs about 0.1 ms each, so the collector does it every
 ``Collector.user_usage_every`` seconds rather than every sample. CPU is the CPU time the
@@ -16,12 +20,14 @@ from .attribution import platform_user
 
 
 class AccountUsage:
-    """Per platform user: ``{"cpu_percent", "memory_bytes", "processes"}`` at each :meth:`sample`."""
+    """Per platform user: ``{"cpu_percent", "memory_bytes", "processes", "holders"}`` at each
+    :meth:`sample`, ``holders`` the same three figures per server and job."""
 
     def __init__(self, prefix: str = DEFAULT_PREFIX):
         self.prefix = prefix
         self._cpu: dict[int, float] = {}  # pid -> CPU seconds at the previous walk
         self._at: float | None = None
+        self._holders: dict[tuple[int, float], str | None] = {}  # (pid, start time) -> holder
 
     def sample(self, now: float) -> dict[str, dict]:
         import psutil
@@ -29,7 +35,8 @@ class AccountUsage:
         names: dict[int, str | None] = {}
         usage: dict[str, dict] = {}
         cpu_now: dict[int, float] = {}
-        for p in psutil.process_iter(["uids", "memory_info", "cpu_times"]):
+        holders_now: dict[tuple[int, float], str | None] = {}
+        for p in psutil.process_iter(["uids", "memory_info", "cpu_times", "create_time"]):
             info = p.info
             if info["uids"] is None or info["cpu_times"] is None:
                 continue  # gone, or not ours to read
@@ -44,13 +51,43 @@ class AccountUsage:
                 continue
             seconds = info["cpu_times"].user + info["cpu_times"].system
             cpu_now[p.pid] = seconds
-            row = usage.setdefault(user, {"cpu_seconds": 0.0, "memory_bytes": 0.0, "processes": 0})
+            key = (p.pid, info["create_time"] or 0.0)
+            holder = holders_now[key] = (self._holders[key] if key in self._holders
+                                         else holder_of_process(p, user))
+            row = usage.setdefault(user, {"cpu_seconds": 0.0, "memory_bytes": 0.0, "processes": 0, "holders": {}})
+            rows = [row]
+            if holder is not None:
+                rows.append(row["holders"].setdefault(
+                    holder, {"cpu_seconds": 0.0, "memory_bytes": 0.0, "processes": 0}))
             # a process new since the last walk started within it: all its CPU time counts
-            row["cpu_seconds"] += max(0.0, seconds - self._cpu.get(p.pid, 0.0))
-            row["memory_bytes"] += float(info["memory_info"].rss if info["memory_info"] else 0)
-            row["processes"] += 1
+            used = max(0.0, seconds - self._cpu.get(p.pid, 0.0))
+            rss = float(info["memory_info"].rss if info["memory_info"] else 0)
+            for r in rows:
+                r["cpu_seconds"] += used
+                r["memory_bytes"] += rss
+                r["processes"] += 1
         elapsed = (now - self._at) if self._at is not None else None
-        self._cpu, self._at = cpu_now, now
-        return {user: {"cpu_percent": 100.0 * row["cpu_seconds"] / elapsed if elapsed and elapsed > 0 else 0.0,
-                       "memory_bytes": row["memory_bytes"], "processes": row["processes"]}
+        self._cpu, self._at, self._holders = cpu_now, now, holders_now
+
+        def figures(row: dict) -> dict:
+            return {"cpu_percent": 100.0 * row["cpu_seconds"] / elapsed if elapsed and elapsed > 0 else 0.0,
+                    "memory_bytes": row["memory_bytes"], "processes": row["processes"]}
+
+        return {user: {**figures(row), "holders": {h: figures(r) for h, r in row["holders"].items()}}
                 for user, row in usage.items()}
+
+
+def holder_of_process(process, user: str) -> str | None:
+    """The server or job of ``user`` a process belongs to, from its environment (None: gone,
+    unreadable, or neither)."""
+    import psutil
+
+    try:
+        env = process.environ()
+    except (psutil.Error, OSError):
+        return None
+    if env.get("AIDC_JOB_ID"):
+        return f"job:{env['AIDC_JOB_ID']}"
+    if "JUPYTERHUB_SERVER_NAME" in env and env.get("JUPYTERHUB_USER") == user:
+        return f"server:{user}/{env['JUPYTERHUB_SERVER_NAME']}"
+    return None

@@ -63,6 +63,9 @@ def rows_of(snapshot: dict, latest_users: bool = False) -> list[tuple[str, dict,
         for user, u in snapshot["users"].items():
             rows += [("user_cpu_percent", {"user": user}, u["cpu_percent"]),
                      ("user_memory_bytes", {"user": user}, u["memory_bytes"])]
+            for holder, h in u.get("holders", {}).items():
+                rows += [("holder_cpu_percent", {"user": user, "holder": holder}, h["cpu_percent"]),
+                         ("holder_memory_bytes", {"user": user, "holder": holder}, h["memory_bytes"])]
     return rows
 
 
