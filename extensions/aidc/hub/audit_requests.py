@@ -9,8 +9,8 @@ records, for the hub's API:
 
 - a change that succeeded: ``user`` events (``add``, ``remove``, ``set-role``,
   ``issue-token``), with the caller as actor;
-- a refusal given to someone signed in (403; 404 to a change of a user, group or token): an
-  ``access`` event.
+- a refusal given to someone signed in (403, aidc's own hub API included; 404 to a change
+  of a user, group or token, or to a read of another user): an ``access`` event.
 
 Requests made by the ``aidc`` CLI's service token are skipped: the CLI records them itself,
 with the Unix account that ran it. Server starts and stops are recorded by the spawner.
@@ -37,7 +37,7 @@ _CHANGES = [
     ("POST", re.compile(r"^/groups/([^/]+)/users$"), "set-role"),
     ("DELETE", re.compile(r"^/groups/([^/]+)/users$"), "set-role"),
 ]
-_WATCHED = re.compile(r"^/(users|groups|tokens)(/|$)")
+_WATCHED = re.compile(r"^/(users|groups|tokens|aidc)(/|$)")
 
 
 def _caller(handler) -> str | None:
@@ -74,6 +74,12 @@ def _detail(action: str, method: str, match: re.Match, body: dict) -> str | None
     return f"changed {json.dumps(changed, sort_keys=True)}" if changed else None
 
 
+def _someone_else(path: str, caller: str) -> bool:
+    """Whether ``path`` is about another user than ``caller`` (a read of theirs refused)."""
+    match = re.match(r"^/users/([^/]+)", path)
+    return match is not None and unquote(match.group(1)) != caller
+
+
 def audit_request(handler) -> None:
     """Tornado's ``log_function`` for the hub: JupyterHub's log line, then the audit."""
     log_request(handler)
@@ -96,7 +102,7 @@ def _audit(handler) -> None:
         return
     status = handler.get_status()
     method = request.method
-    if status == 403 or (status == 404 and method != "GET"):
+    if status == 403 or (status == 404 and (method != "GET" or _someone_else(path, caller))):
         audit.record("access", actor=caller, action="refused", target=f"{method} {request.path}",
                      result="failure", status=status, remote_ip=request.remote_ip, service="hub")
         return

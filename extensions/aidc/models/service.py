@@ -401,12 +401,17 @@ class DeploymentAction(ModelsHandler):
 
 # -- v2 -----------------------------------------------------------------------------
 class V2Handler(ModelsHandler):
+    def is_browser(self) -> bool:
+        # a v2 client without a token (tritonclient, curl) gets a 401, not the sign-in page
+        return "Authorization" not in self.request.headers and self.accepts_html()
+
     def write_error(self, status_code: int, **kwargs) -> None:  # v2 error shape
         message = kwargs.get("reason_message")
         exc = kwargs.get("exc_info", (None, None))[1]
         if message is None and isinstance(exc, web.HTTPError) and exc.log_message:
             # with no args tornado keeps the message with each % doubled: undo it
             message = exc.log_message % exc.args
+        self.audit_refusal(status_code, message or self._reason)
         self.set_header("Content-Type", v2.JSON)
         self.finish(v2.error_body(message or self._reason))
 

@@ -251,6 +251,13 @@ class ServiceHandler(AppHubAuth, HubOAuthenticated, web.RequestHandler):
         audit.record(kind, actor=who["name"] if isinstance(who, dict) else "anonymous", action=action,
                      target=target, result=result, remote_ip=self.request.remote_ip, **extra)
 
+    def audit_refusal(self, status_code: int, message: str) -> None:
+        """A 403/404 to a signed-in caller (someone else's thing, or a role that may not) is
+        an ``access`` event; every error page of a service goes through here."""
+        if status_code in (403, 404) and self._signed_in_model():
+            self.audit("access", "refused", f"{self.request.method} {self.request.path}", result="failure",
+                       status=status_code, reason=message[:500])
+
     def write_error(self, status_code: int, **kwargs) -> None:
         message = kwargs.get("reason_message")
         exc_info = kwargs.get("exc_info")
@@ -261,10 +268,7 @@ class ServiceHandler(AppHubAuth, HubOAuthenticated, web.RequestHandler):
                 message = exc.log_message % exc.args
         if message is None:
             message = self._reason if status_code < 500 else "Internal error; see the service log."
-        if status_code in (403, 404) and self._signed_in_model():
-            # a signed-in caller refused: someone else's thing, or a role that may not
-            self.audit("access", "refused", f"{self.request.method} {self.request.path}", result="failure",
-                       status=status_code, reason=message[:500])
+        self.audit_refusal(status_code, message)
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps({"status": status_code, "message": message}))
 

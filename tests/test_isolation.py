@@ -1,0 +1,381 @@
+"""The isolation matrix (issue 17): every actor against every kind of thing a scientist owns,
+over every API, for reading, changing and deleting; the one place that lists them all.
+
+The owner is a scientist made for this module, whose things are set up once
+(:func:`world`): a running server with a kernel and files, a one-run sweep (its run is
+*the job*, with output, logs and events), a schedule, a deployed model with an alias, a
+dataset with an alias and a pending upload, a secret. Each case is then one HTTP request.
+
+Actors: ``other`` (another scientist), ``viewer``, ``anonymous``, ``expired`` (an owner's
+token past its expiry), ``revoked`` (an owner's token deleted), ``reduced`` (an owner's
+token that may use the metrics service only), ``job-ended`` (the job's own token after its
+run ended), and last ``owner``, for whom what is allowed works (deletions run last).
+
+What a refusal must be: to someone signed in, another user's thing is a 404, as if it did
+not exist (a role that may not use a route at all gets 403 before anything is looked up:
+``ROLE_REFUSALS``); without valid credentials, 401 from aidc's services, or JupyterHub's own
+403 (the hub, user servers, a cookie-less write without the XSRF token); a dashboard page
+sends them to sign in (302). Every 403/404 given to a signed-in caller by the hub or a
+service is an ``access`` event in the audit log (:func:`test_every_refusal_was_audited`);
+the refusals of Jupyter servers (a user server's 404 to another user, the dashboards' Voila
+refusing a token without access to it) are not yet: they hold no token that may write the
+audit log.
+
+Cells covered elsewhere, and not repeated: a replica's socket answers no other account
+(``test_models_security.test_replicas_answer_no_local_account_without_a_token``), a revoked
+token is refused within seconds once cached (``test_revocation``), an expired or removed
+user's token (``test_tokens``), a job's kernel cannot read another user's notebook through
+a link (``test_jobs_security``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+
+import pytest
+import requests
+
+from jobs_helpers import FINAL, home, jobs_api, notebook, put, wait_service
+from platform_helpers import unix_name
+from test_models import models_api, scale_onnx
+
+ROW = {"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1.5, -2.0]}]}
+SIGNATURE = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 2]}],
+             "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 2]}]}
+CSV = b"a,b\n1,2\n"
+
+
+@dataclass(frozen=True)
+class Case:
+    resource: str
+    action: str  # read, write, delete
+    method: str
+    path: str  # formatted with the world's names
+    owner: tuple = (200,)  # what the owner gets
+    body: object = None
+    #: actors (besides the owner) for whom this is allowed, with what they get
+    allowed: tuple = ()
+    #: a browser page (refused without credentials by sending to sign in)
+    page: bool = False
+
+    @property
+    def id(self) -> str:
+        tail = self.path.split("?")[0].rstrip("/").split("/")[-1].strip("{}")
+        return f"{self.resource}-{self.action}-{self.method}-{tail}"
+
+
+CASES = [
+    Case("server", "read", "GET", "/user/{o}/api/status"),
+    Case("server", "read", "GET", "/hub/api/users/{o}",
+         allowed=(("reduced", 200),)),  # JupyterHub: any token of a user may read who it is
+    Case("server", "write", "POST", "/hub/api/users/{o}/server", owner=(400,)),  # running already
+    Case("kernels", "read", "GET", "/user/{o}/api/kernels"),
+    Case("kernels", "write", "POST", "/user/{o}/api/kernels", owner=(201,), body={"name": "python3"}),
+    Case("kernels", "delete", "DELETE", "/user/{o}/api/kernels/{kernel}", owner=(204,)),
+    Case("contents", "read", "GET", "/user/{o}/api/contents/matrix/notes.txt"),
+    Case("contents", "write", "PUT", "/user/{o}/api/contents/matrix/new.txt", owner=(201,),
+         body={"type": "file", "format": "text", "content": "mine"}),
+    Case("contents", "delete", "DELETE", "/user/{o}/api/contents/matrix/trash.txt", owner=(204,)),
+    Case("jobs", "read", "GET", "/services/jobs/api/jobs/{job}"),
+    Case("jobs", "write", "POST", "/services/jobs/api/jobs/{job}/cancel", owner=(409,)),  # ended
+    Case("job outputs", "read", "GET", "/services/jobs/api/jobs/{job}/output"),
+    Case("job logs", "read", "GET", "/services/jobs/api/jobs/{job}/logs"),
+    Case("job events", "read", "GET", "/services/jobs/api/jobs/{job}/events"),
+    Case("sweeps", "read", "GET", "/services/jobs/api/sweeps/{sweep}"),
+    Case("schedules", "read", "GET", "/services/jobs/api/schedules/{schedule}"),
+    Case("schedules", "write", "POST", "/services/jobs/api/schedules/{schedule}/pause"),
+    Case("schedules", "delete", "DELETE", "/services/jobs/api/schedules/{schedule}", owner=(204,)),
+    Case("models", "read", "GET", "/services/models/api/models/{model}"),
+    Case("models", "write", "PATCH", "/services/models/api/models/{model}", body={"visibility": "private"}),
+    Case("versions", "read", "GET", "/services/models/api/models/{model}/versions/1"),
+    Case("versions", "read", "GET", "/services/models/api/models/{model}/versions/1/artifact"),
+    Case("versions", "write", "POST", "/services/models/api/models/{model}/versions", owner=(400,),
+         body={"not": "multipart"}),  # the owner may; this body is not an upload
+    Case("versions", "write", "PUT", "/services/models/api/models/{model}/aliases/stable",
+         body={"version": 1}),
+    Case("versions", "delete", "DELETE", "/services/models/api/models/{model}/aliases/stable",
+         owner=(204,)),
+    Case("v2 inference", "read", "GET", "/services/models/v2/models/{model}"),
+    Case("v2 inference", "write", "POST", "/services/models/v2/models/{model}/infer", body=ROW),
+    Case("deployments", "read", "GET", "/services/models/api/models/{model}/deployment"),
+    Case("deployments", "write", "POST", "/services/models/api/models/{model}/deployment/rollback",
+         owner=(409,)),  # nothing to roll back to
+    Case("deployments", "delete", "DELETE", "/services/models/api/models/{model}/deployment",
+         owner=(204,)),
+    Case("datasets", "read", "GET", "/services/data/api/datasets/{dataset}"),
+    Case("datasets", "read", "GET", "/services/data/api/datasets/{dataset}/versions/1/files/t.csv"),
+    Case("datasets", "write", "PUT", "/services/data/api/datasets/{dataset}/aliases/stable",
+         body={"version": 1}),
+    Case("datasets", "write", "POST", "/services/data/api/datasets/{dataset}/uploads", owner=(201,),
+         body={"files": [{"name": "u.csv", "size": 1}]}),
+    Case("datasets", "delete", "DELETE", "/services/data/api/datasets/{dataset}/uploads/{upload}",
+         owner=(204,)),
+    Case("secrets", "read", "GET", "/services/jobs/api/secrets/MATRIX_SECRET"),
+    Case("secrets", "delete", "DELETE", "/services/jobs/api/secrets/MATRIX_SECRET", owner=(204,)),
+    Case("audit log", "write", "POST", "/hub/api/aidc/audit", owner=(403,),
+         body={"events": [{"kind": "access", "data": {"actor": "x", "action": "refused",
+                                                       "target": "x", "result": "failure"}}]}),
+    Case("metrics", "read", "GET", "/services/metrics/api/history?metric=user_cpu_percent&user={o}",
+         allowed=(("viewer", 200), ("reduced", 200))),
+    Case("metrics", "read", "GET", "/services/metrics/metrics", owner=(403,), allowed=(("viewer", 200),)),
+    Case("dashboards", "read", "GET", "/services/dashboards/", page=True,
+         allowed=(("other", 200), ("viewer", 200))),
+    # last: the owner's stop of their own server (after every other case of the owner)
+    Case("server", "delete", "DELETE", "/hub/api/users/{o}/server", owner=(202, 204)),
+]
+
+#: (actor, case id) refused by the role before anything is looked up: 403, and nothing revealed
+ROLE_REFUSALS = {("other", "metrics-read-GET-metrics"), ("other", "audit log-write-POST-audit")}
+
+ACTORS = ["other", "viewer", "anonymous", "expired", "revoked", "reduced", "job-ended", "owner"]
+SIGNED_IN = {"other", "viewer", "reduced"}
+
+
+def params():
+    out = []
+    for actor in ACTORS:
+        cases = CASES if actor != "owner" else sorted(CASES, key=lambda c: (
+            c.action == "delete", c.resource == "server" and c.action == "delete"))
+        out += [pytest.param(actor, c, id=f"{actor}-{c.id}") for c in cases]
+    return out
+
+
+# --- the owner's world --------------------------------------------------------------------------
+
+
+def wait_refused(platform, token: str) -> None:
+    """Until the hub no longer accepts ``token`` (an expiry or a revocation has taken effect)."""
+    deadline = time.monotonic() + 60
+    while platform.hub(token, "GET", "/user").status_code == 200:
+        assert time.monotonic() < deadline, "the hub still accepts the token"
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def world(platform, other_scientist, viewer, tmp_path_factory):
+    owner = platform.new_user("scientist")
+    platform.start_server(owner)
+    wait_service(platform, owner.token)
+    api = platform.api(owner.token)
+    put(platform, owner, "matrix/job.ipynb", notebook(
+        "import os\nopen('job-token.txt', 'w').write(os.environ['AIDC_TOKEN'])\nprint('ran', n)",
+        parameters="n = 0"))
+    r = jobs_api(platform, owner.token, "POST", "/sweeps", json={
+        "path": "matrix/job.ipynb", "grid": {"n": [1]}})
+    assert r.status_code == 201, r.text
+    sweep = r.json()
+    job = sweep["runs"][0]["job"]
+    names = {"o": owner.name, "sweep": sweep["id"], "job": job,
+             "model": f"matrix-{os.urandom(3).hex()}", "dataset": f"matrix-{os.urandom(3).hex()}"}
+    r = jobs_api(platform, owner.token, "POST", "/schedules", json={
+        "path": "matrix/job.ipynb", "cron": "0 3 * * *", "timezone": "UTC"})
+    assert r.status_code == 201, r.text
+    names["schedule"] = r.json()["id"]
+    assert jobs_api(platform, owner.token, "PUT", "/secrets/MATRIX_SECRET",
+                    json={"value": "s3cr3t-matrix"}).status_code in (200, 201)
+    put(platform, owner, "matrix/notes.txt", "notes")
+    put(platform, owner, "matrix/trash.txt", "trash")
+    r = api.post(f"{platform.url}/user/{owner.name}/api/kernels", json={"name": "python3"}, timeout=60)
+    assert r.status_code == 201, r.text
+    names["kernel"] = r.json()["id"]
+    # a dataset with an alias and a pending upload
+    data = f"{platform.url}/services/data/api/datasets/{names['dataset']}"
+    files = [{"name": "t.csv", "size": len(CSV), "sha256": hashlib.sha256(CSV).hexdigest()}]
+    upload = api.post(f"{data}/uploads", json={"files": files}, timeout=60).json()["upload"]
+    assert api.put(f"{data}/uploads/{upload}/files/t.csv", data=CSV, timeout=60).status_code == 200
+    assert api.post(f"{data}/uploads/{upload}", timeout=60).status_code == 201
+    assert api.put(f"{data}/aliases/stable", json={"version": 1}, timeout=60).status_code == 200
+    names["upload"] = api.post(f"{data}/uploads", json={"files": files}, timeout=60).json()["upload"]
+    # a model with an alias, deployed with one replica
+    raw = scale_onnx(tmp_path_factory.mktemp("matrix") / "m.onnx").read_bytes()
+    meta = {"format": "onnx", "filename": "m.onnx", "signature": SIGNATURE}
+    r = models_api(platform, owner.token, "POST", f"/models/{names['model']}/versions",
+                   data={"metadata": json.dumps(meta)}, files={"artifact": ("m.onnx", raw)})
+    assert r.status_code == 201, r.text
+    assert models_api(platform, owner.token, "PUT", f"/models/{names['model']}/aliases/stable",
+                      json={"version": 1}).status_code == 200
+    r = models_api(platform, owner.token, "PUT", f"/models/{names['model']}/deployment",
+                   json={"replicas": 1})
+    assert r.status_code == 200 and r.json()["ready"], r.text
+    # the owner's other tokens: expired, revoked, reduced to the metrics service
+    expired = platform.token(owner.name, "--expires-in", "1")
+    r = platform.hub(owner.token, "POST", f"/users/{owner.name}/tokens", json={"note": "matrix-revoked"})
+    revoked, revoked_id = r.json()["token"], r.json()["id"]
+    assert platform.hub(owner.token, "DELETE", f"/users/{owner.name}/tokens/{revoked_id}").status_code == 204
+    r = platform.hub(owner.token, "POST", f"/users/{owner.name}/tokens",
+                     json={"note": "matrix-reduced", "scopes": ["access:services!service=metrics"]})
+    assert r.status_code == 201, r.text
+    reduced = r.json()["token"]
+    # the job's end: its token, revoked with the attempt
+    deadline = time.monotonic() + 300
+    while jobs_api(platform, owner.token, "GET", f"/jobs/{job}").json()["status"] not in FINAL:
+        assert time.monotonic() < deadline, "the matrix's job did not end"
+        time.sleep(0.3)
+    assert jobs_api(platform, owner.token, "GET", f"/jobs/{job}").json()["status"] == "completed"
+    job_token = (home(platform, owner) / "matrix" / "job-token.txt").read_text().strip()
+    for token in (expired, job_token):
+        wait_refused(platform, token)
+    tokens = {"other": other_scientist.token, "viewer": viewer.token, "anonymous": None,
+              "expired": expired, "revoked": revoked, "reduced": reduced, "job-ended": job_token,
+              "owner": owner.token}
+    yield {"owner": owner, "names": names, "tokens": tokens,
+           "actors": {"other": other_scientist.name, "viewer": viewer.name, "reduced": owner.name}}
+    models_api(platform, owner.token, "DELETE", f"/models/{names['model']}/deployment")
+
+
+# --- beyond single requests ---------------------------------------------------------------------
+
+
+def test_a_cookie_authenticated_post_without_the_xsrf_token_is_refused_everywhere(platform, world):
+    """Sign in through the login form, let each service and the server set its cookie, then
+    write with the cookie alone: refused (JupyterHub's XSRF check), though the cookie reads."""
+    owner = world["owner"]
+    s, r = platform.login(owner.name, owner.password)
+    assert r.status_code == 200, r.text[:300]
+    names = world["names"]
+    targets = {  # a page that signs the browser in to the service, then a write without _xsrf
+        "jobs": ("/services/jobs/", "/services/jobs/api/jobs", {"path": "matrix/job.ipynb"}),
+        "models": ("/services/models/", f"/services/models/api/models/{names['model']}/deployment/rollback",
+                   {}),
+        "data": ("/services/data/", f"/services/data/api/datasets/{names['dataset']}/uploads",
+                 {"files": [{"name": "x.csv", "size": 1}]}),
+        "resources": ("/services/resources/", "/services/resources/api/gpus", {}),
+        "metrics": ("/services/metrics/", "/services/metrics/api/current", {}),
+        "server": (f"/user/{owner.name}/lab", f"/user/{owner.name}/api/kernels", {"name": "python3"}),
+        "lab relay": (f"/user/{owner.name}/lab", f"/user/{owner.name}/aidc/api/jobs/jobs",
+                      {"path": "matrix/job.ipynb"}),
+    }
+    reads = {"jobs": "/services/jobs/api/jobs", "models": "/services/models/api/models",
+             "data": "/services/data/api/datasets", "resources": "/services/resources/api/gpus",
+             "metrics": "/services/metrics/api/current", "server": f"/user/{owner.name}/api/kernels",
+             "lab relay": f"/user/{owner.name}/aidc/api/jobs/jobs"}
+    answers = {}
+    for name, (page, write, body) in targets.items():
+        r = s.get(platform.url + page, headers={"Accept": "text/html"}, timeout=60)
+        assert r.status_code == 200, (name, r.status_code, r.url)
+        r = s.get(platform.url + reads[name], timeout=60, allow_redirects=False)
+        assert r.status_code == 200, (name, "the cookie does not sign in", r.status_code)
+        answers[name] = s.post(platform.url + write, json=body, timeout=60).status_code
+    # resources and metrics have no write at all: a POST there is refused either way
+    read_only = {"resources", "metrics"}
+    assert {n: s for n, s in answers.items() if n not in read_only} == {
+        n: 403 for n in targets if n not in read_only}, answers
+    assert all(answers[n] in (403, 405) for n in read_only), answers
+
+
+def test_a_token_in_the_url_is_not_turned_into_a_cookie(platform, world):
+    """A shared link with ``?token=`` signs nobody in: not that request, nor (by a cookie) the
+    next ones; the same token in the header works."""
+    owner = world["owner"]
+    for path in ("/services/jobs/api/jobs", f"/services/models/api/models/{world['names']['model']}",
+                 "/services/data/api/datasets", "/services/metrics/api/current",
+                 f"/user/{owner.name}/api/contents/matrix/notes.txt",
+                 f"/user/{owner.name}/aidc/api/jobs/jobs"):
+        s = requests.Session()
+        first = s.get(f"{platform.url}{path}?token={owner.token}", timeout=60, allow_redirects=False)
+        later = s.get(platform.url + path, timeout=60, allow_redirects=False)
+        assert first.status_code in (302, 401, 403) and later.status_code == first.status_code \
+            and not s.cookies, (path, first.status_code, later.status_code, dict(s.cookies))
+        assert platform.api(owner.token).get(platform.url + path, timeout=60).status_code == 200, path
+
+
+def test_a_users_account_cannot_read_other_homes_the_data_directory_keys_or_the_audit_log(
+        platform, world, other_scientist):
+    """As the owner's Unix account (what their kernels, jobs and replicas run as)."""
+    owner = world["owner"]
+    data = platform.data_dir
+    private = {
+        "another user's home": home(platform, other_scientist),
+        "the data directory": data,
+        "the key-encryption keys": data / "secrets" / "kek",
+        "the audit log": data / "logs" / "audit.jsonl",
+        "the audit key": data / "secrets" / "audit-key",
+    }
+    assert all(p.exists() for p in private.values()), {k: p.exists() for k, p in private.items()}
+    probe = ("import os, sys\n"
+             "for p in sys.argv[1:]:\n"
+             "    try:\n"
+             "        (os.listdir if os.path.isdir(p) else lambda p: open(p).read(1))(p)\n"
+             "        print('READ', p)\n"
+             "    except PermissionError:\n"
+             "        print('refused', p)\n")
+    r = subprocess.run(["runuser", "-u", unix_name(owner.name, platform.prefix), "--",
+                        "/usr/bin/python3", "-c", probe, *map(str, private.values())],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == [w for p in private.values() for w in ("refused", str(p))], r.stdout
+
+
+def test_a_replica_account_cannot_read_another_owners_staged_artifacts(platform, world, other_scientist):
+    """The owner's deployed replica's staged copy (0700, theirs) as another user's account,
+    which their own replicas run as."""
+    from aidc.models.sandbox import run_root
+
+    root = run_root(str(platform.data_dir))
+    uid = os.stat(home(platform, world["owner"])).st_uid
+    staged = [p for p in root.rglob("*") if p.is_dir() and p.stat().st_uid == uid]
+    assert staged, f"no staged copy of the owner's under {root}"
+    probe = ("import os, sys\n"
+             "for p in sys.argv[1:]:\n"
+             "    try:\n"
+             "        os.listdir(p); print('READ', p)\n"
+             "    except PermissionError:\n"
+             "        print('refused', p)\n")
+    r = subprocess.run(["runuser", "-u", unix_name(other_scientist.name, platform.prefix), "--",
+                        "/usr/bin/python3", "-c", probe, str(root), str(staged[0])],
+                       capture_output=True, text=True, timeout=60)
+    assert r.stdout.split() == ["refused", str(root), "refused", str(staged[0])], r.stdout + r.stderr
+
+
+# --- the matrix (last: the owner's cases stop their server and undeploy their model) ---------
+
+
+#: refusals given to signed-in actors, for the audit check: (actor name, "METHOD /path")
+REFUSED: list[tuple[str, str]] = []
+
+
+@pytest.mark.parametrize("actor, case", params())
+def test_matrix(platform, world, actor, case):
+    url = platform.url + case.path.format(**world["names"])
+    token = world["tokens"][actor]
+    headers = {"Authorization": f"token {token}"} if token else {}
+    kw = {"json": case.body} if case.body is not None else {}
+    r = requests.request(case.method, url, headers=headers, timeout=120, allow_redirects=False, **kw)
+    allowed = dict(case.allowed)
+    where = f"{actor} {case.method} {case.path}: {r.status_code} {r.text[:300]}"
+    if actor == "owner":
+        assert r.status_code in case.owner, where
+    elif actor in allowed:
+        assert r.status_code == allowed[actor], where
+    elif actor in SIGNED_IN:
+        want = {403} if (actor, case.id) in ROLE_REFUSALS else {404} if actor == "other" else {403, 404}
+        assert r.status_code in want, where
+        if not case.path.startswith(("/user/", "/services/dashboards/")):  # Jupyter servers: not audited
+            REFUSED.append((world["actors"][actor], f"{case.method} {url[len(platform.url):].split('?')[0]}"))
+    elif case.page:
+        assert r.status_code == 302 and "/hub/" in r.headers["Location"], where
+    else:  # no valid credentials: aidc's 401, or JupyterHub's own 403
+        assert r.status_code in (401, 403), where
+    if r.status_code in (403, 404) and actor not in ("owner", "reduced"):  # reduced: the owner's
+        assert world["names"]["o"] not in r.text or case.path.startswith(("/user/", "/hub/")) \
+            or "user=" in case.path, f"a refusal names the owner: {where}"
+
+
+def test_every_refusal_was_audited(platform, world):
+    """Each 403/404 the hub and the services gave a signed-in actor above is an ``access``
+    event with that actor and target (services send theirs in the background)."""
+    assert REFUSED, "the matrix ran no refusal"
+    deadline = time.monotonic() + 60
+    while True:
+        seen = {(e.get("actor"), e.get("target")) for e in platform.audit_events()
+                if e["__schema__"].endswith("/access")}
+        missing = [r for r in REFUSED if r not in seen]
+        if not missing or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert not missing, f"{len(missing)} of {len(REFUSED)} refusals not audited: {missing[:10]}"
