@@ -2,7 +2,8 @@
 (``/user/NAME/aidc/api/...``, the jobs' event stream too, ``/user/NAME/aidc/v2/models/...``)
 and the "AI Data Center" sidebar in a real browser: resources, running the open notebook
 as a job, sweeps and schedules, and models (registry, deploy, try it, canary, roll back,
-undeploy).
+undeploy, and the same actions from the command palette); the widgets rendered and acting
+in a notebook opened in Lab; the sidebar carrying on after the page's token is revoked.
 
 One user of this module's own holds one server with a GPU profile for all the tests
 (started once, stopped at the end), and one signed-in Chromium page (``lab_page``)
@@ -636,7 +637,50 @@ def manage_model(platform, user, page, name: str, changes: list) -> None:
     assert changes == [("PUT", "aliases/latest"), ("PUT", "aliases/staging"), ("PUT", "deployment"),
                        ("PUT", "deployment"), ("POST", "deployment/rollback"),
                        ("POST", "deployment/rollback"), ("DELETE", "deployment")]
+    del changes[:]
+    model_actions_from_the_palette(platform, user, page, name, changes)
     assert page.aidc_errors == []
+
+
+#: the command palette's entries of the Models section's actions
+MODEL_COMMANDS = ["Deploy Model…", "Set Model Alias…", "Set Model Canary…",
+                  "Promote Model Canary…", "Roll Back Model…", "Undeploy Model…", "Try Model…"]
+
+
+def model_actions_from_the_palette(platform, user, page, name: str, changes: list) -> None:
+    """Every model action is in the command palette; with no model open a command asks
+    which one, opens it and asks before changing anything (cancelled: nothing sent); with
+    the model open, "Set Model Alias" sets the alias its fields show."""
+    from test_models import models_api
+
+    page.keyboard.press("Control+Shift+C")
+    page.locator(".lm-CommandPalette-input").fill("AI Data Center")
+    labels = page.locator(".lm-CommandPalette-item .lm-CommandPalette-itemLabel")
+    expect(labels.first).to_be_visible(timeout=15_000)
+    shown = [text.removeprefix("AI Data Center: ") for text in labels.all_inner_texts()]
+    assert set(MODEL_COMMANDS) <= set(shown), shown
+    page.keyboard.press("Escape")
+    sidebar = page.locator("#aidc-sidebar")
+    panel = sidebar.locator(f'.aidc-model-detail[data-model="{name}"]')
+    panel.locator(".aidc-manage-close").click()
+    expect(panel).to_have_count(0)
+    chooser = page.locator(".jp-Dialog")
+    palette(page, "AI Data Center: Deploy Model", until=chooser)
+    expect(chooser.locator(".jp-Dialog-header")).to_have_text("Deploy Model: which model?")
+    chooser.locator("select").select_option(name)
+    chooser.locator(".jp-mod-accept").click()
+    confirm(page, f"Deploy {name} v2?", accept=False)
+    expect(panel).to_be_visible()
+    assert changes == []
+    panel.locator(".aidc-alias-name").fill("palette")
+    panel.locator(".aidc-alias-version").select_option("1")
+    palette(page, "AI Data Center: Set Model Alias", until=chooser)
+    confirm(page, f"Point {name}@palette at v1?")
+    expect(panel.locator(".aidc-model-message")).to_have_text("palette now points at v1.",
+                                                             timeout=30_000)
+    assert changes == [("PUT", "aliases/palette")]
+    assert models_api(platform, user.token, "GET", f"/models/{name}").json()["aliases"][
+        "palette"] == 1
 
 
 def test_sweeps_and_schedules_in_the_jobs_section(platform, lab_user, lab_page):
@@ -715,6 +759,110 @@ def sweep_and_schedule(platform, lab_user, page, sweep: dict) -> None:
     expect(message).to_have_text("Deleted the schedule of lab_job.ipynb.", timeout=30_000)
     expect(row).to_have_count(0, timeout=30_000)
     assert jobs_api(platform, lab_user.token, "GET", "/schedules").json()["schedules"] == []
+    assert page.aidc_errors == []
+
+
+def test_widgets_render_and_act_in_a_lab_notebook(platform, lab_user, lab_page):
+    """In a notebook opened in Lab: ``GPUGauge`` shows the server's GPU (with the
+    *simulated* label where it applies), and ``JobLauncher``'s form submits the notebook it
+    names with a changed parameter, whose job its monitor follows to the end."""
+    page = lab_page
+    (unit,) = my_server_units(platform, lab_user)
+    put(platform, lab_user, "lab_widget_job.ipynb",
+        notebook("print(f'steps={steps}')", parameters="steps = 3"))
+    put(platform, lab_user, "lab_widgets.ipynb", notebook(
+        "from aidc.widgets import GPUGauge, JobLauncher\nGPUGauge(refresh_seconds=1)",
+        "JobLauncher('lab_widget_job.ipynb', monitor_refresh_seconds=0.5)"))
+    try:
+        path = page.locator(".jp-Dialog input")
+        palette(page, "Open from Path", until=path)
+        path.fill("lab_widgets.ipynb")
+        page.locator(".jp-Dialog .jp-mod-accept").click()
+        current_tab(page, "lab_widgets.ipynb")
+        notebook_panel = page.locator(".jp-NotebookPanel:visible")
+        ran = notebook_panel.locator(".jp-InputPrompt", has_text=re.compile(r"\[(\*|\d+)\]"))
+        palette(page, "Run All Cells", until=ran.first)
+        gauge = notebook_panel.locator(".aidc-w-gauge")
+        expect(gauge.locator(".aidc-w-gpu")).to_have_count(1, timeout=180_000)
+        expect(gauge).to_contain_text(unit["visible_id"], timeout=60_000)
+        expect(gauge).to_contain_text(unit["name"])
+        expect(gauge).to_contain_text("%")
+        expect(gauge.locator(".aidc-w-simulated")).to_have_count(2 if unit["simulated"] else 0)
+        launcher = notebook_panel.locator(".jp-OutputArea-output",
+                                          has_text="Run lab_widget_job.ipynb as a job")
+        steps = launcher.locator(".widget-text", has_text="steps").locator("input")
+        expect(steps).to_have_value("3", timeout=60_000)
+        steps.fill("4")
+        steps.press("Enter")
+        launcher.get_by_role("button", name="Submit job").click()
+        submitted = launcher.locator(".aidc-w-info", has_text="submitted job")
+        expect(submitted).to_be_visible(timeout=60_000)
+        job_id = submitted.inner_text().split("submitted job ", 1)[1].strip()
+        monitor = launcher.locator(".aidc-w-monitor")
+        expect(monitor).to_contain_text(f"Job {job_id}", timeout=30_000)
+        expect(monitor).to_contain_text("completed", timeout=120_000)
+        job = jobs_api(platform, lab_user.token, "GET", f"/jobs/{job_id}").json()
+        assert (job["path"], job["parameters"], job["owner"]) == (
+            "lab_widget_job.ipynb", {"steps": 4}, lab_user.name)
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "lab-widgets.png"))
+    finally:  # the gauge refreshes every second until its kernel ends
+        api = platform.api(lab_user.token)
+        kernels = f"{platform.url}/user/{lab_user.name}/api/kernels"
+        for kernel in api.get(kernels, timeout=60).json():
+            api.delete(f"{kernels}/{kernel['id']}", timeout=60)
+
+
+def test_the_sidebar_keeps_working_after_the_pages_token_is_revoked(platform, lab_user, lab_page):
+    """The hub token the Lab page holds (its page config, and this server's cookie) is
+    revoked while the page stays open: the panel's next call is refused by the server, the
+    panel gets a new token through the hub's sign-in (still valid) and the sidebar keeps
+    showing my GPUs instead of an error."""
+    page = lab_page
+    (unit,) = my_server_units(platform, lab_user)
+    old = page.evaluate("JSON.parse(document.getElementById('jupyter-config-data').textContent)"
+                        ".token")
+    assert old
+    # the hub says which of my tokens it is; revoked as the hub's token page would
+    token_id = platform.api(old).get(f"{platform.url}/hub/api/user", timeout=60).json()["token_id"]
+    r = platform.api(lab_user.token).delete(
+        f"{platform.url}/hub/api/users/{lab_user.name}/tokens/{token_id}", timeout=60)
+    assert r.status_code == 204, r.text
+    status = f"{platform.url}/user/{lab_user.name}/api/status"
+    deadline = time.monotonic() + 60  # the server caches the hub's answer a few seconds
+    while requests.get(status, headers={"Authorization": f"token {old}"},
+                       timeout=60).status_code == 200:
+        assert time.monotonic() < deadline, "the revoked token is still accepted"
+        time.sleep(0.5)
+    answers, sent = [], []
+
+    def on_response(response):  # the Resources section's calls, as the browser gets them
+        if "/aidc/api/resources/gpus" in response.url:
+            answers.append(response.status)
+            sent.append(response.request.headers.get("authorization", ""))
+
+    page.on("response", on_response)
+    sidebar = page.locator("#aidc-sidebar")
+    try:
+        tab = sidebar_tab(page)
+        if sidebar.is_visible():
+            tab.click()  # closing and opening the sidebar refreshes it at once
+        tab.click()
+        deadline = time.monotonic() + 60
+        while not (403 in answers and 200 in answers[answers.index(403):]):
+            assert time.monotonic() < deadline, f"the panel's calls after the revocation: {answers}"
+            page.wait_for_timeout(200)
+    finally:
+        page.remove_listener("response", on_response)
+    expect(sidebar.locator("table.aidc-my-gpus")).to_contain_text(unit["visible_id"])
+    expect(sidebar.locator(".aidc-content .aidc-error")).to_have_count(0)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "lab-sidebar-token-renewed.png"))
+    # the call that worked carried the page's new token, which the hub knows as mine
+    renewed = sent[answers.index(200, answers.index(403))].removeprefix("token ")
+    assert renewed and renewed != old
+    r = platform.api(renewed).get(f"{platform.url}/hub/api/user", timeout=60)
+    assert r.status_code == 200 and r.json()["name"] == lab_user.name
     assert page.aidc_errors == []
 
 

@@ -24,6 +24,10 @@ A ``GET`` that accepts ``text/event-stream`` (the jobs service's live events) is
 instead: a tornado HTTP client of the relay's own passes each chunk on as it arrives,
 with the same owner's token and the caller's ``Last-Event-ID``, so a long stream holds no
 thread and ends when either side closes.
+
+Every answer the relay makes carries ``X-Aidc-Relay: 1`` (:data:`RELAY_HEADER`), refusals
+too: a 401/403 *without* it is this server's own (the page's token has ended), which the
+panel answers by getting a new token, while a service's 403 is shown as its message.
 """
 
 from __future__ import annotations
@@ -42,6 +46,9 @@ from traitlets.config import LoggingConfigurable
 
 from ..client import Client
 from ..errors import AidcError, PlatformError, UsageError, status_for
+
+#: marks the answers the relay makes, so the panel tells them from this server's own refusals
+RELAY_HEADER = "X-Aidc-Relay"
 
 #: the API document of these routes, served at ``/aidc/api/openapi.json`` and ``.yaml``
 OPENAPI = Path(__file__).with_name("openapi.yaml")
@@ -163,6 +170,7 @@ class RelayHandler(APIHandler):
                 self._error(status if status and status < 500 else status_for(e), str(e))
             return
         self.set_status(status)
+        self.set_header(RELAY_HEADER, "1")
         if body:
             self.set_header("Content-Type", kind)
             self.finish(body)
@@ -171,6 +179,7 @@ class RelayHandler(APIHandler):
 
     def _error(self, status: int, message: str) -> None:
         self.set_status(status)
+        self.set_header(RELAY_HEADER, "1")
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps({"status": status, "message": message}))
 
@@ -208,6 +217,7 @@ class RelayHandler(APIHandler):
                 self.set_header("Content-Type", "text/event-stream")
                 self.set_header("Cache-Control", "no-cache")
                 self.set_header("X-Accel-Buffering", "no")
+                self.set_header(RELAY_HEADER, "1")
             if self.request.connection.stream is None or self.request.connection.stream.closed():
                 raise _StreamEnded()
             self.write(chunk)

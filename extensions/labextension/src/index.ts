@@ -1,7 +1,8 @@
 /**
  * aidc's JupyterLab extension: the "AI Data Center" sidebar in the left area, with a
  * command to open it, "Run as job" for the open notebook (a command and a button in every
- * notebook's toolbar), and its settings (refresh interval, a job's default GPUs) in the
+ * notebook's toolbar), a command for each model action of the Models section (deploy,
+ * alias, canary, promote, roll back, undeploy, try it), and its settings (refresh interval, a job's default GPUs) in the
  * settings editor.
  */
 import {
@@ -9,7 +10,7 @@ import {
   JupyterFrontEnd,
   JupyterFrontEndPlugin
 } from '@jupyterlab/application';
-import { ICommandPalette } from '@jupyterlab/apputils';
+import { ICommandPalette, showErrorMessage } from '@jupyterlab/apputils';
 import type { DocumentRegistry } from '@jupyterlab/docregistry';
 import { ISettingRegistry } from '@jupyterlab/settingregistry';
 import { LabIcon, ToolbarButton } from '@jupyterlab/ui-components';
@@ -17,7 +18,7 @@ import { Widget } from '@lumino/widgets';
 
 import iconSvg from '../style/icon.svg';
 import { ILabActions } from './jobs';
-import { IModelActions } from './models';
+import { IModelActions, MODEL_ACTION_LABELS, ModelAction } from './models';
 import { AidcSidebar } from './sidebar';
 
 const PLUGIN_ID = 'aidc:plugin';
@@ -67,6 +68,24 @@ const plugin: JupyterFrontEndPlugin<void> = {
       execute: () => app.shell.activateById(sidebar.id)
     });
     palette?.addItem({ command: OPEN_COMMAND, category: 'AI Data Center' });
+
+    // each model action: on the model open in the Models section, else on one the user picks
+    for (const action of Object.keys(MODEL_ACTION_LABELS) as ModelAction[]) {
+      const command = `aidc:model-${action}`;
+      app.commands.addCommand(command, {
+        label: `AI Data Center: ${MODEL_ACTION_LABELS[action]}`,
+        caption: 'As the button of the model open in the Models section (asks which model when none is)',
+        execute: async () => {
+          app.shell.activateById(sidebar.id);
+          try {
+            await sidebar.models.act(action);
+          } catch (error) {
+            await showErrorMessage('AI Data Center', (error as Error).message);
+          }
+        }
+      });
+      palette?.addItem({ command, category: 'AI Data Center' });
+    }
 
     // the notebook last in front: the sidebar takes the focus when it is clicked
     let lastNotebook: DocumentRegistry.Context | null = null;

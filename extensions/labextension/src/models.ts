@@ -9,7 +9,7 @@
  * it", which sends a v2 request to the deployed model and shows the answer and its
  * latency. Everything goes through the models service's API (`api/models`, `v2/models`).
  */
-import { Dialog, showDialog } from '@jupyterlab/apputils';
+import { Dialog, InputDialog, showDialog } from '@jupyterlab/apputils';
 
 import { h, show, table } from './dom';
 import {
@@ -67,6 +67,20 @@ export interface IModelActions {
   showJob(jobId: string): void;
 }
 
+/** What the command palette runs on a model, as the manager's buttons do. */
+export type ModelAction = 'deploy' | 'alias' | 'canary' | 'promote' | 'rollback' | 'undeploy' | 'try';
+
+/** The palette's label of each action (after "AI Data Center: "). */
+export const MODEL_ACTION_LABELS: { [action in ModelAction]: string } = {
+  deploy: 'Deploy Model…',
+  alias: 'Set Model Alias…',
+  canary: 'Set Model Canary…',
+  promote: 'Promote Model Canary…',
+  rollback: 'Roll Back Model…',
+  undeploy: 'Undeploy Model…',
+  try: 'Try Model…'
+};
+
 /** How long a change waits: a deployment answers once its new replicas are ready. */
 const CHANGE_TIMEOUT_MS = 10 * 60 * 1000;
 
@@ -105,6 +119,35 @@ export class ModelsSection extends Section {
     });
     show(this.detailHost, this.managed.node);
     this.managed.node.scrollIntoView({ block: 'nearest' });
+  }
+
+  /**
+   * Run `action` (a palette command) on the model open below the list, or, when none is,
+   * on one the user picks: its manager opens and does what its button does, with the
+   * values its fields show, after the same confirmation.
+   */
+  async act(action: ModelAction): Promise<void> {
+    if (!this.managed) {
+      const { models } = await requestAPI<{ models: IModel[] }>('models', 'models');
+      if (!models.length) {
+        await showDialog({
+          title: MODEL_ACTION_LABELS[action].replace('…', ''),
+          body: 'No models yet. Register one from a job with `aidc.register_model`.',
+          buttons: [Dialog.okButton()]
+        });
+        return;
+      }
+      const chosen = await InputDialog.getItem({
+        title: `${MODEL_ACTION_LABELS[action].replace('…', '')}: which model?`,
+        items: models.map(m => m.name)
+      });
+      const model = models.find(m => m.name === chosen.value);
+      if (!chosen.button.accept || !model) {
+        return;
+      }
+      this.manage(model);
+    }
+    await this.managed!.act(action);
   }
 
   protected async render(): Promise<(Node | string)[]> {
@@ -218,6 +261,16 @@ class ModelManager {
   private readonly message = h('p', 'aidc-model-message');
   private readonly buttons: HTMLButtonElement[] = [];
   private busy = false;
+  /** What each action (button or palette command) runs. */
+  private readonly actions: { [action in ModelAction]: () => Promise<void> } = {
+    deploy: () => this.deploy(),
+    alias: () => this.setAlias(),
+    canary: () => this.setCanary(),
+    promote: () => this.deploymentAction('promote'),
+    rollback: () => this.deploymentAction('rollback'),
+    undeploy: () => this.undeploy(),
+    try: () => this.tryIt()
+  };
   private readonly deployVersion = h('select', 'jp-mod-styled aidc-deploy-version') as HTMLSelectElement;
   private readonly replicas = input('aidc-replicas', '1');
   private readonly aliasName = input('aidc-alias-name', '', 'e.g. production');
@@ -244,17 +297,13 @@ class ModelManager {
     this.model = model;
     this.node.dataset.model = model.name;
     const close = link('close', 'aidc-manage-close', 'close this model', () => on.closed());
-    const deploy = this.button('Deploy…', 'aidc-deploy-button', () => this.deploy());
-    const alias = this.button('Set alias…', 'aidc-alias-button', () => this.setAlias());
-    this.canaryButton = this.button('Set canary…', 'aidc-canary-button', () => this.setCanary());
-    this.promoteButton = this.button('Promote canary…', 'aidc-promote-button', () =>
-      this.deploymentAction('promote')
-    );
-    this.rollbackButton = this.button('Roll back…', 'aidc-rollback-button', () =>
-      this.deploymentAction('rollback')
-    );
-    this.undeployButton = this.button('Undeploy…', 'aidc-undeploy-button', () => this.undeploy());
-    this.tryButton = this.button('Send', 'aidc-try-send', () => this.tryIt());
+    const deploy = this.button('Deploy…', 'aidc-deploy-button', 'deploy');
+    const alias = this.button('Set alias…', 'aidc-alias-button', 'alias');
+    this.canaryButton = this.button('Set canary…', 'aidc-canary-button', 'canary');
+    this.promoteButton = this.button('Promote canary…', 'aidc-promote-button', 'promote');
+    this.rollbackButton = this.button('Roll back…', 'aidc-rollback-button', 'rollback');
+    this.undeployButton = this.button('Undeploy…', 'aidc-undeploy-button', 'undeploy');
+    this.tryButton = this.button('Send', 'aidc-try-send', 'try');
     const example = this.button('Example from signature', 'aidc-try-example', async () =>
       this.fillExample()
     );
@@ -368,25 +417,34 @@ class ModelManager {
     show(this.state, h('p', 'aidc-deployment-summary', summary), t);
   }
 
-  private button(label: string, className: string, act: () => Promise<void>): HTMLButtonElement {
+  /** Run `action` as its button does (a palette command): one action at a time. */
+  async act(action: ModelAction): Promise<void> {
+    this.node.scrollIntoView({ block: 'nearest' });
+    await this.run(this.actions[action]);
+  }
+
+  private async run(act: () => Promise<void>): Promise<void> {
+    if (this.busy) {
+      return;
+    }
+    this.busy = true;
+    this.buttons.forEach(other => (other.disabled = true));
+    try {
+      await act();
+    } catch (error) {
+      this.say(`Error: ${(error as Error).message}`, true);
+    } finally {
+      this.busy = false;
+      this.buttons.forEach(other => (other.disabled = false));
+      this.render();
+    }
+  }
+
+  private button(label: string, className: string,
+    act: ModelAction | (() => Promise<void>)): HTMLButtonElement {
     const b = h('button', `jp-Button jp-mod-styled jp-mod-reject aidc-button ${className}`, label) as HTMLButtonElement;
     b.type = 'button';
-    b.addEventListener('click', async () => {
-      if (this.busy) {
-        return;
-      }
-      this.busy = true;
-      this.buttons.forEach(other => (other.disabled = true));
-      try {
-        await act();
-      } catch (error) {
-        this.say(`Error: ${(error as Error).message}`, true);
-      } finally {
-        this.busy = false;
-        this.buttons.forEach(other => (other.disabled = false));
-        this.render();
-      }
-    });
+    b.addEventListener('click', () => void this.run(typeof act === 'string' ? this.actions[act] : act));
     this.buttons.push(b);
     return b;
   }

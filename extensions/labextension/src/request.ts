@@ -2,11 +2,73 @@
  * One helper for every call the panel makes: `/aidc/api/<service>/<path>` on this
  * server, relayed by the `aidc.lab` server extension to the hub service as the user
  * (`/aidc/v2/models/<path>` for the models service's v2 inference).
+ *
+ * The page's token (the hub's OAuth token that JupyterHub puts in the page config, also
+ * kept in this server's cookie) can end while the page stays open: it expires, or it is
+ * revoked (`aidc` revocation, the hub's token page). This server then refuses the panel's
+ * calls with a 401/403 of its own, not the relay's (the relay marks every answer it
+ * makes with `X-Aidc-Relay`). The panel then gets a new token as opening Lab again
+ * would (the hub's OAuth redirect, which needs only the hub's own sign-in cookie),
+ * keeps it in the page config, and repeats the call once, instead of showing an error.
  */
-import { URLExt } from '@jupyterlab/coreutils';
+import { PageConfig, URLExt } from '@jupyterlab/coreutils';
 import { ServerConnection } from '@jupyterlab/services';
 
 import { EventStreamParser, IServerEvent } from './sse';
+
+/** The header the relay puts on every answer it makes (aidc.lab.relay.RELAY_HEADER). */
+const RELAY_HEADER = 'X-Aidc-Relay';
+
+/** The renewal under way, shared by the calls refused meanwhile. */
+let renewal: Promise<boolean> | null = null;
+
+/**
+ * Get a new token for this page: load the Lab page as the browser would (this server
+ * sends an ended sign-in through the hub's OAuth, which sets a fresh cookie) and take
+ * the token from its page config. False when that did not give one (the hub's own
+ * sign-in has ended too: its login page came back).
+ */
+export function renewToken(): Promise<boolean> {
+  if (!renewal) {
+    renewal = fetchToken().finally(() => {
+      renewal = null;
+    });
+  }
+  return renewal;
+}
+
+async function fetchToken(): Promise<boolean> {
+  try {
+    // no-cors: a same-origin read as the browser makes for an image, so that JupyterHub
+    // accepts the sign-in cookie without an XSRF token at each step of the redirects (its
+    // check for a script's `cors` GET would refuse the cookie and redirect without end);
+    // the answer stays readable, since every step is same-origin
+    const response = await fetch(URLExt.join(PageConfig.getBaseUrl(), 'lab'), {
+      mode: 'no-cors',
+      credentials: 'same-origin',
+      cache: 'no-store'
+    });
+    if (!response.ok) {
+      return false;
+    }
+    const page = new DOMParser().parseFromString(await response.text(), 'text/html');
+    const config = page.getElementById('jupyter-config-data')?.textContent;
+    const token = config ? JSON.parse(config).token : undefined;
+    if (typeof token !== 'string') {
+      return false;
+    }
+    PageConfig.setOption('token', token);
+    return true;
+  } catch (error) {
+    console.warn('aidc: could not renew the page token', error);
+    return false;
+  }
+}
+
+/** This server's own refusal of the page's credentials (not a service's, relayed). */
+function signedOut(response: Response): boolean {
+  return (response.status === 401 || response.status === 403) && !response.headers.has(RELAY_HEADER);
+}
 
 /** How long the panel waits for an answer before it says the platform is not answering. */
 export const REQUEST_TIMEOUT_MS = 30000;
@@ -37,8 +99,7 @@ async function call(
   timeoutMs: number | null,
   api: 'api' | 'v2' = 'api'
 ): Promise<Response> {
-  const settings = ServerConnection.makeSettings();
-  const url =
+  const url = (settings: ServerConnection.ISettings) =>
     api === 'v2'
       ? URLExt.join(settings.baseUrl, 'aidc', 'v2', service, path)
       : URLExt.join(settings.baseUrl, 'aidc', 'api', service, path);
@@ -47,8 +108,18 @@ async function call(
   if (init.signal) {
     init.signal.addEventListener('abort', () => abort.abort());
   }
+  // the settings are made for each try with the page config's token, maybe renewed (the
+  // default settings keep the token the page was loaded with)
+  const send = () => {
+    const settings = ServerConnection.makeSettings({ token: PageConfig.getToken() });
+    return ServerConnection.makeRequest(url(settings), { ...init, signal: abort.signal }, settings);
+  };
   try {
-    return await ServerConnection.makeRequest(url, { ...init, signal: abort.signal }, settings);
+    const response = await send();
+    if (signedOut(response) && (await renewToken())) {
+      return await send();
+    }
+    return response;
   } catch (error) {
     if (abort.signal.aborted && !init.signal?.aborted) {
       throw new RequestError(
@@ -73,9 +144,10 @@ function refusal(service: string, response: Response, text: string): RequestErro
   } catch {
     body = null;
   }
-  const message =
-    (body && typeof body.message === 'string' && body.message) ||
-    `${service} answered ${response.status} ${response.statusText}`;
+  const message = signedOut(response)
+    ? 'this page is no longer signed in to the platform: reload it to sign in again'
+    : (body && typeof body.message === 'string' && body.message) ||
+      `${service} answered ${response.status} ${response.statusText}`;
   return new RequestError(message, response.status);
 }
 

@@ -15,6 +15,8 @@ export class AidcSidebar extends Panel {
   private readonly sections: Section[];
   /** The Jobs section, where "Run as job" opens its form. */
   readonly jobs: JobsSection;
+  /** The Models section, whose actions the palette's model commands run. */
+  readonly models: ModelsSection;
   private timer: number | undefined;
   private intervalSeconds = 5;
 
@@ -25,14 +27,14 @@ export class AidcSidebar extends Panel {
     // a widget of its own: the panel's layout places its widgets by index among the node's children
     this.addWidget(new Widget({ node: h('h2', '', 'AI Data Center') }));
     this.jobs = new JobsSection(actions);
-    const models = new ModelsSection({
+    this.models = new ModelsSection({
       openPath: path => actions.openPath(path),
       showJob: jobId => {
         this.jobs.watch(jobId);
         this.jobs.node.scrollIntoView({ block: 'start' });
       }
     });
-    this.sections = [new ResourcesSection(), this.jobs, models];
+    this.sections = [new ResourcesSection(), this.jobs, this.models];
     for (const section of this.sections) {
       this.addWidget(section);
     }
