@@ -42,7 +42,7 @@ SERVICES = {
 }
 DOCUMENTS = {"jobs": "jobs", "data": "data", "models": "models", "metrics": "monitor", "lab": "lab"}
 
-MAX_EXAMPLES = 2
+MAX_EXAMPLES = 1
 REQUEST_SECONDS = 60
 
 
