@@ -348,6 +348,9 @@ def test_a_viewer_lands_on_the_dashboards_and_sees_every_dashboard_with_data(pla
                 page.screenshot(path=str(ARTIFACTS / f"dashboard-{name.removesuffix('.ipynb')}.png"),
                                 full_page=True)
 
+            # the model's replica: its CPU and memory apart, under its deployment
+            poll(lambda: platform.api(viewer.token).get(current, timeout=30).json()["users"],
+                 lambda users: users.get(scientist.name, {}).get("holders", {}).get(f"deployment:{model}"))
             # the hub's home page: a link to the dashboards, and no server to start
             page.goto(f"{platform.url}/hub/home")
             page.wait_for_selector("#aidc-dashboards")

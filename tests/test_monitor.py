@@ -214,7 +214,7 @@ def test_each_platform_users_processes_are_summed_into_their_cpu_and_memory():
     assert me.sample(time.time())[user]["cpu_percent"] > 0
 
 
-def test_each_server_and_jobs_processes_are_summed_apart_by_their_environment():
+def test_each_server_job_and_deployments_processes_are_summed_apart():
     import subprocess
     import uuid
 
@@ -226,6 +226,8 @@ def test_each_server_and_jobs_processes_are_summed_apart_by_their_environment():
     kernel = subprocess.Popen([sys.executable, "-c", busy], env={**env, "AIDC_JOB_ID": job}, stdout=subprocess.PIPE)
     server = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
                               env={**env, "JUPYTERHUB_USER": user, "JUPYTERHUB_SERVER_NAME": ""})
+    replica = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",  # as a replica's command line
+                                "-m", "aidc.models.server", "--name", job], env=env)
     try:
         me.sample(time.time())
         kernel.stdout.readline()  # its 0.3 s of CPU are spent
@@ -235,6 +237,7 @@ def test_each_server_and_jobs_processes_are_summed_apart_by_their_environment():
         assert holders[f"job:{job}"]["processes"] == 1 and holders[f"job:{job}"]["cpu_percent"] > 0
         assert holders[f"job:{job}"]["memory_bytes"] > 0
         assert holders[f"server:{user}/"]["processes"] >= 1
+        assert holders[f"deployment:{job}"]["processes"] == 1
         # as history and Prometheus keep them: per user and holder
         snapshot = {"time": now, "gpus": [], "host": {}, "users": users, "users_time": now}
         families = {f.name: f for f in text_string_to_metric_families(prometheus_text(lambda: snapshot).decode())}
@@ -242,10 +245,9 @@ def test_each_server_and_jobs_processes_are_summed_apart_by_their_environment():
                   if s.labels["user"] == user}
         assert memory[f"job:{job}"] > 0 and memory[f"server:{user}/"] > 0
     finally:
-        kernel.kill()
-        server.kill()
-        kernel.wait()
-        server.wait()
+        for child in (kernel, server, replica):
+            child.kill()
+            child.wait()
 
 
 def test_attribution_prefers_the_unit_on_that_very_device():

@@ -1,9 +1,10 @@
 """CPU and memory of each platform user's processes: their server, its kernels and terminals,
 and their jobs' kernels, which all run as the user's Unix account (see :mod:`aidc.accounts`);
-and of each of the user's servers and jobs apart, told by the process's environment (read
-once per process): a job's kernel has ``AIDC_JOB_ID``, a server and what it starts the hub's
-``JUPYTERHUB_SERVER_NAME``. Their holders are named as in the GPU ledger (``job:ID``,
-``server:USER/NAME``); other processes of the user (a model's replicas) count for the user only.
+and of each of the user's servers, jobs and deployments apart, told by the process (read
+once per process): a job's kernel has ``AIDC_JOB_ID`` in its environment, a server and what
+it starts the hub's ``JUPYTERHUB_SERVER_NAME``, a model's replica runs ``aidc.models.server
+--name MODEL``. Their holders are named as in the GPU ledger (``job:ID``,
+``server:USER/NAME``, ``deployment:MODEL``); the user's other processes count for the user only.
 
 Walking every process costs about 0.1 ms each, so the collector does it every
 ``Collector.user_usage_every`` seconds rather than every sample. CPU is the CPU time the
@@ -17,6 +18,9 @@ import pwd
 
 from ..accounts import DEFAULT_PREFIX
 from .attribution import platform_user
+
+#: the module a model's replica runs (:mod:`aidc.models.deployments`), with ``--name MODEL``
+REPLICA = "aidc.models.server"
 
 
 class AccountUsage:
@@ -78,16 +82,18 @@ class AccountUsage:
 
 
 def holder_of_process(process, user: str) -> str | None:
-    """The server or job of ``user`` a process belongs to, from its environment (None: gone,
-    unreadable, or neither)."""
+    """The server, job or deployment of ``user`` a process belongs to (None: gone,
+    unreadable, or none of them)."""
     import psutil
 
     try:
-        env = process.environ()
+        env, command = process.environ(), process.cmdline()
     except (psutil.Error, OSError):
         return None
     if env.get("AIDC_JOB_ID"):
         return f"job:{env['AIDC_JOB_ID']}"
     if "JUPYTERHUB_SERVER_NAME" in env and env.get("JUPYTERHUB_USER") == user:
         return f"server:{user}/{env['JUPYTERHUB_SERVER_NAME']}"
+    if REPLICA in command and "--name" in command[:-1]:
+        return f"deployment:{command[command.index('--name') + 1]}"
     return None

@@ -43,9 +43,10 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("user_cpu_percent", "CPU use of a platform user's processes (server, kernels, jobs) in percent of one core.",
            ("user",)),
     Metric("user_memory_bytes", "Resident memory of a platform user's processes (server, kernels, jobs).", ("user",)),
-    Metric("holder_cpu_percent", "CPU use of one server's or job's processes (holder as in the GPU ledger: "
-           "server:USER/NAME, job:ID) in percent of one core.", ("user", "holder")),
-    Metric("holder_memory_bytes", "Resident memory of one server's or job's processes.", ("user", "holder")),
+    Metric("holder_cpu_percent", "CPU use of one server's, job's or deployment's processes (holder as in the GPU "
+           "ledger: server:USER/NAME, job:ID, deployment:MODEL) in percent of one core.", ("user", "holder")),
+    Metric("holder_memory_bytes", "Resident memory of one server's, job's or deployment's processes.",
+           ("user", "holder")),
     Metric("host_cpu_percent", "Host CPU use in percent of all cores.", ()),
     Metric("host_memory_used_bytes", "Host memory in use (total minus available).", ()),
     Metric("host_memory_total_bytes", "Host memory in all.", ()),
