@@ -16,6 +16,7 @@ import io
 import json
 import os
 import pwd
+import socket
 import sys
 import time
 from pathlib import Path
@@ -525,10 +526,21 @@ def test_the_hubs_users_servers_and_spawn_durations_are_kept_and_exported_under_
         with pytest.raises(UsageError, match="is a histogram, in the Prometheus text only"):
             store.query("hub_spawn_duration_seconds", now - 1, now + 1, 1, now=now + 1)
 
+        # a jobs service that does not answer: said in the snapshot, the other figures go on
+        from aidc.monitor.jobs import JobsReader
+
+        closed = socket.socket()
+        closed.bind(("127.0.0.1", 0))
+        collector.readers["jobs"] = JobsReader(url=f"http://127.0.0.1:{closed.getsockname()[1]}/services/jobs/api")
+        closed.close()
+        snap = collector.sample(now + 1)
+        assert snap["hub"]["users"] == 7 and snap["jobs"] == {}
+        assert [e for e in snap["errors"] if e.startswith("jobs: ")] == [
+            f"jobs: the jobs service at {collector.readers['jobs'].url} does not answer (ConnectionError)"]
         # a token without read:metrics: said in the snapshot, the other figures go on
-        collector.hub._token = "someone-else"
-        collector.hub._session = None
-        snap = collector.sample(now + collector.hub.every)
+        collector.readers["hub"]._token = "someone-else"
+        collector.readers["hub"]._session = None
+        snap = collector.sample(now + collector.readers["hub"].every)
         assert snap["hub"] == {} and len(snap["gpus"]) == 2
         assert any("answered 403" in e and "read:metrics" in e for e in snap["errors"]), snap["errors"]
     finally:
@@ -657,6 +669,15 @@ def test_prometheus_text_needs_a_stakeholders_token_and_bad_reads_get_a_precise_
     assert scraped.status_code == 200 and scraped.headers["Content-Type"].startswith("text/plain")
     names = {f.name for f in text_string_to_metric_families(scraped.text)}
     assert {"aidc_gpu_utilization_percent", "aidc_gpu_info", "aidc_host_cpu_percent"} <= names
+    # the jobs service's figures, read by the metrics service with its own token (as a viewer's)
+    summary = requests.get(f"{platform.url}/services/jobs/api/summary", timeout=30,
+                           headers={"Authorization": f"token {viewer.token}"}).json()
+    kept = poll(lambda: metrics_get(platform, viewer.token, "api/current").json().get("jobs") or {},
+                lambda j: j.get("counts") == summary["counts"])
+    assert kept["running_gpus"] == summary["running_gpus"] and kept["oldest_wait_seconds"] >= 0
+    jobs = [f for f in text_string_to_metric_families(metrics_get(platform, viewer.token, "metrics").text)
+            if f.name == "aidc_jobs_by_status"][0]
+    assert {s.labels["status"]: s.value for s in jobs.samples} == summary["counts"]
     now = time.time()
     for path, params, message in [
         ("api/history", {}, "name a metric"),

@@ -71,8 +71,9 @@ ROLE_NAMES: tuple[str, ...] = (ADMIN, SCIENTIST, VIEWER)
 
 #: hub-managed services whose own token the platform's services read as a viewer's: the
 #: dashboards read platform figures for every viewer and narrow per-user ones themselves
-#: to the role of whoever looks (:mod:`aidc.dashboards.sources`)
-VIEWING_SERVICES: frozenset[str] = frozenset({"dashboards"})
+#: to the role of whoever looks (:mod:`aidc.dashboards.sources`); the metrics service
+#: keeps the jobs service's figures as history (:mod:`aidc.monitor.jobs`)
+VIEWING_SERVICES: frozenset[str] = frozenset({"dashboards", "metrics"})
 
 
 def check_role(name: str) -> str:

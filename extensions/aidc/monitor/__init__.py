@@ -3,7 +3,10 @@
 - :mod:`.catalog`: every metric's name, unit, help and dcgm-exporter equivalent, once;
 - :mod:`.gpus`: GPU samples through :func:`aidc.gpu.inventory.read_nvml`, per-process GPU
   memory attributed to the ledger holder of that GPU (:mod:`.attribution`);
-- :mod:`.host`: the host's CPU, memory, disk and network (psutil);
+- :mod:`.host`: the host's CPU, memory, disk and network (psutil); :mod:`.accounts`: each
+  user's, server's, job's and deployment's CPU and memory;
+- :mod:`.hub`: the hub's own figures (JupyterHub's Prometheus text); :mod:`.jobs`: the jobs
+  service's;
 - :mod:`.store`: a bounded time-series store with downsampling tiers, in the platform database;
 - :mod:`.collect`: the collector that samples, records and keeps the latest snapshot;
 - :mod:`.accounting`: GPU-hours and job-hours from the ledger's holdings, with costs;

@@ -58,6 +58,11 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
            "(no dcgm-exporter equivalent).", ("kind",)),
     Metric("gpu_queue_oldest_wait_seconds", "How long the claim waiting longest in the GPU queue has waited, by "
            "unit kind; 0 when none waits.", ("kind",)),
+    Metric("jobs_by_status", "Jobs in the jobs service's store by status: queued, running, completed, failed, "
+           "cancelled.", ("status",)),
+    Metric("jobs_running_gpus", "GPUs held by running jobs.", ()),
+    Metric("jobs_oldest_wait_seconds", "How long the job queued longest has waited for its start; 0 when none "
+           "waits.", ()),
     Metric("hub_users", "Users the hub knows (JupyterHub: jupyterhub_total_users).", ()),
     Metric("hub_active_users", "Users active within the period: 24h, 7d or 30d (JupyterHub: jupyterhub_active_users).",
            ("period",)),

@@ -54,6 +54,7 @@ def rows_of(snapshot: dict, latest_users: bool = False) -> list[tuple[str, dict,
                  for (u, h), v in per_holder.items()]
     rows += [(m, {}, v) for m, v in snapshot["host"].items()]
     rows += hub_rows(snapshot.get("hub") or {})
+    rows += jobs_rows(snapshot.get("jobs") or {})
     if "gpu_queue" in snapshot:
         for kind in QUEUE_KINDS:
             q = snapshot["gpu_queue"].get(kind, {"claims": 0, "oldest_wait_seconds": 0.0})
@@ -79,6 +80,15 @@ def hub_rows(hub: dict) -> list[tuple[str, dict, float]]:
     return rows
 
 
+def jobs_rows(jobs: dict) -> list[tuple[str, dict, float]]:
+    """The jobs service's figures (:meth:`aidc.monitor.jobs.JobsReader.read`) as stored rows."""
+    if not jobs:
+        return []
+    return [*(("jobs_by_status", {"status": s}, float(n)) for s, n in jobs["counts"].items()),
+            ("jobs_running_gpus", {}, float(jobs["running_gpus"])),
+            ("jobs_oldest_wait_seconds", {}, float(jobs["oldest_wait_seconds"]))]
+
+
 class Collector(LoggingConfigurable):
     """Samples at ``interval`` and records; :attr:`latest` is the newest snapshot."""
 
@@ -100,9 +110,12 @@ class Collector(LoggingConfigurable):
         (and over the GPU ledger's ended holdings, `Accounting.keep_ended_seconds`).""",
     ).tag(config=True)
 
-    def __init__(self, store, ledger, data_dir: str, xids=None, accounting=None, hub=None, **kwargs):
+    def __init__(self, store, ledger, data_dir: str, xids=None, accounting=None, hub=None, jobs=None,
+                 **kwargs):
         super().__init__(**kwargs)
-        self.hub = hub  # a HubReader, or None: the hub's own figures not read
+        # other processes' figures, read every reader.every seconds: the hub's (a HubReader)
+        # and the jobs service's (a JobsReader); None: not read
+        self.readers = {name: r for name, r in (("hub", hub), ("jobs", jobs)) if r is not None}
         self.store, self.ledger, self.data_dir = store, ledger, data_dir
         self.xids = xids  # an XidWatcher, or None: XID errors not counted
         self.accounting = accounting  # prunes the ledger's ended holdings with the history
@@ -110,7 +123,7 @@ class Collector(LoggingConfigurable):
         self._maintained = 0.0
         self.accounts = AccountUsage()
         self._users, self._users_at = {}, None
-        self._hub, self._hub_at, self._hub_error = {}, None, None
+        self._read: dict[str, tuple[dict, float, str | None]] = {}  # name -> (figures, when, error)
         self._task: asyncio.Task | None = None
 
     def sample(self, now: float) -> dict:
@@ -140,18 +153,21 @@ class Collector(LoggingConfigurable):
                 self._users, self._users_at = self.accounts.sample(now), now
             except Exception as e:
                 errors.append(f"processes: {e}")
-        if self.hub is not None and self.hub.enabled and (
-                self._hub_at is None or now - self._hub_at >= self.hub.every):
-            self._hub_at = now
-            try:
-                self._hub, self._hub_error = self.hub.read(), None
-            except Exception as e:  # the hub restarting: its figures go until it answers
-                self._hub, self._hub_error = {}, f"hub: {e}"
-        if self._hub_error:
-            errors.append(self._hub_error)
+        read = {}
+        for name, reader in self.readers.items():
+            figures, at, error = self._read.get(name, ({}, None, None))
+            if reader.enabled and (at is None or now - at >= reader.every):
+                try:
+                    figures, at, error = reader.read(), now, None
+                except Exception as e:  # restarting: its figures go until it answers
+                    figures, at, error = {}, now, f"{name}: {e}"
+                self._read[name] = figures, at, error
+            read[name] = figures
+            if error:
+                errors.append(error)
         snapshot = {"time": now, "interval": self.interval, "simulated": simulated,
                     "gpus": gpus, "host": host, "users": self._users, "users_time": self._users_at,
-                    "hub": self._hub, "errors": errors}
+                    **read, "errors": errors}
         if gpu_queue is not None:
             snapshot["gpu_queue"] = gpu_queue
         try:

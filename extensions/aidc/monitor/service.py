@@ -41,6 +41,7 @@ from .accounting import Accounting
 from .catalog import METRICS
 from .collect import Collector
 from .hub import HubReader
+from .jobs import JobsReader
 from .store import MetricStore
 from .xid import XidWatcher
 
@@ -219,7 +220,7 @@ class MonitorApp(ServiceApp):
 
     @property
     def classes(self):
-        return [Collector, HubReader, MetricStore, Accounting, GPULedger]
+        return [Collector, HubReader, JobsReader, MetricStore, Accounting, GPULedger]
 
 
 def main() -> None:
@@ -231,7 +232,8 @@ def main() -> None:
     ledger = open_ledger(data_dir, config=app.config)
     accounting = Accounting(config=app.config)
     collector = Collector(store, ledger, data_dir, xids=XidWatcher(), accounting=accounting,
-                          hub=HubReader(config=app.config), config=app.config)
+                          hub=HubReader(config=app.config), jobs=JobsReader(config=app.config),
+                          config=app.config)
 
     async def on_start():
         collector.start()
@@ -248,7 +250,8 @@ def managed_service() -> ManagedService:
     return ManagedService(
         name="metrics",
         command=python_command("aidc.monitor.service"),
-        hub_scopes=["read:metrics"],  # the hub's own figures (aidc.monitor.hub)
+        # the hub's own figures (aidc.monitor.hub), the jobs service's (aidc.monitor.jobs)
+        hub_scopes=["read:metrics", "access:services!service=jobs"],
         roles=[roles.SCIENTIST, roles.VIEWER],
         info={"description": "GPU and host metrics, history, accounting, Prometheus text"},
     )
