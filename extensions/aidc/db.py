@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,9 @@ def _dumps(value: Any) -> str:
 def _alembic_config(migrations: Path, connection):
     from alembic.config import Config
 
-    cfg = Config()
+    # stdout given now: alembic's default is the sys.stdout of when alembic.config was first
+    # imported, which a test's captured output (closed since) may have been
+    cfg = Config(stdout=sys.stdout)
     cfg.set_main_option("script_location", str(migrations))
     cfg.attributes["connection"] = connection
     return cfg
