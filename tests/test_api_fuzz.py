@@ -101,7 +101,8 @@ def fuzzer(platform, tmp_path_factory):
     """A scientist of its own with a running server, a dataset, a model and a job: what
     the examples name."""
     user = platform.new_user("scientist")
-    platform.start_server(user)
+    r = platform.hub(user.token, "POST", f"/users/{user.name}/server")  # ready by the end, below
+    assert r.status_code in (201, 202), r.text
     wait_service(platform, user.token)
     api = platform.api(user.token)
     data = f"{platform.url}/services/data/api/datasets/fuzz-{user.name}"
@@ -122,6 +123,7 @@ def fuzzer(platform, tmp_path_factory):
     assert r.status_code == 201, r.text
     put(platform, user, "fuzz.ipynb", notebook("x = 1", parameters="n = 1"))
     job = submit(platform, user, "fuzz.ipynb")
+    platform.wait_ready(user)
     user.things = {"dataset": f"fuzz-{user.name}", "model": model, "job": job["id"],
                    "upload": upload}
     return user

@@ -163,7 +163,8 @@ def wait_refused(platform, token: str) -> None:
 @pytest.fixture(scope="module")
 def world(platform, other_scientist, viewer, tmp_path_factory):
     owner = platform.new_user("scientist")
-    platform.start_server(owner)
+    r = platform.hub(owner.token, "POST", f"/users/{owner.name}/server")  # ready by the kernel, below
+    assert r.status_code in (201, 202), r.text
     wait_service(platform, owner.token)
     api = platform.api(owner.token)
     put(platform, owner, "matrix/job.ipynb", notebook(
@@ -182,11 +183,6 @@ def world(platform, other_scientist, viewer, tmp_path_factory):
     names["schedule"] = r.json()["id"]
     assert jobs_api(platform, owner.token, "PUT", "/secrets/MATRIX_SECRET",
                     json={"value": "s3cr3t-matrix"}).status_code in (200, 201)
-    put(platform, owner, "matrix/notes.txt", "notes")
-    put(platform, owner, "matrix/trash.txt", "trash")
-    r = api.post(f"{platform.url}/user/{owner.name}/api/kernels", json={"name": "python3"}, timeout=60)
-    assert r.status_code == 201, r.text
-    names["kernel"] = r.json()["id"]
     # a dataset with an alias and a pending upload
     data = f"{platform.url}/services/data/api/datasets/{names['dataset']}"
     files = [{"name": "t.csv", "size": len(CSV), "sha256": hashlib.sha256(CSV).hexdigest()}]
@@ -217,6 +213,12 @@ def world(platform, other_scientist, viewer, tmp_path_factory):
                      json={"note": "matrix-reduced", "scopes": ["access:services!service=metrics"]})
     assert r.status_code == 201, r.text
     reduced = r.json()["token"]
+    put(platform, owner, "matrix/notes.txt", "notes")
+    put(platform, owner, "matrix/trash.txt", "trash")
+    platform.wait_ready(owner)
+    r = api.post(f"{platform.url}/user/{owner.name}/api/kernels", json={"name": "python3"}, timeout=60)
+    assert r.status_code == 201, r.text
+    names["kernel"] = r.json()["id"]
     # the job's end: its token, revoked with the attempt
     deadline = time.monotonic() + 300
     while jobs_api(platform, owner.token, "GET", f"/jobs/{job}").json()["status"] not in FINAL:
