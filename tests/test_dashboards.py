@@ -351,6 +351,15 @@ def test_a_viewer_lands_on_the_dashboards_and_sees_every_dashboard_with_data(pla
             # the model's replica: its CPU and memory apart, under its deployment
             poll(lambda: platform.api(viewer.token).get(current, timeout=30).json()["users"],
                  lambda users: users.get(scientist.name, {}).get("holders", {}).get(f"deployment:{model}"))
+            # the endpoint's 3 requests kept as history by the metrics service (from the models
+            # service's own text, which it does not export a second time)
+            history = f"{platform.url}/services/metrics/api/history"
+            kept = poll(lambda: platform.api(viewer.token).get(history, timeout=30, params={
+                "metric": "endpoint_requests", "model": model, "start": time.time() - 600}).json(),
+                lambda h: h.get("series") and h["series"][0]["points"][-1][1] == 3)
+            assert kept["series"][0]["labels"] == {"model": model, "version": "1"}
+            text = platform.api(viewer.token).get(f"{platform.url}/services/metrics/metrics", timeout=30).text
+            assert "aidc_endpoint_requests_total" not in text and "aidc_hub_users" in text
             # the hub's home page: a link to the dashboards, and no server to start
             page.goto(f"{platform.url}/hub/home")
             page.wait_for_selector("#aidc-dashboards")

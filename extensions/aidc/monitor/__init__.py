@@ -6,7 +6,7 @@
 - :mod:`.host`: the host's CPU, memory, disk and network (psutil); :mod:`.accounts`: each
   user's, server's, job's and deployment's CPU and memory;
 - :mod:`.hub`: the hub's own figures (JupyterHub's Prometheus text); :mod:`.jobs`: the jobs
-  service's;
+  service's; :mod:`.endpoints`: each endpoint's requests and errors (history only);
 - :mod:`.store`: a bounded time-series store with downsampling tiers, in the platform database;
 - :mod:`.collect`: the collector that samples, records and keeps the latest snapshot;
 - :mod:`.accounting`: GPU-hours and job-hours from the ledger's holdings, with costs;

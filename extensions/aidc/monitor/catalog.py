@@ -19,6 +19,9 @@ class Metric:
     #: "gauge", "counter" (a counter only grows: energy, bytes sent) or "histogram"
     #: (Prometheus text only; its count and sum are kept in history as counters)
     type: str = "gauge"
+    #: in the metrics service's Prometheus text; False: history only (another service
+    #: exports it: a second copy would be counted twice)
+    exported: bool = True
 
 
 GPU = ("gpu", "uuid")
@@ -63,6 +66,11 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("jobs_running_gpus", "GPUs held by running jobs.", ()),
     Metric("jobs_oldest_wait_seconds", "How long the job queued longest has waited for its start; 0 when none "
            "waits.", ()),
+    Metric("endpoint_requests", "Inference requests the models service answered per model and version "
+           "(its aidc_endpoint_requests_total, summed over codes; kept here as history only).",
+           ("model", "version"), "counter", exported=False),
+    Metric("endpoint_errors", "Inference requests answered with an error (the models service's "
+           "aidc_endpoint_request_errors_total; history only).", ("model", "version"), "counter", exported=False),
     Metric("hub_users", "Users the hub knows (JupyterHub: jupyterhub_total_users).", ()),
     Metric("hub_active_users", "Users active within the period: 24h, 7d or 30d (JupyterHub: jupyterhub_active_users).",
            ("period",)),

@@ -55,6 +55,9 @@ def rows_of(snapshot: dict, latest_users: bool = False) -> list[tuple[str, dict,
     rows += [(m, {}, v) for m, v in snapshot["host"].items()]
     rows += hub_rows(snapshot.get("hub") or {})
     rows += jobs_rows(snapshot.get("jobs") or {})
+    for e in (snapshot.get("endpoints") or {}).get("endpoints", []):
+        labels = {"model": e["model"], "version": e["version"]}
+        rows += [("endpoint_requests", labels, e["requests"]), ("endpoint_errors", labels, e["errors"])]
     if "gpu_queue" in snapshot:
         for kind in QUEUE_KINDS:
             q = snapshot["gpu_queue"].get(kind, {"claims": 0, "oldest_wait_seconds": 0.0})
@@ -111,11 +114,12 @@ class Collector(LoggingConfigurable):
     ).tag(config=True)
 
     def __init__(self, store, ledger, data_dir: str, xids=None, accounting=None, hub=None, jobs=None,
-                 **kwargs):
+                 endpoints=None, **kwargs):
         super().__init__(**kwargs)
-        # other processes' figures, read every reader.every seconds: the hub's (a HubReader)
-        # and the jobs service's (a JobsReader); None: not read
-        self.readers = {name: r for name, r in (("hub", hub), ("jobs", jobs)) if r is not None}
+        # other processes' figures, read every reader.every seconds: the hub's (a HubReader),
+        # the jobs service's (a JobsReader), the models service's (an EndpointsReader); None: not read
+        self.readers = {name: r for name, r in (("hub", hub), ("jobs", jobs), ("endpoints", endpoints))
+                        if r is not None}
         self.store, self.ledger, self.data_dir = store, ledger, data_dir
         self.xids = xids  # an XidWatcher, or None: XID errors not counted
         self.accounting = accounting  # prunes the ledger's ended holdings with the history

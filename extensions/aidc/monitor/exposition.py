@@ -36,6 +36,8 @@ class SnapshotCollector:
         families = {}
         for metric, labels, value in rows_of(snapshot, latest_users=True):
             m = METRICS[metric]
+            if not m.exported:
+                continue
             if metric not in families:
                 kind = CounterMetricFamily if m.type == "counter" else GaugeMetricFamily
                 families[metric] = kind(f"aidc_{metric}", m.help, labels=list(m.labels))

@@ -40,6 +40,7 @@ from ..services.declare import ManagedService, python_command
 from .accounting import Accounting
 from .catalog import METRICS
 from .collect import Collector
+from .endpoints import EndpointsReader
 from .hub import HubReader
 from .jobs import JobsReader
 from .store import MetricStore
@@ -107,7 +108,7 @@ class HistoryHandler(MonitorHandler):
         store: MetricStore = self.settings["store"]
         default_step = max(float(store.tiers[0][0]), (end - start) / 300) if end > start else 1.0
         step = self.number_arg("step", default_step)
-        labels = {k: self.get_argument(k) for k in ("gpu", "uuid", "user", "holder")
+        labels = {k: self.get_argument(k) for k in ("gpu", "uuid", "user", "holder", "model", "version")
                   if self.get_argument(k, None) is not None}
         per_user = metric in METRICS and "user" in METRICS[metric].labels
         if per_user and not self.sees_everyone:
@@ -220,7 +221,7 @@ class MonitorApp(ServiceApp):
 
     @property
     def classes(self):
-        return [Collector, HubReader, JobsReader, MetricStore, Accounting, GPULedger]
+        return [Collector, HubReader, JobsReader, EndpointsReader, MetricStore, Accounting, GPULedger]
 
 
 def main() -> None:
@@ -233,7 +234,7 @@ def main() -> None:
     accounting = Accounting(config=app.config)
     collector = Collector(store, ledger, data_dir, xids=XidWatcher(), accounting=accounting,
                           hub=HubReader(config=app.config), jobs=JobsReader(config=app.config),
-                          config=app.config)
+                          endpoints=EndpointsReader(config=app.config), config=app.config)
 
     async def on_start():
         collector.start()
@@ -250,8 +251,8 @@ def managed_service() -> ManagedService:
     return ManagedService(
         name="metrics",
         command=python_command("aidc.monitor.service"),
-        # the hub's own figures (aidc.monitor.hub), the jobs service's (aidc.monitor.jobs)
-        hub_scopes=["read:metrics", "access:services!service=jobs"],
+        # the hub's own figures (aidc.monitor.hub), the jobs and models services' (.jobs, .endpoints)
+        hub_scopes=["read:metrics", "access:services!service=jobs", "access:services!service=models"],
         roles=[roles.SCIENTIST, roles.VIEWER],
         info={"description": "GPU and host metrics, history, accounting, Prometheus text"},
     )
