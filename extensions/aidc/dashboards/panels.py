@@ -63,9 +63,16 @@ def gpu_history(page: Dashboard, start: float, end: float) -> str:
             _live(page, "gpu-mem", "GPU memory used", "bytes").show(_by_label(mem, "gpu", "GPU "), start, end)]
 
 
+def _increase(pts: list) -> float:
+    """How much a counter grew over its points, across restarts (a drop starts it again at 0),
+    as Prometheus' ``increase`` counts it."""
+    return sum(b - a if b >= a else b for (_t, a), (_u, b) in zip(pts, pts[1:]))
+
+
 def hub_activity(page: Dashboard, start: float, end: float) -> list:
     """The hub's own figures (JupyterHub's metrics, read by the metrics service): users,
-    running servers over the range, and how long servers took to start."""
+    running servers over the range, and how long servers took to start, since the hub
+    started (its buckets) and in the range (the history of its count and sum)."""
     hub = _current(page, end).get("hub") or {}
     running = page.sources.history("hub_running_servers", start, end)
     chart = _live(page, "hub-servers", "Running user servers").show(
@@ -78,13 +85,17 @@ def hub_activity(page: Dashboard, start: float, end: float) -> list:
     failed = sum(r["count"] for status, r in spawns.items() if status != "success")
     active = hub.get("active_users", {})
     mean = done["sum"] / done["count"] if done["count"] else None
+    grown = [sum(_increase(points(s)) for s in page.sources.history(m, start, end, status="success").get("series", []))
+             for m in ("hub_spawns", "hub_spawn_seconds")]
     return ["<h3>Hub</h3><div class='aidc-hub'>" + charts.table(
         ["users", "active in 24 h", "running servers", "servers started", "spawns failed",
-         "spawn median", "spawn 90th percentile", "spawn mean"],
+         "spawn median", "spawn 90th percentile", "spawn mean", "started in this range", "their mean"],
         [[f"{hub.get('users', 0):.0f}", f"{active.get('24h', 0):.0f}", f"{hub.get('running_servers', 0):.0f}",
           f"{done['count']:.0f}", f"{failed:.0f}", _seconds(quantile(buckets, 0.5)),
-          _seconds(quantile(buckets, 0.9)), _seconds(mean)]])
-        + "<p class='aidc-meta'>spawns since the hub started (JupyterHub's own figures)</p></div>", chart]
+          _seconds(quantile(buckets, 0.9)), _seconds(mean), f"{grown[0]:.0f}",
+          _seconds(grown[1] / grown[0] if grown[0] else None)]])
+        + "<p class='aidc-meta'>spawns since the hub started, and in the range chosen "
+        "(JupyterHub's own figures)</p></div>", chart]
 
 
 def queue(page: Dashboard, start: float, end: float) -> str:

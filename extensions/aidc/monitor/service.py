@@ -108,7 +108,8 @@ class HistoryHandler(MonitorHandler):
         store: MetricStore = self.settings["store"]
         default_step = max(float(store.tiers[0][0]), (end - start) / 300) if end > start else 1.0
         step = self.number_arg("step", default_step)
-        labels = {k: self.get_argument(k) for k in ("gpu", "uuid", "user", "holder", "model", "version")
+        labels = {k: self.get_argument(k) for k in ("gpu", "uuid", "user", "holder", "model", "version",
+                                                    "status", "kind", "period")
                   if self.get_argument(k, None) is not None}
         per_user = metric in METRICS and "user" in METRICS[metric].labels
         if per_user and not self.sees_everyone:
