@@ -21,9 +21,9 @@ the refusals of Jupyter servers (a user server's 404 to another user, the dashbo
 refusing a token without access to it) are not yet: they hold no token that may write the
 audit log.
 
-Not a row: writing a secret, since a secret's name is the caller's own (another user's
-``PUT`` of the same name makes their own secret; the owner's is still read and deleted by the
-owner below); deleting a job, a sweep, a model or a dataset, which no API offers.
+A secret's name is the caller's own: another scientist's ``PUT`` of the owner's secret's name
+makes a secret of theirs (allowed), and the owner's is still read and deleted by the owner.
+Not rows: deleting a job, a sweep, a model or a dataset, which no API offers.
 
 Cells covered elsewhere, and not repeated: a replica's socket answers no other account
 (``test_models_security.test_replicas_answer_no_local_account_without_a_token``), a revoked
@@ -88,6 +88,7 @@ CASES = [
     Case("jobs", "read", "GET", "/services/jobs/api/jobs/{job}"),
     Case("jobs", "write", "POST", "/services/jobs/api/jobs/{job}/cancel", owner=(409,)),  # ended
     Case("job outputs", "read", "GET", "/services/jobs/api/jobs/{job}/output"),
+    Case("job outputs", "read", "GET", "/services/jobs/api/jobs/{job}/input"),
     Case("job logs", "read", "GET", "/services/jobs/api/jobs/{job}/logs"),
     Case("job events", "read", "GET", "/services/jobs/api/jobs/{job}/events"),
     Case("sweeps", "read", "GET", "/services/jobs/api/sweeps/{sweep}"),
@@ -112,6 +113,7 @@ CASES = [
     Case("deployments", "delete", "DELETE", "/services/models/api/models/{model}/deployment",
          owner=(204,)),
     Case("datasets", "read", "GET", "/services/data/api/datasets/{dataset}"),
+    Case("datasets", "read", "GET", "/services/data/api/datasets/{dataset}/versions/1"),
     Case("datasets", "read", "GET", "/services/data/api/datasets/{dataset}/versions/1/files/t.csv"),
     Case("datasets", "write", "PUT", "/services/data/api/datasets/{dataset}/aliases/stable",
          body={"version": 1}),
@@ -121,6 +123,10 @@ CASES = [
          owner=(204,)),
     Case("secrets", "read", "GET", "/services/jobs/api/secrets/MATRIX_SECRET"),
     Case("secrets", "delete", "DELETE", "/services/jobs/api/secrets/MATRIX_SECRET", owner=(204,)),
+    # after the delete: another scientist's PUT of that name makes their own secret (the owner's
+    # stays theirs), which their DELETE above would otherwise have found
+    Case("secrets", "write", "PUT", "/services/jobs/api/secrets/MATRIX_SECRET",
+         body={"value": "another-value-9"}, allowed=(("other", 201),)),
     Case("audit log", "write", "POST", "/hub/api/aidc/audit", owner=(403,),
          body={"events": [{"kind": "access", "data": {"actor": "x", "action": "refused",
                                                        "target": "x", "result": "failure"}}]}),
@@ -234,6 +240,8 @@ def world(platform, other_scientist, viewer, tmp_path_factory):
     yield {"owner": owner, "names": names, "tokens": tokens,
            "actors": {"other": other_scientist.name, "viewer": viewer.name, "reduced": owner.name}}
     models_api(platform, owner.token, "DELETE", f"/models/{names['model']}/deployment")
+    # the secret another scientist's PUT made (test_secrets expects them to have none)
+    jobs_api(platform, other_scientist.token, "DELETE", "/secrets/MATRIX_SECRET")
 
 
 # --- beyond single requests ---------------------------------------------------------------------
