@@ -10,9 +10,10 @@ this module, whose server, dataset, model and job are the only things its calls 
 change (anyone else's answer 404), so the run may use every verb, ``DELETE`` included,
 without touching what other tests share. The document each run reads is the one the
 service serves, with ``example`` values added that name the fuzzing user's own things, so
-that some calls reach real rows and not only 404s. Excluded: the operations that start
-processes (a model deployment and its promote/rollback: a fuzzed body may ask for 16
-replicas), which are run with the fuzzing user's model only as their bad-input cases below.
+that some calls reach real rows and not only 404s. Excluded (``EXCLUDED``): the path of a
+model's deployment (its ``PUT`` and promote/rollback start replica processes, and a fuzzed
+body may ask for 16; their bad input is checked with the fuzzing user's model below), and
+``openapi.yaml`` (schemathesis parses the YAML text the documents describe as a string).
 """
 
 from __future__ import annotations
