@@ -58,18 +58,14 @@ def route_patterns(service: str) -> list[str]:
     return [pattern for pattern, *_ in table]
 
 
-def sample_path(path: str, item: dict, operation: dict) -> str:
+def sample_path(doc: dict, path: str, item: dict, operation: dict) -> str:
     """``path`` with each parameter replaced by a value its schema allows."""
-    params = {p["name"]: p for p in [*item.get("parameters", []), *operation.get("parameters", [])]
-              if "$ref" not in p}
-    refs = [p["$ref"] for p in [*item.get("parameters", []), *operation.get("parameters", [])]
-            if "$ref" in p]
-    return re.sub(r"{(\w+)}", lambda m: _value(m.group(1), params, refs), path)
-
-
-def _value(name: str, params: dict, refs: list[str]) -> str:
-    schema = params.get(name, {}).get("schema", {})
-    return str(schema["enum"][0]) if "enum" in schema else "x1"
+    params = {}
+    for p in [*item.get("parameters", []), *operation.get("parameters", [])]:
+        if "$ref" in p:
+            p = doc["components"]["parameters"][p["$ref"].rsplit("/", 1)[1]]
+        params[p["name"]] = p.get("schema", {})
+    return re.sub(r"{(\w+)}", lambda m: str(params.get(m.group(1), {}).get("enum", ["x1"])[0]), path)
 
 
 @pytest.mark.parametrize("service", SERVICES)
@@ -85,7 +81,7 @@ def test_the_document_lists_exactly_the_routes(service):
         for method, operation in item.items():
             if method not in methods:
                 continue
-            concrete = prefix + sample_path(path, item, operation)
+            concrete = prefix + sample_path(doc, path, item, operation)
             matching = [p for p in patterns if re.fullmatch(p, concrete)]
             assert matching, f"{method.upper()} {path} ({concrete}) has no route in {service}"
             routed_by.setdefault(matching[0], []).append(f"{method.upper()} {path}")
