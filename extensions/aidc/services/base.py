@@ -519,5 +519,23 @@ def run_service(routes: list[tuple], on_start=None, on_stop=None, **settings) ->
         await server.close_all_connections()
         if on_stop is not None:
             await on_stop()
+        close_hub_auth(app.settings["hub_auth"])
 
     asyncio.run(main())
+
+
+def close_hub_auth(hub_auth: HubOAuth) -> None:
+    """Close the event loop JupyterHub's ``HubAuth`` keeps in a thread for its synchronous
+    lookups (a refused request takes that path) and stop the thread.
+
+    JupyterHub never closes that loop. Left to the interpreter's exit, the loop and its
+    self-pipe socket are finalized in no set order, and when the socket goes first the loop's
+    ``__del__`` prints a ``ValueError: Invalid file descriptor: -1`` traceback into the
+    platform's log at every stop.
+    """
+    loop = getattr(hub_auth, "_thread_loop", None)
+    if loop is None:  # no synchronous lookup happened: no thread, no loop
+        return
+    pool = hub_auth._pool  # the thread that made the loop (it exists once the loop does)
+    pool.submit(loop.close).result()
+    pool.shutdown(wait=True)
