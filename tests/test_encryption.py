@@ -301,3 +301,55 @@ def test_aidc_keys_rotate_rewraps_every_object_and_retires_the_old_key(tmp_path,
     assert keys.check() == new  # a retired key is not missed at the next start
     assert cli(["keys", "retire", "nope", "--data-dir", str(data_dir)]) == 2
     assert "no key 'nope'" in capsys.readouterr().err
+
+
+def test_each_job_has_its_own_key_which_its_worker_gets_and_rotation_rewraps_only_job_keys(tmp_path, capsys):
+    """The jobs' store: a worker given one job's key (as the task spec carries it) reads
+    that job's snapshot and writes its output, which the service reads; the same worker
+    cannot open another job's objects; ``aidc keys rotate`` re-wraps the job keys (the only
+    objects under the KEK) and the old KEK can then be retired with every output readable."""
+    from aidc.jobs import jobkeys
+    from aidc.jobs.artifacts import JobArtifactStore
+
+    data_dir = tmp_path / "platform"
+    (data_dir / "secrets").mkdir(parents=True)
+    keys = KeyRing.for_data_dir(data_dir)
+    old = keys.check(create=True)
+    store = JobArtifactStore(url=str(data_dir.resolve() / "jobs" / "artifacts"))
+    store.encrypt_with(keys)
+    try:
+        for job in ("j1", "j2"):
+            store.write_bytes(store.job_url(job, "input.ipynb"), f"snapshot of {job} MARKER".encode())
+        spec = {"job_id": "j1", "output_url": store.job_url("j1", "output.ipynb"),
+                "artifact_key": store.worker_key("j1")}
+        raw = Path(store.job_url("j1", "input.ipynb")).read_bytes()
+        assert b"MARKER" not in raw and crypto.key_of(raw) == "job:j1"
+        assert crypto.key_of(Path(store.job_url("j1", "job.key")).read_bytes()) == old
+    finally:
+        artifacts._ENCRYPTED.pop(store.url)
+
+    # a worker process: it holds only j1's key, from the spec
+    assert jobkeys.hold_for_attempt(spec)
+    try:
+        assert artifacts.read_bytes(store.job_url("j1", "input.ipynb")) == b"snapshot of j1 MARKER"
+        artifacts.write_bytes(spec["output_url"], b"output of j1 MARKER")
+        with pytest.raises(DecryptionError, match="no key for job j2"):
+            artifacts.read_bytes(store.job_url("j2", "input.ipynb"))
+        # j1's key does not open j2's snapshot copied into j1's folder
+        Path(store.job_url("j1", "moved.ipynb")).write_bytes(Path(store.job_url("j2", "input.ipynb")).read_bytes())
+        with pytest.raises(DecryptionError):
+            artifacts.read_bytes(store.job_url("j1", "moved.ipynb"))
+    finally:
+        jobkeys.drop_after_attempt(spec)
+        artifacts._ENCRYPTED.pop(store.url)
+    assert b"MARKER" not in Path(spec["output_url"]).read_bytes()
+
+    assert cli(["keys", "rotate", "--data-dir", str(data_dir)]) == 0
+    assert "2 object(s) re-wrapped" in capsys.readouterr().out  # j1's and j2's job.key
+    assert cli(["keys", "retire", old, "--data-dir", str(data_dir)]) == 0
+    store.encrypt_with(keys)  # the service after a restart, with only the new KEK
+    try:
+        assert store.read_bytes(spec["output_url"]) == b"output of j1 MARKER"
+        assert store.read_bytes(store.job_url("j2", "input.ipynb")) == b"snapshot of j2 MARKER"
+    finally:
+        artifacts._ENCRYPTED.pop(store.url)

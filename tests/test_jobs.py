@@ -68,9 +68,13 @@ def test_job_runs_as_owner_with_parameters_metrics_and_output(jobs_up, scientist
     assert injected and "epochs = 3" in injected[0].source
     logs = jobs_api(platform, scientist.token, "GET", f"/jobs/{job['id']}/logs").text
     assert "training 3 epochs at 0.05" in logs
-    # output notebook file belongs to the owner
+    # output notebook file belongs to the owner; on disk the output and the input snapshot
+    # are ciphertext (under the job's own key), read back above as plaintext
     artifacts = platform.data_dir / "jobs" / "artifacts" / job["id"] / "output.ipynb"
     assert artifacts.stat().st_uid == pw_uid
+    for stored in (artifacts, artifacts.with_name("input.ipynb")):
+        raw = stored.read_bytes()
+        assert raw.startswith(b"AIDCENC1") and b"training" not in raw and b"epochs" not in raw
     # every job gets a fresh kernel process
     again = wait(platform, scientist, submit(platform, scientist, "work/train.ipynb")["id"])
     assert again["status"] == "completed" and again["metrics"]["pid"] != m["pid"]

@@ -40,15 +40,26 @@ SEEKABLE_IN_MEMORY = 64 * 2**20
 
 def encrypt_under(root: str, keys) -> None:
     """Encrypt what is written below ``root`` from now on, with ``keys`` (a
-    :class:`aidc.security.keys.KeyRing`), and decrypt what is read there."""
+    :class:`aidc.security.keys.KeyRing`), and decrypt what is read there.
+
+    ``keys`` may instead choose the keys per object: an object with a ``for_identity``
+    method is asked for the wrapper of each object's identity (the jobs' root gives each
+    job its own key, :mod:`aidc.jobs.jobkeys`)."""
     _ENCRYPTED[root.rstrip("/")] = keys
+
+
+def encrypted_root(root: str):
+    """The keys registered for ``root`` by :func:`encrypt_under`, or None."""
+    return _ENCRYPTED.get(root.rstrip("/"))
 
 
 def encryption_of(url: str):
     """``(keys, identity)`` when ``url`` is below an encrypted root, else None."""
     for root, keys in _ENCRYPTED.items():
         if url.startswith(root + "/"):
-            return keys, url[len(root) + 1:]
+            identity = url[len(root) + 1:]
+            chooser = getattr(keys, "for_identity", None)
+            return (chooser(identity) if chooser else keys), identity
     return None
 
 

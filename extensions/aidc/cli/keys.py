@@ -24,10 +24,10 @@ def add_parser(sub, common) -> None:
 
 
 def platform_keys(data_dir: str | None):
-    """The platform's key ring and the roots of its encrypted objects, datasets' files and
-    model artifacts (the data directory's drop-ins decide both, as they do for the services,
-    which register the same roots with :func:`aidc.artifacts.encrypt_under`); ``(None, [])``
-    when encryption is off."""
+    """The platform's key ring and the roots of its encrypted objects, datasets' files,
+    model artifacts and jobs' snapshots and outputs (the data directory's drop-ins decide
+    both, as they do for the services, which register the same roots with
+    :func:`aidc.artifacts.encrypt_under`); ``(None, [])`` when encryption is off."""
     from ..data.uploads import DatasetUploads
     from ..paths import DataDir
     from ..security.keys import KeyRing
@@ -40,15 +40,20 @@ def platform_keys(data_dir: str | None):
     if keys is None:
         return None, []
     models = app.config.ModelRegistry.get("artifacts_url") or str(d.root.resolve() / "models" / "artifacts")
-    roots = [DatasetUploads(None, config=app.config, data_dir=str(d.root)).storage_url, models]
+    jobs = (app.config.JobArtifactStore.get("url") or app.config.ArtifactStore.get("url")
+            or str(d.jobs_artifacts))
+    roots = [DatasetUploads(None, config=app.config, data_dir=str(d.root)).storage_url, models, jobs]
     # users' secrets for jobs (aidc.jobs.secrets), under the key ring itself
     roots.append(app.config.SecretStore.get("root") or str(d.root.resolve() / "jobs" / "secrets"))
     return keys, roots
 
 
 def _objects(roots: list[str]):
-    """``(url, identity)`` of every stored object below the encrypted roots."""
+    """``(url, identity)`` of every stored object below the encrypted roots, but those
+    under a job's own key (:mod:`aidc.jobs.jobkeys`: only that job's ``job.key`` object
+    depends on the key-encryption keys)."""
     from .. import artifacts
+    from ..jobs.jobkeys import is_job_key
 
     for root in roots:
         fs, path = artifacts._fs(root)
@@ -58,6 +63,8 @@ def _objects(roots: list[str]):
             name = found.rsplit("/", 1)[-1]
             if name.startswith(".") and name.endswith(".partial"):
                 continue  # a write in progress
+            if is_job_key(_key_of(fs, found)):
+                continue
             identity = found[len(path.rstrip("/")) + 1:]
             yield root, fs, found, identity
 

@@ -29,6 +29,7 @@ from papermill.engines import NBClientEngine, NotebookExecutionManager, papermil
 from papermill.exceptions import PapermillExecutionError
 
 from .. import artifacts
+from . import jobkeys
 from .metrics import DATASET_MIME, MIME
 from ..security.redact import Redactor, StreamRedactor
 
@@ -290,7 +291,10 @@ def run_job(spec: dict) -> dict:
         _running[job_id] = attempt
     timer = None
     output_url = spec["output_url"]
-    local_output = artifacts.local_path(output_url)
+    # an encrypted store gets the output through aidc.artifacts (encrypted as published);
+    # papermill then writes a private local file first
+    encrypted = jobkeys.hold_for_attempt(spec)
+    local_output = None if encrypted else artifacts.local_path(output_url)
     tmpdir = None
     try:
         # Dask re-runs a task whose worker died (``allowed-failures`` of an external
@@ -355,6 +359,7 @@ def run_job(spec: dict) -> dict:
                        output=os.path.exists(local_output))
         return attempt.redactor.scrub(outcome)
     finally:
+        jobkeys.drop_after_attempt(spec)
         if timer:
             timer.cancel()
         with _running_lock:
@@ -385,20 +390,22 @@ def _secs(value) -> str:
 
 
 def _finish_output(local_output: str, output_url: str, run_as) -> None:
-    """Give the output notebook to its owner; upload it when the store is remote."""
+    """Publish the output notebook when papermill wrote it elsewhere (a remote or an
+    encrypted store), and give the stored file to its owner."""
     if not os.path.exists(local_output):
         return
-    if run_as is not None:
+    stored = artifacts.local_path(output_url)
+    if stored != local_output:
+        with open(local_output, "rb") as f:
+            artifacts.write_bytes(output_url, f.read())
+    if run_as is not None and stored is not None:
         try:
             # never through a link: the file first, its folder (which keeps others out
             # until then) last
-            os.chown(local_output, run_as.uid, run_as.gid, follow_symlinks=False)
-            os.chown(os.path.dirname(local_output), run_as.uid, run_as.gid, follow_symlinks=False)
+            os.chown(stored, run_as.uid, run_as.gid, follow_symlinks=False)
+            os.chown(os.path.dirname(stored), run_as.uid, run_as.gid, follow_symlinks=False)
         except OSError:
             pass
-    if artifacts.local_path(output_url) is None:
-        with open(local_output, "rb") as f:
-            artifacts.write_bytes(output_url, f.read())
 
 
 def stop_job(job_id: str, reason: str = "cancel") -> bool:

@@ -448,6 +448,7 @@ class JobManager(LoggingConfigurable):
                 "timeout": job["timeout"], "cell_timeout": job["cell_timeout"],
                 "kernel_name": self.kernel_name, "url": self.url,
                 "threads": self.kernel_threads or (self.threads() if self.threads else None),
+                "artifact_key": self.artifacts.worker_key(job["id"]),
             }
         except Exception as e:
             self._launch_failed(job, attempt, e)

@@ -31,6 +31,7 @@ from .. import roles
 from ..errors import NotFoundError, UsageError
 from ..gpu.ledger import GPULedger
 from ..gpu.platform import open_ledger
+from ..security.keys import KeyRing
 from ..services.declare import ManagedService, python_command
 from ..services.base import (
     OpenAPIHandler,
@@ -383,6 +384,10 @@ def main() -> None:
     data_dir = app.data_dir
     store = JobStore(config=app.config, data_dir=data_dir)
     artifact_store = ArtifactStore(config=app.config)
+    keys = KeyRing.for_data_dir(data_dir, app.config)
+    if keys is not None:  # snapshots and outputs encrypted at rest, each job under its own key
+        keys.check(create=True)
+        artifact_store.encrypt_with(keys)
     secrets = SecretStore(store, config=app.config, data_dir=data_dir)
     secrets.encrypt_at_rest(app.config)
     ledger = open_ledger(data_dir, config=app.config)

@@ -51,12 +51,14 @@ def fingerprint(key: bytes) -> str:
     return hmac.new(key, b"aidc-kek-fingerprint", hashlib.sha256).hexdigest()[:32]
 
 
-def _local_wrap(key: bytes, data_key: bytes, aad: bytes) -> bytes:
+def wrap_data_key(key: bytes, data_key: bytes, aad: bytes) -> bytes:
+    """``data_key`` sealed with the key-encryption key ``key`` (AES-256-GCM), for ``aad``."""
     nonce = os.urandom(12)
     return nonce + AESGCM(key).encrypt(nonce, data_key, b"aidc-data-key:" + aad)
 
 
-def _local_unwrap(key: bytes, wrapped: bytes, aad: bytes) -> bytes:
+def unwrap_data_key(key: bytes, wrapped: bytes, aad: bytes) -> bytes:
+    """What :func:`wrap_data_key` sealed; :class:`DecryptionError` for a wrong key or ``aad``."""
     try:
         return AESGCM(key).decrypt(wrapped[:12], wrapped[12:], b"aidc-data-key:" + aad)
     except InvalidTag:
@@ -100,10 +102,10 @@ class LocalKeyProvider(KeyProvider):
         raise NotImplementedError
 
     def wrap(self, key_id: str, data_key: bytes, aad: bytes) -> bytes:
-        return _local_wrap(self.key_bytes(key_id), data_key, aad)
+        return wrap_data_key(self.key_bytes(key_id), data_key, aad)
 
     def unwrap(self, key_id: str, wrapped: bytes, aad: bytes) -> bytes:
-        return _local_unwrap(self.key_bytes(key_id), wrapped, aad)
+        return unwrap_data_key(self.key_bytes(key_id), wrapped, aad)
 
     def fingerprint(self, key_id: str) -> str:
         return fingerprint(self.key_bytes(key_id))
