@@ -12,10 +12,10 @@ from __future__ import annotations
 import os
 
 from traitlets import Float, Unicode
-from traitlets.config import LoggingConfigurable
 
 from ..models.metrics import ENDPOINT_REQUEST_ERRORS, ENDPOINT_REQUESTS
 from .hub import only_lines
+from .reading import ServiceReader
 
 
 def endpoint_figures(text: str) -> dict:
@@ -34,8 +34,10 @@ def endpoint_figures(text: str) -> dict:
     return out
 
 
-class EndpointsReader(LoggingConfigurable):
+class EndpointsReader(ServiceReader):
     """Reads the models service's metrics every :attr:`every` seconds (the collector asks)."""
+
+    source = "the models service"
 
     url = Unicode(
         help="""The models service's Prometheus text (default: ``AIDC_URL`` +
@@ -50,28 +52,11 @@ class EndpointsReader(LoggingConfigurable):
 
     timeout = Float(5.0, help="Seconds a read of the models service's metrics may take.").tag(config=True)
 
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        if not self.url and os.environ.get("AIDC_URL"):
-            self.url = os.environ["AIDC_URL"].rstrip("/") + "/services/models/metrics"
-        self._token = os.environ.get("JUPYTERHUB_API_TOKEN", "")
-        self._session = None
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.every and self.url)
+    def default_url(self) -> str:
+        base = os.environ.get("AIDC_URL")
+        return base.rstrip("/") + "/services/models/metrics" if base else ""
 
     def read(self) -> dict:
         """``{"endpoints": [{"model", "version", "requests", "errors"}]}`` (JSON for the snapshot)."""
-        import requests
-
-        if self._session is None:
-            self._session = requests.Session()
-            self._session.headers["Authorization"] = f"token {self._token}"
-        try:
-            r = self._session.get(self.url, timeout=self.timeout)
-        except requests.RequestException as e:
-            raise OSError(f"the models service at {self.url} does not answer ({type(e).__name__})") from None
-        if r.status_code != 200:
-            raise OSError(f"the models service answered {r.status_code} for its metrics")
-        return {"endpoints": [{"model": m, "version": v, **f} for (m, v), f in sorted(endpoint_figures(r.text).items())]}
+        text = self.get(self.url).text
+        return {"endpoints": [{"model": m, "version": v, **f} for (m, v), f in sorted(endpoint_figures(text).items())]}

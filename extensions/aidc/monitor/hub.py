@@ -14,7 +14,8 @@ import os
 import re
 
 from traitlets import Float, Unicode
-from traitlets.config import LoggingConfigurable
+
+from .reading import ServiceReader
 
 
 def hub_figures(text: str, prefix: str = "jupyterhub") -> dict:
@@ -58,8 +59,10 @@ def only_lines(text: str, names: tuple[str, ...]) -> str:
     return "\n".join(pattern.findall(text)) + "\n"
 
 
-class HubReader(LoggingConfigurable):
+class HubReader(ServiceReader):
     """Reads the hub's Prometheus text every :attr:`every` seconds (the collector asks)."""
+
+    source = "the hub"
 
     url = Unicode(
         help="""The hub's Prometheus text (default: ``JUPYTERHUB_API_URL`` + ``/metrics``,
@@ -82,29 +85,16 @@ class HubReader(LoggingConfigurable):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        if not self.url and os.environ.get("JUPYTERHUB_API_URL"):
-            self.url = os.environ["JUPYTERHUB_API_URL"].rstrip("/") + "/metrics"
         self.prefix = os.environ.get("JUPYTERHUB_METRICS_PREFIX", self.prefix)
-        self._token = os.environ.get("JUPYTERHUB_API_TOKEN", "")
-        self._session = None
 
-    @property
-    def enabled(self) -> bool:
-        return bool(self.every and self.url)
+    def default_url(self) -> str:
+        api = os.environ.get("JUPYTERHUB_API_URL")
+        return api.rstrip("/") + "/metrics" if api else ""
+
+    def refusal_hint(self, status: int) -> str:
+        return " (does the service token have read:metrics?)" if status == 403 else ""
 
     def read(self) -> dict:
         """The hub's figures now (:func:`hub_figures`); raises with a sentence when the hub
         does not answer or refuses."""
-        import requests
-
-        if self._session is None:
-            self._session = requests.Session()
-            self._session.headers["Authorization"] = f"token {self._token}"
-        try:
-            r = self._session.get(self.url, timeout=self.timeout)
-        except requests.RequestException as e:
-            raise OSError(f"the hub's metrics at {self.url} do not answer ({type(e).__name__})") from None
-        if r.status_code != 200:
-            raise OSError(f"the hub answered {r.status_code} for its metrics at {self.url}"
-                          + (" (does the service token have read:metrics?)" if r.status_code == 403 else ""))
-        return hub_figures(r.text, self.prefix)
+        return hub_figures(self.get(self.url).text, self.prefix)

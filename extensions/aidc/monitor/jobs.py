@@ -11,11 +11,14 @@ import os
 import time
 
 from traitlets import Float, Unicode
-from traitlets.config import LoggingConfigurable
+
+from .reading import ServiceReader
 
 
-class JobsReader(LoggingConfigurable):
+class JobsReader(ServiceReader):
     """Reads the jobs service every :attr:`every` seconds (the collector asks)."""
+
+    source = "the jobs service"
 
     url = Unicode(
         help="""The jobs service's API (default: ``AIDC_URL`` + ``/services/jobs/api``, the
@@ -31,30 +34,12 @@ class JobsReader(LoggingConfigurable):
 
     timeout = Float(5.0, help="Seconds a read of the jobs service's figures may take.").tag(config=True)
 
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        if not self.url and os.environ.get("AIDC_URL"):
-            self.url = os.environ["AIDC_URL"].rstrip("/") + "/services/jobs/api"
-        self._token = os.environ.get("JUPYTERHUB_API_TOKEN", "")
-        self._session = None
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.every and self.url)
+    def default_url(self) -> str:
+        base = os.environ.get("AIDC_URL")
+        return base.rstrip("/") + "/services/jobs/api" if base else ""
 
     def _get(self, path: str, **params) -> dict:
-        import requests
-
-        if self._session is None:
-            self._session = requests.Session()
-            self._session.headers["Authorization"] = f"token {self._token}"
-        try:
-            r = self._session.get(f"{self.url}/{path}", params=params, timeout=self.timeout)
-        except requests.RequestException as e:
-            raise OSError(f"the jobs service at {self.url} does not answer ({type(e).__name__})") from None
-        if r.status_code != 200:
-            raise OSError(f"the jobs service answered {r.status_code} for {path}")
-        return r.json()
+        return self.get(f"{self.url}/{path}", **params).json()
 
     def read(self) -> dict:
         """``{"counts": {status: n}, "running_gpus", "oldest_wait_seconds"}`` (0 when none waits)."""
