@@ -346,6 +346,9 @@ def test_a_viewer_lands_on_the_dashboards_and_sees_every_dashboard_with_data(pla
                     assert f"{model} v1: 3" in bars, bars
                     row = page.locator("table.aidc-table tr", has_text=model).first.inner_text().split("\t")
                     assert row[:5] == [model, "1", "3", row[3], "0"] and row[5].endswith(" ms"), row
+                    # and over the range chosen, from the metrics service's history
+                    for title in ("Requests per second by endpoint", "Latency p99 by endpoint"):
+                        assert page.locator(".aidc-live", has_text=title).count() == 1, title
                 page.screenshot(path=str(ARTIFACTS / f"dashboard-{name.removesuffix('.ipynb')}.png"),
                                 full_page=True)
 
@@ -359,6 +362,10 @@ def test_a_viewer_lands_on_the_dashboards_and_sees_every_dashboard_with_data(pla
                 "metric": "endpoint_requests", "model": model, "start": time.time() - 600}).json(),
                 lambda h: h.get("series") and h["series"][0]["points"][-1][1] == 3)
             assert kept["series"][0]["labels"] == {"model": model, "version": "1"}
+            # with how long they took (the 99th percentile of the read that saw them)
+            p99 = platform.api(viewer.token).get(history, timeout=30, params={
+                "metric": "endpoint_latency_p99_seconds", "model": model, "start": time.time() - 600}).json()
+            assert 0 < max(v for _, v in p99["series"][0]["points"]) < 60, p99
             text = platform.api(viewer.token).get(f"{platform.url}/services/metrics/metrics", timeout=30).text
             assert "aidc_endpoint_requests_total" not in text and "aidc_hub_users" in text
             # the hub's home page: a link to the dashboards, and no server to start

@@ -457,9 +457,10 @@ def test_the_gpu_queue_says_how_long_each_claim_has_waited_on_every_decision_pat
     ledger.engine.dispose()
 
 
-def hub_metrics_server(token: str):
+def hub_metrics_server(token: str, body=None):
     """A stand-in for the hub's ``/hub/api/metrics``: JupyterHub's own metric declarations
-    (``jupyterhub.metrics``) rendered as the hub renders them, for ``token`` only."""
+    (``jupyterhub.metrics``) rendered as the hub renders them, for ``token`` only (or what
+    ``body()`` renders: another service's text)."""
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -468,11 +469,11 @@ def hub_metrics_server(token: str):
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):
             ok = self.headers.get("Authorization") == f"token {token}"
-            body = generate_latest(REGISTRY) if ok else b'{"status": 403}'
+            text = (body or (lambda: generate_latest(REGISTRY)))() if ok else b'{"status": 403}'
             self.send_response(200 if ok else 403)
-            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Content-Length", str(len(text)))
             self.end_headers()
-            self.wfile.write(body)
+            self.wfile.write(text)
 
         def log_message(self, *args):
             pass
@@ -543,6 +544,64 @@ def test_the_hubs_users_servers_and_spawn_durations_are_kept_and_exported_under_
         snap = collector.sample(now + collector.readers["hub"].every)
         assert snap["hub"] == {} and len(snap["gpus"]) == 2
         assert any("answered 403" in e and "read:metrics" in e for e in snap["errors"]), snap["errors"]
+    finally:
+        server.shutdown()
+
+
+def test_each_endpoints_latency_and_batch_size_are_kept_per_interval_across_a_restart(tmp_path, fake_nvml, ledger):
+    """Latency and batch size quantiles are what the histograms counted since the previous
+    read, not since the models service started; a restarted models service (counts lower
+    than before) counts from zero again."""
+    from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+    from aidc.monitor.endpoints import EndpointsReader
+
+    def models_service():
+        registry = CollectorRegistry()
+        return registry, (
+            Counter("aidc_endpoint_requests", "", ["model", "version", "code"], registry=registry),
+            Histogram("aidc_endpoint_request_duration_seconds", "", ["model", "version"], registry=registry,
+                      buckets=(0.005, 0.01, 0.1, 1.0)),
+            Histogram("aidc_model_batch_size", "", ["model", "version", "replica"], registry=registry,
+                      buckets=(1, 2, 4, 8, 16)))
+
+    state = {}
+    state["registry"], (requests_, latency, batch) = models_service()
+
+    def serve(n: int, seconds: float, rows: int) -> None:
+        for replica in ("0", "1"):  # summed over the replicas
+            for _ in range(n):
+                requests_.labels("m", "1", "200").inc()
+                latency.labels("m", "1").observe(seconds)
+                batch.labels("m", "1", replica).observe(rows)
+
+    server = hub_metrics_server("t", body=lambda: generate_latest(state["registry"]))
+    try:
+        reader = EndpointsReader(url=f"http://127.0.0.1:{server.server_port}/metrics")
+        reader._token = "t"
+        store = store_of(tmp_path)
+        collector = Collector(store, ledger, str(tmp_path), endpoints=reader, user_usage_every=0)
+        serve(50, 0.002, 1)  # fast, one row a batch
+        now = time.time()
+        first = collector.sample(now)["endpoints"]["endpoints"][0]
+        assert first["requests"] == 100 and first["latency_p99_seconds"] <= 0.005
+        assert first["batch_size_p50"] <= 1
+        serve(50, 0.5, 16)  # then slow, in big batches: only these count in the next interval
+        second = collector.sample(now + reader.every)["endpoints"]["endpoints"][0]
+        assert second["requests"] == 200 and 0.1 < second["latency_p50_seconds"] <= 1.0
+        assert 8 < second["batch_size_p50"] <= 16
+        kept = store.query("endpoint_latency_p99_seconds", now - 1, now + reader.every + 1, 1,
+                           now=now + reader.every + 1, labels={"model": "m"})
+        assert kept["series"][0]["points"][-1][1] > 0.1, kept
+        # the models service restarts: fewer counts than before, a fresh interval
+        state["registry"], (requests_, latency, batch) = models_service()
+        serve(5, 0.007, 2)
+        third = collector.sample(now + 2 * reader.every)["endpoints"]["endpoints"][0]
+        assert third["requests"] == 10 and 0.005 < third["latency_p99_seconds"] <= 0.01
+        assert 1 < third["batch_size_p50"] <= 2
+        # nothing served since: no quantile to keep (not a zero latency)
+        fourth = collector.sample(now + 3 * reader.every)["endpoints"]["endpoints"][0]
+        assert fourth["latency_p99_seconds"] is None and fourth["batch_size_p50"] is None
     finally:
         server.shutdown()
 

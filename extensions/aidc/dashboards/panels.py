@@ -264,10 +264,33 @@ def endpoints(page: Dashboard, start: float, end: float) -> str:
                      "-" if p50 is None else f"{p50 * 1000:.1f} ms", "-" if p99 is None else f"{p99 * 1000:.1f} ms",
                      "-" if batch is None else f"{batch:.1f}"])
     served = sorted((k, e) for k, e in per.items() if e["requests"] or e["buckets"])
-    return ("<h3>Endpoints</h3>"
+    return ["<h3>Endpoints</h3>"
             + charts.bar_chart("Requests by endpoint", [(f"{m} v{v}", e["requests"]) for (m, v), e in served])
             + charts.table(["model", "version", "requests", "requests/s", "errors", "p50", "p99", "batch size p50"],
-                           rows, "no inference request yet"))
+                           rows, "no inference request yet"),
+            *endpoint_history(page, start, end)]
+
+
+def _rate(pts: list) -> list[tuple[float, float]]:
+    """A counter's points as its rate per second between each two (a drop is a restart:
+    the counter starts again at 0, as Prometheus' ``rate`` takes it)."""
+    return [(u, (b - a if b >= a else b) / (u - t)) for (t, a), (u, b) in zip(pts, pts[1:]) if u > t]
+
+
+def _by_endpoint(answer: dict, change=None) -> dict[str, list]:
+    return {f"{s['labels'].get('model', '?')} v{s['labels'].get('version', '?')}":
+            (change or (lambda pts: pts))(points(s)) for s in answer.get("series", [])}
+
+
+def endpoint_history(page: Dashboard, start: float, end: float) -> list:
+    """Each endpoint over the range, from the metrics service's history of the models
+    service's figures (:mod:`aidc.monitor.endpoints`): requests per second (a canary's split
+    is its versions side by side) and the 99th percentile of latency."""
+    requests = page.sources.history("endpoint_requests", start, end)
+    p99 = page.sources.history("endpoint_latency_p99_seconds", start, end)
+    return [_live(page, "endpoint-rate", "Requests per second by endpoint", "req/s").show(
+                _by_endpoint(requests, _rate), start, end),
+            _live(page, "endpoint-p99", "Latency p99 by endpoint", "s").show(_by_endpoint(p99), start, end)]
 
 
 def model_versions(page: Dashboard, start: float, end: float) -> str:

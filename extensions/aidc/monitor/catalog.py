@@ -71,6 +71,16 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
            ("model", "version"), "counter", exported=False),
     Metric("endpoint_errors", "Inference requests answered with an error (the models service's "
            "aidc_endpoint_request_errors_total; history only).", ("model", "version"), "counter", exported=False),
+    Metric("endpoint_request_seconds", "Seconds the models service took to answer inference requests, in all "
+           "(its aidc_endpoint_request_duration_seconds_sum; history only).", ("model", "version"), "counter",
+           exported=False),
+    Metric("endpoint_latency_p50_seconds", "Median time to answer an inference request, over the requests "
+           "since the previous read of the models service (its request-duration histogram; history only).",
+           ("model", "version"), exported=False),
+    Metric("endpoint_latency_p99_seconds", "99th percentile of the time to answer an inference request, over "
+           "the requests since the previous read (history only).", ("model", "version"), exported=False),
+    Metric("endpoint_batch_size_p50", "Median rows per model run of the endpoint's replicas since the previous "
+           "read (their aidc_model_batch_size histograms; history only).", ("model", "version"), exported=False),
     Metric("hub_users", "Users the hub knows (JupyterHub: jupyterhub_total_users).", ()),
     Metric("hub_active_users", "Users active within the period: 24h, 7d or 30d (JupyterHub: jupyterhub_active_users).",
            ("period",)),

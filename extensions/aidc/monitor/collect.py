@@ -37,6 +37,11 @@ GPU_FIGURES = [m for m in METRICS if m.startswith("gpu_") and m != "gpu_process_
                and not m.startswith("gpu_queue_")]
 #: the GPU queue's figures are given for every unit kind, 0 when none waits
 QUEUE_KINDS = (WHOLE, MIG, SHARE)
+#: an endpoint's figures beyond its requests and errors: (history name, key in the snapshot)
+ENDPOINT_FIGURES = (("endpoint_request_seconds", "seconds"),
+                    ("endpoint_latency_p50_seconds", "latency_p50_seconds"),
+                    ("endpoint_latency_p99_seconds", "latency_p99_seconds"),
+                    ("endpoint_batch_size_p50", "batch_size_p50"))
 
 
 def rows_of(snapshot: dict, latest_users: bool = False) -> list[tuple[str, dict, float]]:
@@ -58,6 +63,7 @@ def rows_of(snapshot: dict, latest_users: bool = False) -> list[tuple[str, dict,
     for e in (snapshot.get("endpoints") or {}).get("endpoints", []):
         labels = {"model": e["model"], "version": e["version"]}
         rows += [("endpoint_requests", labels, e["requests"]), ("endpoint_errors", labels, e["errors"])]
+        rows += [(m, labels, e[key]) for m, key in ENDPOINT_FIGURES if e.get(key) is not None]
     if "gpu_queue" in snapshot:
         for kind in QUEUE_KINDS:
             q = snapshot["gpu_queue"].get(kind, {"claims": 0, "oldest_wait_seconds": 0.0})
