@@ -15,11 +15,10 @@ What a refusal must be: to someone signed in, another user's thing is a 404, as 
 not exist (a role that may not use a route at all gets 403 before anything is looked up:
 ``ROLE_REFUSALS``); without valid credentials, 401 from aidc's services, or JupyterHub's own
 403 (the hub, user servers, a cookie-less write without the XSRF token); a dashboard page
-sends them to sign in (302). Every 403/404 given to a signed-in caller by the hub or a
-service is an ``access`` event in the audit log (:func:`test_every_refusal_was_audited`);
-the refusals of Jupyter servers (a user server's 404 to another user, the dashboards' Voila
-refusing a token without access to it) are not yet: they hold no token that may write the
-audit log.
+sends them to sign in (302). Every 403/404 given to a signed-in caller is an ``access``
+event in the audit log (:func:`test_every_refusal_was_audited`): by the hub, a service, the
+dashboards' Voila, or the owner's own server, which reports it to the hub with the refused
+token for the hub to check (:func:`test_a_server_cannot_forge_refusals`).
 
 A secret's name is the caller's own: another scientist's ``PUT`` of the owner's secret's name
 makes a secret of theirs (allowed), and the owner's is still read and deleted by the owner.
@@ -371,8 +370,7 @@ def test_matrix(platform, world, actor, case):
     elif actor in SIGNED_IN:
         want = {403} if (actor, case.id) in ROLE_REFUSALS else {404} if actor == "other" else {403, 404}
         assert r.status_code in want, where
-        if not case.path.startswith(("/user/", "/services/dashboards/")):  # Jupyter servers: not audited
-            REFUSED.append((world["actors"][actor], f"{case.method} {url[len(platform.url):].split('?')[0]}"))
+        REFUSED.append((world["actors"][actor], f"{case.method} {url[len(platform.url):].split('?')[0]}"))
     elif case.page:
         assert r.status_code == 302 and "/hub/" in r.headers["Location"], where
     else:  # no valid credentials: aidc's 401, or JupyterHub's own 403
@@ -383,8 +381,9 @@ def test_matrix(platform, world, actor, case):
 
 
 def test_every_refusal_was_audited(platform, world):
-    """Each 403/404 the hub and the services gave a signed-in actor above is an ``access``
-    event with that actor and target (services send theirs in the background)."""
+    """Each 403/404 the hub, the services and the owner's server gave a signed-in actor above
+    is an ``access`` event with that actor and target (services and servers send theirs in
+    the background)."""
     assert REFUSED, "the matrix ran no refusal"
     deadline = time.monotonic() + 60
     while True:
@@ -395,3 +394,27 @@ def test_every_refusal_was_audited(platform, world):
             break
         time.sleep(0.5)
     assert not missing, f"{len(missing)} of {len(REFUSED)} refusals not audited: {missing[:10]}"
+
+
+def test_a_server_cannot_forge_refusals(platform, world, other_scientist, viewer):
+    """What a user's server (so the user: their kernels hold its token) may report as refused:
+    only requests to their own server, made with a token that may not use it; the hub finds
+    the actor from that token. A service's path, a token with access, or none: not recorded."""
+    owner = world["owner"]
+    url = f"{platform.url}/hub/api/aidc/audit/refusals"
+
+    def report(token, target, by=owner.token):
+        return requests.post(url, timeout=30, headers={"Authorization": f"token {by}"}, json={
+            "events": [{"kind": "access", "token": token, "data": {"target": target, "status": 404}}]})
+
+    mine = f"GET /user/{owner.name}/api/contents/forged-{os.urandom(3).hex()}"
+    r = report(other_scientist.token, f"GET /user/{other_scientist.name}/api/contents")
+    assert r.status_code == 400 and "your own server" in r.json()["message"], r.text
+    r = report(viewer.token, "GET /services/jobs/api/jobs")
+    assert r.status_code == 400, r.text
+    assert report(owner.token, mine).json() == {"recorded": 0, "ignored": 1}  # they may use it
+    assert report("not-a-token", mine).json() == {"recorded": 0, "ignored": 1}
+    r = report(viewer.token, mine)  # a real refusal's token: the hub names its holder
+    assert r.json() == {"recorded": 1, "ignored": 0}, r.text
+    forged = [e for e in platform.audit_events() if e.get("target") == mine]
+    assert [(e["actor"], e["service"]) for e in forged] == [(viewer.name, f"server:{owner.name}")]

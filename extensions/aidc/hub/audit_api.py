@@ -10,14 +10,25 @@ already written (the log and its key are the hub's files).
 Only tokens with the custom scope :data:`SCOPE` may post (every platform service's role has
 it, see :mod:`aidc.services.declare`); the hub's own kinds (``auth``, ``user``, ``server``)
 are refused here, as they are recorded by the hub itself.
+
+``POST /hub/api/aidc/audit/refusals`` is the one way in for users' own servers, which run as
+their user's Unix account with a token of that user (which the user's kernels can read): a
+server reports the requests it refused to *another* signed-in caller (:mod:`aidc.lab`), each
+with the token that request carried. The hub trusts none of it: it looks the token up
+itself (the actor is whoever the hub says owns it; an unknown or expired token is not
+recorded), checks that the token indeed has no access to the reporting user's server, and
+that the path is one of that server's. So a user can add, in their server's name, only
+refusals that really were refusals of a token they were sent; they cannot name an actor they
+hold no token of, report about another server, or touch what is written.
 """
 
 from __future__ import annotations
 
 import json
 
-from jupyterhub import orm
+from jupyterhub import orm, scopes
 from jupyterhub.apihandlers.base import APIHandler
+from jupyterhub.user import User
 from tornado import web
 
 from ..security import audit
@@ -64,6 +75,70 @@ class AuditEventsHandler(APIHandler):
         self.write({"recorded": len(checked)})
 
 
+class ServerRefusalsHandler(APIHandler):
+    """A user server's refusals: ``{"events": [{"kind": "access", "token": "<the refused
+    request's token>", "data": {"target": "GET /user/NAME/...", "status": 404, ...}}]}``.
+
+    Answers ``{"recorded": n, "ignored": m}``: an event is ignored (not an error: the server
+    cannot know) when its token is no longer valid or it turns out to have access after all.
+    """
+
+    def check_xsrf_cookie(self):  # token-only API, as above
+        return
+
+    def _actor(self, token: str, owner: str) -> str | None:
+        """Who holds ``token`` if it may not use ``owner``'s server (None: not a refusal)."""
+        found = orm.APIToken.find(self.db, token) if isinstance(token, str) and token else None
+        if found is None:
+            return None
+        if scopes.has_scope(f"access:servers!server={owner}/", scopes.get_scopes_for(found), db=self.db):
+            return None
+        if found.user is not None:
+            return found.user.name
+        return f"service:{found.service.name}" if found.service is not None else None
+
+    def post(self):
+        user = self.current_user
+        if not isinstance(user, User):
+            raise web.HTTPError(403, "only a user's own server may report the requests it refused")
+        try:
+            body = json.loads(self.request.body or b"{}")
+        except ValueError:
+            raise web.HTTPError(400, "the body must be JSON: {\"events\": [...]}") from None
+        events = body.get("events") if isinstance(body, dict) else None
+        if not isinstance(events, list) or not events:
+            raise web.HTTPError(400, "\"events\" must be a non-empty list")
+        if len(events) > MAX_EVENTS:
+            raise web.HTTPError(400, f"at most {MAX_EVENTS} events per request, not {len(events)}")
+        server_path = f"{self.base_url}user/{user.name}/"
+        checked = []
+        for i, event in enumerate(events):
+            event = event if isinstance(event, dict) else {}
+            data = event.get("data")
+            if event.get("kind") != "access" or not isinstance(data, dict):
+                raise web.HTTPError(400, f"events[{i}]: kind must be \"access\" with an object \"data\"")
+            target = data.get("target")
+            method, _, path = target.partition(" ") if isinstance(target, str) else ("", "", "")
+            if not method or not path.startswith(server_path):
+                raise web.HTTPError(400, f"events[{i}]: target must be \"METHOD {server_path}...\", "
+                                         "a request to your own server")
+            clean = {k: data.get(k) for k in ("target", "status", "reason", "remote_ip")}
+            clean.update(action="refused", result="failure", service=f"server:{user.name}")
+            problem = audit.check("access", {**clean, "actor": "?"})
+            if problem:
+                raise web.HTTPError(400, f"events[{i}]: {problem}")
+            checked.append((event.get("token"), clean))
+        recorded = 0
+        for token, data in checked:
+            actor = self._actor(token, user.name)
+            if actor is not None:
+                audit.record("access", actor=actor, **data)
+                recorded += 1
+        self.set_status(201)
+        self.write({"recorded": recorded, "ignored": len(checked) - recorded})
+
+
 def handlers() -> list[tuple]:
     """For ``c.JupyterHub.extra_handlers`` (mounted under ``/hub/``)."""
-    return [(r"/api/aidc/audit", AuditEventsHandler)]
+    return [(r"/api/aidc/audit", AuditEventsHandler),
+            (r"/api/aidc/audit/refusals", ServerRefusalsHandler)]

@@ -12,6 +12,12 @@ records, for the hub's API:
 - a refusal given to someone signed in (403, aidc's own hub API included; 404 to a change
   of a user, group or token, or to a read of another user): an ``access`` event.
 
+Beyond its API, the hub refuses people other users' servers itself when a request for one
+reaches it (``/hub/user/NAME/...``: the server is stopped, or not yet in the proxy) and when a
+browser asks it to sign in to a server or service it may not use (403 from the OAuth
+``authorize`` page): those are ``access`` events too. A running server's own refusals are
+reported by the server (:mod:`aidc.lab`, checked by :mod:`aidc.hub.audit_api`).
+
 Requests made by the ``aidc`` CLI's service token are skipped: the CLI records them itself,
 with the Unix account that ran it. Server starts and stops are recorded by the spawner.
 """
@@ -38,6 +44,9 @@ _CHANGES = [
     ("DELETE", re.compile(r"^/groups/([^/]+)/users$"), "set-role"),
 ]
 _WATCHED = re.compile(r"^/(users|groups|tokens|aidc)(/|$)")
+#: below the base URL: a user's server as the hub answers it, and the OAuth sign-in page
+_SERVER_URL = re.compile(r"^(?:hub/)?user/([^/]+)(/|$)")
+_AUTHORIZE = "hub/api/oauth2/authorize"
 
 
 def _caller(handler) -> str | None:
@@ -89,10 +98,29 @@ def audit_request(handler) -> None:
         audit.log.exception("could not audit %s %s", handler.request.method, handler.request.path)
 
 
+def _refused_elsewhere(handler, below_base: str) -> None:
+    """A refusal outside the hub's API: another user's server, or a sign-in to it."""
+    status = handler.get_status()
+    if status not in (403, 404):
+        return
+    server = _SERVER_URL.match(below_base)
+    if server is None and not below_base.startswith(_AUTHORIZE):
+        return
+    caller = _caller(handler)
+    if caller is None or (server is not None and unquote(server.group(1)) == caller):
+        return  # anonymous (sent to sign in), or a 404 inside one's own server
+    request = handler.request
+    audit.record("access", actor=caller, action="refused", target=f"{request.method} {request.path}",
+                 result="failure", status=status, remote_ip=request.remote_ip, service="hub")
+
+
 def _audit(handler) -> None:
     request = handler.request
-    prefix = handler.settings.get("base_url", "/") + "hub/api"
-    if not request.path.startswith(prefix):
+    base = handler.settings.get("base_url", "/")
+    prefix = base + "hub/api"
+    if not request.path.startswith(prefix) or request.path.startswith(base + _AUTHORIZE):
+        if request.path.startswith(base):
+            _refused_elsewhere(handler, request.path[len(base):])
         return
     path = request.path[len(prefix):]
     if not _WATCHED.match(path):

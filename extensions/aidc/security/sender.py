@@ -6,6 +6,10 @@ that hands the event to :func:`hub_sender`, a background thread that posts what 
 The caller never waits for the hub: an audit event must not slow a job submission or an
 inference. While the hub is away (a restart) events wait in memory and are sent when it
 answers again; at exit the thread is given a few seconds to send what is left.
+
+Users' own servers, which hold no service token, report the requests they refused the same
+way to ``POST <hub>/hub/api/aidc/audit/refusals`` (:func:`refusal_sender`), where the hub
+checks each one before it records it (:class:`aidc.hub.audit_api.ServerRefusalsHandler`).
 """
 
 from __future__ import annotations
@@ -28,8 +32,8 @@ BATCH = 200
 class HubSender:
     """A queue of ``(kind, data)`` and the thread that posts it to the hub."""
 
-    def __init__(self, api_url: str, token: str):
-        self.url = api_url.rstrip("/") + "/aidc/audit"
+    def __init__(self, api_url: str, token: str, path: str = "aidc/audit"):
+        self.url = api_url.rstrip("/") + "/" + path
         self.token = token
         self.pending: deque[dict[str, Any]] = deque()
         self.wake = threading.Condition()
@@ -37,12 +41,13 @@ class HubSender:
         self.thread.start()
         atexit.register(self.flush, 5.0)
 
-    def send(self, kind: str, data: dict[str, Any]) -> None:
+    def send(self, kind: str, data: dict[str, Any], **extra: Any) -> None:
+        """Queue one event (``extra``: more fields of the event beside ``kind`` and ``data``)."""
         with self.wake:
             if len(self.pending) >= MAX_PENDING:
                 dropped = self.pending.popleft()
-                log.error("audit: the hub has not taken events for a while; dropped %s", dropped)
-            self.pending.append({"kind": kind, "data": data})
+                log.error("audit: the hub has not taken events for a while; dropped %s", dropped["data"])
+            self.pending.append({"kind": kind, "data": data, **extra})
             self.wake.notify()
 
     def flush(self, timeout: float) -> bool:
@@ -57,7 +62,9 @@ class HubSender:
     def _run(self) -> None:
         import requests
 
-        session = requests.Session()
+        from . import internal_tls
+
+        session = internal_tls.mount(requests.Session())  # the hub's API under internal TLS
         session.headers["Authorization"] = f"token {self.token}"
         backoff = 0.5
         while True:
@@ -96,3 +103,16 @@ def hub_sender() -> HubSender:
         if _sender is None:
             _sender = HubSender(os.environ["JUPYTERHUB_API_URL"], os.environ["JUPYTERHUB_API_TOKEN"])
         return _sender
+
+
+_refusals: HubSender | None = None
+
+
+def refusal_sender(api_url: str, token: str) -> HubSender:
+    """A user server's sender of the requests it refused (made on first use, with the
+    server's own hub token: JupyterHub's ``HubAuth`` of the server)."""
+    global _refusals
+    with _lock:
+        if _refusals is None:
+            _refusals = HubSender(api_url, token, path="aidc/audit/refusals")
+        return _refusals
