@@ -98,6 +98,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -1098,6 +1099,165 @@ def report(b: Bench) -> list[str]:
     return out
 
 
+# -- the replica alone, before and after a change ---------------------------------------------
+class LoneReplica(ServerGroup):
+    """``python -m aidc.models.server`` on a TCP port of its own, run from ``tree`` (a folder
+    that holds ``aidc``), with the deployment's defaults (max batch 32, 2 ms, all cores)."""
+
+    role = "replica(s)"
+
+    def __init__(self, tree: Path, artifact: Path, signature: dict, log_path: Path,
+                 threads: int = 0):
+        self.port = free_port()
+        self.t0 = time.monotonic()
+        super().__init__(
+            [sys.executable, "-m", "aidc.models.server", "--format", "torchscript", "--artifact",
+             str(artifact), "--signature-json", json.dumps(signature), "--name", MODEL,
+             "--version", "1", "--port", str(self.port),
+             "--threads", str(threads or os.cpu_count() or 1)],
+            log_path, env={"PYTHONPATH": str(tree)})
+
+    def wait_ready_seconds(self) -> float:
+        """Seconds from the process start until it answered ready (polled every 10 ms)."""
+        deadline = time.monotonic() + 120
+        url = f"http://127.0.0.1:{self.port}/v2/health/ready"
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"replica exited {self.proc.returncode}:\n"
+                                   f"{self.log_path.read_text()[-3000:]}")
+            try:
+                if requests.get(url, timeout=2).status_code == 200:
+                    return time.monotonic() - self.t0
+            except requests.RequestException:
+                pass
+            time.sleep(0.01)
+        raise RuntimeError("the replica was not ready in 120 s")
+
+    def counters(self) -> dict[str, float]:
+        total: Counter = Counter()
+        m = requests.get(f"http://127.0.0.1:{self.port}/v2/models/{MODEL}/stats",
+                         timeout=5).json()["model_stats"][0]
+        total["rows"] += m["inference_count"]
+        total["batches"] += m["execution_count"]
+        total["compute_s"] += m["aidc"]["compute_seconds"]["sum"]
+        total["queue_s"] += m["aidc"]["queue_delay_seconds"]["sum"]
+        return dict(total)
+
+
+def replica_only(args: argparse.Namespace) -> int:
+    """``--replica-only``: the replica of ``--baseline`` (a git revision) and of this working
+    tree, each alone on a TCP port, measured in alternating order in one run (no platform,
+    no MLflow): c=1 and c=32, v2 JSON and binary; plus each one's cold start (process start
+    to ready, three starts each, alternating). At c=32 a third side, this tree as 2
+    replicas of 1 compute thread each (the load split over both), shows which of
+    replicas x threads to choose on this machine."""
+    from aidc.models import formats
+
+    root = Path(tempfile.mkdtemp(prefix=TMP_PREFIX))
+    load0 = os.getloadavg()
+    started = time.monotonic()
+    samples = np.random.default_rng(0).standard_normal((SAMPLES, 1, 28, 28)).astype(np.float32)
+    model = CNN().eval()
+    with torch.inference_mode():
+        expected = model(torch.from_numpy(samples)).numpy()
+    fmt, filename, signature = formats.save(model, root / "model", example=samples[:1])
+    sig = signature.to_dict()
+    inp, outp = sig["inputs"][0]["name"], sig["outputs"][0]["name"]
+    base = root / "baseline"
+    base.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.baseline, "extensions/aidc"],
+                             capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(base)], input=archive, check=True)
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", args.baseline],
+                          capture_output=True, text=True).stdout.strip()
+    trees = {f"before ({head})": base / "extensions", "after (this tree)": ROOT / "extensions"}
+    servers: dict[str, list[LoneReplica]] = {}
+    cold: dict[str, list[float]] = defaultdict(list)
+    results: list[Result] = []
+    runs: Runs = defaultdict(list)
+    failed = None
+    try:
+        for rnd in range(3):  # cold starts, alternating; the last ones stay up
+            for side, tree in (trees.items() if rnd % 2 == 0 else list(trees.items())[::-1]):
+                if side in servers:
+                    servers.pop(side)[0].stop()
+                s = LoneReplica(tree, root / "model" / filename, sig,
+                                root / f"replica-{len(cold[side])}-{side[:5]}.log")
+                servers[side] = [s]
+                cold[side].append(s.wait_ready_seconds())
+                log(f"  {side}: ready {cold[side][-1]:.2f} s after its start")
+        two = "after, 2 replicas x 1 thread"
+        servers[two] = [LoneReplica(trees["after (this tree)"], root / "model" / filename, sig,
+                                    root / f"replica-two-{i}.log", threads=1) for i in range(2)]
+        for s in servers[two]:
+            s.wait_ready_seconds()
+        for rnd in range(args.rounds):
+            log(f"round {rnd + 1}/{args.rounds}")
+            for enc, build, parse in (("JSON", lambda x: v2_json_body(x, inp), parse_v2_json),
+                                      ("binary", lambda x: v2_binary_body(x, inp, outp),
+                                       parse_v2_binary)):
+                for conc in (1, 32):
+                    order = [(k, v) for k, v in servers.items() if conc > 1 or k != two]
+                    for side, group in (order if (rnd + conc) % 2 else order[::-1]):
+                        target = make_target(
+                            f"replica {side}, v2 {enc}", [s.port for s in group],
+                            f"/v2/models/{MODEL}/infer", build, parse, samples,
+                            lambda group=group: {"replica(s)": [p for s in group for p in
+                                                                s.processes()["replica(s)"]]},
+                            stats=lambda group=group: dict(sum((Counter(s.counters())
+                                                                for s in group), Counter())))
+                        res = measure(target, conc, args, expected)
+                        runs[(side, enc, conc)].append(res)
+                        results.append(res)
+    except CheckFailed as e:
+        failed = str(e)
+    finally:
+        problems = []
+        for group in servers.values():
+            for s in group:
+                problems += s.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    load1 = os.getloadavg()
+    print()
+    print("The replica alone (python -m aidc.models.server on a TCP port, the deployment's "
+          "defaults), before and after, MNIST CNN, single-sample requests")
+    print(f"machine: {os.cpu_count()} CPUs, CPython {py_platform.python_version()}; load average "
+          f"at start {load0[0]:.2f}, at end {load1[0]:.2f}")
+    print(f"code: before = {head}, after = {code_state()}")
+    print(f"each run: {args.warmup:g} s warm-up, then {args.seconds:g} s counted; {args.rounds} "
+          "rounds, alternating which side goes first; every counted answer checked")
+    print()
+    if failed:
+        print(f"CHECK FAILED: {failed}")
+    print("\n".join(table(results)))
+    print("\nbatching in the replica during each run:")
+    print("\n".join(batching_table(results)))
+    print("\nmedians over rounds (after / before):")
+    sides = list(trees)
+    for enc in ("JSON", "binary"):
+        for conc in (1, 32):
+            b, a = runs.get((sides[0], enc, conc)), runs.get((sides[1], enc, conc))
+            if not (a and b):
+                continue
+            cpu_b = statistics.median(r.cpu["replica(s)"] / r.rps * 1000 for r in b)
+            cpu_a = statistics.median(r.cpu["replica(s)"] / r.rps * 1000 for r in a)
+            print(f"  v2 {enc:<6} c={conc:<3} req/s {med(b, 'rps'):7.0f} -> {med(a, 'rps'):7.0f} "
+                  f"({med(a, 'rps') / med(b, 'rps'):.2f}x); p50 {med(b, 'p50'):6.2f} -> "
+                  f"{med(a, 'p50'):6.2f} ms; p99 {med(b, 'p99'):6.2f} -> {med(a, 'p99'):6.2f} ms; "
+                  f"replica CPU-ms/request {cpu_b:.2f} -> {cpu_a:.2f}")
+            if conc > 1 and runs.get((two, enc, conc)):
+                t = runs[(two, enc, conc)]
+                print(f"  {'':<13} {two}: {med(t, 'rps'):7.0f} req/s "
+                      f"({med(t, 'rps') / med(a, 'rps'):.2f}x the 1 replica x "
+                      f"{os.cpu_count()} threads), p50 {med(t, 'p50'):6.2f} ms, "
+                      f"p99 {med(t, 'p99'):6.2f} ms")
+    print("  cold start (process start -> ready, loaded and warm), median of 3: " + "; ".join(
+        f"{side} {statistics.median(v):.2f} s ({', '.join(f'{x:.2f}' for x in v)})"
+        for side, v in cold.items()))
+    report_end(problems, "replicas stopped, temporary folder removed", time.monotonic() - started)
+    return 1 if (failed or problems) else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=3,
@@ -1109,7 +1269,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", action="store_true",
                     help="py-spy the models service and replica during one extra hub c=32 run")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder (logs)")
+    ap.add_argument("--replica-only", action="store_true",
+                    help="only the replica, of --baseline and of this tree, side by side (no "
+                         "platform, no MLflow; needs no root)")
+    ap.add_argument("--baseline", default="HEAD",
+                    help="the git revision --replica-only compares this tree with")
     args = ap.parse_args(argv)
+    if args.replica_only:
+        return replica_only(args)
     root = begin(TMP_PREFIX, "the platform makes Unix accounts for its users", log)
     if root is None:
         return 2

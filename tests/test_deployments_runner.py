@@ -443,6 +443,8 @@ async def test_killed_replica_is_restarted_and_requests_wait_for_it(runner):
     control.set("startup", 0.5)  # applies to processes started from now on
     [before] = replicas(runner)
     assert before["restarts"] == 0
+    # the status reports the cold start: the version's (from serving) and the replica's
+    assert 0 < before["ready_seconds"] <= runner.status("m")["versions"][0]["ready_seconds"]
 
     os.kill(before["pid"], signal.SIGKILL)
     t0 = time.monotonic()
@@ -451,6 +453,7 @@ async def test_killed_replica_is_restarted_and_requests_wait_for_it(runner):
 
     [after] = replicas(runner)
     assert after["restarts"] == 1 and after["ready"]
+    assert after["ready_seconds"] >= 0.5  # the new process's cold start: its 0.5 s start-up
     assert after["pid"] != before["pid"]
     assert after["socket"] == before["socket"]
     # none failed: they waited for the new process to load and answered from it

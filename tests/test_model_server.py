@@ -510,6 +510,52 @@ def test_malformed_bodies_are_400(server, mnist):
     np.testing.assert_allclose(infer(server.client(), x), mnist["predict"](x), rtol=1e-5, atol=1e-5)
 
 
+def _read_answer(sock: socket.socket, buf: bytearray) -> tuple[bytes, bytes]:
+    """One HTTP answer (head, body) from ``sock``; what follows stays in ``buf``."""
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed after {bytes(buf)!r}"
+        buf += chunk
+    end = buf.index(b"\r\n\r\n") + 4
+    head = bytes(buf[:end])
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:")))
+    while len(buf) < end + length:
+        buf += sock.recv(65536)
+    body = bytes(buf[end:end + length])
+    del buf[:end + length]
+    return head, body
+
+
+def test_raw_http_pipelining_and_malformed_requests(server, mnist):
+    """The replica's own HTTP/1.1 layer: pipelined requests answered in order on one
+    connection (a body split across reads too), then a request line it cannot read: a JSON
+    400 and the connection closed."""
+    x = images(1, seed=3)
+    body = json.dumps({"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32",
+                                   "data": x.ravel().tolist()}]}).encode()
+    infer_req = (f"POST /v2/models/mnist/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}"
+                 "\r\n\r\n").encode() + body
+    ready_req = b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(infer_req + ready_req + infer_req[:100])
+        time.sleep(0.05)  # the rest of the third request comes in another read
+        sock.sendall(infer_req[100:] + b"NOT HTTP\r\n\r\n")
+        buf = bytearray()
+        answers = [_read_answer(sock, buf) for _ in range(4)]
+        assert [a[0].split(b" ")[1] for a in answers] == [b"200", b"200", b"200", b"400"]
+        for head, out in (answers[0], answers[2]):
+            y = np.asarray(json.loads(out)["outputs"][0]["data"], np.float32)
+            np.testing.assert_allclose(y, mnist["predict"](x).ravel(), rtol=1e-5, atol=1e-5)
+        assert b"Connection: close" in answers[3][0]
+        assert "malformed request line" in json.loads(answers[3][1])["error"]
+        assert sock.recv(100) == b""  # closed
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:  # HTTP/1.0
+        sock.sendall(b"GET /v2/health/live HTTP/1.0\r\n\r\n")
+        head, _ = _read_answer(sock, bytearray())
+        assert head.startswith(b"HTTP/1.1 200") and b"Connection: close" in head
+
+
 def _peak_rss(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):

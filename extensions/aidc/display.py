@@ -213,8 +213,8 @@ def deployment_html(deployment) -> str:
         s = stats.get(str(v["version"])) or {}
         up = sum(1 for r in v["replicas"] if r["ready"])
         rows.append([f"v{v['version']}", f"{v['weight']:.0%}", f"{up}/{len(v['replicas'])}",
-                     sum(r["restarts"] for r in v["replicas"]), s.get("requests", 0),
-                     s.get("errors", 0), s.get("mean_latency_ms")])
+                     sum(r["restarts"] for r in v["replicas"]), v.get("ready_seconds"),
+                     s.get("requests", 0), s.get("errors", 0), s.get("mean_latency_ms")])
     fields = [("status", status), ("endpoint", _link(endpoint, endpoint)),
               ("infer", f"POST {endpoint}/infer"), ("gpus", d.get("gpus") or None),
               ("batching", (f"up to {d['max_batch_size']}, waiting "
@@ -224,8 +224,8 @@ def deployment_html(deployment) -> str:
               ("updated", d.get("updated"))]
     return _box(f"Deployment {escape(deployment.name)}",
                 _fields(fields, raw={"status", "endpoint"}),
-                _grid(["version", "traffic", "ready", "restarts", "requests", "errors",
-                       "mean latency (ms)"], rows))
+                _grid(["version", "traffic", "ready", "restarts", "ready in (s)", "requests",
+                       "errors", "mean latency (ms)"], rows))
 
 
 def gpus_html(inventory) -> str:

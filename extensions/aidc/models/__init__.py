@@ -15,20 +15,21 @@ The client side is this package's top level (HTTP only). The service side is
 :mod:`~aidc.models.export` (Triton model repositories).
 """
 
-from .client import (
-    Deployment,
-    ModelVersion,
-    deploy,
-    deployment,
-    get,
-    list_models,
-    predict,
-    promote,
-    register,
-    rollback,
-    set_alias,
-    undeploy,
-)
-
+# The client is imported on first use (PEP 562), not with the package: a model replica
+# (aidc.models.server) and the models service import submodules of this package and need
+# none of the client's HTTP stack (requests, urllib3), which was a fifth of a replica's
+# imports before the model's framework, i.e. of a deployment's cold start.
 __all__ = ["Deployment", "ModelVersion", "deploy", "deployment", "get", "list_models", "predict",
            "promote", "register", "rollback", "set_alias", "undeploy"]
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        from . import client
+
+        return getattr(client, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

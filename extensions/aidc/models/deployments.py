@@ -11,7 +11,9 @@ version serves once one replica answers ``/v2/health/ready`` and is ready once e
 replica asked for does), and switches traffic only to versions that are ready, so
 promotion and rollback never drop a request: the old version's replicas are stopped
 once the requests they are serving have finished (SIGTERM lets a server finish in-flight
-requests).
+requests). The status reports each version's and each replica's cold start
+(``ready_seconds``: from the start of serving, or of the replica's process, until ready,
+i.e. loaded and warmed up).
 """
 
 from __future__ import annotations
@@ -54,6 +56,10 @@ def _die_with_parent() -> None:
 START_ATTEMPTS = 4
 
 
+def _seconds(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
 @dataclass
 class Replica:
     #: the replica's Unix socket: its only listening address (the same across restarts)
@@ -65,6 +71,10 @@ class Replica:
     failed_checks: int = 0
     #: pooled connections to the socket: the service's path to the replica
     session: aiohttp.ClientSession | None = None
+    #: when its process last started (monotonic), and the seconds from then until it first
+    #: answered ready (loaded and warmed up): its cold start, None until then
+    started: float = 0.0
+    ready_seconds: float | None = None
 
     #: the host part of the URLs sent over the socket (only their paths matter)
     url = "http://replica"
@@ -102,6 +112,10 @@ class ServedVersion:
     visible_devices: str = ""
     replicas: list[Replica] = field(default_factory=list)
     _next: itertools.count = field(default_factory=itertools.count)
+    #: when the service began to serve it (staging the artifact included), and the seconds
+    #: from then until every replica was ready: the version's cold start, None until then
+    started: float = field(default_factory=time.monotonic)
+    ready_seconds: float | None = None
 
     @property
     def ready(self) -> list[Replica]:
@@ -195,6 +209,8 @@ class DeploymentRunner(LoggingConfigurable):
         gpus = {"CUDA_VISIBLE_DEVICES": served.visible_devices,
                 "NVIDIA_VISIBLE_DEVICES": served.visible_devices or "void"}
         # the Unix socket only: no TCP port that any local account could call without a token
+        replica.started = time.monotonic()
+        replica.ready_seconds = None
         replica.process = subprocess.Popen(
             [*served.command, "--unix-socket", str(replica.socket)],
             stdout=subprocess.DEVNULL, stderr=None, preexec_fn=_die_with_parent,
@@ -202,12 +218,14 @@ class DeploymentRunner(LoggingConfigurable):
         replica.open_session()
 
     async def _serve(self, name: str, number: int, dep: dict, wait: bool) -> ServedVersion:
+        t0 = time.monotonic()
         version = self.registry.version(name, number)
         identity = owner_account(self.registry.model(name)["owner"])
         artifact = artifacts_local.for_replica(version["artifact_url"], version["filename"])
         staged = stage(artifact, identity, self.run_root, prefix=f"v{number}-")  # short: socket paths
         served = ServedVersion(name, number, self._command(name, version, dep, dep["replicas"], staged.path),
-                               identity=identity, staged=staged, visible_devices=self._visible_devices(name))
+                               identity=identity, staged=staged, visible_devices=self._visible_devices(name),
+                               started=t0)
         for _ in range(dep["replicas"]):
             replica = Replica()
             self._spawn(served, replica)
@@ -242,7 +260,9 @@ class DeploymentRunner(LoggingConfigurable):
                 return
             if ready and all(r.ready or r.restarts >= START_ATTEMPTS - 1 for r in served.replicas):
                 break  # the others keep exiting while they load: waiting longer will not help
-            await asyncio.sleep(0.2)
+            # a health check is one request on the socket: polling often costs little and
+            # is part of the cold start that the status reports
+            await asyncio.sleep(0.05)
         if served.ready:
             # serving with fewer replicas than asked for beats serving nothing: the
             # deployment says how many are ready, and the watch keeps restarting the rest
@@ -270,6 +290,8 @@ class DeploymentRunner(LoggingConfigurable):
                                             timeout=aiohttp.ClientTimeout(total=5)) as r:
                     replica.ready = r.status == 200
                     replica.failed_checks = 0
+                    if replica.ready and replica.ready_seconds is None:
+                        replica.ready_seconds = time.monotonic() - replica.started
             except aiohttp.ClientConnectionError:
                 replica.ready = False  # nothing listens: starting, or gone
             except asyncio.TimeoutError:
@@ -277,6 +299,8 @@ class DeploymentRunner(LoggingConfigurable):
                 replica.failed_checks += 1
                 if replica.failed_checks >= 3:
                     replica.ready = False
+        if served.ready_seconds is None and served.replicas and all(r.ready for r in served.replicas):
+            served.ready_seconds = time.monotonic() - served.started
 
     def _stop(self, served: ServedVersion) -> None:
         for replica in served.replicas:
@@ -356,8 +380,10 @@ class DeploymentRunner(LoggingConfigurable):
             if served is None:
                 return None
             return {"version": served.version, "weight": weight,
+                    "ready_seconds": _seconds(served.ready_seconds),
                     "replicas": [{"replica": i, "socket": str(r.socket) if r.socket else None,
                                   "ready": r.ready, "restarts": r.restarts,
+                                  "ready_seconds": _seconds(r.ready_seconds),
                                   "pid": r.process.pid if r.process else None}
                                  for i, r in enumerate(served.replicas)]}
 

@@ -231,9 +231,9 @@ async def serve(args: argparse.Namespace, signature) -> int:
     http = rest.http_server(model, args.prefix)
     try:
         if args.unix_socket:
-            http.add_socket(bind_unix_socket(args.unix_socket, mode=0o600, backlog=1024))
+            await http.add_unix_socket(bind_unix_socket(args.unix_socket, mode=0o600, backlog=1024))
         if args.port is not None:
-            http.listen(args.port, args.host, backlog=1024)
+            await http.listen(args.port, args.host, backlog=1024)
     except OSError as e:
         log.error("cannot listen on %s: %s", _where(args), e.strerror or e)
         return 1
