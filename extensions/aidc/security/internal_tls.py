@@ -1,0 +1,189 @@
+"""TLS between the platform's own parts: JupyterHub's ``internal_ssl``, for aidc's pieces too.
+
+``aidc up --internal-ssl`` turns on ``c.JupyterHub.internal_ssl``: JupyterHub makes a
+private certificate authority per role with certipy (``hub-ca``, ``proxy-api-ca``,
+``proxy-client-ca``, ``notebooks-ca``, ``services-ca``) in ``<data-dir>/internal-ssl/``
+(0700 with the data directory), and every internal hop becomes mutual TLS: the hub's API,
+the proxy's API and the proxy's connections to the hub, to user servers and to services.
+Each side verifies the other's certificate against the authorities it trusts, so a
+process on the machine without a signed key can connect to none of these ports.
+
+JupyterHub hands each process its files as ``JUPYTERHUB_SSL_KEYFILE``,
+``JUPYTERHUB_SSL_CERTFILE`` and ``JUPYTERHUB_SSL_CLIENT_CA``, and its own
+``HubAuth`` and single-user server use them. This module makes aidc's own code do the
+same:
+
+- a service serves TLS and asks for a client certificate (:func:`server_context`, used by
+  :func:`aidc.services.base.run_service` and the Voila dashboards), as JupyterHub's
+  single-user server does;
+- every aidc client of the hub API (:class:`aidc.hubapi.HubAPI`, the audit sender, the
+  hub metrics reader) presents the process's certificate and trusts the internal
+  authorities besides the usual ones (:func:`client_context`, :func:`mount`), so the
+  same client still reaches the public URL, with its own certificate when that is HTTPS;
+- each managed service gets a key of its own (:func:`service_files`): JupyterHub would
+  give every service that runs as the hub's account the *same* file names
+  (``user-service``), rewritten at each service's start, so services starting side by
+  side could read one service's key with another's certificate;
+- a user's server gets its key and certificate copied into a 0700 folder of its Unix
+  account's home, owned by that account and readable by no other
+  (:func:`stage_for_account`, :meth:`aidc.hub.spawner.SystemUserSpawner.move_certs`);
+- the ``aidc`` command on the host presents the hub's own internal key (root reads it in
+  the data directory), named in ``platform.json`` (:func:`hub_files`).
+
+Calls between services, the Lab relay and notebooks' ``aidc.client`` go through the public
+URL (the proxy), so they need nothing more. Model replicas keep their private Unix sockets.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import ssl
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from requests.adapters import HTTPAdapter
+
+#: the variables JupyterHub sets for a server or service under internal_ssl
+ENV_KEY, ENV_CERT, ENV_CA = "JUPYTERHUB_SSL_KEYFILE", "JUPYTERHUB_SSL_CERTFILE", "JUPYTERHUB_SSL_CLIENT_CA"
+
+#: the folder below the data directory that holds JupyterHub's internal authorities
+CERTS_DIR = "internal-ssl"
+
+#: the authority JupyterHub signs servers' and services' certificates with, and the trust
+#: bundle a server or service checks its clients against (the hub and the proxy)
+NOTEBOOKS_CA = "notebooks-ca"
+
+
+@dataclass(frozen=True)
+class InternalFiles:
+    """One process's internal TLS files: its key, its certificate, and the trust bundle
+    of the authorities it accepts (as server) and verifies (as client)."""
+
+    keyfile: str
+    certfile: str
+    cafile: str
+
+    def as_env(self) -> dict[str, str]:
+        return {ENV_KEY: self.keyfile, ENV_CERT: self.certfile, ENV_CA: self.cafile}
+
+    def as_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+def files_from_env(environ=None) -> InternalFiles | None:
+    """This process's files, as JupyterHub (or the platform) handed them, or None when
+    internal TLS is off."""
+    env = os.environ if environ is None else environ
+    if not (env.get(ENV_KEY) and env.get(ENV_CERT)):
+        return None
+    return InternalFiles(env[ENV_KEY], env[ENV_CERT], env.get(ENV_CA, ""))
+
+
+def server_context(files: InternalFiles | None = None) -> ssl.SSLContext | None:
+    """The context a service serves with: its certificate, and clients must present one
+    signed by an authority of its trust bundle (JupyterHub's ``make_ssl_context``, as the
+    single-user server uses it). None when internal TLS is off."""
+    from jupyterhub.utils import make_ssl_context
+
+    files = files or files_from_env()
+    if files is None:
+        return None
+    return make_ssl_context(files.keyfile, files.certfile, cafile=files.cafile or None,
+                            purpose=ssl.Purpose.CLIENT_AUTH)
+
+
+def client_context(files: InternalFiles | None = None) -> ssl.SSLContext | None:
+    """The context a client of the hub API connects with: it presents the process's
+    certificate and trusts the internal authorities *and* the usual ones (the system's, or
+    ``SSL_CERT_FILE``: the platform's bundle when the public port is HTTPS), so one client
+    serves both the internal hub API and the public URL. None when internal TLS is off."""
+    from jupyterhub.utils import make_ssl_context
+
+    files = files or files_from_env()
+    if files is None:
+        return None
+    ctx = make_ssl_context(files.keyfile, files.certfile, cafile=files.cafile or None,
+                           purpose=ssl.Purpose.SERVER_AUTH)
+    ctx.load_default_certs()
+    bundle = os.environ.get("REQUESTS_CA_BUNDLE")
+    if bundle and os.path.isfile(bundle):
+        ctx.load_verify_locations(bundle)
+    return ctx
+
+
+def mount(session, files: InternalFiles | None = None):
+    """Make a ``requests`` session connect with :func:`client_context` (nothing when
+    internal TLS is off); returns the session."""
+    ctx = client_context(files)
+    if ctx is not None:
+        session.mount("https://", _ContextAdapter(ctx))
+    return session
+
+
+class _ContextAdapter(HTTPAdapter):
+    """requests' adapter with one SSL context for every HTTPS connection (requests otherwise
+    builds its own, which holds neither the client certificate nor both sets of authorities)."""
+
+    def __init__(self, context: ssl.SSLContext, **kwargs):
+        self._context = context
+        super().__init__(**kwargs)
+
+    def build_connection_pool_key_attributes(self, request, verify, cert=None):
+        host, pool = super().build_connection_pool_key_attributes(request, verify, cert)
+        if verify is not False:
+            pool["ssl_context"] = self._context
+        return host, pool
+
+
+def certs_dir(data_root: Path) -> Path:
+    return Path(data_root) / CERTS_DIR
+
+
+def hub_files(data_root: Path) -> InternalFiles:
+    """The hub's own internal key and certificate (signed by ``hub-ca``) and the bundle of
+    every internal authority: what the ``aidc`` command presents to the hub's API."""
+    d = certs_dir(data_root)
+    return InternalFiles(str(d / "hub-internal" / "hub-internal.key"),
+                         str(d / "hub-internal" / "hub-internal.crt"),
+                         str(d / "hub-ca_trust.crt"))
+
+
+def service_files(store_dir: str, name: str, trust_bundle: str) -> InternalFiles:
+    """A key and certificate for the managed service ``name`` alone (``service-<name>``,
+    signed by ``notebooks-ca`` as JupyterHub signs services; for 127.0.0.1 and localhost),
+    remade at each start, in JupyterHub's store ``store_dir``; ``trust_bundle`` is the
+    authorities its clients may come from."""
+    from certipy import Certipy
+
+    record = Certipy(store_dir=store_dir).create_signed_pair(
+        f"service-{name}", NOTEBOOKS_CA, alt_names=["DNS:localhost", "IP:127.0.0.1"], overwrite=True)
+    return InternalFiles(record["files"]["key"], record["files"]["cert"], trust_bundle)
+
+
+def stage_for_account(paths: dict, account: str) -> dict:
+    """Move a user server's key and certificate (and a copy of its trust bundle) from the
+    hub's store into ``~account/.jupyterhub/jupyterhub-certs`` (0700, files 0600, all owned by
+    the account): the server reads them as its own Unix account, and no other account can
+    (the key never sits in a place another user could open, even for a moment)."""
+    pw = pwd.getpwnam(account)
+    hub_dir = Path(pw.pw_dir) / ".jupyterhub"
+    out = hub_dir / "jupyterhub-certs"
+    shutil.rmtree(out, ignore_errors=True)
+    for folder in (hub_dir, out):
+        folder.mkdir(mode=0o700, exist_ok=True)
+        os.chown(folder, pw.pw_uid, pw.pw_gid)
+        os.chmod(folder, 0o700)
+    staged = {}
+    for what in ("keyfile", "certfile", "cafile"):
+        source = Path(paths[what])
+        target = out / source.name
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.fchown(fd, pw.pw_uid, pw.pw_gid)
+        with os.fdopen(fd, "wb") as f:
+            f.write(source.read_bytes())
+        if what != "cafile":  # the hub's store keeps the shared trust bundle only
+            source.unlink()
+        staged[what] = str(target)
+    return staged
