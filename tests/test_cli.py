@@ -6,6 +6,9 @@ import os
 import pwd
 import stat
 
+from aidc.jobs.secrets import SecretStore
+from aidc.jobs.store import JobStore
+from jobs_helpers import jobs_api, wait_service
 from platform_helpers import User, run_aidc, unix_name
 
 
@@ -115,6 +118,12 @@ def test_offline_user_management_then_sign_in(fresh_platform):
     assert page.url.endswith("/hub/home")
     r = p.hub(token, "GET", "/user")
     assert r.status_code == 200 and r.json()["groups"] == ["scientist"]
+    # a secret of hers for jobs, which goes with her below though the jobs service is stopped
+    wait_service(p, token)
+    r = jobs_api(p, token, "PUT", "/secrets/CAROL_KEY", json={"value": "carols-secret"})
+    assert r.status_code == 201, r.text
+    secrets_dir = p.data_dir / "jobs" / "secrets" / "carol1"
+    assert (secrets_dir / "CAROL_KEY").exists()
 
     # and removing her while it is stopped removes her everywhere
     p.stop()
@@ -123,6 +132,12 @@ def test_offline_user_management_then_sign_in(fresh_platform):
     p.users = [u for u in p.users if u.name != "carol1"]
     assert "carol1" not in _names(p.cli("user", "list", "--json"))
     assert not any(pw.pw_name == unix_name("carol1", p.prefix) for pw in pwd.getpwall())
+    assert not secrets_dir.exists()
+    store = JobStore(data_dir=str(p.data_dir))
+    assert SecretStore(store, data_dir=str(p.data_dir)).find("carol1") == []
+    removed = [(e["actor"], e["reason"]) for e in p.audit_events()
+               if e.get("target") == "carol1/CAROL_KEY" and e["action"] == "delete"]
+    assert removed == [("cli:root", "the user carol1 was removed")], removed
     p.start()
     _, page = p.login("carol1", "carols-password")
     assert page.status_code == 403

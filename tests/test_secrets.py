@@ -246,3 +246,46 @@ def test_a_secret_reaches_its_jobs_kernel_and_nothing_the_platform_keeps(jobs_up
     with pytest.raises(NotFoundError, match="no secret 'API_KEY'"):
         secrets_api.delete("API_KEY", client=mine)
     assert audited(platform, action="delete", actor=scientist.name, target=target)
+
+
+def test_a_removed_users_secrets_go_with_them(jobs_up, admin, scientist):
+    """An admin removes a user through JupyterHub's REST API (what its admin page does; ``aidc
+    user remove`` on a running platform too): their secrets' rows and encrypted values go, each
+    removal audited, and a new user given the same name finds none. Nobody but the hub may
+    ask the jobs service to remove someone's secrets."""
+    from platform_helpers import User
+
+    platform = jobs_up
+    hub = platform.api(admin.token)
+    api = f"{platform.url}/hub/api"
+    name = f"gone{secrets.token_hex(3)}"
+    platform.users.append(User(name, "", ""))  # removed with the others at the end
+
+    def new_token() -> str:
+        assert hub.post(f"{api}/users/{name}", timeout=30).status_code == 201
+        r = hub.post(f"{api}/users/{name}/tokens", json={"note": "removal test"}, timeout=30)
+        assert r.status_code == 201, r.text
+        return r.json()["token"]
+
+    token = new_token()
+    for secret in ("GONE_A", "GONE_B"):
+        r = jobs_api(platform, token, "PUT", f"/secrets/{secret}", json={"value": f"v-{secrets.token_hex(8)}"})
+        assert r.status_code == 201, r.text
+    folder = Path(platform.data_dir, "jobs", "secrets", name)
+    assert sorted(p.name for p in folder.iterdir()) == ["GONE_A", "GONE_B"]
+    for who in (admin, scientist):  # the jobs service's removal route is the hub's alone
+        r = jobs_api(platform, who.token, "DELETE", f"/users/{name}/secrets")
+        assert r.status_code == 403 and "only the hub" in r.json()["message"], r.text
+    assert folder.exists()
+
+    assert hub.delete(f"{api}/users/{name}", timeout=30).status_code == 204
+    assert not folder.exists()  # gone before the hub answered
+    for secret in ("GONE_A", "GONE_B"):
+        (event,) = audited(platform, action="delete", target=f"{name}/{secret}")
+        assert (event["actor"], event["service"], event["result"]) == ("hub", "jobs", "success"), event
+        assert event["reason"] == f"the user {name} was removed"
+
+    token = new_token()  # the same name again: a new user, with no secrets
+    assert jobs_api(platform, token, "GET", "/secrets").json() == {"secrets": []}
+    r = jobs_api(platform, token, "GET", "/secrets/GONE_A")
+    assert r.status_code == 404, r.text

@@ -6,6 +6,8 @@ authenticator checks the credentials:
 * :class:`AuditedLoginMixin`: every attempt is throttled (:mod:`aidc.hub.throttle`) and
   recorded in the audit log; the page says the same thing on every failure, so it does
   not reveal whether an account exists;
+* :class:`aidc.hub.removal.RemovedUserMixin`: a user removed through the hub takes their
+  secrets for jobs with them;
 * :class:`SystemAccountsMixin`: as root, hub user ``alice`` is backed by the Unix account
   ``jupyter-alice`` of *this* platform, created when the user is added;
 * the concrete classes, one per way of signing in:
@@ -37,6 +39,7 @@ from traitlets.config import LoggingConfigurable
 from ..security import audit
 from .. import accounts, roles
 from ..paths import platform_data_dir
+from .removal import RemovedUserMixin
 from .throttle import LoginThrottle
 
 
@@ -210,7 +213,7 @@ class SystemAccountsMixin(LoggingConfigurable):
             await result
 
 
-class SystemUserPAMAuthenticator(AuditedLoginMixin, DefaultRoleMixin, SystemAccountsMixin, PAMAuthenticator):
+class SystemUserPAMAuthenticator(AuditedLoginMixin, DefaultRoleMixin, RemovedUserMixin, SystemAccountsMixin, PAMAuthenticator):
     """PAM sign-in where hub user ``alice`` is the Unix account ``<prefix>alice``.
 
     Only hub users (added with ``aidc user add``) may sign in, and the mapping means no
@@ -246,7 +249,7 @@ class SystemUserPAMAuthenticator(AuditedLoginMixin, DefaultRoleMixin, SystemAcco
         return False  # Unix groups play no part: hub membership decides
 
 
-class DevSharedPasswordAuthenticator(AuditedLoginMixin, DefaultRoleMixin, SharedPasswordAuthenticator):
+class DevSharedPasswordAuthenticator(AuditedLoginMixin, DefaultRoleMixin, RemovedUserMixin, SharedPasswordAuthenticator):
     """Development mode (not root): the platform's users sign in with one shared password.
 
     Everything runs under the account that started the platform, so this mode offers no
@@ -258,7 +261,7 @@ class DevSharedPasswordAuthenticator(AuditedLoginMixin, DefaultRoleMixin, Shared
         return True
 
 
-class CompanyOIDCAuthenticator(AuditedLoginMixin, DefaultRoleMixin, SystemAccountsMixin, GenericOAuthenticator):
+class CompanyOIDCAuthenticator(AuditedLoginMixin, DefaultRoleMixin, RemovedUserMixin, SystemAccountsMixin, GenericOAuthenticator):
     """Company sign-in with OpenID Connect (Keycloak, Entra ID, Okta, Google, ...).
 
     GenericOAuthenticator needs each endpoint spelled out; with `oidc_issuer` they are
@@ -341,5 +344,5 @@ class CompanyOIDCAuthenticator(AuditedLoginMixin, DefaultRoleMixin, SystemAccoun
         return await super().check_allowed(username, auth_model)
 
 
-class CompanyLDAPAuthenticator(AuditedLoginMixin, DefaultRoleMixin, SystemAccountsMixin, LDAPAuthenticator):
+class CompanyLDAPAuthenticator(AuditedLoginMixin, DefaultRoleMixin, RemovedUserMixin, SystemAccountsMixin, LDAPAuthenticator):
     """Company sign-in against an LDAP directory (OpenLDAP, Active Directory)."""

@@ -3,13 +3,16 @@
 This is what ``aidc user ...`` and ``aidc token`` call. Each action changes the hub
 (through :mod:`aidc.hub.directory`) and the Unix account (through
 :mod:`aidc.accounts`) so that neither is left without the other, and records
-the change in the audit log.
+the change in the audit log. A removed user's secrets for jobs go too: a running hub has the
+jobs service remove them (:mod:`aidc.hub.removal`), a stopped one's are removed here.
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
+from pathlib import Path
+from urllib.parse import quote
 
 from ..errors import AidcError, ConflictError, UsageError
 from ..paths import DataDir
@@ -94,6 +97,8 @@ class PlatformUsers:
             if not last_admin:
                 self._keep_an_admin(name, "remove")
             self.directory.remove(name)
+            if not self.directory.online:  # a running hub has the jobs service do it (aidc.hub.removal)
+                self._remove_secrets(name)
             kept = None
             if self.system_accounts:
                 kept = accounts.delete_account(
@@ -104,6 +109,26 @@ class PlatformUsers:
             raise
         self._audit("remove", name, "success")
         return str(kept) if kept else None
+
+    def _remove_secrets(self, name: str) -> None:
+        """With the platform stopped, remove ``name``'s secrets for jobs here, as the jobs
+        service does when a running hub removes a user: a new user of that name finds none.
+        The store's settings come from the data directory's drop-ins, as the service's do."""
+        from ..jobs.secrets import SecretStore
+        from ..jobs.store import JobStore
+        from ..services.base import ServiceApp
+
+        app = ServiceApp()
+        app.load_drop_ins(str(self.data_dir.root))
+        root = app.config.SecretStore.get("root") or str(self.data_dir.root.resolve() / "jobs" / "secrets")
+        if not (Path(root) / quote(name, safe="")).exists():
+            return  # values are written before their rows: no folder, no secrets
+        where = str(self.data_dir.root)
+        store = SecretStore(JobStore(config=app.config, data_dir=where), config=app.config, data_dir=where)
+        for secret in store.remove_owner(name):
+            audit.record("secret", self.audit_path, actor=audit.cli_actor(), action="delete",
+                         target=f"{name}/{secret}", result="success",
+                         reason=f"the user {name} was removed")
 
     def set_role(self, name: str, role: str) -> UserRecord:
         try:

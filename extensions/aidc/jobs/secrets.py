@@ -177,6 +177,16 @@ class SecretStore(LoggingConfigurable):
             c.execute(job_secrets.delete().where(self._where(owner, name)))
         artifacts.delete(self._url(owner, name))
 
+    def remove_owner(self, owner: str) -> list[str]:
+        """Remove every secret of ``owner`` (their user was removed): the rows, then the
+        whole folder of values (also a value a crash left without its row). Returns the names
+        that had rows, so a new user of the same name starts with none."""
+        names = [row["name"] for row in self.find(owner)]
+        with self.engine.begin() as c:
+            c.execute(job_secrets.delete().where(job_secrets.c.owner == owner))
+        artifacts.delete(f"{self.root.rstrip('/')}/{quote(owner, safe='')}")
+        return names
+
     def check_names(self, owner: str, names) -> list[str]:
         """A job's ``secrets`` field: a list of names of ``owner``'s secrets, each once.
         UsageError naming the secrets that do not exist."""

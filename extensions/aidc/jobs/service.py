@@ -9,7 +9,8 @@ Who may do what (the caller's aidc role, from their hub groups):
   no notebook contents) and nothing else; a scientist's ``/api/stats`` lists their own
   recent jobs only;
 * secrets (``/api/secrets``) are each user's own, admins included: names and times are
-  listed, a value is only ever written (:mod:`aidc.jobs.secrets`).
+  listed, a value is only ever written (:mod:`aidc.jobs.secrets`); when the hub removes a
+  user it removes theirs (``DELETE /api/users/NAME/secrets``, the hub only).
 
 The API is described by ``openapi.yaml`` beside this module, served at
 ``/api/openapi.json`` and ``/api/openapi.yaml``. Live progress is
@@ -28,9 +29,10 @@ from pathlib import Path
 from tornado.iostream import StreamClosedError
 
 from .. import roles
-from ..errors import NotFoundError, UsageError
+from ..errors import NotFoundError, PermissionDeniedError, UsageError
 from ..gpu.ledger import GPULedger
 from ..gpu.platform import open_ledger
+from ..security import audit
 from ..security.keys import KeyRing
 from ..services.declare import ManagedService, python_command
 from ..services.base import (
@@ -331,6 +333,24 @@ class SecretResource(JobsHandler):
         self.finish()
 
 
+class RemovedUserSecrets(JobsHandler):
+    """``DELETE /api/users/NAME/secrets``: the hub removed the user NAME, and their secrets
+    go with them (rows and values), each removal audited, so that a new user of the same name
+    finds none. Only the hub calls it, with this service's own token, which no user holds
+    (:mod:`aidc.hub.removal`); anyone else gets 403."""
+
+    @signed_in
+    def delete(self, name):
+        caller = self.current_user
+        if caller.get("kind") != "service" or caller.get("name") != audit.in_service():
+            raise PermissionDeniedError("only the hub removes the secrets of a user it removed")
+        removed = self.manager.secrets.remove_owner(name)
+        for secret in removed:
+            audit.record("secret", actor="hub", action="delete", target=f"{name}/{secret}",
+                         result="success", reason=f"the user {name} was removed")
+        self.write_json({"removed": removed})
+
+
 class ClusterHandler(JobsHandler):
     @needs_role(roles.ADMIN, refused="only admins see the jobs cluster")
     def get(self):
@@ -357,6 +377,7 @@ ROUTES = [
     (r"/api/schedules/([^/]+)/(pause|resume)", ScheduleResource),
     (r"/api/secrets", SecretsCollection),
     (r"/api/secrets/([^/]+)", SecretResource),
+    (r"/api/users/([^/]+)/secrets", RemovedUserSecrets),
     (r"/api/cluster", ClusterHandler),
     (r"/api/openapi\.(json|yaml)", OpenAPIHandler, {"document": OPENAPI}),
 ]
@@ -456,8 +477,9 @@ def managed_service() -> ManagedService:
     return ManagedService(
         name="jobs",
         command=python_command("aidc.jobs.service"),
-        # a job's kernel gets its owner's own narrow token (aidc.jobs.tokens)
-        hub_scopes=["tokens"],
+        # a job's kernel gets its owner's own narrow token (aidc.jobs.tokens); the hub calls
+        # the service with its own token when it removes a user (aidc.hub.removal)
+        hub_scopes=["tokens", "access:services!service=jobs"],
         roles=[roles.SCIENTIST, roles.VIEWER],
         info={"description": "Run parameterized notebooks as batch jobs"},
         display=False,
