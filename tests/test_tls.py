@@ -10,12 +10,16 @@ starts, with a message naming the file.
 from __future__ import annotations
 
 import json
+import pwd
+import stat
+import time
+from pathlib import Path
 
 import pytest
 import requests
 
-from aidc.security import tls
-from platform_helpers import execute, run_aidc
+from aidc.security import internal_tls, tls
+from platform_helpers import execute, run_aidc, unix_name
 
 
 def test_self_signed_https_platform(fresh_platform):
@@ -62,3 +66,53 @@ def test_bad_certificate_files_are_refused_before_start(tmp_path):
     r = run_aidc("up", "--tls-cert", str(cert), data_dir=tmp_path / "data")
     assert r.returncode == 2 and "needs both --tls-cert FILE and --tls-key FILE" in r.stderr, r.stderr
     assert not (tmp_path / "data" / "platform.json").exists()  # nothing was started
+
+
+def test_internal_tls_between_hub_proxy_servers_and_services(fresh_platform):
+    """``aidc up --internal-ssl``: a scientist signs in, runs a kernel cell in their server and
+    reads the resources service, all through the public port, while every internal hop (the
+    hub's API, the proxy's API, the routes to servers and services) is mutual TLS: plain HTTP
+    and clients without a certificate of the platform's authorities are refused."""
+    # the Voila dashboards too (no preheated kernels: the landing page needs none)
+    p = fresh_platform("c.Dashboards.enabled = True\nc.Dashboards.pool_size = 0\n")
+    p.up_args = ["--internal-ssl"]
+    p.start()
+    hub = internal_tls.hub_files(p.data_dir)  # what the aidc command presents (platform.json)
+    assert json.loads((p.data_dir / "platform.json").read_text())["internal_ssl"] == hub.as_dict()
+
+    user = p.new_user("scientist")  # `aidc user add` and `aidc token`: the hub's API over mTLS
+    session, r = p.login(user.name, user.password)
+    assert r.status_code == 200 and r.url.endswith("/hub/home"), (r.status_code, r.url)
+    page = session.get(f"{p.url}/services/dashboards/", timeout=60)  # Voila, through hub OAuth
+    assert page.status_code == 200 and "/services/dashboards/" in page.url, (page.status_code, page.url)
+    p.start_server(user)
+    assert execute(p, user, "print(6 * 7)").strip() == "42"
+    assert p.resources(user.token)["units"], "the resources service answered no GPUs"
+    # a service's own call to the hub: the refusal's audit event, posted by its sender
+    r = p.api(user.token).get(f"{p.url}/services/jobs/api/jobs/no-such-job", timeout=30)
+    assert r.status_code == 404, r.text
+    deadline = time.monotonic() + 30
+    while not any(e["__schema__"].endswith("/access") and e.get("service") == "jobs"
+                  and e.get("actor") == user.name for e in p.audit_events()):
+        assert time.monotonic() < deadline, "the jobs service's audit event never reached the hub"
+        time.sleep(0.2)
+
+    # the proxy's own table: every target is https, the proxy API itself too
+    routes = requests.get(f"https://127.0.0.1:{p.proxy_api_port}/api/routes", timeout=30,
+                          headers={"Authorization": "token " + (p.data_dir / "secrets" / "proxy-token").read_text().strip()},
+                          cert=(hub.certfile, hub.keyfile), verify=hub.cafile).json()
+    targets = {spec.rstrip("/"): route["target"] for spec, route in routes.items()}
+    assert targets and all(t.startswith("https://") for t in targets.values()), targets
+    server, service = targets[f"/user/{user.name}"], targets["/services/resources"]
+    for target in (server, service, targets["/services/dashboards"], f"https://127.0.0.1:{p.hub_port}"):
+        plain = "http://" + target.removeprefix("https://")
+        with pytest.raises(requests.exceptions.ConnectionError):  # no plain HTTP inside
+            requests.get(plain + "/", timeout=10)
+        with pytest.raises((requests.exceptions.SSLError, requests.exceptions.ConnectionError)):
+            requests.get(target + "/", timeout=10, verify=hub.cafile)  # no client certificate
+    # the user's key is theirs alone: their account's 0700 folder, files 0600
+    account = pwd.getpwnam(unix_name(user.name, p.prefix))
+    certs = Path(account.pw_dir) / ".jupyterhub" / "jupyterhub-certs"
+    assert (certs.stat().st_uid, stat.S_IMODE(certs.stat().st_mode)) == (account.pw_uid, 0o700)
+    for f in certs.iterdir():
+        assert (f.stat().st_uid, stat.S_IMODE(f.stat().st_mode)) == (account.pw_uid, 0o600), f

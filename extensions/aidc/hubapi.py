@@ -15,6 +15,11 @@ while the hub restarts, is tried again with exponential backoff for idempotent m
 becomes an :mod:`aidc.errors` exception: 404 and 409 (about the thing named, the
 caller's business) through the one status table :func:`aidc.errors.error_for_status`,
 anything else a :class:`~aidc.errors.PlatformError` that says what the hub answered.
+
+Under internal TLS (``aidc up --internal-ssl``) the hub's API asks every client for a
+certificate signed by the platform's internal authorities: :class:`HubAPI` presents the
+process's own (JupyterHub's ``JUPYTERHUB_SSL_*`` variables, or ``tls_files``) and trusts
+those authorities besides the usual ones (:mod:`aidc.security.internal_tls`).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import requests
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 from .errors import AidcError, ConflictError, NotFoundError, PlatformError, error_for_status
+from .security import internal_tls
 
 log = logging.getLogger("aidc.hubapi")
 
@@ -57,18 +63,22 @@ class HubAPI:
     not answer (waiting 0.5 s, 1 s, 2 s, ...).
     """
 
-    def __init__(self, api_url: str, token: str, timeout: float | None = None, retries: int = 3):
+    def __init__(self, api_url: str, token: str, timeout: float | None = None, retries: int = 3,
+                 tls_files: internal_tls.InternalFiles | None = None):
         self.api_url = api_url.rstrip("/")
         self.token = token
         self.timeout = request_timeout() if timeout is None else timeout
         self.retries = retries
+        #: internal TLS: the certificate to present (default: this process's, if any)
+        self.tls_files = tls_files or internal_tls.files_from_env()
         self._session: requests.Session | None = None
+        self._ssl = None
 
     # -- synchronous (requests) ------------------------------------------------------------
     @property
     def session(self) -> requests.Session:
         if self._session is None:
-            self._session = requests.Session()
+            self._session = internal_tls.mount(requests.Session(), self.tls_files)
             if self.token:
                 self._session.headers["Authorization"] = f"token {self.token}"
         return self._session
@@ -105,9 +115,11 @@ class HubAPI:
         if json_body is not None:
             headers["Content-Type"] = "application/json"
             body = json.dumps(json_body)
+        if self._ssl is None and self.tls_files is not None:
+            self._ssl = internal_tls.client_context(self.tls_files)
         for attempt in self._attempts(method):
             req = HTTPRequest(self.api_url + path, method=method, headers=headers, body=body,
-                              request_timeout=self.timeout,
+                              request_timeout=self.timeout, ssl_options=self._ssl,
                               allow_nonstandard_methods=True)  # a POST without a body
             try:
                 r = await AsyncHTTPClient().fetch(req, raise_error=False)

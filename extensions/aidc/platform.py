@@ -30,6 +30,7 @@ from .hub.config import PlatformOptions
 from .hub.directory import DatabaseDirectory, running_platform
 from .hub.users import INITIAL_ADMIN, PlatformUsers
 from .paths import DB_URL_ENV, DataDir, hub_config_file, project_root
+from .security.internal_tls import hub_files
 
 DEV_MODE_WARNING = """\
 WARNING: aidc is not running as root, so it runs in shared-account development mode:
@@ -301,6 +302,8 @@ def run(options: PlatformOptions, db_url: str | None = None) -> int:
                 "pid": os.getpid(),
                 "url": options.public_url,
                 "hub_api_url": options.hub_api_url,
+                # the aidc command's client certificate for the hub's API (internal TLS)
+                **({"internal_ssl": hub_files(d.root).as_dict()} if options.internal_ssl else {}),
                 "started": time.time(),
             }
         ),

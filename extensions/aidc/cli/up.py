@@ -35,6 +35,11 @@ def add_parser(sub, common) -> None:
     p.add_argument("--tls-self-signed", action="store_true",
                    help="HTTPS with a self-signed certificate made for this machine (a trial: "
                         "browsers warn; the platform's own clients trust it)")
+    p.add_argument("--internal-ssl", action="store_true",
+                   help="mutual TLS between the hub, the proxy, user servers and services as well "
+                        "(JupyterHub's internal_ssl: a private CA in the data directory signs each "
+                        "part's certificate; every internal port then refuses plain HTTP and "
+                        "clients without a signed certificate)")
     p.set_defaults(handler=run)
 
 
@@ -62,6 +67,7 @@ def run(args) -> int:
         proxy_api_port=args.proxy_api_port or args.port + 1,
         tls_cert=cert,
         tls_key=key,
+        internal_ssl=args.internal_ssl,
     )
     db_url = args.db_url
     if db_url == "-":

@@ -98,12 +98,31 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pool-size", type=int, default=1)
     args = parser.parse_args(argv)
-    from voila.app import Voila
-
     # Voila finds templates on the Jupyter data path: ours is beside this module
     os.environ["JUPYTER_PATH"] = os.pathsep.join(
         p for p in (str(TEMPLATES), os.environ.get("JUPYTER_PATH", "")) if p)
-    Voila.launch_instance(argv=voila_argv(args.pool_size))
+    tls_voila().launch_instance(argv=voila_argv(args.pool_size))
+
+
+def tls_voila():
+    """Voila, serving HTTPS and asking the hub and the proxy for their certificates when the
+    hub gave the service an ``https`` URL (internal TLS, :mod:`aidc.security.internal_tls`).
+    Voila's own ``listen`` has no TLS option (its ``_url`` reads "TODO: https / certfile")."""
+    from voila.app import Voila
+
+    from ..security import internal_tls
+
+    class TLSVoila(Voila):
+        def listen(self):
+            if urlparse(os.environ.get("JUPYTERHUB_SERVICE_URL", "")).scheme == "https":
+                tls = internal_tls.server_context()
+                if tls is None:
+                    raise SystemExit("the dashboards' URL is HTTPS but the hub gave them no certificate")
+                listen = self.app.listen
+                self.app.listen = lambda port, address="", **kw: listen(port, address, ssl_options=tls, **kw)
+            return super().listen()
+
+    return TLSVoila
 
 
 if __name__ == "__main__":

@@ -12,6 +12,11 @@ terminal sees:
   start still stops the platform, as in JupyterHub.
 - **Services stop side by side** (JupyterHub stops them one after another), and
   ``aidc up`` says which ones it is still waiting for after a second.
+- **Under internal TLS each managed service gets a key of its own**
+  (:func:`aidc.security.internal_tls.service_files`): JupyterHub would give all of them,
+  started side by side, the same file names, each start rewriting the last one's key.
+  JupyterHub also checks a new service with its *server* TLS context, which cannot make
+  a client connection; aidc drops it, so JupyterHub makes the client context.
 - **A second Ctrl-C does not start a second shutdown.** It says that the shutdown is
   in progress; a third one stops at once, without waiting for the clean-up.
 """
@@ -38,6 +43,19 @@ class PlatformHub(JupyterHub):
         self.failed = False
 
     async def start_service(self, service_name, service, ssl_context=None) -> bool:
+        if self.internal_ssl and service.managed:
+            from ..security import internal_tls
+
+            files = internal_tls.service_files(
+                self.internal_certs_location, service_name,
+                self.internal_trust_bundles[internal_tls.NOTEBOOKS_CA])
+            # Spawner.environment comes last in the service's environment: these win
+            service.environment = {**service.environment, **files.as_env()}
+            # JupyterHub.start() hands its own *server* context (Purpose.CLIENT_AUTH) to the
+            # service check, whose client socket then fails ("Cannot create a client socket
+            # with a PROTOCOL_TLS_SERVER context") until the service counts as not started;
+            # with None, start_service makes the client context it should have had
+            ssl_context = None
         if not (service.managed and service.url) or self._start_future.done():
             return await super().start_service(service_name, service, ssl_context)
         # while the hub starts: in the background, all at once

@@ -66,6 +66,9 @@ class PlatformOptions:
     #: HTTPS on the public port: certificate and key files (both or neither)
     tls_cert: str = ""
     tls_key: str = ""
+    #: JupyterHub's internal_ssl: mutual TLS between hub, proxy, servers and services
+    #: (:mod:`aidc.security.internal_tls`)
+    internal_ssl: bool = False
 
     @classmethod
     def from_env(cls) -> "PlatformOptions":
@@ -78,6 +81,7 @@ class PlatformOptions:
             proxy_api_port=int(os.environ.get("AIDC_PROXY_API_PORT", port + 1)),
             tls_cert=os.environ.get("AIDC_TLS_CERT", ""),
             tls_key=os.environ.get("AIDC_TLS_KEY", ""),
+            internal_ssl=os.environ.get("AIDC_INTERNAL_SSL") == "1",
         )
 
     def to_env(self) -> dict[str, str]:
@@ -88,11 +92,16 @@ class PlatformOptions:
             "AIDC_HUB_PORT": str(self.hub_port),
             "AIDC_PROXY_API_PORT": str(self.proxy_api_port),
             **({"AIDC_TLS_CERT": self.tls_cert, "AIDC_TLS_KEY": self.tls_key} if self.tls_cert else {}),
+            **({"AIDC_INTERNAL_SSL": "1"} if self.internal_ssl else {}),
         }
 
     @property
+    def internal_scheme(self) -> str:
+        return "https" if self.internal_ssl else "http"
+
+    @property
     def hub_api_url(self) -> str:
-        return f"http://127.0.0.1:{self.hub_port}/hub/api"
+        return f"{self.internal_scheme}://127.0.0.1:{self.hub_port}/hub/api"
 
     @property
     def public_url(self) -> str:
@@ -119,7 +128,7 @@ def configure(c, options: PlatformOptions | None = None) -> PlatformOptions:
     c.JupyterHub.default_url = landing.default_url  # viewers land on the dashboards
 
     c.ConfigurableHTTPProxy.command = [find_proxy_command()]
-    c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{o.proxy_api_port}"
+    c.ConfigurableHTTPProxy.api_url = f"{o.internal_scheme}://127.0.0.1:{o.proxy_api_port}"
     c.ConfigurableHTTPProxy.pid_file = str(d.proxy_pid_file)
     c.ConfigurableHTTPProxy.auth_token = d.secret(d.secrets_dir / "proxy-token")
 
@@ -166,6 +175,8 @@ def configure(c, options: PlatformOptions | None = None) -> PlatformOptions:
     }
     if o.tls_cert:
         configure_tls(c, o)
+    if o.internal_ssl:
+        configure_internal_ssl(c, o)
     # $JUPYTERHUB_API_TOKEN in a server acts as its user (within the user's own
     # permissions), so notebooks use the platform services without pasting a token
     c.Spawner.server_token_scopes = [
@@ -221,6 +232,16 @@ def configure_tls(c, o: PlatformOptions) -> None:
     c.Spawner.environment = {**c.Spawner.environment, "REQUESTS_CA_BUNDLE": bundle, "SSL_CERT_FILE": bundle}
 
 
+def configure_internal_ssl(c, o: PlatformOptions) -> None:
+    """JupyterHub's ``internal_ssl``: its authorities in ``<data-dir>/internal-ssl/`` (made
+    at the first start, kept after), mutual TLS on every internal hop; aidc's services,
+    clients and spawner follow (:mod:`aidc.security.internal_tls`)."""
+    from ..security import internal_tls
+
+    c.JupyterHub.internal_ssl = True
+    c.JupyterHub.internal_certs_location = str(internal_tls.certs_dir(o.data_dir.root))
+
+
 def auth_cache_seconds(c) -> int:
     """The hub-answer cache time of servers and services (``c.HubAuth.cache_max_age``)."""
     for section in ("HubOAuth", "HubAuth"):
@@ -248,7 +269,8 @@ def finalize(c, options: PlatformOptions) -> None:
     if profiles:
         # services (and through them the CLI) see the same profiles as the spawn form
         extra_env["AIDC_RESOURCE_PROFILES"] = json.dumps(list(profiles))
-    services.apply(c, str(options.data_dir.root), extra_env=extra_env)
+    services.apply(c, str(options.data_dir.root), extra_env=extra_env,
+                   scheme="https" if c.JupyterHub.get("internal_ssl") else "http")
 
 
 def load_drop_ins(c, data_dir: DataDir, load_subconfig) -> list[Path]:

@@ -35,9 +35,16 @@ def idle_culler_service(timeout: int | None = None, every: int | None = None,
     settings = IdleCulling(config=config)
     timeout = timeout or settings.timeout
     every = every or settings.cull_every or max(10, min(600, timeout // 4))
+    args = [f"--timeout={timeout}", f"--cull-every={every}"]
+    hub = config.JupyterHub if config is not None and "JupyterHub" in config else {}
+    if hub.get("internal_ssl"):
+        # the hub's API is mutual TLS: the culler's own option presents the hub's internal
+        # key from JupyterHub's store (it runs as the platform's account, which may read it)
+        args += ["--IdleCuller.ssl_enabled=True",
+                 f"--IdleCuller.internal_certs_location={hub.get('internal_certs_location')}"]
     return ManagedService(
         name="idle-culler",
-        command=python_command("jupyterhub_idle_culler", f"--timeout={timeout}", f"--cull-every={every}"),
+        command=python_command("jupyterhub_idle_culler", *args),
         hub_scopes=["list:users", "read:users:activity", "read:servers", "delete:servers"],
         web=False,
         info={"description": f"stops servers idle for {timeout} s"},

@@ -60,8 +60,8 @@ class HubAPIDirectory(UserDirectory):
 
     online = True
 
-    def __init__(self, api_url: str, token: str):
-        self.hub = HubAPI(api_url, token)
+    def __init__(self, api_url: str, token: str, tls_files=None):
+        self.hub = HubAPI(api_url, token, tls_files=tls_files)
 
     @staticmethod
     def _record(model: dict) -> UserRecord:
@@ -201,14 +201,23 @@ def running_platform(data_dir: DataDir) -> dict | None:
         os.kill(int(state["pid"]), 0)
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if not HubAPI(state["hub_api_url"], "", timeout=5).answers():
+    if not HubAPI(state["hub_api_url"], "", timeout=5, tls_files=_tls_files(state)).answers():
         return None
     return state
+
+
+def _tls_files(state: dict):
+    """Under internal TLS the hub's API wants a client certificate: the hub's own, which
+    ``platform.json`` names (root reads it in the data directory)."""
+    from ..security.internal_tls import InternalFiles
+
+    files = state.get("internal_ssl")
+    return InternalFiles(**files) if files else None
 
 
 def open_directory(data_dir: DataDir) -> UserDirectory:
     state = running_platform(data_dir)
     if state is not None:
         token = data_dir.cli_token_file.read_text().strip()
-        return HubAPIDirectory(state["hub_api_url"], token)
+        return HubAPIDirectory(state["hub_api_url"], token, tls_files=_tls_files(state))
     return DatabaseDirectory(data_dir.ensure().hub_db_url)

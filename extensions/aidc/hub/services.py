@@ -29,14 +29,15 @@ from ..services.declare import (  # noqa: F401 - the documented names for drop-i
 
 
 def apply(c, data_dir: str, services: list[ManagedService] | None = None,
-          extra_env: dict[str, str] | None = None) -> None:
-    """Add the declared services to a JupyterHub config object ``c``."""
+          extra_env: dict[str, str] | None = None, scheme: str = "http") -> None:
+    """Add the declared services to a JupyterHub config object ``c``; ``scheme`` is
+    ``https`` under ``JupyterHub.internal_ssl`` (the services then serve TLS)."""
     services = discover(config=c) if services is None else services
     names = {s.name for s in services}
     hub_services = [s for s in (c.JupyterHub.services or []) if s.get("name") not in names]
     extra_roles = []
     for s in services:
-        hub_services.append(s.hub_service(data_dir, extra_env))
+        hub_services.append(s.hub_service(data_dir, extra_env, scheme=scheme))
         extra_roles.append(s.hub_role())
         for r in s.roles if s.web else ():
             roles.grant(r, [f"access:services!service={s.name}"])

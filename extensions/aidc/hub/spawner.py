@@ -106,8 +106,13 @@ class SystemUserSpawner(ListeningStartMixin, AuditedSpawnerMixin, GPUAllocationM
             )
         return await super().start()
 
-    async def move_certs(self, paths):  # pragma: no cover - internal SSL is off by default
-        raise NotImplementedError("internal SSL is not supported by SystemUserSpawner yet")
+    async def move_certs(self, paths):
+        """Internal TLS: the server's key, certificate and trust bundle go to a 0700 folder
+        in the Unix account's home, owned by it (JupyterHub's own would look up an account
+        named after the hub user, ``alice``, not ``jupyter-alice``)."""
+        from ..security.internal_tls import stage_for_account
+
+        return stage_for_account(paths, self.system_username)
 
 
 class SharedAccountSpawner(ListeningStartMixin, AuditedSpawnerMixin, GPUAllocationMixin,

@@ -53,7 +53,10 @@ class ServiceReader(LoggingConfigurable):
         import requests
 
         if self._session is None:
-            self._session = requests.Session()
+            from ..security import internal_tls
+
+            # the hub's API is mutual TLS under internal TLS: the service's certificate
+            self._session = internal_tls.mount(requests.Session())
             self._session.headers["Authorization"] = f"token {self._token}"
         try:
             r = self._session.get(url, params=params or None, timeout=self.timeout)

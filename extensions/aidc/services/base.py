@@ -46,7 +46,7 @@ from tornado.log import app_log
 from traitlets.config import Application, PyFileConfigLoader
 
 from ..errors import AidcError, PermissionDeniedError, UsageError, status_for
-from ..security import audit
+from ..security import audit, internal_tls
 from .. import roles
 from ..paths import PrivateFileHandler, log_rotation, platform_data_dir
 from .http import NoDelayHTTPServer
@@ -507,7 +507,13 @@ def run_service(routes: list[tuple], on_start=None, on_stop=None, **settings) ->
         if on_start is not None:
             await on_start()
         app = make_app(routes, **settings)
-        server = NoDelayHTTPServer(app, xheaders=True)
+        # internal TLS: serve HTTPS and ask the hub and the proxy for their certificates,
+        # as JupyterHub's single-user server does (aidc.security.internal_tls)
+        tls = internal_tls.server_context() if url.scheme == "https" else None
+        if url.scheme == "https" and tls is None:
+            raise SystemExit(f"{url.geturl()} is HTTPS but the hub gave this service no "
+                             f"{internal_tls.ENV_CERT} and {internal_tls.ENV_KEY}")
+        server = NoDelayHTTPServer(app, xheaders=True, ssl_options=tls)
         server.add_sockets(sockets)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

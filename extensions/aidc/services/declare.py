@@ -57,8 +57,10 @@ class ManagedService:
     display: bool = True
     info: dict = field(default_factory=dict)
 
-    def hub_service(self, data_dir: str, extra_env: dict[str, str] | None = None) -> dict:
-        """The ``c.JupyterHub.services`` entry.
+    def hub_service(self, data_dir: str, extra_env: dict[str, str] | None = None,
+                    scheme: str = "http") -> dict:
+        """The ``c.JupyterHub.services`` entry (``scheme`` https under internal TLS: the
+        proxy and the hub then reach the service over mutual TLS).
 
         The service's environment carries the hub process's ``AIDC_*`` settings (data
         dir, GPU simulation, database URL, public URL), so it sees the same platform.
@@ -72,7 +74,7 @@ class ManagedService:
         port = self.port or random_port()
         return {
             "name": self.name,
-            "url": f"http://127.0.0.1:{port}",
+            "url": f"{scheme}://127.0.0.1:{port}",
             "command": command,
             "environment": env,
             "oauth_no_confirm": True,
