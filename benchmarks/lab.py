@@ -32,7 +32,10 @@ counted. On the warm "with" load, the moment Lab is ready the page itself runs
 ``aidc:open-sidebar``; the sidebar's *first full render* is when its three sections
 (Resources, Jobs, Models) have all replaced "Loading…" with their content and the
 Resources section shows the server's GPU table: three calls through the server
-extension's relay to the hub services.
+extension's relay to the hub services. After each warm load the page's Resource Timing
+says what it requested until Lab was ready: how many labextension files went to the
+server rather than coming from the cache (a ``304`` revalidation each, before
+``aidc.lab.assets`` made them immutable behind the hub), and which of aidc's files it loaded.
 
 Usage (as root, from the repository root): ``.venv/bin/python benchmarks/lab.py
 [--rounds 7]``.
@@ -101,6 +104,24 @@ PROBE = """
 """
 
 
+#: the page's requests until Lab was ready (Resource Timing, in the page): how many, how many
+#: of them labextension files that went to the server (a 304 revalidation or a download,
+#: not the cache), and which of aidc's files were loaded
+REQUESTS = """
+(ready) => {
+  const before = performance.getEntriesByType('resource').filter(e => e.startTime < ready);
+  const ext = before.filter(e => e.name.includes('/lab/extensions/'));
+  return {
+    requests: before.length,
+    extensionFiles: ext.length,
+    extensionFilesFromServer: ext.filter(e => e.transferSize > 0).length,
+    aidcFiles: ext.filter(e => e.name.includes('/extensions/aidc/'))
+      .map(e => e.name.split('/').pop().split('?')[0]).sort()
+  };
+}
+"""
+
+
 def set_extension(platform, user, enabled: bool) -> None:
     """The user's page configuration: aidc's Lab extension enabled or disabled."""
     config = {"exposeAppInBrowser": True}
@@ -128,6 +149,7 @@ def measure(page, url: str | None, enabled: bool, timeout_s: float = 180) -> dic
     if wants_sidebar and enabled:
         page.wait_for_function("window.__aidcBench.sidebar !== undefined", timeout=timeout_s * 1000)
     bench = page.evaluate("window.__aidcBench")
+    bench["requests"] = page.evaluate(REQUESTS, bench["ready"])
     if bench["extension"] != enabled:
         raise RuntimeError(f"the page was not the side it should be (extension shown: "
                            f"{bench['extension']}, wanted {enabled})")
@@ -156,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     problems: list[str] = []
     times = {(side, kind): [] for side in (True, False) for kind in ("cold", "warm")}
     sidebar: list[float] = []
+    requests = {side: [] for side in (True, False)}  # the warm loads' requests until ready
     interrupted = False
     try:
         p.start(timeout=180)
@@ -206,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
                             continue
                         times[enabled, "cold"].append(cold["ready"] / 1000)
                         times[enabled, "warm"].append(warm["ready"] / 1000)
+                        requests[enabled].append(warm["requests"])
                         if enabled:
                             sidebar.append(render)
                     label = "warm-up" if rnd == 0 else f"round {rnd}/{args.rounds}"
@@ -234,6 +258,15 @@ def main(argv: list[str] | None = None) -> int:
         w, wo = median(times[True, kind]), median(times[False, kind])
         ratios[kind] = w / wo if wo else float("nan")
         print("  {:<10} {:>16.3f} {:>18.3f} {:>7.3f}x".format(kind, w, wo, ratios[kind]))
+    for enabled in (True, False):
+        seen = requests[enabled]
+        if seen:
+            aidc = sorted({f for r in seen for f in r["aidcFiles"]})
+            print(f"warm, {'with' if enabled else 'without'}: requests until ready (median) "
+                  f"{median([r['requests'] for r in seen]):.0f}, labextension files "
+                  f"{median([r['extensionFiles'] for r in seen]):.0f}, of them from the server "
+                  f"(not the cache) {median([r['extensionFilesFromServer'] for r in seen]):.0f}; "
+                  f"aidc's: {', '.join(aidc) or 'none'}")
     s_med = median(sidebar)
     s_max = max(sidebar) if sidebar else float("nan")
     print(f"sidebar: Lab ready -> first full render (3 sections, GPU table): median "

@@ -69,6 +69,29 @@ def test_the_prebuilt_extension_is_installed_and_enabled():
     assert "enabled" in line and "OK" in line, listing
 
 
+def test_the_extensions_hashed_files_are_cached_behind_the_hub(platform, lab_user):
+    """JupyterLab marks labextensions' ``static/`` immutable by a URL without the server's
+    base URL; aidc.lab.assets adds it, so a reload does not revalidate each file (a 304
+    round trip each). The sidebar's code is a chunk of its own, loaded when it opens."""
+    build = json.loads((Path(sys.prefix) / "share/jupyter/labextensions/aidc/package.json")
+                       .read_text())["jupyterlab"]["_build"]
+    assert "style" not in build  # no style module loaded while Lab starts: the chunk has it
+    base = f"{platform.url}/user/{lab_user.name}/lab/extensions"
+    api = platform.api(lab_user.token)
+    for name, path in [("aidc", build["load"]),
+                       ("@jupyter-widgets/jupyterlab-manager", None)]:
+        if path is None:
+            info = json.loads((Path(sys.prefix) / "share/jupyter/labextensions" / name /
+                               "package.json").read_text())
+            path = info["jupyterlab"]["_build"]["load"]
+        r = api.get(f"{base}/{name}/{path}", timeout=60)
+        assert r.status_code == 200, (name, r.status_code)
+        assert r.headers["Cache-Control"] == "public, max-age=31536000, immutable", name
+    # what is not under static/ keeps JupyterLab's revalidation
+    r = api.get(f"{base}/aidc/package.json", timeout=60)
+    assert r.status_code == 200 and r.headers["Cache-Control"] == "no-cache"
+
+
 def test_relay_answers_as_the_owner_and_only_to_the_owner(platform, lab_user, other_scientist):
     # the owner's token: the resources service's answer, with the owner's own holdings
     r = platform.api(lab_user.token).get(relay_url(platform, lab_user, "resources/gpus"), timeout=60)

@@ -17,8 +17,9 @@ import { LabIcon, ToolbarButton } from '@jupyterlab/ui-components';
 import { Widget } from '@lumino/widgets';
 
 import iconSvg from '../style/icon.svg';
-import { ILabActions } from './jobs';
-import { IModelActions, MODEL_ACTION_LABELS, ModelAction } from './models';
+import type { ILabActions } from './jobs';
+import { MODEL_ACTION_LABELS, ModelAction } from './modelactions';
+import type { IModelActions } from './models';
 import { AidcSidebar } from './sidebar';
 
 const PLUGIN_ID = 'aidc:plugin';
@@ -78,7 +79,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
         execute: async () => {
           app.shell.activateById(sidebar.id);
           try {
-            await sidebar.models.act(action);
+            await (await sidebar.models()).act(action);
           } catch (error) {
             await showErrorMessage('AI Data Center', (error as Error).message);
           }
@@ -97,7 +98,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
         await context.save(); // the job runs the file as saved
       }
       app.shell.activateById(sidebar.id);
-      await sidebar.jobs.openForm(context.path);
+      await (await sidebar.jobs()).openForm(context.path);
     };
     app.commands.addCommand(RUN_AS_JOB_COMMAND, {
       label: 'AI Data Center: Run Notebook as Job…',
@@ -134,7 +135,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
         .then(loaded => {
           const apply = () => {
             sidebar.refreshInterval = loaded.get('refreshInterval').composite as number;
-            sidebar.jobs.defaultGPUs = loaded.get('defaultGPUs').composite as number;
+            sidebar.defaultGPUs = loaded.get('defaultGPUs').composite as number;
           };
           apply();
           loaded.changed.connect(apply);

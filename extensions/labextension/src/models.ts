@@ -25,9 +25,13 @@ import {
   shareText,
   signatureText
 } from './modelrequests';
+import { MODEL_ACTION_LABELS, ModelAction } from './modelactions';
 import { RequestError, requestAPI } from './request';
 import { Section } from './section';
 import type { Value } from './params';
+
+export { MODEL_ACTION_LABELS };
+export type { ModelAction };
 
 /** A version's lineage, as the models service records it (`aidc.models.lineage.describe`). */
 export interface ILineage {
@@ -66,20 +70,6 @@ export interface IModelActions {
   /** Follow the job `jobId` in the Jobs section. */
   showJob(jobId: string): void;
 }
-
-/** What the command palette runs on a model, as the manager's buttons do. */
-export type ModelAction = 'deploy' | 'alias' | 'canary' | 'promote' | 'rollback' | 'undeploy' | 'try';
-
-/** The palette's label of each action (after "AI Data Center: "). */
-export const MODEL_ACTION_LABELS: { [action in ModelAction]: string } = {
-  deploy: 'Deploy Model…',
-  alias: 'Set Model Alias…',
-  canary: 'Set Model Canary…',
-  promote: 'Promote Model Canary…',
-  rollback: 'Roll Back Model…',
-  undeploy: 'Undeploy Model…',
-  try: 'Try Model…'
-};
 
 /** How long a change waits: a deployment answers once its new replicas are ready. */
 const CHANGE_TIMEOUT_MS = 10 * 60 * 1000;
