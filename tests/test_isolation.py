@@ -418,3 +418,16 @@ def test_a_server_cannot_forge_refusals(platform, world, other_scientist, viewer
     assert r.json() == {"recorded": 1, "ignored": 0}, r.text
     forged = [e for e in platform.audit_events() if e.get("target") == mine]
     assert [(e["actor"], e["service"]) for e in forged] == [(viewer.name, f"server:{owner.name}")]
+
+
+def test_the_hubs_own_refusals_of_another_users_server_are_audited(platform, world, other_scientist):
+    """A request for the owner's server that reaches the hub itself (``/hub/user/NAME/``: the
+    server stopped, or not yet in the proxy) is refused there, and audited by the hub."""
+    path = f"/hub/user/{world['owner'].name}/api/contents/matrix/notes.txt"
+    r = platform.api(other_scientist.token).get(platform.url + path, timeout=60, allow_redirects=False)
+    assert r.status_code == 404, (r.status_code, r.text[:300])
+    deadline = time.monotonic() + 30
+    while not (found := [e for e in platform.audit_events() if e.get("target") == f"GET {path}"]):
+        assert time.monotonic() < deadline, "the hub's refusal was not audited"
+        time.sleep(0.2)
+    assert [(e["actor"], e["service"], e["status"]) for e in found] == [(other_scientist.name, "hub", 404)]
