@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import pwd
+import shutil
 import stat
 import time
 from pathlib import Path
@@ -68,7 +69,7 @@ def test_bad_certificate_files_are_refused_before_start(tmp_path):
     assert not (tmp_path / "data" / "platform.json").exists()  # nothing was started
 
 
-def test_internal_tls_between_hub_proxy_servers_and_services(fresh_platform):
+def test_internal_tls_between_hub_proxy_servers_and_services(fresh_platform, tmp_path):
     """``aidc up --internal-ssl``: a scientist signs in, runs a kernel cell in their server and
     reads the resources service, all through the public port, while every internal hop (the
     hub's API, the proxy's API, the routes to servers and services) is mutual TLS: plain HTTP
@@ -116,3 +117,15 @@ def test_internal_tls_between_hub_proxy_servers_and_services(fresh_platform):
     assert (certs.stat().st_uid, stat.S_IMODE(certs.stat().st_mode)) == (account.pw_uid, 0o700)
     for f in certs.iterdir():
         assert (f.stat().st_uid, stat.S_IMODE(f.stat().st_mode)) == (account.pw_uid, 0o600), f
+    # a ~/.jupyterhub the user made a symbolic link: the hub (root) stages nothing there
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.rmtree(certs.parent)
+    certs.parent.symlink_to(elsewhere)
+    files = {}
+    for what in ("keyfile", "certfile", "cafile"):
+        files[what] = tmp_path / f"staged.{what}"
+        files[what].write_text(what)
+    with pytest.raises(OSError):
+        internal_tls.stage_for_account(files, account.pw_name)
+    assert not list(elsewhere.iterdir()) and elsewhere.stat().st_uid == 0

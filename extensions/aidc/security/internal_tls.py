@@ -40,6 +40,7 @@ import os
 import pwd
 import shutil
 import ssl
+from contextlib import suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -50,6 +51,9 @@ ENV_KEY, ENV_CERT, ENV_CA = "JUPYTERHUB_SSL_KEYFILE", "JUPYTERHUB_SSL_CERTFILE",
 
 #: the folder below the data directory that holds JupyterHub's internal authorities
 CERTS_DIR = "internal-ssl"
+
+#: a user server's files, below ``~/.jupyterhub`` of its Unix account (JupyterHub's name)
+CERTS_SUBDIR = "jupyterhub-certs"
 
 #: the authority JupyterHub signs servers' and services' certificates with, and the trust
 #: bundle a server or service checks its clients against (the hub and the proxy)
@@ -165,25 +169,45 @@ def service_files(store_dir: str, name: str, trust_bundle: str) -> InternalFiles
 def stage_for_account(paths: dict, account: str) -> dict:
     """Move a user server's key and certificate (and a copy of its trust bundle) from the
     hub's store into ``~account/.jupyterhub/jupyterhub-certs`` (0700, files 0600, all owned by
-    the account): the server reads them as its own Unix account, and no other account can
-    (the key never sits in a place another user could open, even for a moment)."""
+    the account): the server reads them as its own Unix account, and no other account can.
+
+    The hub runs as root and the folder is in a home the user controls, so every step goes
+    through file descriptors opened with ``O_NOFOLLOW`` below the home: a ``.jupyterhub`` or
+    ``jupyterhub-certs`` the user made a symbolic link (to ``/etc``, say) stops the spawn
+    instead of having root chown or write there. The certificates' folder is made anew,
+    root's until its files are written, and handed to the account last.
+    """
     pw = pwd.getpwnam(account)
-    hub_dir = Path(pw.pw_dir) / ".jupyterhub"
-    out = hub_dir / "jupyterhub-certs"
-    shutil.rmtree(out, ignore_errors=True)
-    for folder in (hub_dir, out):
-        folder.mkdir(mode=0o700, exist_ok=True)
-        os.chown(folder, pw.pw_uid, pw.pw_gid)
-        os.chmod(folder, 0o700)
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+    home = os.open(pw.pw_dir, flags)
+    try:
+        with suppress(FileExistsError):
+            os.mkdir(".jupyterhub", 0o700, dir_fd=home)
+        hub_dir = os.open(".jupyterhub", flags, dir_fd=home)
+    finally:
+        os.close(home)
+    try:
+        os.fchown(hub_dir, pw.pw_uid, pw.pw_gid)
+        os.fchmod(hub_dir, 0o700)
+        with suppress(FileNotFoundError):
+            shutil.rmtree(CERTS_SUBDIR, dir_fd=hub_dir)  # resists symbolic links (dir_fd)
+        os.mkdir(CERTS_SUBDIR, 0o700, dir_fd=hub_dir)
+        out = os.open(CERTS_SUBDIR, flags, dir_fd=hub_dir)
+    finally:
+        os.close(hub_dir)
     staged = {}
-    for what in ("keyfile", "certfile", "cafile"):
-        source = Path(paths[what])
-        target = out / source.name
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        os.fchown(fd, pw.pw_uid, pw.pw_gid)
-        with os.fdopen(fd, "wb") as f:
-            f.write(source.read_bytes())
-        if what != "cafile":  # the hub's store keeps the shared trust bundle only
-            source.unlink()
-        staged[what] = str(target)
+    try:
+        for what in ("keyfile", "certfile", "cafile"):
+            source = Path(paths[what])
+            fd = os.open(source.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600,
+                         dir_fd=out)
+            with os.fdopen(fd, "wb") as f:
+                f.write(source.read_bytes())
+                os.fchown(f.fileno(), pw.pw_uid, pw.pw_gid)
+            if what != "cafile":  # the hub's store keeps the shared trust bundle only
+                source.unlink()
+            staged[what] = os.path.join(pw.pw_dir, ".jupyterhub", CERTS_SUBDIR, source.name)
+        os.fchown(out, pw.pw_uid, pw.pw_gid)
+    finally:
+        os.close(out)
     return staged
