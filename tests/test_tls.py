@@ -129,3 +129,55 @@ def test_internal_tls_between_hub_proxy_servers_and_services(fresh_platform, tmp
     with pytest.raises(OSError):
         internal_tls.stage_for_account(files, account.pw_name)
     assert not list(elsewhere.iterdir()) and elsewhere.stat().st_uid == 0
+
+
+def test_hub_client_presents_the_internal_certificate(tmp_path):
+    """Both of ``HubAPI``'s paths (requests and Tornado) connect to a mutual-TLS server with
+    the process's internal certificate; without one the server refuses the connection."""
+    import asyncio
+    import threading
+
+    from certipy import Certipy
+    from tornado import web
+    from tornado.httpserver import HTTPServer
+    from tornado.netutil import bind_sockets
+
+    from aidc.errors import PlatformError
+    from aidc.hubapi import HubAPI
+
+    store = Certipy(store_dir=str(tmp_path))
+    for ca in ("hub-ca", internal_tls.NOTEBOOKS_CA):
+        store.create_ca(ca)
+    bundles = store.trust_from_graph({"hub-ca": ["hub-ca", internal_tls.NOTEBOOKS_CA],
+                                      internal_tls.NOTEBOOKS_CA: ["hub-ca"]})
+    hub = store.create_signed_pair("hub-internal", "hub-ca", alt_names=["IP:127.0.0.1"])["files"]
+    server_files = internal_tls.InternalFiles(hub["key"], hub["cert"], bundles["hub-ca"])
+    client_files = internal_tls.service_files(str(tmp_path), "jobs", bundles[internal_tls.NOTEBOOKS_CA])
+
+    class Answer(web.RequestHandler):
+        def get(self):
+            self.write({"ok": True})
+
+    sockets = bind_sockets(0, "127.0.0.1")
+    url = f"https://127.0.0.1:{sockets[0].getsockname()[1]}"
+    ready, loop = threading.Event(), asyncio.new_event_loop()
+
+    def serve():
+        asyncio.set_event_loop(loop)
+        HTTPServer(web.Application([(r"/api/", Answer)]),
+                   ssl_options=internal_tls.server_context(server_files)).add_sockets(sockets)
+        loop.call_soon(ready.set)
+        loop.run_forever()
+
+    threading.Thread(target=serve, daemon=True).start()
+    ready.wait(10)
+    try:
+        api = HubAPI(url + "/api", "", timeout=10, retries=0, tls_files=client_files)
+        assert api.request("GET", "/") == {"ok": True}
+        assert asyncio.run(api.fetch("GET", "/")) == {"ok": True}
+        with pytest.raises(PlatformError):  # without the process's files: refused
+            HubAPI(url + "/api", "", timeout=10, retries=0).request("GET", "/")
+        with pytest.raises((requests.exceptions.SSLError, requests.exceptions.ConnectionError)):
+            requests.get(url + "/api/", verify=bundles["hub-ca"], timeout=10)  # trusts, no certificate
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
