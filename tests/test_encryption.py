@@ -353,3 +353,107 @@ def test_each_job_has_its_own_key_which_its_worker_gets_and_rotation_rewraps_onl
         assert store.read_bytes(store.job_url("j2", "input.ipynb")) == b"snapshot of j2 MARKER"
     finally:
         artifacts._ENCRYPTED.pop(store.url)
+
+
+def test_chunks_stream_through_the_pool_and_every_cut_or_swap_is_refused(tmp_path):
+    """Many chunks (64 bytes each) written through the pool's write-behind and read back in
+    reads of every size: an object of whole chunks ends with an empty last chunk, whose loss is
+    caught like any other cut; the reader gives every authenticated chunk before a bad one
+    and leaves nothing of the bad one in the caller's buffer; an object sealed the earlier
+    way (the last chunk a full one) still reads."""
+    keys = ring(tmp_path)
+    data = os.urandom(64 * 300)  # whole chunks
+    out = io.BytesIO()
+    w = crypto.EncryptingWriter(out, keys, "ds/1/big.bin", chunk=64)
+    w.write(data[:1000])
+    w.write(memoryview(data)[1000:])
+    w.close()
+    sealed = out.getvalue()
+    body, step = crypto.PREFIX + crypto.HEADER_SIZE, 64 + crypto.TAG
+    assert len(sealed) == body + 300 * step + crypto.TAG  # the empty last chunk: its tag
+    assert unseal(keys, "ds/1/big.bin", sealed) == data
+    for size in (10, 64, 1000):  # reads smaller than, one, and many chunks
+        got, buffer = bytearray(), memoryview(bytearray(size))
+        with crypto.open_decrypted_read(io.BytesIO(sealed), keys, "ds/1/big.bin") as f:
+            while n := f.readinto(buffer):
+                got += buffer[:n]
+        assert got == data
+
+    cuts = {"the empty last chunk dropped": sealed[:-crypto.TAG],
+            "a middle chunk dropped": sealed[:body + 5 * step] + sealed[body + 6 * step:],
+            "the last two chunks swapped": sealed[:body + 299 * step] + sealed[-crypto.TAG:] + sealed[body + 299 * step:-crypto.TAG]}
+    for what, bad in cuts.items():
+        with pytest.raises(DecryptionError, match="does not decrypt"):
+            unseal(keys, "ds/1/big.bin", bad)
+
+    flipped = bytearray(sealed)
+    flipped[body + 100 * step + 3] ^= 1  # chunk 100
+    buffer = memoryview(bytearray(64))
+    got = bytearray()
+    with crypto.open_decrypted_read(io.BytesIO(bytes(flipped)), keys, "ds/1/big.bin") as f:
+        with pytest.raises(DecryptionError, match="ds/1/big.bin does not decrypt"):
+            while n := f.raw.readinto(buffer):  # the decrypting file itself: into ``buffer``
+                got += buffer[:n]
+    assert bytes(got) == data[:100 * 64] and bytes(buffer) == bytes(64)
+
+    # the earlier writer held the last bytes back: its last chunk is a full one
+    header, aad = crypto.read_header(sealed), b"aidc-object:ds/1/big.bin"
+    aead = AESGCM(keys.unwrap(header["kek"], header["wrapped"], aad))
+    old = sealed[:body] + b"".join(
+        aead.encrypt(header["prefix"] + i.to_bytes(4, "big") + (b"\x01" if i == 2 else b"\x00"),
+                     data[i * 64:(i + 1) * 64], aad) for i in range(3))
+    assert unseal(keys, "ds/1/big.bin", old) == data[:192]
+
+
+def test_a_failed_write_surfaces_and_an_abandoned_one_stops(tmp_path):
+    """A write of a sealed chunk that fails on the pool raises in the writer (at the next
+    chunk or at close); ``abandon`` waits for the write on its way and seals nothing."""
+    keys = ring(tmp_path)
+
+    class Disk(io.BytesIO):
+        def __init__(self, fail_at):
+            super().__init__()
+            self.writes, self.fail_at = 0, fail_at
+
+        def write(self, b):
+            self.writes += 1
+            if self.writes == self.fail_at:
+                raise OSError(28, "No space left on device")
+            return super().write(b)
+
+    w = crypto.EncryptingWriter(Disk(fail_at=5), keys, "ds/1/full.bin", chunk=64)
+    with pytest.raises(OSError, match="No space left"):
+        w.write(os.urandom(64 * 20))
+    w.abandon()
+    assert w.closed
+    disk = Disk(fail_at=0)
+    w = crypto.EncryptingWriter(disk, keys, "ds/1/gone.bin", chunk=64)
+    w.write(os.urandom(64 * 3 + 5))
+    w.abandon()
+    # the header, two chunks and the third unless the pool had not taken its write yet
+    assert w.closed and disk.writes in (3, 4)
+    with pytest.raises(DecryptionError):
+        unseal(keys, "ds/1/gone.bin", disk.getvalue())
+
+
+def test_folders_go_in_and_out_of_an_encrypted_root_through_the_pool(tmp_path):
+    """put_dir seals each file (read ahead while the writer seals), copy_out opens it
+    (decrypted into the copy's buffers while the one before is written): both round trip files of no, one and
+    several chunks, and the store holds no plaintext."""
+    keys = ring(tmp_path)
+    root = str(tmp_path / "models")
+    artifacts.encrypt_under(root, keys)
+    try:
+        src = tmp_path / "src"
+        (src / "sub").mkdir(parents=True)
+        files = {"empty": b"", "small.txt": b"MARKER small", "sub/big.bin": b"MARKER" + os.urandom(3 * crypto.CHUNK + 7)}
+        for name, content in files.items():
+            (src / name).write_bytes(content)
+        artifacts.put_dir(src, f"{root}/m/1")
+        for name in files:
+            raw = Path(root, "m/1", name).read_bytes()
+            assert raw.startswith(b"AIDCENC1") and b"MARKER" not in raw
+        target = artifacts.copy_out(f"{root}/m/1", tmp_path / "replica" / "1")
+        assert {n: (target / n).read_bytes() for n in files} == files
+    finally:
+        artifacts._ENCRYPTED.pop(root)

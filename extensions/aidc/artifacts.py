@@ -146,7 +146,11 @@ def open_write(url: str) -> Iterator[IO[bytes]]:
                 from .security.crypto import open_encrypted_write
 
                 sealed = open_encrypted_write(f, *encrypted)
-                yield sealed
+                try:
+                    yield sealed
+                except BaseException:
+                    sealed.abandon()  # its chunk on the way written before the file closes
+                    raise
                 sealed.close()  # the last chunk, before the file is published
         fs.mv(tmp, path)
     except BaseException:
@@ -224,14 +228,18 @@ def put_dir(local: str | Path, url: str, move: bool = False) -> None:
 def _put_encrypted(fs, local: Path, tmp: str, keys, identity: str) -> None:
     """Each file of ``local`` encrypted into the folder ``tmp``, under the identity it will
     have once ``tmp`` is moved to its name (``identity``)."""
-    from .security.crypto import open_encrypted_write
+    from .security.crypto import copy_stream, open_encrypted_write
 
     for source in sorted(p for p in local.rglob("*") if p.is_file()):
         rel = source.relative_to(local).as_posix()
         _make_parent(fs, f"{tmp}/{rel}")
-        with fs.open(f"{tmp}/{rel}", "wb") as raw, open(source, "rb") as f:
+        with fs.open(f"{tmp}/{rel}", "wb") as raw, open(source, "rb", buffering=0) as f:
             sealed = open_encrypted_write(raw, keys, f"{identity}/{rel}")
-            shutil.copyfileobj(f, sealed, 1 << 20)
+            try:
+                copy_stream(f, sealed)
+            except BaseException:
+                sealed.abandon()
+                raise
             sealed.close()
 
 
@@ -243,8 +251,10 @@ def copy_out(url: str, target: str | Path) -> Path:
     target = Path(target)
     if not fs.isdir(path):
         target.parent.mkdir(parents=True, exist_ok=True)
+        from .security.crypto import copy_stream
+
         with open_read(url) as f, open(target, "wb") as out:
-            shutil.copyfileobj(f, out, 1 << 20)
+            copy_stream(f, out)
         return target
     for found in sorted(fs.find(path)):
         rel = found[len(path.rstrip("/")) + 1:]
