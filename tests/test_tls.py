@@ -80,6 +80,7 @@ def test_internal_tls_between_hub_proxy_servers_and_services(fresh_platform, tmp
     p.start()
     hub = internal_tls.hub_files(p.data_dir)  # what the aidc command presents (platform.json)
     assert json.loads((p.data_dir / "platform.json").read_text())["internal_ssl"] == hub.as_dict()
+    assert f"internal TLS: hub, proxy, servers and services speak mutual TLS (authorities in {p.data_dir / 'internal-ssl'})" in p.log()
 
     user = p.new_user("scientist")  # `aidc user add` and `aidc token`: the hub's API over mTLS
     session, r = p.login(user.name, user.password)

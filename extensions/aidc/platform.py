@@ -30,7 +30,7 @@ from .hub.config import PlatformOptions
 from .hub.directory import DatabaseDirectory, running_platform
 from .hub.users import INITIAL_ADMIN, PlatformUsers
 from .paths import DB_URL_ENV, DataDir, hub_config_file, project_root
-from .security.internal_tls import hub_files
+from .security.internal_tls import certs_dir, hub_files
 
 DEV_MODE_WARNING = """\
 WARNING: aidc is not running as root, so it runs in shared-account development mode:
@@ -271,6 +271,9 @@ def banner(options: PlatformOptions, password: str | None) -> str:
 
         lines.append(f"HTTPS with {options.tls_cert}; clients on this host trust it with "
                      f"REQUESTS_CA_BUNDLE={bundle_path(d.root)}")
+    if options.internal_ssl:
+        lines.append(f"internal TLS: hub, proxy, servers and services speak mutual TLS "
+                     f"(authorities in {certs_dir(d.root)})")
     if d.configured_db_url():
         lines.append(f"database: {redacted(d.configured_db_url())}")
     if not accounts.running_as_root():
