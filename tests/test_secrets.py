@@ -145,6 +145,30 @@ async def test_each_attempt_reads_the_secret_again_also_after_a_restart(jobs):  
     assert [t.attempt for t in jobs.client.tasks_of(job_id)] == [2]  # attempt 3 never ran
 
 
+async def test_the_hub_refuses_to_remove_a_user_whose_secrets_stay():
+    """When the jobs service does not answer, the hub's removal of a user stops with a 503
+    saying why, rather than leave their secrets to a successor of that name; a hub without
+    the jobs service has none to remove. (The hub's app here: its map of services, with a
+    jobs service at a port nothing listens on.)"""
+    import socket
+    from types import SimpleNamespace
+
+    from tornado import web
+
+    from aidc.hub.removal import remove_secrets
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    jobs_service = SimpleNamespace(url=f"http://127.0.0.1:{port}", prefix="/services/jobs/", api_token="t")
+    with pytest.raises(web.HTTPError) as refused:
+        await remove_secrets(SimpleNamespace(_service_map={"jobs": jobs_service}), "alice")
+    assert refused.value.status_code == 503
+    assert "the user 'alice' was not removed: their secrets for jobs could not be removed " \
+           "(the jobs service did not answer" in refused.value.log_message
+    assert await remove_secrets(SimpleNamespace(_service_map={}), "alice") is None
+
+
 @pytest.fixture(scope="module")
 def jobs_up(platform, scientist):
     wait_service(platform, scientist.token)

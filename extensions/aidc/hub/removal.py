@@ -51,7 +51,8 @@ async def remove_secrets(app, name: str) -> list[str] | None:
                                           headers={"Authorization": f"token {service.api_token}"})
         return list(json.loads(r.body)["removed"])
     except (HTTPClientError, OSError, ValueError, KeyError) as e:
-        why = f"the {SECRETS_SERVICE} service answered {e}" if isinstance(e, HTTPClientError) \
+        answered = isinstance(e, HTTPClientError) and e.code != 599  # 599: curl's "no answer"
+        why = f"the {SECRETS_SERVICE} service answered {e}" if answered \
             else f"the {SECRETS_SERVICE} service did not answer ({e})"
         audit.record("secret", actor="hub", action="delete", target=f"{name}/*", result="failure",
                      reason=f"the user {name} was being removed; {why}")
