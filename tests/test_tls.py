@@ -5,6 +5,10 @@ its own certificate: HSTS and secure cookies on the hub's answers, plain HTTP an
 clients refused, and a notebook's ``aidc.client`` in a user's kernel reaching the platform
 with verification on. Bad certificate files are refused by ``aidc up`` before anything
 starts, with a message naming the file.
+
+``aidc up --internal-ssl`` (JupyterHub's ``internal_ssl``) is tested once, on one platform:
+everything still works through the public port while every internal hop is mutual TLS; and
+``HubAPI``'s two transports present the internal certificate to a mutual-TLS server.
 """
 
 from __future__ import annotations
