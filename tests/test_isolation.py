@@ -347,6 +347,37 @@ def test_a_replica_account_cannot_read_another_owners_staged_artifacts(platform,
     assert r.stdout.split() == ["refused", str(root), "refused", str(staged[0])], r.stdout + r.stderr
 
 
+def test_the_hubs_own_refusals_of_another_users_server_are_audited(platform, world, other_scientist):
+    """A request for the owner's server that reaches the hub itself (``/hub/user/NAME/``: the
+    server stopped, or not yet in the proxy) is refused there, and so is a sign-in to it (the
+    OAuth ``authorize`` step a browser is sent to); both are audited by the hub. (Before the
+    matrix, which stops the server: JupyterHub forgets its OAuth client then.)"""
+    owner = world["owner"].name
+    api = platform.api(other_scientist.token)
+    path = f"/hub/user/{owner}/api/contents/matrix/notes.txt"
+    r = api.get(platform.url + path, timeout=60, allow_redirects=False)
+    assert r.status_code == 404, (r.status_code, r.text[:300])
+    authorize = "/hub/api/oauth2/authorize"
+    before = sum(e.get("target") == f"GET {authorize}" for e in platform.audit_events())
+    browser, r = platform.login(other_scientist.name, other_scientist.password)
+    assert r.status_code == 200, r.text[:300]
+    r = browser.get(platform.url + authorize, timeout=60, allow_redirects=False, params={
+        "client_id": f"jupyterhub-user-{owner}", "redirect_uri": f"/user/{owner}/oauth_callback",
+        "response_type": "code", "state": "matrix"})
+    assert r.status_code == 403, (r.status_code, r.text[:300])
+    deadline = time.monotonic() + 30
+    while True:
+        events = platform.audit_events()
+        found = [(e["actor"], e["service"], e["status"]) for e in events if e.get("target") == f"GET {path}"]
+        signed_in = [(e["actor"], e["service"], e["status"]) for e in events
+                     if e.get("target") == f"GET {authorize}"][before:]
+        if (found and signed_in) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert found == [(other_scientist.name, "hub", 404)], found
+    assert signed_in == [(other_scientist.name, "hub", 403)], signed_in
+
+
 # --- the matrix (last: the owner's cases stop their server and undeploy their model) ---------
 
 
@@ -418,16 +449,3 @@ def test_a_server_cannot_forge_refusals(platform, world, other_scientist, viewer
     assert r.json() == {"recorded": 1, "ignored": 0}, r.text
     forged = [e for e in platform.audit_events() if e.get("target") == mine]
     assert [(e["actor"], e["service"]) for e in forged] == [(viewer.name, f"server:{owner.name}")]
-
-
-def test_the_hubs_own_refusals_of_another_users_server_are_audited(platform, world, other_scientist):
-    """A request for the owner's server that reaches the hub itself (``/hub/user/NAME/``: the
-    server stopped, or not yet in the proxy) is refused there, and audited by the hub."""
-    path = f"/hub/user/{world['owner'].name}/api/contents/matrix/notes.txt"
-    r = platform.api(other_scientist.token).get(platform.url + path, timeout=60, allow_redirects=False)
-    assert r.status_code == 404, (r.status_code, r.text[:300])
-    deadline = time.monotonic() + 30
-    while not (found := [e for e in platform.audit_events() if e.get("target") == f"GET {path}"]):
-        assert time.monotonic() < deadline, "the hub's refusal was not audited"
-        time.sleep(0.2)
-    assert [(e["actor"], e["service"], e["status"]) for e in found] == [(other_scientist.name, "hub", 404)]
