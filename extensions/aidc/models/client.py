@@ -53,7 +53,8 @@ class ModelVersion:
 class Deployment(dict):
     """A deployment as the models service describes it: ``dep["ready"]``,
     ``dep["ready_replicas"]`` of ``dep["replicas"]``, ``dep["version"]``, the canary, the
-    replicas of each version; a table in a notebook.
+    replicas of each version, each version's cold start (``ready_seconds``: from the start
+    of serving until every replica was loaded and warm); a table in a notebook.
 
     A dict, as :func:`deploy` returned before it had a view of its own, so code that reads
     its keys or writes it as JSON keeps working.
