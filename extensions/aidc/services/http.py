@@ -1,4 +1,4 @@
-"""The HTTP server of the platform's own processes (services, model replicas)."""
+"""The HTTP server of the platform's services (model replicas have a leaner one of their own, :mod:`aidc.models.rest`)."""
 
 from __future__ import annotations
 
