@@ -1097,9 +1097,9 @@ def report(b: Bench) -> list[str]:
     out += ["", "batching in the replicas during each aidc run:"] + batching_table(b.results)
     out += [""] + goals(runs, raw)
     for replicas, version_s, replica_s in b.side.cold_starts:
-        out.append(f"  cold start of the deployment with {replicas} replica(s), as its status reports "
-                   f"it (ready_seconds): {version_s} s from the start of serving (staging included); "
-                   f"replicas from their process start: {replica_s} s (goal: under 2 s)")
+        out.append(f"  cold start of the deployment with {replicas} replica(s), as its status "
+                   f"reports it (ready_seconds): {version_s} s from the start of serving (staging "
+                   f"included); replicas from their process start: {replica_s} s (goal: under 2 s)")
     if ("hub binary", 32) in runs:
         ratio = med(runs[("hub binary", 32)], "rps") / med(runs[("mlflow", 32)], "rps")
         out.append(f"  (with the binary tensor extension: {ratio:.2f}x MLflow at c=32, "

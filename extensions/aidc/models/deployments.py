@@ -224,8 +224,8 @@ class DeploymentRunner(LoggingConfigurable):
         artifact = artifacts_local.for_replica(version["artifact_url"], version["filename"])
         staged = stage(artifact, identity, self.run_root, prefix=f"v{number}-")  # short: socket paths
         served = ServedVersion(name, number, self._command(name, version, dep, dep["replicas"], staged.path),
-                               identity=identity, staged=staged, visible_devices=self._visible_devices(name),
-                               started=t0)
+                               identity=identity, staged=staged,
+                               visible_devices=self._visible_devices(name), started=t0)
         for _ in range(dep["replicas"]):
             replica = Replica()
             self._spawn(served, replica)
@@ -299,7 +299,8 @@ class DeploymentRunner(LoggingConfigurable):
                 replica.failed_checks += 1
                 if replica.failed_checks >= 3:
                     replica.ready = False
-        if served.ready_seconds is None and served.replicas and all(r.ready for r in served.replicas):
+        replicas = served.replicas
+        if served.ready_seconds is None and replicas and all(r.ready for r in replicas):
             served.ready_seconds = time.monotonic() - served.started
 
     def _stop(self, served: ServedVersion) -> None:

@@ -352,7 +352,8 @@ class _Connection(asyncio.Protocol):
             data = self.request.data
             if len(data) + size > self.plane.max_body_size:
                 self.request.data = bytearray()
-                self.request.endpoint = "infer" if self.request.path.endswith("/infer") else "unknown"
+                infer = self.request.path.endswith("/infer")
+                self.request.endpoint = "infer" if infer else "unknown"
                 self.plane.reading -= 1
                 self.answering = True
                 self.discarding = True

@@ -1,4 +1,5 @@
-"""The HTTP server of the platform's services (model replicas have a leaner one of their own, :mod:`aidc.models.rest`)."""
+"""The HTTP server of the platform's services (model replicas have a leaner one of their
+own, :mod:`aidc.models.rest`)."""
 
 from __future__ import annotations
 
