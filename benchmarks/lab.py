@@ -258,6 +258,14 @@ def main(argv: list[str] | None = None) -> int:
         w, wo = median(times[True, kind]), median(times[False, kind])
         ratios[kind] = w / wo if wo else float("nan")
         print("  {:<10} {:>16.3f} {:>18.3f} {:>7.3f}x".format(kind, w, wo, ratios[kind]))
+    # the spread: each round's own ratio (its two sides loaded one after the other)
+    for kind in ("cold", "warm"):
+        paired = sorted(a / b for a, b in zip(times[True, kind], times[False, kind]) if b)
+        if len(paired) >= 4:
+            q1, _, q3 = statistics.quantiles(paired, n=4)
+            print(f"  {kind} ratio per round: median {median(paired):.3f}x, quartiles "
+                  f"{q1:.3f}-{q3:.3f}x, range {paired[0]:.3f}-{paired[-1]:.3f}x; with slower "
+                  f"in {sum(r > 1 for r in paired)} of {len(paired)} rounds")
     for enabled in (True, False):
         seen = requests[enabled]
         if seen:
