@@ -1,10 +1,12 @@
 """aidc's Jupyter server extension, loaded by every user's JupyterLab server.
 
-It does two things: a signed-in hub user who reaches *another* user's server gets 404,
+It does three things: a signed-in hub user who reaches *another* user's server gets 404,
 not 403, so a server does not reveal that it exists (the rule every aidc API follows), and
 the refusal is reported to the hub's audit writer, which checks it before recording an
 ``access`` event (:class:`aidc.hub.audit_api.ServerRefusalsHandler`); and it serves the routes the Lab panel ("AI Data Center") calls, which relay to the hub
-services as the server's owner (:mod:`aidc.lab.relay`).
+services as the server's owner (:mod:`aidc.lab.relay`); and it has the labextensions'
+hashed files served as immutable behind the hub's ``/user/NAME/`` base URL, which
+JupyterLab's own marking misses (:mod:`aidc.lab.assets`).
 """
 
 from __future__ import annotations
