@@ -24,10 +24,11 @@ __all__ = ["Deployment", "ModelVersion", "deploy", "deployment", "get", "list_mo
 
 
 def __getattr__(name: str):
-    if name in __all__:
-        from . import client
+    if name in __all__ or name == "client":  # aidc.models.client itself too (the CLI reads its API)
+        import importlib
 
-        return getattr(client, name)
+        client = importlib.import_module(f"{__name__}.client")  # not `from . import`: it asks here first
+        return client if name == "client" else getattr(client, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
