@@ -39,6 +39,21 @@ SCOPE_DEFINITION = {SCOPE: {"description": "Add events to the platform's audit l
 MAX_EVENTS = 500
 
 
+def events_of(body: bytes) -> list:
+    """The ``events`` list of a posted body, or a 400 saying what is wrong with it (both
+    audit routes take the same envelope)."""
+    try:
+        parsed = json.loads(body or b"{}")
+    except ValueError:
+        raise web.HTTPError(400, "the body must be JSON: {\"events\": [...]}") from None
+    events = parsed.get("events") if isinstance(parsed, dict) else None
+    if not isinstance(events, list) or not events:
+        raise web.HTTPError(400, "\"events\" must be a non-empty list")
+    if len(events) > MAX_EVENTS:
+        raise web.HTTPError(400, f"at most {MAX_EVENTS} events per request, not {len(events)}")
+    return events
+
+
 class AuditEventsHandler(APIHandler):
     """Append a service's events: ``{"events": [{"kind": "job", "data": {...}}, ...]}``."""
 
@@ -49,15 +64,7 @@ class AuditEventsHandler(APIHandler):
         service = self.current_user
         if not isinstance(service, orm.Service) or SCOPE not in self.expanded_scopes:
             raise web.HTTPError(403, f"only platform services may add audit events (scope {SCOPE})")
-        try:
-            body = json.loads(self.request.body or b"{}")
-        except ValueError:
-            raise web.HTTPError(400, "the body must be JSON: {\"events\": [...]}") from None
-        events = body.get("events") if isinstance(body, dict) else None
-        if not isinstance(events, list) or not events:
-            raise web.HTTPError(400, "\"events\" must be a non-empty list")
-        if len(events) > MAX_EVENTS:
-            raise web.HTTPError(400, f"at most {MAX_EVENTS} events per request, not {len(events)}")
+        events = events_of(self.request.body)
         checked = []
         for i, event in enumerate(events):
             kind = event.get("kind") if isinstance(event, dict) else None
@@ -101,15 +108,7 @@ class ServerRefusalsHandler(APIHandler):
         user = self.current_user
         if not isinstance(user, User):
             raise web.HTTPError(403, "only a user's own server may report the requests it refused")
-        try:
-            body = json.loads(self.request.body or b"{}")
-        except ValueError:
-            raise web.HTTPError(400, "the body must be JSON: {\"events\": [...]}") from None
-        events = body.get("events") if isinstance(body, dict) else None
-        if not isinstance(events, list) or not events:
-            raise web.HTTPError(400, "\"events\" must be a non-empty list")
-        if len(events) > MAX_EVENTS:
-            raise web.HTTPError(400, f"at most {MAX_EVENTS} events per request, not {len(events)}")
+        events = events_of(self.request.body)
         server_path = f"{self.base_url}user/{user.name}/"
         checked = []
         for i, event in enumerate(events):
