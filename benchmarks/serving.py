@@ -3,11 +3,13 @@
 Goals (from the issue), on one small CNN (the MNIST CNN: Conv2d 32 -> pool -> Conv2d 64
 -> pool -> Linear 10), single-sample requests:
 
-(i)   at concurrency 32, the aidc endpoint serves at least 3x the throughput of
+(i)   at concurrency 32, the aidc endpoint serves at least 6x the throughput of
       ``mlflow models serve`` of the same model, at no worse p99;
-(ii)  at concurrency 32, it is on the way to 0.7x the raw in-process batched forward
-      pass (the limit): the fraction is reported;
-(iii) at concurrency 1, its p50 is at most 1 ms above the raw forward pass of one sample.
+(ii)  at concurrency 32, it reaches 0.3x the raw in-process batched forward pass (the
+      limit): the fraction is reported;
+(iii) at concurrency 1, its p50 is at most 1.5 ms above the raw forward pass of one sample;
+(iv)  at concurrency 32, v2 over gRPC (the router's own port) serves at least 1.2x the
+      throughput of v2 REST with binary tensors, measured side by side.
 
 How
 ---
@@ -23,7 +25,9 @@ with no configuration of its own. A ``scientist`` user registers the model with
 the defaults (1 replica, 0 GPUs, max batch 32, max queue delay 2 ms; the replica gets
 all cores as compute threads). Requests go where a user sends them: the hub's public
 URL ``/services/models/v2/models/cnn/infer`` with ``Authorization: token ...``, i.e.
-configurable-http-proxy -> models service (auth, registry lookup, forward) -> replica.
+configurable-http-proxy -> inference router (token check, cached; forward) -> replica.
+gRPC goes to the router's own port (``aidc up --grpc-port``), ``ModelInfer`` with raw
+input bytes as ``tritonclient.grpc`` sends them, from a ``grpc.aio`` closed loop.
 Two encodings: v2 JSON tensors (what ``aidc.models.predict`` sends; the goals use this
 one, as MLflow gets JSON too) and the binary tensor extension as ``tritonclient.http``
 sends it. The replica itself is measured too, on its Unix socket (its only address: the
@@ -100,6 +104,7 @@ import argparse
 import asyncio
 import http.client
 import inspect
+import itertools
 import json
 import os
 import platform as py_platform
@@ -137,9 +142,10 @@ TMP_PREFIX = "aidc-bench-serving-"
 MODEL = "cnn"
 SAMPLES = 64  # distinct inputs the requests cycle through
 TOLERANCE = 1e-4
-GOAL_THROUGHPUT = 3.0  # aidc / MLflow at c=32
-GOAL_RAW_FRACTION = 0.7  # aidc c=32 / raw batched
-GOAL_P50_OVER_RAW_MS = 1.0  # aidc c=1 p50 - raw single forward
+GOAL_THROUGHPUT = 6.0  # aidc / MLflow at c=32
+GOAL_RAW_FRACTION = 0.3  # aidc c=32 / raw batched
+GOAL_P50_OVER_RAW_MS = 1.5  # aidc c=1 p50 - raw single forward
+GOAL_GRPC = 1.2  # aidc gRPC / aidc REST (binary tensors both) at c=32
 
 
 class CNN(torch.nn.Module):
@@ -484,6 +490,8 @@ def platform_roles(platform: Platform) -> dict[str, list[psutil.Process]]:
             roles["proxy (CHP, node)"].append(p)
         elif "aidc.models.service" in cmd:
             roles["models service"].append(p)
+        elif "aidc.models.router" in cmd:
+            roles["inference router"].append(p)
         elif "aidc.models.server" in cmd:
             roles["replica(s)"].append(p)
         else:
@@ -578,6 +586,85 @@ def verify(run: LoadRun, expected: np.ndarray) -> tuple[int, list[str]]:
             if len(examples) < 3:
                 examples.append(problem)
     return errors, examples
+
+
+def measure_grpc(label: str, port: int, token: str, input_name: str, samples: np.ndarray,
+                 procs: Callable[[], dict[str, list[psutil.Process]]], concurrency: int,
+                 args: argparse.Namespace, expected: np.ndarray) -> Result:
+    """One closed-loop run of v2 ``ModelInfer`` over gRPC (the router's own port):
+    ``concurrency`` calls in flight over up to 4 HTTP/2 channels (so that every router
+    process gets some), raw input bytes as ``tritonclient.grpc`` sends them."""
+    import grpc
+    from tritonclient.grpc import service_pb2 as pb
+    from tritonclient.grpc import service_pb2_grpc as pb_grpc
+
+    requests = []
+    for x in samples:
+        r = pb.ModelInferRequest(model_name=MODEL)
+        r.inputs.add(name=input_name, datatype="FP32", shape=[1, *x.shape])
+        r.raw_input_contents.append(x[None].tobytes())
+        requests.append(r)
+    metadata = (("authorization", f"Bearer {token}"),)
+    me = psutil.Process()
+    groups = {**procs(), "load generator (this process)": [me]}
+    snaps: dict[str, dict[str, float]] = {}
+    walls: dict[str, float] = {}
+    latencies: list[float] = []
+    answers: list[tuple[int, object]] = []
+    failures: list[str] = []
+
+    def at_window(edge: str) -> None:
+        snaps[edge] = cpu_seconds(groups)
+        walls[edge] = time.perf_counter()
+
+    async def go() -> None:
+        loop = asyncio.get_running_loop()
+        channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}") for _ in range(min(concurrency, 4))]
+        stubs = [pb_grpc.GRPCInferenceServiceStub(c) for c in channels]
+        t = time.perf_counter()
+        window = (t + args.warmup, t + args.warmup + args.seconds)
+        loop.call_later(args.warmup, at_window, "start")
+        loop.call_later(args.warmup + args.seconds, at_window, "end")
+        turn = itertools.count()
+
+        async def caller(stub) -> None:
+            while True:
+                t0 = time.perf_counter()
+                if t0 >= window[1]:
+                    return
+                i = next(turn) % SAMPLES
+                try:
+                    answer = await stub.ModelInfer(requests[i], metadata=metadata)
+                except grpc.RpcError as e:
+                    failures.append(f"{e.code()}: {e.details()}")
+                    continue
+                t1 = time.perf_counter()
+                if window[0] <= t0 and t1 <= window[1]:
+                    latencies.append(t1 - t0)
+                    answers.append((i, answer))
+
+        await asyncio.gather(*(caller(stubs[k % len(stubs)]) for k in range(concurrency)))
+        for c in channels:
+            await c.close()
+
+    asyncio.run(go())
+    errors = len(failures)
+    for i, answer in answers:
+        got = np.frombuffer(answer.raw_output_contents[0], dtype=np.float32)
+        if got.shape != expected[i].shape or not np.allclose(got, expected[i], atol=TOLERANCE, rtol=0):
+            errors += 1
+            failures.append(f"wrong output for sample {i}")
+    if errors:
+        raise CheckFailed(f"{label} c={concurrency}: {errors} errors: " + "; ".join(failures[:3]))
+    wall = walls["end"] - walls["start"]
+    cpu = {k: (snaps["end"][k] - snaps["start"][k]) / wall for k in snaps["start"]}
+    lat = np.array(latencies) * 1000
+    p50, p90, p99 = np.percentile(lat, [50, 90, 99])
+    res = Result(label, concurrency, len(lat), len(lat) / args.seconds, p50, p90, p99, lat.max(),
+                 errors, cpu)
+    log(f"  {res.label:<34} c={concurrency:<3} {res.rps:8.0f} req/s  p50 {p50:7.2f} ms  "
+        f"p99 {p99:7.2f} ms  ({res.n} answers checked)")
+    return res
 
 
 def measure(target: Target, concurrency: int, args: argparse.Namespace,
@@ -1075,6 +1162,14 @@ def run_all(b: Bench) -> None:
     for key in ("hub binary", "direct json", "direct binary"):
         for conc in (1, 32):
             b.one(key, aidc_targets[key], conc)
+    for conc in (1, 32):  # gRPC, on the router's own port, and REST binary again beside it
+        side = b.side
+        res = measure_grpc("aidc gRPC (router port), raw tensors", side.platform.grpc_port,
+                           side.token, side.input_name, b.samples, side.processes, conc,
+                           b.args, b.expected)
+        b.runs[("grpc", conc)].append(res)
+        b.results.append(res)
+        b.one("hub binary", aidc_targets["hub binary"], conc)
     measure_lone_proxy(b, status)
     if b.args.profile:
         b.profile = profile_run(py_spy(python), aidc_targets["hub json"], b)
@@ -1096,6 +1191,13 @@ def report(b: Bench) -> list[str]:
     out += table(b.results) + ["", "CPU by process during each run:"] + cpu_table(b.results)
     out += ["", "batching in the replicas during each aidc run:"] + batching_table(b.results)
     out += [""] + goals(runs, raw)
+    if ("grpc", 32) in runs:
+        ratio = med(runs[("grpc", 32)], "rps") / med(runs[("hub binary", 32)], "rps")
+        out.append(f"goal (iv): gRPC c=32 throughput >= {GOAL_GRPC:g}x REST (hub, binary tensors) "
+                   f"c=32: {ratio:.2f}x ({med(runs[('grpc', 32)], 'rps'):.0f} vs "
+                   f"{med(runs[('hub binary', 32)], 'rps'):.0f} req/s; medians of the runs side by "
+                   f"side): {'PASS' if ratio >= GOAL_GRPC else 'FAIL'}; gRPC c=1 p50 "
+                   f"+{med(runs[('grpc', 1)], 'p50') - raw['single_ms']:.2f} ms over raw")
     for replicas, version_s, replica_s in b.side.cold_starts:
         out.append(f"  cold start of the deployment with {replicas} replica(s), as its status "
                    f"reports it (ready_seconds): {version_s} s from the start of serving (staging "
@@ -1109,7 +1211,7 @@ def report(b: Bench) -> list[str]:
         out.append("  where the c=1 p50 goes (JSON): " + " -> ".join(
             f"{name} {med(runs[(key, 1)], 'p50'):.2f} ms"
             for name, key in (("replica direct", "direct json"), ("+ CHP", "proxy json"),
-                              ("+ CHP + models service (the hub path)", "hub json")))
+                              ("+ CHP + inference router (the hub path)", "hub json")))
             + f"; raw forward {raw['single_ms']:.2f} ms")
         out.append("  c=32 throughput (JSON): " + ", ".join(
             f"{name} {med(runs[(key, 32)], 'rps'):.0f} req/s"

@@ -92,6 +92,7 @@ class Platform:
     port: int = field(default_factory=free_port)
     hub_port: int = field(default_factory=free_port)
     proxy_api_port: int = field(default_factory=free_port)
+    grpc_port: int = field(default_factory=free_port)
     prefix: str = UNIX_PREFIX
     #: extra environment for `aidc up` and the CLI (e.g. AIDC_LDAP_* for a drop-in)
     env: dict = field(default_factory=dict)
@@ -120,6 +121,7 @@ class Platform:
         self.proc = subprocess.Popen(
             [AIDC, "up", "--data-dir", str(self.data_dir), "--port", str(self.port),
              "--hub-port", str(self.hub_port), "--proxy-api-port", str(self.proxy_api_port),
+             "--grpc-port", str(self.grpc_port),
              *self.up_args],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             env={**os.environ, "AIDC_UNIX_USER_PREFIX": self.prefix, **self.env},

@@ -36,7 +36,7 @@ def test_non_root_platform_warns_and_shares_one_account(dev_account):
     p.proc = subprocess.Popen(
         ["runuser", "-u", account.pw_name, "--", AIDC, "up", "--data-dir", str(data_dir),
          "--port", str(p.port), "--hub-port", str(p.hub_port),
-         "--proxy-api-port", str(p.proxy_api_port)],
+         "--proxy-api-port", str(p.proxy_api_port), "--grpc-port", str(p.grpc_port)],
         stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env}, start_new_session=True,
     )
     try:

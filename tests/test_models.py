@@ -210,26 +210,163 @@ def test_replica_killed_under_load_is_restarted(platform, scientist, served):
     assert len(failed) <= 0.01 * len(results), (len(results), failed[:5])
 
 
-def test_models_service_restart_brings_deployments_back(platform, scientist, served):
-    for proc in psutil.process_iter(["cmdline", "environ"]):
+def router_processes(platform) -> tuple[list[psutil.Process], list[psutil.Process]]:
+    """This platform's inference router: its service process and the router processes it runs."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "environ", "ppid"]):
         cmd = proc.info["cmdline"] or []
-        if cmd[-2:] == ["-m", "aidc.models.service"] and "aidc.services.launch" not in cmd \
+        if cmd[-2:] == ["-m", "aidc.models.router"] and "aidc.services.launch" not in cmd \
                 and (proc.info["environ"] or {}).get("AIDC_DATA_DIR") == str(platform.data_dir):
-            proc.kill()
-            break
-    else:
-        raise AssertionError("models service not found")
-    time.sleep(1)
-    tc = triton(platform)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            if tc.is_model_ready("mnist", headers=auth(scientist)):
-                break
-        except Exception:
-            pass
-        time.sleep(1)
+            found.append(proc)
+    pids = {p.pid for p in found}
+    return ([p for p in found if p.info["ppid"] not in pids],
+            [p for p in found if p.info["ppid"] in pids])
+
+
+def test_router_process_killed_under_load_the_others_serve(platform, scientist, served):
     import aidc
+    aidc.models.deploy("mnist", version=1, replicas=2, client=served["client"])
+    [service], workers = router_processes(platform)
+    assert len(workers) == 2, workers
+    stop, results, versions = threading.Event(), [], Counter()
+    threads = [threading.Thread(target=_load, args=(platform, scientist, stop, results, versions))
+               for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1)
+        workers[0].kill()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            _, now = router_processes(platform)
+            if len(now) == 2 and workers[0].pid not in {p.pid for p in now}:
+                break
+            time.sleep(0.2)
+        time.sleep(1)
+        served_after = len(results)
+        time.sleep(1)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert len(now) == 2 and workers[0].pid not in {p.pid for p in now}, now  # replaced
+    assert len(results) > served_after  # and the new one serves along
+    failed = [r for r in results if r != 200]
+    assert len(failed) <= 0.01 * len(results), (len(results), failed[:5])
+
+
+def test_revoked_token_stops_inference_within_the_cache_time(platform, scientist, served):
+    from aidc.hub.config import DEFAULT_AUTH_CACHE_SECONDS
+    r = platform.hub(scientist.token, "POST", f"/users/{scientist.name}/tokens", json={"note": "infer"})
+    token, token_id = r.json()["token"], r.json()["id"]
+    url = f"{platform.url}/services/models/v2/models/mnist/infer"
+    name = served["v1"].signature["inputs"][0]["name"]
+    body = {"inputs": [{"name": name, "shape": [1, 1, 28, 28], "datatype": "FP32", "data": [0.0] * 784}]}
+
+    def infer() -> int:
+        return requests.post(url, json=body, headers={"Authorization": f"Bearer {token}"}, timeout=60).status_code
+    assert infer() == 200  # and known to the router now
+    r = platform.hub(scientist.token, "DELETE", f"/users/{scientist.name}/tokens/{token_id}")
+    assert r.status_code == 204
+    revoked = time.monotonic()
+    while (code := infer()) == 200:
+        # the cache time plus what a loaded 2-core machine may add to a few requests
+        assert time.monotonic() - revoked < DEFAULT_AUTH_CACHE_SECONDS + 4, "still accepted"
+        time.sleep(0.2)
+    assert code in (401, 403)
+    assert infer() in (401, 403)  # and it stays refused
+
+
+def test_grpc_infer_metadata_and_clear_refusals(platform, scientist, other_scientist, served):
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    tc = grpcclient.InferenceServerClient(url=f"127.0.0.1:{platform.grpc_port}")
+    h = {"authorization": f"Bearer {scientist.token}"}
+    assert tc.is_server_live(headers=h) and tc.is_server_ready(headers=h)
+    assert tc.is_model_ready("mnist", headers=h)
+    meta = tc.get_model_metadata("mnist", headers=h)
+    assert meta.inputs[0].datatype == "FP32" and list(meta.inputs[0].shape) == [-1, 1, 28, 28]
+    x = np.random.default_rng(3).standard_normal((4, 1, 28, 28)).astype(np.float32)
+
+    def infer(array, name=meta.inputs[0].name, datatype="FP32", headers=h, model="mnist"):
+        inp = grpcclient.InferInput(name, list(array.shape), datatype)
+        inp.set_data_from_numpy(array)
+        return tc.infer(model, [inp], headers=headers)
+
+    result = infer(x)
+    version = int(result.get_response().model_version)
+    scale = {1: 1.0, 2: 2.0}[version]
+    assert np.allclose(result.as_numpy(meta.outputs[0].name), reference(scale, x), atol=1e-4)
+
+    def refused(call) -> tuple[str, str]:
+        with pytest.raises(InferenceServerException) as e:
+            call()
+        return e.value.status(), e.value.message()
+
+    status, message = refused(lambda: infer(np.zeros((1, 3, 28, 28), np.float32)))
+    assert status == "StatusCode.INVALID_ARGUMENT" and "[-1,1,28,28]" in message.replace(" ", ""), message
+    status, message = refused(lambda: infer(x.astype(np.float64), datatype="FP64"))
+    assert status == "StatusCode.INVALID_ARGUMENT" and "FP32" in message, message
+    status, message = refused(lambda: infer(x, name="nope"))
+    assert status == "StatusCode.INVALID_ARGUMENT" and "nope" in message, message
+    assert refused(lambda: infer(x, model="no-such-model"))[0] == "StatusCode.NOT_FOUND"
+    assert refused(lambda: infer(x, headers={}))[0] == "StatusCode.UNAUTHENTICATED"
+    assert refused(lambda: infer(x, headers={"authorization": "Bearer not-a-token"}))[0] == \
+        "StatusCode.UNAUTHENTICATED"
+    other = {"authorization": f"Bearer {other_scientist.token}"}
+    status, message = refused(lambda: infer(x, headers=other))  # someone else's model
+    assert status == "StatusCode.NOT_FOUND", (status, message)
+    assert refused(lambda: tc.get_model_metadata("mnist", headers=other))[0] == "StatusCode.NOT_FOUND"
+    big = np.zeros((700, 1, 28, 28), np.float32)  # 2.2 MB: under the limit, served
+    assert infer(big).as_numpy(meta.outputs[0].name).shape == (700, 10)
+    huge = np.zeros((6000, 1, 28, 28), np.float32)  # 18.8 MB: over the 16 MiB limit
+    assert refused(lambda: infer(huge))[0] == "StatusCode.RESOURCE_EXHAUSTED"
+    # and it goes on serving
+    assert infer(x[:1]).as_numpy(meta.outputs[0].name).shape == (1, 10)
+    tc.close()
+
+
+def test_models_service_restart_under_load_inference_goes_on(platform, scientist, served):
+    import aidc
+    aidc.models.deploy("mnist", version=1, replicas=2, client=served["client"])
+    status = models_api(platform, scientist.token, "GET", "/models/mnist/deployment").json()
+    pids = sorted(r["pid"] for r in status["versions"][0]["replicas"])
+    stop, results, versions = threading.Event(), [], Counter()
+    threads = [threading.Thread(target=_load, args=(platform, scientist, stop, results, versions))
+               for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1)
+        for proc in psutil.process_iter(["cmdline", "environ"]):
+            cmd = proc.info["cmdline"] or []
+            if cmd[-2:] == ["-m", "aidc.models.service"] and "aidc.services.launch" not in cmd \
+                    and (proc.info["environ"] or {}).get("AIDC_DATA_DIR") == str(platform.data_dir):
+                proc.kill()
+                break
+        else:
+            raise AssertionError("models service not found")
+        during = len(results)
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:  # until the hub has started it again
+            try:
+                r = models_api(platform, scientist.token, "GET", "/models/mnist/deployment", timeout=5)
+                if r.status_code == 200 and r.json()["ready"]:
+                    break
+            except requests.RequestException:
+                pass
+            time.sleep(0.5)
+        time.sleep(1)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert r.status_code == 200 and r.json()["ready"], r.text
+    # the new service adopted the replicas that kept serving: the same processes
+    assert sorted(x["pid"] for x in r.json()["versions"][0]["replicas"]) == pids
+    failed = [x for x in results if x != 200]
+    assert len(results) > during and len(failed) <= 0.01 * len(results), (len(results), failed[:5])
     x = np.ones((1, 1, 28, 28), np.float32)
     assert np.allclose(aidc.models.predict("mnist", x, client=served["client"]), reference(1.0, x), atol=1e-4)
 
@@ -412,10 +549,17 @@ def test_endpoint_metrics_count_every_request_and_federate_replicas(platform, sc
         assert s.post(f"{base}/infer", json=good, timeout=60).status_code == 200
     for _ in range(3):
         assert s.post(f"{base}/infer", json=bad, timeout=60).status_code == 400
-    after = scrape(viewer.token)  # viewers read metrics too (dashboards)
     labels = {"model": "mnist", "version": str(deployed)}
-    assert count(after, "aidc_endpoint_requests", code="200", **labels) - \
-        count(before, "aidc_endpoint_requests", code="200", **labels) == 7
+    # the router writes its counts for the service every second: wait for them
+    deadline = time.monotonic() + 30
+    while True:
+        after = scrape(viewer.token)  # viewers read metrics too (dashboards)
+        done = count(after, "aidc_endpoint_requests", code="200", **labels) - \
+            count(before, "aidc_endpoint_requests", code="200", **labels)
+        if done >= 7 or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert done == 7
     assert count(after, "aidc_endpoint_request_errors", **labels) - \
         count(before, "aidc_endpoint_request_errors", **labels) == 3
     latency = [x for x in after["aidc_endpoint_request_duration_seconds"].samples
@@ -443,7 +587,8 @@ def test_endpoint_metrics_count_every_request_and_federate_replicas(platform, sc
         assert time.monotonic() < deadline, n
         time.sleep(0.5)
     events = [e for e in platform.audit_events() if e.get("action") == "infer"]
-    assert all(e["service"] == "models" and e["period_seconds"] == 2 for e in events)
+    # counted where they were answered: the inference router (the direct path)
+    assert all(e["service"] == "models-router" and e["period_seconds"] == 2 for e in events)
     assert any(e["count"] > 1 for e in events)
 
 

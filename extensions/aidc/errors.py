@@ -25,6 +25,15 @@ class UsageError(AidcError):
     exit_code = 2
 
 
+def size_text(limit: int) -> str:
+    """``16 MiB``, ``512 KiB``, ``100 bytes``: a body limit as messages state it."""
+    if limit >= 2**20 and limit % 2**20 == 0:
+        return f"{limit // 2**20} MiB"
+    if limit >= 1024 and limit % 1024 == 0:
+        return f"{limit // 1024} KiB"
+    return f"{limit} bytes"
+
+
 class TooLargeError(UsageError):
     """A body, file or upload over a size limit or quota (413); the message names the limit.
 

@@ -224,6 +224,8 @@ def prepare(options: PlatformOptions, db_url: str | None = None) -> str | None:
     _check_port_free(options.ip, options.port, "the public")
     _check_port_free("127.0.0.1", options.hub_port, "the hub's")
     _check_port_free("127.0.0.1", options.proxy_api_port, "the proxy API")
+    if options.grpc_port:
+        _check_port_free(options.ip, options.grpc_port, "the gRPC inference")
     if accounts.running_as_root():
         accounts.ensure_group()
         accounts.grant_runtime_access(runtime_paths())
@@ -271,6 +273,10 @@ def banner(options: PlatformOptions, password: str | None) -> str:
 
         lines.append(f"HTTPS with {options.tls_cert}; clients on this host trust it with "
                      f"REQUESTS_CA_BUNDLE={bundle_path(d.root)}")
+    if options.grpc_port:
+        host = "127.0.0.1" if options.ip in ("", "0.0.0.0") else options.ip
+        lines.append(f"v2 inference over gRPC on {host}:{options.grpc_port} "
+                     f"({'TLS' if options.tls_cert else 'plain'}; a hub token in 'authorization')")
     if options.internal_ssl:
         lines.append(f"internal TLS: hub, proxy, servers and services speak mutual TLS "
                      f"(authorities in {certs_dir(d.root)})")

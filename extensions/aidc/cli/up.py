@@ -14,6 +14,9 @@ def add_parser(sub, common) -> None:
     p.add_argument("--port", type=int, default=8000, help="public port (default 8000)")
     p.add_argument("--hub-port", type=int, help="internal hub API port (default PORT+81)")
     p.add_argument("--proxy-api-port", type=int, help="internal proxy API port (default PORT+1)")
+    p.add_argument("--grpc-port", type=int, default=None,
+                   help="v2 inference over gRPC (tritonclient.grpc) on this port, on the same "
+                        "address as the public port and with its TLS (default PORT+2; 0: off)")
     p.add_argument(
         "--simulated-gpus",
         metavar="N",
@@ -65,6 +68,7 @@ def run(args) -> int:
         port=args.port,
         hub_port=args.hub_port or args.port + 81,
         proxy_api_port=args.proxy_api_port or args.port + 1,
+        grpc_port=args.port + 2 if args.grpc_port is None else args.grpc_port,
         tls_cert=cert,
         tls_key=key,
         internal_ssl=args.internal_ssl,

@@ -63,6 +63,8 @@ class PlatformOptions:
     port: int = 8000
     hub_port: int = 8081
     proxy_api_port: int = 8001
+    #: the v2 gRPC inference port (the inference router's; 0: none)
+    grpc_port: int = 8002
     #: HTTPS on the public port: certificate and key files (both or neither)
     tls_cert: str = ""
     tls_key: str = ""
@@ -79,6 +81,7 @@ class PlatformOptions:
             port=port,
             hub_port=int(os.environ.get("AIDC_HUB_PORT", port + 81)),
             proxy_api_port=int(os.environ.get("AIDC_PROXY_API_PORT", port + 1)),
+            grpc_port=int(os.environ.get("AIDC_GRPC_PORT", port + 2)),
             tls_cert=os.environ.get("AIDC_TLS_CERT", ""),
             tls_key=os.environ.get("AIDC_TLS_KEY", ""),
             internal_ssl=os.environ.get("AIDC_INTERNAL_SSL") == "1",
@@ -91,6 +94,7 @@ class PlatformOptions:
             "AIDC_PORT": str(self.port),
             "AIDC_HUB_PORT": str(self.hub_port),
             "AIDC_PROXY_API_PORT": str(self.proxy_api_port),
+            "AIDC_GRPC_PORT": str(self.grpc_port),
             **({"AIDC_TLS_CERT": self.tls_cert, "AIDC_TLS_KEY": self.tls_key} if self.tls_cert else {}),
             **({"AIDC_INTERNAL_SSL": "1"} if self.internal_ssl else {}),
         }

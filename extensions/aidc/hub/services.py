@@ -9,7 +9,9 @@ every declared service into
   its own API token (``JUPYTERHUB_API_TOKEN``) and an OAuth client, and the proxy
   routes ``/services/<name>/`` to it;
 * a JupyterHub role ``service-<name>`` holding the hub scopes the service's token needs;
-* ``access:services!service=<name>`` added to the aidc roles that may use it.
+* ``access:services!service=<name>`` added to the aidc roles that may use it;
+* the proxy's routes of its ``proxy_paths`` (``Proxy.extra_routes``), and every
+  service's address in every service's environment (``AIDC_SERVICE_URL_<NAME>``).
 
 Services are found through the ``aidc.services`` entry points and :func:`register` calls
 in drop-in config files (:func:`aidc.services.declare.discover`). The service process
@@ -36,12 +38,25 @@ def apply(c, data_dir: str, services: list[ManagedService] | None = None,
     names = {s.name for s in services}
     hub_services = [s for s in (c.JupyterHub.services or []) if s.get("name") not in names]
     extra_roles = []
+    ours = []
     for s in services:
-        hub_services.append(s.hub_service(data_dir, extra_env, scheme=scheme))
+        ours.append(s.hub_service(data_dir, extra_env, scheme=scheme))
         extra_roles.append(s.hub_role())
         for r in s.roles if s.web else ():
             roles.grant(r, [f"access:services!service={s.name}"])
-    c.JupyterHub.services = hub_services
+    # each service finds the others' own addresses (the inference router passes what it
+    # does not serve to the models service directly: through the proxy it would come back)
+    urls = {f"AIDC_SERVICE_URL_{e['name'].upper().replace('-', '_')}": e["url"]
+            for e in ours if "url" in e}
+    base = c.JupyterHub.base_url if "base_url" in c.JupyterHub else "/"
+    extra_routes = dict(c.Proxy.extra_routes) if "extra_routes" in c.Proxy else {}
+    for s, entry in zip(services, ours):
+        entry["environment"] = {**urls, **entry["environment"]}
+        for path in s.proxy_paths if s.web else ():
+            extra_routes["/" + (base.strip("/") + "/" + path.lstrip("/")).lstrip("/")] = entry["url"]
+    if extra_routes:
+        c.Proxy.extra_routes = extra_routes
+    c.JupyterHub.services = hub_services + ours
     # roles written here by an earlier apply() are replaced, others (the CLI's) kept
     ours = {"user", *roles.ROLE_NAMES, *(f"service-{n}" for n in names)}
     kept = [r for r in (c.JupyterHub.load_roles or []) if r.get("name") not in ours]

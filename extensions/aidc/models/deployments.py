@@ -32,12 +32,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+import psutil
 from traitlets import Float, Integer
 from traitlets.config import LoggingConfigurable
 
 from ..errors import PlatformError
 from ..process import die_with_parent
-from . import artifacts_local
+from . import artifacts_local, routing
 from .endpoint_metrics import EndpointMetrics
 from ..accounts import RunAs
 from .sandbox import Staged, owner_account, process_options, stage
@@ -54,6 +55,13 @@ def _die_with_parent() -> None:
 
 #: how often a replica that exits while its version loads is started before the version fails
 START_ATTEMPTS = 4
+#: seconds a replaced version keeps running after the routing table stops naming it
+ROUTER_GRACE = 0.5
+
+
+def state_path(data_dir: str) -> Path:
+    """Where the service records its running replicas for its successor."""
+    return Path(data_dir) / "models" / "replicas.json"
 
 
 def _seconds(value: float | None) -> float | None:
@@ -64,7 +72,11 @@ def _seconds(value: float | None) -> float | None:
 class Replica:
     #: the replica's Unix socket: its only listening address (the same across restarts)
     socket: Path | None = None
+    #: the process this service started (None: not started, or adopted from a predecessor)
     process: subprocess.Popen | None = None
+    #: its process id, and the process's start time (which tells a reused pid apart)
+    pid: int | None = None
+    created: float = 0.0
     ready: bool = False
     restarts: int = 0
     inflight: int = 0
@@ -82,8 +94,39 @@ class Replica:
     @property
     def label(self) -> str:
         """How logs name this replica: its socket file and process."""
-        pid = self.process.pid if self.process is not None else None
-        return f"{self.socket.name if self.socket else '?'} (pid {pid})"
+        return f"{self.socket.name if self.socket else '?'} (pid {self.pid})"
+
+    def running(self) -> bool:
+        """Its process runs (a child of this service's, or one adopted)."""
+        if self.process is not None:
+            return self.process.poll() is None
+        if self.pid is None:
+            return False
+        try:
+            proc = psutil.Process(self.pid)
+            return (abs(proc.create_time() - self.created) < 0.05
+                    and proc.status() != psutil.STATUS_ZOMBIE)
+        except psutil.Error:
+            return False
+
+    def exited(self) -> bool:
+        """It had a process, and that process ended."""
+        return (self.process is not None or self.pid is not None) and not self.running()
+
+    @property
+    def exit_code(self) -> int | str:
+        return self.process.returncode if self.process is not None else "unknown: adopted"
+
+    def signal(self, sig: int) -> None:
+        if not self.running():
+            return
+        try:
+            if self.process is not None:
+                self.process.send_signal(sig)
+            elif self.pid is not None:
+                os.kill(self.pid, sig)
+        except ProcessLookupError:
+            pass
 
     def open_session(self) -> None:
         """Pooled keep-alive connections over the socket (no TCP stack: cheaper per request)."""
@@ -155,8 +198,20 @@ class DeploymentRunner(LoggingConfigurable):
     ).tag(config=True)
     threads_per_replica = Integer(0, help="Compute threads per replica (0: the machine's cores / replicas).").tag(config=True)
 
-    def __init__(self, registry, run_root: Path | None = None, ledger=None, **kwargs):
+    def __init__(self, registry, run_root: Path | None = None, ledger=None,
+                 data_dir: str | None = None, lifeline: int | None = None, **kwargs):
         super().__init__(**kwargs)
+        #: the process whose end ends the replicas (the hub): they outlive this service, and
+        #: a successor adopts them (see :meth:`start`). None: they die with this process
+        self.lifeline = lifeline
+        #: where the routing table for the inference router goes, and where the router's
+        #: request counts come from (aidc.models.routing); None: no router
+        self.data_dir = data_dir
+        self.table_path = routing.table_path(data_dir) if data_dir else None
+        #: the running replicas, for a successor to adopt (written with the table)
+        self.state_path = state_path(data_dir) if data_dir else None
+        self._published: dict | None = None
+        self._state_written: dict | None = None
         self.registry = registry
         #: GPULedger: a deployment's replicas see the GPUs of its claim ``deployment:<name>``
         self.ledger = ledger
@@ -167,12 +222,57 @@ class DeploymentRunner(LoggingConfigurable):
         self.metrics = EndpointMetrics()
 
     async def start(self) -> None:
+        """Bring the recorded deployments back: adopt the replicas a predecessor left running
+        (a service that was killed: its replicas kept serving through the router), start
+        the others."""
         self._watch = asyncio.create_task(self._watch_loop())
+        adopted = self._adoptable()
         for dep in self.registry.find_deployments():  # the service restarted: bring them back
             try:
-                await self.apply(dep, wait=False)
+                await self.apply(dep, wait=False, adopt=adopted.pop(dep["name"], []))
             except Exception as e:
                 self.log.error("aidc models: could not restore deployment %s: %s", dep["name"], e)
+        for left in adopted.values():  # of deployments removed since: stop them
+            for served in left:
+                self._stop(served)
+        self.publish()
+
+    def _adoptable(self) -> dict[str, list[ServedVersion]]:
+        """The versions in the state file with a replica still running, as this service's."""
+        out: dict[str, list[ServedVersion]] = {}
+        state = routing.read_json(self.state_path) if self.state_path else None
+        for name, versions in (state or {}).items():
+            for v in versions:
+                staged = Staged(Path(v["artifact"]), Path(v["directory"]) if v["directory"] else None)
+                try:
+                    identity = owner_account(self.registry.model(name)["owner"])
+                except Exception:
+                    identity = None
+                served = ServedVersion(name, v["version"], v["command"], identity=identity,
+                                       staged=staged, visible_devices=v["visible_devices"],
+                                       ready_seconds=v.get("ready_seconds"))
+                for r in v["replicas"]:
+                    replica = Replica(socket=Path(r["socket"]), pid=r["pid"], created=r["created"],
+                                      restarts=r.get("restarts", 0),
+                                      ready_seconds=r.get("ready_seconds"))
+                    replica.open_session()
+                    served.replicas.append(replica)
+                if any(r.running() for r in served.replicas):
+                    self.log.info("aidc models: adopted %s v%d: %d of %d replicas running", name,
+                                  served.version, sum(r.running() for r in served.replicas),
+                                  len(served.replicas))
+                    out.setdefault(name, []).append(served)
+                else:
+                    self._stop(served)
+        return out
+
+    @staticmethod
+    def adopted_folders(data_dir: str) -> set[str]:
+        """The staging folders of the replicas a predecessor left (kept when the service
+        empties its staging root at start)."""
+        state = routing.read_json(state_path(data_dir)) or {}
+        return {Path(v["directory"]).name for versions in state.values() for v in versions
+                if v.get("directory")}
 
     async def close(self) -> None:
         if self._watch:
@@ -184,6 +284,8 @@ class DeploymentRunner(LoggingConfigurable):
                     sessions += [r.session for r in served.replicas if r.session is not None]
                     self._stop(served)
         await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
+        if self.state_path is not None:  # stopped on purpose: nothing is left to adopt
+            self.state_path.unlink(missing_ok=True)
 
     # -- versions -------------------------------------------------------------------
     def _command(self, name: str, version: dict, dep: dict, replicas: int, artifact: Path) -> list[str]:
@@ -211,10 +313,20 @@ class DeploymentRunner(LoggingConfigurable):
         # the Unix socket only: no TCP port that any local account could call without a token
         replica.started = time.monotonic()
         replica.ready_seconds = None
+        command = [*served.command, "--unix-socket", str(replica.socket)]
+        if self.lifeline is not None:
+            # it outlives this service (a successor adopts it: a restart of the service
+            # does not stop inference) but not the platform
+            command += ["--exit-with", str(self.lifeline)]
         replica.process = subprocess.Popen(
-            [*served.command, "--unix-socket", str(replica.socket)],
-            stdout=subprocess.DEVNULL, stderr=None, preexec_fn=_die_with_parent,
+            command, stdout=subprocess.DEVNULL, stderr=None,
+            preexec_fn=None if self.lifeline is not None else _die_with_parent,
             **process_options(served.identity, served.staged, gpus))
+        replica.pid = replica.process.pid
+        try:
+            replica.created = psutil.Process(replica.pid).create_time()
+        except psutil.Error:
+            replica.created = 0.0  # gone already: the next check restarts it
         replica.open_session()
 
     async def _serve(self, name: str, number: int, dep: dict, wait: bool) -> ServedVersion:
@@ -245,8 +357,7 @@ class DeploymentRunner(LoggingConfigurable):
         while time.monotonic() < deadline:
             # before _check starts them again: a version whose every replica keeps exiting
             # while it loads will not load, and waiting out the time-out would not help
-            exited = [r.process.returncode for r in served.replicas
-                      if r.process is not None and r.process.poll() is not None]
+            exited = [r.exit_code for r in served.replicas if r.exited()]
             if (served.replicas and len(exited) == len(served.replicas)
                     and all(r.restarts >= START_ATTEMPTS - 1 for r in served.replicas)):
                 self._stop(served)
@@ -276,13 +387,12 @@ class DeploymentRunner(LoggingConfigurable):
 
     async def _check(self, served: ServedVersion) -> None:
         for replica in served.replicas:
-            proc = replica.process
-            if proc is not None and proc.poll() is not None:
+            if replica.exited():
                 replica.ready = False
                 if replica.restarts < 1000:
                     replica.restarts += 1
                     self.log.warning("aidc models: replica %s of %s v%d exited (%s); restarting",
-                                     replica.label, served.name, served.version, proc.returncode)
+                                     replica.label, served.name, served.version, replica.exit_code)
                     self._spawn(served, replica)
                 continue
             try:
@@ -306,8 +416,7 @@ class DeploymentRunner(LoggingConfigurable):
     def _stop(self, served: ServedVersion) -> None:
         for replica in served.replicas:
             replica.ready = False
-            if replica.process and replica.process.poll() is None:
-                replica.process.send_signal(signal.SIGTERM)
+            replica.signal(signal.SIGTERM)
             replica.close_session()
             if replica.socket is not None and not (served.staged and served.staged.directory):
                 replica.socket.unlink(missing_ok=True)  # in the shared folder (no account change)
@@ -315,6 +424,9 @@ class DeploymentRunner(LoggingConfigurable):
             served.staged.remove()
 
     async def _drain_and_stop(self, served: ServedVersion) -> None:
+        # the inference router reads the new table within a tenth of a second; what it sent
+        # before, the replicas finish after SIGTERM (they stop listening, then drain)
+        await asyncio.sleep(ROUTER_GRACE)
         deadline = time.monotonic() + self.drain_timeout
         while served.inflight and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
@@ -330,10 +442,12 @@ class DeploymentRunner(LoggingConfigurable):
                             await self._check(served)
                         except Exception:
                             self.log.exception("aidc models: health check failed")
+            self.publish()
 
     # -- what the API calls ------------------------------------------------------------
-    async def apply(self, dep: dict, wait: bool = True) -> None:
-        """Make the running replicas match deployment record ``dep``; switch traffic when ready."""
+    async def apply(self, dep: dict, wait: bool = True, adopt: list[ServedVersion] = ()) -> None:
+        """Make the running replicas match deployment record ``dep``; switch traffic when
+        ready. ``adopt``: versions a predecessor left running, used if they still fit."""
         name = dep["name"]
         current = self.routes.get(name)
         reuse = {}
@@ -341,12 +455,17 @@ class DeploymentRunner(LoggingConfigurable):
             for served in (current.primary, current.canary):
                 if served is not None:
                     reuse[served.version] = served
+        for served in adopt:
+            reuse.setdefault(served.version, served)
         started: list[ServedVersion] = []
 
         async def get(number: int) -> ServedVersion:
             served = reuse.get(number)
             if (served is not None and len(served.replicas) == dep["replicas"]
-                    and served.visible_devices == self._visible_devices(name)):
+                    and served.visible_devices == self._visible_devices(name)
+                    and served.command == self._command(
+                        name, self.registry.version(name, number), dep, dep["replicas"],
+                        served.staged.path if served.staged else Path("?"))):
                 return served
             served = await self._serve(name, number, dep, wait)
             started.append(served)
@@ -360,6 +479,7 @@ class DeploymentRunner(LoggingConfigurable):
                 self._stop(served)
             raise
         self.routes[name] = Route(primary, canary, dep.get("canary_weight") or 0.0)
+        self.publish()  # before the deploy answers: the router serves it from the next request
         keep = {id(primary), id(canary)}
         for old in reuse.values():
             if id(old) not in keep:
@@ -367,10 +487,70 @@ class DeploymentRunner(LoggingConfigurable):
 
     async def remove(self, name: str) -> None:
         route = self.routes.pop(name, None)
+        self.publish()
         if route:
             for served in (route.primary, route.canary):
                 if served:
                     await self._drain_and_stop(served)
+
+    # -- the routing table (what the inference router serves) ---------------------------------
+    def table(self) -> dict:
+        """Every deployment as the router needs it (see :mod:`aidc.models.routing`)."""
+        out = {}
+        for name, route in list(self.routes.items()):
+            try:
+                model = self.registry.model(name)
+            except Exception:
+                continue  # deleted a moment ago
+            weight = route.canary_weight if route.canary else 0.0
+            served = [{"version": s.version, "weight": w,
+                       "replicas": [{"socket": str(r.socket), "ready": r.ready}
+                                    for r in s.replicas if r.socket is not None]}
+                      for s, w in ((route.primary, 1 - weight), (route.canary, weight)) if s]
+            out[name] = {"owner": model["owner"], "visibility": model.get("visibility"),
+                         "groups": list(model.get("groups") or ()),
+                         "public": self.registry.is_public(name), "served": served}
+        return out
+
+    def publish(self) -> None:
+        """Write the routing table if it changed (replicas' readiness, weights, visibility),
+        and the running replicas for a successor (:meth:`start`)."""
+        if self.table_path is None:
+            return
+        table = self.table()
+        if table != self._published:
+            routing.write(self.table_path, table)
+            self._published = table
+        state = self.running_state()
+        if state != self._state_written:
+            routing.write_json(self.state_path, state)
+            self._state_written = state
+
+    def running_state(self) -> dict:
+        """What a successor needs to adopt the running replicas (see :meth:`_adoptable`)."""
+        out: dict[str, list] = {}
+        for name, route in list(self.routes.items()):
+            for served in (route.primary, route.canary):
+                if served is None:
+                    continue
+                staged = served.staged
+                out.setdefault(name, []).append({
+                    "version": served.version, "command": served.command,
+                    "visible_devices": served.visible_devices,
+                    "artifact": str(staged.path) if staged else "",
+                    "directory": str(staged.directory) if staged and staged.directory else None,
+                    "ready_seconds": served.ready_seconds,
+                    "replicas": [{"socket": str(r.socket), "pid": r.pid, "created": r.created,
+                                  "restarts": r.restarts, "ready_seconds": r.ready_seconds}
+                                 for r in served.replicas if r.socket is not None]})
+        return out
+
+    def endpoint_metrics(self) -> EndpointMetrics:
+        """The router's counts and the service's own (requests it routed itself)."""
+        total = self.metrics
+        for snapshot in routing.read_stats(self.data_dir) if self.data_dir else ():
+            total = total.add(snapshot)
+        return total
 
     def status(self, name: str) -> dict:
         route = self.routes.get(name)
@@ -385,7 +565,7 @@ class DeploymentRunner(LoggingConfigurable):
                     "replicas": [{"replica": i, "socket": str(r.socket) if r.socket else None,
                                   "ready": r.ready, "restarts": r.restarts,
                                   "ready_seconds": _seconds(r.ready_seconds),
-                                  "pid": r.process.pid if r.process else None}
+                                  "pid": r.pid}
                                  for i, r in enumerate(served.replicas)]}
 
         weight = route.canary_weight if route.canary else 0.0
@@ -397,7 +577,7 @@ class DeploymentRunner(LoggingConfigurable):
         # serving: requests get answers (at least one replica of the primary version)
         return {"ready": ready == wanted, "serving": bool(route.primary.ready),
                 "ready_replicas": len(route.primary.ready), "versions": versions,
-                "stats": self.metrics.summary(name)}
+                "stats": self.endpoint_metrics().summary(name)}
 
     async def replica_metrics(self) -> list[tuple[dict[str, str], str]]:
         """Every running replica's ``/metrics`` text, with the labels that tell replicas apart."""
@@ -405,7 +585,7 @@ class DeploymentRunner(LoggingConfigurable):
         for route in list(self.routes.values()):
             for served in (route.primary, route.canary):
                 for i, replica in enumerate(served.replicas if served else []):
-                    if replica.process is not None and replica.process.poll() is None:
+                    if replica.running():
                         targets.append(({"replica": str(i)}, replica))
 
         async def fetch(replica: Replica) -> str:

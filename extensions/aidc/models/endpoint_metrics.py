@@ -2,7 +2,10 @@
 
 Two views, one scrape (``GET /services/models/metrics``):
 
-* what callers saw, measured by the service for every v2 inference request it routed:
+* what callers saw, measured for every v2 inference request by the inference router
+  (:mod:`aidc.models.router`, which writes its counts to a file the service reads:
+  :meth:`EndpointMetrics.snapshot`, :meth:`EndpointMetrics.add`) and by the service for
+  the requests it routes itself:
   ``aidc_endpoint_requests_total{model,version,code}``,
   ``aidc_endpoint_request_errors_total{model,version}`` and the latency histogram
   ``aidc_endpoint_request_duration_seconds{model,version}`` (routing, queueing,
@@ -23,7 +26,8 @@ from .metrics import CONTENT_TYPE  # noqa: F401 - what the service answers with
 
 
 class EndpointMetrics:
-    """Counts and times the inference requests the service routes; one event loop, no locks."""
+    """Counts and times inference requests (the router's, and those the service routes
+    itself); one event loop, no locks."""
 
     def __init__(self) -> None:
         self.requests: dict[tuple[str, str, int], int] = {}
@@ -36,6 +40,31 @@ class EndpointMetrics:
         if hist is None:
             hist = self.latency[(model, version)] = Histogram(LATENCY_BUCKETS)
         hist.observe(seconds)
+
+    def snapshot(self) -> dict:
+        """The counts as JSON data (what the inference router writes for the service)."""
+        return {"requests": [[m, v, c, n] for (m, v, c), n in sorted(self.requests.items())],
+                "latency": [[m, v, h.counts, h.sum] for (m, v), h in sorted(self.latency.items())]}
+
+    def add(self, snapshot: dict | None) -> EndpointMetrics:
+        """These counts plus a :meth:`snapshot`'s, as a new object (this one is unchanged)."""
+        out = EndpointMetrics()
+        out.requests = dict(self.requests)
+        for key, hist in self.latency.items():
+            copy = out.latency[key] = Histogram(hist.bounds)
+            copy.counts, copy.sum, copy.count = list(hist.counts), hist.sum, hist.count
+        for m, v, c, n in (snapshot or {}).get("requests", ()):
+            out.requests[(m, v, c)] = out.requests.get((m, v, c), 0) + n
+        for m, v, counts, total in (snapshot or {}).get("latency", ()):
+            hist = out.latency.get((m, v))
+            if hist is None:
+                hist = out.latency[(m, v)] = Histogram(LATENCY_BUCKETS)
+            if len(counts) != len(hist.counts):
+                continue  # another release's buckets: skipped rather than misread
+            hist.counts = [a + b for a, b in zip(hist.counts, counts)]
+            hist.sum += total
+            hist.count += sum(counts)
+        return out
 
     def summary(self, model: str) -> dict:
         """Requests, errors and mean, p50 and p99 latency per version of ``model`` (for the

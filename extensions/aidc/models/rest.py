@@ -28,6 +28,7 @@ import time
 import traceback
 from urllib.parse import quote, unquote
 
+from ..errors import size_text
 from . import v2
 from .dataplane import DataPlane, Reply
 
@@ -170,8 +171,9 @@ class _Request:
         body = reply.body
         head = (f"HTTP/1.1 {reply.code} {_REASONS.get(reply.code, '')}\r\n"
                 f"Content-Type: {reply.content_type}\r\nContent-Length: {len(body)}\r\n")
-        if reply.headers:
-            head += "".join(f"{k}: {v}\r\n" for k, v in reply.headers.items())
+        if reply.headers:  # a dict, or (name, value) pairs (a name may repeat: Set-Cookie)
+            pairs = reply.headers.items() if isinstance(reply.headers, dict) else reply.headers
+            head += "".join(f"{k}: {v}\r\n" for k, v in pairs)
         if close:
             head += "Connection: close\r\n"
         self.conn.send(self, (head + "\r\n").encode("latin-1"), body, close)
@@ -360,8 +362,8 @@ class _Connection(asyncio.Protocol):
                 self.request.keep_alive = False
                 tail = bytes(buf[-5:])
                 self.buf = bytearray()
-                self.request.error(413, f"the request body is larger than "
-                                        f"{self.plane.max_body_size} bytes")
+                self.request.error(413, f"request body too large: at most "
+                                        f"{size_text(self.plane.max_body_size)}")
                 if tail.endswith(b"0\r\n\r\n"):
                     self.transport.close()
                 else:
@@ -382,8 +384,8 @@ class _Connection(asyncio.Protocol):
         self.length = declared - len(self.buf)
         self.buf = bytearray()
         req.keep_alive = False
-        req.error(413, f"the request body ({declared} bytes) is larger than the limit of "
-                       f"{plane.max_body_size} bytes")
+        req.error(413, f"request body too large ({declared} bytes): at most "
+                       f"{size_text(plane.max_body_size)}")
         if self.length <= 0:
             self.transport.close()
         else:
@@ -449,10 +451,14 @@ class HTTPServer:
         loop = asyncio.get_running_loop()
         self._servers.append(await loop.create_unix_server(lambda: _Connection(self), sock=sock))
 
-    async def listen(self, port: int, host: str = "127.0.0.1", backlog: int = 1024) -> None:
+    async def listen(self, port: int, host: str = "127.0.0.1", backlog: int = 1024,
+                     ssl=None, reuse_port: bool = False) -> None:
+        """Serve on a TCP port (``ssl``: an ``SSLContext`` for HTTPS; ``reuse_port``: with
+        other processes on the same port, the kernel spreading connections over them)."""
         loop = asyncio.get_running_loop()
         self._servers.append(await loop.create_server(
-            lambda: _Connection(self), host, port, backlog=backlog, reuse_address=True))
+            lambda: _Connection(self), host, port, backlog=backlog, reuse_address=True, ssl=ssl,
+            reuse_port=reuse_port))
 
     def stop(self) -> None:
         """Stop listening (connections already open stay)."""

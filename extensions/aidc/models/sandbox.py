@@ -59,9 +59,23 @@ def run_root(data_dir: str) -> Path:
     return Path(tempfile.gettempdir()) / f"aidc-models-{tag}"
 
 
-def reset(root: Path) -> None:
-    """Remove copies a previous service process left behind (killed before it could)."""
-    shutil.rmtree(root, ignore_errors=True)
+def reset(root: Path, keep: set[str] = frozenset()) -> None:
+    """Remove copies a previous service process left behind (killed before it could),
+    except the folders named in ``keep`` (those of replicas still running, to adopt)."""
+    if not keep:
+        shutil.rmtree(root, ignore_errors=True)
+    else:
+        try:
+            entries = list(os.scandir(root))
+        except OSError:
+            entries = []
+        for entry in entries:
+            if entry.name in keep and entry.is_dir(follow_symlinks=False):
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                os.unlink(entry.path)
     ensure_root(root)
 
 

@@ -174,6 +174,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="largest request body in bytes (K/M/G suffixes allowed); larger gets 413")
     p.add_argument("--shutdown-timeout", type=float, default=30.0,
                    help="seconds requests in progress get to finish after SIGTERM")
+    p.add_argument("--exit-with", type=int, default=None, metavar="PID",
+                   help="stop (as on SIGTERM) when process PID ends: the platform's hub")
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
     if args.port is None and not args.unix_socket:
@@ -240,6 +242,15 @@ async def serve(args: argparse.Namespace, signature) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if args.exit_with is not None:
+        # the replica outlives the models service (its successor adopts it), not the
+        # platform; a pidfd becomes readable when that process ends, whoever's it is
+        try:
+            lifeline = os.pidfd_open(args.exit_with)
+        except ProcessLookupError:
+            log.info("process %d has ended: stopping", args.exit_with)
+            return 0
+        loop.add_reader(lifeline, stop.set)
 
     loaded: asyncio.Future = loop.create_future()
 

@@ -143,6 +143,7 @@ class ModelResource(ModelsHandler):
         body = self.json_body()
         if "visibility" in body:
             self.registry.set_visibility(name, body["visibility"])  # checked: 400 with the choices
+            self.runner.publish()  # the router applies the new visibility from its next request
         self.write_json(self.model_view(self.registry.model(name)))
 
 
@@ -444,7 +445,7 @@ class MetricsHandler(ModelsHandler):
     async def get(self):
         replicas = await self.runner.replica_metrics()
         self.set_header("Content-Type", CONTENT_TYPE)
-        self.finish(self.runner.metrics.render(replicas))
+        self.finish(self.runner.endpoint_metrics().render(replicas))
 
 
 @web.stream_request_body
@@ -553,9 +554,13 @@ def main() -> None:
         keys.check(create=True)
         artifacts.encrypt_under(registry.artifacts_url, keys)
     run_root = sandbox.run_root(data_dir)
-    sandbox.reset(run_root)  # copies a killed predecessor left
+    # copies a killed predecessor left, but those its replicas still serve from (adopted)
+    sandbox.reset(run_root, keep=DeploymentRunner.adopted_folders(data_dir))
     ledger = open_ledger(data_dir, config=app.config)
-    runner = DeploymentRunner(registry, run_root=run_root, ledger=ledger, config=app.config)
+    # the replicas end with the hub (this service's parent), not with this service: a
+    # restarted service adopts them, and inference through the router never stops
+    runner = DeploymentRunner(registry, run_root=run_root, ledger=ledger, config=app.config,
+                              data_dir=data_dir, lifeline=os.getppid())
     jobs = JobLineage(config=app.config)  # asks the jobs service to check and describe lineage
     staging = Path(data_dir) / "models" / "staging"
     staging.mkdir(parents=True, exist_ok=True)

@@ -53,6 +53,10 @@ class ManagedService:
     #: False for background services with no web server (cullers): no URL, no OAuth
     web: bool = True
     environment: dict[str, str] = field(default_factory=dict)
+    #: more URL paths under the hub's base URL that the proxy routes to this service
+    #: (``Proxy.extra_routes``; the longest matching path wins, so one service can take
+    #: part of another's: the inference router takes ``services/models/v2/``)
+    proxy_paths: list[str] = field(default_factory=list)
     #: shown on the hub's home page
     display: bool = True
     info: dict = field(default_factory=dict)

@@ -10,6 +10,8 @@ import sys
 from tornado import httputil
 from tornado.httpserver import HTTPServer
 
+from ..errors import size_text
+
 #: tornado's own default body limit (``max_buffer_size``), kept as the default here
 DEFAULT_MAX_BODY = 100 * 1024 * 1024
 
@@ -57,15 +59,6 @@ class NoDelayHTTPServer(HTTPServer):
 
 def _keep_nodelay(value: bool) -> None:
     pass
-
-
-def size_text(limit: int) -> str:
-    """``16 MiB``, ``512 KiB``, ``100 bytes``: a body limit as messages state it."""
-    if limit >= 2**20 and limit % 2**20 == 0:
-        return f"{limit // 2**20} MiB"
-    if limit >= 1024 and limit % 1024 == 0:
-        return f"{limit // 1024} KiB"
-    return f"{limit} bytes"
 
 
 class _BodyLimit(httputil.HTTPMessageDelegate):
