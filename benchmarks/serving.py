@@ -667,6 +667,64 @@ def measure_grpc(label: str, port: int, token: str, input_name: str, samples: np
     return res
 
 
+def wrk_run(url: str, body: bytes, headers: dict[str, str], concurrency: int, seconds: float,
+            folder: Path) -> dict:
+    """The same closed loop with Debian's ``wrk`` (C, one thread): a second load generator
+    whose own cost cannot flatter or hide a result. Requests/s, p50 and p99 (ms), and the
+    answers that were not 2xx (which fail the check)."""
+    (folder / "wrk-body").write_bytes(body)
+    lua = folder / "wrk.lua"
+    lua.write_text('wrk.method = "POST"\n' + "".join(
+        f'wrk.headers["{k}"] = "{v}"\n' for k, v in headers.items())
+        + f'local f = io.open("{folder / "wrk-body"}", "rb")\nwrk.body = f:read("*a")\nf:close()\n')
+    out = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{seconds:g}s", "--latency",
+                          "-s", str(lua), url], capture_output=True, text=True, timeout=seconds + 60)
+
+    def ms(text: str) -> float:
+        for unit, scale in (("us", 0.001), ("ms", 1.0), ("s", 1000.0)):
+            if text.endswith(unit):
+                return float(text[:-len(unit)]) * scale
+        return float(text)
+
+    fields = {line.split()[0]: line.split() for line in out.stdout.splitlines() if line.split()}
+    non_2xx = next((int(line.split()[-1]) for line in out.stdout.splitlines() if "Non-2xx" in line), 0)
+    return {"rps": float(fields["Requests/sec:"][1]), "p50": ms(fields["50%"][1]),
+            "p99": ms(fields["99%"][1]), "non_2xx": non_2xx}
+
+
+def measure_wrk(b: "Bench", mlflow_port: int) -> list[str]:
+    """Goals (i) and (iii) again, with ``wrk`` on both sides, alternating (``--wrk``)."""
+    x = b.samples[:1]
+    hub_body, hub_headers = v2_json_body(x, b.side.input_name)
+    hub_headers = {**hub_headers, "Authorization": f"token {b.side.token}"}
+    ml_body, ml_headers = mlflow_body(x)
+    sides = {"aidc hub, v2 JSON": (f"{b.side.platform.url}/services/models/v2/models/{MODEL}/infer",
+                                   hub_body, hub_headers),
+             "mlflow": (f"http://127.0.0.1:{mlflow_port}/invocations", ml_body, ml_headers)}
+    got: dict[tuple[str, int], list[dict]] = defaultdict(list)
+    for rnd in range(b.args.rounds):
+        for conc in (1, 32):
+            order = list(sides) if (rnd + conc) % 2 else list(sides)[::-1]
+            for name in order:
+                url, body, headers = sides[name]
+                r = wrk_run(url, body, {k: v for k, v in headers.items() if k != "Content-Length"},
+                            conc, b.args.seconds, b.root)
+                if r["non_2xx"]:
+                    raise CheckFailed(f"wrk {name} c={conc}: {r['non_2xx']} answers were not 2xx")
+                got[(name, conc)].append(r)
+                log(f"  wrk {name:<30} c={conc:<3} {r['rps']:8.0f} req/s  p50 {r['p50']:7.2f} ms  "
+                    f"p99 {r['p99']:7.2f} ms")
+
+    def m(name: str, conc: int, key: str) -> float:
+        return statistics.median(r[key] for r in got[(name, conc)])
+    hub, ml = "aidc hub, v2 JSON", "mlflow"
+    return [f"with wrk (medians of {b.args.rounds} rounds): c=32 {m(hub, 32, 'rps'):.0f} vs "
+            f"{m(ml, 32, 'rps'):.0f} req/s = {m(hub, 32, 'rps') / m(ml, 32, 'rps'):.2f}x MLflow, p99 "
+            f"{m(hub, 32, 'p99'):.1f} vs {m(ml, 32, 'p99'):.1f} ms; {m(hub, 32, 'rps') / b.raw['batched_sps']:.3f}x "
+            f"raw batched; c=1 p50 {m(hub, 1, 'p50'):.2f} ms (+{m(hub, 1, 'p50') - b.raw['single_ms']:.2f} ms "
+            f"over raw)"]
+
+
 def measure(target: Target, concurrency: int, args: argparse.Namespace,
             expected: np.ndarray, note: str = "") -> Result:
     """One run of ``target`` at ``concurrency``: throughput, latency, CPU by process."""
@@ -1002,9 +1060,10 @@ def table(results: list[Result]) -> list[str]:
 
 
 def cpu_table(results: list[Result]) -> list[str]:
-    roles = ["proxy (CHP, node)", "hub", "models service", "replica(s)", "other platform",
-             "mlflow server", "load generator (this process)", "machine (all processes)"]
-    short = ["proxy", "hub", "service", "replicas", "other", "mlflow", "loadgen", "machine"]
+    roles = ["proxy (CHP, node)", "hub", "models service", "inference router", "replica(s)",
+             "other platform", "mlflow server", "load generator (this process)",
+             "machine (all processes)"]
+    short = ["proxy", "hub", "service", "router", "replicas", "other", "mlflow", "loadgen", "machine"]
     out = ["  {:<36} {:>3} ".format("target", "c") + " ".join(f"{s:>8}" for s in short)]
     for r in results:
         cells = [f"{r.cpu[k]:8.2f}" if k in r.cpu else f"{'-':>8}" for k in roles]
@@ -1097,6 +1156,7 @@ class Bench:
     runs: Runs = field(default_factory=lambda: defaultdict(list))
     results: list[Result] = field(default_factory=list)
     profile: list[str] = field(default_factory=list)
+    wrk: list[str] = field(default_factory=list)
 
     def one(self, key: str, target: Target, conc: int, note: str = "") -> Result:
         res = measure(target, conc, self.args, self.expected, note)
@@ -1170,6 +1230,9 @@ def run_all(b: Bench) -> None:
         b.runs[("grpc", conc)].append(res)
         b.results.append(res)
         b.one("hub binary", aidc_targets["hub binary"], conc)
+    if b.args.wrk:
+        log("goals (i) and (iii) with wrk")
+        b.wrk = measure_wrk(b, mlflow.port)
     measure_lone_proxy(b, status)
     if b.args.profile:
         b.profile = profile_run(py_spy(python), aidc_targets["hub json"], b)
@@ -1191,6 +1254,7 @@ def report(b: Bench) -> list[str]:
     out += table(b.results) + ["", "CPU by process during each run:"] + cpu_table(b.results)
     out += ["", "batching in the replicas during each aidc run:"] + batching_table(b.results)
     out += [""] + goals(runs, raw)
+    out += ["  " + line for line in b.wrk]
     if ("grpc", 32) in runs:
         ratio = med(runs[("grpc", 32)], "rps") / med(runs[("hub binary", 32)], "rps")
         out.append(f"goal (iv): gRPC c=32 throughput >= {GOAL_GRPC:g}x REST (hub, binary tensors) "
@@ -1387,6 +1451,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=float, default=2.0, help="uncounted seconds before each run")
     ap.add_argument("--no-two-replicas", dest="two_replicas", action="store_false",
                     help="skip the runs with 2 replicas")
+    ap.add_argument("--wrk", action="store_true",
+                    help="goals (i) and (iii) again with Debian's wrk on both sides (rounds x 4 runs)")
     ap.add_argument("--profile", action="store_true",
                     help="py-spy the models service and replica during one extra hub c=32 run")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder (logs)")
