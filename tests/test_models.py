@@ -7,6 +7,7 @@ import signal
 import threading
 import time
 from collections import Counter
+from contextlib import contextmanager
 from datetime import datetime
 
 import numpy as np
@@ -147,6 +148,23 @@ def _load(platform, user, stop: threading.Event, results: list, versions: Counte
             results.append(str(e))
 
 
+@contextmanager
+def under_load(platform, user, callers: int = 4):
+    """Inference requests from ``callers`` threads, without pause, while the block runs:
+    yields (each answer's status or error, Counter of the versions that answered)."""
+    stop, results, versions = threading.Event(), [], Counter()
+    threads = [threading.Thread(target=_load, args=(platform, user, stop, results, versions))
+               for _ in range(callers)]
+    for t in threads:
+        t.start()
+    try:
+        yield results, versions
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+
+
 def test_canary_split_and_rollback_under_load(platform, scientist, served):
     import aidc
     c = served["client"]
@@ -162,19 +180,11 @@ def test_canary_split_and_rollback_under_load(platform, scientist, served):
         seen[r.headers["X-Aidc-Model-Version"]] += 1
     assert abs(seen["2"] / 1000 - 0.3) <= 0.05, seen
     # rollback (drops the canary) and a deploy of v2 and a rollback to v1, all under load
-    stop, results, versions = threading.Event(), [], Counter()
-    threads = [threading.Thread(target=_load, args=(platform, scientist, stop, results, versions)) for _ in range(4)]
-    for t in threads:
-        t.start()
-    try:
+    with under_load(platform, scientist) as (results, versions):
         assert aidc.models.rollback("mnist", client=c)["canary_version"] is None
         assert aidc.models.deploy("mnist", version=2, replicas=1, client=c)["version"] == 2
         assert aidc.models.rollback("mnist", client=c)["version"] == 1
         time.sleep(1)
-    finally:
-        stop.set()
-        for t in threads:
-            t.join()
     failed = [r for r in results if r != 200]
     assert results and not failed, (len(results), failed[:5])
     assert versions["2"] > 0 and versions["1"] > 0
@@ -184,11 +194,7 @@ def test_replica_killed_under_load_is_restarted(platform, scientist, served):
     import aidc
     c = served["client"]
     aidc.models.deploy("mnist", version=1, replicas=2, client=c)
-    stop, results, versions = threading.Event(), [], Counter()
-    threads = [threading.Thread(target=_load, args=(platform, scientist, stop, results, versions)) for _ in range(4)]
-    for t in threads:
-        t.start()
-    try:
+    with under_load(platform, scientist) as (results, versions):
         time.sleep(1)
         status = models_api(platform, scientist.token, "GET", "/models/mnist/deployment").json()
         pid = status["versions"][0]["replicas"][0]["pid"]
@@ -201,10 +207,6 @@ def test_replica_killed_under_load_is_restarted(platform, scientist, served):
                 break
             time.sleep(0.5)
         time.sleep(1)
-    finally:
-        stop.set()
-        for t in threads:
-            t.join()
     assert reps[0]["restarts"] >= 1 and reps[0]["pid"] != pid and all(r["ready"] for r in reps)
     failed = [r for r in results if r != 200]
     assert len(failed) <= 0.01 * len(results), (len(results), failed[:5])
@@ -228,12 +230,7 @@ def test_router_process_killed_under_load_the_others_serve(platform, scientist, 
     aidc.models.deploy("mnist", version=1, replicas=2, client=served["client"])
     [service], workers = router_processes(platform)
     assert len(workers) == 2, workers
-    stop, results, versions = threading.Event(), [], Counter()
-    threads = [threading.Thread(target=_load, args=(platform, scientist, stop, results, versions))
-               for _ in range(4)]
-    for t in threads:
-        t.start()
-    try:
+    with under_load(platform, scientist) as (results, versions):
         time.sleep(1)
         workers[0].kill()
         deadline = time.monotonic() + 60
@@ -245,10 +242,6 @@ def test_router_process_killed_under_load_the_others_serve(platform, scientist, 
         time.sleep(1)
         served_after = len(results)
         time.sleep(1)
-    finally:
-        stop.set()
-        for t in threads:
-            t.join()
     assert len(now) == 2 and workers[0].pid not in {p.pid for p in now}, now  # replaced
     assert len(results) > served_after  # and the new one serves along
     failed = [r for r in results if r != 200]
@@ -332,12 +325,7 @@ def test_models_service_restart_under_load_inference_goes_on(platform, scientist
     aidc.models.deploy("mnist", version=1, replicas=2, client=served["client"])
     status = models_api(platform, scientist.token, "GET", "/models/mnist/deployment").json()
     pids = sorted(r["pid"] for r in status["versions"][0]["replicas"])
-    stop, results, versions = threading.Event(), [], Counter()
-    threads = [threading.Thread(target=_load, args=(platform, scientist, stop, results, versions))
-               for _ in range(4)]
-    for t in threads:
-        t.start()
-    try:
+    with under_load(platform, scientist) as (results, versions):
         time.sleep(1)
         for proc in psutil.process_iter(["cmdline", "environ"]):
             cmd = proc.info["cmdline"] or []
@@ -358,10 +346,6 @@ def test_models_service_restart_under_load_inference_goes_on(platform, scientist
                 pass
             time.sleep(0.5)
         time.sleep(1)
-    finally:
-        stop.set()
-        for t in threads:
-            t.join()
     assert r.status_code == 200 and r.json()["ready"], r.text
     # the new service adopted the replicas that kept serving: the same processes
     assert sorted(x["pid"] for x in r.json()["versions"][0]["replicas"]) == pids
@@ -440,7 +424,7 @@ aidc.record("server_start_status", r.status_code)
 
 def test_model_registered_from_a_job_records_its_lineage(platform, scientist, other_scientist, admin, served):
     import inspect
-    from jobs_helpers import jobs_api, notebook, put, submit, wait
+    from jobs_helpers import notebook, put, submit, wait
     source = REGISTER_FROM_JOB.format(scale_onnx=inspect.getsource(scale_onnx))
     put(platform, scientist, "train/register.ipynb", notebook(source, parameters="factor = 1.0"))
     job = submit(platform, scientist, "train/register.ipynb", parameters={"factor": 3.0})
@@ -602,7 +586,7 @@ def test_deployment_with_a_gpu_holds_it_in_the_ledger(platform, scientist, admin
         assert len(seen) == 1, seen
         return set(filter(None, seen.pop().split(",")))
 
-    dep = aidc.models.deploy("mnist", version=1, replicas=1, gpus=1, client=c)
+    aidc.models.deploy("mnist", version=1, replicas=1, gpus=1, client=c)
     held = [u for u in platform.resources(admin.token)["units"] if u["holder"] == "deployment:mnist"]
     assert len(held) == 1
     # its replicas see exactly that GPU (on the simulated inventory the model still runs on the CPU)
