@@ -54,6 +54,26 @@ def test_self_signed_https_platform(fresh_platform):
     out = execute(p, user, "import json, aidc.client as c; print(json.dumps(c.Client().profiles()))")
     assert [prof["id"] for prof in json.loads(out)], out
 
+    # v2 over gRPC on its own port has the public port's TLS: verified with the platform's
+    # certificate, refused in plain text
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    h = {"authorization": f"Bearer {user.token}"}
+    secure = grpcclient.InferenceServerClient(
+        f"127.0.0.1:{p.grpc_port}", ssl=True, root_certificates=p.verify)
+    assert secure.is_server_live(headers=h)
+    assert "UNAUTHENTICATED" in _grpc_refusal(lambda: secure.is_server_live(
+        headers={"authorization": "Bearer not-a-token"}), InferenceServerException)
+    plain = grpcclient.InferenceServerClient(f"127.0.0.1:{p.grpc_port}")
+    _grpc_refusal(lambda: plain.is_server_live(headers=h, client_timeout=10), InferenceServerException)
+
+
+def _grpc_refusal(call, exception) -> str:
+    with pytest.raises(exception) as e:
+        call()
+    return str(e.value)
+
 
 def test_bad_certificate_files_are_refused_before_start(tmp_path):
     key_only = tmp_path / "key.pem"
@@ -103,6 +123,21 @@ def test_internal_tls_between_hub_proxy_servers_and_services(fresh_platform, tmp
         assert time.monotonic() < deadline, "the jobs service's audit event never reached the hub"
         time.sleep(0.2)
 
+    # inference goes proxy -> router -> replica, and the router asks the models service
+    # for metadata: both hops mutual TLS
+    import numpy as np
+    import torch
+
+    import aidc
+    from aidc.client import Client
+    client = Client(p.url, user.token, timeout=300)
+    x = np.zeros((1, 4), np.float32)
+    aidc.models.register(torch.nn.Linear(4, 2).eval(), name="tiny", example=x, client=client)
+    assert aidc.models.deploy("tiny", client=client)["ready"]
+    assert aidc.models.predict("tiny", x, client=client).shape == (1, 2)
+    meta = p.api(user.token).get(f"{p.url}/services/models/v2/models/tiny", timeout=30)
+    assert meta.status_code == 200 and meta.json()["name"] == "tiny", meta.text
+
     # the proxy's own table: every target is https, the proxy API itself too
     routes = requests.get(f"https://127.0.0.1:{p.proxy_api_port}/api/routes", timeout=30,
                           headers={"Authorization": "token " + (p.data_dir / "secrets" / "proxy-token").read_text().strip()},
@@ -110,7 +145,8 @@ def test_internal_tls_between_hub_proxy_servers_and_services(fresh_platform, tmp
     targets = {spec.rstrip("/"): route["target"] for spec, route in routes.items()}
     assert targets and all(t.startswith("https://") for t in targets.values()), targets
     server, service = targets[f"/user/{user.name}"], targets["/services/resources"]
-    for target in (server, service, targets["/services/dashboards"], f"https://127.0.0.1:{p.hub_port}"):
+    for target in (server, service, targets["/services/dashboards"], targets["/services/models/v2"],
+                   f"https://127.0.0.1:{p.hub_port}"):
         plain = "http://" + target.removeprefix("https://")
         with pytest.raises(requests.exceptions.ConnectionError):  # no plain HTTP inside
             requests.get(plain + "/", timeout=10)

@@ -16,7 +16,10 @@ terminal sees:
   (:func:`aidc.security.internal_tls.service_files`): JupyterHub would give all of them,
   started side by side, the same file names, each start rewriting the last one's key.
   JupyterHub also checks a new service with its *server* TLS context, which cannot make
-  a client connection; aidc drops it, so JupyterHub makes the client context.
+  a client connection; aidc drops it, so JupyterHub makes the client context. A service
+  that forwards requests to other services as the proxy does (``ManagedService.proxy_paths``:
+  the inference router) also gets a client key signed by the proxy's client authority
+  (:func:`aidc.security.internal_tls.proxy_client_files`).
 - **A second Ctrl-C does not start a second shutdown.** It says that the shutdown is
   in progress; a third one stops at once, without waiting for the clean-up.
 """
@@ -51,6 +54,10 @@ class PlatformHub(JupyterHub):
                 self.internal_trust_bundles[internal_tls.NOTEBOOKS_CA])
             # Spawner.environment comes last in the service's environment: these win
             service.environment = {**service.environment, **files.as_env()}
+            if service.environment.get(internal_tls.ENV_WANTS_PROXY_CLIENT):
+                service.environment.update(internal_tls.proxy_client_files(
+                    self.internal_certs_location, service_name,
+                    self.internal_trust_bundles[internal_tls.PROXY_CLIENT_CA]))
             # JupyterHub.start() hands its own *server* context (Purpose.CLIENT_AUTH) to the
             # service check, whose client socket then fails ("Cannot create a client socket
             # with a PROTOCOL_TLS_SERVER context") until the service counts as not started;

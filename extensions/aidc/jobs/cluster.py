@@ -354,11 +354,12 @@ class JobCluster(LoggingConfigurable):
     )
     scrub_env = List(
         Unicode(),
-        default_value=["JUPYTERHUB_API_TOKEN", "JPY_API_TOKEN", "AIDC_DB_URL"],
+        default_value=["JUPYTERHUB_API_TOKEN", "JPY_API_TOKEN", "AIDC_DB_URL",
+                       "JUPYTERHUB_SSL_KEYFILE", "JUPYTERHUB_SSL_CERTFILE", "JUPYTERHUB_SSL_CLIENT_CA"],
         config=True,
         help="""Embedded cluster: environment variables removed from every worker process
         (and so from the notebook kernels it starts): the service's hub token must not
-        reach users' notebooks.""",
+        reach users' notebooks, nor where its internal TLS key lies (``--internal-ssl``).""",
     )
 
     # --- common -------------------------------------------------------------------------

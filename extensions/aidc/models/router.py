@@ -413,7 +413,7 @@ def worker(index: int, app: ServiceApp, settings: ModelsRouter) -> None:
     table = routing.TableReader(routing.table_path(app.data_dir))
     tally = CallTally(config=app.config)
     router = InferenceRouter(settings, table, tokens, os.environ["AIDC_SERVICE_URL_MODELS"],
-                             models_prefix(), tally, client_ssl=internal_tls.client_context())
+                             models_prefix(), tally, client_ssl=internal_tls.proxy_client_context())
     stats = routing.stats_path(app.data_dir, index)
 
     async def run() -> None:

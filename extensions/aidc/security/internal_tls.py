@@ -58,6 +58,14 @@ CERTS_SUBDIR = "jupyterhub-certs"
 #: the authority JupyterHub signs servers' and services' certificates with, and the trust
 #: bundle a server or service checks its clients against (the hub and the proxy)
 NOTEBOOKS_CA = "notebooks-ca"
+#: the authority of the proxy's client side: what servers and services accept a forwarded
+#: request from (besides the hub), and whose trust bundle verifies servers and services
+PROXY_CLIENT_CA = "proxy-client-ca"
+#: where a service that forwards as the proxy does (the inference router) finds its
+#: proxy-client key, certificate and trust bundle (:func:`proxy_client_files`)
+ENV_PROXY_CLIENT = ("AIDC_PROXY_CLIENT_KEYFILE", "AIDC_PROXY_CLIENT_CERTFILE", "AIDC_PROXY_CLIENT_CA")
+#: set in the environment of a service that needs those files (``ManagedService.proxy_paths``)
+ENV_WANTS_PROXY_CLIENT = "AIDC_WANTS_PROXY_CLIENT"
 
 
 @dataclass(frozen=True)
@@ -164,6 +172,31 @@ def service_files(store_dir: str, name: str, trust_bundle: str) -> InternalFiles
     record = Certipy(store_dir=store_dir).create_signed_pair(
         f"service-{name}", NOTEBOOKS_CA, alt_names=["DNS:localhost", "IP:127.0.0.1"], overwrite=True)
     return InternalFiles(record["files"]["key"], record["files"]["cert"], trust_bundle)
+
+
+def proxy_client_files(store_dir: str, name: str, trust_bundle: str) -> dict[str, str]:
+    """A client key and certificate for managed service ``name`` signed by the proxy's
+    client authority (``service-<name>-proxy-client``), for a service that forwards requests
+    the proxy gave it to other services directly, as the proxy does (the inference router
+    passing v2 requests to the models service): those accept it as they accept the proxy,
+    and it verifies them with the proxy's trust bundle (``trust_bundle``). As environment
+    variables (:data:`ENV_PROXY_CLIENT`)."""
+    from certipy import Certipy
+
+    record = Certipy(store_dir=store_dir).create_signed_pair(
+        f"service-{name}-proxy-client", PROXY_CLIENT_CA, overwrite=True)
+    return dict(zip(ENV_PROXY_CLIENT, (record["files"]["key"], record["files"]["cert"], trust_bundle)))
+
+
+def proxy_client_context(environ=None) -> ssl.SSLContext | None:
+    """The client context of :func:`proxy_client_files` (None when internal TLS is off)."""
+    from jupyterhub.utils import make_ssl_context
+
+    env = os.environ if environ is None else environ
+    key, cert, ca = (env.get(k) for k in ENV_PROXY_CLIENT)
+    if not (key and cert):
+        return None
+    return make_ssl_context(key, cert, cafile=ca or None, purpose=ssl.Purpose.SERVER_AUTH)
 
 
 def stage_for_account(paths: dict, account: str) -> dict:

@@ -26,6 +26,7 @@ from importlib.metadata import entry_points
 from jupyterhub.utils import random_port
 
 from .. import roles
+from ..security import internal_tls
 from ..security.audit import WRITE_SCOPE
 from . import launch
 
@@ -71,6 +72,8 @@ class ManagedService:
         """
         env = {k: v for k, v in os.environ.items() if k.startswith("AIDC_")}
         env.update({"AIDC_DATA_DIR": data_dir, **(extra_env or {}), **self.environment})
+        if self.proxy_paths:  # it forwards as the proxy does: under internal TLS, as its client
+            env[internal_tls.ENV_WANTS_PROXY_CLIENT] = "1"
         command = launch.wrap(list(self.command))  # dies with the hub (see launch)
         if not self.web:
             return {"name": self.name, "command": command, "environment": env,
