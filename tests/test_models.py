@@ -336,6 +336,14 @@ def test_models_service_restart_under_load_inference_goes_on(platform, scientist
         else:
             raise AssertionError("models service not found")
         during = len(results)
+        # while it is down, the router still says the model is ready (from its table)
+        down = None
+        deadline = time.monotonic() + 30
+        while down is None and time.monotonic() < deadline:
+            if models_api(platform, scientist.token, "GET", "/models/mnist/deployment",
+                          timeout=5).status_code == 503:
+                down = triton(platform).is_model_ready("mnist", headers=auth(scientist))
+        assert down is True
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:  # until the hub has started it again
             try:

@@ -200,6 +200,24 @@ def test_a_new_version_in_the_table_takes_the_traffic_at_once(setup):
     assert pinned[0] == 299
 
 
+def test_readiness_comes_from_the_table_even_with_the_service_gone(setup):
+    async def main():
+        await setup.start()
+        setup.service.close()  # the models service is down (restarting)
+        await setup.service.wait_closed()
+        setup.table([(1, 1.0, 1)])
+        async with setup.session.get(f"{setup.url}/m/ready", headers={"Authorization": "token a"}) as r:
+            ready = r.status, await r.json()
+        routing.write(setup.table_path, {})  # undeployed: the service would answer, and cannot
+        async with setup.session.get(f"{setup.url}/m/ready", headers={"Authorization": "token a"}) as r:
+            gone = r.status, await r.json(content_type=None)
+        await setup.close()
+        return ready, gone
+    ready, gone = run(main())
+    assert ready == (200, {"name": "m", "ready": True})
+    assert gone[0] == 503 and "models service is not answering" in gone[1]["error"], gone
+
+
 def test_with_no_replica_answering_the_caller_gets_a_503_that_says_why(setup):
     async def main():
         await setup.start(unavailable_wait=0.3)

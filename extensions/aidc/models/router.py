@@ -194,8 +194,14 @@ class InferenceRouter:
         q = path.find("?")
         if q >= 0:
             path = path[:q]
+        action = None
         if req.method == "POST" and path.startswith(self._infer_head) and path.endswith("/infer"):
-            parts = path[len(self._infer_head):-len("/infer")].split("/")
+            action, tail = self._serve, "/infer"
+        elif req.method == "GET" and path.startswith(self._infer_head) and path.endswith("/ready"):
+            # readiness from the table: it keeps answering while the models service restarts
+            action, tail = self._ready, "/ready"
+        if action is not None:
+            parts = path[len(self._infer_head):-len(tail)].split("/")
             version = None
             if len(parts) == 3 and parts[1] == "versions" and parts[2].isdigit():
                 version = int(parts[2])
@@ -204,25 +210,44 @@ class InferenceRouter:
                 entry = self.table.get(name) or self.table.get(name, fresh=True)
                 if entry is not None and (version is None or any(
                         s.version == version for s in entry.served)):
-                    return self._authorize(req, entry, version)
+                    return self._authorize(req, entry, version, action)
         if not (path == self._v2 or path.startswith(self._v2 + "/")):
             # the router's own prefix (its hub service's route): nothing to see there
             return req.error(404, f"not found: {path}; the inference router serves {self._v2}/")
         self._spawn(self._pass_on(req))
 
-    def _authorize(self, req, entry: routing.ModelEntry, version: int | None) -> None:
+    def _authorize(self, req, entry: routing.ModelEntry, version: int | None, action) -> None:
+        """Run ``action(req, entry, version, who)`` if the caller may call the model; else
+        the models service answers (its refusal, in its words, audited there)."""
         token = bearer(req.headers.get("authorization"))
         if token is None:
             if entry.public:
-                return self._spawn(self._serve(req, entry, version, "anonymous"))
+                return self._spawn(action(req, entry, version, "anonymous"))
             return self._spawn(self._pass_on(req))
         user = self.tokens.cached(token)
         if user is ...:
-            return self._spawn(self._authorize_later(req, entry, version, token))
-        self._decide(req, entry, version, user)
+            return self._spawn(self._authorize_later(req, entry, version, token, action))
+        self._decide(req, entry, version, user, action)
 
-    async def _authorize_later(self, req, entry, version, token) -> None:
-        self._decide(req, entry, version, await self.tokens.lookup(token))
+    async def _authorize_later(self, req, entry, version, token, action) -> None:
+        self._decide(req, entry, version, await self.tokens.lookup(token), action)
+
+    def _decide(self, req, entry: routing.ModelEntry, version: int | None, user: dict | None,
+                action) -> None:
+        if self.may_use(user) and visibility.Caller.of(user).can_see(entry.as_resource()):
+            return self._spawn(action(req, entry, version, user["name"]))
+        if entry.public:
+            return self._spawn(action(req, entry, version, "anonymous"))
+        self._spawn(self._pass_on(req))
+
+    async def _ready(self, req, entry: routing.ModelEntry, version: int | None, who: str) -> None:
+        """v2 model readiness as the service answers it: 200 when a replica (of ``version``,
+        else of the primary version) is ready, else 400; ``{"name", "ready"}``."""
+        def ready_in(number: int) -> bool:
+            return any(ok for s in entry.served if s.version == number for _, ok in s.replicas)
+        # as the service says it: the primary serves, and the version asked for has a replica
+        ready = ready_in(entry.served[0].version) and (version is None or ready_in(version))
+        req.reply(Reply(200 if ready else 400, v2.dumps({"name": entry.name, "ready": ready})))
 
     def may_use(self, user: dict | None) -> bool:
         """The hub's user model grants access to the models service."""
@@ -239,14 +264,6 @@ class InferenceRouter:
             return None
         user = self.tokens.cached(token)
         return await self.tokens.lookup(token) if user is ... else user
-
-    def _decide(self, req, entry: routing.ModelEntry, version: int | None, user: dict | None) -> None:
-        if self.may_use(user) and visibility.Caller.of(user).can_see(entry.as_resource()):
-            return self._spawn(self._serve(req, entry, version, user["name"]))
-        if entry.public:
-            return self._spawn(self._serve(req, entry, version, "anonymous"))
-        # refused: the models service says why, in its words, and audits it
-        self._spawn(self._pass_on(req))
 
     @staticmethod
     def _spawn(coro) -> None:
