@@ -432,6 +432,8 @@ def worker(index: int, app: ServiceApp, settings: ModelsRouter) -> None:
     router = InferenceRouter(settings, table, tokens, os.environ["AIDC_SERVICE_URL_MODELS"],
                              models_prefix(), tally, client_ssl=internal_tls.proxy_client_context())
     stats = routing.stats_path(app.data_dir, index)
+    # a replaced router process's counts go on from its predecessor's (counters never drop)
+    router.metrics = router.metrics.add(routing.read_json(stats))
 
     async def run() -> None:
         server = HTTPServer(router)
@@ -490,6 +492,8 @@ def main() -> None:
     for old in routing.stats_path(app.data_dir, 0).parent.glob(routing.STATS_GLOB):
         old.unlink(missing_ok=True)  # a previous router's counts: the service would add them
     children: dict[int, int] = {}  # pid: worker index
+    started: dict[int, float] = {}  # worker index: when its process last started
+    pause: dict[int, float] = {}  # worker index: seconds to wait before the next start
     stopping = False
 
     def start(index: int) -> None:
@@ -504,6 +508,7 @@ def main() -> None:
             finally:
                 os._exit(0)
         children[pid] = index
+        started[index] = time.monotonic()
 
     def stop(signum, frame) -> None:
         nonlocal stopping
@@ -530,8 +535,13 @@ def main() -> None:
             continue
         log.warning("aidc router: process %d (worker %d) exited (status %d); starting another",
                     pid, index, status)
-        time.sleep(0.1)  # a worker that cannot start must not spin
-        start(index)
+        # one that keeps exiting at once (its port taken, a broken drop-in) must not spin:
+        # the pause doubles up to 5 s while it does, and is short again once one has run
+        ran = time.monotonic() - started[index]
+        pause[index] = 0.1 if ran > 10 else min(5.0, pause.get(index, 0.05) * 2)
+        time.sleep(pause[index])
+        if not stopping:
+            start(index)
 
 
 def managed_service() -> ManagedService:
