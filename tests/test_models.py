@@ -385,6 +385,23 @@ def test_onnx_and_keras_register_deploy_infer_and_export(platform, scientist, se
     aidc.models.deploy("tiny-keras", client=c)
     assert np.allclose(aidc.models.predict("tiny-keras", feats, client=c), model.predict(feats, verbose=0), atol=1e-5)
 
+    # both through tritonclient's HTTP and gRPC clients as well
+    import tritonclient.grpc as grpcclient
+    h = {"authorization": f"Bearer {scientist.token}"}
+    for name, array, expected in (("cnn-onnx", x, reference(1.0, x)),
+                                  ("tiny-keras", feats, model.predict(feats, verbose=0))):
+        for lib, client in ((httpclient, triton(platform)),
+                            (grpcclient, grpcclient.InferenceServerClient(f"127.0.0.1:{platform.grpc_port}"))):
+            meta = client.get_model_metadata(name, headers=dict(h))  # tritonclient.http adds to it
+            inputs = meta["inputs"] if isinstance(meta, dict) else meta.inputs
+            outputs = meta["outputs"] if isinstance(meta, dict) else meta.outputs
+            in_name = inputs[0]["name"] if isinstance(meta, dict) else inputs[0].name
+            out_name = outputs[0]["name"] if isinstance(meta, dict) else outputs[0].name
+            inp = lib.InferInput(in_name, list(array.shape), "FP32")
+            inp.set_data_from_numpy(array)
+            got = client.infer(name, [inp], headers=dict(h)).as_numpy(out_name)
+            assert np.allclose(got, expected, atol=1e-4), (name, lib.__name__)
+
     # a Triton/KServe model repository from the registry
     env = {"AIDC_URL": platform.url, "AIDC_TOKEN": scientist.token}
     r = platform.cli("models", "export", "cnn-onnx", "--version", "1", "--format", "triton",
