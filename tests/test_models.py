@@ -342,7 +342,9 @@ def test_models_service_restart_under_load_inference_goes_on(platform, scientist
         while down is None and time.monotonic() < deadline:
             if models_api(platform, scientist.token, "GET", "/models/mnist/deployment",
                           timeout=5).status_code == 503:
-                down = triton(platform).is_model_ready("mnist", headers=auth(scientist))
+                tc = triton(platform)
+                down = (tc.is_server_live(headers=auth(scientist))
+                        and tc.is_model_ready("mnist", headers=auth(scientist)))
         assert down is True
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:  # until the hub has started it again

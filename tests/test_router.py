@@ -208,13 +208,17 @@ def test_readiness_comes_from_the_table_even_with_the_service_gone(setup):
         setup.table([(1, 1.0, 1)])
         async with setup.session.get(f"{setup.url}/m/ready", headers={"Authorization": "token a"}) as r:
             ready = r.status, await r.json()
+        async with setup.session.get(setup.url.rsplit("/models", 1)[0] + "/health/live",
+                                     headers={"Authorization": "token a"}) as r:
+            live = r.status, await r.json()
         routing.write(setup.table_path, {})  # undeployed: the service would answer, and cannot
         async with setup.session.get(f"{setup.url}/m/ready", headers={"Authorization": "token a"}) as r:
             gone = r.status, await r.json(content_type=None)
         await setup.close()
-        return ready, gone
-    ready, gone = run(main())
+        return ready, live, gone
+    ready, live, gone = run(main())
     assert ready == (200, {"name": "m", "ready": True})
+    assert live == (200, {"live": True})
     assert gone[0] == 503 and "models service is not answering" in gone[1]["error"], gone
 
 

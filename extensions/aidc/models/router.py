@@ -187,6 +187,7 @@ class InferenceRouter:
         self._session = None
         self._v2 = f"{self.prefix}/v2"
         self._infer_head = f"{self._v2}/models/"
+        self._health_paths = {f"{self._v2}/health/live": "live", f"{self._v2}/health/ready": "ready"}
 
     # -- routing ---------------------------------------------------------------------------
     def handle(self, req) -> None:
@@ -211,6 +212,8 @@ class InferenceRouter:
                 if entry is not None and (version is None or any(
                         s.version == version for s in entry.served)):
                     return self._authorize(req, entry, version, action)
+        if req.method == "GET" and path in self._health_paths:
+            return self._spawn(self._health(req, self._health_paths[path]))
         if not (path == self._v2 or path.startswith(self._v2 + "/")):
             # the router's own prefix (its hub service's route): nothing to see there
             return req.error(404, f"not found: {path}; the inference router serves {self._v2}/")
@@ -239,6 +242,16 @@ class InferenceRouter:
         if entry.public:
             return self._spawn(action(req, entry, version, "anonymous"))
         self._spawn(self._pass_on(req))
+
+    async def _health(self, req, which: str) -> None:
+        """v2 server liveness and readiness, as the service answers them, for a caller with
+        access to the models service (or anyone once a public model is deployed): they keep
+        answering while the service restarts. Anyone else: the service's own answer."""
+        token = bearer(req.headers.get("authorization"))
+        public = any(m.public for m in self.table.models.values())
+        if (token is None and public) or (token is not None and self.may_use(await self.caller(token))):
+            return req.reply(Reply(200, v2.dumps({which: True})))
+        await self._pass_on(req)
 
     async def _ready(self, req, entry: routing.ModelEntry, version: int | None, who: str) -> None:
         """v2 model readiness as the service answers it: 200 when a replica (of ``version``,
