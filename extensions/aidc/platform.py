@@ -141,7 +141,7 @@ def check_database(url: str) -> None:
         engine.dispose()
 
 
-def _check_port_free(ip: str, port: int, what: str) -> None:
+def _check_port_free(ip: str, port: int, what: str, flag: str = "--port") -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -149,7 +149,7 @@ def _check_port_free(ip: str, port: int, what: str) -> None:
         except OSError as e:
             raise PlatformError(
                 f"cannot start: {what} port {port} on {ip or '0.0.0.0'} is in use ({e.strerror}); "
-                "choose another with --port"
+                f"choose another with {flag}"
             ) from None
 
 
@@ -222,10 +222,10 @@ def prepare(options: PlatformOptions, db_url: str | None = None) -> str | None:
     choose_database(d, db_url, settings)
     stop_orphaned_proxy(d)
     _check_port_free(options.ip, options.port, "the public")
-    _check_port_free("127.0.0.1", options.hub_port, "the hub's")
-    _check_port_free("127.0.0.1", options.proxy_api_port, "the proxy API")
+    _check_port_free("127.0.0.1", options.hub_port, "the hub's", "--hub-port")
+    _check_port_free("127.0.0.1", options.proxy_api_port, "the proxy API", "--proxy-api-port")
     if options.grpc_port:
-        _check_port_free(options.ip, options.grpc_port, "the gRPC inference")
+        _check_port_free(options.ip, options.grpc_port, "the gRPC inference", "--grpc-port (0: none)")
     if accounts.running_as_root():
         accounts.ensure_group()
         accounts.grant_runtime_access(runtime_paths())

@@ -456,8 +456,13 @@ def worker(index: int, app: ServiceApp, settings: ModelsRouter) -> None:
         if settings.grpc_port:
             from . import grpc_api  # grpcio: only where gRPC is served
 
-            grpc_server = await grpc_api.serve(router, settings.grpc_port,
-                                               os.environ.get("AIDC_IP") or "127.0.0.1", public_tls())
+            try:
+                grpc_server = await grpc_api.serve(router, settings.grpc_port,
+                                                   os.environ.get("AIDC_IP") or "127.0.0.1", public_tls())
+            except Exception as e:  # e.g. the port is another program's: REST goes on
+                log.error("aidc router: v2 over gRPC is not served: cannot listen on port %d "
+                          "(%s); REST inference is not affected. Free the port, or choose "
+                          "another with `aidc up --grpc-port`", settings.grpc_port, e)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

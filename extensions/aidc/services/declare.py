@@ -80,8 +80,9 @@ class ManagedService:
                     "display": False, "info": dict(self.info)}
         port = self.port or random_port()
         # a free port now may be one the platform binds a moment later (the public port, the
-        # hub's, the proxy API's: seen with ports picked at random, as the tests pick them)
-        taken = {os.environ.get(k) for k in ("AIDC_PORT", "AIDC_HUB_PORT", "AIDC_PROXY_API_PORT")}
+        # hub's, the proxy API's, gRPC's: seen with ports picked at random, as the tests pick them)
+        taken = {os.environ.get(k) for k in ("AIDC_PORT", "AIDC_HUB_PORT", "AIDC_PROXY_API_PORT",
+                                             "AIDC_GRPC_PORT")}
         while not self.port and str(port) in taken:
             port = random_port()
         return {
