@@ -49,7 +49,7 @@ _SERVER_URL = re.compile(r"^(?:hub/)?user/([^/]+)(/|$)")
 _AUTHORIZE = "hub/api/oauth2/authorize"
 
 
-def _caller(handler) -> str | None:
+def caller_of(handler) -> str | None:
     """Who made the request, as far as the hub already knows (no new lookup)."""
     who = getattr(handler, "_jupyterhub_user", None)
     if who is None:
@@ -106,7 +106,7 @@ def _refused_elsewhere(handler, below_base: str) -> None:
     server = _SERVER_URL.match(below_base)
     if server is None and not below_base.startswith(_AUTHORIZE):
         return
-    caller = _caller(handler)
+    caller = caller_of(handler)
     if caller is None or (server is not None and unquote(server.group(1)) == caller):
         return  # anonymous (sent to sign in), or a 404 inside one's own server
     request = handler.request
@@ -125,7 +125,7 @@ def _audit(handler) -> None:
     path = request.path[len(prefix):]
     if not _WATCHED.match(path):
         return
-    caller = _caller(handler)
+    caller = caller_of(handler)
     if caller is None or caller == f"service:{CLI_SERVICE}":
         return
     status = handler.get_status()

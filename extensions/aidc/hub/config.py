@@ -195,6 +195,10 @@ def configure(c, options: PlatformOptions | None = None) -> PlatformOptions:
 
     c.JupyterHub.custom_scopes = {**(c.JupyterHub.get("custom_scopes") or {}), **audit_api.SCOPE_DEFINITION}
     c.JupyterHub.extra_handlers = [*(c.JupyterHub.get("extra_handlers") or []), *audit_api.handlers()]
+    # a removed user's secrets are audited as removed by whoever removed the user (aidc.hub.removal)
+    from .removal import name_the_remover
+
+    name_the_remover()
     # changes made through JupyterHub's own REST API and admin page (aidc.hub.audit_requests)
     c.JupyterHub.tornado_settings = {**(c.JupyterHub.get("tornado_settings") or {}),
                                      "log_function": audit_requests.audit_request}

@@ -337,16 +337,18 @@ class RemovedUserSecrets(JobsHandler):
     """``DELETE /api/users/NAME/secrets``: the hub removed the user NAME, and their secrets
     go with them (rows and values), each removal audited, so that a new user of the same name
     finds none. Only the hub calls it, with this service's own token, which no user holds
-    (:mod:`aidc.hub.removal`); anyone else gets 403."""
+    (:mod:`aidc.hub.removal`); anyone else gets 403. ``?by=`` names who removed the user (the
+    hub's caller), the actor of each event; the hub vouches for it."""
 
     @signed_in
     def delete(self, name):
         caller = self.current_user
         if caller.get("kind") != "service" or caller.get("name") != audit.in_service():
             raise PermissionDeniedError("only the hub removes the secrets of a user it removed")
+        actor = self.get_query_argument("by", "hub")[:200] or "hub"
         removed = self.manager.secrets.remove_owner(name)
         for secret in removed:
-            audit.record("secret", actor="hub", action="delete", target=f"{name}/{secret}",
+            audit.record("secret", actor=actor, action="delete", target=f"{name}/{secret}",
                          result="success", reason=f"the user {name} was removed")
         self.write_json({"removed": removed})
 
