@@ -455,3 +455,56 @@ def test_folders_go_in_and_out_of_an_encrypted_root_through_the_pool(tmp_path):
         assert {n: (target / n).read_bytes() for n in files} == files
     finally:
         artifacts._ENCRYPTED.pop(root)
+
+
+def test_copies_seal_on_the_pool_and_stop_cleanly_on_errors(tmp_path):
+    """seal_file writes what EncryptingWriter writes (an object of whole chunks ends with an
+    empty one, its tag); copy_stream raises a failed write or read in the caller with the
+    reader stopped, and copies alone when every pool thread is busy."""
+    keys = ring(tmp_path)
+    for size in (0, 5, crypto.CHUNK, 2 * crypto.CHUNK + 3):
+        data = os.urandom(size)
+        out = io.BytesIO()
+        crypto.seal_file(io.BytesIO(data), out, keys, "m/1/w.bin")
+        sealed = out.getvalue()
+        chunks = size // crypto.CHUNK + 1
+        assert len(sealed) == crypto.PREFIX + crypto.HEADER_SIZE + size + chunks * crypto.TAG
+        assert unseal(keys, "m/1/w.bin", sealed) == data
+        if size:
+            assert data[:5] not in sealed[crypto.PREFIX + crypto.HEADER_SIZE:]
+
+    class Reads(io.RawIOBase):  # counts the reads; fails at ``fail_at``
+        def __init__(self, fail_at=None):
+            self.reads, self.fail_at = 0, fail_at
+
+        def readinto(self, b):
+            self.reads += 1
+            if self.reads == self.fail_at:
+                raise OSError(5, "Input/output error")
+            b[:] = bytes(len(b))
+            return len(b)
+
+    class Full(io.RawIOBase):
+        def write(self, b):
+            raise OSError(28, "No space left on device")
+
+    src = Reads()
+    with pytest.raises(OSError, match="No space left"):
+        crypto.copy_stream(src, Full(), 1024)
+    assert src.reads <= crypto.RING + 1  # it stopped reading ahead
+    with pytest.raises(OSError, match="Input/output error"):
+        crypto.copy_stream(Reads(fail_at=3), io.BytesIO(), 1024)
+
+    # every pool thread busy: the copy runs alone, and all of it arrives
+    release = threading.Event()
+    pool = crypto._pool()
+    busy = [pool.submit(release.wait) for _ in range(pool._max_workers)]
+    try:
+        data = os.urandom(3 * crypto.CHUNK + 1)
+        out = io.BytesIO()
+        crypto.copy_stream(io.BytesIO(data), out)
+        assert out.getvalue() == data
+    finally:
+        release.set()
+        for f in busy:
+            f.result()

@@ -228,19 +228,13 @@ def put_dir(local: str | Path, url: str, move: bool = False) -> None:
 def _put_encrypted(fs, local: Path, tmp: str, keys, identity: str) -> None:
     """Each file of ``local`` encrypted into the folder ``tmp``, under the identity it will
     have once ``tmp`` is moved to its name (``identity``)."""
-    from .security.crypto import copy_stream, open_encrypted_write
+    from .security.crypto import seal_file
 
     for source in sorted(p for p in local.rglob("*") if p.is_file()):
         rel = source.relative_to(local).as_posix()
         _make_parent(fs, f"{tmp}/{rel}")
         with fs.open(f"{tmp}/{rel}", "wb") as raw, open(source, "rb", buffering=0) as f:
-            sealed = open_encrypted_write(raw, keys, f"{identity}/{rel}")
-            try:
-                copy_stream(f, sealed)
-            except BaseException:
-                sealed.abandon()
-                raise
-            sealed.close()
+            seal_file(f, raw, keys, f"{identity}/{rel}")
 
 
 def copy_out(url: str, target: str | Path) -> Path:
