@@ -27,7 +27,9 @@ all cores as compute threads). Requests go where a user sends them: the hub's pu
 URL ``/services/models/v2/models/cnn/infer`` with ``Authorization: token ...``, i.e.
 configurable-http-proxy -> inference router (token check, cached; forward) -> replica.
 gRPC goes to the router's own port (``aidc up --grpc-port``), ``ModelInfer`` with raw
-input bytes as ``tritonclient.grpc`` sends them, from a ``grpc.aio`` closed loop.
+input bytes as ``tritonclient.grpc`` sends them, from a ``grpc.aio`` closed loop; with
+``--wrk``, also from nghttp2's ``h2load`` (C; Debian's ``nghttp2-client``) beside ``wrk``
+sending REST binary, so that neither side's Python client decides goal (iv).
 Two encodings: v2 JSON tensors (what ``aidc.models.predict`` sends; the goals use this
 one, as MLflow gets JSON too) and the binary tensor extension as ``tritonclient.http``
 sends it. The replica itself is measured too, on its Unix socket (its only address: the
@@ -108,6 +110,7 @@ import itertools
 import json
 import os
 import platform as py_platform
+import re
 import shutil
 import signal
 import socket
@@ -692,6 +695,51 @@ def wrk_run(url: str, body: bytes, headers: dict[str, str], concurrency: int, se
             "p99": ms(fields["99%"][1]), "non_2xx": non_2xx}
 
 
+def h2load_grpc(port: int, token: str, message: bytes, expected_answer: int, concurrency: int,
+                seconds: float, folder: Path) -> dict:
+    """gRPC ``ModelInfer`` in a closed loop with nghttp2's ``h2load`` (C, one thread; Debian's
+    ``nghttp2-client``), the gRPC counterpart of :func:`wrk_run`: ``concurrency`` streams over
+    up to 4 HTTP/2 connections, one serialized request (``message``) framed as gRPC sends it.
+    h2load checks HTTP statuses only and a gRPC error is a 200 with no message, so every
+    answer must also have carried ``expected_answer`` bytes of data (one framed response):
+    ``short`` counts those that did not (which fail the check). No ``--warm-up-time``: h2load
+    counts the warm-up's bytes in its traffic but not its requests (the runs before warm the
+    path up)."""
+    body = folder / "grpc-body"
+    body.write_bytes(b"\x00" + len(message).to_bytes(4, "big") + message)
+    connections = min(concurrency, 4)
+    out = subprocess.run(
+        ["h2load", "-t1", f"-c{connections}", f"-m{-(-concurrency // connections)}",
+         "-D", f"{seconds:g}", f"--data={body}",
+         "-H", "content-type: application/grpc", "-H", "te: trailers",
+         "-H", f"authorization: Bearer {token}",
+         f"http://127.0.0.1:{port}/inference.GRPCInferenceService/ModelInfer"],
+        capture_output=True, text=True, timeout=seconds + 60).stdout
+    done = int(re.search(r"(\d+) succeeded", out).group(1))
+    data = int(re.search(r"traffic: .*?\((\d+)\) data", out).group(1))
+    return {"rps": float(re.search(r"finished in [\d.]+s, ([\d.]+) req/s", out).group(1)),
+            "short": done - data // expected_answer if data % expected_answer == 0 else done}
+
+
+def grpc_message(b: "Bench") -> tuple[bytes, int]:
+    """One ``ModelInferRequest`` (sample 0, raw input bytes) serialized, and the size of its
+    framed answer, which is checked against the raw model's output here."""
+    import grpc
+    from tritonclient.grpc import service_pb2 as pb
+    from tritonclient.grpc import service_pb2_grpc as pb_grpc
+
+    r = pb.ModelInferRequest(model_name=MODEL)
+    r.inputs.add(name=b.side.input_name, datatype="FP32", shape=[1, *b.samples[0].shape])
+    r.raw_input_contents.append(b.samples[:1].tobytes())
+    with grpc.insecure_channel(f"127.0.0.1:{b.side.platform.grpc_port}") as channel:
+        answer = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(
+            r, metadata=(("authorization", f"Bearer {b.side.token}"),), timeout=60)
+    got = np.frombuffer(answer.raw_output_contents[0], dtype=np.float32)
+    if not np.allclose(got, b.expected[0].ravel(), atol=TOLERANCE, rtol=0):
+        raise CheckFailed("h2load's gRPC request: the answer is not the model's output")
+    return r.SerializeToString(), 5 + answer.ByteSize()
+
+
 def measure_wrk(b: "Bench", mlflow_port: int) -> list[str]:
     """Goals (i) and (iii) again, with ``wrk`` on both sides, alternating (``--wrk``)."""
     x = b.samples[:1]
@@ -715,14 +763,40 @@ def measure_wrk(b: "Bench", mlflow_port: int) -> list[str]:
                 log(f"  wrk {name:<30} c={conc:<3} {r['rps']:8.0f} req/s  p50 {r['p50']:7.2f} ms  "
                     f"p99 {r['p99']:7.2f} ms")
 
+    # goal (iv) with C load generators on both sides: h2load (gRPC) and wrk (REST binary)
+    message, answer_size = grpc_message(b)
+    binary_body, binary_headers = v2_binary_body(b.samples[:1], b.side.input_name, b.side.output_name)
+    binary_headers = {**binary_headers, "Authorization": f"token {b.side.token}"}
+    for rnd in range(b.args.rounds):
+        for name in (("grpc", "rest") if rnd % 2 == 0 else ("rest", "grpc")):
+            if name == "grpc":
+                r = h2load_grpc(b.side.platform.grpc_port, b.side.token, message, answer_size, 32,
+                                b.args.seconds, b.root)
+                if r["short"]:
+                    raise CheckFailed(f"h2load gRPC: {r['short']} answers were not a model output")
+                label = "h2load aidc gRPC (router port)"
+            else:
+                r = wrk_run(sides["aidc hub, v2 JSON"][0], binary_body, binary_headers, 32,
+                            b.args.seconds, b.root)
+                if r["non_2xx"]:
+                    raise CheckFailed(f"wrk REST binary: {r['non_2xx']} answers were not 2xx")
+                label = "wrk aidc hub, v2 binary"
+            got[(name, 32)].append(r)
+            log(f"  {label:<34} c=32  {r['rps']:8.0f} req/s")
+
     def m(name: str, conc: int, key: str) -> float:
         return statistics.median(r[key] for r in got[(name, conc)])
     hub, ml = "aidc hub, v2 JSON", "mlflow"
+    grpc_ratio = m("grpc", 32, "rps") / m("rest", 32, "rps")
+    grpc_line = (f"goal (iv) with h2load (gRPC) and wrk (REST binary), medians of {b.args.rounds} "
+                 f"rounds: {m('grpc', 32, 'rps'):.0f} vs {m('rest', 32, 'rps'):.0f} req/s = "
+                 f"{grpc_ratio:.2f}x: {'PASS' if grpc_ratio >= GOAL_GRPC else 'FAIL'}; REST binary "
+                 f"{m('rest', 32, 'rps') / b.raw['batched_sps']:.3f}x raw batched")
     return [f"with wrk (medians of {b.args.rounds} rounds): c=32 {m(hub, 32, 'rps'):.0f} vs "
             f"{m(ml, 32, 'rps'):.0f} req/s = {m(hub, 32, 'rps') / m(ml, 32, 'rps'):.2f}x MLflow, p99 "
             f"{m(hub, 32, 'p99'):.1f} vs {m(ml, 32, 'p99'):.1f} ms; {m(hub, 32, 'rps') / b.raw['batched_sps']:.3f}x "
             f"raw batched; c=1 p50 {m(hub, 1, 'p50'):.2f} ms (+{m(hub, 1, 'p50') - b.raw['single_ms']:.2f} ms "
-            f"over raw)"]
+            f"over raw)", grpc_line]
 
 
 def measure(target: Target, concurrency: int, args: argparse.Namespace,
