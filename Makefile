@@ -86,10 +86,15 @@ node_modules/.installed: package.json package-lock.json
 
 # --- System packages (Debian), only when root ------------------------------------------
 # acl: setfacl, so per-user Unix accounts can reach this environment (see README).
+# nginx: the native HTTP/2 front of the v2 gRPC port (aidc.models.grpc_front); without it
+# the inference router serves gRPC itself, at about four times the CPU a call.
 system-deps:
 	@if [ "$(IS_ROOT)" = yes ] && ! command -v setfacl >/dev/null; then \
 	  command -v apt-get >/dev/null || { echo "install the 'acl' package (setfacl)"; exit 1; }; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq acl >/dev/null; fi
+	@if [ "$(IS_ROOT)" = yes ] && command -v apt-get >/dev/null && ! command -v nginx >/dev/null \
+	    && [ ! -x /usr/sbin/nginx ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null; fi
 
 # chromium: the browser tests drive Debian's Chromium with Playwright.
 # postgresql: the PostgreSQL tests run a real server (initdb in a temporary folder); Debian

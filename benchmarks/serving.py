@@ -495,6 +495,8 @@ def platform_roles(platform: Platform) -> dict[str, list[psutil.Process]]:
             roles["models service"].append(p)
         elif "aidc.models.router" in cmd:
             roles["inference router"].append(p)
+        elif "aidc-grpc-front-" in cmd:
+            roles["gRPC front (nginx)"].append(p)
         elif "aidc.models.server" in cmd:
             roles["replica(s)"].append(p)
         else:
@@ -1134,10 +1136,11 @@ def table(results: list[Result]) -> list[str]:
 
 
 def cpu_table(results: list[Result]) -> list[str]:
-    roles = ["proxy (CHP, node)", "hub", "models service", "inference router", "replica(s)",
-             "other platform", "mlflow server", "load generator (this process)",
+    roles = ["proxy (CHP, node)", "hub", "models service", "inference router", "gRPC front (nginx)",
+             "replica(s)", "other platform", "mlflow server", "load generator (this process)",
              "machine (all processes)"]
-    short = ["proxy", "hub", "service", "router", "replicas", "other", "mlflow", "loadgen", "machine"]
+    short = ["proxy", "hub", "service", "router", "nginx", "replicas", "other", "mlflow", "loadgen",
+             "machine"]
     out = ["  {:<36} {:>3} ".format("target", "c") + " ".join(f"{s:>8}" for s in short)]
     for r in results:
         cells = [f"{r.cpu[k]:8.2f}" if k in r.cpu else f"{'-':>8}" for k in roles]

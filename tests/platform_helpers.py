@@ -19,6 +19,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 import requests
 import websocket
 
@@ -336,3 +337,10 @@ def visible_devices(platform: Platform, user: User) -> str:
     """CUDA_VISIBLE_DEVICES NVIDIA_VISIBLE_DEVICES AIDC_GPUS_SIMULATED, as a kernel sees them."""
     return execute(platform, user, "import os; print(os.environ['CUDA_VISIBLE_DEVICES'], "
                    "os.environ['NVIDIA_VISIBLE_DEVICES'], os.environ['AIDC_GPUS_SIMULATED'])").strip()
+
+
+def grpc_port_owners(port: int) -> set[str]:
+    """The names of the programs listening on ``port`` (as root: anyone's)."""
+    return {psutil.Process(c.pid).name().split(".")[0].rstrip("0123456789")
+            for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN
+            and c.laddr.port == port and c.pid}

@@ -319,6 +319,24 @@ def test_grpc_infer_metadata_and_clear_refusals(platform, scientist, other_scien
     assert infer(x[:1]).as_numpy(meta.outputs[0].name).shape == (1, 10)
     tc.close()
 
+    # the port is the native front's (nginx, which hands each call to the router as
+    # HTTP/1.1: aidc.models.grpc_front); what is not a v2 call gets gRPC's own statuses
+    import grpc
+    from platform_helpers import grpc_port_owners
+
+    assert grpc_port_owners(platform.grpc_port) == {"nginx"}
+    with grpc.insecure_channel(f"127.0.0.1:{platform.grpc_port}") as channel:
+        def raw(method: str, body: bytes) -> tuple[grpc.StatusCode, str]:
+            call = channel.unary_unary(f"/inference.GRPCInferenceService/{method}")
+            with pytest.raises(grpc.RpcError) as e:
+                call(body, metadata=(("authorization", f"Bearer {scientist.token}"),), timeout=30)
+            return e.value.code(), e.value.details()
+
+        code, details = raw("ModelInfer", b"\xff\xff not protobuf")
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "ModelInferRequest" in details, details
+        code, details = raw("RepositoryIndex", b"")
+        assert code == grpc.StatusCode.UNIMPLEMENTED and "RepositoryIndex" in details, details
+
 
 def test_models_service_restart_under_load_inference_goes_on(platform, scientist, served):
     import aidc

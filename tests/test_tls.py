@@ -24,7 +24,7 @@ import pytest
 import requests
 
 from aidc.security import internal_tls, tls
-from platform_helpers import execute, run_aidc, unix_name
+from platform_helpers import execute, grpc_port_owners, run_aidc, unix_name
 
 
 def test_self_signed_https_platform(fresh_platform):
@@ -59,6 +59,7 @@ def test_self_signed_https_platform(fresh_platform):
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
+    assert grpc_port_owners(p.grpc_port) == {"nginx"}  # the native front, with the certificate
     h = {"authorization": f"Bearer {user.token}"}
     secure = grpcclient.InferenceServerClient(
         f"127.0.0.1:{p.grpc_port}", ssl=True, root_certificates=p.verify)
@@ -137,6 +138,13 @@ def test_internal_tls_between_hub_proxy_servers_and_services(fresh_platform, tmp
     assert aidc.models.predict("tiny", x, client=client).shape == (1, 2)
     meta = p.api(user.token).get(f"{p.url}/services/models/v2/models/tiny", timeout=30)
     assert meta.status_code == 200 and meta.json()["name"] == "tiny", meta.text
+    # gRPC: under internal TLS the router serves it itself (grpc.aio), not nginx
+    import tritonclient.grpc as grpcclient
+
+    assert grpc_port_owners(p.grpc_port) == {"python"}
+    tc = grpcclient.InferenceServerClient(f"127.0.0.1:{p.grpc_port}")
+    assert tc.is_model_ready("tiny", headers={"authorization": f"Bearer {user.token}"})
+    tc.close()
 
     # the proxy's own table: every target is https, the proxy API itself too
     routes = requests.get(f"https://127.0.0.1:{p.proxy_api_port}/api/routes", timeout=30,

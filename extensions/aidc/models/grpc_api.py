@@ -229,6 +229,68 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             await context.abort(grpc.StatusCode.INTERNAL, "the model server's answer could not be read")
 
 
+# -- the same service behind a native HTTP/2 front (:mod:`aidc.models.grpc_front`) -------------
+#: request message of each method served
+_REQUESTS = {"ServerLive": pb.ServerLiveRequest, "ServerReady": pb.ServerReadyRequest,
+             "ServerMetadata": pb.ServerMetadataRequest, "ModelReady": pb.ModelReadyRequest,
+             "ModelMetadata": pb.ModelMetadataRequest, "ModelInfer": pb.ModelInferRequest}
+
+
+class _Abort(Exception):
+    def __init__(self, code: grpc.StatusCode, details: str):
+        super().__init__(details)
+        self.code, self.details = code, details
+
+
+class FrontContext:
+    """What :class:`InferenceServicer` asks of a call's context, for a call that nginx passed
+    on as HTTP/1.1 (its metadata are the request's headers, its peer nginx's
+    ``X-Real-IP``); ``abort`` raises, and :func:`answer_framed` turns that into the status."""
+
+    def __init__(self, headers, peer: str):
+        self._headers, self._peer = headers, peer
+
+    def invocation_metadata(self):
+        value = self._headers.get("authorization")
+        return (("authorization", value),) if value is not None else ()
+
+    def peer(self) -> str:
+        return self._peer
+
+    async def abort(self, code: grpc.StatusCode, details: str):
+        raise _Abort(code, details)
+
+
+def frame(message: bytes) -> bytes:
+    """A gRPC length-prefixed message (not compressed)."""
+    return b"\x00" + len(message).to_bytes(4, "big") + message
+
+
+async def answer_framed(servicer: InferenceServicer, method: str, body, headers,
+                        peer: str) -> tuple[int, str, bytes]:
+    """One call of ``method`` whose request is ``body`` (one length-prefixed message, as
+    gRPC sends it): (status code, message, the framed answer or nothing)."""
+    kind = _REQUESTS.get(method)
+    if kind is None:
+        return grpc.StatusCode.UNIMPLEMENTED.value[0], f"method {method} is not served here", b""
+    body = memoryview(body)
+    if len(body) < 5 or body[0] != 0:
+        return (grpc.StatusCode.UNIMPLEMENTED.value[0],
+                "send one uncompressed message (the router takes no gRPC compression)", b"")
+    size = int.from_bytes(body[1:5], "big")
+    if size != len(body) - 5:
+        return grpc.StatusCode.INVALID_ARGUMENT.value[0], "send exactly one message per call", b""
+    try:
+        request = kind.FromString(bytes(body[5:]))
+    except Exception:  # noqa: BLE001 - protobuf's DecodeError, whatever its module
+        return grpc.StatusCode.INVALID_ARGUMENT.value[0], f"not a {kind.DESCRIPTOR.name} message", b""
+    try:
+        answer = await getattr(servicer, method)(request, FrontContext(headers, peer))
+    except _Abort as e:
+        return e.code.value[0], e.details, b""
+    return 0, "", frame(answer.SerializeToString())
+
+
 async def serve(router: InferenceRouter, port: int, host: str = "127.0.0.1",
                 tls: tuple[bytes, bytes] | None = None) -> grpc.aio.Server:
     """Start the gRPC server of ``router`` on ``port`` (shared with the other router

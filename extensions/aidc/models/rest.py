@@ -160,7 +160,9 @@ class _Request:
     def error(self, code: int, message: str, endpoint: str | None = None) -> None:
         if endpoint is not None:
             self.endpoint = endpoint
-        self.reply(Reply(code, v2.error_body(message)))
+        shape = getattr(self.conn.routes, "error_reply", None)  # routes may word it their way
+        self.reply(shape(self, code, message) if shape is not None
+                   else Reply(code, v2.error_body(message)))
 
     def reply(self, reply: Reply) -> None:
         if self.finished:

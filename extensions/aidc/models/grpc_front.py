@@ -1,0 +1,123 @@
+"""A native HTTP/2 front for the v2 gRPC port: nginx, handing each call to the router.
+
+Python's gRPC server costs ~0.2 CPU-ms a call before any work (``grpc.aio`` or the
+threaded one, measured with an empty handler), as much as configurable-http-proxy and the
+router's HTTP/1.1 layer together cost a REST call, so gRPC served by it is no faster than
+REST. nginx (Debian's ``nginx-light`` or any nginx >= 1.19.7 with HTTP/2) terminates
+HTTP/2, and TLS when the platform's public port has it, for ~0.05 CPU-ms a call, and passes
+each call over keep-alive HTTP/1.1 to the router processes' own port (their siblings share
+it), as ``POST /inference.GRPCInferenceService/<Method>`` with the framed message as the
+body (:meth:`aidc.models.router.InferenceRouter._grpc`). The router answers the framed
+reply with ``X-Grpc-Status`` and ``X-Grpc-Message``, which nginx sends as the call's
+trailers. The caller's token, rules, replica pools and refusals are the router's, as on the
+router's own gRPC server (:mod:`aidc.models.grpc_api`), which serves instead where nginx is
+not installed (``c.ModelsRouter.grpc_server``).
+
+nginx runs as the router's user, one process (``master_process off``: the router's
+supervisor restarts it, and Linux ends it with the supervisor), configured in a private
+folder (0700) that holds its temporary files and is removed when it stops; its log goes to
+the router's.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import shutil
+
+from ..errors import size_text
+
+#: where Debian puts nginx when ``PATH`` has no ``sbin``
+_SBIN = "/usr/sbin/nginx"
+#: request bodies up to this are kept in memory by nginx (larger ones: its private folder)
+BODY_BUFFER = 256 * 1024
+
+
+def nginx_binary() -> str | None:
+    """The nginx program, or None when it is not installed."""
+    found = shutil.which("nginx")
+    if found:
+        return found
+    return _SBIN if os.access(_SBIN, os.X_OK) else None
+
+
+def config(folder: str, host: str, port: int, upstream: tuple[str, int], max_body: int,
+           tls: tuple[str, str] | None = None) -> str:
+    """nginx's configuration: ``host:port`` (HTTP/2; with ``tls`` = (certificate file, key
+    file), over TLS) passing every call to the router's plain HTTP port ``upstream``.
+
+    A message over ``max_body`` is refused by nginx as it comes (its HTTP 413 turned into
+    gRPC's RESOURCE_EXHAUSTED, in trailers, by ``@too_large``); smaller bodies beyond
+    :data:`BODY_BUFFER` wait in the private folder until whole."""
+    user = pwd.getpwuid(os.geteuid()).pw_name
+    group = grp.getgrgid(os.getegid()).gr_name
+    address = f"[{host}]" if ":" in host else host
+    listen = f"listen {address}:{port} {'ssl ' if tls else ''}http2 reuseport;"
+    secure = (f"    ssl_certificate {tls[0]};\n    ssl_certificate_key {tls[1]};\n"
+              "    ssl_protocols TLSv1.2 TLSv1.3;\n") if tls else ""
+    temp = "".join(f"  {kind}_temp_path {folder}/{kind};\n"
+                   for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    return f"""# written by aidc.models.grpc_front: the v2 gRPC port in front of the inference router
+daemon off;
+master_process off;
+user {user} {group};
+pid {folder}/nginx.pid;
+error_log stderr error;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  server_tokens off;
+{temp}  client_max_body_size {max_body + 5};
+  client_body_buffer_size {BODY_BUFFER};
+  keepalive_requests 1000000;
+  keepalive_timeout 3600s;
+  upstream router {{ server {upstream[0]}:{upstream[1]}; keepalive 64; }}
+  server {{
+    {listen}
+{secure}    location / {{
+      proxy_pass http://router;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-Real-IP $remote_addr;
+      proxy_read_timeout 3600s;
+      proxy_hide_header X-Grpc-Status;
+      proxy_hide_header X-Grpc-Message;
+      add_trailer grpc-status $upstream_http_x_grpc_status always;
+      add_trailer grpc-message $upstream_http_x_grpc_message always;
+      error_page 413 = @too_large;
+      error_page 502 504 = @unavailable;
+    }}
+    location @too_large {{
+      default_type application/grpc;
+      add_trailer grpc-status 8 always;
+      add_trailer grpc-message "request body too large: at most {size_text(max_body)}" always;
+      return 200 "";
+    }}
+    location @unavailable {{
+      default_type application/grpc;
+      add_trailer grpc-status 14 always;
+      add_trailer grpc-message "the inference router is not answering (restarting?)" always;
+      return 200 "";
+    }}
+  }}
+}}
+"""
+
+
+def command(binary: str, folder: str) -> list[str]:
+    """nginx's command line for the configuration in ``folder`` (``-e``: no log file of
+    its own, even before the configuration is read)."""
+    return [binary, "-p", folder, "-c", os.path.join(folder, "nginx.conf"), "-e", "stderr"]
+
+
+def prepare(folder: str, text: str) -> None:
+    """Write the configuration into ``folder`` (made 0700 here)."""
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    os.chmod(folder, 0o700)
+    with open(os.path.join(folder, "nginx.conf"), "w") as f:
+        f.write(text)
+
+
+def remove(folder: str) -> None:
+    shutil.rmtree(folder, ignore_errors=True)
