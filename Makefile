@@ -101,6 +101,7 @@ system-deps:
 # keeps its binaries in /usr/lib/postgresql/15/bin, where tests/postgres_helpers.py looks.
 # slapd: the LDAP sign-in tests run a real OpenLDAP server; tests/idp: a real OpenID
 # Connect provider (npm oidc-provider) for the OIDC sign-in tests.
+# nginx (installed by system-deps as root): the gRPC tests check that it fronts the port.
 test-system-deps:
 	@if ! command -v chromium >/dev/null; then \
 	  if [ "$(IS_ROOT)" = yes ] && command -v apt-get >/dev/null; then \
@@ -110,6 +111,8 @@ test-system-deps:
 	  if [ "$(IS_ROOT)" = yes ] && command -v apt-get >/dev/null; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
 	  else echo "the PostgreSQL tests need PostgreSQL 15: apt-get install postgresql (as root)"; exit 1; fi; fi
+	@if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then \
+	  echo "the gRPC tests need nginx (the gRPC port's front): apt-get install nginx (as root)"; exit 1; fi
 	bash tests/ldap/install.sh
 	bash tests/idp/install.sh
 
