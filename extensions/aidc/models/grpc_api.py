@@ -3,8 +3,11 @@
 KServe and Triton offer the Open Inference Protocol over gRPC as well as REST; clients
 such as ``tritonclient.grpc`` use it for its lower per-request cost. The proxy speaks
 HTTP/1.1 only, so gRPC has a port of its own (``c.ModelsRouter.grpc_port``; ``aidc up
---grpc-port``, by default the public port + 2), served by every router process (the
-port shared with ``SO_REUSEPORT``), with TLS when the platform's public port has it.
+--grpc-port``, by default the public port + 2), with TLS when the platform's public port
+has it. nginx listens there where it is installed (:mod:`aidc.models.grpc_front`) and
+hands each call to the router processes as HTTP/1.1, which run this module's servicer on
+it (:func:`answer_framed`, :class:`FrontContext`); elsewhere every router process serves
+the port itself with ``grpc.aio`` (:func:`serve`; the port shared with ``SO_REUSEPORT``).
 
 The caller's hub token comes in the ``authorization`` metadata (``Bearer <token>`` or
 ``token <token>``) and is checked as the REST path checks it (:class:`aidc.models.router.InferenceRouter`:
