@@ -608,12 +608,13 @@ def main() -> None:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
                 if die_with_parent(signal.SIGTERM, parent=parent):
-                    if index == FRONT:
+                    if index != FRONT:
+                        worker(index, app, settings, own_grpc=nginx is None)
+                    else:
                         try:
                             os.execv(nginx, grpc_front.command(nginx, folder))
-                        except OSError as e:
+                        except OSError as e:  # the supervisor starts it again, pausing
                             log.error("aidc router: cannot run nginx (%s): %s", nginx, e)
-                    worker(index, app, settings, own_grpc=nginx is None)
             finally:
                 os._exit(0)
         children[pid] = index
