@@ -53,6 +53,11 @@ _CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_cont
              "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents"}
 
 
+def status_of(http_status: int) -> int:
+    """The gRPC status code of an HTTP refusal (a v2 REST answer, the router's HTTP layer)."""
+    return _CODES.get(http_status, grpc.StatusCode.INTERNAL).value[0]
+
+
 def _message(body: bytes) -> str:
     """The message of a v2 error body (``{"error": ...}``) or a service's (``{"message": ...}``)."""
     try:

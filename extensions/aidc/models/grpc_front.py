@@ -25,6 +25,7 @@ import grp
 import os
 import pwd
 import shutil
+import tempfile
 
 from ..errors import size_text
 
@@ -111,12 +112,13 @@ def command(binary: str, folder: str) -> list[str]:
     return [binary, "-p", folder, "-c", os.path.join(folder, "nginx.conf"), "-e", "stderr"]
 
 
-def prepare(folder: str, text: str) -> None:
-    """Write the configuration into ``folder`` (made 0700 here)."""
-    os.makedirs(folder, mode=0o700, exist_ok=True)
-    os.chmod(folder, 0o700)
+def prepare(host: str, port: int, upstream: tuple[str, int], max_body: int,
+            tls: tuple[str, str] | None = None) -> str:
+    """A new private folder (0700) holding the :func:`config` of these arguments; its path."""
+    folder = tempfile.mkdtemp(prefix="aidc-grpc-front-")
     with open(os.path.join(folder, "nginx.conf"), "w") as f:
-        f.write(text)
+        f.write(config(folder, host, port, upstream, max_body, tls))
+    return folder
 
 
 def remove(folder: str) -> None:

@@ -72,8 +72,6 @@ _SET_ASIDE = 1.0
 #: where a native HTTP/2 front (nginx, :mod:`aidc.models.grpc_front`) sends gRPC calls, as
 #: HTTP/1.1 (``POST /inference.GRPCInferenceService/ModelInfer``, the framed message)
 GRPC_PATH = "/inference.GRPCInferenceService/"
-#: gRPC status of an HTTP error the router's HTTP layer gives a gRPC call (413: the body)
-_GRPC_STATUS = {400: 3, 401: 16, 403: 7, 404: 5, 413: 8, 503: 14}
 
 
 class ServiceUnavailable(Exception):
@@ -159,6 +157,13 @@ def grpc_message(text: str) -> str:
         return text
     return "".join(c if " " <= c <= "~" and c != "%" else
                    "".join(f"%{b:02X}" for b in c.encode()) for c in text)
+
+
+def grpc_reply(status: int, message: str, answer: bytes = b"") -> Reply:
+    """A gRPC call's answer for the native front: the framed reply (or nothing), its status
+    in ``X-Grpc-Status`` and ``X-Grpc-Message``, which the front sends as trailers."""
+    return Reply(200, answer, "application/grpc",
+                 {"X-Grpc-Status": str(status), "X-Grpc-Message": grpc_message(message)})
 
 
 def bearer(header: str | None) -> str | None:
@@ -308,25 +313,23 @@ class InferenceRouter:
     def error_reply(self, req, code: int, message: str) -> Reply:
         """An error of the HTTP layer (a body over the limit, a malformed request): a v2
         error, or for a gRPC call from the native front its gRPC status (413:
-        RESOURCE_EXHAUSTED), which the front sends as the call's trailers."""
+        RESOURCE_EXHAUSTED)."""
         if req.path.startswith(GRPC_PATH):
-            return Reply(200, b"", "application/grpc",
-                         {"X-Grpc-Status": str(_GRPC_STATUS.get(code, 13)),
-                          "X-Grpc-Message": grpc_message(message)})
+            from . import grpc_api
+
+            return grpc_reply(grpc_api.status_of(code), message)
         return Reply(code, v2.error_body(message))
 
     async def _grpc(self, req, method: str) -> None:
         """A v2 gRPC call that the native front passed on: the same servicer as the router's
-        own gRPC server (:mod:`aidc.models.grpc_api`). The status goes in ``X-Grpc-Status``
-        and ``X-Grpc-Message``, which the front sends as the call's trailers."""
+        own gRPC server (:mod:`aidc.models.grpc_api`)."""
         from . import grpc_api
 
         if self._servicer is None:
             self._servicer = grpc_api.InferenceServicer(self)
         status, message, answer = await grpc_api.answer_framed(
             self._servicer, method, req.data, req.headers, req.headers.get("x-real-ip") or "local")
-        req.reply(Reply(200, answer, "application/grpc",
-                        {"X-Grpc-Status": str(status), "X-Grpc-Message": grpc_message(message)}))
+        req.reply(grpc_reply(status, message, answer))
 
     # -- the direct path ---------------------------------------------------------------------
     def _pool(self, socket: str) -> ReplicaPool:
@@ -488,7 +491,7 @@ def grpc_front_plan(settings: ModelsRouter, url) -> str | None:
     if settings.grpc_server == "nginx":
         if binary is None:
             log.error("aidc router: c.ModelsRouter.grpc_server = 'nginx', but nginx is not "
-                      "installed (apt-get install nginx-light): gRPC is served by Python's server")
+                      "installed (apt-get install nginx): gRPC is served by Python's server")
         elif url.scheme == "https":
             log.error("aidc router: the nginx gRPC front does not reach the router under internal "
                       "TLS yet: gRPC is served by Python's server")
@@ -588,16 +591,13 @@ def main() -> None:
     nginx = grpc_front_plan(settings, url)
     folder = None
     if nginx is not None:
-        import tempfile
-
         from . import grpc_front
 
-        folder = tempfile.mkdtemp(prefix="aidc-grpc-front-")
         cert, key = os.environ.get("AIDC_TLS_CERT"), os.environ.get("AIDC_TLS_KEY")
-        grpc_front.prepare(folder, grpc_front.config(
-            folder, os.environ.get("AIDC_IP") or "127.0.0.1", settings.grpc_port,
+        folder = grpc_front.prepare(
+            os.environ.get("AIDC_IP") or "127.0.0.1", settings.grpc_port,
             (url.hostname or "127.0.0.1", url.port), settings.max_body_bytes,
-            (cert, key) if cert and key else None))
+            (cert, key) if cert and key else None)
         log.info("aidc router: v2 over gRPC on port %d through nginx (%s)", settings.grpc_port, nginx)
 
     def start(index: int) -> None:
