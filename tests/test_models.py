@@ -248,6 +248,38 @@ def test_router_process_killed_under_load_the_others_serve(platform, scientist, 
     assert len(failed) <= 0.01 * len(results), (len(results), failed[:5])
 
 
+def test_inference_goes_past_the_proxy_and_on_while_the_proxy_is_down(platform, scientist, served):
+    """The public port is nginx (aidc.hub.edge): v2 goes straight to the router, the rest to
+    configurable-http-proxy, which listens on a private socket only; while the proxy is
+    down, inference goes on and the rest gets a 503 that says why; the hub starts it again."""
+    from platform_helpers import grpc_port_owners
+    import aidc
+    aidc.models.deploy("mnist", version=1, replicas=2, client=served["client"])
+    assert grpc_port_owners(platform.port) == {"nginx"}
+    [chp] = [p for p in psutil.Process(platform.proc.pid).children(recursive=True)
+             if "configurable-http-proxy" in " ".join(p.cmdline())]
+    socket = chp.cmdline()[chp.cmdline().index("--socket") + 1]
+    assert os.stat(os.path.dirname(socket)).st_mode & 0o777 == 0o700
+    listening = {c.laddr.port for c in chp.net_connections("tcp") if c.status == psutil.CONN_LISTEN}
+    assert platform.port not in listening and len(listening) == 1, listening  # its API port only
+    with under_load(platform, scientist) as (results, versions):
+        time.sleep(1)
+        chp.kill()
+        killed = len(results)
+        r = requests.get(f"{platform.url}/hub/api", timeout=30)
+        assert r.status_code == 503 and "proxy is restarting" in r.text, (r.status_code, r.text)
+        deadline = time.monotonic() + 60
+        while requests.get(f"{platform.url}/hub/api", timeout=30).status_code != 200:
+            assert time.monotonic() < deadline, "the hub did not start the proxy again"
+            time.sleep(0.2)
+        back = len(results)
+        time.sleep(0.5)
+    assert back > killed  # inference answered while the proxy was down
+    failed = [r for r in results if r != 200]
+    assert not failed, (len(results), failed[:5])
+    assert platform.hub(scientist.token, "GET", f"/users/{scientist.name}").status_code == 200
+
+
 def test_revoked_token_stops_inference_within_the_cache_time(platform, scientist, served):
     from aidc.hub.config import DEFAULT_AUTH_CACHE_SECONDS
     r = platform.hub(scientist.token, "POST", f"/users/{scientist.name}/tokens", json={"note": "infer"})

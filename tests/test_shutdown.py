@@ -1,5 +1,6 @@
 """Stopping the platform stops everything it started, and leaves no process behind."""
 
+import os
 import signal
 import time
 
@@ -48,6 +49,10 @@ def test_stop_leaves_no_process_behind(fresh_platform, sig, twice):
             return ""
     commands = " ".join(command(proc) for proc in procs)
     assert "configurable-http-proxy" in commands
+    # the public edge (aidc.hub.edge): nginx, configured in a private folder that goes with it
+    [edge] = [proc for proc in procs if "aidc-edge-" in command(proc) and proc.name() == "nginx"]
+    edge_folder = edge.cmdline()[edge.cmdline().index("-p") + 1]
+    assert os.stat(edge_folder).st_mode & 0o777 == 0o700
     assert "aidc.hub.singleuser" in commands
     user_procs = [proc for proc in procs if proc.username() == p.prefix + user.name]
     assert user_procs, "the user's server runs as the user's Unix account"
@@ -76,6 +81,7 @@ def test_stop_leaves_no_process_behind(fresh_platform, sig, twice):
     assert _all_gone(procs) == []
     assert not (p.data_dir / "platform.json").exists()
     assert not staging.exists()  # nothing of the platform is left in /tmp
+    assert not os.path.exists(edge_folder)
     assert not any(proc.username() == p.prefix + user.name for proc in psutil.process_iter())
 
 

@@ -38,10 +38,15 @@ def test_self_signed_https_platform(fresh_platform):
     login = requests.get(p.url + "/hub/login", verify=p.verify, timeout=30)
     assert login.status_code == 200
     assert login.headers["Strict-Transport-Security"] == "max-age=31536000"
+    # on every answer, not only the hub's: here the inference router's (through the edge)
+    live = requests.get(p.url + "/services/models/v2/health/live", verify=p.verify, timeout=30)
+    assert live.headers["Strict-Transport-Security"] == "max-age=31536000", live.headers
     with pytest.raises(requests.exceptions.SSLError):  # not a certificate anyone else trusts
         requests.get(p.url + "/hub/login", timeout=30, verify=requests.certs.where())
-    with pytest.raises(requests.exceptions.ConnectionError):  # no plain HTTP on the public port
-        requests.get(f"http://127.0.0.1:{p.port}/hub/login", timeout=30)
+    # plain HTTP on the public port is sent to HTTPS (the edge, nginx), never served
+    plain = requests.get(f"http://127.0.0.1:{p.port}/hub/login?next=x", timeout=30, allow_redirects=False)
+    assert plain.status_code == 301 and plain.headers["Location"] == f"{p.url}/hub/login?next=x"
+    assert grpc_port_owners(p.port) == {"nginx"}
 
     user = p.new_user("scientist")
     session, r = p.login(user.name, user.password)

@@ -88,7 +88,7 @@ class PlatformHub(JupyterHub):
     async def start(self):
         await super().start()
         waiting = sorted(n for n, t in self._service_starts.items() if not t.done())
-        print(f"aidc is ready: {self.proxy.public_url}", flush=True)
+        print(f"aidc is ready: {getattr(self.proxy, 'edge_url', self.proxy.public_url)}", flush=True)
         if waiting:
             print(f"aidc: still starting: {', '.join(waiting)}", flush=True)
 

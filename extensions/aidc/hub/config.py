@@ -131,6 +131,8 @@ def configure(c, options: PlatformOptions | None = None) -> PlatformOptions:
     c.JupyterHub.authenticate_prometheus = True
     c.JupyterHub.default_url = landing.default_url  # viewers land on the dashboards
 
+    # nginx on the public port, configurable-http-proxy behind it (aidc.hub.edge)
+    c.JupyterHub.proxy_class = "aidc.hub.edge.EdgeProxy"
     c.ConfigurableHTTPProxy.command = [find_proxy_command()]
     c.ConfigurableHTTPProxy.api_url = f"{o.internal_scheme}://127.0.0.1:{o.proxy_api_port}"
     c.ConfigurableHTTPProxy.pid_file = str(d.proxy_pid_file)

@@ -10,8 +10,9 @@ every declared service into
   routes ``/services/<name>/`` to it;
 * a JupyterHub role ``service-<name>`` holding the hub scopes the service's token needs;
 * ``access:services!service=<name>`` added to the aidc roles that may use it;
-* the proxy's routes of its ``proxy_paths`` (``Proxy.extra_routes``), and every
-  service's address in every service's environment (``AIDC_SERVICE_URL_<NAME>``).
+* the proxy's routes of its ``proxy_paths`` (``Proxy.extra_routes``; for a ``direct``
+  service also the public edge's, ``EdgeProxy.direct_routes``), and every service's
+  address in every service's environment (``AIDC_SERVICE_URL_<NAME>``).
 
 Services are found through the ``aidc.services`` entry points and :func:`register` calls
 in drop-in config files (:func:`aidc.services.declare.discover`). The service process
@@ -50,12 +51,18 @@ def apply(c, data_dir: str, services: list[ManagedService] | None = None,
             for e in ours if "url" in e}
     base = c.JupyterHub.base_url if "base_url" in c.JupyterHub else "/"
     extra_routes = dict(c.Proxy.extra_routes) if "extra_routes" in c.Proxy else {}
+    direct = dict(c.EdgeProxy.direct_routes) if "direct_routes" in c.EdgeProxy else {}
     for s, entry in zip(services, ours):
         entry["environment"] = {**urls, **entry["environment"]}
         for path in s.proxy_paths if s.web else ():
-            extra_routes["/" + (base.strip("/") + "/" + path.lstrip("/")).lstrip("/")] = entry["url"]
+            route = "/" + (base.strip("/") + "/" + path.lstrip("/")).lstrip("/")
+            extra_routes[route] = entry["url"]
+            if s.direct and scheme == "http":  # the edge's nginx does not speak internal TLS
+                direct[route] = entry["url"]
     if extra_routes:
         c.Proxy.extra_routes = extra_routes
+    if direct:
+        c.EdgeProxy.direct_routes = direct
     c.JupyterHub.services = hub_services + ours
     # roles written here by an earlier apply() are replaced, others (the CLI's) kept
     ours = {"user", *roles.ROLE_NAMES, *(f"service-{n}" for n in names)}

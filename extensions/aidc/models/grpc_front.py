@@ -21,26 +21,15 @@ the router's.
 
 from __future__ import annotations
 
-import grp
-import os
-import pwd
-import shutil
-import tempfile
-
+from .. import nginx
 from ..errors import size_text
 
-#: where Debian puts nginx when ``PATH`` has no ``sbin``
-_SBIN = "/usr/sbin/nginx"
 #: request bodies up to this are kept in memory by nginx (larger ones: its private folder)
 BODY_BUFFER = 256 * 1024
-
-
-def nginx_binary() -> str | None:
-    """The nginx program, or None when it is not installed."""
-    found = shutil.which("nginx")
-    if found:
-        return found
-    return _SBIN if os.access(_SBIN, os.X_OK) else None
+#: the program, or None (kept under this name for the router)
+nginx_binary = nginx.binary
+command = nginx.command
+remove = nginx.remove
 
 
 def config(folder: str, host: str, port: int, upstream: tuple[str, int], max_body: int,
@@ -51,25 +40,11 @@ def config(folder: str, host: str, port: int, upstream: tuple[str, int], max_bod
     A message over ``max_body`` is refused by nginx as it comes (its HTTP 413 turned into
     gRPC's RESOURCE_EXHAUSTED, in trailers, by ``@too_large``); smaller bodies beyond
     :data:`BODY_BUFFER` wait in the private folder until whole."""
-    user = pwd.getpwuid(os.geteuid()).pw_name
-    group = grp.getgrgid(os.getegid()).gr_name
-    address = f"[{host}]" if ":" in host else host
-    listen = f"listen {address}:{port} {'ssl ' if tls else ''}http2 reuseport;"
-    secure = (f"    ssl_certificate {tls[0]};\n    ssl_certificate_key {tls[1]};\n"
-              "    ssl_protocols TLSv1.2 TLSv1.3;\n") if tls else ""
-    temp = "".join(f"  {kind}_temp_path {folder}/{kind};\n"
-                   for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-    return f"""# written by aidc.models.grpc_front: the v2 gRPC port in front of the inference router
-daemon off;
-master_process off;
-user {user} {group};
-pid {folder}/nginx.pid;
-error_log stderr error;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  server_tokens off;
-{temp}  client_max_body_size {max_body + 5};
+    head = nginx.preamble(folder, "the v2 gRPC port in front of the inference router "
+                          "(aidc.models.grpc_front)")
+    listen = nginx.listen(host, port, "ssl" if tls else "", "http2")
+    secure = nginx.tls_lines(tls)
+    return head + f"""  client_max_body_size {max_body + 5};
   client_body_buffer_size {BODY_BUFFER};
   keepalive_requests 1000000;
   keepalive_timeout 3600s;
@@ -106,20 +81,9 @@ http {{
 """
 
 
-def command(binary: str, folder: str) -> list[str]:
-    """nginx's command line for the configuration in ``folder`` (``-e``: no log file of
-    its own, even before the configuration is read)."""
-    return [binary, "-p", folder, "-c", os.path.join(folder, "nginx.conf"), "-e", "stderr"]
-
-
 def prepare(host: str, port: int, upstream: tuple[str, int], max_body: int,
             tls: tuple[str, str] | None = None) -> str:
     """A new private folder (0700) holding the :func:`config` of these arguments; its path."""
-    folder = tempfile.mkdtemp(prefix="aidc-grpc-front-")
-    with open(os.path.join(folder, "nginx.conf"), "w") as f:
-        f.write(config(folder, host, port, upstream, max_body, tls))
+    folder = nginx.private_folder("aidc-grpc-front-")
+    nginx.write_config(folder, config(folder, host, port, upstream, max_body, tls))
     return folder
-
-
-def remove(folder: str) -> None:
-    shutil.rmtree(folder, ignore_errors=True)

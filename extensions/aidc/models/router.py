@@ -666,6 +666,7 @@ def managed_service() -> ManagedService:
         command=python_command("aidc.models.router"),
         roles=[roles.SCIENTIST, roles.VIEWER],
         proxy_paths=["services/models/v2/"],
+        direct=True,  # the public edge sends v2 here itself (aidc.hub.edge)
         info={"description": "Inference router: the direct path of v2 requests to model replicas"},
         display=False,
     )

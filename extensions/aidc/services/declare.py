@@ -58,6 +58,10 @@ class ManagedService:
     #: (``Proxy.extra_routes``; the longest matching path wins, so one service can take
     #: part of another's: the inference router takes ``services/models/v2/``)
     proxy_paths: list[str] = field(default_factory=list)
+    #: the public edge (:mod:`aidc.hub.edge`, nginx) sends the ``proxy_paths`` straight to
+    #: this service, past configurable-http-proxy: only for a service that authenticates
+    #: every request itself (the inference router); plain HTTP only (not under internal TLS)
+    direct: bool = False
     #: shown on the hub's home page
     display: bool = True
     info: dict = field(default_factory=dict)

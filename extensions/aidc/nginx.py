@@ -1,0 +1,87 @@
+"""nginx as aidc runs it: the program, a private folder for its configuration and files,
+its command line, and the settings every aidc nginx shares.
+
+Two fronts are nginx, because a native proxy costs a fraction of a Python or Node.js one
+per request (~0.05 CPU-ms against ~0.27 for configurable-http-proxy, measured in
+``benchmarks/serving.py``): the public edge (:mod:`aidc.hub.edge`) and the v2 gRPC port
+(:mod:`aidc.models.grpc_front`). Each is one nginx process (``master_process off``) whose
+parent restarts it and which Linux ends with that parent; its configuration and temporary
+files (request bodies, sockets) live in a folder only its user can open (0700), removed
+when it stops; its errors go to its parent's log (``error_log stderr``).
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import shutil
+import tempfile
+
+#: where Debian puts nginx when ``PATH`` has no ``sbin``
+_SBIN = "/usr/sbin/nginx"
+CONFIG_NAME = "nginx.conf"
+
+
+def binary() -> str | None:
+    """The nginx program, or None when it is not installed (``apt-get install nginx``)."""
+    found = shutil.which("nginx")
+    if found:
+        return found
+    return _SBIN if os.access(_SBIN, os.X_OK) else None
+
+
+def private_folder(prefix: str) -> str:
+    """A new folder only this user can open (0700: ``mkdtemp``); its path."""
+    return tempfile.mkdtemp(prefix=prefix)
+
+
+def write_config(folder: str, text: str) -> str:
+    path = os.path.join(folder, CONFIG_NAME)
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def command(program: str, folder: str) -> list[str]:
+    """nginx's command line for the configuration in ``folder`` (``-e``: no log file of
+    its own, even before the configuration is read)."""
+    return [program, "-p", folder, "-c", os.path.join(folder, CONFIG_NAME), "-e", "stderr"]
+
+
+def preamble(folder: str, purpose: str, connections: int = 4096) -> str:
+    """The top of a configuration: one foreground process, its pid and errors, and (to
+    open inside ``http {}``) the temporary paths in ``folder`` and no access log."""
+    user = pwd.getpwuid(os.geteuid()).pw_name  # as root: no chown of the folder to nobody
+    group = grp.getgrgid(os.getegid()).gr_name
+    temp = "".join(f"  {kind}_temp_path {folder}/{kind};\n"
+                   for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    return f"""# written by aidc: {purpose}
+daemon off;
+master_process off;
+user {user} {group};
+pid {folder}/nginx.pid;
+error_log stderr error;
+events {{ worker_connections {connections}; }}
+http {{
+  access_log off;
+  server_tokens off;
+{temp}"""
+
+
+def listen(host: str, port: int, *flags: str) -> str:
+    address = f"[{host}]" if ":" in host else host
+    return f"listen {address}:{port}{''.join(' ' + f for f in flags if f)} reuseport;"
+
+
+def tls_lines(tls: tuple[str, str] | None, indent: str = "    ") -> str:
+    """``ssl_certificate`` and key for ``tls`` = (certificate file, key file), or nothing."""
+    if not tls:
+        return ""
+    return (f"{indent}ssl_certificate {tls[0]};\n{indent}ssl_certificate_key {tls[1]};\n"
+            f"{indent}ssl_protocols TLSv1.2 TLSv1.3;\n")
+
+
+def remove(folder: str | None) -> None:
+    if folder:
+        shutil.rmtree(folder, ignore_errors=True)
