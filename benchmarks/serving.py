@@ -25,7 +25,8 @@ with no configuration of its own. A ``scientist`` user registers the model with
 the defaults (1 replica, 0 GPUs, max batch 32, max queue delay 2 ms; the replica gets
 all cores as compute threads). Requests go where a user sends them: the hub's public
 URL ``/services/models/v2/models/cnn/infer`` with ``Authorization: token ...``, i.e.
-configurable-http-proxy -> inference router (token check, cached; forward) -> replica.
+the public edge (nginx, ``aidc.hub.edge``) -> inference router (token check, cached;
+forward) -> replica; configurable-http-proxy, behind the edge, is not on this path.
 gRPC goes to the router's own port (``aidc up --grpc-port``), ``ModelInfer`` with raw
 input bytes as ``tritonclient.grpc`` sends them, from a ``grpc.aio`` closed loop; with
 ``--wrk``, also from nghttp2's ``h2load`` (C; Debian's ``nghttp2-client``) beside ``wrk``
@@ -491,6 +492,8 @@ def platform_roles(platform: Platform) -> dict[str, list[psutil.Process]]:
             roles["hub"].append(p)
         elif "configurable-http-proxy" in cmd:
             roles["proxy (CHP, node)"].append(p)
+        elif "aidc-edge-" in cmd:
+            roles["public edge (nginx)"].append(p)
         elif "aidc.models.service" in cmd:
             roles["models service"].append(p)
         elif "aidc.models.router" in cmd:
@@ -1136,10 +1139,11 @@ def table(results: list[Result]) -> list[str]:
 
 
 def cpu_table(results: list[Result]) -> list[str]:
-    roles = ["proxy (CHP, node)", "hub", "models service", "inference router", "gRPC front (nginx)",
+    roles = ["public edge (nginx)", "proxy (CHP, node)", "hub", "models service", "inference router",
+             "gRPC front (nginx)",
              "replica(s)", "other platform", "mlflow server", "load generator (this process)",
              "machine (all processes)"]
-    short = ["proxy", "hub", "service", "router", "nginx", "replicas", "other", "mlflow", "loadgen",
+    short = ["edge", "proxy", "hub", "service", "router", "gfront", "replicas", "other", "mlflow", "loadgen",
              "machine"]
     out = ["  {:<36} {:>3} ".format("target", "c") + " ".join(f"{s:>8}" for s in short)]
     for r in results:
@@ -1352,7 +1356,7 @@ def report(b: Bench) -> list[str]:
         out.append("  where the c=1 p50 goes (JSON): " + " -> ".join(
             f"{name} {med(runs[(key, 1)], 'p50'):.2f} ms"
             for name, key in (("replica direct", "direct json"), ("+ CHP", "proxy json"),
-                              ("+ CHP + inference router (the hub path)", "hub json")))
+                              ("edge (nginx) + inference router (the hub path)", "hub json")))
             + f"; raw forward {raw['single_ms']:.2f} ms")
         out.append("  c=32 throughput (JSON): " + ", ".join(
             f"{name} {med(runs[(key, 32)], 'rps'):.0f} req/s"

@@ -20,6 +20,7 @@ import stat
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import requests
 
@@ -129,8 +130,9 @@ def test_internal_tls_between_hub_proxy_servers_and_services(fresh_platform, tmp
         assert time.monotonic() < deadline, "the jobs service's audit event never reached the hub"
         time.sleep(0.2)
 
-    # inference goes proxy -> router -> replica, and the router asks the models service
-    # for metadata: both hops mutual TLS
+    # inference goes edge (nginx) -> router -> replica, and the router asks the models
+    # service for metadata: both hops mutual TLS (nginx presents the proxy's client
+    # certificate; it sends v2 to the router itself, and has no other way there)
     import numpy as np
     import torch
 
@@ -141,12 +143,18 @@ def test_internal_tls_between_hub_proxy_servers_and_services(fresh_platform, tmp
     aidc.models.register(torch.nn.Linear(4, 2).eval(), name="tiny", example=x, client=client)
     assert aidc.models.deploy("tiny", client=client)["ready"]
     assert aidc.models.predict("tiny", x, client=client).shape == (1, 2)
+    assert grpc_port_owners(p.port) == {"nginx"}
+    [edge] = [proc for proc in psutil.Process(p.proc.pid).children(recursive=True)
+              if proc.name() == "nginx" and "aidc-edge-" in " ".join(proc.cmdline())]
+    conf = (Path(edge.cmdline()[edge.cmdline().index("-p") + 1]) / "nginx.conf").read_text()
+    assert "location /services/models/v2/ {\n      proxy_pass https://direct0;" in conf
+    assert "proxy_ssl_certificate " in conf and "proxy_ssl_verify on;" in conf
     meta = p.api(user.token).get(f"{p.url}/services/models/v2/models/tiny", timeout=30)
     assert meta.status_code == 200 and meta.json()["name"] == "tiny", meta.text
-    # gRPC: under internal TLS the router serves it itself (grpc.aio), not nginx
+    # gRPC: nginx, which reaches the router over mutual TLS too
     import tritonclient.grpc as grpcclient
 
-    assert grpc_port_owners(p.grpc_port) == {"python"}
+    assert grpc_port_owners(p.grpc_port) == {"nginx"}
     tc = grpcclient.InferenceServerClient(f"127.0.0.1:{p.grpc_port}")
     assert tc.is_model_ready("tiny", headers={"authorization": f"Bearer {user.token}"})
     tc.close()

@@ -82,6 +82,21 @@ def tls_lines(tls: tuple[str, str] | None, indent: str = "    ") -> str:
             f"{indent}ssl_protocols TLSv1.2 TLSv1.3;\n")
 
 
+def upstream_tls_lines(client: tuple[str, str, str] | None, indent: str = "      ") -> str:
+    """For an HTTPS upstream (a service under internal TLS): present ``client`` = (key file,
+    certificate file, trust bundle), the proxy's client identity that services accept, and
+    verify the service against the bundle. Services' internal certificates name
+    ``localhost`` (JupyterHub's ``create_certs``), which nginx checks: it does not check
+    IP names. Nothing when ``client`` is None (plain HTTP)."""
+    if not client:
+        return ""
+    key, cert, ca = client
+    return "".join(f"{indent}{line};\n" for line in (
+        f"proxy_ssl_certificate {cert}", f"proxy_ssl_certificate_key {key}",
+        f"proxy_ssl_trusted_certificate {ca}", "proxy_ssl_verify on", "proxy_ssl_name localhost",
+        "proxy_ssl_session_reuse on"))
+
+
 def remove(folder: str | None) -> None:
     if folder:
         shutil.rmtree(folder, ignore_errors=True)

@@ -53,9 +53,11 @@ class EdgeError(RuntimeError):
 
 
 def config(folder: str, host: str, port: int, chp_socket: str, direct: dict[str, str],
-           tls: tuple[str, str] | None = None) -> str:
+           tls: tuple[str, str] | None = None, client: tuple[str, str, str] | None = None) -> str:
     """nginx's configuration: ``host:port`` (with ``tls`` = (certificate file, key file),
-    HTTPS) to CHP on ``chp_socket``, and each path prefix of ``direct`` to its URL."""
+    HTTPS) to CHP on ``chp_socket``, and each path prefix of ``direct`` to its URL (an
+    ``https`` one, under internal TLS, as the proxy's ``client`` = (key, certificate, trust
+    bundle): :func:`aidc.nginx.upstream_tls_lines`)."""
     forwarded = """      proxy_http_version 1.1;
       proxy_set_header Host $http_host;
       proxy_set_header X-Real-IP $remote_addr;
@@ -73,9 +75,10 @@ def config(folder: str, host: str, port: int, chp_socket: str, direct: dict[str,
         target = urlparse(url)
         upstreams.append(f"  upstream direct{i} {{ server {target.hostname}:{target.port}; "
                          "keepalive 64; }\n")
+        secure = target.scheme == "https"
         locations.append(f"""    location {prefix} {{
-      proxy_pass http://direct{i};
-{forwarded}      proxy_set_header Connection "";
+      proxy_pass {target.scheme}://direct{i};
+{forwarded}{nginx.upstream_tls_lines(client if secure else None)}      proxy_set_header Connection "";
       error_page 502 504 = @away{i};
     }}
     location @away{i} {{
@@ -118,8 +121,7 @@ class EdgeProxy(ConfigurableHTTPProxy):
         native proxy costs a fraction of CHP per request, and the paths of
         ``direct_routes`` skip CHP); ``off``, configurable-http-proxy itself; ``auto``:
         nginx where it is installed.""")
-    direct_routes = Dict(config=True, help="""URL path prefix -> service URL (plain HTTP) that
-        nginx sends straight to the service, not through configurable-http-proxy: only for a
+    direct_routes = Dict(config=True, help="""URL path prefix -> service URL that nginx sends straight to the service, not through configurable-http-proxy: only for a
         service that authenticates every request itself. Filled from the services'
         declarations (``ManagedService.direct_paths``).""")
     edge_start_timeout = Float(10.0, config=True, help="Seconds nginx may take to listen.")
@@ -162,8 +164,13 @@ class EdgeProxy(ConfigurableHTTPProxy):
         host = public.hostname or "0.0.0.0"
         port = public.port or (443 if public.scheme == "https" else 80)
         socket = os.path.join(self.edge_folder, CHP_SOCKET)
+        client = None
+        if self.app is not None and self.app.internal_ssl:  # direct routes reach services as CHP does
+            files = self.app.internal_proxy_certs["proxy-client"]
+            client = (files["keyfile"], files["certfile"],
+                      self.app.internal_trust_bundles["proxy-client-ca"])
         nginx.write_config(self.edge_folder, config(self.edge_folder, host, port, socket,
-                                                    self.direct_routes, self._tls))
+                                                    self.direct_routes, self._tls, client))
         parent = os.getpid()
         self.log.info("aidc: the public edge (nginx) on %s, configurable-http-proxy behind it; "
                       "direct: %s", self.edge_url, ", ".join(sorted(self.direct_routes)) or "none")

@@ -57,7 +57,7 @@ def apply(c, data_dir: str, services: list[ManagedService] | None = None,
         for path in s.proxy_paths if s.web else ():
             route = "/" + (base.strip("/") + "/" + path.lstrip("/")).lstrip("/")
             extra_routes[route] = entry["url"]
-            if s.direct and scheme == "http":  # the edge's nginx does not speak internal TLS
+            if s.direct:  # under internal TLS nginx presents the proxy's client certificate
                 direct[route] = entry["url"]
     if extra_routes:
         c.Proxy.extra_routes = extra_routes

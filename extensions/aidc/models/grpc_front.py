@@ -13,10 +13,10 @@ trailers. The caller's token, rules, replica pools and refusals are the router's
 router's own gRPC server (:mod:`aidc.models.grpc_api`), which serves instead where nginx is
 not installed (``c.ModelsRouter.grpc_server``).
 
-nginx runs as the router's user, one process (``master_process off``: the router's
-supervisor restarts it, and Linux ends it with the supervisor), configured in a private
-folder (0700) that holds its temporary files and is removed when it stops; its log goes to
-the router's.
+nginx runs as the router's user, one process, as :mod:`aidc.nginx` runs it: the router's
+supervisor restarts it, Linux ends it with the supervisor, its private folder (0700) is
+removed when it stops, and its log goes to the router's. (The public port has an nginx of
+its own, the hub's edge: :mod:`aidc.hub.edge`.)
 """
 
 from __future__ import annotations
@@ -33,9 +33,11 @@ remove = nginx.remove
 
 
 def config(folder: str, host: str, port: int, upstream: tuple[str, int], max_body: int,
-           tls: tuple[str, str] | None = None) -> str:
+           tls: tuple[str, str] | None = None, client: tuple[str, str, str] | None = None) -> str:
     """nginx's configuration: ``host:port`` (HTTP/2; with ``tls`` = (certificate file, key
-    file), over TLS) passing every call to the router's plain HTTP port ``upstream``.
+    file), over TLS) passing every call to the router's port ``upstream`` (under internal
+    TLS, with ``client`` = (key, certificate, trust bundle), the router's proxy-client
+    identity: :func:`aidc.nginx.upstream_tls_lines`).
 
     A message over ``max_body`` is refused by nginx as it comes (its HTTP 413 turned into
     gRPC's RESOURCE_EXHAUSTED, in trailers, by ``@too_large``); smaller bodies beyond
@@ -52,8 +54,8 @@ def config(folder: str, host: str, port: int, upstream: tuple[str, int], max_bod
   server {{
     {listen}
 {secure}    location / {{
-      proxy_pass http://router;
-      proxy_http_version 1.1;
+      proxy_pass {"https" if client else "http"}://router;
+{nginx.upstream_tls_lines(client)}      proxy_http_version 1.1;
       proxy_set_header Connection "";
       proxy_set_header X-Real-IP $remote_addr;
       proxy_read_timeout 3600s;
@@ -82,8 +84,8 @@ def config(folder: str, host: str, port: int, upstream: tuple[str, int], max_bod
 
 
 def prepare(host: str, port: int, upstream: tuple[str, int], max_body: int,
-            tls: tuple[str, str] | None = None) -> str:
+            tls: tuple[str, str] | None = None, client: tuple[str, str, str] | None = None) -> str:
     """A new private folder (0700) holding the :func:`config` of these arguments; its path."""
     folder = nginx.private_folder("aidc-grpc-front-")
-    nginx.write_config(folder, config(folder, host, port, upstream, max_body, tls))
+    nginx.write_config(folder, config(folder, host, port, upstream, max_body, tls, client))
     return folder

@@ -109,8 +109,8 @@ class ModelsRouter(LoggingConfigurable):
         ``nginx``, a native HTTP/2 front handing each call to the router processes
         (:mod:`aidc.models.grpc_front`: ~0.05 CPU-ms a call against ~0.2 for Python's gRPC
         server); ``python``, grpcio's asyncio server in every router process; ``auto``:
-        nginx when it is installed and the router's own port is plain HTTP (under internal
-        TLS, python).""").tag(config=True)
+        nginx when it is installed (under internal TLS it presents the router's proxy-client
+        certificate to the router's port).""").tag(config=True)
 
 
 class TokenCache:
@@ -480,7 +480,7 @@ def public_tls() -> tuple[bytes, bytes] | None:
         return k.read(), c.read()
 
 
-def grpc_front_plan(settings: ModelsRouter, url) -> str | None:
+def grpc_front_plan(settings: ModelsRouter) -> str | None:
     """The nginx program that is to serve the gRPC port, or None (the router's own
     ``grpc.aio`` server, or no gRPC port)."""
     from . import grpc_front
@@ -488,16 +488,10 @@ def grpc_front_plan(settings: ModelsRouter, url) -> str | None:
     if not settings.grpc_port or settings.grpc_server == "python":
         return None
     binary = grpc_front.nginx_binary()
-    if settings.grpc_server == "nginx":
-        if binary is None:
-            log.error("aidc router: c.ModelsRouter.grpc_server = 'nginx', but nginx is not "
-                      "installed (apt-get install nginx): gRPC is served by Python's server")
-        elif url.scheme == "https":
-            log.error("aidc router: the nginx gRPC front does not reach the router under internal "
-                      "TLS yet: gRPC is served by Python's server")
-            return None
-        return binary
-    return binary if url.scheme == "http" else None
+    if binary is None and settings.grpc_server == "nginx":
+        log.error("aidc router: c.ModelsRouter.grpc_server = 'nginx', but nginx is not "
+                  "installed (apt-get install nginx): gRPC is served by Python's server")
+    return binary
 
 
 def worker(index: int, app: ServiceApp, settings: ModelsRouter, own_grpc: bool = True) -> None:
@@ -588,16 +582,19 @@ def main() -> None:
     pause: dict[int, float] = {}  # worker index: seconds to wait before the next start
     stopping = False
     url = urlparse(os.environ["JUPYTERHUB_SERVICE_URL"])
-    nginx = grpc_front_plan(settings, url)
+    nginx = grpc_front_plan(settings)
     folder = None
     if nginx is not None:
         from . import grpc_front
 
         cert, key = os.environ.get("AIDC_TLS_CERT"), os.environ.get("AIDC_TLS_KEY")
+        client = None
+        if url.scheme == "https":  # internal TLS: nginx reaches the router as the proxy does
+            client = tuple(os.environ[k] for k in internal_tls.ENV_PROXY_CLIENT)
         folder = grpc_front.prepare(
             os.environ.get("AIDC_IP") or "127.0.0.1", settings.grpc_port,
             (url.hostname or "127.0.0.1", url.port), settings.max_body_bytes,
-            (cert, key) if cert and key else None)
+            (cert, key) if cert and key else None, client)
         log.info("aidc router: v2 over gRPC on port %d through nginx (%s)", settings.grpc_port, nginx)
 
     def start(index: int) -> None:

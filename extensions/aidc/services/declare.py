@@ -60,7 +60,7 @@ class ManagedService:
     proxy_paths: list[str] = field(default_factory=list)
     #: the public edge (:mod:`aidc.hub.edge`, nginx) sends the ``proxy_paths`` straight to
     #: this service, past configurable-http-proxy: only for a service that authenticates
-    #: every request itself (the inference router); plain HTTP only (not under internal TLS)
+    #: every request itself (the inference router)
     direct: bool = False
     #: shown on the hub's home page
     display: bool = True
