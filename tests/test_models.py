@@ -248,6 +248,35 @@ def test_router_process_killed_under_load_the_others_serve(platform, scientist, 
     assert len(failed) <= 0.01 * len(results), (len(results), failed[:5])
 
 
+def test_the_whole_router_down_under_load_the_models_service_takes_over(platform, scientist, served):
+    """The router's supervisor killed: its processes end with it, the edge sends v2 to the
+    models service until the hub has started the router again, which then serves again."""
+    import aidc
+    aidc.models.deploy("mnist", version=1, replicas=2, client=served["client"])
+    [service], workers = router_processes(platform)
+    with under_load(platform, scientist) as (results, versions):
+        time.sleep(1)
+        service.kill()
+        gone, alive = psutil.wait_procs(workers, timeout=30)
+        assert not alive, alive
+        start = len(results)
+        deadline = time.monotonic() + 60
+        while len(results) < start + 20:  # answered with no router process at all
+            assert time.monotonic() < deadline, results[start:start + 5]
+            time.sleep(0.05)
+        assert router_processes(platform) == ([], []), "answered by the router after all?"
+        deadline = time.monotonic() + 120
+        while len(router_processes(platform)[1]) < 2:  # the hub starts the router again
+            assert time.monotonic() < deadline, "the router was not started again"
+            time.sleep(0.2)
+        time.sleep(2)  # the edge tries the router again after a second
+        back = len(results)
+        time.sleep(1)
+    assert len(results) > back
+    failed = [r for r in results if r != 200]
+    assert len(failed) <= 0.01 * len(results), (len(results), failed[:5])
+
+
 def test_inference_goes_past_the_proxy_and_on_while_the_proxy_is_down(platform, scientist, served):
     """The public port is nginx (aidc.hub.edge): v2 goes straight to the router, the rest to
     configurable-http-proxy, which listens on a private socket only; while the proxy is

@@ -52,12 +52,13 @@ class EdgeError(RuntimeError):
     """The edge (nginx) could not serve the public port: the reason, for the operator."""
 
 
-def config(folder: str, host: str, port: int, chp_socket: str, direct: dict[str, str],
+def config(folder: str, host: str, port: int, chp_socket: str, direct: dict[str, str | list[str]],
            tls: tuple[str, str] | None = None, client: tuple[str, str, str] | None = None) -> str:
     """nginx's configuration: ``host:port`` (with ``tls`` = (certificate file, key file),
-    HTTPS) to CHP on ``chp_socket``, and each path prefix of ``direct`` to its URL (an
-    ``https`` one, under internal TLS, as the proxy's ``client`` = (key, certificate, trust
-    bundle): :func:`aidc.nginx.upstream_tls_lines`)."""
+    HTTPS) to CHP on ``chp_socket``, and each path prefix of ``direct`` to its URL, or its
+    URLs: the first, then the others while it does not answer (``https`` ones, under
+    internal TLS, as the proxy's ``client`` = (key, certificate, trust bundle):
+    :func:`aidc.nginx.upstream_tls_lines`)."""
     forwarded = """      proxy_http_version 1.1;
       proxy_set_header Host $http_host;
       proxy_set_header X-Real-IP $remote_addr;
@@ -71,14 +72,21 @@ def config(folder: str, host: str, port: int, chp_socket: str, direct: dict[str,
             '    add_header Strict-Transport-Security "max-age=31536000" always;\n'
             '    error_page 497 =301 https://$http_host$request_uri;\n') if tls else ""
     upstreams, locations = [], []
-    for i, (prefix, url) in enumerate(sorted(direct.items())):
-        target = urlparse(url)
-        upstreams.append(f"  upstream direct{i} {{ server {target.hostname}:{target.port}; "
-                         "keepalive 64; }\n")
-        secure = target.scheme == "https"
+    for i, (prefix, urls) in enumerate(sorted(direct.items())):
+        urls = [urls] if isinstance(urls, str) else list(urls)
+        targets = [urlparse(u) for u in urls]
+        # the first URL serves; the others (same scheme) take over while it does not answer:
+        # a request whose connection failed, or that had no answer, is sent to the next
+        # (inference has no side effects), and the first is tried again after a second
+        servers = "".join(f" server {t.hostname}:{t.port}"
+                          f"{' max_fails=1 fail_timeout=1s' if n == 0 else ' backup'};"
+                          for n, t in enumerate(targets))
+        upstreams.append(f"  upstream direct{i} {{{servers} keepalive 64; }}\n")
+        scheme = targets[0].scheme
         locations.append(f"""    location {prefix} {{
-      proxy_pass {target.scheme}://direct{i};
-{forwarded}{nginx.upstream_tls_lines(client if secure else None)}      proxy_set_header Connection "";
+      proxy_pass {scheme}://direct{i};
+{forwarded}{nginx.upstream_tls_lines(client if scheme == "https" else None)}      proxy_set_header Connection "";
+      proxy_next_upstream error timeout non_idempotent;
       error_page 502 504 = @away{i};
     }}
     location @away{i} {{
@@ -121,9 +129,11 @@ class EdgeProxy(ConfigurableHTTPProxy):
         native proxy costs a fraction of CHP per request, and the paths of
         ``direct_routes`` skip CHP); ``off``, configurable-http-proxy itself; ``auto``:
         nginx where it is installed.""")
-    direct_routes = Dict(config=True, help="""URL path prefix -> service URL that nginx sends straight to the service, not through configurable-http-proxy: only for a
-        service that authenticates every request itself. Filled from the services'
-        declarations (``ManagedService.direct_paths``).""")
+    direct_routes = Dict(config=True, help="""URL path prefix -> service URL (or a list: the
+        service, then the services that take over while it does not answer) that nginx sends
+        straight to the service, not through configurable-http-proxy: only for a service
+        that authenticates every request itself. Filled from the services' declarations
+        (``ManagedService.direct``, ``direct_fallback``).""")
     edge_start_timeout = Float(10.0, config=True, help="Seconds nginx may take to listen.")
 
     def __init__(self, **kwargs):

@@ -58,7 +58,8 @@ def apply(c, data_dir: str, services: list[ManagedService] | None = None,
             route = "/" + (base.strip("/") + "/" + path.lstrip("/")).lstrip("/")
             extra_routes[route] = entry["url"]
             if s.direct:  # under internal TLS nginx presents the proxy's client certificate
-                direct[route] = entry["url"]
+                fallback = urls.get(f"AIDC_SERVICE_URL_{s.direct_fallback.upper().replace('-', '_')}")
+                direct[route] = [entry["url"], *([fallback] if fallback else [])]
     if extra_routes:
         c.Proxy.extra_routes = extra_routes
     if direct:

@@ -663,7 +663,8 @@ def managed_service() -> ManagedService:
         command=python_command("aidc.models.router"),
         roles=[roles.SCIENTIST, roles.VIEWER],
         proxy_paths=["services/models/v2/"],
-        direct=True,  # the public edge sends v2 here itself (aidc.hub.edge)
+        direct=True,  # the public edge sends v2 here itself (aidc.hub.edge), and to the
+        direct_fallback="models",  # models service (which serves v2 too) while this is down
         info={"description": "Inference router: the direct path of v2 requests to model replicas"},
         display=False,
     )

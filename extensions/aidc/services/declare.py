@@ -62,6 +62,9 @@ class ManagedService:
     #: this service, past configurable-http-proxy: only for a service that authenticates
     #: every request itself (the inference router)
     direct: bool = False
+    #: the service that serves those paths too (the models service, for the router): the
+    #: edge sends them there while this one does not answer (a restart of the whole service)
+    direct_fallback: str = ""
     #: shown on the hub's home page
     display: bool = True
     info: dict = field(default_factory=dict)
