@@ -1,5 +1,6 @@
 """A hub crash loses no allocation and leaks none: the ledger is reconciled on restart."""
 
+import os
 import signal
 import subprocess
 
@@ -27,8 +28,14 @@ def test_hub_sigkill_keeps_live_servers_gpus_and_frees_dead_ones(fresh_platform,
                        for m in ("aidc.gpu.service", "aidc.gpu.culler", "jupyterhub_idle_culler"))]
     assert len(services) >= 3  # resources, idle-culler, gpu-culler
 
+    [edge] = [proc for proc in psutil.Process(p.proc.pid).children()
+              if proc.name() == "nginx" and "aidc-edge-" in " ".join(proc.cmdline())]
+    edge_folder = edge.cmdline()[edge.cmdline().index("-p") + 1]
     p.proc.send_signal(signal.SIGKILL)  # the hub dies; servers and proxy are orphaned
     p.proc.wait()
+    # the public edge (nginx) ends with it, and frees the port for the next hub
+    _, alive_edge = psutil.wait_procs([edge], timeout=15)
+    assert alive_edge == []
     # its services do not run on as orphans next to the ones the new hub starts
     _, alive_services = psutil.wait_procs(services, timeout=15)
     assert alive_services == []
@@ -39,6 +46,7 @@ def test_hub_sigkill_keeps_live_servers_gpus_and_frees_dead_ones(fresh_platform,
     assert after == {f"server:{alive.name}/": before[f"server:{alive.name}/"]}
     assert visible_devices(p, alive) == devices  # the same server, still running, same GPU
     assert "stopped the proxy" in p.log()
+    assert not os.path.exists(edge_folder)  # the dead hub's edge folder: removed by the new one
 
     # and the freed GPU is usable again: all three others can be had
     p.stop_server(alive)

@@ -254,10 +254,12 @@ def test_the_whole_router_down_under_load_the_models_service_takes_over(platform
     import aidc
     aidc.models.deploy("mnist", version=1, replicas=2, client=served["client"])
     [service], workers = router_processes(platform)
+    [front] = [p for p in service.children() if p.name() == "nginx"]  # the gRPC front
+    front_folder = front.cmdline()[front.cmdline().index("-p") + 1]
     with under_load(platform, scientist) as (results, versions):
         time.sleep(1)
         service.kill()
-        gone, alive = psutil.wait_procs(workers, timeout=30)
+        gone, alive = psutil.wait_procs([*workers, front], timeout=30)
         assert not alive, alive
         start = len(results)
         deadline = time.monotonic() + 60
@@ -275,6 +277,7 @@ def test_the_whole_router_down_under_load_the_models_service_takes_over(platform
     assert len(results) > back
     failed = [r for r in results if r != 200]
     assert len(failed) <= 0.01 * len(results), (len(results), failed[:5])
+    assert not os.path.exists(front_folder)  # the killed router's: removed by the new one
 
 
 def test_inference_goes_past_the_proxy_and_on_while_the_proxy_is_down(platform, scientist, served):

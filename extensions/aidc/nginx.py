@@ -7,7 +7,8 @@ per request (~0.05 CPU-ms against ~0.27 for configurable-http-proxy, measured in
 (:mod:`aidc.models.grpc_front`). Each is one nginx process (``master_process off``) whose
 parent restarts it and which Linux ends with that parent; its configuration and temporary
 files (request bodies, sockets) live in a folder only its user can open (0700), removed
-when it stops; its errors go to its parent's log (``error_log stderr``).
+when it stops, or, when its maker was killed outright, by the next one that starts
+(:func:`sweep`); its errors go to its parent's log (``error_log stderr``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import tempfile
 #: where Debian puts nginx when ``PATH`` has no ``sbin``
 _SBIN = "/usr/sbin/nginx"
 CONFIG_NAME = "nginx.conf"
+#: in a private folder: the pid of the process that made it (for :func:`sweep`)
+OWNER = "owner.pid"
 
 
 def binary() -> str | None:
@@ -32,8 +35,51 @@ def binary() -> str | None:
 
 
 def private_folder(prefix: str) -> str:
-    """A new folder only this user can open (0700: ``mkdtemp``); its path."""
-    return tempfile.mkdtemp(prefix=prefix)
+    """A new folder only this user can open (0700: ``mkdtemp``), marked as this process's;
+    its path. Folders of ``prefix`` left by processes that were killed outright go first."""
+    sweep(prefix)
+    folder = tempfile.mkdtemp(prefix=prefix)
+    with open(os.path.join(folder, OWNER), "w") as f:
+        f.write(str(os.getpid()))
+    return folder
+
+
+def sweep(prefix: str) -> list[str]:
+    """Remove this user's folders named ``prefix*`` in the temporary directory whose maker
+    is no longer running (a hub or router killed with SIGKILL cannot remove its own); the
+    paths removed. Folders of other users, and folders without a maker's pid, are left."""
+    removed = []
+    base = tempfile.gettempdir()
+    try:
+        entries = list(os.scandir(base))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not entry.name.startswith(prefix):
+            continue
+        try:
+            if not entry.is_dir(follow_symlinks=False) or \
+                    entry.stat(follow_symlinks=False).st_uid != os.geteuid():
+                continue
+            with open(os.path.join(entry.path, OWNER)) as f:
+                pid = int(f.read().strip())
+        except (OSError, ValueError):
+            continue
+        if _running(pid):
+            continue
+        shutil.rmtree(entry.path, ignore_errors=True)
+        removed.append(entry.path)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process has that pid now
+        return True
+    return True
 
 
 def write_config(folder: str, text: str) -> str:
