@@ -86,8 +86,10 @@ node_modules/.installed: package.json package-lock.json
 
 # --- System packages (Debian), only when root ------------------------------------------
 # acl: setfacl, so per-user Unix accounts can reach this environment (see README).
-# nginx: the native HTTP/2 front of the v2 gRPC port (aidc.models.grpc_front); without it
-# the inference router serves gRPC itself, at about four times the CPU a call.
+# nginx: the public edge (aidc.hub.edge: the public port, inference past
+# configurable-http-proxy) and the native HTTP/2 front of the v2 gRPC port
+# (aidc.models.grpc_front); without it configurable-http-proxy serves the public port and
+# the inference router serves gRPC itself, each at several times the CPU a request.
 system-deps:
 	@if [ "$(IS_ROOT)" = yes ] && ! command -v setfacl >/dev/null; then \
 	  command -v apt-get >/dev/null || { echo "install the 'acl' package (setfacl)"; exit 1; }; \
@@ -101,7 +103,8 @@ system-deps:
 # keeps its binaries in /usr/lib/postgresql/15/bin, where tests/postgres_helpers.py looks.
 # slapd: the LDAP sign-in tests run a real OpenLDAP server; tests/idp: a real OpenID
 # Connect provider (npm oidc-provider) for the OIDC sign-in tests.
-# nginx (installed by system-deps as root): the gRPC tests check that it fronts the port.
+# nginx (installed by system-deps as root): the tests check that it serves the public edge
+# and fronts the gRPC port.
 test-system-deps:
 	@if ! command -v chromium >/dev/null; then \
 	  if [ "$(IS_ROOT)" = yes ] && command -v apt-get >/dev/null; then \
@@ -112,7 +115,7 @@ test-system-deps:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
 	  else echo "the PostgreSQL tests need PostgreSQL 15: apt-get install postgresql (as root)"; exit 1; fi; fi
 	@if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then \
-	  echo "the gRPC tests need nginx (the gRPC port's front): apt-get install nginx (as root)"; exit 1; fi
+	  echo "the tests need nginx (the public edge, the gRPC port's front): apt-get install nginx (as root)"; exit 1; fi
 	bash tests/ldap/install.sh
 	bash tests/idp/install.sh
 
