@@ -95,6 +95,20 @@ def command(program: str, folder: str) -> list[str]:
     return [program, "-p", folder, "-c", os.path.join(folder, CONFIG_NAME), "-e", "stderr"]
 
 
+def before_exec() -> None:
+    """In the child, before nginx starts: as many open files as the hard limit allows (up
+    to 65,536). One nginx process holds two descriptors per proxied connection (a Lab's
+    WebSockets, keep-alive inference clients), and a soft limit of 1,024 (systemd's
+    default) would refuse connections long before ``worker_connections``; nginx raises it
+    itself only in worker processes, which ``master_process off`` does not have."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
 def preamble(folder: str, purpose: str, connections: int = 4096) -> str:
     """The top of a configuration: one foreground process, its pid and errors, and (to
     open inside ``http {}``) the temporary paths in ``folder`` and no access log."""

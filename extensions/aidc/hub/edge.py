@@ -48,6 +48,14 @@ CHP_SOCKET = "proxy.sock"
 _AWAY = '{"error": "the %s is not answering (restarting?); try again in a moment"}'
 
 
+def _in_child(parent: int) -> None:
+    """Before nginx runs: its open-file limit, and its end with the hub (or now, if the hub
+    is already gone)."""
+    nginx.before_exec()
+    if not die_with_parent(signal.SIGTERM, parent=parent):
+        os._exit(1)
+
+
 class EdgeError(RuntimeError):
     """The edge (nginx) could not serve the public port: the reason, for the operator."""
 
@@ -186,7 +194,7 @@ class EdgeProxy(ConfigurableHTTPProxy):
                       "direct: %s", self.edge_url, ", ".join(sorted(self.direct_routes)) or "none")
         self.edge_process = subprocess.Popen(
             nginx.command(self.edge_program, self.edge_folder), start_new_session=True,
-            preexec_fn=lambda: die_with_parent(signal.SIGTERM, parent=parent) or os._exit(1))
+            preexec_fn=lambda: _in_child(parent))
         up = asyncio.ensure_future(wait_for_server(
             "127.0.0.1" if host in ("0.0.0.0", "") else host.strip("[]"), port,
             timeout=self.edge_start_timeout))

@@ -609,6 +609,9 @@ def main() -> None:
                         worker(index, app, settings, own_grpc=nginx is None)
                     else:
                         try:
+                            from .. import nginx as nginx_settings
+
+                            nginx_settings.before_exec()
                             os.execv(nginx, grpc_front.command(nginx, folder))
                         except OSError as e:  # the supervisor starts it again, pausing
                             log.error("aidc router: cannot run nginx (%s): %s", nginx, e)
