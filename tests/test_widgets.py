@@ -320,7 +320,8 @@ def test_widgets_act_in_a_kernel_of_my_server_and_show_its_gpu_and_a_job_in_voil
                 shown = page.locator(".aidc-w-monitor")
                 shown.get_by_text("completed").first.wait_for(timeout=60_000)
                 assert f"Job {job_id}" in shown.inner_text()
-                assert shown.locator(".aidc-w-chart svg").count() >= 1  # bqplot drew the series
+                # bqplot draws the series once its own view is up, after the monitor's text
+                shown.locator(".aidc-w-chart svg").first.wait_for(timeout=60_000)
                 ARTIFACTS.mkdir(exist_ok=True)
                 page.screenshot(path=str(ARTIFACTS / "widgets-voila.png"), full_page=True)
             finally:
