@@ -339,6 +339,20 @@ def visible_devices(platform: Platform, user: User) -> str:
                    "os.environ['NVIDIA_VISIBLE_DEVICES'], os.environ['AIDC_GPUS_SIMULATED'])").strip()
 
 
+def edge_of(platform) -> tuple[psutil.Process, str]:
+    """The platform's public edge (nginx, a child of the hub: aidc.hub.edge) and its
+    private folder."""
+    [edge] = [p for p in psutil.Process(platform.proc.pid).children()
+              if p.name() == "nginx" and "aidc-edge-" in " ".join(p.cmdline())]
+    return edge, nginx_folder(edge)
+
+
+def nginx_folder(proc: psutil.Process) -> str:
+    """The private folder an nginx of aidc's runs from (its ``-p``: aidc.nginx.command)."""
+    cmd = proc.cmdline()
+    return cmd[cmd.index("-p") + 1]
+
+
 def grpc_port_owners(port: int) -> set[str]:
     """The names of the programs listening on ``port`` (as root: anyone's)."""
     return {psutil.Process(c.pid).name().split(".")[0].rstrip("0123456789")

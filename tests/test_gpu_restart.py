@@ -7,7 +7,7 @@ import subprocess
 import psutil
 
 from conftest import fake_nvml_env
-from platform_helpers import visible_devices
+from platform_helpers import edge_of, visible_devices
 
 
 def test_hub_sigkill_keeps_live_servers_gpus_and_frees_dead_ones(fresh_platform, tmp_path):
@@ -28,9 +28,7 @@ def test_hub_sigkill_keeps_live_servers_gpus_and_frees_dead_ones(fresh_platform,
                        for m in ("aidc.gpu.service", "aidc.gpu.culler", "jupyterhub_idle_culler"))]
     assert len(services) >= 3  # resources, idle-culler, gpu-culler
 
-    [edge] = [proc for proc in psutil.Process(p.proc.pid).children()
-              if proc.name() == "nginx" and "aidc-edge-" in " ".join(proc.cmdline())]
-    edge_folder = edge.cmdline()[edge.cmdline().index("-p") + 1]
+    edge, edge_folder = edge_of(p)
     p.proc.send_signal(signal.SIGKILL)  # the hub dies; servers and proxy are orphaned
     p.proc.wait()
     # the public edge (nginx) ends with it, and frees the port for the next hub

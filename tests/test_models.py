@@ -21,6 +21,7 @@ torch = pytest.importorskip("torch")  # installed by `make test`; the import is 
 import tritonclient.http as httpclient  # noqa: E402
 
 from jobs_helpers import wait_service  # noqa: E402
+from platform_helpers import nginx_folder  # noqa: E402
 
 
 class CNN(torch.nn.Module):
@@ -255,7 +256,7 @@ def test_the_whole_router_down_under_load_the_models_service_takes_over(platform
     aidc.models.deploy("mnist", version=1, replicas=2, client=served["client"])
     [service], workers = router_processes(platform)
     [front] = [p for p in service.children() if p.name() == "nginx"]  # the gRPC front
-    front_folder = front.cmdline()[front.cmdline().index("-p") + 1]
+    front_folder = nginx_folder(front)
     with under_load(platform, scientist) as (results, versions):
         time.sleep(1)
         killed = time.time()

@@ -7,6 +7,8 @@ import time
 import psutil
 import pytest
 
+from platform_helpers import edge_of
+
 
 def _tree(pid: int) -> list[psutil.Process]:
     parent = psutil.Process(pid)
@@ -50,8 +52,8 @@ def test_stop_leaves_no_process_behind(fresh_platform, sig, twice):
     commands = " ".join(command(proc) for proc in procs)
     assert "configurable-http-proxy" in commands
     # the public edge (aidc.hub.edge): nginx, configured in a private folder that goes with it
-    [edge] = [proc for proc in procs if "aidc-edge-" in command(proc) and proc.name() == "nginx"]
-    edge_folder = edge.cmdline()[edge.cmdline().index("-p") + 1]
+    edge, edge_folder = edge_of(p)
+    assert edge in procs
     assert os.stat(edge_folder).st_mode & 0o777 == 0o700
     assert "aidc.hub.singleuser" in commands
     user_procs = [proc for proc in procs if proc.username() == p.prefix + user.name]

@@ -20,12 +20,11 @@ import stat
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 import requests
 
 from aidc.security import internal_tls, tls
-from platform_helpers import execute, grpc_port_owners, run_aidc, unix_name
+from platform_helpers import edge_of, execute, grpc_port_owners, run_aidc, unix_name
 
 
 def test_self_signed_https_platform(fresh_platform):
@@ -144,9 +143,7 @@ def test_internal_tls_between_hub_proxy_servers_and_services(fresh_platform, tmp
     assert aidc.models.deploy("tiny", client=client)["ready"]
     assert aidc.models.predict("tiny", x, client=client).shape == (1, 2)
     assert grpc_port_owners(p.port) == {"nginx"}
-    [edge] = [proc for proc in psutil.Process(p.proc.pid).children(recursive=True)
-              if proc.name() == "nginx" and "aidc-edge-" in " ".join(proc.cmdline())]
-    conf = (Path(edge.cmdline()[edge.cmdline().index("-p") + 1]) / "nginx.conf").read_text()
+    conf = (Path(edge_of(p)[1]) / "nginx.conf").read_text()
     assert "location /services/models/v2/ {\n      proxy_pass https://direct0;" in conf
     assert "proxy_ssl_certificate " in conf and "proxy_ssl_verify on;" in conf
     meta = p.api(user.token).get(f"{p.url}/services/models/v2/models/tiny", timeout=30)

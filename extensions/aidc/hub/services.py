@@ -47,8 +47,8 @@ def apply(c, data_dir: str, services: list[ManagedService] | None = None,
             roles.grant(r, [f"access:services!service={s.name}"])
     # each service finds the others' own addresses (the inference router passes what it
     # does not serve to the models service directly: through the proxy it would come back)
-    urls = {f"AIDC_SERVICE_URL_{e['name'].upper().replace('-', '_')}": e["url"]
-            for e in ours if "url" in e}
+    by_name = {e["name"]: e["url"] for e in ours if "url" in e}
+    urls = {f"AIDC_SERVICE_URL_{name.upper().replace('-', '_')}": url for name, url in by_name.items()}
     base = c.JupyterHub.base_url if "base_url" in c.JupyterHub else "/"
     extra_routes = dict(c.Proxy.extra_routes) if "extra_routes" in c.Proxy else {}
     direct = dict(c.EdgeProxy.direct_routes) if "direct_routes" in c.EdgeProxy else {}
@@ -58,7 +58,7 @@ def apply(c, data_dir: str, services: list[ManagedService] | None = None,
             route = "/" + (base.strip("/") + "/" + path.lstrip("/")).lstrip("/")
             extra_routes[route] = entry["url"]
             if s.direct:  # under internal TLS nginx presents the proxy's client certificate
-                fallback = urls.get(f"AIDC_SERVICE_URL_{s.direct_fallback.upper().replace('-', '_')}")
+                fallback = by_name.get(s.direct_fallback)
                 direct[route] = [entry["url"], *([fallback] if fallback else [])]
     if extra_routes:
         c.Proxy.extra_routes = extra_routes

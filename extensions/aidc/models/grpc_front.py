@@ -26,10 +26,6 @@ from ..errors import size_text
 
 #: request bodies up to this are kept in memory by nginx (larger ones: its private folder)
 BODY_BUFFER = 256 * 1024
-#: the program, or None (kept under this name for the router)
-nginx_binary = nginx.binary
-command = nginx.command
-remove = nginx.remove
 
 
 def config(folder: str, host: str, port: int, upstream: tuple[str, int], max_body: int,

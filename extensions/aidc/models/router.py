@@ -483,11 +483,11 @@ def public_tls() -> tuple[bytes, bytes] | None:
 def grpc_front_plan(settings: ModelsRouter) -> str | None:
     """The nginx program that is to serve the gRPC port, or None (the router's own
     ``grpc.aio`` server, or no gRPC port)."""
-    from . import grpc_front
+    from .. import nginx
 
     if not settings.grpc_port or settings.grpc_server == "python":
         return None
-    binary = grpc_front.nginx_binary()
+    binary = nginx.binary()
     if binary is None and settings.grpc_server == "nginx":
         log.error("aidc router: c.ModelsRouter.grpc_server = 'nginx', but nginx is not "
                   "installed (apt-get install nginx): gRPC is served by Python's server")
@@ -582,9 +582,10 @@ def main() -> None:
     pause: dict[int, float] = {}  # worker index: seconds to wait before the next start
     stopping = False
     url = urlparse(os.environ["JUPYTERHUB_SERVICE_URL"])
-    nginx = grpc_front_plan(settings)
+    program = grpc_front_plan(settings)  # nginx, or None
     folder = None
-    if nginx is not None:
+    if program is not None:
+        from .. import nginx
         from . import grpc_front
 
         cert, key = os.environ.get("AIDC_TLS_CERT"), os.environ.get("AIDC_TLS_KEY")
@@ -595,7 +596,7 @@ def main() -> None:
             os.environ.get("AIDC_IP") or "127.0.0.1", settings.grpc_port,
             (url.hostname or "127.0.0.1", url.port), settings.max_body_bytes,
             (cert, key) if cert and key else None, client)
-        log.info("aidc router: v2 over gRPC on port %d through nginx (%s)", settings.grpc_port, nginx)
+        log.info("aidc router: v2 over gRPC on port %d through nginx (%s)", settings.grpc_port, program)
 
     def start(index: int) -> None:
         parent = os.getpid()
@@ -606,15 +607,13 @@ def main() -> None:
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
                 if die_with_parent(signal.SIGTERM, parent=parent):
                     if index != FRONT:
-                        worker(index, app, settings, own_grpc=nginx is None)
+                        worker(index, app, settings, own_grpc=program is None)
                     else:
                         try:
-                            from .. import nginx as nginx_settings
-
-                            nginx_settings.before_exec()
-                            os.execv(nginx, grpc_front.command(nginx, folder))
+                            nginx.before_exec()
+                            os.execv(program, nginx.command(program, folder))
                         except OSError as e:  # the supervisor starts it again, pausing
-                            log.error("aidc router: cannot run nginx (%s): %s", nginx, e)
+                            log.error("aidc router: cannot run nginx (%s): %s", program, e)
             finally:
                 os._exit(0)
         children[pid] = index
@@ -633,7 +632,7 @@ def main() -> None:
     signal.signal(signal.SIGINT, stop)
     for index in range(max(1, settings.workers)):
         start(index)
-    if nginx is not None:
+    if program is not None:
         start(FRONT)
     while children:
         try:
@@ -655,7 +654,7 @@ def main() -> None:
         if not stopping:
             start(index)
     if folder is not None:
-        grpc_front.remove(folder)
+        nginx.remove(folder)
 
 
 def managed_service() -> ManagedService:
