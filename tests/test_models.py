@@ -272,7 +272,14 @@ def test_the_whole_router_down_under_load_the_models_service_takes_over(platform
         while len(router_processes(platform)[1]) < 2:  # the hub starts the router again
             assert time.monotonic() < deadline, "the router was not started again"
             time.sleep(0.2)
-        time.sleep(2)  # the edge tries the router again after a second
+        # until the edge has tried the router again (a second after its failure): the new
+        # router's own counts (its supervisor removed its predecessor's) show answers
+        from aidc.models.routing import read_stats
+        deadline = time.monotonic() + 30
+        while not any(m == "mnist" and str(c) == "200" and n
+                      for stats in read_stats(platform.data_dir) for m, v, c, n in stats.get("requests", ())):
+            assert time.monotonic() < deadline, "the router did not serve again"
+            time.sleep(0.2)
         back = len(results)
         time.sleep(1)
     assert len(results) > back
