@@ -11,6 +11,7 @@ endpoints distributed serves. Nothing may answer.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import psutil
 
@@ -61,13 +62,25 @@ print("RESULT" + json.dumps(found))
 """
 
 
-def jobs_service_ports(platform: Platform) -> list[int]:
-    """Every TCP port on which the jobs service or one of its descendants listens."""
+def jobs_service_tree(platform: Platform) -> list[psutil.Process]:
+    """The jobs service and its descendants (the embedded scheduler's nannies, workers)."""
     hub = psutil.Process(platform.proc.pid)
     service = next(p for p in hub.children(recursive=True)
                    if "aidc.jobs.service" in " ".join(p.cmdline()))
+    return [service, *service.children(recursive=True)]
+
+
+def _open_files(proc: psutil.Process) -> list:
+    try:
+        return proc.open_files()
+    except psutil.NoSuchProcess:
+        return []
+
+
+def jobs_service_ports(platform: Platform) -> list[int]:
+    """Every TCP port on which the jobs service or one of its descendants listens."""
     ports = set()
-    for proc in [service, *service.children(recursive=True)]:
+    for proc in jobs_service_tree(platform):
         try:
             for conn in proc.net_connections(kind="tcp"):
                 if conn.status == psutil.CONN_LISTEN:
@@ -106,3 +119,14 @@ def test_another_scientists_kernel_cannot_reach_the_embedded_cluster(
     # and jobs still run on that cluster afterwards
     again = submit(platform, scientist, "dask-iso/ok.ipynb")
     assert wait(platform, scientist, again["id"])["status"] == "completed"
+
+    # the workers (root) keep their scratch in the private data directory, not in Dask's
+    # shared /tmp/dask-scratch-space that any account could have created first: each
+    # holds its folder's lock file open there
+    scratch = platform.data_dir / "jobs" / "scratch"
+    locks = [f.path for proc in jobs_service_tree(platform) for f in _open_files(proc)
+             if f.path.endswith(".dirlock")]
+    assert len(locks) >= 1
+    assert all(Path(path).is_relative_to(scratch) for path in locks), locks
+    info = scratch.stat()
+    assert info.st_uid == 0 and info.st_mode & 0o777 == 0o700

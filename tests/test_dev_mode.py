@@ -31,13 +31,16 @@ def test_non_root_platform_warns_and_shares_one_account(dev_account):
     p = Platform(data_dir)
     env = {"HOME": account.pw_dir, "USER": account.pw_name}
 
-    # run `aidc up` as the ordinary account
+    # run `aidc up` as the ordinary account, as its own process (not under runuser, which
+    # SIGKILLs its child 2 s after passing on a SIGTERM: the hub would die mid-stop)
     log = open(p.log_path, "ab")
     p.proc = subprocess.Popen(
-        ["runuser", "-u", account.pw_name, "--", AIDC, "up", "--data-dir", str(data_dir),
+        [AIDC, "up", "--data-dir", str(data_dir),
          "--port", str(p.port), "--hub-port", str(p.hub_port),
          "--proxy-api-port", str(p.proxy_api_port), "--grpc-port", str(p.grpc_port)],
         stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env}, start_new_session=True,
+        user=account.pw_uid, group=account.pw_gid,
+        extra_groups=os.getgrouplist(account.pw_name, account.pw_gid), cwd=account.pw_dir,
     )
     try:
         p.wait_until_up()
@@ -67,4 +70,7 @@ def test_non_root_platform_warns_and_shares_one_account(dev_account):
         assert user == account.pw_name
         assert cwd == str(data_dir / "homes" / "eve")
     finally:
-        p.stop()
+        assert p.stop() == 0, p.log()[-3000:]
+    # a clean stop leaves nothing behind in /tmp (the edge's private folder included)
+    leftovers = [f for f in os.listdir("/tmp") if os.stat(f"/tmp/{f}").st_uid == account.pw_uid]
+    assert leftovers == []

@@ -16,6 +16,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -191,9 +192,17 @@ async def test_embedded_cluster_runs_tasks_in_single_threaded_worker_processes(m
     assert cluster.client is None and cluster.describe()["running"] is False
 
 
-async def test_two_embedded_clusters_side_by_side_and_an_optional_dashboard(monkeypatch):
+def _scratch_of(dask_worker):
+    return dask_worker.local_directory
+
+
+async def test_two_embedded_clusters_side_by_side_with_private_scratch_and_an_optional_dashboard(
+        monkeypatch, tmp_path):
     monkeypatch.delenv("AIDC_DASK_SCHEDULER", raising=False)
-    a = JobCluster(n_workers=1, dashboard_address="127.0.0.1:0")
+    # a: the platform's scratch folder (the jobs service passes <data dir>/jobs/scratch);
+    # b: none given, a private temporary folder
+    a = JobCluster(n_workers=1, dashboard_address="127.0.0.1:0",
+                   scratch_root=str(tmp_path / "jobs" / "scratch"))
     b = JobCluster(n_workers=1, dashboard_address="127.0.0.1:0")
     await asyncio.gather(a.start(), b.start())
     try:
@@ -203,8 +212,34 @@ async def test_two_embedded_clusters_side_by_side_and_an_optional_dashboard(monk
         assert da["dashboard"].startswith("http://127.0.0.1:")
         assert await a.client.submit(lambda: 1, pure=False) == 1
         assert await b.client.submit(lambda: 2, pure=False) == 2
+
+        # never Dask's shared /tmp/dask-scratch-space, which any account can create first
+        (in_a,) = (await a.client.run(_scratch_of)).values()
+        (in_b,) = (await b.client.run(_scratch_of)).values()
+        assert Path(in_a).is_relative_to(tmp_path / "jobs" / "scratch")
+        assert Path(a.cluster.scheduler.local_directory).is_relative_to(tmp_path / "jobs" / "scratch")
+        temporary = Path(in_b).parents[1]
+        assert temporary.name.startswith("aidc-dask-") and temporary.parent == Path(tempfile.gettempdir())
+        for folder in (tmp_path / "jobs" / "scratch", temporary):
+            info = folder.stat()
+            assert info.st_uid == os.getuid() and info.st_mode & 0o777 == 0o700, folder
     finally:
         await asyncio.gather(a.close(), b.close())
+    assert not temporary.exists()  # removed with its cluster
+    assert (tmp_path / "jobs" / "scratch").is_dir()  # the platform's stays
+
+
+async def test_a_scratch_folder_of_another_account_is_refused(monkeypatch, tmp_path):
+    monkeypatch.delenv("AIDC_DASK_SCHEDULER", raising=False)
+    planted = tmp_path / "scratch"
+    planted.mkdir(mode=0o777)
+    os.chown(planted, 65534, 65534)  # nobody's
+    with pytest.raises(PlatformError, match="not a folder of this account"):
+        await JobCluster(n_workers=1, scratch_root=str(planted)).start()
+    planted.rmdir()
+    planted.symlink_to(tmp_path)  # a link is not the folder either, even to one of ours
+    with pytest.raises(PlatformError, match="not a folder of this account"):
+        await JobCluster(n_workers=1, scratch_root=str(planted)).start()
 
 
 async def test_worker_plugins_are_registered_on_every_worker(monkeypatch, tmp_path):

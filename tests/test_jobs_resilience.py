@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -53,7 +54,8 @@ def cluster(tmp_root):
         [DASK, "worker", "--scheduler-file", str(sched_file), "--nthreads", "1", "--nworkers", "3",
          "--no-dashboard", "--local-directory", str(workdir), *tls_args],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=workdir)
-    yield {"file": sched_file, "worker": worker, "scheduler": scheduler, "tls": tls}
+    yield {"file": sched_file, "worker": worker, "scheduler": scheduler, "tls": tls,
+           "workdir": workdir}
     for proc in (worker, scheduler):
         proc.send_signal(signal.SIGTERM)
     for proc in (worker, scheduler):
@@ -125,13 +127,25 @@ def test_higher_priority_runs_first(ext_platform, user):
         wait(ext_platform, user, b["id"])
 
 
-def test_worker_killed_mid_job_is_retried_and_completes(ext_platform, user):
+def _working_outputs(folder: Path) -> list[Path]:
+    return sorted(folder.rglob("aidc-job-*"))
+
+
+def test_worker_killed_mid_job_is_retried_and_completes(ext_platform, user, cluster):
+    in_tmp = _working_outputs(Path(tempfile.gettempdir()))
     job = submit(ext_platform, user, "sleep.ipynb", parameters={"seconds": 6}, retries=1)
     running = wait(ext_platform, user, job["id"], until=lambda j: "zygote" in j["metrics"])
+    # papermill writes the output as it goes in the worker's own scratch, not in /tmp
+    (working,) = _working_outputs(cluster["workdir"])
+    assert (working / "output.ipynb").exists()
     worker_pid = psutil.Process(running["metrics"]["zygote"]).ppid()
     os.kill(worker_pid, signal.SIGKILL)
     done = wait(ext_platform, user, job["id"], timeout=180)
     assert done["status"] == "completed", done
+    # the killed worker's unfinished output is gone (Dask removes a dead worker's folder
+    # as the next starts), the retry's with its end, and nothing was left in /tmp
+    assert _working_outputs(cluster["workdir"]) == []
+    assert _working_outputs(Path(tempfile.gettempdir())) == in_tmp
     assert done["attempt"] == 2 and done["metrics"]["done"] is True
     events = jobs_api(ext_platform, user.token, "GET", f"/jobs/{job['id']}/events").json()["events"]
     statuses = [e["status"] for e in events if e["type"] == "status"]

@@ -190,6 +190,14 @@ class DataDir:
         return self.root / "jobs" / "artifacts"
 
     @property
+    def jobs_scratch(self) -> Path:
+        """The embedded Dask workers' scratch (spilled data, a running job's output being
+        written): private to the service's account, where no other account can plant it
+        (not the shared ``/tmp/dask-scratch-space``). Dask removes a dead worker's folder
+        when the next worker starts."""
+        return self.root / "jobs" / "scratch"
+
+    @property
     def models_artifacts(self) -> Path:
         """Model files (default of ``c.ModelRegistry.artifacts_url``)."""
         return self.root / "models" / "artifacts"

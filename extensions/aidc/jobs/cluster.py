@@ -64,6 +64,9 @@ import importlib
 import inspect
 import logging
 import os
+import shutil
+import stat
+import tempfile
 from typing import Any
 
 from traitlets import (
@@ -349,8 +352,17 @@ class JobCluster(LoggingConfigurable):
     local_directory = Unicode(
         "",
         config=True,
-        help="""Embedded cluster: scratch directory of the workers; empty: Dask's default
-        (the temporary-directory setting, else the system temporary directory).""",
+        help="""Embedded cluster: scratch directory of the workers (spilled data, the
+        output of a job being run). Empty: the platform's private
+        `<data dir>/jobs/scratch`, or, without a data directory, a private temporary
+        folder removed at close. Never Dask's own default, `/tmp/dask-scratch-space`:
+        any account on the machine can create that folder first, and the workers, which
+        run as root, would then write into a folder that account controls.""",
+    )
+    scratch_root = Unicode(
+        "",
+        help="""The platform's default for local_directory (the jobs service sets
+        DataDir.jobs_scratch); not configuration.""",
     )
     scrub_env = List(
         Unicode(),
@@ -392,6 +404,7 @@ class JobCluster(LoggingConfigurable):
         self._gateway = None
         self._kind: str | None = None
         self._owned = False  # whether close() shuts the cluster down
+        self._temporary_scratch: str | None = None  # made by _scratch, removed at close
 
     # --- which cluster --------------------------------------------------------------------
 
@@ -465,6 +478,9 @@ class JobCluster(LoggingConfigurable):
                 await _maybe_await(cluster.close())
         if gateway is not None:
             await _maybe_await(gateway.close())
+        if self._temporary_scratch is not None:
+            shutil.rmtree(self._temporary_scratch, ignore_errors=True)
+            self._temporary_scratch = None
         self._kind = None
         self._owned = False
 
@@ -619,6 +635,7 @@ class JobCluster(LoggingConfigurable):
     def _local_kwargs(self) -> dict:
         from distributed.security import Security
 
+        scratch = self._scratch()  # the scheduler's and the workers'
         kwargs = dict(
             host="127.0.0.1",
             scheduler_port=0,
@@ -632,6 +649,7 @@ class JobCluster(LoggingConfigurable):
             scheduler_kwargs=dict(
                 dashboard=bool(self.dashboard_address),
                 dashboard_address=self.dashboard_address or "127.0.0.1:0",
+                local_directory=scratch,
             ),
             worker_dashboard_address=None,
             threads_per_worker=1,
@@ -640,10 +658,26 @@ class JobCluster(LoggingConfigurable):
             memory_limit=self.worker_memory_limit,
             preload=[guard_preload(os.getpid(), self.scrub_env, self.log_level)],
             asynchronous=True,
+            local_directory=scratch,
         )
-        if self.local_directory:
-            kwargs["local_directory"] = self.local_directory
         return kwargs
+
+    def _scratch(self) -> str:
+        """The embedded workers' scratch folder, private to this process's account."""
+        if self.local_directory:
+            return self.local_directory
+        if not self.scratch_root:
+            if self._temporary_scratch is None:
+                self._temporary_scratch = tempfile.mkdtemp(prefix="aidc-dask-")  # 0700, new
+            return self._temporary_scratch
+        os.makedirs(self.scratch_root, mode=0o700, exist_ok=True)
+        info = os.lstat(self.scratch_root)
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+            raise PlatformError(
+                f"the jobs' scratch folder {self.scratch_root} is not a folder of this "
+                f"account (uid {os.getuid()}); remove it and start again")
+        os.chmod(self.scratch_root, 0o700)
+        return self.scratch_root
 
     async def _start_local(self):
         self._owned = True

@@ -324,7 +324,9 @@ def run_job(spec: dict) -> dict:
             timer.daemon = True
             timer.start()
         if local_output is None:
-            tmpdir = tempfile.mkdtemp(prefix="aidc-job-")
+            # in the worker's own scratch (private; Dask removes a dead worker's folder
+            # when the next one starts), so a killed worker leaves no plaintext behind
+            tmpdir = tempfile.mkdtemp(prefix="aidc-job-", dir=worker.local_directory)
             local_output = os.path.join(tmpdir, "output.ipynb")
         else:
             os.makedirs(os.path.dirname(local_output), exist_ok=True)

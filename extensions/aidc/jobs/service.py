@@ -32,6 +32,7 @@ from .. import roles
 from ..errors import NotFoundError, PermissionDeniedError, UsageError
 from ..gpu.ledger import GPULedger
 from ..gpu.platform import open_ledger
+from ..paths import DataDir
 from ..security import audit
 from ..security.keys import KeyRing
 from ..services.declare import ManagedService, python_command
@@ -414,7 +415,8 @@ def main() -> None:
     secrets = SecretStore(store, config=app.config, data_dir=data_dir)
     secrets.encrypt_at_rest(app.config)
     ledger = open_ledger(data_dir, config=app.config)
-    cluster = JobCluster(config=app.config)
+    cluster = JobCluster(config=app.config,  # workers write only below the private data directory
+                         scratch_root=str(DataDir(Path(data_dir)).jobs_scratch))
     manager = JobManager(store, artifact_store, ledger, data_dir, url=os.environ.get("AIDC_URL"),
                          capacity=lambda: cluster.describe().get("threads") or 0,
                          threads=cluster.kernel_threads,
