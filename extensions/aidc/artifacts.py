@@ -248,7 +248,7 @@ def copy_out(url: str, target: str | Path) -> Path:
         from .security.crypto import copy_stream
 
         with open_read(url) as f, open(target, "wb") as out:
-            copy_stream(f, out)
+            copy_stream(f, out, expect=fs.size(path))  # the stored size: the most it holds
         return target
     for found in sorted(fs.find(path)):
         rel = found[len(path.rstrip("/")) + 1:]
