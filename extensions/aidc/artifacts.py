@@ -170,7 +170,9 @@ def open_read(url: str, seekable: bool = False) -> IO[bytes]:
         return raw
     from .security.crypto import open_decrypted_read
 
-    plain = open_decrypted_read(raw, *encrypted)
+    # the store replaces an object by renaming a new file over it, never in place: its
+    # local files can be opened from a mapping of them
+    plain = open_decrypted_read(raw, *encrypted, mapped=local_path(url) is not None)
     if not seekable or plain is raw:
         return plain
     import tempfile
@@ -210,7 +212,7 @@ def put_dir(local: str | Path, url: str, move: bool = False) -> None:
     encrypted = encryption_of(url)
     try:
         if encrypted is not None:
-            _put_encrypted(fs, Path(local), tmp, *encrypted)
+            _put_encrypted(fs, Path(local), tmp, *encrypted, given_up=move)
         elif move and local_path(url) is not None:
             shutil.move(str(local), tmp)
         else:
@@ -225,16 +227,17 @@ def put_dir(local: str | Path, url: str, move: bool = False) -> None:
         shutil.rmtree(local, ignore_errors=True)  # the plaintext the caller gave up
 
 
-def _put_encrypted(fs, local: Path, tmp: str, keys, identity: str) -> None:
+def _put_encrypted(fs, local: Path, tmp: str, keys, identity: str, given_up: bool) -> None:
     """Each file of ``local`` encrypted into the folder ``tmp``, under the identity it will
-    have once ``tmp`` is moved to its name (``identity``)."""
+    have once ``tmp`` is moved to its name (``identity``); ``given_up``: the caller gave
+    ``local`` up (``move``), so nothing writes its files while they are sealed."""
     from .security.crypto import seal_file
 
     for source in sorted(p for p in local.rglob("*") if p.is_file()):
         rel = source.relative_to(local).as_posix()
         _make_parent(fs, f"{tmp}/{rel}")
         with fs.open(f"{tmp}/{rel}", "wb") as raw, open(source, "rb", buffering=0) as f:
-            seal_file(f, raw, keys, f"{identity}/{rel}")
+            seal_file(f, raw, keys, f"{identity}/{rel}", given_up=given_up)
 
 
 def copy_out(url: str, target: str | Path) -> Path:
