@@ -118,6 +118,10 @@ def test_values_use_only_what_the_platform_decides(committed_values):
     assert committed_values["hub"]["config"]["JupyterHub"]["authenticator_class"] == "null"
     slugs = [p["slug"] for p in committed_values["singleuser"]["profileList"]]
     assert slugs == [p.id for p in DEFAULT_PROFILES]
+    # the chart's NetworkPolicies are what isolates servers in the cluster (z2jh has no
+    # internal_ssl): nothing here may loosen them
+    for part in ("hub", "singleuser"):
+        assert "networkPolicy" not in committed_values[part]
 
 
 def test_module_regenerates_the_file(tmp_path):
