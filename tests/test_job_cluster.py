@@ -332,7 +332,7 @@ def hog_the_gil():
     re.match(r"(a+)+$", "a" * 64 + "b")
 
 async def main():
-    cluster = JobCluster(n_workers=2)
+    cluster = JobCluster(n_workers=2, scratch_root=sys.argv[1])  # as the jobs service does
     client = await cluster.start()
     pids = await client.run(os.getpid)
     hog = client.submit(hog_the_gil, pure=False)
@@ -349,8 +349,8 @@ def test_sigkill_of_the_service_leaves_no_worker_behind(tmp_path, monkeypatch):
     monkeypatch.delenv("AIDC_DASK_SCHEDULER", raising=False)
     script = tmp_path / "service.py"
     script.write_text(SERVICE_SCRIPT)
-    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "scratch")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     everything: set[int] = set()
     try:
         line = proc.stdout.readline()
