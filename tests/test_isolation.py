@@ -36,15 +36,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import subprocess
 import time
 from dataclasses import dataclass
 
+import psutil
 import pytest
 import requests
 
 from jobs_helpers import FINAL, home, jobs_api, notebook, put, wait_service
-from platform_helpers import unix_name
+from platform_helpers import execute, unix_name
 from test_models import models_api, scale_onnx
 
 ROW = {"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1.5, -2.0]}]}
@@ -173,7 +175,8 @@ def world(platform, other_scientist, viewer, tmp_path_factory):
     wait_service(platform, owner.token)
     api = platform.api(owner.token)
     put(platform, owner, "matrix/job.ipynb", notebook(
-        "import os\nopen('job-token.txt', 'w').write(os.environ['AIDC_TOKEN'])\nprint('ran', n)",
+        "import os, tempfile\nopen('job-token.txt', 'w').write(os.environ['AIDC_TOKEN'])\n"
+        "open('job-tmp.txt', 'w').write(tempfile.gettempdir())\nprint('ran', n)",
         parameters="n = 0"))
     r = jobs_api(platform, owner.token, "POST", "/sweeps", json={
         "path": "matrix/job.ipynb", "grid": {"n": [1]}})
@@ -324,6 +327,54 @@ def test_a_users_account_cannot_read_other_homes_the_data_directory_keys_or_the_
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == [w for p in private.values() for w in ("refused", str(p))], r.stdout
+
+
+def test_every_process_of_an_account_has_its_own_temporary_folder(platform, world):
+    """The account's server kernels, its jobs' kernels and its model replicas get
+    ``TMPDIR=<home>/.tmp`` (0700, the account's), not the shared ``/tmp``, where any
+    account can create a name another program will use first."""
+    owner = world["owner"]
+    owner_home = home(platform, owner)
+    uid = owner_home.stat().st_uid
+    private = owner_home / ".tmp"
+    info = os.lstat(private)
+    assert stat.S_ISDIR(info.st_mode) and info.st_uid == uid and info.st_mode & 0o777 == 0o700
+    seen = execute(platform, owner, "import os, tempfile; print(tempfile.gettempdir(), os.environ.get('TMPDIR'))")
+    assert seen.split() == [str(private)] * 2  # the server's kernel
+    assert (owner_home / "matrix" / "job-tmp.txt").read_text() == str(private)  # the job's kernel
+    replicas = [p for p in psutil.process_iter(["uids", "cmdline"])
+                if p.info["uids"] and p.info["uids"].real == uid
+                and "aidc.models.server" in (p.info["cmdline"] or [])]
+    assert replicas, "the owner's replica is not running"
+    for replica in replicas:
+        assert replica.environ().get("TMPDIR") == str(private)
+
+
+def test_a_private_temporary_folder_is_made_only_where_it_is_safe(tmp_path):
+    """Made by root from a descriptor of the home: never through a link, never in a home
+    that is not the account's; an account then simply has none (the system's is used)."""
+    from aidc.accounts import PRIVATE_TMP, private_tmp
+
+    nobody = 65534
+    account_home = tmp_path / "home"
+    account_home.mkdir(mode=0o700)
+    os.chown(account_home, nobody, nobody)
+    made = private_tmp(str(account_home), nobody, nobody)
+    assert made == str(account_home / PRIVATE_TMP)
+    info = os.lstat(made)
+    assert info.st_uid == nobody and info.st_mode & 0o777 == 0o700
+    assert private_tmp(str(account_home), nobody, nobody) == made  # again: the same folder
+
+    os.rmdir(made)
+    os.symlink("/etc", made)  # the account (or anyone who could) put a link there
+    assert private_tmp(str(account_home), nobody, nobody) is None
+    assert os.stat("/etc").st_uid == 0  # not taken over
+    os.unlink(made)
+    os.mkdir(made)  # a folder someone else (root here) owns
+    assert private_tmp(str(account_home), nobody, nobody) is None
+    os.rmdir(made)
+    assert private_tmp(str(tmp_path), nobody, nobody) is None  # a home not the account's
+    assert not (tmp_path / PRIVATE_TMP).exists()
 
 
 def test_a_replica_account_cannot_read_another_owners_staged_artifacts(platform, world, other_scientist):

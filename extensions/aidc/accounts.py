@@ -73,8 +73,59 @@ class RunAs:
         return {"user": self.uid, "group": self.gid, "extra_groups": list(self.groups)}
 
     def environment(self, env: dict[str, str]) -> dict[str, str]:
-        """``env`` with this account's ``HOME``, ``USER`` and ``LOGNAME``."""
-        return {**env, "HOME": self.home, "USER": self.name, "LOGNAME": self.name}
+        """``env`` with this account's ``HOME``, ``USER``, ``LOGNAME`` and ``TMPDIR`` (its
+        private temporary folder, :func:`private_tmp`, made if missing)."""
+        return {**env, "HOME": self.home, "USER": self.name, "LOGNAME": self.name,
+                **tmpdir_env(self.home, self.uid, self.gid)}
+
+
+#: each account's own temporary folder, in its home (``TMPDIR`` of its processes)
+PRIVATE_TMP = ".tmp"
+
+
+def private_tmp(home: str, uid: int, gid: int) -> str | None:
+    """``<home>/.tmp``, made (0700, the account's) if missing; None where it cannot be.
+
+    The shared ``/tmp`` is a place where any account can create a name first: a folder
+    another program expects to make (``/tmp/dask-scratch-space``,
+    ``/tmp/torchinductor_<user>``, ...) can be made by someone else beforehand and then
+    read, or filled with what that program will load. Every process the platform starts
+    for an account (its server and kernels, its jobs' kernels, its model replicas) gets
+    this folder as ``TMPDIR`` instead, which Python's ``tempfile``, Dask and most tools
+    honour. It is made by root from a descriptor of the home, never by following a name:
+    a home that is not the account's, or a ``.tmp`` that is not a folder of the account's
+    (a link, say), gets no private folder (the system's is used, as before)."""
+    try:
+        home_fd = os.open(home, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        if os.fstat(home_fd).st_uid != uid:
+            return None
+        try:
+            os.mkdir(PRIVATE_TMP, 0o700, dir_fd=home_fd)
+            made = True
+        except FileExistsError:
+            made = False
+        fd = os.open(PRIVATE_TMP, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=home_fd)
+        try:
+            if made and os.fstat(fd).st_uid != uid:
+                os.fchown(fd, uid, gid)
+            elif os.fstat(fd).st_uid != uid:
+                return None
+        finally:
+            os.close(fd)
+    except OSError:
+        return None
+    finally:
+        os.close(home_fd)
+    return os.path.join(home, PRIVATE_TMP)
+
+
+def tmpdir_env(home: str, uid: int, gid: int) -> dict[str, str]:
+    """``{"TMPDIR": <private folder>}`` for the account, or nothing when it has none."""
+    folder = private_tmp(home, uid, gid)
+    return {"TMPDIR": folder} if folder else {}
 
 
 def running_as_root() -> bool:
@@ -167,6 +218,7 @@ def create_account(unix_name: str, data_dir: str | os.PathLike | None = None) ->
     home.mkdir(mode=0o700, exist_ok=True)
     os.chown(home, pw.pw_uid, pw.pw_gid)
     os.chmod(home, 0o700)
+    private_tmp(pw.pw_dir, pw.pw_uid, pw.pw_gid)
     return pw
 
 

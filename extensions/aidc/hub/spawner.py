@@ -95,6 +95,7 @@ class SystemUserSpawner(ListeningStartMixin, AuditedSpawnerMixin, GPUAllocationM
         env["LOGNAME"] = pw.pw_name
         env["HOME"] = pw.pw_dir
         env["SHELL"] = pw.pw_shell or "/bin/bash"
+        env.update(accounts.tmpdir_env(pw.pw_dir, pw.pw_uid, pw.pw_gid))  # not the shared /tmp
         return env
 
     async def start(self):

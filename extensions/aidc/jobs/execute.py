@@ -277,6 +277,7 @@ def run_job(spec: dict) -> dict:
     """
     from distributed import get_worker
 
+    from ..accounts import tmpdir_env
     from .kernels import RunAs, get_launcher
 
     worker = get_worker()
@@ -316,8 +317,10 @@ def run_job(spec: dict) -> dict:
         user = run_as.name if run_as else os.environ.get("USER", "aidc")
         if run_as is None:  # development mode: the home may not exist yet (as the owner, the launcher checks it)
             os.makedirs(spec["cwd"], exist_ok=True)
-        km = get_launcher().kernel_manager(
-            env=kernel_env(spec, home, user), cwd=spec["cwd"], run_as=run_as)
+        env = kernel_env(spec, home, user)
+        # the owner's private temporary folder, not the shared /tmp (accounts.private_tmp)
+        env.update(run_as.environment({}) if run_as else tmpdir_env(home, os.getuid(), os.getgid()))
+        km = get_launcher().kernel_manager(env=env, cwd=spec["cwd"], run_as=run_as)
         attempt.km = km
         if spec.get("timeout"):
             timer = threading.Timer(float(spec["timeout"]), attempt.stop, args=("timeout",))
