@@ -47,8 +47,14 @@ def test_stop_leaves_no_process_behind(fresh_platform, sig, twice):
     def command(proc: psutil.Process) -> str:
         try:
             return " ".join(proc.cmdline())
-        except psutil.ZombieProcess:  # ended between the listing and now: not a leftover
+        except psutil.NoSuchProcess:  # ended between the listing and now: not a leftover
             return ""
+
+    def account(proc: psutil.Process) -> str | None:
+        try:
+            return proc.username()
+        except psutil.NoSuchProcess:  # as above
+            return None
     commands = " ".join(command(proc) for proc in procs)
     assert "configurable-http-proxy" in commands
     # the public edge (aidc.hub.edge): nginx, configured in a private folder that goes with it
@@ -56,7 +62,7 @@ def test_stop_leaves_no_process_behind(fresh_platform, sig, twice):
     assert edge in procs
     assert os.stat(edge_folder).st_mode & 0o777 == 0o700
     assert "aidc.hub.singleuser" in commands
-    user_procs = [proc for proc in procs if proc.username() == p.prefix + user.name]
+    user_procs = [proc for proc in procs if account(proc) == p.prefix + user.name]
     assert user_procs, "the user's server runs as the user's Unix account"
     from aidc.models.sandbox import run_root
     staging = run_root(str(p.data_dir))  # where model replicas get their artifact copies
