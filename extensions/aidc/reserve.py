@@ -62,27 +62,30 @@ class Reservation:
 
     def __init__(self, f: IO[bytes], total: int | None = None):
         self.fd = _fd_of(f) if _fallocate is not None and ENABLED else None
-        self.reserved = 0
-        if total and self.fd is not None:
+        self.reserved = 0  # reserved up to this offset
+        self.tried = False  # asked for blocks at least once (a failed ask may leave some)
+        self.reserving = self.fd is not None
+        if total and self.reserving:
             self._reserve(total)
 
     def cover(self, end: int) -> None:
         """Reserve blocks at least up to the offset ``end`` (and some more, in steps)."""
-        if self.fd is not None and end > self.reserved:
+        if self.reserving and end > self.reserved:
             self._reserve(max(end, self.reserved + min(max(self.reserved, end), MAX_STEP)))
 
     def _reserve(self, end: int) -> None:
+        self.tried = True
         if _fallocate(self.fd, KEEP_SIZE, self.reserved, end - self.reserved) == 0:
             self.reserved = end
         else:  # no fallocate here, or no space: the writes say so themselves
-            self.fd = None
+            self.reserving = False
 
     def release(self, f: IO[bytes]) -> None:
         """Give back the blocks reserved past the end written (``f`` is flushed first)."""
-        if self.fd is None or not self.reserved:
+        if not self.tried:
             return
+        self.tried = self.reserving = False
         f.flush()
-        size = os.fstat(self.fd).st_size
-        if self.reserved > size:
-            os.ftruncate(self.fd, size)  # at its own length: only what lies past it goes
-        self.reserved = 0
+        # at its own length: only what lies past the end goes (also what a failed ask
+        # for more may have left)
+        os.ftruncate(self.fd, os.fstat(self.fd).st_size)
