@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import itertools
+import tempfile
 import threading
 import time
 from types import SimpleNamespace
@@ -107,6 +108,7 @@ class FakeWorker:
     def __init__(self, client: FakeDaskClient):
         self.client = client
         self.address = f"tcp://fake-worker-{next(self._numbers)}:8786"
+        self.local_directory = tempfile.gettempdir()  # the worker's scratch
         self.alive = True
         self.kernels: list[FakeKernel] = []
 
@@ -220,6 +222,10 @@ class FakeTask:
         return True
 
     # -- executing mode --------------------------------------------------------------
+    def start(self) -> None:
+        """A worker takes the task now (``FakeDaskClient(start_later=True)``)."""
+        self._start()
+
     def _start(self) -> None:
         worker = FakeWorker(self.client)
         self.workers.append(worker)
@@ -250,9 +256,13 @@ class FakeDaskClient:
     worker threads (see the module docstring) instead of leaving them to the test.
     """
 
-    def __init__(self, threads: int = 8, execute: bool = False, responsive: bool = True):
+    def __init__(self, threads: int = 8, execute: bool = False, responsive: bool = True,
+                 start_later: bool = False):
         self.threads = threads
         self.execute = execute
+        #: executing tasks wait for the test's ``task.start()`` (Dask's queue before a
+        #: worker takes the task)
+        self.start_later = start_later
         self.responsive = responsive
         self.tasks: list[FakeTask] = []
         #: every ``Client.run`` call: (function name, args)
@@ -270,7 +280,7 @@ class FakeDaskClient:
         key = key or f"{getattr(fn, '__name__', 'task')}-{len(self.tasks)}"
         task = FakeTask(self, fn, args, key)
         self.tasks.append(task)
-        if self.execute:
+        if self.execute and not self.start_later:
             task._start()
         return task.future
 

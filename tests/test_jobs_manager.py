@@ -320,6 +320,24 @@ async def test_cancel_while_queued_for_gpus_drops_the_gpu_request(jobs):
     assert jobs.client.stops(waiting) == []  # nothing ran, nothing to stop
 
 
+async def test_a_cancel_before_the_task_reaches_a_worker_starts_no_kernel(jobs, kernels):
+    # the job runs (its task is on the cluster) but no worker has taken the task yet, so
+    # the service's stop_job finds nothing to stop; the task then starts: it must find the
+    # attempt cancelled and start no kernel (it used to run its whole notebook, holding a
+    # worker, while the job already showed cancelled)
+    kernels.behaviour = lambda env: "hang"
+    await jobs.start(FakeDaskClient(execute=True, start_later=True), cancel_grace=30)
+    job = jobs.submit()
+    task = await jobs.task(job)
+    await jobs.manager.cancel(job)
+    assert jobs.client.stops(job) == ["cancel"]  # asked, and nobody had it
+    task.start()
+    view = await jobs.status(job, "cancelled")
+    assert view["error"] is None and view["attempt"] == 1
+    await until(lambda: task.done, what="the task ended")
+    assert kernels.started == []
+
+
 async def test_cancel_during_retry_backoff_ends_the_job(jobs):
     await jobs.start()
     job = jobs.submit(retries=3)

@@ -278,7 +278,14 @@ def test_widgets_act_in_a_kernel_of_my_server_and_show_its_gpu_and_a_job_in_voil
 
         # meanwhile the job runs: a monitor follows it cell by cell to its end
         monitor = JobMonitor(job_id, client=client, refresh_seconds=0.3)
-        poll(lambda: monitor.status, lambda s: s in ("completed", "failed", "cancelled"), timeout=180)
+        try:
+            poll(lambda: monitor.status, lambda s: s in ("completed", "failed", "cancelled"), timeout=180)
+        except AssertionError as e:  # say what the monitor and the service saw
+            events = client.get_json(f"services/jobs/api/jobs/{job_id}/events")["events"]
+            raise AssertionError(
+                f"{e}; monitor refreshing={monitor.refreshing} message={monitor.message.value!r}; "
+                f"the job now: {client.get_json(f'services/jobs/api/jobs/{job_id}')}; "
+                f"its events: {events}") from None
         assert monitor.status == "completed", monitor.data
         assert monitor.cells and set(monitor.cells.values()) == {"ok"}
         assert monitor.progress.value == monitor.progress.max == monitor.data["progress"]["cells"]

@@ -301,9 +301,14 @@ def run_job(spec: dict) -> dict:
         # Dask re-runs a task whose worker died (``allowed-failures`` of an external
         # scheduler): aidc decides about retries itself, so a second start of the same
         # attempt only reports the loss and the service retries or fails the job.
-        marker = spec["output_url"].rsplit("/", 1)[0] + f"/attempt-{spec['attempt']}.started"
+        marker = attempt_marker(spec["output_url"], spec["attempt"], "started")
         if artifacts.read_bytes(marker) is not None:
             return {"status": "lost", "error": "the worker running the job died"}
+        # cancelled before this task was registered above (the service's stop_job then
+        # found nothing to stop here): its marker says so, and nothing runs
+        if artifacts.exists(attempt_marker(spec["output_url"], spec["attempt"], "cancel")):
+            attempt.stop("cancel")
+            return _stopped(attempt, spec)
         artifacts.write_bytes(marker, worker.address.encode())
         raw = artifacts.read_bytes(spec["input_url"])
         if raw is None:
@@ -322,6 +327,8 @@ def run_job(spec: dict) -> dict:
         env.update(run_as.environment({}) if run_as else tmpdir_env(home, os.getuid(), os.getgid()))
         km = get_launcher().kernel_manager(env=env, cwd=spec["cwd"], run_as=run_as)
         attempt.km = km
+        if attempt.stop_reason is not None:  # stopped while the kernel was being prepared
+            return _stopped(attempt, spec)
         if spec.get("timeout"):
             timer = threading.Timer(float(spec["timeout"]), attempt.stop, args=("timeout",))
             timer.daemon = True
@@ -374,6 +381,13 @@ def run_job(spec: dict) -> dict:
         if tmpdir:
             import shutil
             shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def attempt_marker(output_url: str, attempt: int, what: str) -> str:
+    """The artifact-store marker ``what`` of a job's attempt, beside its output: ``started``
+    (written by the worker that runs it: a second start means the first worker died) and
+    ``cancel`` (written by the service before it asks the workers to stop the attempt)."""
+    return output_url.rsplit("/", 1)[0] + f"/attempt-{attempt}.{what}"
 
 
 def _stopped(attempt: _Attempt, spec: dict) -> dict | None:

@@ -36,7 +36,7 @@ from ..security import audit
 from ..services.fields import integer, seconds
 from . import notebooks, parameters
 from .artifacts import ArtifactStore
-from .execute import TOPIC, run_job, stop_job
+from .execute import TOPIC, attempt_marker, run_job, stop_job
 from ..security.redact import Redactor, SecretValues
 from .store import CANCELLED, COMPLETED, FAILED, FINAL, QUEUED, RUNNING, JobStore
 from .views import job_view, sweep_view
@@ -596,6 +596,12 @@ class JobManager(LoggingConfigurable):
                 self._notify(job_id)
                 return self.store.job(job_id)
             job = self.store.job(job_id)
+        # first the marker, then the workers: an attempt that registers on its worker after
+        # stop_job looked there finds the marker before it starts its kernel
+        try:
+            self.artifacts.write_bytes(attempt_marker(job["output_url"], job["attempt"], "cancel"), b"")
+        except Exception as e:  # noqa: BLE001 - the stop below and the deadline still apply
+            self.log.warning("aidc jobs: could not mark %s cancelled: %s", job_id, e)
         if self.client is not None:
             try:
                 await self.client.run(stop_job, job_id, "cancel")
