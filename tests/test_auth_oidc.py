@@ -123,7 +123,8 @@ def idp(tmp_path_factory):
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             ["node", str(IDP_DIR / "provider.mjs"), "--port", "0",
-             "--accounts", str(accounts_file), "--registration-token", token],
+             # one argument: a token that starts with "-" would read as an option
+             "--accounts", str(accounts_file), f"--registration-token={token}"],
             cwd=IDP_DIR, stdout=subprocess.PIPE, stderr=log, start_new_session=True,
         )
     try:
