@@ -31,6 +31,7 @@ from playwright.sync_api import sync_playwright
 import aidc
 from aidc.client import Client
 from aidc.errors import ConflictError, NotFoundError
+from aidc.jobs.client import API as JOBS_API
 from aidc.widgets import GPUGauge, JobLauncher, JobMonitor, ModelDeployer, ResourceRequest
 from aidc.widgets.fields import ParameterField
 from jobs_helpers import home, notebook, put, wait_service
@@ -281,10 +282,10 @@ def test_widgets_act_in_a_kernel_of_my_server_and_show_its_gpu_and_a_job_in_voil
         try:
             poll(lambda: monitor.status, lambda s: s in ("completed", "failed", "cancelled"), timeout=180)
         except AssertionError as e:  # say what the monitor and the service saw
-            events = client.get_json(f"services/jobs/api/jobs/{job_id}/events")["events"]
+            events = client.get_json(f"{JOBS_API}/jobs/{job_id}/events")["events"]
             raise AssertionError(
                 f"{e}; monitor refreshing={monitor.refreshing} message={monitor.message.value!r}; "
-                f"the job now: {client.get_json(f'services/jobs/api/jobs/{job_id}')}; "
+                f"the job now: {client.get_json(f'{JOBS_API}/jobs/{job_id}')}; "
                 f"its events: {events}") from None
         assert monitor.status == "completed", monitor.data
         assert monitor.cells and set(monitor.cells.values()) == {"ok"}
