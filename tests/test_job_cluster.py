@@ -242,6 +242,71 @@ async def test_a_scratch_folder_of_another_account_is_refused(monkeypatch, tmp_p
         await JobCluster(n_workers=1, scratch_root=str(planted)).start()
 
 
+async def test_a_scratch_folder_others_can_change_on_the_way_is_refused(monkeypatch, tmp_path):
+    """The folder itself may be root's: a folder above it that others can write lets them
+    rename it away and put a link there. Checked before the folder is made, so nothing is
+    created through such a place either."""
+    monkeypatch.delenv("AIDC_DASK_SCHEDULER", raising=False)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # writable by every account, not sticky
+    with pytest.raises(PlatformError, match=r"shared can be written by every account"):
+        await JobCluster(n_workers=1, scratch_root=str(shared / "jobs" / "scratch")).start()
+    assert list(shared.iterdir()) == []  # nothing made below it
+    (shared / "dask").mkdir(mode=0o700)  # made by root beforehand: the place is still unsafe
+    with pytest.raises(PlatformError, match=r"c\.JobCluster\.local_directory.*every account"):
+        await JobCluster(n_workers=1, local_directory=str(shared / "dask")).start()
+    group = tmp_path / "group"
+    group.mkdir()
+    os.chown(group, 0, 65534)
+    group.chmod(0o770)  # another group's members may write
+    with pytest.raises(PlatformError, match=r"group can be written by its group"):
+        await JobCluster(n_workers=1, local_directory=str(group / "dask")).start()
+
+    # accepted: a sticky folder on the way (as /tmp), a link nobody else can change
+    sticky = tmp_path / "sticky"
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    assert JobCluster(local_directory=str(sticky / "dask"))._scratch() == str(sticky / "dask")
+    assert (sticky / "dask").stat().st_mode & 0o777 == 0o700
+    (tmp_path / "link").symlink_to(sticky / "dask")
+    assert JobCluster(local_directory=str(tmp_path / "link"))._scratch() == str(tmp_path / "link")
+    # ... but not a link to a place others can change
+    (tmp_path / "link-to-shared").symlink_to(shared / "dask")
+    with pytest.raises(PlatformError, match=r"shared can be written by every account"):
+        JobCluster(local_directory=str(tmp_path / "link-to-shared"))._scratch()
+
+
+def test_a_job_writes_its_output_in_the_worker_scratch_only_where_others_cannot_change_it(
+        tmp_path, caplog):
+    """An external worker started without --local-directory keeps its scratch in
+    /tmp/dask-scratch-space, which any account may have made first: the job's plaintext
+    output then goes to a private folder in the system's temporary folder instead."""
+    from aidc.jobs.execute import job_scratch
+
+    own = tmp_path / "scratch" / "worker-1"
+    own.mkdir(parents=True, mode=0o700)
+    made = Path(job_scratch(str(own)))
+    assert made.parent == own and made.name.startswith("aidc-job-")
+    assert made.stat().st_mode & 0o777 == 0o700 and made.stat().st_uid == os.getuid()
+
+    planted = tmp_path / "dask-scratch-space"  # as another account would plant it
+    planted.mkdir(mode=0o755)
+    os.chown(planted, 65534, 65534)
+    (planted / "worker-2").mkdir()  # the worker's own folder inside, root's
+    caplog.set_level(logging.WARNING, logger="distributed.worker")
+    for _ in range(2):
+        made = Path(job_scratch(str(planted / "worker-2")))
+        assert made.parent == Path(tempfile.gettempdir()) and made.name.startswith("aidc-job-")
+        assert made.stat().st_mode & 0o777 == 0o700
+        made.rmdir()
+    assert list((planted / "worker-2").iterdir()) == []  # nothing written where it steers
+    warnings = [r.getMessage() for r in caplog.records if "aidc: jobs' working output" in r.getMessage()]
+    assert len(warnings) == 1, warnings  # once per worker process and folder
+    assert "belongs to another account (uid 65534)" in warnings[0]
+    assert "--local-directory" in warnings[0]
+
+
 async def test_worker_plugins_are_registered_on_every_worker(monkeypatch, tmp_path):
     monkeypatch.delenv("AIDC_DASK_SCHEDULER", raising=False)
     from distributed import WorkerPlugin
@@ -383,10 +448,13 @@ def external_cluster(tmp_path):
     tls = write_tls_files(tmp_path)
     tls_args = ["--tls-ca-file", tls["ca"], "--tls-cert", tls["cert"], "--tls-key", tls["key"]]
 
+    # their scratch as hub_config/dask/README.md says: never the shared /tmp/dask-scratch-space
+    env = {**os.environ, "DASK_TEMPORARY_DIRECTORY": str(tmp_path)}
+
     def spawn(*args):
         p = subprocess.Popen([DASK, *args], stdout=subprocess.DEVNULL,
                              stderr=open(tmp_path / f"log{len(procs)}", "w"),
-                             start_new_session=True, cwd=tmp_path)
+                             start_new_session=True, cwd=tmp_path, env=env)
         procs.append(p)
         return p
 

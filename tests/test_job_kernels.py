@@ -778,8 +778,11 @@ def _job_in_worker(cwd: str) -> dict:
 def test_worker_plugin(tmp_path):
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=1, threads_per_worker=2, processes=True, dashboard_address=None,
-                      worker_dashboard_address=None) as cluster, Client(cluster) as client:
+    import dask
+
+    with dask.config.set({"temporary-directory": str(tmp_path)}), \
+            LocalCluster(n_workers=1, threads_per_worker=2, processes=True, dashboard_address=None,
+                         worker_dashboard_address=None) as cluster, Client(cluster) as client:
         client.register_plugin(KernelLauncherPlugin())
         results = client.gather([client.submit(_job_in_worker, str(tmp_path), pure=False)
                                  for _ in range(3)])

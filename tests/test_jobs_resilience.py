@@ -41,6 +41,8 @@ def cluster(tmp_root):
     workdir.mkdir()
     sched_file = workdir / "scheduler.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("JUPYTERHUB")}
+    # as hub_config/dask/README.md says: never the shared /tmp/dask-scratch-space
+    env["DASK_TEMPORARY_DIRECTORY"] = str(workdir)
     tls = write_tls_files(workdir)  # mutual TLS, as an external cluster must have
     tls_args = ["--tls-ca-file", tls["ca"], "--tls-cert", tls["cert"], "--tls-key", tls["key"]]
     scheduler = subprocess.Popen(

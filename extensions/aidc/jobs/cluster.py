@@ -86,6 +86,7 @@ from traitlets.config import LoggingConfigurable
 from .. import process
 from ..errors import PlatformError
 from ..process import parent_death_signal as pdeathsig  # noqa: F401 - for checks and tests
+from ..security.folders import others_can_change
 
 #: the kinds :meth:`JobCluster.describe` reports
 LOCAL, LOCAL_CUDA = "local", "local-cuda"
@@ -173,6 +174,30 @@ def import_object(path: str) -> Any:
         raise PlatformError(f"cannot import {path!r}: {e}") from None
     return obj
 
+
+
+def _checked_scratch(path: str, setting: str, link: bool = True) -> str:
+    """``path`` made (0700) if missing, and checked: a folder of this account that no other
+    account can change, nor any folder above it (:mod:`aidc.security.folders`). The workers
+    run as root: a scratch folder another account can change would let that account steer
+    their writes. ``link``: ``path`` may be a link (to such a folder)."""
+    existing = os.path.abspath(path)
+    while not os.path.lexists(existing):  # check where the folder would be made first
+        existing = os.path.dirname(existing)
+    reason = others_can_change(existing) if existing != os.path.abspath(path) else None
+    if reason is None:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        info = os.stat(path) if link else os.lstat(path)
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+            reason = f"it is not a folder of this account (uid {os.getuid()})"
+        else:
+            reason = others_can_change(path)
+    if reason is not None:
+        raise PlatformError(
+            f"the jobs' scratch folder {path} (from {setting}) is not safe for the Dask "
+            f"workers, which run as root: {reason}. Use a folder that only root can change "
+            "(remove or fix it and start again)")
+    return path
 
 class JobCluster(LoggingConfigurable):
     """Which Dask cluster the jobs service runs notebooks on, and the client to it."""
@@ -357,7 +382,8 @@ class JobCluster(LoggingConfigurable):
         `<data dir>/jobs/scratch`, or, without a data directory, a private temporary
         folder removed at close. Never Dask's own default, `/tmp/dask-scratch-space`:
         any account on the machine can create that folder first, and the workers, which
-        run as root, would then write into a folder that account controls.""",
+        run as root, would then write into a folder that account controls. A folder that
+        other accounts can change (it, or a folder above it) is refused at start.""",
     )
     scratch_root = Unicode(
         "",
@@ -665,17 +691,12 @@ class JobCluster(LoggingConfigurable):
     def _scratch(self) -> str:
         """The embedded workers' scratch folder, private to this process's account."""
         if self.local_directory:
-            return self.local_directory
+            return _checked_scratch(self.local_directory, "c.JobCluster.local_directory")
         if not self.scratch_root:
             if self._temporary_scratch is None:
                 self._temporary_scratch = tempfile.mkdtemp(prefix="aidc-dask-")  # 0700, new
             return self._temporary_scratch
-        os.makedirs(self.scratch_root, mode=0o700, exist_ok=True)
-        info = os.lstat(self.scratch_root)
-        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
-            raise PlatformError(
-                f"the jobs' scratch folder {self.scratch_root} is not a folder of this "
-                f"account (uid {os.getuid()}); remove it and start again")
+        _checked_scratch(self.scratch_root, "the platform's data directory", link=False)
         os.chmod(self.scratch_root, 0o700)
         return self.scratch_root
 

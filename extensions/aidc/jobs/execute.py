@@ -15,6 +15,7 @@ user's code; papermill has then already saved the partial output notebook.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import tempfile
@@ -31,6 +32,7 @@ from papermill.exceptions import PapermillExecutionError
 from .. import artifacts
 from . import jobkeys
 from .metrics import DATASET_MIME, MIME
+from ..security.folders import others_can_change
 from ..security.redact import Redactor, StreamRedactor
 
 #: Dask event topic of job progress
@@ -334,9 +336,7 @@ def run_job(spec: dict) -> dict:
             timer.daemon = True
             timer.start()
         if local_output is None:
-            # in the worker's own scratch (private; Dask removes a dead worker's folder
-            # when the next one starts), so a killed worker leaves no plaintext behind
-            tmpdir = tempfile.mkdtemp(prefix="aidc-job-", dir=worker.local_directory)
+            tmpdir = job_scratch(worker.local_directory)
             local_output = os.path.join(tmpdir, "output.ipynb")
         else:
             os.makedirs(os.path.dirname(local_output), exist_ok=True)
@@ -381,6 +381,32 @@ def run_job(spec: dict) -> dict:
         if tmpdir:
             import shutil
             shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def job_scratch(local_directory: str | None) -> str:
+    """A new private folder (0700) for an attempt's working output.
+
+    In the worker's own scratch folder when only root can change it and the folders above
+    it: Dask removes a dead worker's folder when the next one starts, so a killed worker
+    leaves no plaintext behind. Otherwise in the system's temporary folder, with a warning
+    in the worker's log once: an external worker started without ``--local-directory``
+    keeps its scratch in ``/tmp/dask-scratch-space``, which any account can create first
+    and then steer root's writes inside it (``hub_config/dask/README.md``)."""
+    reason = (others_can_change(local_directory) if local_directory
+              else "the worker has no scratch folder")
+    if reason is None:
+        return tempfile.mkdtemp(prefix="aidc-job-", dir=local_directory)
+    if local_directory not in _unsafe_scratch_warned:
+        _unsafe_scratch_warned.add(local_directory)
+        logging.getLogger("distributed.worker").warning(
+            "aidc: jobs' working output goes to %s, not this worker's scratch folder %s: %s. "
+            "Start the worker with --local-directory on a folder only root can change",
+            tempfile.gettempdir(), local_directory, reason)
+    return tempfile.mkdtemp(prefix="aidc-job-")
+
+
+#: scratch folders already warned about in this worker process
+_unsafe_scratch_warned: set[str | None] = set()
 
 
 def attempt_marker(output_url: str, attempt: int, what: str) -> str:
