@@ -24,6 +24,10 @@ A secret's name is the caller's own: another scientist's ``PUT`` of the owner's 
 makes a secret of theirs (allowed), and the owner's is still read and deleted by the owner.
 Not rows: deleting a job, a sweep, a model or a dataset, which no API offers.
 
+Beyond the public URL, another Unix account asks every TCP port the platform's processes
+listen on, directly and without credentials
+(:func:`test_every_port_the_platform_listens_on_refuses_another_account`).
+
 Cells covered elsewhere, and not repeated: a replica's socket answers no other account
 (``test_models_security.test_replicas_answer_no_local_account_without_a_token``), a revoked
 token is refused within seconds once cached (``test_revocation``), an expired or removed
@@ -350,6 +354,114 @@ def test_every_process_of_an_account_has_its_own_temporary_folder(platform, worl
         assert replica.environ().get("TMPDIR") == str(private)
 
 
+#: what another account on the machine tries on every port the platform listens on: an
+#: HTTP GET of each path without credentials (a port that does not answer HTTP within
+#: 1.5 s is not asked again), and a read of each file named
+_PORT_PROBE = r'''
+import http.client, json, sys
+from concurrent.futures import ThreadPoolExecutor
+ports, paths, files = json.loads(sys.argv[1]), json.loads(sys.argv[2]), json.loads(sys.argv[3])
+
+def get(port, path, timeout):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        c.request("GET", path)
+        r = c.getresponse()
+        return [path, r.status, r.read(4096).decode("latin-1")]
+    finally:
+        c.close()
+
+def probe(port):
+    try:  # not HTTP (a kernel's ZeroMQ, Dask's TLS, gRPC's HTTP/2): no answer, or no HTTP one
+        first = get(port, paths[0], 1.5)
+    except (OSError, http.client.HTTPException) as e:
+        return [[paths[0], None, type(e).__name__]]
+    seen = [first]
+    for path in paths[1:]:
+        try:
+            seen.append(get(port, path, 5))
+        except (OSError, http.client.HTTPException) as e:
+            seen.append([path, None, type(e).__name__])
+    return seen
+
+def read(path):
+    try:
+        open(path).read(1)
+        return "READ"
+    except PermissionError:
+        return "refused"
+    except OSError as e:
+        return type(e).__name__
+
+with ThreadPoolExecutor(16) as pool:
+    answers = dict(zip(map(str, ports), pool.map(probe, ports)))
+print(json.dumps({"ports": answers, "files": {f: read(f) for f in files}}))
+'''
+
+#: programs whose ports speak no HTTP, each with an authentication of its own: a kernel's
+#: ZeroMQ (messages signed with the key in its connection file), the jobs service's Dask
+#: (mutual TLS), the gRPC front (HTTP/2 only; a hub token in each call)
+_OWN_AUTH = ("ipykernel_launcher", "aidc.jobs.service", "multiprocessing.spawn", "aidc-grpc-front")
+
+
+def _platform_listeners(platform, uids: set[int]) -> dict[int, list[str]]:
+    """TCP ports listened on by the platform's processes (the hub's tree and the test
+    accounts' processes): port -> the program's command line."""
+    tree = {platform.proc.pid} | {p.pid for p in psutil.Process(platform.proc.pid).children(recursive=True)}
+    ports = {}
+    for conn in psutil.net_connections("tcp"):
+        if conn.status != psutil.CONN_LISTEN or not conn.pid:
+            continue
+        try:
+            proc = psutil.Process(conn.pid)
+            if conn.pid in tree or proc.uids().real in uids:
+                ports[conn.laddr.port] = proc.cmdline()
+        except psutil.NoSuchProcess:
+            continue
+    return ports
+
+
+def test_every_port_the_platform_listens_on_refuses_another_account(platform, world, other_scientist):
+    """Rule 7 over the whole machine: another account lists the platform's ports (the hub,
+    the edge, CHP's API, every service, the router, the user's server and kernels, the
+    dashboards' kernels, Dask) and asks each, without credentials, for what it would
+    want: not one answers with data (no 2xx), every port that speaks no HTTP belongs to a
+    program with an authentication of its own, and the kernels' signing keys are not
+    readable to it."""
+    owner = world["owner"]
+    names = world["names"]
+    uids = {home(platform, u).stat().st_uid for u in (owner, other_scientist)}
+    ports = _platform_listeners(platform, uids)
+    programs = {" ".join(cmd) for cmd in ports.values()}
+    for kind in ("aidc.models.router", "aidc.models.service", "aidc.jobs.service", "aidc.data.service",
+                 "aidc.hub.singleuser", "ipykernel_launcher", "configurable-http-proxy", "nginx"):
+        assert any(kind in p for p in programs), f"no port of {kind} found: the sweep would miss it"
+    paths = ["/", "/hub/api/users", f"/hub/api/users/{owner.name}", "/hub/metrics", "/api/routes",
+             "/api/contents", "/api/kernels", "/api/sessions", f"/user/{owner.name}/api/contents/matrix",
+             f"/user/{owner.name}/api/kernels", "/metrics", "/json/identity.json", "/info/main/workers.html",
+             "/services/jobs/api/jobs", f"/services/jobs/api/jobs/{names['job']}", "/services/jobs/api/secrets",
+             "/services/models/api/models", f"/services/models/v2/models/{names['model']}",
+             f"/v2/models/{names['model']}", "/v2/models/stats", "/services/data/api/datasets",
+             f"/services/data/api/datasets/{names['dataset']}", "/services/metrics/metrics",
+             "/services/resources/api/gpus", "/services/dashboards/"]
+    connection_files = sorted({cmd[cmd.index("-f") + 1] for cmd in ports.values()
+                               if "ipykernel_launcher" in cmd and "-f" in cmd})
+    assert connection_files
+    r = subprocess.run(["runuser", "-u", unix_name(other_scientist.name, platform.prefix), "--",
+                        "/usr/bin/python3", "-c", _PORT_PROBE, json.dumps(sorted(ports)), json.dumps(paths),
+                        json.dumps(connection_files)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    seen = json.loads(r.stdout)
+    answered = {port: [(path, status) for path, status, _ in answers if status is not None and status < 300]
+                for port, answers in seen["ports"].items()}
+    assert not any(answered.values()), {f"{p} ({' '.join(ports[int(p)])[:80]})": a
+                                        for p, a in answered.items() if a}
+    silent = {" ".join(ports[int(p)])[:120] for p, answers in seen["ports"].items() if answers[0][1] is None}
+    assert all(any(kind in p for kind in _OWN_AUTH) for p in silent), silent
+    assert set(seen["files"].values()) == {"refused"}, seen["files"]
+
+
 def test_a_private_temporary_folder_is_made_only_where_it_is_safe(tmp_path):
     """Made by root from a descriptor of the home: never through a link, never in a home
     that is not the account's; an account then simply has none (the system's is used)."""
@@ -500,3 +612,5 @@ def test_a_server_cannot_forge_refusals(platform, world, other_scientist, viewer
     assert r.json() == {"recorded": 1, "ignored": 0}, r.text
     forged = [e for e in platform.audit_events() if e.get("target") == mine]
     assert [(e["actor"], e["service"]) for e in forged] == [(viewer.name, f"server:{owner.name}")]
+
+
