@@ -358,9 +358,10 @@ def test_every_process_of_an_account_has_its_own_temporary_folder(platform, worl
 #: HTTP GET of each path without credentials (a port that does not answer HTTP within
 #: 1.5 s is not asked again), and a read of each file named
 _PORT_PROBE = r'''
-import http.client, json, sys
+import http.client, json, socket, sys
 from concurrent.futures import ThreadPoolExecutor
 ports, paths, files = json.loads(sys.argv[1]), json.loads(sys.argv[2]), json.loads(sys.argv[3])
+sockets = json.loads(sys.argv[4])
 
 def get(port, path, timeout):
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
@@ -393,15 +394,48 @@ def read(path):
     except OSError as e:
         return type(e).__name__
 
+def connect(path):  # a path, or an abstract name ("@...")
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(2)
+    try:
+        s.connect("\0" + path[1:] if path.startswith("@") else path)
+        return "CONNECTED"
+    except PermissionError:
+        return "refused"
+    except OSError as e:
+        return type(e).__name__
+    finally:
+        s.close()
+
 with ThreadPoolExecutor(16) as pool:
     answers = dict(zip(map(str, ports), pool.map(probe, ports)))
-print(json.dumps({"ports": answers, "files": {f: read(f) for f in files}}))
+print(json.dumps({"ports": answers, "files": {f: read(f) for f in files},
+                  "sockets": {p: connect(p) for p in sockets}}))
 '''
 
 #: programs whose ports speak no HTTP, each with an authentication of its own: a kernel's
 #: ZeroMQ (messages signed with the key in its connection file), the jobs service's Dask
 #: (mutual TLS), the gRPC front (HTTP/2 only; a hub token in each call)
 _OWN_AUTH = ("ipykernel_launcher", "aidc.jobs.service", "multiprocessing.spawn", "aidc-grpc-front")
+
+
+def _platform_processes(platform, uids: set[int]):
+    """Whether a pid is one of the platform's processes (the hub's tree, the test accounts')."""
+    tree = {platform.proc.pid} | {p.pid for p in psutil.Process(platform.proc.pid).children(recursive=True)}
+
+    def ours(pid: int) -> bool:
+        try:
+            return pid in tree or psutil.Process(pid).uids().real in uids
+        except psutil.NoSuchProcess:
+            return False
+    return ours
+
+
+def _platform_sockets(platform, uids: set[int]) -> list[str]:
+    """The Unix sockets the platform's processes have bound (abstract ones as ``@name``)."""
+    ours = _platform_processes(platform, uids)
+    return sorted({"@" + c.laddr[1:] if c.laddr.startswith("\0") else c.laddr
+                   for c in psutil.net_connections("unix") if c.pid and c.laddr and ours(c.pid)})
 
 
 def _platform_listeners(platform, uids: set[int]) -> dict[int, list[str]]:
@@ -426,8 +460,8 @@ def test_every_port_the_platform_listens_on_refuses_another_account(platform, wo
     the edge, CHP's API, every service, the router, the user's server and kernels, the
     dashboards' kernels, Dask) and asks each, without credentials, for what it would
     want: not one answers with data (no 2xx), every port that speaks no HTTP belongs to a
-    program with an authentication of its own, and the kernels' signing keys are not
-    readable to it."""
+    program with an authentication of its own, the kernels' signing keys are not
+    readable to it, and no Unix socket of the platform lets it connect."""
     owner = world["owner"]
     names = world["names"]
     uids = {home(platform, u).stat().st_uid for u in (owner, other_scientist)}
@@ -447,9 +481,11 @@ def test_every_port_the_platform_listens_on_refuses_another_account(platform, wo
     connection_files = sorted({cmd[cmd.index("-f") + 1] for cmd in ports.values()
                                if "ipykernel_launcher" in cmd and "-f" in cmd})
     assert connection_files
+    sockets = _platform_sockets(platform, uids)
+    assert any(p.endswith("proxy.sock") for p in sockets) and any(p.endswith("r0.sock") for p in sockets)
     r = subprocess.run(["runuser", "-u", unix_name(other_scientist.name, platform.prefix), "--",
                         "/usr/bin/python3", "-c", _PORT_PROBE, json.dumps(sorted(ports)), json.dumps(paths),
-                        json.dumps(connection_files)],
+                        json.dumps(connection_files), json.dumps(sockets)],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     seen = json.loads(r.stdout)
@@ -460,6 +496,8 @@ def test_every_port_the_platform_listens_on_refuses_another_account(platform, wo
     silent = {" ".join(ports[int(p)])[:120] for p, answers in seen["ports"].items() if answers[0][1] is None}
     assert all(any(kind in p for kind in _OWN_AUTH) for p in silent), silent
     assert set(seen["files"].values()) == {"refused"}, seen["files"]
+    # and every Unix socket (CHP's, the replicas'; an abstract one would have no permissions)
+    assert set(seen["sockets"].values()) == {"refused"}, seen["sockets"]
 
 
 def test_a_private_temporary_folder_is_made_only_where_it_is_safe(tmp_path):
