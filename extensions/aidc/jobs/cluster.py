@@ -175,7 +175,6 @@ def import_object(path: str) -> Any:
     return obj
 
 
-
 def _checked_scratch(path: str, setting: str, link: bool = True) -> str:
     """``path`` made (0700) if missing, and checked: a folder of this account that no other
     account can change, nor any folder above it (:mod:`aidc.security.folders`). The workers
@@ -198,6 +197,7 @@ def _checked_scratch(path: str, setting: str, link: bool = True) -> str:
             f"workers, which run as root: {reason}. Use a folder that only root can change "
             "(remove or fix it and start again)")
     return path
+
 
 class JobCluster(LoggingConfigurable):
     """Which Dask cluster the jobs service runs notebooks on, and the client to it."""
