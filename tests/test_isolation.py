@@ -482,7 +482,10 @@ def test_every_port_the_platform_listens_on_refuses_another_account(platform, wo
                                if "ipykernel_launcher" in cmd and "-f" in cmd})
     assert connection_files
     sockets = _platform_sockets(platform, uids)
-    assert any(p.endswith("proxy.sock") for p in sockets) and any(p.endswith("r0.sock") for p in sockets)
+    replica_sockets = {cmd[cmd.index("--unix-socket") + 1] for cmd in
+                       (p.info["cmdline"] or [] for p in psutil.process_iter(["cmdline"]))
+                       if "aidc.models.server" in cmd and "--unix-socket" in cmd}
+    assert any(p.endswith("proxy.sock") for p in sockets) and replica_sockets & set(sockets)
     r = subprocess.run(["runuser", "-u", unix_name(other_scientist.name, platform.prefix), "--",
                         "/usr/bin/python3", "-c", _PORT_PROBE, json.dumps(sorted(ports)), json.dumps(paths),
                         json.dumps(connection_files), json.dumps(sockets)],
