@@ -42,6 +42,7 @@ import json
 import os
 import stat
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 
@@ -530,6 +531,12 @@ def test_a_private_temporary_folder_is_made_only_where_it_is_safe(tmp_path):
     os.unlink(made)
     os.mkdir(made)  # a folder someone else (root here) owns
     assert private_tmp(str(account_home), nobody, nobody) is None
+    # ... unless it is handed over a moment later: a second process of a new account
+    # (two jobs starting at once) finds the folder the first one made, not yet chowned
+    handover = threading.Timer(0.02, os.chown, args=(made, nobody, nobody))
+    handover.start()
+    assert private_tmp(str(account_home), nobody, nobody) == made
+    handover.join()
     os.rmdir(made)
     assert private_tmp(str(tmp_path), nobody, nobody) is None  # a home not the account's
     assert not (tmp_path / PRIVATE_TMP).exists()

@@ -111,7 +111,7 @@ def private_tmp(home: str, uid: int, gid: int) -> str | None:
         try:
             if made and os.fstat(fd).st_uid != uid:
                 os.fchown(fd, uid, gid)
-            elif os.fstat(fd).st_uid != uid:
+            elif not _handed_over(fd, uid):
                 return None
         finally:
             os.close(fd)
@@ -120,6 +120,18 @@ def private_tmp(home: str, uid: int, gid: int) -> str | None:
     finally:
         os.close(home_fd)
     return os.path.join(home, PRIVATE_TMP)
+
+
+def _handed_over(fd: int, uid: int, wait: float = 0.1) -> bool:
+    """Whether the folder ``fd`` is the account's, allowing a moment for a concurrent
+    :func:`private_tmp` (two jobs of a new account starting at once) that made it as root
+    to hand it over; one that stays another's is not used."""
+    deadline = time.monotonic() + wait
+    while os.fstat(fd).st_uid != uid:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
 
 
 def tmpdir_env(home: str, uid: int, gid: int) -> dict[str, str]:
