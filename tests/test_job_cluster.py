@@ -575,9 +575,12 @@ async def test_slurm_example_renders_a_batch_script_without_slurm(monkeypatch, t
     assert jc.cluster_kwargs["security"] is True  # the example is TLS
     # the certificate's copy for the workers goes to the shared folder (here: a local one)
     jc.cluster_kwargs = {**jc.cluster_kwargs, "shared_temp_directory": str(tmp_path)}
+    jc.scratch_root = str(tmp_path / "jobs" / "scratch")  # as the jobs service sets it
     with dask.config.set(jobqueue_config()):
-        # rendering needs neither sbatch nor a running scheduler
-        script = SLURMCluster(asynchronous=True, **jc.cluster_kwargs).job_script()
+        # rendering needs neither sbatch nor a running scheduler (its object, made here,
+        # keeps a scratch folder: not the shared /tmp/dask-scratch-space)
+        with dask.config.set({"temporary-directory": str(tmp_path / "render")}):
+            script = SLURMCluster(asynchronous=True, **jc.cluster_kwargs).job_script()
         assert script.startswith("#!/usr/bin/env bash")
         for directive in ("#SBATCH -J aidc-dask-worker", "#SBATCH -p gpu", "#SBATCH -A aidc",
                           "#SBATCH -n 1", "#SBATCH --cpus-per-task=8", "#SBATCH --mem=64GB",
@@ -597,6 +600,9 @@ async def test_slurm_example_renders_a_batch_script_without_slurm(monkeypatch, t
         try:
             described = jc.describe()
             assert described["kind"] == "managed" and described["workers"] == 0
+            # its scheduler runs in the service's process (as root): its scratch is the
+            # platform's private folder, not Dask's shared default in /tmp
+            assert Path(jc.cluster.scheduler.local_directory).is_relative_to(tmp_path / "jobs" / "scratch")
             assert described["address"].startswith("tls://127.0.0.1:")
             script = jc.cluster.job_script()
             assert "--tls-ca-file" in script and str(tmp_path) in script

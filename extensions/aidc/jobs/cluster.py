@@ -645,10 +645,19 @@ class JobCluster(LoggingConfigurable):
             raise
 
     async def _start_managed(self):
+        import dask
+
         cls = import_object(self.cluster_class)
         self._kind, self._owned = MANAGED, True
         try:
-            cluster = self.cluster = await cls(asynchronous=True, **self.cluster_kwargs)
+            # a cluster manager runs its scheduler in this process (as root), which keeps
+            # its scratch in Dask's temporary-directory: by default the shared
+            # /tmp/dask-scratch-space, which any account can create first
+            configured = dask.config.get("temporary-directory", None)
+            scratch = (_checked_scratch(configured, "Dask's temporary-directory setting")
+                       if configured else self._scratch())
+            with dask.config.set({"temporary-directory": scratch}):
+                cluster = self.cluster = await cls(asynchronous=True, **self.cluster_kwargs)
             if self.cluster_adapt:
                 await _maybe_await(cluster.adapt(**self.cluster_adapt))
             elif self.n_workers:
@@ -689,7 +698,8 @@ class JobCluster(LoggingConfigurable):
         return kwargs
 
     def _scratch(self) -> str:
-        """The embedded workers' scratch folder, private to this process's account."""
+        """The scratch folder of the embedded cluster (scheduler and workers) and of a
+        managed cluster's scheduler, private to this process's account."""
         if self.local_directory:
             return _checked_scratch(self.local_directory, "c.JobCluster.local_directory")
         if not self.scratch_root:
