@@ -466,9 +466,14 @@ def external_cluster(tmp_path):
         time.sleep(0.2)
     time.sleep(0.2)
     address = json.loads(scheduler_file.read_text())["address"]
-    for name, threads in (("one", "1"), ("two", "2")):
+    # worker "two" is misconfigured: 2 threads, and its scratch in a folder anyone can change
+    shared = tmp_path / "shared-scratch"
+    shared.mkdir()
+    os.chown(shared, 65534, 65534)
+    shared.chmod(0o777)
+    for name, threads, scratch in (("one", "1", []), ("two", "2", ["--local-directory", str(shared)])):
         spawn("worker", address, "--nthreads", threads, "--no-dashboard", "--host", "127.0.0.1",
-              "--name", name, *tls_args)
+              "--name", name, *scratch, *tls_args)
     yield {"address": address, "scheduler_file": str(scheduler_file), "procs": procs, "tls": tls}
     for p in procs:
         try:
@@ -496,8 +501,13 @@ async def test_external_scheduler_is_used_and_left_running(external_cluster, cap
         client = await cluster.start()
         await client.wait_for_workers(2, timeout=60)
         await cluster._warn_threads()
+        await cluster._warn_scratch()
     try:
         assert "has 2 threads" in caplog.text  # the misconfigured worker is named
+        scratch = [r.getMessage() for r in caplog.records if "keeps its scratch" in r.getMessage()]
+        # (once more if the worker had joined when start() asked): worker two's only
+        assert scratch and all("shared-scratch belongs to another account (uid 65534)" in m
+                               and "--local-directory" in m for m in scratch), scratch
         info = await client.run(about_this_process)
         assert len(info) == 2 and os.getpid() not in {i["pid"] for i in info.values()}
         assert all(i["pdeathsig"] == 0 for i in info.values())  # not ours to guard

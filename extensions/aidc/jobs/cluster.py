@@ -175,6 +175,13 @@ def import_object(path: str) -> Any:
     return obj
 
 
+def _scratch_problem(dask_worker) -> str | None:
+    """(Run on each worker.) Why its scratch folder is not root's alone, or None."""
+    from aidc.security.folders import others_can_change as check
+
+    return check(dask_worker.local_directory)
+
+
 def _checked_scratch(path: str, setting: str, link: bool = True) -> str:
     """``path`` made (0700) if missing, and checked: a folder of this account that no other
     account can change, nor any folder above it (:mod:`aidc.security.folders`). The workers
@@ -480,6 +487,7 @@ class JobCluster(LoggingConfigurable):
             await self._register_plugins()
             if kind == EXTERNAL:
                 await self._warn_threads()
+                await self._warn_scratch()
         except BaseException:
             await self.close()  # whatever was started (e.g. a cluster whose client failed)
             raise
@@ -822,6 +830,23 @@ class JobCluster(LoggingConfigurable):
                     "process, and papermill is not thread-safe; start workers with --nthreads 1",
                     address, w["nthreads"], w["nthreads"],
                 )
+
+    async def _warn_scratch(self) -> None:
+        """Name the external workers whose scratch folder other accounts can change (started
+        without ``--local-directory``: Dask's shared ``/tmp/dask-scratch-space``). Their
+        jobs' working output goes to ``/tmp`` instead (:func:`aidc.jobs.execute.job_scratch`),
+        but the workers' own files stay where another account can steer them."""
+        try:
+            problems = await self.client.run(_scratch_problem)
+        except Exception:  # a worker that cannot tell is not a reason to refuse the cluster
+            self.log.debug("could not ask the Dask workers about their scratch", exc_info=True)
+            return
+        for address, problem in problems.items():
+            if problem:
+                self.log.warning(
+                    "Dask worker %s, which runs as root, keeps its scratch where other accounts "
+                    "can change it (%s); start it with --local-directory on a folder only root "
+                    "can change (hub_config/dask/README.md)", address, problem)
 
     def kernel_threads(self) -> int | None:
         """CPU threads each job's kernel should give its math libraries, or None to leave them be.
