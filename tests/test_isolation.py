@@ -442,15 +442,13 @@ def _platform_sockets(platform, uids: set[int]) -> list[str]:
 def _platform_listeners(platform, uids: set[int]) -> dict[int, list[str]]:
     """TCP ports listened on by the platform's processes (the hub's tree and the test
     accounts' processes): port -> the program's command line."""
-    tree = {platform.proc.pid} | {p.pid for p in psutil.Process(platform.proc.pid).children(recursive=True)}
+    ours = _platform_processes(platform, uids)
     ports = {}
     for conn in psutil.net_connections("tcp"):
-        if conn.status != psutil.CONN_LISTEN or not conn.pid:
+        if conn.status != psutil.CONN_LISTEN or not conn.pid or not ours(conn.pid):
             continue
         try:
-            proc = psutil.Process(conn.pid)
-            if conn.pid in tree or proc.uids().real in uids:
-                ports[conn.laddr.port] = proc.cmdline()
+            ports[conn.laddr.port] = psutil.Process(conn.pid).cmdline()
         except psutil.NoSuchProcess:
             continue
     return ports

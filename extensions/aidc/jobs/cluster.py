@@ -177,9 +177,7 @@ def import_object(path: str) -> Any:
 
 def _scratch_problem(dask_worker) -> str | None:
     """(Run on each worker.) Why its scratch folder is not root's alone, or None."""
-    from aidc.security.folders import others_can_change as check
-
-    return check(dask_worker.local_directory)
+    return others_can_change(dask_worker.local_directory)
 
 
 def _checked_scratch(path: str, setting: str, link: bool = True) -> str:
