@@ -22,7 +22,10 @@ of one million records under 10 s.
    and copied out as a replica gets it: ``shutil.copytree`` from the plain store (what
    :func:`aidc.models.sandbox.stage` does) against :func:`aidc.artifacts.copy_out` from the
    encrypted one. Plain and encrypted alternate (ABBA), ``--rounds`` times each; medians of MB/s.
-   The dataset's write counts until its bytes are on the disk (``fsync``) and its read
+   The short operations are sampled ``--reads`` times a round (3), the sides alternating
+   operation by operation: the cold read of each side's settled dataset (~0.4 s; a stall of
+   this VM's disk lasts about that long, and with one read a round it fell on one side's
+   only sample) and the model's publish and copy-out (25-40 ms each). The dataset's write counts until its bytes are on the disk (``fsync``) and its read
    comes from the disk (the file's pages dropped with ``posix_fadvise``): the read in the
    goal is of the dataset written the round before, settled on the disk while the other
    operations ran. Two reads are shown beside it, not in the goal: the same dataset read
@@ -33,7 +36,7 @@ of one million records under 10 s.
    The model's operations run as the product runs them (page cache, no ``fsync``).
 
 Usage: ``.venv/bin/python benchmarks/security.py [--events 5000] [--records 1000000] [--rounds 3]
-[--dataset-mb 1024] [--model-mb 100] [--only audit|storage]``
+[--dataset-mb 1024] [--model-mb 100] [--reads 3] [--only audit|storage]``
 """
 
 from __future__ import annotations
@@ -117,8 +120,10 @@ OPERATIONS = ("dataset write", "dataset read", "dataset read (just written)", "d
 ASIDE = ("dataset read (just written)", "dataset read (cached)")
 
 
-def bench_storage(tmp: Path, dataset_mb: int, model_mb: int, rounds: int) -> dict[str, dict[str, list[float]]]:
-    """MB/s of each operation, per side (``plain``, ``encrypted``), one value per round."""
+def bench_storage(tmp: Path, dataset_mb: int, model_mb: int, rounds: int,
+                  reads: int = 3) -> dict[str, dict[str, list[float]]]:
+    """MB/s of each operation, per side (``plain``, ``encrypted``): one value per round,
+    ``reads`` per round for the cold read of a settled dataset."""
     import shutil
 
     from aidc import artifacts
@@ -159,15 +164,20 @@ def bench_storage(tmp: Path, dataset_mb: int, model_mb: int, rounds: int) -> dic
 
     written: dict[str, str] = {}  # each side's dataset of the round before
     for r in range(rounds + 1):
+        # last round's datasets, settled on the disk meanwhile, each read cold ``reads``
+        # times, the sides alternating read by read (ABBA...), so that a stall of the
+        # VM's disk, which lasts about one read, falls on either side alike
+        for k in range(reads if written else 0):
+            for side in (("plain", "encrypted") if (r + k) % 2 == 0 else ("encrypted", "plain")):
+                to_storage(written[side])
+                out[side]["dataset read"].append(read_all(written[side]))
+        for before in written.values():
+            artifacts.delete(before.rsplit("/", 1)[0])
+        written.clear()
+        if r == rounds:
+            break
         # ABBA: the side that goes first meets the disk's writeback of the round before
         for side, root in (list(roots.items()) if r % 2 == 0 else list(roots.items())[::-1]):
-            if side in written:  # last round's dataset, settled on the disk meanwhile
-                before = written.pop(side)
-                to_storage(before)
-                out[side]["dataset read"].append(read_all(before))
-                artifacts.delete(before.rsplit("/", 1)[0])
-            if r == rounds:
-                continue
             url = f"{root}/ds/u{r}/data.bin"
             t = time.perf_counter()
             with artifacts.open_write(url) as f:
@@ -180,21 +190,25 @@ def bench_storage(tmp: Path, dataset_mb: int, model_mb: int, rounds: int) -> dic
             to_storage(url)
             written[side] = url
 
-            murl = f"{root}/m/{r}"
-            t = time.perf_counter()
-            artifacts.put_dir(model, murl)
-            out[side]["model publish"].append(mbps(model_size, time.perf_counter() - t))
-            target = tmp / f"copy-{side}-{r}"
-            t = time.perf_counter()
-            if side == "plain":
-                shutil.copytree(artifacts.local_path(murl), target)
-            else:
-                artifacts.copy_out(murl, target)
-            out[side]["model copy-out"].append(mbps(model_size, time.perf_counter() - t))
-            assert sorted(p.name for p in target.iterdir()) == [f"part{i}.bin" for i in range(4)]
-            assert (target / "part0.bin").read_bytes() == (model / "part0.bin").read_bytes()
-            shutil.rmtree(target)
-            artifacts.delete(f"{root}/m")
+        # the model's operations take ~30 ms each: ``reads`` of each per round, the
+        # sides alternating, as for the cold read
+        for k in range(reads):
+            for side in (("plain", "encrypted") if (r + k) % 2 == 0 else ("encrypted", "plain")):
+                murl = f"{roots[side]}/m/{r}-{k}"
+                t = time.perf_counter()
+                artifacts.put_dir(model, murl)
+                out[side]["model publish"].append(mbps(model_size, time.perf_counter() - t))
+                target = tmp / f"copy-{side}-{r}-{k}"
+                t = time.perf_counter()
+                if side == "plain":
+                    shutil.copytree(artifacts.local_path(murl), target)
+                else:
+                    artifacts.copy_out(murl, target)
+                out[side]["model copy-out"].append(mbps(model_size, time.perf_counter() - t))
+                assert sorted(p.name for p in target.iterdir()) == [f"part{i}.bin" for i in range(4)]
+                assert (target / "part0.bin").read_bytes() == (model / "part0.bin").read_bytes()
+                shutil.rmtree(target)
+                artifacts.delete(f"{roots[side]}/m")
     return out
 
 
@@ -205,6 +219,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--dataset-mb", type=int, default=1024)
     ap.add_argument("--model-mb", type=int, default=100)
+    ap.add_argument("--reads", type=int, default=3,
+                    help="cold reads of each side's settled dataset per round, alternating")
     ap.add_argument("--only", choices=["audit", "storage"])
     args = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT / "extensions"))
@@ -214,7 +230,7 @@ def main(argv=None) -> int:
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}")
     if args.only != "audit":
         with tempfile.TemporaryDirectory(prefix="aidc-bench-storage-") as tmp:
-            rates = bench_storage(Path(tmp), args.dataset_mb, args.model_mb, args.rounds)
+            rates = bench_storage(Path(tmp), args.dataset_mb, args.model_mb, args.rounds, args.reads)
         print(f"\nstorage, {args.dataset_mb} MiB dataset and {args.model_mb} MiB model, "
               f"{args.rounds} rounds alternating (median MB/s)")
         print(f"{'operation':<22} {'plain':>9} {'encrypted':>10} {'ratio':>7}")
