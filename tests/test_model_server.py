@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import socket
 import stat
@@ -242,6 +243,8 @@ def test_ready_only_after_load_and_warmup(start, mnist):
     c = s.client()
     assert c.is_server_live() and c.is_server_ready() and c.is_model_ready("mnist", "1")
     assert "ready: model mnist version 1" in s.output()
+    # the single row's time and thread count, as measured at warm-up (_single_row_plan)
+    assert re.search(r"ms per row on \d+ threads?;", s.output()), s.output()[-2000:]
 
 
 def test_sigterm_while_loading_exits_cleanly(start, mnist):
@@ -685,6 +688,54 @@ def test_url_prefix(start, mnist):
 
 
 # -- the v2 wire format on its own ------------------------------------------------------------
+class _Timed:
+    """A runner whose one-row time depends on the calling thread's torch threads."""
+
+    def __init__(self, seconds_by_threads: dict[int, float], device: str = "cpu"):
+        from aidc.models.signature import Signature
+
+        self.signature = Signature.from_dict({
+            "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 2]}],
+            "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 2]}]})
+        self.device = torch.device(device)
+        self.seconds, self.seen = seconds_by_threads, []
+
+    def predict(self, inputs):
+        threads = torch.get_num_threads()
+        self.seen.append(threads)
+        time.sleep(self.seconds[threads])
+        return {"y": inputs["x"]}
+
+
+@pytest.mark.parametrize("one, two, expected", [(0.001, 0.02, 1), (0.02, 0.001, 2)])
+def test_a_lone_row_runs_on_the_thread_count_measured_fastest(monkeypatch, one, two, expected):
+    """A small model's one row is faster on one thread (idle OpenMP threads sleep, and
+    waking them costs more than the work they share); a big one's on all: the server
+    measures both after warm-up, keeps the faster for the event loop's lone rows, and
+    leaves the loading thread (like the batches' worker threads) on ``--threads``."""
+    from aidc.models import server
+
+    monkeypatch.setattr(server, "_THREADS", 2)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        runner = _Timed({1: one, 2: two})
+        single, threads = server._single_row_plan(runner)
+        assert threads == expected
+        assert single == pytest.approx(min(one, two), abs=0.008)
+        assert set(runner.seen) == {1, 2}
+        assert torch.get_num_threads() == 2
+        # on a GPU the CPU's threads do not run the model: nothing to measure
+        gpu = _Timed({1: one, 2: two}, device="meta")
+        assert server._single_row_plan(gpu)[1] == 2 and set(gpu.seen) == {2}
+        # with --threads 1 there is no choice to make
+        monkeypatch.setattr(server, "_THREADS", 1)
+        lone = _Timed({1: one, 2: two})
+        assert server._single_row_plan(lone)[1] == 1 and set(lone.seen) == {2}
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_v2_encoding_is_what_tritonclient_reads_and_writes():
     """The pure v2 functions the replica and ``aidc.models.predict`` share: a request
     tritonclient writes decodes to the arrays it holds, and a response they encode reads

@@ -116,18 +116,55 @@ def _size_tensorflow_threads() -> None:
         pass
 
 
-def _time_single_row(runner) -> float | None:
+def _time_single_row(runner, runs: int = 5) -> float | None:
     """The model's time for one row (median of a few runs on zeros), or None."""
     try:
         inputs = runner.signature.zeros(1)
         times = []
-        for _ in range(5):
+        for _ in range(runs):
             t0 = time.perf_counter()
             runner.predict(inputs)
             times.append(time.perf_counter() - t0)
         return sorted(times)[len(times) // 2]
     except Exception:
         return None
+
+
+def _single_row_plan(runner) -> tuple[float | None, int]:
+    """The model's time for one row, and how many torch threads run a lone row fastest:
+    ``--threads`` or 1, measured here on this model (after warm-up, in the loading thread).
+
+    Why: idle OpenMP threads sleep (``OMP_WAIT_POLICY=PASSIVE``, above), so each parallel
+    region of a run first wakes them. For a small model's one row the wake-ups cost more
+    than the work they share: the MNIST CNN takes 0.42 ms for one row on 2 threads and
+    0.15 ms on 1 (``benchmarks/README.md``), while a batch of 16 takes 3.3 ms on 2 and
+    4.7 on 1. A lone row runs on the event loop's thread (``inline_max``), whose thread
+    count is its own (an OpenMP setting per thread), so it can take the single row's
+    answer while the worker threads keep ``--threads`` for batches. Switching one
+    thread's count back and forth per run was measured too, and costs both sides (0.31
+    and 4.1 ms: the kernels are prepared per thread count). Only torch models on the CPU:
+    onnxruntime and TensorFlow size their pools once, for the whole process."""
+    single = _time_single_row(runner)
+    torch = sys.modules.get("torch")
+    device = getattr(runner, "device", None)
+    if (single is None or torch is None or _THREADS <= 1 or device is None
+            or getattr(device, "type", None) != "cpu"):
+        return single, _THREADS
+    torch.set_num_threads(1)
+    try:
+        one = _time_single_row(runner, runs=7)  # the first run after the switch prepares
+    finally:
+        torch.set_num_threads(_THREADS)
+    if one is not None and one < single:
+        return one, 1
+    return single, _THREADS
+
+
+def _set_loop_threads(threads: int) -> None:
+    """The torch threads of the calling thread (the event loop's: lone rows run there)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
 
 
 def _parse_size(text: str) -> int:
@@ -269,9 +306,10 @@ async def serve(args: argparse.Namespace, signature) -> int:
             _size_framework_threads()
             runner.warmup()
             seconds = time.perf_counter() - t0
-            result = (runner, seconds, _time_single_row(runner), None)
+            single_row, row_threads = _single_row_plan(runner)
+            result = (runner, seconds, single_row, row_threads, None)
         except BaseException as e:  # noqa: BLE001 - reported on the loop
-            result = (None, 0.0, None, e)
+            result = (None, 0.0, None, _THREADS, e)
         loop.call_soon_threadsafe(lambda: loaded.done() or loaded.set_result(result))
 
     log.info("loading %s model %s version %s from %s (listening on %s)", args.format,
@@ -283,7 +321,7 @@ async def serve(args: argparse.Namespace, signature) -> int:
         log.info("stopped while loading the model")
         http.stop()
         _exit_now(0)
-    runner, seconds, single_row, error = loaded.result()
+    runner, seconds, single_row, row_threads, error = loaded.result()
     if error is not None:
         if isinstance(error, AidcError):
             log.error("cannot load the model: %s", error)
@@ -292,12 +330,14 @@ async def serve(args: argparse.Namespace, signature) -> int:
                       "".join(traceback.format_exception(type(error), error, error.__traceback__)))
         http.stop()
         return 1
+    _set_loop_threads(row_threads)
     model.loaded(runner, single_row)
     log.info("ready: model %s version %s (%s) on %s, at %s/v2 (loaded and warm in %.2f s, "
-             "%s per row; batching %s, max batch %d, %d threads)", args.name, args.version,
-             args.format, _where(args), args.prefix.rstrip("/"), seconds,
-             f"{single_row * 1000:.2f} ms" if single_row is not None else "? ms",
-             "on" if model.batcher.enabled else "off", args.max_batch_size, _THREADS)
+             "%s per row on %d thread%s; batching %s, max batch %d, %d threads)", args.name,
+             args.version, args.format, _where(args), args.prefix.rstrip("/"), seconds,
+             f"{single_row * 1000:.2f} ms" if single_row is not None else "? ms", row_threads,
+             "" if row_threads == 1 else "s", "on" if model.batcher.enabled else "off",
+             args.max_batch_size, _THREADS)
     await stopping
     log.info("stopping: not ready, no new connections; finishing %d requests in progress",
              model.inflight)
