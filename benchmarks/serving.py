@@ -880,13 +880,24 @@ def mlflow_venv() -> Path:
     return python
 
 
+def private_tmp(folder: Path) -> dict[str, str]:
+    """``TMPDIR`` in the benchmark's own folder, for MLflow's processes: its ``pt2`` format
+    goes through ``torch.export``, whose compile cache is ``$TMPDIR/torchinductor_<user>``,
+    and a ``/tmp/torchinductor_root`` that another account made first would hand root its
+    code (aidc's own processes get a private TMPDIR the same way, ``accounts.private_tmp``)."""
+    tmp = folder / "tmp"
+    tmp.mkdir(mode=0o700, exist_ok=True)
+    return {"TMPDIR": str(tmp)}
+
+
 def save_mlflow_model(python: Path, model: CNN, folder: Path) -> tuple[Path, str]:
     """The same weights saved with ``mlflow.pytorch.save_model`` in the MLflow venv."""
     (folder / "cnn.py").write_text("import torch\n\n\n" + inspect.getsource(CNN))
     torch.save(model.state_dict(), folder / "cnn-weights.pt")
     target = folder / "mlflow-model"
     proc = subprocess.run([str(python), "-c", MLFLOW_SAVE, str(folder), str(folder / "cnn-weights.pt"),
-                           str(target)], capture_output=True, text=True, timeout=600)
+                           str(target)], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **private_tmp(folder)})
     if proc.returncode != 0:
         raise RuntimeError(f"mlflow.pytorch.save_model failed:\n{proc.stderr[-3000:]}")
     return target, proc.stdout.strip().splitlines()[-1]
@@ -954,7 +965,8 @@ class MLflowServer(ServerGroup):
         super().__init__(
             [str(venv_bin / "mlflow"), "models", "serve", "-m", str(model_dir), "--env-manager",
              "local", "-h", "127.0.0.1", "-p", str(self.port), "-w", "1"],
-            log_path, env={"PATH": f"{venv_bin}:{os.environ.get('PATH', '')}"})  # it execs uvicorn
+            log_path, env={"PATH": f"{venv_bin}:{os.environ.get('PATH', '')}",  # it execs uvicorn
+                           **private_tmp(model_dir.parent)})
 
 
 class LoneProxy(ServerGroup):
