@@ -720,18 +720,21 @@ def test_a_lone_row_runs_on_the_thread_count_measured_fastest(monkeypatch, one, 
     torch.set_num_threads(2)
     try:
         runner = _Timed({1: one, 2: two})
-        single, threads = server._single_row_plan(runner)
+        single, threads = server._single_row_plan(runner, inline_max=0.01)
         assert threads == expected
         assert single == pytest.approx(min(one, two), abs=0.008)
         assert set(runner.seen) == {1, 2}
         assert torch.get_num_threads() == 2
+        # a row far slower than inline_max never runs on the event loop: not measured
+        slow = _Timed({1: one, 2: two})
+        assert server._single_row_plan(slow, inline_max=0.0001)[1] == 2 and set(slow.seen) == {2}
         # on a GPU the CPU's threads do not run the model: nothing to measure
         gpu = _Timed({1: one, 2: two}, device="meta")
-        assert server._single_row_plan(gpu)[1] == 2 and set(gpu.seen) == {2}
+        assert server._single_row_plan(gpu, inline_max=0.01)[1] == 2 and set(gpu.seen) == {2}
         # with --threads 1 there is no choice to make
         monkeypatch.setattr(server, "_THREADS", 1)
         lone = _Timed({1: one, 2: two})
-        assert server._single_row_plan(lone)[1] == 1 and set(lone.seen) == {2}
+        assert server._single_row_plan(lone, inline_max=0.01)[1] == 1 and set(lone.seen) == {2}
     finally:
         torch.set_num_threads(before)
 

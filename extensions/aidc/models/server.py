@@ -130,7 +130,7 @@ def _time_single_row(runner, runs: int = 5) -> float | None:
         return None
 
 
-def _single_row_plan(runner) -> tuple[float | None, int]:
+def _single_row_plan(runner, inline_max: float) -> tuple[float | None, int]:
     """The model's time for one row, and how many torch threads run a lone row fastest:
     ``--threads`` or 1, measured here on this model (after warm-up, in the loading thread).
 
@@ -143,12 +143,14 @@ def _single_row_plan(runner) -> tuple[float | None, int]:
     answer while the worker threads keep ``--threads`` for batches. Switching one
     thread's count back and forth per run was measured too, and costs both sides (0.31
     and 4.1 ms: the kernels are prepared per thread count). Only torch models on the CPU:
-    onnxruntime and TensorFlow size their pools once, for the whole process."""
+    onnxruntime and TensorFlow size their pools once, for the whole process; and only
+    models whose row could come under ``inline_max`` (seconds; lone rows of slower ones
+    go to the workers anyway), so a big model's start does not pay for the measuring."""
     single = _time_single_row(runner)
     torch = sys.modules.get("torch")
     device = getattr(runner, "device", None)
     if (single is None or torch is None or _THREADS <= 1 or device is None
-            or getattr(device, "type", None) != "cpu"):
+            or getattr(device, "type", None) != "cpu" or single >= 5 * inline_max):
         return single, _THREADS
     torch.set_num_threads(1)
     try:
@@ -306,7 +308,7 @@ async def serve(args: argparse.Namespace, signature) -> int:
             _size_framework_threads()
             runner.warmup()
             seconds = time.perf_counter() - t0
-            single_row, row_threads = _single_row_plan(runner)
+            single_row, row_threads = _single_row_plan(runner, args.inline_max_ms / 1000.0)
             result = (runner, seconds, single_row, row_threads, None)
         except BaseException as e:  # noqa: BLE001 - reported on the loop
             result = (None, 0.0, None, _THREADS, e)
