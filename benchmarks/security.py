@@ -25,10 +25,10 @@ of one million records under 10 s.
    The short operations are sampled ``--reads`` times a round (3), the sides alternating
    operation by operation: the cold read of each side's settled dataset (~0.4 s; a stall of
    this VM's disk lasts about that long, and with one read a round it fell on one side's
-   only sample) and the model's publish and copy-out (25-40 ms each). The dataset's write counts until its bytes are on the disk (``fsync``) and its read
-   comes from the disk (the file's pages dropped with ``posix_fadvise``): the read in the
-   goal is of the dataset written the round before, settled on the disk while the other
-   operations ran. Two reads are shown beside it, not in the goal: the same dataset read
+   only sample) and the model's publish and copy-out (25-40 ms each). The dataset's write
+   counts until its bytes are on the disk (``fsync``) and its read comes from the disk
+   (the file's pages dropped with ``posix_fadvise``): the read in the goal is of the
+   dataset written the round before, settled on the disk while the other operations ran. Two reads are shown beside it, not in the goal: the same dataset read
    from the disk just after it was written ("just written": on this VM a plain read of a
    file just written, with no cipher at all, ran at 675-2,688 MB/s against ~2,200-2,700 for
    the same file read again, so that figure is the disk's settling more than the cipher),
@@ -123,7 +123,7 @@ ASIDE = ("dataset read (just written)", "dataset read (cached)")
 def bench_storage(tmp: Path, dataset_mb: int, model_mb: int, rounds: int,
                   reads: int = 3) -> dict[str, dict[str, list[float]]]:
     """MB/s of each operation, per side (``plain``, ``encrypted``): one value per round,
-    ``reads`` per round for the cold read of a settled dataset."""
+    ``reads`` per round for the cold read of a settled dataset and the model's operations."""
     import shutil
 
     from aidc import artifacts
@@ -155,6 +155,10 @@ def bench_storage(tmp: Path, dataset_mb: int, model_mb: int, rounds: int,
         finally:
             os.close(fd)
 
+    def alternating(i: int) -> tuple[str, str]:
+        """The sides in the order of the ``i``-th repetition (ABBA...)."""
+        return ("plain", "encrypted") if i % 2 == 0 else ("encrypted", "plain")
+
     def read_all(url: str) -> float:
         t = time.perf_counter()
         with artifacts.open_read(url) as f:
@@ -168,7 +172,7 @@ def bench_storage(tmp: Path, dataset_mb: int, model_mb: int, rounds: int,
         # times, the sides alternating read by read (ABBA...), so that a stall of the
         # VM's disk, which lasts about one read, falls on either side alike
         for k in range(reads if written else 0):
-            for side in (("plain", "encrypted") if (r + k) % 2 == 0 else ("encrypted", "plain")):
+            for side in alternating(r + k):
                 to_storage(written[side])
                 out[side]["dataset read"].append(read_all(written[side]))
         for before in written.values():
@@ -193,7 +197,7 @@ def bench_storage(tmp: Path, dataset_mb: int, model_mb: int, rounds: int,
         # the model's operations take ~30 ms each: ``reads`` of each per round, the
         # sides alternating, as for the cold read
         for k in range(reads):
-            for side in (("plain", "encrypted") if (r + k) % 2 == 0 else ("encrypted", "plain")):
+            for side in alternating(r + k):
                 murl = f"{roots[side]}/m/{r}-{k}"
                 t = time.perf_counter()
                 artifacts.put_dir(model, murl)
@@ -220,7 +224,8 @@ def main(argv=None) -> int:
     ap.add_argument("--dataset-mb", type=int, default=1024)
     ap.add_argument("--model-mb", type=int, default=100)
     ap.add_argument("--reads", type=int, default=3,
-                    help="cold reads of each side's settled dataset per round, alternating")
+                    help="per round and side: cold reads of the settled dataset, and the "
+                         "model's publishes and copies out, the sides alternating")
     ap.add_argument("--only", choices=["audit", "storage"])
     args = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT / "extensions"))

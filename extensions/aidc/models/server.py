@@ -94,13 +94,15 @@ def _limit_threads_env(threads: int) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def _size_framework_threads() -> None:
-    """In each worker thread and after loading: the frameworks use ``--threads`` threads."""
+def _size_framework_threads(threads: int | None = None) -> None:
+    """In each worker thread and after loading: the frameworks use ``--threads`` threads
+    (``threads``: another count, for the calling thread only; torch's is per thread)."""
+    threads = _THREADS if threads is None else threads
     torch = sys.modules.get("torch")
     if torch is not None:
         try:
-            if torch.get_num_threads() != _THREADS:
-                torch.set_num_threads(_THREADS)
+            if torch.get_num_threads() != threads:
+                torch.set_num_threads(threads)
         except Exception:  # pragma: no cover
             pass
 
@@ -161,12 +163,6 @@ def _single_row_plan(runner, inline_max: float) -> tuple[float | None, int]:
         return one, 1
     return single, _THREADS
 
-
-def _set_loop_threads(threads: int) -> None:
-    """The torch threads of the calling thread (the event loop's: lone rows run there)."""
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)
 
 
 def _parse_size(text: str) -> int:
@@ -332,7 +328,7 @@ async def serve(args: argparse.Namespace, signature) -> int:
                       "".join(traceback.format_exception(type(error), error, error.__traceback__)))
         http.stop()
         return 1
-    _set_loop_threads(row_threads)
+    _size_framework_threads(row_threads)  # the event loop's thread: lone rows run there
     model.loaded(runner, single_row)
     log.info("ready: model %s version %s (%s) on %s, at %s/v2 (loaded and warm in %.2f s, "
              "%s per row on %d thread%s; batching %s, max batch %d, %d threads)", args.name,
