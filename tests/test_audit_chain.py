@@ -87,7 +87,7 @@ def test_every_kind_of_event_has_a_schema_that_checks_it():
         base = {"actor": "alice", "target": "t", "result": "success"}
         assert audit.check(kind, {**base, "action": "no-such-action"}), kind  # refused
     valid = {"job": "end", "dataset": "put", "model": "deploy", "gpu": "claim", "access": "refused",
-             "auth": "login", "user": "add", "server": "start", "secret": "read"}
+             "auth": "login", "user": "add", "server": "start", "secret": "read", "key": "rotate"}
     assert set(valid) == set(audit.SCHEMAS)
     for kind, action in valid.items():
         assert audit.check(kind, {"actor": "alice", "action": action, "target": "t", "result": "success"}) is None

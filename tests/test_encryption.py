@@ -320,6 +320,19 @@ def test_aidc_keys_rotate_rewraps_every_object_and_retires_the_old_key(tmp_path,
     assert cli(["keys", "retire", "nope", "--data-dir", str(data_dir)]) == 2
     assert "no key 'nope'" in capsys.readouterr().err
 
+    # every rotation and retirement, refused ones too, is in the audit log (the chain intact)
+    from aidc.paths import DataDir
+    from aidc.security import audit
+
+    log = DataDir(data_dir).audit_log
+    events = [(e["action"], e["target"], e["result"], e.get("previous"), e.get("objects"))
+              for e in audit.read_events(log) if e["__schema__"].endswith("/key")]
+    assert events == [("retire", old, "failure", None, None), ("rotate", new, "success", old, 3),
+                      ("retire", old, "failure", None, None), ("retire", old, "success", None, None),
+                      ("retire", "nope", "failure", None, None)]
+    assert all(e["actor"].startswith("cli:") for e in audit.read_events(log))
+    assert cli(["audit", "verify", "--data-dir", str(data_dir)]) == 0
+
 
 def test_each_job_has_its_own_key_which_its_worker_gets_and_rotation_rewraps_only_job_keys(tmp_path, capsys):
     """The jobs' store: a worker given one job's key (as the task spec carries it) reads

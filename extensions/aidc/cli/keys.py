@@ -103,22 +103,37 @@ def list_keys(args) -> int:
     return 0
 
 
+def _audit(args, action: str, target: str, result: str, **extra) -> None:
+    """One ``key`` event in the platform's audit log (as ``aidc user`` records its own)."""
+    from ..paths import DataDir
+    from ..security import audit
+
+    audit.record("key", DataDir.from_arg(args.data_dir).audit_log, actor=audit.cli_actor(),
+                 action=action, target=target, result=result, **extra)
+
+
 def rotate(args) -> int:
     from .. import artifacts
     from ..security.crypto import rewrap
 
     keys, roots = _ring(args)
-    keys.check(create=False)
+    previous = keys.check(create=False)
     new = keys.rotate()
     moved = 0
-    for root, _fs, found, identity in _objects(roots):
-        if artifacts.local_path(root) is None:
-            raise UsageError(f"re-wrapping in place needs a local store; {root} is not one")
-        with open(found, "r+b") as f:
-            if rewrap(f, keys, identity) is not None:
-                f.flush()
-                os.fsync(f.fileno())
-                moved += 1
+    try:
+        for root, _fs, found, identity in _objects(roots):
+            if artifacts.local_path(root) is None:
+                raise UsageError(f"re-wrapping in place needs a local store; {root} is not one")
+            with open(found, "r+b") as f:
+                if rewrap(f, keys, identity) is not None:
+                    f.flush()
+                    os.fsync(f.fileno())
+                    moved += 1
+    except Exception as e:
+        _audit(args, "rotate", new, "failure", previous=previous, objects=moved,
+               reason=f"stopped after {moved} object(s): {e}"[:500])
+        raise
+    _audit(args, "rotate", new, "success", previous=previous, objects=moved)
     print(f"new current key {new}; {moved} object(s) re-wrapped (their data was not re-encrypted)")
     return 0
 
@@ -127,15 +142,20 @@ def retire(args) -> int:
     keys, roots = _ring(args)
     current = keys.check(create=False)
     known = {k["id"] for k in keys.read_manifest()["keys"]}
-    if args.key_id not in known:
-        raise UsageError(f"no key {args.key_id!r}; `aidc keys list` shows the keys")
-    if args.key_id == current:
-        raise UsageError(f"{args.key_id} is the current key: `aidc keys rotate` first")
-    still = _usage(keys, roots).get(args.key_id, 0)
-    if still:
-        raise UsageError(f"{still} stored object(s) still use {args.key_id}: `aidc keys rotate` "
-                         "re-wraps them with the current key")
+    try:
+        if args.key_id not in known:
+            raise UsageError(f"no key {args.key_id!r}; `aidc keys list` shows the keys")
+        if args.key_id == current:
+            raise UsageError(f"{args.key_id} is the current key: `aidc keys rotate` first")
+        still = _usage(keys, roots).get(args.key_id, 0)
+        if still:
+            raise UsageError(f"{still} stored object(s) still use {args.key_id}: `aidc keys rotate` "
+                             "re-wraps them with the current key")
+    except UsageError as e:
+        _audit(args, "retire", args.key_id, "failure", reason=str(e)[:500])
+        raise
     keys.retire(args.key_id)
+    _audit(args, "retire", args.key_id, "success")
     print(f"retired {args.key_id}")
     return 0
 

@@ -35,7 +35,7 @@ BASE_ID = "https://aidc.dev/events/security/"
 #: short name -> schema file; ``record("auth", ...)`` etc.
 SCHEMAS = {"auth": "auth.yaml", "user": "user.yaml", "server": "server.yaml",
            "job": "job.yaml", "dataset": "dataset.yaml", "model": "model.yaml", "gpu": "gpu.yaml",
-           "access": "access.yaml", "secret": "secret.yaml"}
+           "access": "access.yaml", "secret": "secret.yaml", "key": "key.yaml"}
 #: the hub scope that lets a platform service's token add events (:mod:`aidc.hub.audit_api`)
 WRITE_SCOPE = "custom:aidc-audit:write"
 #: the kinds services report (through the hub's writer; ``server``: the GPU culler stopping
